@@ -1,0 +1,1 @@
+"""Adapters: generic readers driven by mapping files under `mappings/`."""

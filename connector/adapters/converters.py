@@ -1,0 +1,112 @@
+"""The allow-list of converters a mapping file may name.
+
+Mapping files are data from many hands; they may only pick from these functions, never name
+arbitrary code. Each converter takes the raw value and returns the clean one, or raises
+ValueError with a message fit for the quarantine record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
+from connector.tlp import parse_tlp
+
+_CVE_RE = re.compile(r"^CVE-\d{4}-\d{4,}$")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("empty list")
+        value = value[0]
+    if value is None:
+        raise ValueError("no value")
+    return str(value)
+
+
+def ip_address(value: Any) -> str:
+    return canonical_ip(_text(value))
+
+
+def port(value: Any) -> int:
+    text = _text(value).strip()
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {value!r}")
+    return int(text)
+
+
+def timestamp(value: Any) -> datetime:
+    text = _text(value).strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid timestamp {value!r}") from None
+    if moment.tzinfo is None:
+        # Feeds without an offset (Shadowserver) report UTC.
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def cve_id(value: Any) -> str:
+    text = _text(value).strip().upper()
+    if not _CVE_RE.match(text):
+        raise ValueError(f"not a CVE id: {value!r}")
+    return text
+
+
+def url_host_name(value: Any) -> str | None:
+    """The host name of a URL, or None when the URL's host is an IP literal."""
+    host = url_host(_text(value))
+    if host is None or is_ip(host):
+        return None
+    return canonical_domain(host)
+
+
+def domain(value: Any) -> str:
+    return canonical_domain(_text(value))
+
+
+def lower(value: Any) -> str:
+    return _text(value).strip().lower()
+
+
+def text(value: Any) -> str:
+    return _text(value).strip()
+
+
+def integer(value: Any) -> int:
+    try:
+        return int(_text(value).strip())
+    except ValueError:
+        raise ValueError(f"not an integer: {value!r}") from None
+
+
+def asn(value: Any) -> int:
+    raw = _text(value).strip().upper().removeprefix("AS")
+    number = integer(raw)
+    if not 0 < number < 2**32:
+        raise ValueError(f"invalid AS number {value!r}")
+    return number
+
+
+def tlp(value: Any) -> str:
+    return parse_tlp(_text(value))
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "ip_address": ip_address,
+    "port": port,
+    "timestamp": timestamp,
+    "cve_id": cve_id,
+    "url_host_name": url_host_name,
+    "domain": domain,
+    "lower": lower,
+    "text": text,
+    "integer": integer,
+    "asn": asn,
+    "tlp": tlp,
+}

@@ -1,0 +1,138 @@
+"""Applies a mapping to records: the only place where input fields become notification fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from connector.adapters.converters import CONVERTERS
+from connector.adapters.mapping import FieldSpec, Mapping
+from connector.adapters.readers import READERS, RawRecord, RowError
+from connector.notification import Classification, Notification, SourceRef
+
+_MISSING = object()
+
+
+class RowRejected(Exception):
+    """The record is faulty: quarantine it with this reason."""
+
+
+class RowSkipped(Exception):
+    """The record is valid input but not a notification (a skip rule matched)."""
+
+
+class InputError(Exception):
+    """The whole input cannot be read as this format (no case file, unreadable file)."""
+
+
+def lookup(data: Any, path: str) -> Any:
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _empty(value: Any) -> bool:
+    return value is _MISSING or value is None or value == "" or value == []
+
+
+@dataclass(frozen=True)
+class FileContext:
+    """Metadata for one input file (a DIVD case), loaded from its sidecar."""
+
+    values: dict[str, Any]
+    source: str | None = None
+
+
+def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> FileContext:
+    if mapping.context is None:
+        return FileContext({})
+    prefix = path.name.split(".", 1)[0]
+    sidecar = explicit or path.with_name(mapping.context.sidecar.format(prefix=prefix))
+    try:
+        values = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+    except OSError:
+        raise InputError(
+            f"{path}: its metadata file {sidecar.name} was not found beside it "
+            f"(the {mapping.format} format needs it for TLP and case id)"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{sidecar}: not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{sidecar}: must be a mapping of keys")
+    missing = [k for k in mapping.context.required if _empty(values.get(k, _MISSING))]
+    if missing:
+        raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}")
+    return FileContext(values, str(sidecar))
+
+
+class MappedAdapter:
+    """Turns the records of one input file into notifications, following one mapping."""
+
+    def __init__(self, mapping: Mapping, partner: str, context: FileContext, file_label: str):
+        self.mapping = mapping
+        self.partner = partner
+        self.context = context
+        self.file_label = file_label
+        self._reader = READERS[mapping.reader]
+        self._classification_base = mapping.classification
+
+    def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
+        return self._reader(stream)
+
+    def notification(self, record: RawRecord) -> Notification:
+        """The record as a notification; raises RowSkipped or RowRejected."""
+        for rule in self.mapping.skip:
+            if lookup(record.data, rule.field) in rule.equals:
+                raise RowSkipped(rule.reason)
+        values = {name: self._value(name, spec, record.data) for name, spec in self.mapping.fields.items()}
+        c = self._classification_base
+        evidence = {}
+        for name, path in self.mapping.evidence.items():
+            value = lookup(record.data, path)
+            if not _empty(value):
+                evidence[name] = value
+        return Notification(
+            partner=self.partner,
+            feed=self.mapping.format,
+            classification=Classification(c.taxonomy, c.type, values.pop("identifier")),
+            observed_at=values.pop("observed_at"),
+            tlp=values.pop("tlp"),
+            evidence=evidence,
+            source=SourceRef(self.file_label, record.line),
+            **values,
+        )
+
+    def _value(self, name: str, spec: FieldSpec, data: dict[str, Any]) -> Any:
+        raw: Any = _MISSING
+        where = name
+        if spec.value is not None:
+            raw = spec.value
+        elif spec.context is not None:
+            raw = self.context.values.get(spec.context, _MISSING)
+            where = f"case metadata {spec.context!r}"
+        else:
+            for path in spec.paths():
+                candidate = lookup(data, path)
+                if not _empty(candidate):
+                    raw, where = candidate, path
+                    break
+        if _empty(raw):
+            if spec.required:
+                paths = " or ".join(spec.paths()) or where
+                raise RowRejected(f"{name}: missing ({paths} absent or empty)")
+            return None
+        if spec.convert is None:
+            return raw
+        try:
+            return CONVERTERS[spec.convert](raw)
+        except ValueError as exc:
+            # A value that is present but wrong is a fault even where the field is optional:
+            # dropping it silently would turn a bad row into a misleading notification.
+            raise RowRejected(f"{name}: {exc} (from {where})") from None

@@ -1,0 +1,161 @@
+"""Mapping files: the declarative, per-feed knowledge of how input fields become notifications.
+
+A mapping is data (YAML under `mappings/`), validated against the schema below when loaded; a
+bad mapping is an error naming the file and the key. The engine that applies a mapping lives
+in `engine.py` and knows no feed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from connector.adapters.converters import CONVERTERS
+from connector.adapters.readers import READERS
+
+DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
+
+# The notification fields a mapping may fill (see connector.notification.Notification).
+TARGET_FIELDS = (
+    "ip", "port", "protocol", "hostname", "asn", "observed_at", "vulnerability", "severity",
+    "identifier", "case_id", "tlp",
+)
+
+
+class MappingError(Exception):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"mapping {source}: " + "; ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """Where a notification field comes from: a record path, the file's context, or a constant.
+
+    `from` takes a dotted path into the record (`info.classification.cve-id`) or a list of
+    paths tried in order; the first present and non-empty one is used.
+    """
+
+    source: str | list[str] | None = Field(None, alias="from")
+    context: str | None = None
+    value: Any = None
+    convert: str | None = None
+    required: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("convert")
+    @classmethod
+    def _known_converter(cls, value: str | None) -> str | None:
+        if value is not None and value not in CONVERTERS:
+            raise ValueError(f"unknown converter {value!r}; allowed: {', '.join(sorted(CONVERTERS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldSpec:
+        given = [x is not None for x in (self.source, self.context, self.value)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `from`, `context` or `value`")
+        return self
+
+    def paths(self) -> list[str]:
+        if self.source is None:
+            return []
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+
+class SkipRule(_Strict):
+    """Records that are not notifications at all (an informational detection): counted, kept
+    in the run's record with the reason, never turned into STIX."""
+
+    field: str
+    equals: list[Any]
+    reason: str
+
+
+class ContextSpec(_Strict):
+    """Metadata that applies to a whole input file, read from a sidecar file beside it."""
+
+    sidecar: str = Field(description="file name pattern; {prefix} is the input name up to its first dot")
+    required: list[str] = []
+
+
+class ClassificationSpec(_Strict):
+    taxonomy: str
+    type: str
+
+
+class Mapping(_Strict):
+    format: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    title: str
+    description: str = ""
+    reader: str
+    classification: ClassificationSpec
+    context: ContextSpec | None = None
+    skip: list[SkipRule] = []
+    fields: dict[str, FieldSpec]
+    evidence: dict[str, str] = {}
+    keep_raw_in_quarantine: bool = True
+
+    @field_validator("reader")
+    @classmethod
+    def _known_reader(cls, value: str) -> str:
+        if value not in READERS:
+            raise ValueError(f"unknown reader {value!r}; allowed: {', '.join(sorted(READERS))}")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_targets(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        unknown = sorted(set(value) - set(TARGET_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
+        for needed in ("observed_at", "identifier", "tlp"):
+            if needed not in value:
+                raise ValueError(f"field {needed!r} must be mapped")
+        return value
+
+    @model_validator(mode="after")
+    def _context_keys_declared(self) -> Mapping:
+        for name, spec in self.fields.items():
+            if spec.context is not None and self.context is None:
+                raise ValueError(f"fields.{name}: uses `context` but the mapping declares none")
+        return self
+
+
+def load_mapping(path: Path) -> Mapping:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise MappingError(str(path), [str(exc)]) from None
+    if not isinstance(raw, dict):
+        raise MappingError(str(path), ["top level must be a mapping of keys"])
+    try:
+        return Mapping.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {str(msg).removeprefix('Value error, ')}")
+        raise MappingError(str(path), problems) from None
+
+
+def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
+    """Every mapping under the directory, by format name; one bad file stops the load."""
+    directory = directory or DEFAULT_MAPPINGS_DIR
+    mappings: dict[str, Mapping] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        mapping = load_mapping(path)
+        if mapping.format in mappings:
+            raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])
+        mappings[mapping.format] = mapping
+    return mappings
+

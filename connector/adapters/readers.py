@@ -1,0 +1,59 @@
+"""Streaming record readers: one record at a time, with its line number, never the whole file.
+
+A line that cannot be read is yielded as a RowError in place of a record, so the caller can
+quarantine it and go on with the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    line: int
+    data: dict[str, Any]
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    reason: str
+    raw: str
+    skipped: bool = False  # not a fault (a blank line): counted, not quarantined
+
+
+Row = RawRecord | RowError
+
+
+def read_jsonl(stream: BinaryIO) -> Iterator[Row]:
+    for number, raw_bytes in enumerate(stream, start=1):
+        raw = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not raw.strip():
+            yield RowError(number, "blank line", raw, skipped=True)
+            continue
+        if not raw.lstrip().startswith("{"):
+            yield RowError(number, "not a JSON object (log output or other noise)", raw)
+            continue
+        try:
+            data = orjson.loads(raw_bytes)
+        except orjson.JSONDecodeError as exc:
+            yield RowError(number, f"not valid JSON (truncated line?): {exc}", raw)
+            continue
+        if not isinstance(data, dict):
+            yield RowError(number, "not a JSON object", raw)
+            continue
+        yield RawRecord(number, data, raw)
+
+
+READERS: dict[str, Callable[[BinaryIO], Iterator[Row]]] = {"jsonl": read_jsonl}
+
+
+def open_input(path: Path) -> BinaryIO:
+    return path.open("rb")

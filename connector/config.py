@@ -1,0 +1,320 @@
+"""The deployment configuration: one YAML file, validated once on load, then passed in.
+
+Validation is deliberately strict: a clearinghouse that starts with a typo in a constituency
+either leaves an organisation uninformed or sends its weaknesses to somebody else. Every
+problem found is reported (not only the first), each naming the key and what is wrong, and
+nothing starts until the file is right.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connector.tlp import TLP_LEVELS, Tlp
+
+DEFAULT_CONFIG_PATH = Path("config/meldpunt.yaml")
+CONFIG_ENV = "MELDPUNT_CONFIG"
+DATABASE_ENV = "MELDPUNT_DATABASE_URL"
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one line per problem found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"configuration {self.source} is not valid:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(6100, ge=1, le=65535)
+    title: str = "Security Meldpunt TAXII server"
+    api_root: Slug = "meldpunt"
+    page_size_default: int = Field(100, ge=1)
+    page_size_max: int = Field(1000, ge=1)
+    max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
+    # Name of the environment variable holding the key that signs `next` tokens. All server
+    # processes behind one address must share it; unset, a random per-process key is used.
+    token_secret_env: str = "MELDPUNT_TOKEN_SECRET"
+
+
+class PartnerConfig(_Strict):
+    id: Slug
+    name: str
+    default_tlp: Tlp = "amber"
+    # Adapters (ingest formats) this partner may deliver through; empty means any.
+    formats: list[str] = []
+
+
+class Constituency(_Strict):
+    networks: list[Network] = []
+    asns: list[Annotated[int, Field(ge=1, le=4294967295)]] = []
+    domains: list[str] = []
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks_strict(cls, value: Any) -> Any:
+        # Host bits set ("192.0.2.1/24") is almost always a typo for another prefix: refuse it.
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            try:
+                out.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError as exc:
+                raise ValueError(f"invalid network {item!r}: {exc}") from None
+        return out
+
+    @field_validator("domains")
+    @classmethod
+    def _domains_valid(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            domain = item.strip().rstrip(".").lower()
+            if not _DOMAIN_RE.match(domain):
+                raise ValueError(f"invalid domain {item!r}")
+            out.append(domain)
+        return out
+
+
+class RecipientConfig(_Strict):
+    id: Slug
+    name: str
+    kind: Literal["sector-cert", "link-organisation", "organisation"]
+    parent: Slug | None = None
+    deliver_to_parent: bool = True
+    max_tlp: Tlp = "amber"
+    constituency: Constituency = Constituency()
+
+
+class UserConfig(_Strict):
+    username: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")]
+    password_hash: str
+    recipient: Slug | None = None
+    inbox: Slug | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_a_hash(cls, value: str) -> str:
+        # A plaintext password here would be a secret in the repository: refuse to start.
+        if not value.startswith("$argon2"):
+            raise ValueError("must be an argon2 hash printed by `meldpunt hash-password`")
+        return value
+
+
+class Config(_Strict):
+    database: str = "sqlite:///meldpunt.db"
+    server: ServerConfig = ServerConfig()
+    mappings_dir: Path | None = None
+    partners: list[PartnerConfig] = []
+    recipients: list[RecipientConfig] = []
+    users: list[UserConfig] = []
+
+    def recipient(self, recipient_id: str) -> RecipientConfig:
+        for r in self.recipients:
+            if r.id == recipient_id:
+                return r
+        raise KeyError(recipient_id)
+
+    def partner(self, partner_id: str) -> PartnerConfig:
+        for p in self.partners:
+            if p.id == partner_id:
+                return p
+        raise KeyError(partner_id)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; in a constituency that silently drops a claim."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    source = config_path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(source), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(source), [f"not valid YAML: {exc}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(source), ["top level must be a mapping of keys"])
+    if os.environ.get(DATABASE_ENV):
+        raw["database"] = os.environ[DATABASE_ENV]
+    return parse_config(raw, source=str(source))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err, raw) for err in exc.errors()]) from None
+    problems = list(consistency_problems(config))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _describe(err: Any, raw: dict[str, Any]) -> str:
+    return f"{_key_path(err['loc'], raw)}: {_message(err)}"
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _key_path(loc: Iterable[Any], raw: Any) -> str:
+    """Render ('recipients', 2, 'max_tlp') as recipients[2](zcert).max_tlp, naming the item."""
+    parts: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            label = f"[{part}]"
+            if isinstance(node, list) and part < len(node):
+                node = node[part]
+                ident = node.get("id") or node.get("username") if isinstance(node, dict) else None
+                if ident:
+                    label += f"({ident})"
+            parts.append(label)
+        else:
+            # pydantic reports a union member's type name as an extra location element.
+            if str(part) in ("IPv4Network", "IPv6Network", "function-before[_networks_strict()]"):
+                continue
+            parts.append(("." if parts else "") + str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def consistency_problems(config: Config) -> Iterable[str]:
+    """Rules that span items: unique ids, known references, unambiguous ownership."""
+    yield from _duplicates("partners", [p.id for p in config.partners])
+    yield from _duplicates("recipients", [r.id for r in config.recipients])
+    yield from _duplicates("users", [u.username for u in config.users], what="username")
+    recipients = {r.id: r for r in config.recipients}
+    partners = {p.id for p in config.partners}
+    for i, r in enumerate(config.recipients):
+        if r.parent is not None and r.parent not in recipients:
+            yield f"recipients[{i}]({r.id}).parent: unknown recipient {r.parent!r}"
+        if r.parent == r.id:
+            yield f"recipients[{i}]({r.id}).parent: a recipient cannot be its own parent"
+        if TLP_LEVELS[r.max_tlp] > TLP_LEVELS["red"]:  # pragma: no cover - Literal guards this
+            yield f"recipients[{i}]({r.id}).max_tlp: unknown level"
+    yield from _parent_cycles(config)
+    yield from _ownership_conflicts(config)
+    for i, u in enumerate(config.users):
+        where = f"users[{i}]({u.username})"
+        if u.recipient is None and u.inbox is None:
+            yield f"{where}: grants nothing; set recipient (read) or inbox (write)"
+        if u.recipient is not None and u.recipient not in recipients:
+            yield f"{where}.recipient: unknown recipient {u.recipient!r}"
+        if u.inbox is not None and u.inbox not in partners:
+            yield f"{where}.inbox: unknown partner {u.inbox!r}"
+
+
+def _duplicates(section: str, ids: list[str], what: str = "id") -> Iterable[str]:
+    seen: dict[str, int] = {}
+    for i, ident in enumerate(ids):
+        if ident in seen:
+            yield f"{section}[{i}].{what}: duplicate {what} {ident!r} (first at {section}[{seen[ident]}])"
+        else:
+            seen[ident] = i
+
+
+def _parent_cycles(config: Config) -> Iterable[str]:
+    parents = {r.id: r.parent for r in config.recipients}
+    reported: set[str] = set()
+    for start in parents:
+        path = [start]
+        node = parents.get(start)
+        while node is not None and node in parents:
+            if node in path:
+                cycle = path[path.index(node):] + [node]
+                if not reported.intersection(cycle):
+                    yield "recipients: parent cycle " + " -> ".join(cycle)
+                    reported.update(cycle)
+                break
+            path.append(node)
+            node = parents.get(node)
+
+
+def _ownership_conflicts(config: Config) -> Iterable[str]:
+    """Two claims on the very same prefix, AS or domain are ambiguous; nesting is not.
+
+    CIDR prefixes either nest or are disjoint, so "overlap that is not a proper more-specific"
+    reduces to the same prefix claimed twice (by two recipients, or twice by one).
+    """
+    claims: dict[tuple[str, str], str] = {}
+    for i, r in enumerate(config.recipients):
+        where = f"recipients[{i}]({r.id}).constituency"
+        items: list[tuple[str, str]] = [("networks", n.with_prefixlen) for n in r.constituency.networks]
+        items += [("asns", str(a)) for a in r.constituency.asns]
+        items += [("domains", d) for d in r.constituency.domains]
+        for section, value in items:
+            owner = claims.get((section, value))
+            if owner is None:
+                claims[(section, value)] = r.id
+            elif owner == r.id:
+                yield f"{where}.{section}: {value} is listed twice"
+            else:
+                yield (
+                    f"{where}.{section}: {value} is already claimed by recipient {owner!r}; "
+                    "only a strictly more specific claim may overlap another"
+                )

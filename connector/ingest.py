@@ -1,0 +1,285 @@
+"""The ingest pipeline: input files -> notifications -> STIX -> routing -> store.
+
+Streams: rows are read one at a time and written in batches, so memory does not grow with
+the file. Every row ends up somewhere visible: a notification (new, updated or unchanged),
+or a run row (quarantined with line and reason, or skipped with the rule's reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+
+from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
+from connector.adapters.mapping import Mapping
+from connector.adapters.readers import RawRecord, RowError
+from connector.collections import recipient_collection_id
+from connector.config import Config
+from connector.notification import Notification
+from connector.routing import Router
+from connector.stix.build import NotificationState, notification_objects, reference_objects
+from connector.stix.ids import timestamp
+from connector.store import Store, Writer
+from connector.store import schema as t
+from connector.store.store import timestamp_to_us, version_key
+
+log = logging.getLogger("meldpunt.ingest")
+
+BATCH_SIZE = 2000
+RAW_EXCERPT = 2000
+Clock = Callable[[], datetime]
+
+
+class IngestError(Exception):
+    """The run cannot start (unknown partner or format, a format the partner may not use)."""
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    counts: Counter[str] = field(default_factory=Counter)
+    per_recipient: Counter[str] = field(default_factory=Counter)
+    suppressed_tlp: Counter[str] = field(default_factory=Counter)
+    input_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.input_errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **{k: self.counts.get(k, 0) for k in COUNT_NAMES},
+            "per_recipient": dict(sorted(self.per_recipient.items())),
+            "suppressed_tlp_per_recipient": dict(sorted(self.suppressed_tlp.items())),
+            "input_errors": self.input_errors,
+        }
+
+
+COUNT_NAMES = ("read", "notifications", "new", "updated", "unchanged", "quarantined", "skipped",
+               "routed", "unrouted", "suppressed_tlp")
+
+
+def notification_key(n: Notification) -> str:
+    return hashlib.sha256("\x1f".join(n.natural_key()).encode()).hexdigest()
+
+
+def _us(moment: datetime) -> int:
+    return timestamp_to_us(timestamp(moment))
+
+
+def _ts_from_us(value: int) -> str:
+    return timestamp(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value))
+
+
+class Ingestor:
+    def __init__(self, config: Config, store: Store, mappings: dict[str, Mapping],
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.mappings = mappings
+        self.router = Router(config)
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def run(
+        self,
+        partner: str,
+        fmt: str,
+        paths: Iterable[Path],
+        *,
+        context_file: Path | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunSummary:
+        paths = list(paths)
+        mapping = self._check(partner, fmt)
+        run_id = self.store.start_run(partner, fmt, [str(p) for p in paths])
+        summary = RunSummary(run_id)
+        try:
+            for path in paths:
+                self._ingest_file(summary, mapping, partner, path, context_file, progress)
+        except Exception as exc:
+            self.store.finish_run(run_id, "failed", summary.as_dict(), error=repr(exc))
+            raise
+        status = "done" if summary.ok else "failed"
+        self.store.finish_run(run_id, status, summary.as_dict(),
+                              error="; ".join(summary.input_errors) or None)
+        log.info("ingest run finished", extra={"run": run_id, "status": status, **summary.counts})
+        return summary
+
+    def _check(self, partner: str, fmt: str) -> Mapping:
+        try:
+            partner_cfg = self.config.partner(partner)
+        except KeyError:
+            known = ", ".join(p.id for p in self.config.partners) or "none configured"
+            raise IngestError(f"unknown partner {partner!r} (known: {known})") from None
+        if fmt not in self.mappings:
+            raise IngestError(f"unknown format {fmt!r} (known: {', '.join(sorted(self.mappings))})")
+        if partner_cfg.formats and fmt not in partner_cfg.formats:
+            raise IngestError(f"partner {partner!r} may not deliver format {fmt!r} "
+                              f"(allowed: {', '.join(partner_cfg.formats)})")
+        return self.mappings[fmt]
+
+    def _ingest_file(self, summary: RunSummary, mapping: Mapping, partner: str, path: Path,
+                     context_file: Path | None, progress: Callable[[int], None] | None) -> None:
+        try:
+            context = load_context(mapping, path, context_file)
+            stream = path.open("rb")
+        except (InputError, OSError) as exc:
+            message = str(exc) if isinstance(exc, InputError) else f"{path}: {exc.strerror}"
+            summary.input_errors.append(message)
+            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
+            log.error("input not ingested", extra={"input": str(path), "reason": message})
+            return
+        adapter = MappedAdapter(mapping, partner, context, path.name)
+        batch: list[Notification] = []
+        rows: list[tuple[str, int, str, str, str | None]] = []
+        keep_raw = mapping.keep_raw_in_quarantine
+        with stream:
+            for row in adapter.rows(stream):
+                summary.counts["read"] += 1
+                try:
+                    if isinstance(row, RowError):
+                        if row.skipped:
+                            raise RowSkipped(row.reason)
+                        raise RowRejected(row.reason)
+                    assert isinstance(row, RawRecord)
+                    batch.append(adapter.notification(row))
+                except RowSkipped as skip:
+                    summary.counts["skipped"] += 1
+                    rows.append((path.name, row.line, "skipped", str(skip), None))
+                except RowRejected as bad:
+                    summary.counts["quarantined"] += 1
+                    raw = row.raw[:RAW_EXCERPT] if keep_raw else None
+                    rows.append((path.name, row.line, "quarantined", str(bad), raw))
+                if len(batch) >= BATCH_SIZE:
+                    self._flush(summary, batch)
+                    batch = []
+                    if progress:
+                        progress(stream.tell())
+                if len(rows) >= BATCH_SIZE:
+                    self._record_rows(summary.run_id, rows)
+                    rows = []
+            self._flush(summary, batch)
+            self._record_rows(summary.run_id, rows)
+            if progress:
+                progress(stream.tell())
+
+    def _record_rows(self, run_id: int, rows: list[tuple[str, int, str, str, str | None]]) -> None:
+        if not rows:
+            return
+        with self.store.engine.begin() as conn:
+            conn.execute(insert(t.run_rows), [
+                {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
+                for f, line, kind, reason, raw in rows
+            ])
+
+    def _flush(self, summary: RunSummary, batch: list[Notification]) -> None:
+        if not batch:
+            return
+        groups: dict[str, list[Notification]] = {}
+        for n in batch:
+            groups.setdefault(notification_key(n), []).append(n)
+        summary.counts["notifications"] += len(batch)
+        with self.store.writing() as writer:
+            _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+
+
+class _BatchWriter:
+    """Writes one batch of grouped notifications inside one exclusive transaction."""
+
+    def __init__(self, ingestor: Ingestor, writer: Writer, summary: RunSummary, run_id: int):
+        self.ingestor = ingestor
+        self.writer = writer
+        self.summary = summary
+        self.run_id = run_id
+        self.now = ingestor.clock()
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.members: dict[str, dict[tuple[str, str], None]] = {}
+
+    def write(self, groups: dict[str, list[Notification]]) -> None:
+        states = self.writer.notification_states(list(groups))
+        known = self.writer.known_observations(list(groups))
+        new_rows: list[dict[str, Any]] = []
+        changed_rows: list[dict[str, Any]] = []
+        observations: list[tuple[str, int]] = []
+        for key, group in groups.items():
+            times = sorted({_us(n.observed_at) for n in group})
+            fresh = [at for at in times if (key, at) not in known]
+            previous = states.get(key)
+            if previous is not None and not fresh:
+                self.summary.counts["unchanged"] += 1
+                continue
+            observations += [(key, at) for at in fresh]
+            row = self._notification(key, group[0], previous, fresh)
+            (changed_rows if previous else new_rows).append(row)
+            self.summary.counts["updated" if previous else "new"] += 1
+        pks = self._store_objects()
+        for collection_id, refs in self.members.items():
+            entries = [(pks[ref], ref[0], self.objects[ref]["type"], ref[1]) for ref in refs]
+            self.writer.add_members(collection_id, entries)
+        self.writer.add_observations(observations)
+        self.writer.save_notifications(new_rows, changed_rows)
+
+    def _notification(self, key: str, n: Notification, previous: dict[str, Any] | None,
+                      fresh: list[int]) -> dict[str, Any]:
+        first, last = fresh[0], fresh[-1]
+        created = timestamp(self.now)
+        modified = created
+        count = len(fresh)
+        if previous is not None:
+            first, last = min(first, previous["first_seen"]), max(last, previous["last_seen"])
+            count += previous["count"]
+            created = previous["created"]
+            if timestamp_to_us(modified) <= timestamp_to_us(previous["modified"]):
+                modified = _ts_from_us(timestamp_to_us(previous["modified"]) + 1000)
+        state = NotificationState(_ts_from_us(first), _ts_from_us(last), count, created, modified)
+        objects = notification_objects(n, state)
+        decision = self.ingestor.router.route(n)
+        if decision.match is None:
+            self.summary.counts["unrouted"] += 1
+            log.info("notification unrouted", extra={"observable": n.observable, "key": key})
+        elif decision.recipients:
+            self.summary.counts["routed"] += 1
+        else:
+            self.summary.counts["suppressed_tlp"] += 1
+        for rid in decision.suppressed_tlp:
+            self.summary.suppressed_tlp[rid] += 1
+        partner_name = self.ingestor.config.partner(n.partner).name
+        shared = reference_objects(n.partner, partner_name, n.tlp)
+        for rid in decision.recipients:
+            self.summary.per_recipient[rid] += 1
+            refs = self.members.setdefault(recipient_collection_id(rid), {})
+            for obj in (*shared, *objects):
+                refs[self._keep(obj)] = None
+        for obj in objects:
+            self._keep(obj)  # stored even when unrouted: routing can be replayed later
+        c = n.classification
+        return {
+            "key": key, "partner": n.partner, "feed": n.feed,
+            "classification": f"{c.taxonomy}/{c.type}", "identifier": c.identifier,
+            "observable": n.observable, "day": n.day, "tlp": n.tlp,
+            "sighting_id": objects[-1]["id"], "first_seen": first, "last_seen": last,
+            "count": count, "created": created, "modified": modified,
+            "recipients": orjson.dumps(decision.recipients).decode(),
+            "first_run": previous["first_run"] if previous else self.run_id,
+            "last_run": self.run_id,
+        }
+
+    def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
+        ref = (obj["id"], version_key(obj.get("modified")))
+        self.objects.setdefault(ref, obj)
+        return ref
+
+    def _store_objects(self) -> dict[tuple[str, str], int]:
+        refs = list(self.objects)
+        objs = [self.objects[r] for r in refs]
+        bodies = [orjson.dumps(o).decode() for o in objs]
+        return self.writer.add_objects(objs, bodies)

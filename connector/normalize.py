@@ -1,0 +1,47 @@
+"""Canonical forms of observable values, so `Example.NL` and `example.nl` are one object."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+
+def canonical_ip(value: str) -> str:
+    """Canonical text of an IPv4/IPv6 address; raises ValueError naming the bad value."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty IP address")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+
+
+def canonical_domain(value: str) -> str:
+    text = value.strip().rstrip(".").lower()
+    if not text:
+        raise ValueError("empty domain name")
+    try:
+        text = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"invalid domain name {value!r}") from None
+    if any(not label or len(label) > 63 for label in text.split(".")) or len(text) > 253:
+        raise ValueError(f"invalid domain name {value!r}")
+    return text
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def url_host(value: str) -> str | None:
+    """Host part of a URL (or a bare host), lower-cased; None when there is none."""
+    text = value.strip()
+    if not text:
+        return None
+    parts = urlsplit(text if "://" in text else f"//{text}")
+    return parts.hostname.lower() if parts.hostname else None

@@ -1,0 +1,64 @@
+"""A notification: one factual occurrence of abuse, as every adapter produces it.
+
+Adapters know their feed; everything after them (STIX, routing, storage) knows only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """RSIT taxonomy/type plus an identifier (a CVE id, `open-rdp`, a malware family)."""
+
+    taxonomy: str
+    type: str
+    identifier: str
+
+    def tag(self) -> str:
+        return f'rsit:{self.taxonomy}="{self.type}"'
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where the occurrence was read: kept so an analyst can trace any object to its line."""
+
+    file: str
+    line: int
+
+
+@dataclass(slots=True)
+class Notification:
+    partner: str
+    feed: str
+    classification: Classification
+    observed_at: datetime
+    tlp: str
+    ip: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    hostname: str | None = None
+    asn: int | None = None
+    vulnerability: str | None = None
+    severity: str | None = None
+    case_id: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    source: SourceRef | None = None
+
+    @property
+    def observable(self) -> str:
+        """The thing the notification is about, as it appears in the natural key."""
+        host = self.ip or self.hostname or ""
+        return f"{host}:{self.port}" if self.port is not None else host
+
+    @property
+    def day(self) -> str:
+        return self.observed_at.astimezone(UTC).strftime("%Y-%m-%d")
+
+    def natural_key(self) -> tuple[str, str, str, str, str]:
+        """(partner, classification, identifier, observable, day): seeing it again updates it."""
+        c = self.classification
+        return (self.partner, f"{c.taxonomy}/{c.type}", c.identifier, self.observable, self.day)

@@ -1,0 +1,205 @@
+"""Notification -> STIX 2.1 objects, as plain dicts.
+
+The model (see docs/stix-model.md): a `sighting` of a `vulnerability`, with `observed_data_refs`
+to an `observed-data` holding the host's SCOs (address, host name, network-traffic for the
+port) and `where_sighted_refs` to the partner's identity. Notification metadata that STIX has
+no property for sits in the project's property extension on the sighting.
+
+Objects are built as dicts, not stix2 classes: the library's validation costs far more than
+the ingest budget allows at millions of rows a day; instead, tests run every object produced
+from the samples through stix2-validator and stix2.parse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from connector.notification import Notification
+from connector.stix.ids import project_id, sco_id, timestamp
+from connector.tlp import TLP2_MARKING_IDS, marking_definition
+
+# Reference objects (identities, the extension definition, vulnerabilities) never change, so
+# they carry a fixed creation time and a single version.
+REFERENCE_TIME = "2024-01-01T00:00:00.000Z"
+
+CLEARINGHOUSE_IDENTITY_ID = project_id("identity", "clearinghouse")
+EXTENSION_ID = project_id("extension-definition", "notification", "1.0")
+
+EXTENSION_SCHEMA = (
+    "Security Meldpunt notification extension, version 1.0 (property-extension on sighting). "
+    "Properties: partner (string, partner id), feed (string, mapping/format name), "
+    "classification (object: taxonomy, type, identifier; RSIT taxonomy), case_id (string), "
+    "severity (string), evidence (object: feed-specific fields kept from the input). "
+    "Documented in docs/stix-model.md of the meldpunt-connector project."
+)
+
+
+def clearinghouse_identity() -> dict[str, Any]:
+    return {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": CLEARINGHOUSE_IDENTITY_ID,
+        "created": REFERENCE_TIME,
+        "modified": REFERENCE_TIME,
+        "name": "Security Meldpunt",
+        "identity_class": "organization",
+        "sectors": ["government-national"],
+        "description": "National clearinghouse for security notifications.",
+    }
+
+
+def extension_definition() -> dict[str, Any]:
+    return {
+        "type": "extension-definition",
+        "spec_version": "2.1",
+        "id": EXTENSION_ID,
+        "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
+        "created": REFERENCE_TIME,
+        "modified": REFERENCE_TIME,
+        "name": "Security Meldpunt notification",
+        "description": "Clearinghouse metadata of a notification: source feed, RSIT "
+        "classification, case, severity and feed-specific evidence.",
+        "schema": EXTENSION_SCHEMA,
+        "version": "1.0.0",
+        "extension_types": ["property-extension"],
+    }
+
+
+def partner_identity_id(partner: str) -> str:
+    return project_id("identity", "partner", partner)
+
+
+def partner_identity(partner: str, name: str) -> dict[str, Any]:
+    return {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": partner_identity_id(partner),
+        "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
+        "created": REFERENCE_TIME,
+        "modified": REFERENCE_TIME,
+        "name": name,
+        "identity_class": "organization",
+    }
+
+
+def vulnerability(cve: str) -> dict[str, Any]:
+    return {
+        "type": "vulnerability",
+        "spec_version": "2.1",
+        "id": project_id("vulnerability", cve),
+        "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
+        "created": REFERENCE_TIME,
+        "modified": REFERENCE_TIME,
+        "name": cve,
+        "external_references": [
+            {"source_name": "cve", "external_id": cve,
+             "url": f"https://www.cve.org/CVERecord?id={cve}"},
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationState:
+    """The aggregate the store keeps for a natural key: when seen, how often, which version."""
+
+    first_seen: str
+    last_seen: str
+    count: int
+    created: str
+    modified: str
+
+
+def notification_ids(key: tuple[str, ...]) -> tuple[str, str]:
+    """(sighting id, observed-data id), both derived from the natural key."""
+    return project_id("sighting", *key), project_id("observed-data", *key)
+
+
+def observables(n: Notification) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    address_id = None
+    if n.ip:
+        ip_type = "ipv6-addr" if ":" in n.ip else "ipv4-addr"
+        address_id = sco_id(ip_type, {"value": n.ip})
+        out.append({"type": ip_type, "spec_version": "2.1", "id": address_id, "value": n.ip})
+    if n.hostname:
+        out.append({
+            "type": "domain-name", "spec_version": "2.1",
+            "id": sco_id("domain-name", {"value": n.hostname}), "value": n.hostname,
+        })
+    if address_id and n.port is not None:
+        protocols = [n.protocol or "tcp"]
+        traffic = {"dst_ref": address_id, "dst_port": n.port, "protocols": protocols}
+        out.append({"type": "network-traffic", "spec_version": "2.1",
+                    "id": sco_id("network-traffic", traffic), **traffic})
+    return out
+
+
+def notification_objects(n: Notification, state: NotificationState) -> list[dict[str, Any]]:
+    """The objects of one notification version; reference objects are added by the caller."""
+    key = n.natural_key()
+    sighting_id, observed_id = notification_ids(key)
+    partner_ref = partner_identity_id(n.partner)
+    marking = [TLP2_MARKING_IDS[n.tlp]]
+    scos = observables(n)
+    observed = {
+        "type": "observed-data",
+        "spec_version": "2.1",
+        "id": observed_id,
+        "created_by_ref": partner_ref,
+        "created": state.created,
+        "modified": state.modified,
+        "first_observed": state.first_seen,
+        "last_observed": state.last_seen,
+        "number_observed": state.count,
+        "object_refs": [o["id"] for o in scos],
+        "object_marking_refs": marking,
+    }
+    c = n.classification
+    extension: dict[str, Any] = {
+        "extension_type": "property-extension",
+        "partner": n.partner,
+        "feed": n.feed,
+        "classification": {"taxonomy": c.taxonomy, "type": c.type, "identifier": c.identifier},
+    }
+    if n.case_id:
+        extension["case_id"] = n.case_id
+    if n.severity:
+        extension["severity"] = n.severity
+    if n.evidence:
+        extension["evidence"] = n.evidence
+    if not n.vulnerability:
+        # Other classifications (malware, phishing ...) sight other SDOs; their mappings come
+        # with the partner-feeds work. Refuse rather than emit an invalid sighting.
+        raise ValueError(f"no sighted object for classification {c.taxonomy}/{c.type}")
+    sighted = vulnerability(n.vulnerability)
+    sighting = {
+        "type": "sighting",
+        "spec_version": "2.1",
+        "id": sighting_id,
+        "created_by_ref": partner_ref,
+        "created": state.created,
+        "modified": state.modified,
+        "first_seen": state.first_seen,
+        "last_seen": state.last_seen,
+        "count": state.count,
+        "sighting_of_ref": sighted["id"],
+        "observed_data_refs": [observed_id],
+        "where_sighted_refs": [partner_ref],
+        "object_marking_refs": marking,
+        "extensions": {EXTENSION_ID: extension},
+    }
+    return [sighted, *scos, observed, sighting]
+
+
+def reference_objects(partner: str, partner_name: str, tlp: str) -> list[dict[str, Any]]:
+    """What a collection needs so every reference in a notification resolves."""
+    return [
+        clearinghouse_identity(),
+        extension_definition(),
+        partner_identity(partner, partner_name),
+        marking_definition(tlp),
+    ]
+
+
+__all__ = ["NotificationState", "notification_objects", "reference_objects", "timestamp"]

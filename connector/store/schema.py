@@ -1,0 +1,151 @@
+"""The store's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+The migrations under `migrations/versions/` create exactly these tables; a test compares the
+migrated database with this metadata so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+# One row per STIX object version. `modified` is '' for objects without versions (SCOs and
+# marking definitions); (stix_id, modified) identifies a version.
+stix_objects = Table(
+    "stix_objects",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("stix_id", String(128), nullable=False),
+    Column("modified", String(32), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("spec_version", String(8), nullable=False),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("stix_id", "modified", name="uq_stix_objects_version"),
+)
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # recipient | inbox
+    Column("owner", String(64), nullable=False),  # recipient id or partner id
+    Column("title", String(256), nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+# Collection membership of object versions. `date_added` (microseconds since the epoch) is
+# assigned by the store under a lock on `clock`, so it strictly increases in commit order:
+# a poller using added_after can never miss a row committed later with a smaller value.
+collection_objects = Table(
+    "collection_objects",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("collection_id", String(36), nullable=False),
+    Column("object_pk", BigId, ForeignKey("stix_objects.pk"), nullable=False),
+    Column("stix_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("date_added", BigInteger, nullable=False),
+    Column("is_latest", Boolean, nullable=False),
+    UniqueConstraint("collection_id", "object_pk", name="uq_collection_objects_member"),
+    UniqueConstraint("date_added", name="uq_collection_objects_date_added"),
+    Index("ix_collection_objects_page", "collection_id", "date_added"),
+    Index("ix_collection_objects_latest", "collection_id", "is_latest", "date_added"),
+    Index("ix_collection_objects_id", "collection_id", "stix_id"),
+)
+
+clock = Table(
+    "clock",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_date_added", BigInteger, nullable=False),
+)
+
+# One row per notification (natural key), with its aggregate state and current STIX ids.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256 of the natural key
+    Column("partner", String(64), nullable=False),
+    Column("feed", String(64), nullable=False),
+    Column("classification", String(128), nullable=False),
+    Column("identifier", String(128), nullable=False),
+    Column("observable", String(300), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("tlp", String(16), nullable=False),
+    Column("sighting_id", String(128), nullable=False),
+    Column("first_seen", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("modified", String(32), nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list, as routed at the last update
+    Column("first_run", BigInteger, nullable=False),
+    Column("last_run", BigInteger, nullable=False),
+    Index("ix_notifications_last_run", "last_run"),
+)
+
+# Distinct observation times per notification: makes re-ingesting a file a no-op while a
+# genuinely new sighting of the same occurrence increments the count.
+observations = Table(
+    "observations",
+    metadata,
+    Column("notification_key", String(64), primary_key=True),
+    Column("observed_at", BigInteger, primary_key=True),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("partner", String(64), nullable=False),
+    Column("format", String(64), nullable=False),
+    Column("inputs", Text, nullable=False),  # JSON list of file names
+    Column("started_at", String(32), nullable=False),
+    Column("finished_at", String(32), nullable=True),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("counts", Text, nullable=False),  # JSON object
+    Column("error", Text, nullable=True),
+)
+
+# Rows of a run that did not become notifications: quarantined faults and skipped records.
+run_rows = Table(
+    "run_rows",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, ForeignKey("ingest_runs.id"), nullable=False),
+    Column("input", String(512), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # quarantined | skipped
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=True),
+    Index("ix_run_rows_run", "run_id", "kind"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("at", String(32), nullable=False),
+    Column("username", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("collection_id", String(36), nullable=True),
+    Column("objects", Integer, nullable=False),
+    Column("status", Integer, nullable=False),
+)
