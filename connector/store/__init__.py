@@ -1,5 +1,5 @@
 """Persistent state: objects and versions, collections, notifications, runs, audit."""
 
-from connector.store.store import CollectionRow, Member, Store, Writer
+from connector.store.store import CollectionRow, Member, Store, VersionFilter, Writer
 
-__all__ = ["CollectionRow", "Member", "Store", "Writer"]
+__all__ = ["CollectionRow", "Member", "Store", "VersionFilter", "Writer"]

@@ -19,7 +19,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from connector.store import schema as t
@@ -72,6 +83,36 @@ class Member:
     body: str
     stix_id: str
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFilter:
+    """TAXII match[version]: any of last, first, all, and exact versions (normalised)."""
+
+    last: bool = True
+    first: bool = False
+    all: bool = False
+    exact: tuple[str, ...] = ()
+
+    def condition(self) -> Any:
+        if self.all:
+            return None
+        co = t.collection_objects
+        alias = co.alias("earlier")
+        parts = []
+        if self.last:
+            parts.append(co.c.is_latest.is_(True))
+        if self.first:
+            earliest = (
+                select(func.min(alias.c.version))
+                .where(and_(alias.c.collection_id == co.c.collection_id,
+                            alias.c.stix_id == co.c.stix_id))
+                .scalar_subquery()
+            )
+            parts.append(co.c.version == earliest)
+        if self.exact:
+            parts.append(co.c.version.in_(list(self.exact)))
+        return or_(*parts) if parts else co.c.is_latest.is_(True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +263,7 @@ class Store:
         limit: int,
         types: Sequence[str] = (),
         ids: Sequence[str] = (),
-        latest_only: bool = True,
+        versions: VersionFilter | None = None,
     ) -> list[Member]:
         """Up to `limit` members with date_added > after, in date_added order (keyset)."""
         co, so = t.collection_objects, t.stix_objects
@@ -231,8 +272,9 @@ class Store:
             .select_from(co.join(so, so.c.pk == co.c.object_pk))
             .where(co.c.collection_id == collection_id)
         )
-        if latest_only:
-            query = query.where(co.c.is_latest.is_(True))
+        condition = (versions or VersionFilter()).condition()
+        if condition is not None:
+            query = query.where(condition)
         if after is not None:
             query = query.where(co.c.date_added > after)
         if types:

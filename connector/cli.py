@@ -1,0 +1,196 @@
+"""The `meldpunt` command line: each stage usable on its own, and the whole in one command."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
+from connector.collections import collection_rows
+from connector.config import Config, ConfigError, load_config
+from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
+from connector.logs import setup_logging
+from connector.passwords import hash_password
+from connector.store import Store
+
+app = typer.Typer(help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML configuration (default: $MELDPUNT_CONFIG or config/meldpunt.yaml)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise _fail(exc.render()) from None
+
+
+def _mappings(config: Config) -> dict:  # type: ignore[type-arg]
+    try:
+        return load_mappings(config.mappings_dir or DEFAULT_MAPPINGS_DIR)
+    except MappingError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _open_store(config: Config) -> Store:
+    store = Store.open(config.database)
+    store.sync_collections(collection_rows(config))
+    return store
+
+
+@app.callback()
+def main(log_level: Annotated[str | None, typer.Option(help="debug, info, warning (default), error.")] = None) -> None:
+    setup_logging(log_level)
+
+
+@app.command("hash-password")
+def hash_password_cmd() -> None:
+    """Read a password from standard input (or a prompt) and print its argon2 hash for the config."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("again: "):
+            raise _fail("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _fail("empty password")
+    out.print(hash_password(password), highlight=False)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Input files.", exists=True, dir_okay=False)],
+    partner: Annotated[str, typer.Option(help="Partner id from the configuration.")],
+    fmt: Annotated[str, typer.Option("--format", help="Input format (a mapping under mappings/).")],
+    case: Annotated[Path | None, typer.Option(help="Case metadata file, where the format uses one "
+                                              "and it is not beside the input.")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
+    config = _load(config_path)
+    store = _open_store(config)
+    ingestor = Ingestor(config, store, _mappings(config))
+    total = sum(p.stat().st_size for p in paths)
+    done_before = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("ingesting", total=total)
+
+        def advance(position: int) -> None:
+            progress.update(task, completed=done_before + position)
+
+        try:
+            summary = ingestor.run(partner, fmt, paths, context_file=case, progress=advance)
+        except IngestError as exc:
+            raise _fail(str(exc)) from None
+    print_summary(store, summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
+    counts = Table(title=f"ingest run {summary.run_id}", show_header=False)
+    for name in COUNT_NAMES:
+        counts.add_row(name, str(summary.counts.get(name, 0)))
+    out.print(counts)
+    if summary.per_recipient or summary.suppressed_tlp:
+        table = Table("recipient", "delivered", "suppressed (TLP)")
+        for rid in sorted(set(summary.per_recipient) | set(summary.suppressed_tlp)):
+            table.add_row(rid, str(summary.per_recipient[rid]), str(summary.suppressed_tlp[rid]))
+        out.print(table)
+    rows = store.run_rows(summary.run_id)
+    bad = [r for r in rows if r["kind"] != "skipped"]
+    if bad:
+        table = Table("input", "line", "kind", "reason", title="not ingested")
+        for r in bad[:limit]:
+            table.add_row(r["input"], str(r["line"]), r["kind"], r["reason"])
+        out.print(table)
+        if len(bad) > limit:
+            out.print(f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})")
+    skipped = len(rows) - len(bad)
+    if skipped:
+        out.print(f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)")
+    unrouted = store.unrouted(summary.run_id)
+    if unrouted:
+        table = Table("observable", "classification", "identifier", title="unrouted (no recipient claims these)")
+        for n in unrouted[:limit]:
+            table.add_row(n["observable"], n["classification"], n["identifier"])
+        out.print(table)
+        if len(unrouted) > limit:
+            out.print(f"... and {len(unrouted) - limit} more")
+    for err in summary.input_errors:
+        console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
+
+
+@app.command()
+def serve(
+    config_path: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+) -> None:
+    """Serve the TAXII 2.1 API."""
+    import uvicorn
+
+    from taxii_server import create_app
+
+    config = _load(config_path)
+    application = create_app(config, _open_store(config))
+    uvicorn.run(application, host=host or config.server.host, port=port or config.server.port,
+                log_level="warning")
+
+
+@app.command()
+def export(
+    recipient: Annotated[str, typer.Option(help="Recipient id.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: stdout).")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Write a recipient's collection as one STIX 2.1 bundle (what its TAXII collection serves)."""
+    from connector.export import write_bundle
+
+    config = _load(config_path)
+    try:
+        config.recipient(recipient)
+    except KeyError:
+        raise _fail(f"unknown recipient {recipient!r}") from None
+    store = _open_store(config)
+    if out_file is None:
+        count = write_bundle(store, recipient, sys.stdout.buffer)
+    else:
+        with out_file.open("wb") as fh:
+            count = write_bundle(store, recipient, fh)
+    console.print(f"{count} objects exported for {recipient}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Directory for the demo's fresh SQLite store.")] = Path("meldpunt-demo"),
+    port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1).")] = 6100,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving after the self-check.")] = True,
+) -> None:
+    """Sample config and feeds into a fresh SQLite store, poll it with taxii2-client, then serve."""
+    from connector.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir=workdir, port=port, serve=serve_after, out=out, console=console))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

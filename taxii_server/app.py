@@ -1,0 +1,84 @@
+"""The TAXII 2.1 application, built from configuration (no module-level state)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from connector.collections import collection_rows
+from connector.config import Config
+from connector.store import CollectionRow, Store
+from taxii_server.auth import Authenticator, Principal
+from taxii_server.errors import (
+    TaxiiError,
+    handle_http_error,
+    handle_taxii_error,
+    handle_validation_error,
+)
+from taxii_server.media import accepts_taxii
+from taxii_server.pagination import TokenCodec
+
+log = logging.getLogger("meldpunt.taxii")
+
+
+@dataclass
+class ServerState:
+    config: Config
+    store: Store
+    authenticator: Authenticator
+    tokens: TokenCodec
+    collections: dict[str, CollectionRow]
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.meldpunt  # type: ignore[no-any-return]
+
+
+def principal(request: Request) -> Principal:
+    """Every TAXII route depends on this: negotiation first, then authentication."""
+    if not accepts_taxii(request.headers.get("accept")):
+        raise TaxiiError(406, "Not acceptable",
+                         "This server answers with application/taxii+json;version=2.1 only.")
+    client = request.client.host if request.client else "unknown"
+    return state(request).authenticator.authenticate(request.headers.get("authorization"), client)
+
+
+def _token_secret(config: Config) -> bytes | None:
+    value = os.environ.get(config.server.token_secret_env)
+    if value:
+        return value.encode()
+    log.warning("no shared token secret set; next tokens are valid on this process only",
+                extra={"env": config.server.token_secret_env})
+    return None
+
+
+def create_app(config: Config, store: Store) -> FastAPI:
+    from taxii_server.routes import collections, discovery, objects
+
+    app = FastAPI(
+        title=config.server.title,
+        version="2.1",
+        description="TAXII 2.1 API of the Security Meldpunt clearinghouse.",
+        dependencies=[Depends(principal)],
+    )
+    rows = collection_rows(config)
+    store.sync_collections(rows)
+    app.state.meldpunt = ServerState(
+        config=config,
+        store=store,
+        authenticator=Authenticator(config),
+        tokens=TokenCodec(_token_secret(config)),
+        collections={r.id: r for r in rows},
+    )
+    app.add_exception_handler(TaxiiError, handle_taxii_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.include_router(discovery.router)
+    app.include_router(collections.router)
+    app.include_router(objects.router)
+    return app

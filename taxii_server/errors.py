@@ -1,0 +1,54 @@
+"""One error type for the HTTP layer, rendered in one place as a TAXII 2.1 error message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from taxii_server.media import taxii_response
+
+
+class TaxiiError(Exception):
+    def __init__(self, status: int, title: str, description: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.description = description
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"title": self.title, "http_status": str(self.status)}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+def not_found(what: str = "collection") -> TaxiiError:
+    # The same answer whether the thing does not exist or the user may not see it.
+    return TaxiiError(404, f"{what.capitalize()} not found",
+                      f"No {what} with that identifier is available to this user.")
+
+
+async def handle_taxii_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TaxiiError)
+    return taxii_response(exc.body(), status=exc.status, headers=exc.headers)
+
+
+async def handle_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    err = TaxiiError(exc.status_code, titles.get(exc.status_code, str(exc.detail)),
+                     headers=dict(exc.headers or {}))
+    return taxii_response(err.body(), status=err.status, headers=err.headers)
+
+
+async def handle_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    err = TaxiiError(400, "Bad request", detail)
+    return taxii_response(err.body(), status=400)

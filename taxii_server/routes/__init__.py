@@ -1,0 +1,1 @@
+"""One module per TAXII resource; each route: guards, then one store call."""
