@@ -9,6 +9,7 @@ is what lets TAXII pollers page with `added_after` without ever missing a row.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,23 +50,24 @@ def us_to_timestamp(value: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
 def timestamp_to_us(value: str) -> int:
     """Parse an RFC 3339 timestamp (any precision) to microseconds; ValueError if malformed."""
-    text = value.strip()
-    if not text or text[-1] not in "Zz" and "+" not in text[10:] and "-" not in text[10:]:
+    match = _RFC3339.match(value.strip())
+    if not match:
         raise ValueError(f"not an RFC 3339 timestamp with a time zone: {value!r}")
-    if "." in text:
-        # Python parses at most 6 fraction digits; TAXII allows more.
-        head, _, rest = text.partition(".")
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
-        text = f"{head}.{(digits + '000000')[:6]}{zone}"
+    day, clock_time, fraction, zone = match.groups()
+    # Python parses at most 6 fraction digits; RFC 3339 and TAXII allow more.
+    micro = (fraction or "").ljust(6, "0")[:6]
+    zone = "+00:00" if zone in ("Z", "z") else zone
     try:
-        moment = datetime.fromisoformat(text.replace("z", "+00:00").replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(f"{day}T{clock_time}.{micro}{zone}")
     except ValueError:
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"timestamp without time zone: {value!r}")
+        raise ValueError(f"not a valid RFC 3339 timestamp: {value!r}") from None
     delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

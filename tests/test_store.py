@@ -1,0 +1,104 @@
+"""The store on SQLite and PostgreSQL: schema from migrations, date_added order, versions."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from connector.store import Store, VersionFilter
+from connector.store.schema import metadata
+from connector.store.store import timestamp_to_us, us_to_timestamp, version_key
+
+COLLECTION = "11111111-1111-4111-8111-111111111111"
+
+
+def indicator(n: int, modified: str = "2024-01-01T00:00:00.000Z") -> dict:
+    return {"type": "indicator", "spec_version": "2.1", "id": f"indicator--{n:08d}-0000-4000-8000-000000000000",
+            "created": "2024-01-01T00:00:00.000Z", "modified": modified, "pattern_type": "stix",
+            "pattern": "[ipv4-addr:value = '192.0.2.1']", "valid_from": "2024-01-01T00:00:00Z"}
+
+
+def add(store: Store, objects: list[dict]) -> None:
+    with store.writing() as w:
+        pks = w.add_objects(objects, [orjson.dumps(o).decode() for o in objects])
+        w.add_members(COLLECTION, [(pks[(o["id"], version_key(o["modified"]))], o["id"], o["type"],
+                                    version_key(o["modified"])) for o in objects])
+
+
+def test_migrations_create_exactly_the_declared_schema(store_url: str) -> None:
+    store = Store.open(store_url)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    store.close()
+    assert diff == []
+
+
+def test_migrate_twice_is_harmless(store_url: str) -> None:
+    store = Store.open(store_url)
+    store.migrate()
+    store.close()
+
+
+def test_date_added_strictly_increases_across_concurrent_writers(store_url: str) -> None:
+    store = Store.open(store_url)
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            for i in range(20):
+                add(store, [indicator(offset * 1000 + i * 3 + k) for k in range(3)])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    members = store.page(COLLECTION, after=None, limit=10_000)
+    stamps = [m.date_added for m in members]
+    assert len(stamps) == 4 * 20 * 3
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    # Keyset paging from any point returns exactly the rest.
+    middle = stamps[100]
+    assert [m.date_added for m in store.page(COLLECTION, after=middle, limit=10_000)] == stamps[101:]
+    store.close()
+
+
+def test_latest_version_wins_even_when_added_out_of_order(store_url: str) -> None:
+    store = Store.open(store_url)
+    add(store, [indicator(1, "2024-03-01T00:00:00.000Z")])
+    add(store, [indicator(1, "2024-01-01T00:00:00.000Z")])  # an older version arrives later
+    add(store, [indicator(1, "2024-02-01T00:00:00Z")])
+    latest = store.page(COLLECTION, after=None, limit=10)
+    assert [m.version for m in latest] == [version_key("2024-03-01T00:00:00Z")]
+    every = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))
+    assert len(every) == 3
+    first = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(last=False, first=True))
+    assert [m.version for m in first] == [version_key("2024-01-01T00:00:00Z")]
+    exact = store.page(COLLECTION, after=None, limit=10,
+                       versions=VersionFilter(last=False, exact=(version_key("2024-02-01T00:00:00.000Z"),)))
+    assert len(exact) == 1
+    add(store, [indicator(1, "2024-03-01T00:00:00.000Z")])  # the same version again: no new member
+    assert len(store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))) == 3
+    store.close()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2024-06-12T04:48:41Z", "2024-06-12T04:48:41.000000Z"),
+    ("2024-06-12T04:48:41.5+02:00", "2024-06-12T02:48:41.500000Z"),
+    ("2024-06-12T04:48:41.123456789Z", "2024-06-12T04:48:41.123456Z"),
+])
+def test_timestamps_round_trip(text: str, expected: str) -> None:
+    assert us_to_timestamp(timestamp_to_us(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2024-06-12", "2024-06-12T04:48:41", "2024-13-01T00:00:00Z"])
+def test_malformed_timestamps_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        timestamp_to_us(text)
