@@ -20,14 +20,19 @@ from connector.logs import setup_logging
 from connector.passwords import hash_password
 from connector.store import Store
 
-app = typer.Typer(help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console(stderr=True)
 out = Console()
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML configuration (default: $MELDPUNT_CONFIG or config/meldpunt.yaml)."),
+    typer.Option(
+        "--config", "-c", help="YAML configuration (default: $MELDPUNT_CONFIG or config/meldpunt.yaml)."
+    ),
 ]
 
 
@@ -57,7 +62,9 @@ def _open_store(config: Config) -> Store:
 
 
 @app.callback()
-def main(log_level: Annotated[str | None, typer.Option(help="debug, info, warning (default), error.")] = None) -> None:
+def main(
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning (default), error.")] = None,
+) -> None:
     setup_logging(log_level)
 
 
@@ -80,8 +87,10 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Input files.", exists=True, dir_okay=False)],
     partner: Annotated[str, typer.Option(help="Partner id from the configuration.")],
     fmt: Annotated[str, typer.Option("--format", help="Input format (a mapping under mappings/).")],
-    case: Annotated[Path | None, typer.Option(help="Case metadata file, where the format uses one "
-                                              "and it is not beside the input.")] = None,
+    case: Annotated[
+        Path | None,
+        typer.Option(help="Case metadata file, where the format uses one and it is not beside the input."),
+    ] = None,
     config_path: ConfigOption = None,
 ) -> None:
     """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
@@ -90,8 +99,14 @@ def ingest(
     ingestor = Ingestor(config, store, _mappings(config))
     total = sum(p.stat().st_size for p in paths)
     done_before = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("ingesting", total=total)
 
         def advance(position: int) -> None:
@@ -127,10 +142,14 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
             out.print(f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})")
     skipped = len(rows) - len(bad)
     if skipped:
-        out.print(f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)")
+        out.print(
+            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)"
+        )
     unrouted = store.unrouted(summary.run_id)
     if unrouted:
-        table = Table("observable", "classification", "identifier", title="unrouted (no recipient claims these)")
+        table = Table(
+            "observable", "classification", "identifier", title="unrouted (no recipient claims these)"
+        )
         for n in unrouted[:limit]:
             table.add_row(n["observable"], n["classification"], n["identifier"])
         out.print(table)
@@ -153,8 +172,9 @@ def serve(
 
     config = _load(config_path)
     application = create_app(config, _open_store(config))
-    uvicorn.run(application, host=host or config.server.host, port=port or config.server.port,
-                log_level="warning")
+    uvicorn.run(
+        application, host=host or config.server.host, port=port or config.server.port, log_level="warning"
+    )
 
 
 @app.command()
@@ -182,9 +202,13 @@ def export(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Directory for the demo's fresh SQLite store.")] = Path("meldpunt-demo"),
+    workdir: Annotated[Path, typer.Option(help="Directory for the demo's fresh SQLite store.")] = Path(
+        "meldpunt-demo"
+    ),
     port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1).")] = 6100,
-    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving after the self-check.")] = True,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep serving after the self-check.")
+    ] = True,
 ) -> None:
     """Sample config and feeds into a fresh SQLite store, poll it with taxii2-client, then serve."""
     from connector.demo import run_demo

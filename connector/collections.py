@@ -18,7 +18,9 @@ def inbox_collection_id(partner_id: str) -> str:
 def collection_rows(config: Config) -> list[CollectionRow]:
     rows = [
         CollectionRow(
-            id=recipient_collection_id(r.id), kind="recipient", owner=r.id,
+            id=recipient_collection_id(r.id),
+            kind="recipient",
+            owner=r.id,
             title=f"Notifications for {r.name}",
             description=f"Security notifications concerning the constituency of {r.name} ({r.id}).",
         )
@@ -26,7 +28,9 @@ def collection_rows(config: Config) -> list[CollectionRow]:
     ]
     rows += [
         CollectionRow(
-            id=inbox_collection_id(p.id), kind="inbox", owner=p.id,
+            id=inbox_collection_id(p.id),
+            kind="inbox",
+            owner=p.id,
             title=f"Inbox of {p.name}",
             description=f"Write-only collection where {p.name} submits STIX 2.1 notifications.",
         )

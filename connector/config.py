@@ -158,16 +158,12 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -185,7 +181,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(str(source), [f"cannot read: {exc.strerror}"]) from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(str(source), [f"not valid YAML: {exc}"]) from None
     if raw is None:
@@ -286,7 +282,7 @@ def _parent_cycles(config: Config) -> Iterable[str]:
         node = parents.get(start)
         while node is not None and node in parents:
             if node in path:
-                cycle = path[path.index(node):] + [node]
+                cycle = [*path[path.index(node) :], node]
                 if not reported.intersection(cycle):
                     yield "recipients: parent cycle " + " -> ".join(cycle)
                     reported.update(cycle)

@@ -35,11 +35,13 @@ def demo_config(workdir: Path, port: int) -> tuple[Config, dict[str, str]]:
     passwords = {u.username: secrets.token_urlsafe(12) for u in base.users}
     users = [u.model_copy(update={"password_hash": hash_password(passwords[u.username])}) for u in base.users]
     server = base.server.model_copy(update={"host": "127.0.0.1", "port": port})
-    config = base.model_copy(update={
-        "database": f"sqlite:///{(workdir / 'meldpunt.db').resolve()}",
-        "users": users,
-        "server": server,
-    })
+    config = base.model_copy(
+        update={
+            "database": f"sqlite:///{(workdir / 'meldpunt.db').resolve()}",
+            "users": users,
+            "server": server,
+        }
+    )
     return config, passwords
 
 
@@ -66,8 +68,9 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
         print_summary(store, summary)
         ok = ok and summary.ok
 
-    server = uvicorn.Server(uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -105,8 +108,9 @@ def _self_check(config: Config, passwords: dict[str, str], base: str, out: Conso
             continue
         url = f"{base}/{config.server.api_root}/collections/{recipient_collection_id(user.recipient)}/"
         collection = Collection(url, user=user.username, password=passwords[user.username])
-        objects = [o for page in as_pages(collection.get_objects, per_request=50)
-                   for o in page.get("objects", [])]
+        objects = [
+            o for page in as_pages(collection.get_objects, per_request=50) for o in page.get("objects", [])
+        ]
         sightings = [o for o in objects if o["type"] == "sighting"]
         hosts = sorted({o["value"] for o in objects if o["type"] in ("ipv4-addr", "ipv6-addr")})
         shown = ", ".join(hosts[:3]) + (f" (+{len(hosts) - 3})" if len(hosts) > 3 else "")

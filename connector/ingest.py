@@ -64,8 +64,18 @@ class RunSummary:
         }
 
 
-COUNT_NAMES = ("read", "notifications", "new", "updated", "unchanged", "quarantined", "skipped",
-               "routed", "unrouted", "suppressed_tlp")
+COUNT_NAMES = (
+    "read",
+    "notifications",
+    "new",
+    "updated",
+    "unchanged",
+    "quarantined",
+    "skipped",
+    "routed",
+    "unrouted",
+    "suppressed_tlp",
+)
 
 
 def notification_key(n: Notification) -> str:
@@ -81,8 +91,9 @@ def _ts_from_us(value: int) -> str:
 
 
 class Ingestor:
-    def __init__(self, config: Config, store: Store, mappings: dict[str, Mapping],
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store, mappings: dict[str, Mapping], clock: Clock | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.mappings = mappings
@@ -109,8 +120,9 @@ class Ingestor:
             self.store.finish_run(run_id, "failed", summary.as_dict(), error=repr(exc))
             raise
         status = "done" if summary.ok else "failed"
-        self.store.finish_run(run_id, status, summary.as_dict(),
-                              error="; ".join(summary.input_errors) or None)
+        self.store.finish_run(
+            run_id, status, summary.as_dict(), error="; ".join(summary.input_errors) or None
+        )
         log.info("ingest run finished", extra={"run": run_id, "status": status, **summary.counts})
         return summary
 
@@ -123,12 +135,21 @@ class Ingestor:
         if fmt not in self.mappings:
             raise IngestError(f"unknown format {fmt!r} (known: {', '.join(sorted(self.mappings))})")
         if partner_cfg.formats and fmt not in partner_cfg.formats:
-            raise IngestError(f"partner {partner!r} may not deliver format {fmt!r} "
-                              f"(allowed: {', '.join(partner_cfg.formats)})")
+            raise IngestError(
+                f"partner {partner!r} may not deliver format {fmt!r} "
+                f"(allowed: {', '.join(partner_cfg.formats)})"
+            )
         return self.mappings[fmt]
 
-    def _ingest_file(self, summary: RunSummary, mapping: Mapping, partner: str, path: Path,
-                     context_file: Path | None, progress: Callable[[int], None] | None) -> None:
+    def _ingest_file(
+        self,
+        summary: RunSummary,
+        mapping: Mapping,
+        partner: str,
+        path: Path,
+        context_file: Path | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         try:
             context = load_context(mapping, path, context_file)
             stream = path.open("rb")
@@ -176,10 +197,13 @@ class Ingestor:
         if not rows:
             return
         with self.store.engine.begin() as conn:
-            conn.execute(insert(t.run_rows), [
-                {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
-                for f, line, kind, reason, raw in rows
-            ])
+            conn.execute(
+                insert(t.run_rows),
+                [
+                    {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
+                    for f, line, kind, reason, raw in rows
+                ],
+            )
 
     def _flush(self, summary: RunSummary, batch: list[Notification]) -> None:
         if not batch:
@@ -228,8 +252,9 @@ class _BatchWriter:
         self.writer.add_observations(observations)
         self.writer.save_notifications(new_rows, changed_rows)
 
-    def _notification(self, key: str, n: Notification, previous: dict[str, Any] | None,
-                      fresh: list[int]) -> dict[str, Any]:
+    def _notification(
+        self, key: str, n: Notification, previous: dict[str, Any] | None, fresh: list[int]
+    ) -> dict[str, Any]:
         first, last = fresh[0], fresh[-1]
         created = timestamp(self.now)
         modified = created
@@ -263,11 +288,20 @@ class _BatchWriter:
             self._keep(obj)  # stored even when unrouted: routing can be replayed later
         c = n.classification
         return {
-            "key": key, "partner": n.partner, "feed": n.feed,
-            "classification": f"{c.taxonomy}/{c.type}", "identifier": c.identifier,
-            "observable": n.observable, "day": n.day, "tlp": n.tlp,
-            "sighting_id": objects[-1]["id"], "first_seen": first, "last_seen": last,
-            "count": count, "created": created, "modified": modified,
+            "key": key,
+            "partner": n.partner,
+            "feed": n.feed,
+            "classification": f"{c.taxonomy}/{c.type}",
+            "identifier": c.identifier,
+            "observable": n.observable,
+            "day": n.day,
+            "tlp": n.tlp,
+            "sighting_id": objects[-1]["id"],
+            "first_seen": first,
+            "last_seen": last,
+            "count": count,
+            "created": created,
+            "modified": modified,
             "recipients": orjson.dumps(decision.recipients).decode(),
             "first_run": previous["first_run"] if previous else self.run_id,
             "last_run": self.run_id,

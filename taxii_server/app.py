@@ -42,8 +42,9 @@ def state(request: Request) -> ServerState:
 def principal(request: Request) -> Principal:
     """Every TAXII route depends on this: negotiation first, then authentication."""
     if not accepts_taxii(request.headers.get("accept")):
-        raise TaxiiError(406, "Not acceptable",
-                         "This server answers with application/taxii+json;version=2.1 only.")
+        raise TaxiiError(
+            406, "Not acceptable", "This server answers with application/taxii+json;version=2.1 only."
+        )
     client = request.client.host if request.client else "unknown"
     return state(request).authenticator.authenticate(request.headers.get("authorization"), client)
 
@@ -52,8 +53,10 @@ def _token_secret(config: Config) -> bytes | None:
     value = os.environ.get(config.server.token_secret_env)
     if value:
         return value.encode()
-    log.warning("no shared token secret set; next tokens are valid on this process only",
-                extra={"env": config.server.token_secret_env})
+    log.warning(
+        "no shared token secret set; next tokens are valid on this process only",
+        extra={"env": config.server.token_secret_env},
+    )
     return None
 
 

@@ -68,8 +68,9 @@ class Authenticator:
             self._failures[client] = failures
             if len(self._failures) > 100_000:
                 self._failures.clear()
-        log.warning("authentication failed", extra={"username": username, "client": client,
-                                                     "failures": failures})
+        log.warning(
+            "authentication failed", extra={"username": username, "client": client, "failures": failures}
+        )
         time.sleep(min(self._max_delay, self._failure_delay * 2 ** (failures - 1)))
         raise TaxiiError(401, "Authentication failed", "Unknown user or wrong password.", _CHALLENGE)
 

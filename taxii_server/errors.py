@@ -13,8 +13,9 @@ from taxii_server.media import taxii_response
 
 
 class TaxiiError(Exception):
-    def __init__(self, status: int, title: str, description: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, title: str, description: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(title)
         self.status = status
         self.title = title
@@ -30,8 +31,9 @@ class TaxiiError(Exception):
 
 def not_found(what: str = "collection") -> TaxiiError:
     # The same answer whether the thing does not exist or the user may not see it.
-    return TaxiiError(404, f"{what.capitalize()} not found",
-                      f"No {what} with that identifier is available to this user.")
+    return TaxiiError(
+        404, f"{what.capitalize()} not found", f"No {what} with that identifier is available to this user."
+    )
 
 
 async def handle_taxii_error(_request: Request, exc: Exception) -> Response:
@@ -42,8 +44,9 @@ async def handle_taxii_error(_request: Request, exc: Exception) -> Response:
 async def handle_http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
-    err = TaxiiError(exc.status_code, titles.get(exc.status_code, str(exc.detail)),
-                     headers=dict(exc.headers or {}))
+    err = TaxiiError(
+        exc.status_code, titles.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {})
+    )
     return taxii_response(err.body(), status=err.status, headers=err.headers)
 
 

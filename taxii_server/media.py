@@ -47,8 +47,9 @@ def taxii_response(body: Any, status: int = 200, headers: dict[str, str] | None 
     )
 
 
-def raw_envelope_response(prefix: bytes, object_bodies: list[str], suffix: bytes,
-                          headers: dict[str, str]) -> Response:
+def raw_envelope_response(
+    prefix: bytes, object_bodies: list[str], suffix: bytes, headers: dict[str, str]
+) -> Response:
     """An envelope assembled from stored JSON without re-parsing each object."""
     content = prefix + b",".join(b.encode() for b in object_bodies) + suffix
     return Response(content=content, status_code=200, media_type=MEDIA_TYPE, headers=headers)

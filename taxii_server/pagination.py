@@ -27,14 +27,18 @@ class TokenCodec:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def encode(self, username: str, collection_id: str, query: str, last_date_added: int) -> str:
-        payload = json.dumps([1, username, collection_id, query, last_date_added],
-                             separators=(",", ":")).encode()
+        payload = json.dumps(
+            [1, username, collection_id, query, last_date_added], separators=(",", ":")
+        ).encode()
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
 
     def decode(self, token: str, username: str, collection_id: str, query: str) -> int:
-        bad = TaxiiError(400, "Invalid next token",
-                         "The next token is malformed, or was issued for another user, collection or query.")
+        bad = TaxiiError(
+            400,
+            "Invalid next token",
+            "The next token is malformed, or was issued for another user, collection or query.",
+        )
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError):

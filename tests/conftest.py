@@ -54,8 +54,9 @@ def password_for(username: str) -> str:
 def sample_config() -> Config:
     """The example deployment with test passwords in place of its (unknown) ones."""
     base = load_config(SAMPLE_CONFIG)
-    users = [u.model_copy(update={"password_hash": hash_password(password_for(u.username))})
-             for u in base.users]
+    users = [
+        u.model_copy(update={"password_hash": hash_password(password_for(u.username))}) for u in base.users
+    ]
     return base.model_copy(update={"users": users})
 
 
@@ -96,24 +97,46 @@ def postgres_url() -> Iterator[str]:
         return
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.fail("PostgreSQL is needed for the store tests: install it (Debian: apt-get install "
-                    "postgresql) or set MELDPUNT_TEST_PG_URL=postgresql+psycopg://user@127.0.0.1:PORT")
+        pytest.fail(
+            "PostgreSQL is needed for the store tests: install it (Debian: apt-get install "
+            "postgresql) or set MELDPUNT_TEST_PG_URL=postgresql+psycopg://user@127.0.0.1:PORT"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="meldpunt-pg-"))
     prefix: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(tmp, "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = tmp / "data", _free_port()
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "meldpunt", "-A", "trust",
-                    "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "meldpunt", "-A", "trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off -c synchronous_commit=off"
-    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                    str(tmp / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(tmp / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://meldpunt@127.0.0.1:{port}"
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       check=False, capture_output=True)
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

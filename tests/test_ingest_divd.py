@@ -27,8 +27,9 @@ def expected_lines() -> dict[str, set[int]]:
             continue
         if record["info"]["severity"] == "info":
             info.add(number)
-        elif not record.get("ip") or not all(p.isdigit() and int(p) < 256 for p in record["ip"].split(".")
-                                            if "." in record["ip"]):
+        elif not record.get("ip") or not all(
+            p.isdigit() and int(p) < 256 for p in record["ip"].split(".") if "." in record["ip"]
+        ):
             faulty.add(number)
         else:
             good.add(number)
@@ -91,9 +92,11 @@ def test_a_new_observation_updates_count_and_versions_the_sighting(
     summary = ingestor.run("divd", "divd-nuclei", [copy_case(tmp_path, [later])])
     assert summary.counts["updated"] == 1 and summary.counts["new"] == 0
     zcert = recipient_collection_id("zcert")
-    all_versions = [json.loads(m.body) for m in store.page(zcert, after=None, limit=1000,
-                                                           versions=VersionFilter(all=True))
-                    if m.body.startswith('{"type":"sighting"')]
+    all_versions = [
+        json.loads(m.body)
+        for m in store.page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))
+        if m.body.startswith('{"type":"sighting"')
+    ]
     assert len(all_versions) == 2
     assert len({s["id"] for s in all_versions}) == 1
     old, new = sorted(all_versions, key=lambda s: s["modified"])
@@ -112,8 +115,9 @@ def test_a_different_day_is_a_new_notification(ingestor: Ingestor, tmp_path: Pat
     assert summary.counts["new"] == 1
 
 
-def test_missing_case_file_fails_the_input_not_the_run(ingestor: Ingestor, store: Store,
-                                                       tmp_path: Path) -> None:
+def test_missing_case_file_fails_the_input_not_the_run(
+    ingestor: Ingestor, store: Store, tmp_path: Path
+) -> None:
     lonely = tmp_path / "DIVD-2099-00001.nuclei.jsonl"
     lonely.write_text(DIVD_SCAN.read_text())
     summary = ingestor.run("divd", "divd-nuclei", [lonely, DIVD_SCAN])

@@ -13,16 +13,21 @@ from connector.notification import Classification, Notification
 from connector.routing import Router
 
 
-
 def config(recipients: list[dict]) -> Config:
     return parse_config({"partners": [{"id": "divd", "name": "DIVD"}], "recipients": recipients})
 
 
 def notification(ip: str | None = None, hostname: str | None = None, tlp: str = "amber") -> Notification:
-    return Notification(partner="divd", feed="divd-nuclei",
-                        classification=Classification("vulnerable", "vulnerable-system", "CVE-2024-4577"),
-                        observed_at=datetime(2024, 6, 12, tzinfo=UTC), tlp=tlp, ip=ip, hostname=hostname,
-                        vulnerability="CVE-2024-4577")
+    return Notification(
+        partner="divd",
+        feed="divd-nuclei",
+        classification=Classification("vulnerable", "vulnerable-system", "CVE-2024-4577"),
+        observed_at=datetime(2024, 6, 12, tzinfo=UTC),
+        tlp=tlp,
+        ip=ip,
+        hostname=hostname,
+        vulnerability="CVE-2024-4577",
+    )
 
 
 def brute_force_owner(recipients: list[dict], ip: str) -> str | None:
@@ -31,8 +36,10 @@ def brute_force_owner(recipients: list[dict], ip: str) -> str | None:
     for r in recipients:
         for net in r["constituency"]["networks"]:
             network = ipaddress.ip_network(net)
-            if network.version == address.version and address in network and (
-                best is None or network.prefixlen > best[0]
+            if (
+                network.version == address.version
+                and address in network
+                and (best is None or network.prefixlen > best[0])
             ):
                 best = (network.prefixlen, r["id"])
     return best[1] if best else None
@@ -64,12 +71,25 @@ def test_domain_claims_cover_subdomains_and_serve_as_fallback(sample_config: Con
 
 
 def test_tlp_ceiling_suppresses_per_recipient() -> None:
-    cfg = config([
-        {"id": "sector", "name": "S", "kind": "sector-cert", "max_tlp": "green",
-         "constituency": {"networks": ["10.0.0.0/8"]}},
-        {"id": "org", "name": "O", "kind": "organisation", "parent": "sector", "max_tlp": "amber+strict",
-         "constituency": {"networks": ["10.1.0.0/16"]}},
-    ])
+    cfg = config(
+        [
+            {
+                "id": "sector",
+                "name": "S",
+                "kind": "sector-cert",
+                "max_tlp": "green",
+                "constituency": {"networks": ["10.0.0.0/8"]},
+            },
+            {
+                "id": "org",
+                "name": "O",
+                "kind": "organisation",
+                "parent": "sector",
+                "max_tlp": "amber+strict",
+                "constituency": {"networks": ["10.1.0.0/16"]},
+            },
+        ]
+    )
     router = Router(cfg)
     decision = router.route(notification("10.1.2.3", tlp="amber"))
     assert decision.recipients == ["org"]
@@ -79,37 +99,58 @@ def test_tlp_ceiling_suppresses_per_recipient() -> None:
 
 
 def test_delivery_chain_stops_where_a_link_does_not_deliver_up() -> None:
-    cfg = config([
-        {"id": "top", "name": "T", "kind": "sector-cert", "constituency": {"networks": ["10.0.0.0/8"]}},
-        {"id": "mid", "name": "M", "kind": "link-organisation", "parent": "top", "deliver_to_parent": False,
-         "constituency": {"networks": ["10.1.0.0/16"]}},
-        {"id": "leaf", "name": "L", "kind": "organisation", "parent": "mid",
-         "constituency": {"networks": ["10.1.1.0/24"]}},
-    ])
+    cfg = config(
+        [
+            {"id": "top", "name": "T", "kind": "sector-cert", "constituency": {"networks": ["10.0.0.0/8"]}},
+            {
+                "id": "mid",
+                "name": "M",
+                "kind": "link-organisation",
+                "parent": "top",
+                "deliver_to_parent": False,
+                "constituency": {"networks": ["10.1.0.0/16"]},
+            },
+            {
+                "id": "leaf",
+                "name": "L",
+                "kind": "organisation",
+                "parent": "mid",
+                "constituency": {"networks": ["10.1.1.0/24"]},
+            },
+        ]
+    )
     assert Router(cfg).route(notification("10.1.1.1")).recipients == ["leaf", "mid"]
     assert Router(cfg).route(notification("10.2.0.1")).recipients == ["top"]
 
 
 networks_v4 = st.builds(
     lambda addr, plen: str(ipaddress.ip_network((addr, plen), strict=False)),
-    st.integers(0, 2**32 - 1), st.integers(8, 32),
+    st.integers(0, 2**32 - 1),
+    st.integers(8, 32),
 )
 networks_v6 = st.builds(
     lambda addr, plen: str(ipaddress.ip_network((addr, plen), strict=False)),
-    st.integers(0, 2**128 - 1), st.integers(16, 128),
+    st.integers(0, 2**128 - 1),
+    st.integers(16, 128),
 )
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     nets=st.lists(st.one_of(networks_v4, networks_v6), min_size=1, max_size=40, unique=True),
-    probes=st.lists(st.one_of(st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
-                              st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i)))),
-                    max_size=40),
+    probes=st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
+            st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
+        ),
+        max_size=40,
+    ),
 )
 def test_router_agrees_with_brute_force(nets: list[str], probes: list[str]) -> None:
-    recipients = [{"id": f"r{i}", "name": f"R{i}", "kind": "organisation",
-                   "constituency": {"networks": [net]}} for i, net in enumerate(nets)]
+    recipients = [
+        {"id": f"r{i}", "name": f"R{i}", "kind": "organisation", "constituency": {"networks": [net]}}
+        for i, net in enumerate(nets)
+    ]
     router = Router(config(recipients))
     # Probe inside every network as well as at random.
     inside = [str(ipaddress.ip_network(n).network_address) for n in nets]

@@ -26,8 +26,9 @@ def all_objects(store: Store, config: Config) -> list[dict]:
     """Every object version in every recipient collection."""
     seen: dict[tuple[str, str], dict] = {}
     for r in config.recipients:
-        for m in store.page(recipient_collection_id(r.id), after=None, limit=100_000,
-                            versions=VersionFilter(all=True)):
+        for m in store.page(
+            recipient_collection_id(r.id), after=None, limit=100_000, versions=VersionFilter(all=True)
+        ):
             seen[(m.stix_id, m.version)] = json.loads(m.body)
     return list(seen.values())
 
@@ -95,8 +96,11 @@ def test_sighting_model_partner_marking_cve_and_extension(ingested) -> None:
         assert vuln["external_references"] == [{"source_name": "cve", "external_id": "CVE-2024-4577"}]
         ext = s["extensions"][EXTENSION_ID]
         assert ext["case_id"] == "DIVD-2024-00012"
-        assert ext["classification"] == {"taxonomy": "vulnerable", "type": "vulnerable-system",
-                                         "identifier": "CVE-2024-4577"}
+        assert ext["classification"] == {
+            "taxonomy": "vulnerable",
+            "type": "vulnerable-system",
+            "identifier": "CVE-2024-4577",
+        }
         assert ext["severity"] == "critical"
         observed = by_id[s["observed_data_refs"][0]]
         assert observed["object_marking_refs"] == s["object_marking_refs"]
@@ -110,7 +114,7 @@ def test_port_and_hostname_are_kept(ingested) -> None:
     _, objects = ingested
     traffic = {(o["dst_ref"], o["dst_port"]) for o in objects if o["type"] == "network-traffic"}
     ips = {o["id"]: o["value"] for o in objects if o["type"] in ("ipv4-addr", "ipv6-addr")}
-    assert (("192.0.2.20", 8443) in {(ips[ref], port) for ref, port in traffic})
+    assert ("192.0.2.20", 8443) in {(ips[ref], port) for ref, port in traffic}
     names = {o["value"] for o in objects if o["type"] == "domain-name"}
     assert "mail32.example.nl" in names and "owa1.example.org" in names
     assert not any(n[0].isdigit() and n.replace(".", "").isdigit() for n in names)  # no IP as name
@@ -131,6 +135,12 @@ def test_tlp_comes_from_the_case_file(tmp_path: Path, sample_config: Config) -> 
 def test_export_bundle_is_what_the_collection_holds(ingested, sample_config: Config) -> None:
     store, _ = ingested
     bodies = list(iter_collection(store, recipient_collection_id("zcert")))
-    bundle = stix2.parse({"type": "bundle", "id": "bundle--6f6b6a3b-1b0f-4bb4-9c88-2d1e2f0a1c11",
-                          "objects": [json.loads(b) for b in bodies]}, allow_custom=False)
+    bundle = stix2.parse(
+        {
+            "type": "bundle",
+            "id": "bundle--6f6b6a3b-1b0f-4bb4-9c88-2d1e2f0a1c11",
+            "objects": [json.loads(b) for b in bodies],
+        },
+        allow_custom=False,
+    )
     assert len(bundle.objects) == len(bodies) == store.count_members(recipient_collection_id("zcert"))

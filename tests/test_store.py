@@ -17,16 +17,28 @@ COLLECTION = "11111111-1111-4111-8111-111111111111"
 
 
 def indicator(n: int, modified: str = "2024-01-01T00:00:00.000Z") -> dict:
-    return {"type": "indicator", "spec_version": "2.1", "id": f"indicator--{n:08d}-0000-4000-8000-000000000000",
-            "created": "2024-01-01T00:00:00.000Z", "modified": modified, "pattern_type": "stix",
-            "pattern": "[ipv4-addr:value = '192.0.2.1']", "valid_from": "2024-01-01T00:00:00Z"}
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--{n:08d}-0000-4000-8000-000000000000",
+        "created": "2024-01-01T00:00:00.000Z",
+        "modified": modified,
+        "pattern_type": "stix",
+        "pattern": "[ipv4-addr:value = '192.0.2.1']",
+        "valid_from": "2024-01-01T00:00:00Z",
+    }
 
 
 def add(store: Store, objects: list[dict]) -> None:
     with store.writing() as w:
         pks = w.add_objects(objects, [orjson.dumps(o).decode() for o in objects])
-        w.add_members(COLLECTION, [(pks[(o["id"], version_key(o["modified"]))], o["id"], o["type"],
-                                    version_key(o["modified"])) for o in objects])
+        w.add_members(
+            COLLECTION,
+            [
+                (pks[(o["id"], version_key(o["modified"]))], o["id"], o["type"], version_key(o["modified"]))
+                for o in objects
+            ],
+        )
 
 
 def test_migrations_create_exactly_the_declared_schema(store_url: str) -> None:
@@ -81,24 +93,33 @@ def test_latest_version_wins_even_when_added_out_of_order(store_url: str) -> Non
     assert len(every) == 3
     first = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(last=False, first=True))
     assert [m.version for m in first] == [version_key("2024-01-01T00:00:00Z")]
-    exact = store.page(COLLECTION, after=None, limit=10,
-                       versions=VersionFilter(last=False, exact=(version_key("2024-02-01T00:00:00.000Z"),)))
+    exact = store.page(
+        COLLECTION,
+        after=None,
+        limit=10,
+        versions=VersionFilter(last=False, exact=(version_key("2024-02-01T00:00:00.000Z"),)),
+    )
     assert len(exact) == 1
     add(store, [indicator(1, "2024-03-01T00:00:00.000Z")])  # the same version again: no new member
     assert len(store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))) == 3
     store.close()
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("2024-06-12T04:48:41Z", "2024-06-12T04:48:41.000000Z"),
-    ("2024-06-12T04:48:41.5+02:00", "2024-06-12T02:48:41.500000Z"),
-    ("2024-06-12T04:48:41.123456789Z", "2024-06-12T04:48:41.123456Z"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("2024-06-12T04:48:41Z", "2024-06-12T04:48:41.000000Z"),
+        ("2024-06-12T04:48:41.5+02:00", "2024-06-12T02:48:41.500000Z"),
+        ("2024-06-12T04:48:41.123456789Z", "2024-06-12T04:48:41.123456Z"),
+    ],
+)
 def test_timestamps_round_trip(text: str, expected: str) -> None:
     assert us_to_timestamp(timestamp_to_us(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2024-06-12", "2024-06-12T04:48:41", "2024-13-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2024-06-12", "2024-06-12T04:48:41", "2024-13-01T00:00:00Z"]
+)
 def test_malformed_timestamps_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         timestamp_to_us(text)

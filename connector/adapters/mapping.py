@@ -20,8 +20,17 @@ DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
 
 # The notification fields a mapping may fill (see connector.notification.Notification).
 TARGET_FIELDS = (
-    "ip", "port", "protocol", "hostname", "asn", "observed_at", "vulnerability", "severity",
-    "identifier", "case_id", "tlp",
+    "ip",
+    "port",
+    "protocol",
+    "hostname",
+    "asn",
+    "observed_at",
+    "vulnerability",
+    "severity",
+    "identifier",
+    "case_id",
+    "tlp",
 )
 
 
@@ -158,4 +167,3 @@ def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
             raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])
         mappings[mapping.format] = mapping
     return mappings
-

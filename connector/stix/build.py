@@ -121,15 +121,25 @@ def observables(n: Notification) -> list[dict[str, Any]]:
         address_id = sco_id(ip_type, {"value": n.ip})
         out.append({"type": ip_type, "spec_version": "2.1", "id": address_id, "value": n.ip})
     if n.hostname:
-        out.append({
-            "type": "domain-name", "spec_version": "2.1",
-            "id": sco_id("domain-name", {"value": n.hostname}), "value": n.hostname,
-        })
+        out.append(
+            {
+                "type": "domain-name",
+                "spec_version": "2.1",
+                "id": sco_id("domain-name", {"value": n.hostname}),
+                "value": n.hostname,
+            }
+        )
     if address_id and n.port is not None:
         protocols = [n.protocol or "tcp"]
         traffic = {"dst_ref": address_id, "dst_port": n.port, "protocols": protocols}
-        out.append({"type": "network-traffic", "spec_version": "2.1",
-                    "id": sco_id("network-traffic", traffic), **traffic})
+        out.append(
+            {
+                "type": "network-traffic",
+                "spec_version": "2.1",
+                "id": sco_id("network-traffic", traffic),
+                **traffic,
+            }
+        )
     return out
 
 

@@ -50,9 +50,7 @@ def us_to_timestamp(value: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def timestamp_to_us(value: str) -> int:
@@ -107,8 +105,7 @@ class VersionFilter:
         if self.first:
             earliest = (
                 select(func.min(alias.c.version))
-                .where(and_(alias.c.collection_id == co.c.collection_id,
-                            alias.c.stix_id == co.c.stix_id))
+                .where(and_(alias.c.collection_id == co.c.collection_id, alias.c.stix_id == co.c.stix_id))
                 .scalar_subquery()
             )
             parts.append(co.c.version == earliest)
@@ -203,8 +200,12 @@ class Store:
         with self._write_engine.begin() as conn:
             have = {row.id for row in conn.execute(select(t.collections.c.id))}
             for row in wanted.values():
-                values = {"kind": row.kind, "owner": row.owner, "title": row.title,
-                          "description": row.description}
+                values = {
+                    "kind": row.kind,
+                    "owner": row.owner,
+                    "title": row.title,
+                    "description": row.description,
+                }
                 if row.id in have:
                     conn.execute(update(t.collections).where(t.collections.c.id == row.id).values(**values))
                 else:
@@ -216,8 +217,12 @@ class Store:
         with self._write_engine.begin() as conn:
             result = conn.execute(
                 insert(t.ingest_runs).values(
-                    partner=partner, format=fmt, inputs=json.dumps(inputs),
-                    started_at=us_to_timestamp(now_us()), status="running", counts="{}",
+                    partner=partner,
+                    format=fmt,
+                    inputs=json.dumps(inputs),
+                    started_at=us_to_timestamp(now_us()),
+                    status="running",
+                    counts="{}",
                 )
             )
             return int(result.inserted_primary_key[0])
@@ -225,9 +230,13 @@ class Store:
     def finish_run(self, run_id: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
         with self._write_engine.begin() as conn:
             conn.execute(
-                update(t.ingest_runs).where(t.ingest_runs.c.id == run_id).values(
-                    finished_at=us_to_timestamp(now_us()), status=status,
-                    counts=json.dumps(counts, sort_keys=True), error=error,
+                update(t.ingest_runs)
+                .where(t.ingest_runs.c.id == run_id)
+                .values(
+                    finished_at=us_to_timestamp(now_us()),
+                    status=status,
+                    counts=json.dumps(counts, sort_keys=True),
+                    error=error,
                 )
             )
 
@@ -249,9 +258,11 @@ class Store:
             return [dict(r) for r in conn.execute(query.order_by(t.run_rows.c.pk)).mappings()]
 
     def unrouted(self, run_id: int) -> list[dict[str, Any]]:
-        query = select(t.notifications).where(
-            and_(t.notifications.c.last_run == run_id, t.notifications.c.recipients == "[]")
-        ).order_by(t.notifications.c.observable)
+        query = (
+            select(t.notifications)
+            .where(and_(t.notifications.c.last_run == run_id, t.notifications.c.recipients == "[]"))
+            .order_by(t.notifications.c.observable)
+        )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
@@ -294,19 +305,28 @@ class Store:
     def count_members(self, collection_id: str) -> int:
         co = t.collection_objects
         with self.engine.connect() as conn:
-            return int(conn.execute(
-                select(func.count()).select_from(co).where(
-                    and_(co.c.collection_id == collection_id, co.c.is_latest.is_(True))
-                )
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(co)
+                    .where(and_(co.c.collection_id == collection_id, co.c.is_latest.is_(True)))
+                ).scalar_one()
+            )
 
-    def audit(self, *, username: str, action: str, collection_id: str | None, objects: int,
-              status: int) -> None:
+    def audit(
+        self, *, username: str, action: str, collection_id: str | None, objects: int, status: int
+    ) -> None:
         with self._write_engine.begin() as conn:
-            conn.execute(insert(t.audit_log).values(
-                at=us_to_timestamp(now_us()), username=username, action=action,
-                collection_id=collection_id, objects=objects, status=status,
-            ))
+            conn.execute(
+                insert(t.audit_log).values(
+                    at=us_to_timestamp(now_us()),
+                    username=username,
+                    action=action,
+                    collection_id=collection_id,
+                    objects=objects,
+                    status=status,
+                )
+            )
 
     def audit_entries(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -357,7 +377,9 @@ class Writer:
         ob = t.observations
         out: set[tuple[str, int]] = set()
         for chunk in _chunks(list(keys)):
-            rows = self.conn.execute(select(ob.c.notification_key, ob.c.observed_at).where(ob.c.notification_key.in_(chunk)))
+            rows = self.conn.execute(
+                select(ob.c.notification_key, ob.c.observed_at).where(ob.c.notification_key.in_(chunk))
+            )
             out.update((r[0], int(r[1])) for r in rows)
         return out
 
@@ -378,8 +400,13 @@ class Writer:
         """Insert object versions not yet stored; return the pk of every given version."""
         keys = [(o["id"], version_key(o.get("modified"))) for o in objects]
         rows = [
-            {"stix_id": key[0], "modified": key[1], "type": o["type"],
-             "spec_version": o.get("spec_version", "2.1"), "body": body}
+            {
+                "stix_id": key[0],
+                "modified": key[1],
+                "type": o["type"],
+                "spec_version": o.get("spec_version", "2.1"),
+                "body": body,
+            }
             for key, o, body in zip(keys, objects, bodies, strict=True)
         ]
         self._insert_ignore(t.stix_objects, rows)
@@ -387,7 +414,9 @@ class Writer:
         so = t.stix_objects
         wanted = set(keys)
         for chunk in _chunks(sorted({k[0] for k in keys})):
-            for row in self.conn.execute(select(so.c.pk, so.c.stix_id, so.c.modified).where(so.c.stix_id.in_(chunk))):
+            for row in self.conn.execute(
+                select(so.c.pk, so.c.stix_id, so.c.modified).where(so.c.stix_id.in_(chunk))
+            ):
                 if (row.stix_id, row.modified) in wanted:
                     pks[(row.stix_id, row.modified)] = int(row.pk)
         return pks
@@ -425,15 +454,26 @@ class Writer:
                         if row["stix_id"] == stix_id:
                             row["is_latest"] = False
                 latest[stix_id] = version
-            rows.append({
-                "collection_id": collection_id, "object_pk": pk, "stix_id": stix_id,
-                "type": stix_type, "version": version, "date_added": self._next_date_added(),
-                "is_latest": is_latest,
-            })
+            rows.append(
+                {
+                    "collection_id": collection_id,
+                    "object_pk": pk,
+                    "stix_id": stix_id,
+                    "type": stix_type,
+                    "version": version,
+                    "date_added": self._next_date_added(),
+                    "is_latest": is_latest,
+                }
+            )
         for chunk in _chunks(sorted(superseded)):
             self.conn.execute(
-                update(co).where(and_(co.c.collection_id == collection_id, co.c.stix_id.in_(chunk),
-                                      co.c.is_latest.is_(True))).values(is_latest=False)
+                update(co)
+                .where(
+                    and_(
+                        co.c.collection_id == collection_id, co.c.stix_id.in_(chunk), co.c.is_latest.is_(True)
+                    )
+                )
+                .values(is_latest=False)
             )
         if rows:
             self.conn.execute(insert(co), rows)

@@ -24,8 +24,7 @@ def check_api_root(request: Request, api_root: str) -> None:
         raise not_found("API root")
 
 
-def visible_collection(request: Request, api_root: str, collection_id: str,
-                       who: Principal) -> CollectionRow:
+def visible_collection(request: Request, api_root: str, collection_id: str, who: Principal) -> CollectionRow:
     check_api_root(request, api_root)
     row = state(request).collections.get(collection_id)
     if row is None or not who.can_see(collection_id):
@@ -53,6 +52,7 @@ def list_collections(request: Request, api_root: str, who: Principal = Depends(p
 
 
 @router.get("/{api_root}/collections/{collection_id}/")
-def get_collection(request: Request, api_root: str, collection_id: str,
-                   who: Principal = Depends(principal)) -> Response:
+def get_collection(
+    request: Request, api_root: str, collection_id: str, who: Principal = Depends(principal)
+) -> Response:
     return taxii_response(describe(visible_collection(request, api_root, collection_id, who), who))

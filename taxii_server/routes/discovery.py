@@ -16,12 +16,14 @@ router = APIRouter()
 def discovery(request: Request) -> Response:
     s = state(request)
     root = f"{request.base_url}{s.config.server.api_root}/"
-    return taxii_response({
-        "title": s.config.server.title,
-        "description": "Security notifications for the organisations in your constituency.",
-        "default": root,
-        "api_roots": [root],
-    })
+    return taxii_response(
+        {
+            "title": s.config.server.title,
+            "description": "Security notifications for the organisations in your constituency.",
+            "default": root,
+            "api_roots": [root],
+        }
+    )
 
 
 @router.get("/{api_root}/")
@@ -29,9 +31,11 @@ def api_root(request: Request, api_root: str) -> Response:
     s = state(request)
     if api_root != s.config.server.api_root:
         raise not_found("API root")
-    return taxii_response({
-        "title": "Security Meldpunt",
-        "description": "Notifications per recipient; inboxes for partners and researchers.",
-        "versions": [MEDIA_TYPE],
-        "max_content_length": s.config.server.max_content_length,
-    })
+    return taxii_response(
+        {
+            "title": "Security Meldpunt",
+            "description": "Notifications per recipient; inboxes for partners and researchers.",
+            "versions": [MEDIA_TYPE],
+            "max_content_length": s.config.server.max_content_length,
+        }
+    )

@@ -36,8 +36,7 @@ class ObjectQuery:
 
     def fingerprint_parts(self) -> tuple[object, ...]:
         v = self.versions
-        return (self.added_after, self.types, self.ids, v.last, v.first, v.all, v.exact,
-                self.spec_versions)
+        return (self.added_after, self.types, self.ids, v.last, v.first, v.all, v.exact, self.spec_versions)
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -62,8 +61,9 @@ def _versions(value: str | None) -> VersionFilter:
             try:
                 exact.append(version_key(part))
             except ValueError:
-                raise TaxiiError(400, "Invalid match[version]",
-                                 f"{part!r} is not last, first, all or a timestamp.") from None
+                raise TaxiiError(
+                    400, "Invalid match[version]", f"{part!r} is not last, first, all or a timestamp."
+                ) from None
     return VersionFilter(last=last, first=first, all=every, exact=tuple(exact))
 
 
@@ -89,8 +89,15 @@ def object_query(
         if not limit.strip().isdigit() or int(limit) < 1:
             raise TaxiiError(400, "Invalid limit", f"limit must be a positive integer, not {limit!r}.")
         size = min(int(limit), server.page_size_max)
-    return ObjectQuery(after, size, next_token, _split(match_type), _split(match_id),
-                       _versions(match_version), _split(match_spec_version))
+    return ObjectQuery(
+        after,
+        size,
+        next_token,
+        _split(match_type),
+        _split(match_id),
+        _versions(match_version),
+        _split(match_spec_version),
+    )
 
 
 @dataclass
@@ -108,8 +115,15 @@ class Page:
         }
 
 
-def fetch_page(request: Request, who: Principal, api_root: str, collection_id: str,
-               q: ObjectQuery, endpoint: str, object_id: str | None = None) -> Page:
+def fetch_page(
+    request: Request,
+    who: Principal,
+    api_root: str,
+    collection_id: str,
+    q: ObjectQuery,
+    endpoint: str,
+    object_id: str | None = None,
+) -> Page:
     visible_collection(request, api_root, collection_id, who)
     s = state(request)
     if collection_id not in who.readable:
@@ -122,14 +136,17 @@ def fetch_page(request: Request, who: Principal, api_root: str, collection_id: s
     if q.spec_versions and "2.1" not in q.spec_versions:
         members: list[Member] = []
     else:
-        members = s.store.page(collection_id, after=after, limit=q.limit + 1, types=q.types,
-                               ids=ids, versions=q.versions)
+        members = s.store.page(
+            collection_id, after=after, limit=q.limit + 1, types=q.types, ids=ids, versions=q.versions
+        )
     more = len(members) > q.limit
     members = members[: q.limit]
-    token = (s.tokens.encode(who.username, collection_id, fingerprint, members[-1].date_added)
-             if more else None)
-    s.store.audit(username=who.username, action=endpoint, collection_id=collection_id,
-                  objects=len(members), status=200)
+    token = (
+        s.tokens.encode(who.username, collection_id, fingerprint, members[-1].date_added) if more else None
+    )
+    s.store.audit(
+        username=who.username, action=endpoint, collection_id=collection_id, objects=len(members), status=200
+    )
     return Page(members, more, token)
 
 
@@ -144,20 +161,32 @@ def _envelope(page: Page) -> Response:
 
 
 def _require_exists(request: Request, collection_id: str, object_id: str) -> None:
-    if not state(request).store.page(collection_id, after=None, limit=1, ids=(object_id,),
-                                     versions=VersionFilter(all=True)):
+    if not state(request).store.page(
+        collection_id, after=None, limit=1, ids=(object_id,), versions=VersionFilter(all=True)
+    ):
         raise not_found("object")
 
 
 @router.get("/{api_root}/collections/{collection_id}/objects/")
-def get_objects(request: Request, api_root: str, collection_id: str,
-                who: Principal = Depends(principal), q: ObjectQuery = Depends(object_query)) -> Response:
+def get_objects(
+    request: Request,
+    api_root: str,
+    collection_id: str,
+    who: Principal = Depends(principal),
+    q: ObjectQuery = Depends(object_query),
+) -> Response:
     return _envelope(fetch_page(request, who, api_root, collection_id, q, "objects"))
 
 
 @router.get("/{api_root}/collections/{collection_id}/objects/{object_id}/")
-def get_object(request: Request, api_root: str, collection_id: str, object_id: str,
-               who: Principal = Depends(principal), q: ObjectQuery = Depends(object_query)) -> Response:
+def get_object(
+    request: Request,
+    api_root: str,
+    collection_id: str,
+    object_id: str,
+    who: Principal = Depends(principal),
+    q: ObjectQuery = Depends(object_query),
+) -> Response:
     page = fetch_page(request, who, api_root, collection_id, q, "object", object_id)
     if not page.members and not q.next:
         _require_exists(request, collection_id, object_id)
@@ -165,8 +194,14 @@ def get_object(request: Request, api_root: str, collection_id: str, object_id: s
 
 
 @router.get("/{api_root}/collections/{collection_id}/objects/{object_id}/versions/")
-def get_versions(request: Request, api_root: str, collection_id: str, object_id: str,
-                 who: Principal = Depends(principal), q: ObjectQuery = Depends(object_query)) -> Response:
+def get_versions(
+    request: Request,
+    api_root: str,
+    collection_id: str,
+    object_id: str,
+    who: Principal = Depends(principal),
+    q: ObjectQuery = Depends(object_query),
+) -> Response:
     q = ObjectQuery(q.added_after, q.limit, q.next, (), (), VersionFilter(all=True), q.spec_versions)
     page = fetch_page(request, who, api_root, collection_id, q, "versions", object_id)
     if not page.members and not q.next:
@@ -180,16 +215,25 @@ def get_versions(request: Request, api_root: str, collection_id: str, object_id:
 
 
 @router.get("/{api_root}/collections/{collection_id}/manifest/")
-def get_manifest(request: Request, api_root: str, collection_id: str,
-                 who: Principal = Depends(principal), q: ObjectQuery = Depends(object_query)) -> Response:
+def get_manifest(
+    request: Request,
+    api_root: str,
+    collection_id: str,
+    who: Principal = Depends(principal),
+    q: ObjectQuery = Depends(object_query),
+) -> Response:
     page = fetch_page(request, who, api_root, collection_id, q, "manifest")
     body: dict[str, object] = {"more": page.more}
     if page.next:
         body["next"] = page.next
     if page.members:
         body["objects"] = [
-            {"id": m.stix_id, "date_added": us_to_timestamp(m.date_added), "version": _version(m),
-             "media_type": STIX_MEDIA_TYPE}
+            {
+                "id": m.stix_id,
+                "date_added": us_to_timestamp(m.date_added),
+                "version": _version(m),
+                "media_type": STIX_MEDIA_TYPE,
+            }
             for m in page.members
         ]
     return taxii_response(body, headers=page.headers())
