@@ -9,7 +9,6 @@ for notifications without an address, or whose address nobody claims.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 import pytricia
@@ -74,17 +73,22 @@ class Router:
         return Match(owner, f"asn AS{asn}") if owner else None
 
     def match(self, n: Notification) -> Match | None:
+        return self.match_keys(ip=n.ip, asn=n.asn, hostname=n.hostname)
+
+    def match_keys(
+        self, *, ip: str | None = None, asn: int | None = None, hostname: str | None = None
+    ) -> Match | None:
         """The owner: by address first, then AS number, then host name."""
-        if n.ip:
-            found = self.owner_of_ip(n.ip)
+        if ip:
+            found = self.owner_of_ip(ip)
             if found:
                 return found
-        if n.asn is not None:
-            found = self.owner_of_asn(n.asn)
+        if asn is not None:
+            found = self.owner_of_asn(asn)
             if found:
                 return found
-        if n.hostname:
-            return self.owner_of_domain(n.hostname)
+        if hostname:
+            return self.owner_of_domain(hostname)
         return None
 
     def chain(self, owner: str) -> list[str]:
@@ -100,21 +104,16 @@ class Router:
         return out
 
     def route(self, n: Notification) -> Decision:
-        found = self.match(n)
+        return self.decide(self.match(n), n.tlp)
+
+    def decide(self, found: Match | None, tlp: str) -> Decision:
+        """Who receives what the owner receives, within each recipient's TLP ceiling."""
         if found is None:
             return Decision(None)
         decision = Decision(found)
         for rid in self.chain(found.owner):
-            if allows(self._recipients[rid].max_tlp, n.tlp):
+            if allows(self._recipients[rid].max_tlp, tlp):
                 decision.recipients.append(rid)
             else:
                 decision.suppressed_tlp.append(rid)
         return decision
-
-
-def is_valid_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True

@@ -149,3 +149,26 @@ audit_log = Table(
     Column("objects", Integer, nullable=False),
     Column("status", Integer, nullable=False),
 )
+
+# Who first submitted each STIX id through an inbox or a STIX file: the id belongs to that
+# source, so nobody else can publish a "newer version" of somebody else's object.
+object_sources = Table(
+    "object_sources",
+    metadata,
+    Column("stix_id", String(128), primary_key=True),
+    Column("source", String(64), nullable=False),  # partner id
+    Column("username", String(128), nullable=True),  # TAXII user, when posted
+    Column("first_seen", String(32), nullable=False),
+)
+
+# TAXII status resources of inbox POSTs; readable only by the user who posted.
+statuses = Table(
+    "statuses",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(128), nullable=False),
+    Column("collection_id", String(36), nullable=False),
+    Column("request_timestamp", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("body", Text, nullable=False),  # the status resource as JSON
+)

@@ -1,0 +1,395 @@
+"""STIX 2.1 submissions: researchers' bundles and TAXII inbox POSTs, into the clearinghouse.
+
+Each object is validated on its own with the OASIS stix2-validator; an invalid one is rejected
+with the validator's message while the valid ones beside it are kept. Accepted objects are
+routed like any notification, by the observables they carry (addresses, domains, URLs, e-mail
+addresses; directly, through observed-data, sightings, or simple indicator patterns), and
+delivered with the objects they reference from the same submission.
+
+Deny by default, because a submission is input from outside:
+- an object whose observables belong to two different recipients is refused (delivering it
+  whole would show each recipient the other's hosts);
+- an id that already exists under another source (a partner's, or the clearinghouse's own
+  notifications) is refused, so nobody can publish a "newer version" of somebody else's object;
+- referenced objects are taken only from the same submission, never from the store, so a
+  reference cannot pull another recipient's data into a collection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import stix2
+from sqlalchemy import insert, select
+from stix2validator import ValidationOptions, validate_instance
+from stix2validator.errors import ValidationError as ValidatorInputError
+
+from connector.collections import recipient_collection_id
+from connector.config import Config
+from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
+from connector.routing import Router
+from connector.stix.ids import timestamp
+from connector.store import Store, Writer
+from connector.store import schema as t
+from connector.store.store import version_key
+from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
+
+_OPTIONS = ValidationOptions(version="2.1")
+_TLP_BY_MARKING = {v: k for k, v in TLP2_MARKING_IDS.items()} | TLP1_MARKING_IDS
+_OFFICIAL_MARKINGS = set(_TLP_BY_MARKING)
+_SCO_TYPES = {
+    "artifact",
+    "autonomous-system",
+    "directory",
+    "domain-name",
+    "email-addr",
+    "email-message",
+    "file",
+    "ipv4-addr",
+    "ipv6-addr",
+    "mac-addr",
+    "mutex",
+    "network-traffic",
+    "process",
+    "software",
+    "url",
+    "user-account",
+    "windows-registry-key",
+    "x509-certificate",
+}
+_PATTERN_VALUE = re.compile(
+    r"\b(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    id: str | None
+    version: str | None
+    message: str | None = None  # None: accepted
+
+    @property
+    def ok(self) -> bool:
+        return self.message is None
+
+
+@dataclass
+class SubmissionResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    per_recipient: Counter[str] = field(default_factory=Counter)
+    suppressed_tlp: Counter[str] = field(default_factory=Counter)
+    routed: int = 0
+    unrouted: int = 0
+
+    @property
+    def accepted(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.ok]
+
+    @property
+    def rejected(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def object_version(obj: dict[str, Any]) -> str:
+    return str(obj.get("modified") or obj.get("created") or "")
+
+
+def validate(item: Any) -> str | None:
+    """The validator's verdict on one object: None when valid, else its messages."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "type" not in item:
+        return "not a STIX object: it must be a JSON object with 'type' and 'id'"
+    if item.get("type") == "bundle":
+        return "a bundle cannot be an object of a submission"
+    try:
+        result = validate_instance(item, _OPTIONS)
+    except ValidatorInputError as exc:
+        return str(exc)
+    if result.is_valid:
+        return None
+    return "; ".join(str(e) for e in result.errors)
+
+
+def observables_of(
+    obj: dict[str, Any], by_id: dict[str, dict[str, Any]], depth: int = 0
+) -> Iterator[tuple[str, str]]:
+    """(kind, value) pairs the object is about: 'ip' or 'domain', own or through its links."""
+    yield from _own_observables(obj)
+    if depth >= 3:
+        return
+    for ref in _linked_refs(obj):
+        target = by_id.get(ref)
+        if target is not None:
+            yield from observables_of(target, by_id, depth + 1)
+
+
+def _own_observables(obj: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    kind = obj.get("type")
+    if kind in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"):
+        yield from _observable(str(kind), obj.get("value"))
+    elif kind == "indicator" and obj.get("pattern_type") == "stix":
+        for match in _PATTERN_VALUE.finditer(obj.get("pattern", "")):
+            yield from _observable(match.group(1), match.group(2).replace("\\'", "'"))
+
+
+def _linked_refs(obj: dict[str, Any]) -> list[str]:
+    """The references through which an object is about a host (not, say, its author)."""
+    kind = obj.get("type")
+    if kind == "observed-data":
+        return list(obj.get("object_refs", []))
+    if kind == "sighting":
+        return [*obj.get("observed_data_refs", []), obj.get("sighting_of_ref", "")]
+    if kind == "relationship":
+        return [obj.get("source_ref", ""), obj.get("target_ref", "")]
+    if kind == "network-traffic":
+        return [obj.get("src_ref", ""), obj.get("dst_ref", "")]
+    return []
+
+
+def _observable(kind: str, value: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(value, str) or not value.strip():
+        return
+    try:
+        if kind in ("ipv4-addr", "ipv6-addr"):
+            yield ("ip", canonical_ip(value.split("/")[0]))
+        elif kind == "domain-name":
+            yield ("domain", canonical_domain(value))
+        elif kind == "email-addr":
+            yield ("domain", canonical_domain(value.rpartition("@")[2]))
+        elif kind == "url":
+            host = url_host(value)
+            if host:
+                yield ("ip", canonical_ip(host)) if is_ip(host) else ("domain", canonical_domain(host))
+    except ValueError:
+        return
+
+
+def references(obj: Any) -> Iterator[str]:
+    """Every id the object refers to (`*_ref`, `*_refs`, nested), markings included."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key.endswith("_ref") and isinstance(value, str):
+                yield value
+            elif key.endswith("_refs") and isinstance(value, list):
+                yield from (v for v in value if isinstance(v, str))
+            elif isinstance(value, dict | list):
+                yield from references(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from references(item)
+
+
+def official_marking(marking_id: str) -> dict[str, Any]:
+    """The published definition of a TLP marking (2.0 from OASIS; 1.0 as stix2 ships it)."""
+    level = _TLP_BY_MARKING[marking_id]
+    if marking_id in TLP2_MARKING_IDS.values():
+        return marking_definition(level)
+    tlp1 = {
+        "clear": stix2.v21.TLP_WHITE,
+        "green": stix2.v21.TLP_GREEN,
+        "amber": stix2.v21.TLP_AMBER,
+        "red": stix2.v21.TLP_RED,
+    }[level]
+    return dict(orjson.loads(tlp1.serialize()))
+
+
+def tlp_of(obj: dict[str, Any], default: str) -> str:
+    levels = [_TLP_BY_MARKING[m] for m in obj.get("object_marking_refs", []) if m in _TLP_BY_MARKING]
+    if not levels:
+        return default
+    return max(levels, key=lambda level: TLP_LEVELS[level])
+
+
+class Submissions:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        router: Router | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.router = router or Router(config)
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def submit(
+        self,
+        *,
+        partner: str,
+        objects: Iterable[Any],
+        username: str | None = None,
+        inbox_collection: str | None = None,
+    ) -> SubmissionResult:
+        result = SubmissionResult()
+        default_tlp = self.config.partner(partner).default_tlp
+        valid = self._validated(objects, result)
+        with self.store.writing() as writer:
+            owners = self._owners(writer.conn, [o["id"] for o in valid])
+            existing = self._existing_ids(writer.conn, [o["id"] for o in valid])
+            accepted: list[dict[str, Any]] = []
+            for obj in valid:
+                problem = self._ownership_problem(obj, partner, owners, existing)
+                if problem:
+                    result.outcomes.append(Outcome(obj["id"], object_version(obj), problem))
+                else:
+                    accepted.append(obj)
+            deliveries, refused = self._route(accepted, default_tlp, result)
+            for obj in accepted:
+                result.outcomes.append(Outcome(obj["id"], object_version(obj), refused.get(obj["id"])))
+            accepted = [o for o in accepted if o["id"] not in refused]
+            if accepted:
+                self._persist(writer, accepted, deliveries, inbox_collection)
+                now = timestamp(self.clock())
+                new_owned = [
+                    {"stix_id": o["id"], "source": partner, "username": username, "first_seen": now}
+                    for o in {o["id"]: o for o in accepted}.values()
+                    if o["type"] not in _SCO_TYPES and o["id"] not in owners
+                ]
+                if new_owned:
+                    writer.conn.execute(insert(t.object_sources), new_owned)
+        return result
+
+    @staticmethod
+    def _validated(objects: Iterable[Any], result: SubmissionResult) -> list[dict[str, Any]]:
+        """The objects the validator accepts; the others become failed outcomes."""
+        valid: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for item in objects:
+            problem = validate(item)
+            ident = item.get("id") if isinstance(item, dict) else None
+            version = object_version(item) if isinstance(item, dict) else None
+            if problem is None and (ident, version) in seen:
+                problem = "the same object version appears twice in this submission"
+            if problem is not None:
+                result.outcomes.append(Outcome(ident, version, problem))
+                continue
+            seen.add((str(ident), str(version)))
+            if ident in _OFFICIAL_MARKINGS:
+                item = official_marking(str(ident))  # never store a look-alike of an official marking
+            valid.append(item)
+        return valid
+
+    @staticmethod
+    def _persist(
+        writer: Writer,
+        accepted: list[dict[str, Any]],
+        deliveries: dict[str, list[dict[str, Any]]],
+        inbox_collection: str | None,
+    ) -> None:
+        stored = {(o["id"], object_version(o)): o for o in accepted}
+        for objs in deliveries.values():
+            stored.update({(o["id"], object_version(o)): o for o in objs})
+        to_store = list(stored.values())
+        pks = writer.add_objects(to_store, [orjson.dumps(o).decode() for o in to_store])
+
+        def entries(objs: Iterable[dict[str, Any]]) -> list[tuple[int, str, str, str]]:
+            out = []
+            for o in objs:
+                key = (o["id"], version_key(o.get("modified")))
+                out.append((pks[key], o["id"], o["type"], key[1]))
+            return out
+
+        if inbox_collection:
+            writer.add_members(inbox_collection, entries(accepted))
+        for rid, objs in deliveries.items():
+            writer.add_members(recipient_collection_id(rid), entries(objs))
+
+    @staticmethod
+    def _owners(conn: Any, ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = conn.execute(
+                select(t.object_sources.c.stix_id, t.object_sources.c.source).where(
+                    t.object_sources.c.stix_id.in_(chunk)
+                )
+            )
+            out.update({r[0]: r[1] for r in rows})
+        return out
+
+    @staticmethod
+    def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = conn.execute(select(t.stix_objects.c.stix_id).where(t.stix_objects.c.stix_id.in_(chunk)))
+            out.update(r[0] for r in rows)
+        return out
+
+    @staticmethod
+    def _ownership_problem(
+        obj: dict[str, Any], partner: str, owners: dict[str, str], existing: set[str]
+    ) -> str | None:
+        ident = obj["id"]
+        if obj["type"] in _SCO_TYPES:
+            return None  # content-addressed: the same id means the same observable
+        if ident in _OFFICIAL_MARKINGS:
+            return None
+        owner = owners.get(ident)
+        if owner is not None and owner != partner:
+            return f"{ident} belongs to another source; only its source may publish versions of it"
+        if owner is None and ident in existing:
+            return f"{ident} is an object of the clearinghouse or another partner; it cannot be replaced"
+        return None
+
+    def _route(
+        self, objects: list[dict[str, Any]], default_tlp: str, result: SubmissionResult
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+        """Per recipient, the objects it receives; and the objects refused, with why."""
+        by_id = {o["id"]: o for o in objects}
+        deliveries: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        refused: dict[str, str] = {}
+        delivered_ids: set[str] = set()
+        for obj in objects:
+            found = {}
+            for kind, value in observables_of(obj, by_id):
+                match = (
+                    self.router.match_keys(ip=value)
+                    if kind == "ip"
+                    else self.router.match_keys(hostname=value)
+                )
+                if match is not None:
+                    found[match.owner] = match
+            if len(found) > 1:
+                refused[obj["id"]] = (
+                    "its observables belong to different recipients "
+                    f"({', '.join(sorted(found))}); submit one object per organisation"
+                )
+                continue
+            if not found:
+                continue
+            decision = self.router.decide(next(iter(found.values())), tlp_of(obj, default_tlp))
+            for rid in decision.suppressed_tlp:
+                result.suppressed_tlp[rid] += 1
+            if decision.recipients:
+                result.routed += 1
+            for rid in decision.recipients:
+                result.per_recipient[rid] += 1
+                bucket = deliveries.setdefault(rid, {})
+                ceiling = self.config.recipient(rid).max_tlp
+                for member in self._closure(obj, by_id):
+                    if TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
+                        bucket[(member["id"], object_version(member))] = member
+                        delivered_ids.add(member["id"])
+        result.unrouted = sum(1 for o in objects if o["id"] not in delivered_ids and o["id"] not in refused)
+        return {rid: list(objs.values()) for rid, objs in deliveries.items()}, refused
+
+    @staticmethod
+    def _closure(root: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The root and what it references in this submission, plus official TLP markings."""
+        out, stack, seen = [], [root], {root["id"]}
+        while stack:
+            obj = stack.pop()
+            out.append(obj)
+            for ref in references(obj):
+                target = by_id.get(ref) or (official_marking(ref) if ref in _OFFICIAL_MARKINGS else None)
+                if target is not None and ref not in seen:
+                    seen.add(ref)
+                    stack.append(target)
+        return out
