@@ -110,19 +110,35 @@ class RecipientConfig(_Strict):
     constituency: Constituency = Constituency()
 
 
+def _argon2_hash(value: str) -> str:
+    # A plaintext secret here would be a secret in the repository: refuse to start.
+    if not value.startswith("$argon2"):
+        raise ValueError("must be an argon2 hash printed by `meldpunt hash-password` or `create-token`")
+    return value
+
+
+class ApiToken(_Strict):
+    """A bearer API token: the id is public (it finds the user), only the secret's hash is kept."""
+
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    hash: str
+
+    _check_hash = field_validator("hash")(_argon2_hash)
+
+
 class UserConfig(_Strict):
     username: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")]
-    password_hash: str
+    password_hash: str | None = None
+    tokens: list[ApiToken] = []
     recipient: Slug | None = None
     inbox: Slug | None = None
+    # Operators may read every collection and delete objects; nobody else may delete.
+    operator: bool = False
 
     @field_validator("password_hash")
     @classmethod
-    def _is_a_hash(cls, value: str) -> str:
-        # A plaintext password here would be a secret in the repository: refuse to start.
-        if not value.startswith("$argon2"):
-            raise ValueError("must be an argon2 hash printed by `meldpunt hash-password`")
-        return value
+    def _is_a_hash(cls, value: str | None) -> str | None:
+        return None if value is None else _argon2_hash(value)
 
 
 class Config(_Strict):
@@ -244,6 +260,7 @@ def consistency_problems(config: Config) -> Iterable[str]:
     yield from _duplicates("partners", [p.id for p in config.partners])
     yield from _duplicates("recipients", [r.id for r in config.recipients])
     yield from _duplicates("users", [u.username for u in config.users], what="username")
+    yield from _duplicates("users[].tokens", [t.id for u in config.users for t in u.tokens])
     recipients = {r.id: r for r in config.recipients}
     partners = {p.id for p in config.partners}
     for i, r in enumerate(config.recipients):
@@ -257,8 +274,10 @@ def consistency_problems(config: Config) -> Iterable[str]:
     yield from _ownership_conflicts(config)
     for i, u in enumerate(config.users):
         where = f"users[{i}]({u.username})"
-        if u.recipient is None and u.inbox is None:
-            yield f"{where}: grants nothing; set recipient (read) or inbox (write)"
+        if u.recipient is None and u.inbox is None and not u.operator:
+            yield f"{where}: grants nothing; set recipient (read), inbox (write) or operator"
+        if u.password_hash is None and not u.tokens:
+            yield f"{where}: has no credentials; set password_hash or tokens"
         if u.recipient is not None and u.recipient not in recipients:
             yield f"{where}.recipient: unknown recipient {u.recipient!r}"
         if u.inbox is not None and u.inbox not in partners:

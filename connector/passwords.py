@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -60,3 +61,22 @@ class VerifiedCache:
                 self._entries.clear()
             self._entries[digest] = now + self._ttl
         return True
+
+
+TOKEN_PREFIX = "mpt"
+
+
+def new_token() -> tuple[str, str, str]:
+    """(token to hand to the client, its public id, the hash to put in the config)."""
+    token_id = os.urandom(8).hex()
+    secret = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+    return f"{TOKEN_PREFIX}_{token_id}_{secret}", token_id, hash_password(secret)
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed token, else None."""
+    prefix, _, rest = token.strip().partition("_")
+    token_id, _, secret = rest.partition("_")
+    if prefix != TOKEN_PREFIX or len(token_id) != 16 or not secret:
+        return None
+    return token_id, secret

@@ -70,6 +70,7 @@ _PATTERN_VALUE = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    index: int  # position in the submission
     id: str | None
     version: str | None
     message: str | None = None  # None: accepted
@@ -228,7 +229,12 @@ class Submissions:
     ) -> SubmissionResult:
         result = SubmissionResult()
         default_tlp = self.config.partner(partner).default_tlp
-        valid = self._validated(objects, result)
+        valid, positions = self._validated(objects, result)
+
+        def outcome(obj: dict[str, Any], message: str | None) -> Outcome:
+            version = object_version(obj)
+            return Outcome(positions[(obj["id"], version)], obj["id"], version, message)
+
         with self.store.writing() as writer:
             owners = self._owners(writer.conn, [o["id"] for o in valid])
             existing = self._existing_ids(writer.conn, [o["id"] for o in valid])
@@ -236,13 +242,14 @@ class Submissions:
             for obj in valid:
                 problem = self._ownership_problem(obj, partner, owners, existing)
                 if problem:
-                    result.outcomes.append(Outcome(obj["id"], object_version(obj), problem))
+                    result.outcomes.append(outcome(obj, problem))
                 else:
                     accepted.append(obj)
             deliveries, refused = self._route(accepted, default_tlp, result)
             for obj in accepted:
-                result.outcomes.append(Outcome(obj["id"], object_version(obj), refused.get(obj["id"])))
+                result.outcomes.append(outcome(obj, refused.get(obj["id"])))
             accepted = [o for o in accepted if o["id"] not in refused]
+            result.outcomes.sort(key=lambda o: o.index)
             if accepted:
                 self._persist(writer, accepted, deliveries, inbox_collection)
                 now = timestamp(self.clock())
@@ -256,24 +263,26 @@ class Submissions:
         return result
 
     @staticmethod
-    def _validated(objects: Iterable[Any], result: SubmissionResult) -> list[dict[str, Any]]:
-        """The objects the validator accepts; the others become failed outcomes."""
+    def _validated(
+        objects: Iterable[Any], result: SubmissionResult
+    ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
+        """The objects the validator accepts, with their positions; the others become failures."""
         valid: list[dict[str, Any]] = []
-        seen: set[tuple[str, str]] = set()
-        for item in objects:
+        seen: dict[tuple[str, str], int] = {}
+        for index, item in enumerate(objects):
             problem = validate(item)
             ident = item.get("id") if isinstance(item, dict) else None
             version = object_version(item) if isinstance(item, dict) else None
             if problem is None and (ident, version) in seen:
                 problem = "the same object version appears twice in this submission"
             if problem is not None:
-                result.outcomes.append(Outcome(ident, version, problem))
+                result.outcomes.append(Outcome(index, ident, version, problem))
                 continue
-            seen.add((str(ident), str(version)))
+            seen[(str(ident), str(version))] = index
             if ident in _OFFICIAL_MARKINGS:
                 item = official_marking(str(ident))  # never store a look-alike of an official marking
             valid.append(item)
-        return valid
+        return valid, seen
 
     @staticmethod
     def _persist(

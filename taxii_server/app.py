@@ -61,7 +61,7 @@ def _token_secret(config: Config) -> bytes | None:
 
 
 def create_app(config: Config, store: Store) -> FastAPI:
-    from taxii_server.routes import collections, discovery, objects
+    from taxii_server.routes import collections, discovery, inbox, objects, status
 
     app = FastAPI(
         title=config.server.title,
@@ -74,7 +74,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.state.meldpunt = ServerState(
         config=config,
         store=store,
-        authenticator=Authenticator(config),
+        authenticator=Authenticator(config, [r.id for r in rows]),
         tokens=TokenCodec(_token_secret(config)),
         collections={r.id: r for r in rows},
     )
@@ -84,4 +84,6 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.include_router(discovery.router)
     app.include_router(collections.router)
     app.include_router(objects.router)
+    app.include_router(inbox.router)
+    app.include_router(status.router)
     return app

@@ -1,7 +1,9 @@
 """Who is asking, and what they may do: deny by default.
 
 A user's rights come from the configuration alone: `recipient: X` reads X's collection,
-`inbox: P` writes partner P's inbox. Everything else does not exist for that user.
+`inbox: P` writes partner P's inbox, `operator: true` reads everything and may delete.
+Everything else does not exist for that user. Credentials: HTTP Basic (password) or a bearer
+API token (`mpt_<id>_<secret>`), both checked against argon2 hashes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import binascii
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from connector.collections import inbox_collection_id, recipient_collection_id
-from connector.config import Config
-from connector.passwords import VerifiedCache
+from connector.config import Config, UserConfig
+from connector.passwords import VerifiedCache, parse_token
 from taxii_server.errors import TaxiiError
 
 log = logging.getLogger("meldpunt.taxii.auth")
@@ -28,41 +31,77 @@ class Principal:
     username: str
     readable: frozenset[str] = field(default_factory=frozenset)
     writable: frozenset[str] = field(default_factory=frozenset)
+    operator: bool = False
+    partner: str | None = None  # whose inbox this user writes (the source of what it posts)
 
     def can_see(self, collection_id: str) -> bool:
         return collection_id in self.readable or collection_id in self.writable
 
 
-class Authenticator:
-    """HTTP Basic against argon2 hashes, with a back-off on repeated failures per source."""
+def principal_for(user: UserConfig, all_collections: Iterable[str]) -> Principal:
+    readable = set(all_collections) if user.operator else set()
+    if user.recipient:
+        readable.add(recipient_collection_id(user.recipient))
+    writable = {inbox_collection_id(user.inbox)} if user.inbox else set()
+    return Principal(user.username, frozenset(readable), frozenset(writable), user.operator, user.inbox)
 
-    def __init__(self, config: Config, failure_delay: float = 0.25, max_delay: float = 4.0) -> None:
+
+class Authenticator:
+    """Checks credentials, with a back-off on repeated failures per client address."""
+
+    def __init__(
+        self,
+        config: Config,
+        all_collections: Iterable[str],
+        failure_delay: float = 0.25,
+        max_delay: float = 4.0,
+    ) -> None:
+        collections = list(all_collections)
         self._users = {u.username: u for u in config.users}
-        self._principals = {
-            u.username: Principal(
-                u.username,
-                frozenset({recipient_collection_id(u.recipient)} if u.recipient else ()),
-                frozenset({inbox_collection_id(u.inbox)} if u.inbox else ()),
-            )
-            for u in config.users
-        }
+        self._principals = {u.username: principal_for(u, collections) for u in config.users}
+        self._tokens = {tok.id: (u.username, tok.hash) for u in config.users for tok in u.tokens}
         self._cache = VerifiedCache()
         self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
         self._failure_delay = failure_delay
         self._max_delay = max_delay
         # A hash to verify against for unknown users, so timing does not reveal who exists.
-        self._decoy = next(iter(self._users.values())).password_hash if self._users else None
+        hashes = [u.password_hash for u in config.users if u.password_hash]
+        self._decoy = hashes[0] if hashes else None
 
     def authenticate(self, authorization: str | None, client: str) -> Principal:
-        username, password = _parse_basic(authorization)
-        user = self._users.get(username)
-        if user is not None and self._cache.verify(user.password_hash, password):
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            username, ok = self._check_token(credentials.strip())
+        else:
+            username, password = _parse_basic(authorization)
+            ok = self._check_password(username, password)
+        if ok:
             with self._lock:
                 self._failures.pop(client, None)
             return self._principals[username]
-        if user is None and self._decoy is not None:
+        raise self._failure(username, client)
+
+    def _check_password(self, username: str, password: str) -> bool:
+        user = self._users.get(username)
+        if user is not None and user.password_hash:
+            return self._cache.verify(user.password_hash, password)
+        if self._decoy is not None:
             self._cache.verify(self._decoy, password)
+        return False
+
+    def _check_token(self, token: str) -> tuple[str, bool]:
+        parsed = parse_token(token)
+        entry = self._tokens.get(parsed[0]) if parsed else None
+        if parsed is None or entry is None:
+            if self._decoy is not None:
+                self._cache.verify(self._decoy, token)
+            return "(token)", False
+        username, token_hash = entry
+        return username, self._cache.verify(token_hash, parsed[1])
+
+    def _failure(self, username: str, client: str) -> TaxiiError:
+        """Log, slow the client down, and give the error to raise."""
         with self._lock:
             failures = self._failures.get(client, 0) + 1
             self._failures[client] = failures
@@ -72,15 +111,15 @@ class Authenticator:
             "authentication failed", extra={"username": username, "client": client, "failures": failures}
         )
         time.sleep(min(self._max_delay, self._failure_delay * 2 ** (failures - 1)))
-        raise TaxiiError(401, "Authentication failed", "Unknown user or wrong password.", _CHALLENGE)
+        return TaxiiError(401, "Authentication failed", "Unknown user or wrong credentials.", _CHALLENGE)
 
 
 def _parse_basic(authorization: str | None) -> tuple[str, str]:
     if not authorization:
-        raise TaxiiError(401, "Authentication required", "Use HTTP Basic authentication.", _CHALLENGE)
+        raise TaxiiError(401, "Authentication required", "Use HTTP Basic or a bearer token.", _CHALLENGE)
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "basic" or not token:
-        raise TaxiiError(401, "Authentication required", "Use HTTP Basic authentication.", _CHALLENGE)
+        raise TaxiiError(401, "Authentication required", "Use HTTP Basic or a bearer token.", _CHALLENGE)
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

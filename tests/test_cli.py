@@ -47,8 +47,9 @@ def cli_env(config: Path | None, *, columns: int | None = 200) -> dict[str, str]
     COLUMNS is set wide because rich lays tables out to the terminal width (80 when piped);
     wide rows keep one table row on one line, which is what the parsers below expect.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MELDPUNT_") and k not in ("COLUMNS", "LINES")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MELDPUNT_") and k not in ("COLUMNS", "LINES")
+    }
     if config is not None:
         env["MELDPUNT_CONFIG"] = str(config)
     if columns is not None:
@@ -56,11 +57,22 @@ def cli_env(config: Path | None, *, columns: int | None = 200) -> dict[str, str]
     return env
 
 
-def run_cli(*args: str, cwd: Path, config: Path | None = None, stdin: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    cwd: Path,
+    config: Path | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env if env is not None else cli_env(config),
-        input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        [*CLI, *args],
+        cwd=cwd,
+        env=env if env is not None else cli_env(config),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
     )
 
 
@@ -99,8 +111,9 @@ def free_port() -> int:
 
 
 _COUNT_ROW = re.compile(r"^│\s*(\w+)\s*│\s*(\d+)\s*│$", re.MULTILINE)
-_RUN_ROW = re.compile(r"^│\s*(\S+)\s*│\s*(\d+)\s*│\s*(quarantined|input-error)\s*│\s*(.*?)\s*│$",
-                      re.MULTILINE)
+_RUN_ROW = re.compile(
+    r"^│\s*(\S+)\s*│\s*(\d+)\s*│\s*(quarantined|input-error)\s*│\s*(.*?)\s*│$", re.MULTILINE
+)
 
 
 def counts_of(stdout: str) -> dict[str, int]:
@@ -117,15 +130,14 @@ def not_ingested_rows(stdout: str) -> dict[int, str]:
 
 def delivered(stdout: str) -> dict[str, int]:
     """recipient -> delivered, from the three-column per-recipient table of `ingest`."""
-    rows = re.findall(r"^│\s*([a-z0-9][\w.-]*)\s*│\s*(\d+)\s*│\s*(\d+)\s*│$", stdout,
-                      re.MULTILINE)
+    rows = re.findall(r"^│\s*([a-z0-9][\w.-]*)\s*│\s*(\d+)\s*│\s*(\d+)\s*│$", stdout, re.MULTILINE)
     return {rid: int(n) for rid, n, _suppressed in rows}
 
 
 def section(stdout: str, title: str) -> str:
     """Text from a table title to the end: where that table's rows are."""
     assert title in stdout, f"no {title!r} in:\n{stdout}"
-    return stdout[stdout.index(title):]
+    return stdout[stdout.index(title) :]
 
 
 @dataclass
@@ -145,10 +157,14 @@ class ScanExpectation:
 
 
 def _claimed(ip: str | None, host: str | None, raw_config: dict[str, Any]) -> bool:
-    networks = [ipaddress.ip_network(n) for r in raw_config["recipients"]
-                for n in r.get("constituency", {}).get("networks", [])]
-    domains = [d.lower() for r in raw_config["recipients"]
-               for d in r.get("constituency", {}).get("domains", [])]
+    networks = [
+        ipaddress.ip_network(n)
+        for r in raw_config["recipients"]
+        for n in r.get("constituency", {}).get("networks", [])
+    ]
+    domains = [
+        d.lower() for r in raw_config["recipients"] for d in r.get("constituency", {}).get("domains", [])
+    ]
     if ip is not None and any(ipaddress.ip_address(ip) in net for net in networks):
         return True
     return bool(host) and any(host == d or host.endswith("." + d) for d in domains)
@@ -230,8 +246,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     config = write_config(directory, raw)
     first = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=directory, config=config)
     second = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=directory, config=config)
-    return Deployment(directory, config, f"sqlite:///{directory / 'meldpunt.db'}",
-                      expect_from_scan(DIVD_SCAN, raw), first, second)
+    return Deployment(
+        directory,
+        config,
+        f"sqlite:///{directory / 'meldpunt.db'}",
+        expect_from_scan(DIVD_SCAN, raw),
+        first,
+        second,
+    )
 
 
 @pytest.fixture
@@ -248,18 +270,29 @@ def test_console_script_runs_the_same_app(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "meldpunt"
     if not script.exists():
         pytest.skip("console script not installed next to this interpreter")
-    result = subprocess.run([str(script), "--help"], cwd=tmp_path, env=cli_env(None),
-                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [str(script), "--help"],
+        cwd=tmp_path,
+        env=cli_env(None),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, explain(result)
     assert "ingest" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("command", "options"),
-    [("", ["hash-password", "ingest", "serve", "export", "demo"]),
-     ("hash-password", []), ("ingest", ["--partner", "--format", "--case", "--config"]),
-     ("serve", ["--host", "--port", "--config"]), ("export", ["--recipient", "--out", "--config"]),
-     ("demo", ["--workdir", "--port", "--no-serve"])],
+    [
+        ("", ["hash-password", "ingest", "serve", "export", "demo"]),
+        ("hash-password", []),
+        ("ingest", ["--partner", "--format", "--case", "--config"]),
+        ("serve", ["--host", "--port", "--config"]),
+        ("export", ["--recipient", "--out", "--config"]),
+        ("demo", ["--workdir", "--port", "--no-serve"]),
+    ],
 )
 def test_every_command_has_help(tmp_path: Path, command: str, options: list[str]) -> None:
     """`python -m connector.cli` is the entry point; every command explains itself."""
@@ -278,10 +311,10 @@ def test_hash_password_from_stdin(tmp_path: Path) -> None:
     line holding the whole hash, or the pasted config line is broken. No COLUMNS: the width
     rich sees when stdout is a pipe is the default one."""
     password = "correct horse battery staple"
-    result = run_cli("hash-password", cwd=tmp_path, stdin=password + "\n",
-                     env=cli_env(None, columns=None))
+    result = run_cli("hash-password", cwd=tmp_path, stdin=password + "\n", env=cli_env(None, columns=None))
     assert result.returncode == 0, explain(result)
-    assert password not in result.stdout and password not in result.stderr
+    assert password not in result.stdout
+    assert password not in result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, f"hash printed over {len(lines)} lines: {lines!r}"
     assert lines[0].startswith("$argon2id$")
@@ -316,8 +349,13 @@ def test_ingest_prints_counts(deployment: Deployment) -> None:
 def test_ingest_reports_the_sample_as_documented(deployment: Deployment) -> None:
     """The sample scan's known shape (README): a check that the derivation above is right."""
     counts = counts_of(deployment.first.stdout)
-    assert (counts["read"], counts["notifications"], counts["quarantined"], counts["skipped"],
-            counts["unrouted"]) == (36, 26, 4, 6, 3)
+    assert (
+        counts["read"],
+        counts["notifications"],
+        counts["quarantined"],
+        counts["skipped"],
+        counts["unrouted"],
+    ) == (36, 26, 4, 6, 3)
 
 
 def test_ingest_lists_quarantined_lines_with_reasons(deployment: Deployment) -> None:
@@ -347,8 +385,16 @@ def test_second_ingest_changes_nothing(deployment: Deployment) -> None:
 
 
 def test_ingest_unknown_partner(tmp_path: Path, fresh_config: Path) -> None:
-    result = run_cli("ingest", "--partner", "nosuch", "--format", "divd-nuclei", str(DIVD_SCAN),
-                     cwd=tmp_path, config=fresh_config)
+    result = run_cli(
+        "ingest",
+        "--partner",
+        "nosuch",
+        "--format",
+        "divd-nuclei",
+        str(DIVD_SCAN),
+        cwd=tmp_path,
+        config=fresh_config,
+    )
     assert result.returncode != 0
     assert "unknown partner 'nosuch'" in result.stderr
     assert "divd" in result.stderr  # the known ones are listed
@@ -356,8 +402,16 @@ def test_ingest_unknown_partner(tmp_path: Path, fresh_config: Path) -> None:
 
 
 def test_ingest_unknown_format(tmp_path: Path, fresh_config: Path) -> None:
-    result = run_cli("ingest", "--partner", "divd", "--format", "shadowserver-xyz",
-                     str(DIVD_SCAN), cwd=tmp_path, config=fresh_config)
+    result = run_cli(
+        "ingest",
+        "--partner",
+        "divd",
+        "--format",
+        "shadowserver-xyz",
+        str(DIVD_SCAN),
+        cwd=tmp_path,
+        config=fresh_config,
+    )
     assert result.returncode != 0
     assert "unknown format 'shadowserver-xyz'" in result.stderr
     assert "divd-nuclei" in result.stderr
@@ -365,8 +419,7 @@ def test_ingest_unknown_format(tmp_path: Path, fresh_config: Path) -> None:
 
 
 def test_ingest_missing_input_file(tmp_path: Path, fresh_config: Path) -> None:
-    result = run_cli(*INGEST_DIVD, str(tmp_path / "absent.jsonl"), cwd=tmp_path,
-                     config=fresh_config)
+    result = run_cli(*INGEST_DIVD, str(tmp_path / "absent.jsonl"), cwd=tmp_path, config=fresh_config)
     assert result.returncode != 0
     assert "absent.jsonl" in result.stderr
 
@@ -388,8 +441,7 @@ def test_ingest_with_explicit_case_file(tmp_path: Path, fresh_config: Path) -> N
     case = tmp_path / "cases" / "case-metadata.yaml"
     case.parent.mkdir()
     shutil.copy(CASE_YAML, case)
-    result = run_cli(*INGEST_DIVD, "--case", str(case), str(scan), cwd=tmp_path,
-                     config=fresh_config)
+    result = run_cli(*INGEST_DIVD, "--case", str(case), str(scan), cwd=tmp_path, config=fresh_config)
     assert result.returncode == 0, explain(result)
     expected = expect_from_scan(DIVD_SCAN, example_raw())
     assert counts_of(result.stdout)["notifications"] == expected.notifications
@@ -416,8 +468,7 @@ CONFIGURED_COMMANDS = {
 
 
 @pytest.mark.parametrize("command", sorted(CONFIGURED_COMMANDS))
-def test_config_error_stops_every_command(tmp_path: Path, broken_config: Path,
-                                          command: str) -> None:
+def test_config_error_stops_every_command(tmp_path: Path, broken_config: Path, command: str) -> None:
     result = run_cli(*CONFIGURED_COMMANDS[command], cwd=tmp_path, config=broken_config)
     assert result.returncode == 2, explain(result)
     assert BROKEN_KEY in result.stderr
@@ -429,15 +480,15 @@ def test_config_error_stops_every_command(tmp_path: Path, broken_config: Path,
 def test_config_option_wins_over_environment(tmp_path: Path, broken_config: Path) -> None:
     (tmp_path / "good").mkdir()
     good = write_config(tmp_path / "good")
-    result = run_cli("export", "--recipient", "zcert", "--config", str(broken_config),
-                     cwd=tmp_path, config=good)
+    result = run_cli(
+        "export", "--recipient", "zcert", "--config", str(broken_config), cwd=tmp_path, config=good
+    )
     assert result.returncode == 2, explain(result)
     assert BROKEN_KEY in result.stderr
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path,
-                     config=tmp_path / "absent.yaml")
+    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path, config=tmp_path / "absent.yaml")
     assert result.returncode == 2, explain(result)
     assert "cannot read" in result.stderr
 
@@ -448,8 +499,15 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_export_writes_the_recipients_collection(deployment: Deployment) -> None:
     assert deployment.first.returncode == 0, explain(deployment.first)
     out = deployment.directory / "zcert-bundle.json"
-    result = run_cli("export", "--recipient", "zcert", "--out", str(out),
-                     cwd=deployment.directory, config=deployment.config)
+    result = run_cli(
+        "export",
+        "--recipient",
+        "zcert",
+        "--out",
+        str(out),
+        cwd=deployment.directory,
+        config=deployment.config,
+    )
     assert result.returncode == 0, explain(result)
 
     bundle = stix2.parse(out.read_text(encoding="utf-8"), allow_custom=True)
@@ -470,8 +528,9 @@ def test_export_writes_the_recipients_collection(deployment: Deployment) -> None
 
 
 def test_export_to_stdout(deployment: Deployment) -> None:
-    result = run_cli("export", "--recipient", "ziekenhuis-noord", cwd=deployment.directory,
-                     config=deployment.config)
+    result = run_cli(
+        "export", "--recipient", "ziekenhuis-noord", cwd=deployment.directory, config=deployment.config
+    )
     assert result.returncode == 0, explain(result)
     bundle = json.loads(result.stdout)
     assert bundle["type"] == "bundle"
@@ -480,8 +539,15 @@ def test_export_to_stdout(deployment: Deployment) -> None:
 
 def test_export_unknown_recipient_fails(deployment: Deployment) -> None:
     out = deployment.directory / "nosuch.json"
-    result = run_cli("export", "--recipient", "nosuch", "--out", str(out),
-                     cwd=deployment.directory, config=deployment.config)
+    result = run_cli(
+        "export",
+        "--recipient",
+        "nosuch",
+        "--out",
+        str(out),
+        cwd=deployment.directory,
+        config=deployment.config,
+    )
     assert result.returncode != 0
     assert "unknown recipient 'nosuch'" in result.stderr
     assert not out.exists()
@@ -493,22 +559,27 @@ def test_export_unknown_recipient_fails(deployment: Deployment) -> None:
 def test_demo_without_serving(tmp_path: Path) -> None:
     port = free_port()
     workdir = tmp_path / "demo"
-    result = run_cli("demo", "--no-serve", "--workdir", str(workdir), "--port", str(port),
-                     cwd=tmp_path)
+    result = run_cli("demo", "--no-serve", "--workdir", str(workdir), "--port", str(port), cwd=tmp_path)
     assert result.returncode == 0, explain(result)
     out = result.stdout
     polled = section(out, "polled with taxii2-client")
     raw = example_raw()
     for u in raw["users"]:
         if u.get("recipient"):
-            row = re.search(rf"^│\s*{re.escape(u['username'])}\s*│\s*{re.escape(u['recipient'])}"
-                            r"\s*│\s*(\d+)\s*│\s*(\d+)\s*│", polled, re.MULTILINE)
+            row = re.search(
+                rf"^│\s*{re.escape(u['username'])}\s*│\s*{re.escape(u['recipient'])}"
+                r"\s*│\s*(\d+)\s*│\s*(\d+)\s*│",
+                polled,
+                re.MULTILINE,
+            )
             assert row, f"{u['username']} missing from the polled table:\n{polled}"
-            assert int(row.group(1)) > 0 and int(row.group(2)) > 0
+            assert int(row.group(1)) > 0
+            assert int(row.group(2)) > 0
     credentials = section(out, "demo credentials")
     for u in raw["users"]:
-        assert re.search(rf"^\s+{re.escape(u['username'])}\s+\S+\s+\(", credentials,
-                         re.MULTILINE), f"no password shown for {u['username']}"
+        assert re.search(rf"^\s+{re.escape(u['username'])}\s+\S+\s+\(", credentials, re.MULTILINE), (
+            f"no password shown for {u['username']}"
+        )
     assert f"http://127.0.0.1:{port}/" in out
     assert "0.0.0.0" not in out + result.stderr
     assert (workdir / "meldpunt.db").exists()
@@ -522,6 +593,7 @@ def test_demo_does_not_delete_an_existing_directory(tmp_path: Path) -> None:
     workdir.mkdir()
     precious = workdir / "notes.txt"
     precious.write_text("not the demo's\n", encoding="utf-8")
-    result = run_cli("demo", "--no-serve", "--workdir", str(workdir), "--port", str(free_port()),
-                     cwd=tmp_path)
+    result = run_cli(
+        "demo", "--no-serve", "--workdir", str(workdir), "--port", str(free_port()), cwd=tmp_path
+    )
     assert precious.exists(), f"demo deleted {workdir} with everything in it\n{explain(result)}"

@@ -107,9 +107,7 @@ def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_example_config_loads() -> None:
     config = load_config(SAMPLE_CONFIG)
     assert isinstance(config, Config)
-    assert {r.id for r in config.recipients} == {
-        "zcert", "ziekenhuis-noord", "ibd", "gemeente-voorbeeld"
-    }
+    assert {r.id for r in config.recipients} == {"zcert", "ziekenhuis-noord", "ibd", "gemeente-voorbeeld"}
     assert [p.id for p in config.partners] == ["divd"]
     assert config.recipient("ziekenhuis-noord").parent == "zcert"
     assert config.database == _EXAMPLE["database"]
@@ -177,16 +175,18 @@ def test_bad_network_is_refused(network: str, fragment: str) -> None:
     raw["recipients"][i]["constituency"]["networks"] = [network]
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{i}](zcert).constituency.networks",
-                   f"invalid network {network!r}", fragment)
+    assert_problem(
+        problems, f"recipients[{i}](zcert).constituency.networks", f"invalid network {network!r}", fragment
+    )
 
 
 def test_invalid_domain_is_refused() -> None:
     raw = example()
     i = index_of(raw, "recipients", "ibd")
     raw["recipients"][i]["constituency"]["domains"] = ["-bad-.example"]
-    assert_problem(problems_of(raw), f"recipients[{i}](ibd).constituency.domains",
-                   "invalid domain '-bad-.example'")
+    assert_problem(
+        problems_of(raw), f"recipients[{i}](ibd).constituency.domains", "invalid domain '-bad-.example'"
+    )
 
 
 # --- recipients: ids and parents -------------------------------------------------------------
@@ -199,8 +199,7 @@ def test_duplicate_recipient_id() -> None:
     dup = len(raw["recipients"]) - 1
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{dup}].id", "duplicate id 'zcert'",
-                   f"first at recipients[{first}]")
+    assert_problem(problems, f"recipients[{dup}].id", "duplicate id 'zcert'", f"first at recipients[{first}]")
 
 
 def test_unknown_parent() -> None:
@@ -209,8 +208,7 @@ def test_unknown_parent() -> None:
     raw["recipients"][i]["parent"] = "no-such-cert"
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{i}](ziekenhuis-noord).parent",
-                   "unknown recipient 'no-such-cert'")
+    assert_problem(problems, f"recipients[{i}](ziekenhuis-noord).parent", "unknown recipient 'no-such-cert'")
 
 
 def test_recipient_that_is_its_own_parent() -> None:
@@ -228,13 +226,17 @@ def test_parent_cycle_of_two() -> None:
     problems = problems_of(raw)
     assert len(problems) == 1
     cycle = assert_problem(problems, "recipients", "parent cycle")
-    assert "zcert" in cycle and "ibd" in cycle
+    assert "zcert" in cycle
+    assert "ibd" in cycle
 
 
 def test_parent_cycle_through_a_chain_of_three() -> None:
     raw = example()
-    raw["recipients"] += [new_recipient("a", parent="b"), new_recipient("b", parent="c"),
-                          new_recipient("c", parent="a")]
+    raw["recipients"] += [
+        new_recipient("a", parent="b"),
+        new_recipient("b", parent="c"),
+        new_recipient("c", parent="a"),
+    ]
     cycle = assert_problem(problems_of(raw), "recipients", "parent cycle")
     assert all(name in cycle for name in ("a", "b", "c"))
 
@@ -248,8 +250,12 @@ def test_identical_prefix_claimed_by_two_recipients() -> None:
     raw["recipients"][i]["constituency"]["networks"].append("192.0.2.16/28")
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{i}](ibd).constituency.networks",
-                   "192.0.2.16/28", "already claimed by recipient 'ziekenhuis-noord'")
+    assert_problem(
+        problems,
+        f"recipients[{i}](ibd).constituency.networks",
+        "192.0.2.16/28",
+        "already claimed by recipient 'ziekenhuis-noord'",
+    )
 
 
 def test_identical_ipv6_prefix_written_differently_is_still_the_same_claim() -> None:
@@ -257,19 +263,22 @@ def test_identical_ipv6_prefix_written_differently_is_still_the_same_claim() -> 
     raw = example()
     i = index_of(raw, "recipients", "ibd")
     raw["recipients"][i]["constituency"]["networks"].append("2001:DB8:10:0::/48")
-    assert_problem(problems_of(raw), f"recipients[{i}](ibd).constituency.networks",
-                   "2001:db8:10::/48", "already claimed by recipient 'zcert'")
+    assert_problem(
+        problems_of(raw),
+        f"recipients[{i}](ibd).constituency.networks",
+        "2001:db8:10::/48",
+        "already claimed by recipient 'zcert'",
+    )
 
 
 def test_more_specific_prefix_of_another_recipient_is_accepted() -> None:
     """Nesting is how a sector CERT and its members share space: it must stay legal."""
     raw = example()
-    raw["recipients"].append(new_recipient(
-        "kliniek-zuid", parent="zcert", constituency={"networks": ["192.0.2.64/26"]}))
+    raw["recipients"].append(
+        new_recipient("kliniek-zuid", parent="zcert", constituency={"networks": ["192.0.2.64/26"]})
+    )
     config = parse_config(raw)
-    assert config.recipient("kliniek-zuid").constituency.networks == [
-        ipaddress.ip_network("192.0.2.64/26")
-    ]
+    assert config.recipient("kliniek-zuid").constituency.networks == [ipaddress.ip_network("192.0.2.64/26")]
 
 
 def test_less_specific_prefix_of_another_recipient_is_accepted() -> None:
@@ -282,8 +291,9 @@ def test_same_prefix_listed_twice_by_one_recipient() -> None:
     raw = example()
     i = index_of(raw, "recipients", "zcert")
     raw["recipients"][i]["constituency"]["networks"].append("192.0.2.0/25")
-    assert_problem(problems_of(raw), f"recipients[{i}](zcert).constituency.networks",
-                   "192.0.2.0/25 is listed twice")
+    assert_problem(
+        problems_of(raw), f"recipients[{i}](zcert).constituency.networks", "192.0.2.0/25 is listed twice"
+    )
 
 
 def test_same_as_number_claimed_twice() -> None:
@@ -292,8 +302,9 @@ def test_same_as_number_claimed_twice() -> None:
     raw["recipients"][i]["constituency"]["asns"] = [64500]
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{i}](ibd).constituency.asns", "64500",
-                   "already claimed by recipient 'zcert'")
+    assert_problem(
+        problems, f"recipients[{i}](ibd).constituency.asns", "64500", "already claimed by recipient 'zcert'"
+    )
 
 
 def test_same_domain_claimed_twice_even_in_other_case() -> None:
@@ -303,14 +314,19 @@ def test_same_domain_claimed_twice_even_in_other_case() -> None:
     raw["recipients"][i]["constituency"]["domains"].append("Example.ORG.")
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"recipients[{i}](ibd).constituency.domains", "example.org",
-                   "already claimed by recipient 'zcert'")
+    assert_problem(
+        problems,
+        f"recipients[{i}](ibd).constituency.domains",
+        "example.org",
+        "already claimed by recipient 'zcert'",
+    )
 
 
 def test_subdomain_of_a_claimed_domain_is_accepted() -> None:
     raw = example()
-    raw["recipients"].append(new_recipient(
-        "ziekenhuis-zuid", parent="zcert", constituency={"domains": ["zuid.example.org"]}))
+    raw["recipients"].append(
+        new_recipient("ziekenhuis-zuid", parent="zcert", constituency={"domains": ["zuid.example.org"]})
+    )
     parse_config(raw)
 
 
@@ -360,8 +376,7 @@ def test_user_with_unknown_inbox_partner() -> None:
     raw = example()
     i = index_of(raw, "users", "researcher-1", key="username")
     raw["users"][i]["inbox"] = "no-such-partner"
-    assert_problem(problems_of(raw), f"users[{i}](researcher-1).inbox",
-                   "unknown partner 'no-such-partner'")
+    assert_problem(problems_of(raw), f"users[{i}](researcher-1).inbox", "unknown partner 'no-such-partner'")
 
 
 def test_user_granting_nothing() -> None:
@@ -380,8 +395,9 @@ def test_duplicate_usernames() -> None:
     dup = len(raw["users"]) - 1
     problems = problems_of(raw)
     assert len(problems) == 1
-    assert_problem(problems, f"users[{dup}].username", "duplicate username 'ibd-poller'",
-                   f"first at users[{first}]")
+    assert_problem(
+        problems, f"users[{dup}].username", "duplicate username 'ibd-poller'", f"first at users[{first}]"
+    )
 
 
 # --- many problems at once -------------------------------------------------------------------
@@ -398,8 +414,9 @@ def test_several_schema_problems_are_all_reported() -> None:
     assert len(problems) == 4
     assert_problem(problems, "colour", "unknown key")
     assert_problem(problems, f"recipients[{index_of(raw, 'recipients', 'zcert')}](zcert).max_tlp")
-    assert_problem(problems, f"recipients[{index_of(raw, 'recipients', 'ibd')}](ibd)"
-                             ".constituency.networks", "host bits")
+    assert_problem(
+        problems, f"recipients[{index_of(raw, 'recipients', 'ibd')}](ibd).constituency.networks", "host bits"
+    )
     poller = index_of(raw, "users", "zcert-poller", key="username")
     assert_problem(problems, f"users[{poller}](zcert-poller).password_hash", "argon2")
 
@@ -532,4 +549,3 @@ def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_explicit_path_wins_over_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.yaml"))
     assert load_config(SAMPLE_CONFIG).database == _EXAMPLE["database"]
-

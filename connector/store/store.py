@@ -313,6 +313,48 @@ class Store:
                 ).scalar_one()
             )
 
+    def save_status(self, status: dict[str, Any], *, username: str, collection_id: str) -> None:
+        with self._write_engine.begin() as conn:
+            conn.execute(
+                insert(t.statuses).values(
+                    id=status["id"],
+                    username=username,
+                    collection_id=collection_id,
+                    request_timestamp=status["request_timestamp"],
+                    status=status["status"],
+                    body=json.dumps(status),
+                )
+            )
+
+    def status(self, status_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(username who posted, status resource) or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.statuses.c.username, t.statuses.c.body).where(t.statuses.c.id == status_id)
+            ).first()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def remove_members(self, collection_id: str, stix_id: str, versions: VersionFilter) -> int:
+        """Take versions of an object out of a collection (the object rows stay for audit)."""
+        co = t.collection_objects
+        condition = versions.condition()
+        with self._write_engine.begin() as conn:
+            query = select(co.c.pk).where(and_(co.c.collection_id == collection_id, co.c.stix_id == stix_id))
+            if condition is not None:
+                query = query.where(condition)
+            pks = [r[0] for r in conn.execute(query)]
+            if pks:
+                conn.execute(co.delete().where(co.c.pk.in_(pks)))
+                # The highest remaining version becomes the latest again.
+                rest = conn.execute(
+                    select(co.c.pk, co.c.version)
+                    .where(and_(co.c.collection_id == collection_id, co.c.stix_id == stix_id))
+                    .order_by(co.c.version.desc())
+                ).all()
+                if rest:
+                    conn.execute(update(co).where(co.c.pk == rest[0][0]).values(is_latest=True))
+        return len(pks)
+
     def audit(
         self, *, username: str, action: str, collection_id: str | None, objects: int, status: int
     ) -> None:

@@ -1,0 +1,144 @@
+"""Adding objects (TAXII 2.1 section 5.5, POST) and deleting one (section 5.7).
+
+A POST to an inbox is validated object by object; the status resource says, per object,
+accepted or rejected with the validator's message. Accepted objects are routed like any
+notification, with the posting user's partner recorded as their source.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from connector.store import VersionFilter
+from connector.submission import Outcome, Submissions, SubmissionResult
+from taxii_server.app import principal, state
+from taxii_server.auth import Principal
+from taxii_server.errors import TaxiiError, not_found
+from taxii_server.media import taxii_response
+from taxii_server.routes.collections import visible_collection
+from taxii_server.routes.objects import ObjectQuery, object_query
+
+router = APIRouter()
+
+
+def _check_content_type(value: str | None) -> None:
+    parts = [p.strip().lower() for p in (value or "").split(";")]
+    params = dict(p.partition("=")[::2] for p in parts[1:])
+    if parts[0] != "application/taxii+json" or params.get("version", "2.1").strip('"') != "2.1":
+        raise TaxiiError(
+            415, "Unsupported media type", "POST a TAXII envelope as application/taxii+json;version=2.1."
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TaxiiError(413, "Request too large", f"The body exceeds max_content_length ({limit} bytes).")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TaxiiError(
+                413, "Request too large", f"The body exceeds max_content_length ({limit} bytes)."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_body(result: SubmissionResult, request_timestamp: str) -> dict[str, Any]:
+    def detail(outcome: Outcome) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": outcome.id or f"objects[{outcome.index}]",
+            "version": outcome.version or "",
+        }
+        if outcome.message:
+            out["message"] = outcome.message
+        return out
+
+    successes = [detail(o) for o in result.outcomes if o.ok]
+    failures = [detail(o) for o in result.outcomes if not o.ok]
+    body: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "status": "complete",
+        "request_timestamp": request_timestamp,
+        "total_count": len(result.outcomes),
+        "success_count": len(successes),
+        "failure_count": len(failures),
+        "pending_count": 0,
+    }
+    if successes:
+        body["successes"] = successes
+    if failures:
+        body["failures"] = failures
+    return body
+
+
+@router.post("/{api_root}/collections/{collection_id}/objects/")
+async def add_objects(
+    request: Request, api_root: str, collection_id: str, who: Principal = Depends(principal)
+) -> Response:
+    visible_collection(request, api_root, collection_id, who)
+    if collection_id not in who.writable or who.partner is None:
+        raise TaxiiError(403, "Forbidden", "This user may not write to this collection.")
+    s = state(request)
+    _check_content_type(request.headers.get("content-type"))
+    received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = await _read_body(request, s.config.server.max_content_length)
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise TaxiiError(400, "Invalid JSON", str(exc)) from None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("objects", []), list):
+        raise TaxiiError(400, "Not a TAXII envelope", 'Expected {"objects": [...]}.')
+    objects = envelope.get("objects", [])
+    submissions = Submissions(s.config, s.store)
+    result = await run_in_threadpool(
+        submissions.submit,
+        partner=who.partner,
+        objects=objects,
+        username=who.username,
+        inbox_collection=collection_id,
+    )
+    status = _status_body(result, received)
+    await run_in_threadpool(s.store.save_status, status, username=who.username, collection_id=collection_id)
+    s.store.audit(
+        username=who.username,
+        action="add-objects",
+        collection_id=collection_id,
+        objects=status["success_count"],
+        status=202,
+    )
+    return taxii_response(status, status=202)
+
+
+@router.delete("/{api_root}/collections/{collection_id}/objects/{object_id}/")
+def delete_object(
+    request: Request,
+    api_root: str,
+    collection_id: str,
+    object_id: str,
+    who: Principal = Depends(principal),
+    q: ObjectQuery = Depends(object_query),
+) -> Response:
+    visible_collection(request, api_root, collection_id, who)
+    if not who.operator:
+        raise TaxiiError(403, "Forbidden", "Only operators may delete objects.")
+    versions = q.versions if q.versions != VersionFilter() else VersionFilter(all=True)
+    removed = state(request).store.remove_members(collection_id, object_id, versions)
+    if not removed:
+        raise not_found("object")
+    state(request).store.audit(
+        username=who.username,
+        action="delete-object",
+        collection_id=collection_id,
+        objects=removed,
+        status=200,
+    )
+    return Response(status_code=200)
