@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from connector.store import VersionFilter
-from connector.submission import Outcome, Submissions, SubmissionResult
+from connector.submission import Outcome, SubmissionResult, Submissions
 from taxii_server.app import principal, state
 from taxii_server.auth import Principal
 from taxii_server.errors import TaxiiError, not_found
