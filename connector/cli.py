@@ -17,7 +17,7 @@ from connector.collections import collection_rows
 from connector.config import Config, ConfigError, load_config
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
 from connector.logs import setup_logging
-from connector.passwords import hash_password
+from connector.passwords import hash_password, new_token
 from connector.store import Store
 
 app = typer.Typer(
@@ -79,7 +79,17 @@ def hash_password_cmd() -> None:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise _fail("empty password")
-    out.print(hash_password(password), highlight=False)
+    typer.echo(hash_password(password))  # plain: rich would wrap a long hash in a pipe
+
+
+@app.command("create-token")
+def create_token(user: Annotated[str, typer.Option(help="Username the token is for.")]) -> None:
+    """Make a bearer API token: print the token (give it to the client, once) and the config entry."""
+    token, token_id, token_hash = new_token()
+    console.print(f"token for {user} (shown once; store it in the client's secret store):")
+    typer.echo(token)
+    console.print(f"add under users[] -> username: {user} -> tokens:")
+    typer.echo(f'  - {{id: "{token_id}", hash: "{token_hash}"}}')
 
 
 @app.command()
@@ -110,8 +120,14 @@ def ingest(
         task = progress.add_task("ingesting", total=total)
 
         def advance(position: int) -> None:
+            # Positions are per file; a position lower than the last one means the next file.
+            nonlocal done_before, last
+            if position < last:
+                done_before += last
+            last = position
             progress.update(task, completed=done_before + position)
 
+        last = 0
         try:
             summary = ingestor.run(partner, fmt, paths, context_file=case, progress=advance)
         except IngestError as exc:

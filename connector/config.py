@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connector.tlp import TLP_LEVELS, Tlp
+from connector.yamlfile import YamlFileError, load_yaml
 
 DEFAULT_CONFIG_PATH = Path("config/meldpunt.yaml")
 CONFIG_ENV = "MELDPUNT_CONFIG"
@@ -165,23 +165,6 @@ class Config(_Strict):
 # --- loading ---------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; in a constituency that silently drops a claim."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit:
         return Path(explicit)
@@ -193,13 +176,9 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     source = config_path(path)
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(source), [f"cannot read: {exc.strerror}"]) from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(source), [f"not valid YAML: {exc}"]) from None
+        raw = load_yaml(source)
+    except YamlFileError as exc:
+        raise ConfigError(str(source), [str(exc)]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -301,6 +280,8 @@ def _parent_cycles(config: Config) -> Iterable[str]:
         node = parents.get(start)
         while node is not None and node in parents:
             if node in path:
+                if node == start and len(path) == 1:
+                    break  # a recipient that is its own parent is reported on its own
                 cycle = [*path[path.index(node) :], node]
                 if not reported.intersection(cycle):
                     yield "recipients: parent cycle " + " -> ".join(cycle)

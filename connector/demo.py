@@ -50,9 +50,17 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
 
     from taxii_server import create_app
 
+    marker = workdir / ".meldpunt-demo"
+    if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
+        console.print(
+            f"[bold red]error:[/] {workdir} exists and is not a demo directory; "
+            "choose another --workdir (the demo starts from an empty one)"
+        )
+        return 2
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    marker.write_text("created by `meldpunt demo`; the next demo run empties this directory\n")
     config, passwords = demo_config(workdir, port)
     # One process serves the demo: a per-run token key is all it needs.
     os.environ.setdefault(config.server.token_secret_env, secrets.token_urlsafe(32))

@@ -22,7 +22,7 @@ from sqlalchemy import insert
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping
 from connector.adapters.readers import RawRecord, RowError
-from connector.collections import recipient_collection_id
+from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.notification import Notification
 from connector.routing import Router
@@ -31,10 +31,12 @@ from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
 from connector.store.store import timestamp_to_us, version_key
+from connector.submission import Submissions
 
 log = logging.getLogger("meldpunt.ingest")
 
 BATCH_SIZE = 2000
+STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
 Clock = Callable[[], datetime]
 
@@ -115,7 +117,10 @@ class Ingestor:
         summary = RunSummary(run_id)
         try:
             for path in paths:
-                self._ingest_file(summary, mapping, partner, path, context_file, progress)
+                if mapping is None:
+                    self._ingest_stix_file(summary, partner, path)
+                else:
+                    self._ingest_file(summary, mapping, partner, path, context_file, progress)
         except Exception as exc:
             self.store.finish_run(run_id, "failed", summary.as_dict(), error=repr(exc))
             raise
@@ -126,20 +131,56 @@ class Ingestor:
         log.info("ingest run finished", extra={"run": run_id, "status": status, **summary.counts})
         return summary
 
-    def _check(self, partner: str, fmt: str) -> Mapping:
+    def _check(self, partner: str, fmt: str) -> Mapping | None:
+        """The mapping for the format (None for STIX, which needs none), after access checks."""
         try:
             partner_cfg = self.config.partner(partner)
         except KeyError:
             known = ", ".join(p.id for p in self.config.partners) or "none configured"
             raise IngestError(f"unknown partner {partner!r} (known: {known})") from None
-        if fmt not in self.mappings:
-            raise IngestError(f"unknown format {fmt!r} (known: {', '.join(sorted(self.mappings))})")
+        if fmt not in self.mappings and fmt != STIX_FORMAT:
+            known = ", ".join(sorted([*self.mappings, STIX_FORMAT]))
+            raise IngestError(f"unknown format {fmt!r} (known: {known})")
         if partner_cfg.formats and fmt not in partner_cfg.formats:
             raise IngestError(
                 f"partner {partner!r} may not deliver format {fmt!r} "
                 f"(allowed: {', '.join(partner_cfg.formats)})"
             )
-        return self.mappings[fmt]
+        return self.mappings.get(fmt)
+
+    def _ingest_stix_file(self, summary: RunSummary, partner: str, path: Path) -> None:
+        """A researcher's STIX 2.1 bundle: validated per object, routed by its observables."""
+        try:
+            document = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            message = f"{path}: not a readable JSON document: {exc}"
+            summary.input_errors.append(message)
+            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
+            return
+        objects = document.get("objects") if isinstance(document, dict) else document
+        if not isinstance(objects, list):
+            message = f"{path}: expected a STIX bundle, a TAXII envelope or a JSON list of objects"
+            summary.input_errors.append(message)
+            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
+            return
+        result = Submissions(self.config, self.store, self.router, self.clock).submit(
+            partner=partner, objects=objects, inbox_collection=inbox_collection_id(partner)
+        )
+        summary.counts["read"] += len(objects)
+        summary.counts["notifications"] += len(result.accepted)
+        summary.counts["new"] += len(result.accepted)
+        summary.counts["quarantined"] += len(result.rejected)
+        summary.counts["routed"] += result.routed
+        summary.counts["unrouted"] += result.unrouted
+        summary.per_recipient.update(result.per_recipient)
+        summary.suppressed_tlp.update(result.suppressed_tlp)
+        self._record_rows(
+            summary.run_id,
+            [
+                (path.name, o.index + 1, "quarantined", f"{o.id or 'object'}: {o.message}", None)
+                for o in result.rejected
+            ],
+        )
 
     def _ingest_file(
         self,

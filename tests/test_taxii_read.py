@@ -93,13 +93,15 @@ def objects_of(body: Json) -> list[Json]:
 
 @contextmanager
 def taxii_collection(taxii: RunningServer, username: str, collection_id: str) -> Iterator[Collection]:
-    with Collection(taxii.collection_url(collection_id), user=username,
-                    password=password_for(username)) as coll:
+    with Collection(
+        taxii.collection_url(collection_id), user=username, password=password_for(username)
+    ) as coll:
         yield coll
 
 
-def poll_with_client(taxii: RunningServer, username: str, collection_id: str,
-                     per_request: int = SMALL_PAGE, **filters: Any) -> list[Json]:
+def poll_with_client(
+    taxii: RunningServer, username: str, collection_id: str, per_request: int = SMALL_PAGE, **filters: Any
+) -> list[Json]:
     """Everything in a collection the way a recipient's poller reads it: taxii2client pages."""
     out: list[Json] = []
     with taxii_collection(taxii, username, collection_id) as coll:
@@ -109,8 +111,9 @@ def poll_with_client(taxii: RunningServer, username: str, collection_id: str,
     return out
 
 
-def raw_pages(session: requests.Session, url: str, params: dict[str, Any],
-              max_pages: int = 1000) -> list[requests.Response]:
+def raw_pages(
+    session: requests.Session, url: str, params: dict[str, Any], max_pages: int = 1000
+) -> list[requests.Response]:
     """Follow `next` until `more` is false; every response is kept for header checks."""
     pages: list[requests.Response] = []
     query = dict(params)
@@ -127,8 +130,9 @@ def raw_pages(session: requests.Session, url: str, params: dict[str, Any],
 
 def manifest_dates(session: requests.Session, taxii: RunningServer, collection_id: str) -> dict[str, str]:
     """id -> date_added from a single manifest page (asserted complete)."""
-    resp = session.get(taxii.collection_url(collection_id) + "manifest/",
-                       params={"limit": taxii.config.server.page_size_max})
+    resp = session.get(
+        taxii.collection_url(collection_id) + "manifest/", params={"limit": taxii.config.server.page_size_max}
+    )
     assert resp.status_code == 200, resp.text[:300]
     body = resp.json()
     assert body["more"] is False, "the sample must fit one maximal page"
@@ -138,25 +142,30 @@ def manifest_dates(session: requests.Session, taxii: RunningServer, collection_i
 # --- configuration-derived facts --------------------------------------------------------------
 
 
+def all_collection_ids(config: Config) -> list[str]:
+    return [recipient_collection_id(r.id) for r in config.recipients] + [
+        inbox_collection_id(p.id) for p in config.partners
+    ]
+
+
 def reading_users(config: Config) -> list[UserConfig]:
-    return [u for u in config.users if u.recipient]
+    """Pollers of one recipient (operators, who read everything, are not recipients)."""
+    return [u for u in config.users if u.recipient and not u.operator]
 
 
-def user(config: Config, username: str) -> UserConfig:
-    return next(u for u in config.users if u.username == username)
+def inbox_only_users(config: Config) -> list[UserConfig]:
+    return [u for u in config.users if u.inbox and not u.recipient and not u.operator]
 
 
-def readable_by(u: UserConfig) -> set[str]:
+def readable_by(u: UserConfig, config: Config) -> set[str]:
+    """What the configuration says a user may read: its recipient's collection; all for operators."""
+    if u.operator:
+        return set(all_collection_ids(config))
     return {recipient_collection_id(u.recipient)} if u.recipient else set()
 
 
 def writable_by(u: UserConfig) -> set[str]:
     return {inbox_collection_id(u.inbox)} if u.inbox else set()
-
-
-def all_collection_ids(config: Config) -> list[str]:
-    return ([recipient_collection_id(r.id) for r in config.recipients]
-            + [inbox_collection_id(p.id) for p in config.partners])
 
 
 # --- brute-force expectation from the sample ------------------------------------------------
@@ -211,8 +220,7 @@ def sample_findings(path: Path = DIVD_SCAN) -> list[Finding]:
         if cve is None:
             continue
         day = datetime.fromisoformat(record["timestamp"]).astimezone(UTC).date().isoformat()
-        out.append(Finding(ip, str(record.get("port", "")), _hostname(str(record.get("host", ""))),
-                           cve, day))
+        out.append(Finding(ip, str(record.get("port", "")), _hostname(str(record.get("host", ""))), cve, day))
     return out
 
 
@@ -222,8 +230,10 @@ def owner_by_brute_force(ip: IPAddress, config: Config) -> str | None:
     for r in config.recipients:
         for net in r.constituency.networks:
             network = ipaddress.ip_network(str(net))
-            if network.version == ip.version and ip in network and (
-                best is None or network.prefixlen > best[0]
+            if (
+                network.version == ip.version
+                and ip in network
+                and (best is None or network.prefixlen > best[0])
             ):
                 best = (network.prefixlen, r.id)
     return best[1] if best else None
@@ -270,8 +280,9 @@ def references(value: Any) -> set[str]:
             elif key.endswith("_refs") and isinstance(item, list):
                 found.update(x for x in item if isinstance(x, str))
             elif key == "extensions" and isinstance(item, dict):
-                found.update(k for k in item
-                             if k.startswith("extension-definition--") and k != TLP2_EXTENSION_ID)
+                found.update(
+                    k for k in item if k.startswith("extension-definition--") and k != TLP2_EXTENSION_ID
+                )
             found |= references(item)
     elif isinstance(value, list):
         for item in value:
@@ -280,8 +291,7 @@ def references(value: Any) -> set[str]:
 
 
 def address_values(objects: list[Json]) -> set[IPAddress]:
-    return {ipaddress.ip_address(o["value"]) for o in objects
-            if o["type"] in ("ipv4-addr", "ipv6-addr")}
+    return {ipaddress.ip_address(o["value"]) for o in objects if o["type"] in ("ipv4-addr", "ipv6-addr")}
 
 
 def sighted_addresses(objects: list[Json]) -> dict[str, set[IPAddress]]:
@@ -290,8 +300,11 @@ def sighted_addresses(objects: list[Json]) -> dict[str, set[IPAddress]]:
     out: dict[str, set[IPAddress]] = {}
     for s in (o for o in objects if o["type"] == "sighting"):
         refs = [r for od in s["observed_data_refs"] for r in by_id[od]["object_refs"]]
-        out[s["id"]] = {ipaddress.ip_address(by_id[r]["value"]) for r in refs
-                        if by_id[r]["type"] in ("ipv4-addr", "ipv6-addr")}
+        out[s["id"]] = {
+            ipaddress.ip_address(by_id[r]["value"])
+            for r in refs
+            if by_id[r]["type"] in ("ipv4-addr", "ipv6-addr")
+        }
     return out
 
 
@@ -334,23 +347,28 @@ def test_each_user_lists_exactly_its_own_collections(taxii: RunningServer) -> No
     for u in taxii.config.users:
         with ApiRoot(taxii.api_root, user=u.username, password=password_for(u.username)) as root:
             seen = {c.id: c for c in root.collections}
-        assert set(seen) == readable_by(u) | writable_by(u), u.username
+        readable = readable_by(u, taxii.config)
+        assert set(seen) == readable | writable_by(u), u.username
         for cid, coll in seen.items():
-            assert coll.can_read is (cid in readable_by(u)), (u.username, cid)
+            assert coll.can_read is (cid in readable), (u.username, cid)
             assert coll.can_write is (cid in writable_by(u)), (u.username, cid)
             assert STIX_MEDIA_TYPE in coll.media_types
 
 
 def test_researcher_sees_only_the_write_only_inbox(taxii: RunningServer) -> None:
-    """researcher-1 may submit to the DIVD inbox but read nothing, not even the inbox."""
-    researcher = user(taxii.config, "researcher-1")
-    inbox = inbox_collection_id(researcher.inbox or "")
-    with ApiRoot(taxii.api_root, user=researcher.username,
-                 password=password_for(researcher.username)) as root:
-        collections = root.collections
-    assert [(c.id, c.can_read, c.can_write) for c in collections] == [(inbox, False, True)]
-    with taxii_collection(taxii, researcher.username, inbox) as coll, pytest.raises(AccessError):
-        coll.get_objects()  # the client itself refuses: can_read is false
+    """An inbox-only user (researcher-1) may submit to its inbox but read nothing, not even
+    that inbox."""
+    researchers = inbox_only_users(taxii.config)
+    assert "researcher-1" in {u.username for u in researchers}
+    for researcher in researchers:
+        inbox = inbox_collection_id(researcher.inbox or "")
+        with ApiRoot(
+            taxii.api_root, user=researcher.username, password=password_for(researcher.username)
+        ) as root:
+            collections = root.collections
+        assert [(c.id, c.can_read, c.can_write) for c in collections] == [(inbox, False, True)]
+        with taxii_collection(taxii, researcher.username, inbox) as coll, pytest.raises(AccessError):
+            coll.get_objects()  # the client itself refuses: can_read is false
 
 
 # ==============================================================================================
@@ -412,21 +430,21 @@ ENDPOINTS = {
 }
 
 
-def _an_object_per_collection(taxii: RunningServer) -> dict[str, str]:
-    """A real sighting id in each recipient collection (read by its own user); for inboxes,
-    which nobody may read, a made-up one."""
-    out = {cid: f"sighting--{uuid.uuid4()}" for cid in all_collection_ids(taxii.config)}
+def _real_objects(taxii: RunningServer) -> dict[str, str]:
+    """A real sighting id in each recipient collection, read by that recipient's own user."""
+    out: dict[str, str] = {}
     for u in reading_users(taxii.config):
         cid = recipient_collection_id(u.recipient or "")
-        body = session_for(u.username).get(taxii.collection_url(cid) + "objects/",
-                                           params={"match[type]": "sighting", "limit": 1}).json()
+        params = {"match[type]": "sighting", "limit": 1}
+        body = session_for(u.username).get(taxii.collection_url(cid) + "objects/", params=params).json()
         out[cid] = objects_of(body)[0]["id"]
     return out
 
 
-def _expected_status(u: UserConfig, cid: str, endpoint: str) -> int:
-    if cid in readable_by(u):
-        return 200
+def _expected_status(u: UserConfig, config: Config, cid: str, endpoint: str, real: bool) -> int:
+    """From the configuration alone: read your own, see (not read) your inbox, nothing else."""
+    if cid in readable_by(u, config):
+        return 404 if endpoint in ("object", "versions") and not real else 200
     if cid in writable_by(u):
         return 200 if endpoint == "collection" else 403
     return 404
@@ -437,33 +455,36 @@ def _check_allowed(resp: requests.Response, endpoint: str, cid: str, oid: str) -
     body = resp.json()
     if endpoint == "collection":
         assert body["id"] == cid
-    elif endpoint in ("objects", "object"):
-        assert oid in {o["id"] for o in objects_of(body)} or body["more"]
-    elif endpoint == "manifest":
-        assert objects_of(body) or body["more"]
-    else:
+        return
+    assert isinstance(body["more"], bool)
+    if endpoint == "object":
+        assert [o["id"] for o in objects_of(body)] == [oid]
+    elif endpoint == "versions":
         assert body["versions"]
 
 
 def test_access_matrix_every_user_every_collection_every_endpoint(taxii: RunningServer) -> None:
     """Deny by default: only a user's own collection answers; anything else is
     indistinguishable from a collection that does not exist, so ids leak nothing."""
-    oids = _an_object_per_collection(taxii)
+    real = _real_objects(taxii)
+    made_up = f"sighting--{uuid.uuid4()}"
     nowhere = str(uuid.uuid4())
     for u in taxii.config.users:
         s = session_for(u.username)
+        visible = readable_by(u, taxii.config) | writable_by(u)
         for cid in all_collection_ids(taxii.config):
+            oid = real.get(cid, made_up)
             for endpoint, path in ENDPOINTS.items():
-                suffix = path.format(oid=oids[cid])
+                suffix = path.format(oid=oid)
                 resp = s.get(taxii.collection_url(cid) + suffix)
-                status = _expected_status(u, cid, endpoint)
+                status = _expected_status(u, taxii.config, cid, endpoint, cid in real)
                 where = (u.username, cid, endpoint)
                 if status == 200:
                     assert resp.status_code == 200, (where, resp.text[:300])
-                    _check_allowed(resp, endpoint, cid, oids[cid])
+                    _check_allowed(resp, endpoint, cid, oid)
                     continue
                 body = assert_taxii_error(resp, status)
-                if status == 404:
+                if cid not in visible:
                     absent = s.get(taxii.collection_url(nowhere) + suffix)
                     assert body == assert_taxii_error(absent, 404), where
 
@@ -473,8 +494,10 @@ def test_other_users_collection_is_not_found_through_taxii2client(taxii: Running
     users = reading_users(taxii.config)
     for a in users:
         for b in (b for b in users if b.recipient != a.recipient):
-            with taxii_collection(taxii, a.username, recipient_collection_id(b.recipient or "")) as c, \
-                    pytest.raises(requests.HTTPError) as err:
+            with (
+                taxii_collection(taxii, a.username, recipient_collection_id(b.recipient or "")) as c,
+                pytest.raises(requests.HTTPError) as err,
+            ):
                 c.get_objects()
             assert err.value.response is not None and err.value.response.status_code == 404
 
@@ -537,9 +560,9 @@ def test_paging_with_limit_covers_one_big_page_exactly(taxii: RunningServer) -> 
         ids = [o["id"] for o in objects_of(body)]
         assert ("next" in body) is body["more"] is (i < len(pages) - 1)
         assert len(ids) == 3 if body["more"] else 1 <= len(ids) <= 3
-        assert resp.headers[DATE_FIRST] == dates[ids[0]]
-        assert resp.headers[DATE_LAST] == dates[ids[-1]]
-        assert parse_ts(resp.headers[DATE_FIRST]) <= parse_ts(resp.headers[DATE_LAST])
+        first, last = parse_ts(resp.headers[DATE_FIRST]), parse_ts(resp.headers[DATE_LAST])
+        assert (first, last) == (parse_ts(dates[ids[0]]), parse_ts(dates[ids[-1]])), i
+        assert first <= last
         paged += ids
     assert len(paged) == len(set(paged))
     assert paged == everything
@@ -551,10 +574,11 @@ def test_added_after_last_date_of_page_one_returns_the_rest(taxii: RunningServer
     u, cid = _largest_reader(taxii)
     s = session_for(u.username)
     url = taxii.collection_url(cid) + "objects/"
-    everything = [o["id"] for o in objects_of(s.get(url, params={"limit": 1000}).json())]
+    big = {"limit": taxii.config.server.page_size_max}
+    everything = [o["id"] for o in objects_of(s.get(url, params=big).json())]
     first = s.get(url, params={"limit": 3})
     assert [o["id"] for o in objects_of(first.json())] == everything[:3]
-    rest = s.get(url, params={"added_after": first.headers[DATE_LAST], "limit": 1000})
+    rest = s.get(url, params={**big, "added_after": first.headers[DATE_LAST]})
     assert [o["id"] for o in objects_of(rest.json())] == everything[3:]
 
 
@@ -567,18 +591,28 @@ def test_next_token_is_bound_to_user_collection_and_query(taxii: RunningServer) 
     sa, sb = session_for(a.username), session_for(b.username)
     page = sa.get(taxii.collection_url(cid_a) + "objects/", params={"limit": 3}).json()
     token = page["next"]
-    assert sa.get(taxii.collection_url(cid_a) + "objects/",
-                  params={"limit": 3, "next": token}).status_code == 200
-    assert_taxii_error(sb.get(taxii.collection_url(cid_b) + "objects/",
-                              params={"limit": 3, "next": token}), 400)
+    assert (
+        sa.get(taxii.collection_url(cid_a) + "objects/", params={"limit": 3, "next": token}).status_code
+        == 200
+    )
+    assert_taxii_error(
+        sb.get(taxii.collection_url(cid_b) + "objects/", params={"limit": 3, "next": token}), 400
+    )
     middle = len(token) // 2
-    tampered = token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1:]
-    assert_taxii_error(sa.get(taxii.collection_url(cid_a) + "objects/",
-                              params={"limit": 3, "next": tampered}), 400)
-    assert_taxii_error(sa.get(taxii.collection_url(cid_a) + "objects/",
-                              params={"limit": 3, "next": token, "match[type]": "sighting"}), 400)
-    assert_taxii_error(sa.get(taxii.collection_url(cid_a) + "manifest/",
-                              params={"limit": 3, "next": token}), 400)
+    tampered = token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :]
+    assert_taxii_error(
+        sa.get(taxii.collection_url(cid_a) + "objects/", params={"limit": 3, "next": tampered}), 400
+    )
+    assert_taxii_error(
+        sa.get(
+            taxii.collection_url(cid_a) + "objects/",
+            params={"limit": 3, "next": token, "match[type]": "sighting"},
+        ),
+        400,
+    )
+    assert_taxii_error(
+        sa.get(taxii.collection_url(cid_a) + "manifest/", params={"limit": 3, "next": token}), 400
+    )
 
 
 # ==============================================================================================
@@ -622,10 +656,14 @@ def test_object_and_versions_endpoints(taxii: RunningServer) -> None:
     assert versions["more"] is False
     assert [parse_ts(v) for v in versions["versions"]] == [parse_ts(target["modified"])]
     expected = expected_findings(taxii.config)
-    other = next(x for x in reading_users(taxii.config)
-                 if not expected[x.recipient or ""] & expected[u.recipient or ""])
-    foreign = poll_with_client(taxii, other.username,
-                               recipient_collection_id(other.recipient or ""), type="sighting")
+    other = next(
+        x
+        for x in reading_users(taxii.config)
+        if not expected[x.recipient or ""] & expected[u.recipient or ""]
+    )
+    foreign = poll_with_client(
+        taxii, other.username, recipient_collection_id(other.recipient or ""), type="sighting"
+    )
     s = session_for(u.username)
     for oid in (foreign[0]["id"], f"sighting--{uuid.uuid4()}"):
         assert_taxii_error(s.get(taxii.collection_url(cid) + f"objects/{oid}/"), 404)
@@ -672,11 +710,15 @@ def test_match_version_selects_the_version_the_manifest_advertises(taxii: Runnin
     version with match[version]; for objects without `modified` it cannot."""
     u, cid = _largest_reader(taxii)
     s = session_for(u.username)
-    manifest = s.get(taxii.collection_url(cid) + "manifest/", params={"limit": 1000}).json()
+    manifest = s.get(
+        taxii.collection_url(cid) + "manifest/", params={"limit": taxii.config.server.page_size_max}
+    ).json()
+    assert manifest["more"] is False
     missing = []
     for e in objects_of(manifest):
-        resp = s.get(taxii.collection_url(cid) + f"objects/{e['id']}/",
-                     params={"match[version]": e["version"]})
+        resp = s.get(
+            taxii.collection_url(cid) + f"objects/{e['id']}/", params={"match[version]": e["version"]}
+        )
         assert resp.status_code == 200, resp.text[:300]
         if [o["id"] for o in objects_of(resp.json())] != [e["id"]]:
             missing.append((e["id"].split("--")[0], e["version"]))
@@ -693,17 +735,22 @@ def test_bad_parameters_are_400_taxii_errors(taxii: RunningServer) -> None:
     u, cid = _largest_reader(taxii)
     s = session_for(u.username)
     url = taxii.collection_url(cid) + "objects/"
-    for params in ({"added_after": "garbage"}, {"added_after": "2024-01-01T00:00:00"},
-                   {"limit": "0"}, {"limit": "abc"}, {"limit": "-1"},
-                   {"match[version]": "garbage"}, {"next": "garbage"}):
+    for params in (
+        {"added_after": "garbage"},
+        {"added_after": "2024-01-01T00:00:00"},
+        {"limit": "0"},
+        {"limit": "abc"},
+        {"limit": "-1"},
+        {"match[version]": "garbage"},
+        {"next": "garbage"},
+    ):
         assert_taxii_error(s.get(url, params=params), 400)
 
 
 def test_limit_with_a_non_ascii_digit_is_400_not_500(taxii: RunningServer) -> None:
     """'²' passes str.isdigit() but int() rejects it: it must still be a 400."""
     u, cid = _largest_reader(taxii)
-    resp = session_for(u.username).get(taxii.collection_url(cid) + "objects/",
-                                       params={"limit": "\u00b2"})
+    resp = session_for(u.username).get(taxii.collection_url(cid) + "objects/", params={"limit": "\u00b2"})
     assert_taxii_error(resp, 400)
 
 
@@ -730,8 +777,9 @@ def test_limit_is_capped_at_page_size_max(taxii: RunningServer) -> None:
     total = len(objects_of(big.json()))
     assert total <= taxii.config.server.page_size_max and big.json()["more"] is False
     small_max = 5
-    server_cfg = taxii.config.server.model_copy(update={"page_size_max": small_max,
-                                                        "page_size_default": small_max})
+    server_cfg = taxii.config.server.model_copy(
+        update={"page_size_max": small_max, "page_size_default": small_max}
+    )
     with serving(taxii.config.model_copy(update={"server": server_cfg}), taxii) as capped:
         url = capped.collection_url(cid) + "objects/"
         body = s.get(url, params={"limit": 100000}).json()
@@ -740,8 +788,7 @@ def test_limit_is_capped_at_page_size_max(taxii: RunningServer) -> None:
         assert len(paged) == total
 
 
-def test_page_size_default_above_max_is_refused_or_capped(taxii: RunningServer,
-                                                          tmp_path: Path) -> None:
+def test_page_size_default_above_max_is_refused_or_capped(taxii: RunningServer, tmp_path: Path) -> None:
     """A deployment with page_size_default > page_size_max must either be rejected when
     loaded or have its default pages capped at the maximum."""
     raw = yaml.safe_load(SAMPLE_CONFIG.read_text(encoding="utf-8"))
@@ -790,6 +837,9 @@ def test_reingesting_the_same_file_adds_nothing(taxii: RunningServer, ingestor: 
     for u in reading_users(taxii.config):
         cid = recipient_collection_id(u.recipient or "")
         for endpoint in ("objects/", "manifest/"):
-            body = session_for(u.username).get(taxii.collection_url(cid) + endpoint,
-                                               params={"added_after": marks[u.username]}).json()
+            body = (
+                session_for(u.username)
+                .get(taxii.collection_url(cid) + endpoint, params={"added_after": marks[u.username]})
+                .json()
+            )
             assert objects_of(body) == [] and body["more"] is False, (u.username, endpoint)

@@ -34,7 +34,7 @@ def ip_address(value: Any) -> str:
 
 def port(value: Any) -> int:
     text = _text(value).strip()
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"invalid port {value!r}")
     return int(text)
 

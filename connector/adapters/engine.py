@@ -58,9 +58,13 @@ def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> 
     try:
         values = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
     except OSError:
+        where = (
+            f"{sidecar} was not found"
+            if explicit
+            else f"its metadata file {sidecar.name} was not found beside it"
+        )
         raise InputError(
-            f"{path}: its metadata file {sidecar.name} was not found beside it "
-            f"(the {mapping.format} format needs it for TLP and case id)"
+            f"{path}: {where} (the {mapping.format} format needs it for TLP and case id)"
         ) from None
     except yaml.YAMLError as exc:
         raise InputError(f"{sidecar}: not valid YAML: {exc}") from None

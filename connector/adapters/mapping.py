@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connector.adapters.converters import CONVERTERS
 from connector.adapters.readers import READERS
+from connector.yamlfile import YamlFileError, load_yaml
 
 DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
 
@@ -141,8 +141,8 @@ class Mapping(_Strict):
 
 def load_mapping(path: Path) -> Mapping:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        raw = load_yaml(path)
+    except YamlFileError as exc:
         raise MappingError(str(path), [str(exc)]) from None
     if not isinstance(raw, dict):
         raise MappingError(str(path), ["top level must be a mapping of keys"])
