@@ -21,6 +21,7 @@ from taxii_server.errors import (
     handle_validation_error,
 )
 from taxii_server.media import accepts_taxii
+from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec
 
 log = logging.getLogger("meldpunt.taxii")
@@ -68,6 +69,9 @@ def create_app(config: Config, store: Store) -> FastAPI:
         version="2.1",
         description="TAXII 2.1 API of the Security Meldpunt clearinghouse.",
         dependencies=[Depends(principal)],
+        docs_url=None,  # the interactive pages load scripts from a CDN; the document is enough
+        redoc_url=None,
+        openapi_url="/taxii2/openapi.json",
     )
     rows = collection_rows(config)
     store.sync_collections(rows)
@@ -86,4 +90,5 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.include_router(objects.router)
     app.include_router(inbox.router)
     app.include_router(status.router)
+    app.openapi = lambda: taxii_openapi(app)  # type: ignore[method-assign]
     return app
