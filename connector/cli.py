@@ -14,7 +14,7 @@ from rich.table import Table
 
 from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
 from connector.collections import collection_rows
-from connector.config import Config, ConfigError, load_config
+from connector.config import Config, ConfigError, load_config, parse_config
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
 from connector.logs import setup_logging
 from connector.passwords import hash_password, new_token
@@ -142,10 +142,16 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
     for name in COUNT_NAMES:
         counts.add_row(name, str(summary.counts.get(name, 0)))
     out.print(counts)
-    if summary.per_recipient or summary.suppressed_tlp:
-        table = Table("recipient", "delivered", "suppressed (TLP)")
-        for rid in sorted(set(summary.per_recipient) | set(summary.suppressed_tlp)):
-            table.add_row(rid, str(summary.per_recipient[rid]), str(summary.suppressed_tlp[rid]))
+    involved = set(summary.per_recipient) | set(summary.suppressed_tlp) | set(summary.suppressed_category)
+    if involved:
+        table = Table("recipient", "delivered", "suppressed (TLP)", "suppressed (category)")
+        for rid in sorted(involved):
+            table.add_row(
+                rid,
+                str(summary.per_recipient[rid]),
+                str(summary.suppressed_tlp[rid]),
+                str(summary.suppressed_category[rid]),
+            )
         out.print(table)
     rows = store.run_rows(summary.run_id)
     bad = [r for r in rows if r["kind"] != "skipped"]
@@ -173,6 +179,86 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
             out.print(f"... and {len(unrouted) - limit} more")
     for err in summary.input_errors:
         console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
+
+
+route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
+recipients_app = typer.Typer(help="Recipients: import and check constituencies.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
+app.add_typer(recipients_app, name="recipients")
+
+
+@route_app.command("explain")
+def route_explain(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="IP address, AS number, domain, e-mail address, URL, or a notification (sighting id or key)."
+        ),
+    ],
+    tlp: Annotated[str, typer.Option(help="TLP of the notification to imagine.")] = "amber",
+    category: Annotated[
+        str | None, typer.Option(help="RSIT taxonomy/type, e.g. vulnerable/vulnerable-system.")
+    ] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Which recipients get it, by which rule; which rules were considered and why they did not apply."""
+    from connector.explain import explain_target
+    from connector.routing import Policy, Router
+    from connector.tlp import parse_tlp
+
+    config = _load(config_path)
+    try:
+        taxonomy, _, type_ = (category or "").partition("/")
+        policy = Policy(parse_tlp(tlp), taxonomy or None, type_ or None)
+        needs_store = target.startswith("sighting--") or len(target) == 64
+        lines = explain_target(Router(config), target, policy, _open_store(config) if needs_store else None)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    for line in lines:
+        typer.echo(line)
+
+
+@recipients_app.command("import")
+def recipients_import(
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with columns id,name,kind,parent,deliver_to_parent,"
+            "max_tlp,categories,networks,asns,domains."
+        ),
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only validate; change nothing.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Validate recipients from CSV against the configuration; append them to its recipient file."""
+    from connector.config import config_path as resolve_config_path
+    from connector.recipients_csv import append_rows, read_recipient_rows
+
+    config = _load(config_path)
+    rows, problems = read_recipient_rows(csv_file)
+    # The rows that are fine on their own are also checked against everything else.
+    combined = config.model_dump(mode="json")
+    combined["recipients"] = [*combined["recipients"], *rows]
+    combined["recipient_files"] = []  # already merged into recipients
+    try:
+        parse_config(combined, source=str(csv_file))
+    except ConfigError as exc:
+        problems = [*problems, *exc.problems]
+    if problems:
+        for problem in problems:
+            console.print(f"[red]{problem}[/]", highlight=False)
+        raise _fail(f"{csv_file}: {len(problems)} problem(s); nothing imported", code=1)
+    if dry_run:
+        out.print(f"{len(rows)} recipient(s) valid; nothing written (--dry-run)")
+        return
+    if not config.recipient_files:
+        raise _fail(
+            f"the configuration {resolve_config_path(config_path)} names no recipient_files; "
+            "add e.g. `recipient_files: [recipients.csv]` to it"
+        )
+    target = config.recipient_files[0]
+    append_rows(target, rows)
+    out.print(f"{len(rows)} recipient(s) imported into {target}")
 
 
 @app.command()

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connector.publicsuffix import is_public_suffix
+from connector.rsit import check_category
 from connector.tlp import TLP_LEVELS, Tlp
 from connector.yamlfile import YamlFileError, load_yaml
 
@@ -77,27 +79,56 @@ class Constituency(_Strict):
     @field_validator("networks", mode="before")
     @classmethod
     def _networks_strict(cls, value: Any) -> Any:
-        # Host bits set ("192.0.2.1/24") is almost always a typo for another prefix: refuse it.
-        if not isinstance(value, list):
-            return value
-        out = []
-        for item in value:
-            try:
-                out.append(ipaddress.ip_network(str(item), strict=True))
-            except ValueError as exc:
-                raise ValueError(f"invalid network {item!r}: {exc}") from None
-        return out
+        return _strict_networks(value)
 
     @field_validator("domains")
     @classmethod
     def _domains_valid(cls, value: list[str]) -> list[str]:
-        out = []
-        for item in value:
-            domain = item.strip().rstrip(".").lower()
-            if not _DOMAIN_RE.match(domain):
-                raise ValueError(f"invalid domain {item!r}")
-            out.append(domain)
-        return out
+        return [_claimable_domain(item) for item in value]
+
+
+def _strict_networks(value: Any) -> Any:
+    # Host bits set ("192.0.2.1/24") is almost always a typo for another prefix: refuse it.
+    if not isinstance(value, list):
+        return value
+    out = []
+    for item in value:
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid network {item!r}: {exc}") from None
+    return out
+
+
+def _valid_domain(item: str) -> str:
+    domain = item.strip().rstrip(".").lower()
+    if not _DOMAIN_RE.match(domain):
+        raise ValueError(f"invalid domain {item!r}")
+    return domain
+
+
+def _claimable_domain(item: str) -> str:
+    domain = _valid_domain(item)
+    if is_public_suffix(domain):
+        raise ValueError(f"{domain!r} is a public suffix; nobody can claim it, claim a registered domain")
+    return domain
+
+
+class OptOut(_Strict):
+    """Networks and domains whose owners asked not to be notified: delivery is suppressed."""
+
+    networks: list[Network] = []
+    domains: list[str] = []
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks_strict(cls, value: Any) -> Any:
+        return _strict_networks(value)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains_valid(cls, value: list[str]) -> list[str]:
+        return [_valid_domain(item) for item in value]
 
 
 class RecipientConfig(_Strict):
@@ -107,7 +138,18 @@ class RecipientConfig(_Strict):
     parent: Slug | None = None
     deliver_to_parent: bool = True
     max_tlp: Tlp = "amber"
+    # RSIT taxonomies (`vulnerable`) or taxonomy/type (`vulnerable/vulnerable-system`) this
+    # recipient accepts; empty: all.
+    categories: list[str] = []
     constituency: Constituency = Constituency()
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str]) -> list[str]:
+        return [check_category(v) for v in value]
+
+    def accepts(self, taxonomy: str, type_: str) -> bool:
+        return not self.categories or taxonomy in self.categories or f"{taxonomy}/{type_}" in self.categories
 
 
 def _argon2_hash(value: str) -> str:
@@ -147,6 +189,11 @@ class Config(_Strict):
     mappings_dir: Path | None = None
     partners: list[PartnerConfig] = []
     recipients: list[RecipientConfig] = []
+    # CSV files with more recipients (see `meldpunt recipients import`), relative to this file.
+    recipient_files: list[Path] = []
+    # IP-to-ASN table in pyasn's ipasn format ("prefix<TAB>asn" lines), relative to this file.
+    asn_table: Path | None = None
+    opt_out: OptOut = OptOut()
     users: list[UserConfig] = []
 
     def recipient(self, recipient_id: str) -> RecipientConfig:
@@ -185,7 +232,37 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(str(source), ["top level must be a mapping of keys"])
     if os.environ.get(DATABASE_ENV):
         raw["database"] = os.environ[DATABASE_ENV]
+    _resolve_paths(raw, source.parent)
+    problems = _add_recipient_files(raw)
+    if problems:
+        raise ConfigError(str(source), problems)
     return parse_config(raw, source=str(source))
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """File references in the config are relative to the config file, not the working directory."""
+    if isinstance(raw.get("asn_table"), str):
+        raw["asn_table"] = str(base / raw["asn_table"])
+    if isinstance(raw.get("recipient_files"), list):
+        raw["recipient_files"] = [str(base / f) if isinstance(f, str) else f for f in raw["recipient_files"]]
+
+
+def _add_recipient_files(raw: dict[str, Any]) -> list[str]:
+    from connector.recipients_csv import read_recipient_rows  # it builds on this module
+
+    files = raw.get("recipient_files")
+    if not isinstance(files, list) or not files:
+        return []
+    if raw.get("recipients") is None:
+        raw["recipients"] = []
+    if not isinstance(raw["recipients"], list):
+        return []
+    problems: list[str] = []
+    for name in files:
+        rows, found = read_recipient_rows(Path(str(name)))
+        raw["recipients"].extend(rows)
+        problems.extend(found)
+    return problems
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:

@@ -25,7 +25,7 @@ from connector.adapters.readers import RawRecord, RowError
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.notification import Notification
-from connector.routing import Router
+from connector.routing import Decision, Router
 from connector.stix.build import NotificationState, notification_objects, reference_objects
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
@@ -51,7 +51,23 @@ class RunSummary:
     counts: Counter[str] = field(default_factory=Counter)
     per_recipient: Counter[str] = field(default_factory=Counter)
     suppressed_tlp: Counter[str] = field(default_factory=Counter)
+    suppressed_category: Counter[str] = field(default_factory=Counter)
     input_errors: list[str] = field(default_factory=list)
+
+    def count_decision(self, decision: Decision) -> None:
+        """One notification's routing outcome: exactly one of the outcome counts, plus per recipient."""
+        if decision.match is None:
+            self.counts["unrouted"] += 1
+        elif decision.opted_out:
+            self.counts["opted_out"] += 1
+        elif decision.recipients:
+            self.counts["routed"] += 1
+        elif decision.suppressed_tlp:
+            self.counts["suppressed_tlp"] += 1
+        else:
+            self.counts["suppressed_category"] += 1
+        self.suppressed_tlp.update(decision.suppressed_tlp)
+        self.suppressed_category.update(decision.suppressed_category)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +78,7 @@ class RunSummary:
             **{k: self.counts.get(k, 0) for k in COUNT_NAMES},
             "per_recipient": dict(sorted(self.per_recipient.items())),
             "suppressed_tlp_per_recipient": dict(sorted(self.suppressed_tlp.items())),
+            "suppressed_category_per_recipient": dict(sorted(self.suppressed_category.items())),
             "input_errors": self.input_errors,
         }
 
@@ -77,6 +94,8 @@ COUNT_NAMES = (
     "routed",
     "unrouted",
     "suppressed_tlp",
+    "suppressed_category",
+    "opted_out",
 )
 
 
@@ -309,15 +328,9 @@ class _BatchWriter:
         state = NotificationState(_ts_from_us(first), _ts_from_us(last), count, created, modified)
         objects = notification_objects(n, state)
         decision = self.ingestor.router.route(n)
+        self.summary.count_decision(decision)
         if decision.match is None:
-            self.summary.counts["unrouted"] += 1
-            log.info("notification unrouted", extra={"observable": n.observable, "key": key})
-        elif decision.recipients:
-            self.summary.counts["routed"] += 1
-        else:
-            self.summary.counts["suppressed_tlp"] += 1
-        for rid in decision.suppressed_tlp:
-            self.summary.suppressed_tlp[rid] += 1
+            log.info("notification unrouted", extra={"key": key})
         partner_name = self.ingestor.config.partner(n.partner).name
         shared = reference_objects(n.partner, partner_name, n.tlp)
         for rid in decision.recipients:

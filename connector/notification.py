@@ -47,12 +47,15 @@ class Notification:
     case_id: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     source: SourceRef | None = None
+    direct_owner_only: bool = False  # personal data: never to the owner's parents
 
     @property
     def observable(self) -> str:
         """The thing the notification is about, as it appears in the natural key."""
         host = self.ip or self.hostname or ""
-        return f"{host}:{self.port}" if self.port is not None else host
+        if self.port is None:
+            return host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def day(self) -> str:

@@ -1,15 +1,19 @@
-"""Routing: which recipients a notification concerns, by their constituencies.
+"""Routing: which recipients a notification concerns, by their constituencies, and why.
 
 Network claims sit in radix trees (pytricia), one per address family, so a lookup costs the
-prefix length, not the number of recipients. The most specific claim wins; the owner's parents
-(link organisation, sector CERT) receive it too while each link in the chain has
-`deliver_to_parent` set. A domain claim covers the domain and all its subdomains; it is used
-for notifications without an address, or whose address nobody claims.
+prefix length, not the number of recipients: the most specific claim wins. Without an address
+claim, the AS number decides (the notification's own, or the configured IP-to-ASN table's),
+then the host name: a domain claim covers the domain and its subdomains. The owner's parents
+(link organisation, sector CERT) receive it too while each link has `deliver_to_parent`;
+personal data (`direct_owner_only`) never goes beyond the owner. Policy then removes
+recipients whose TLP ceiling is too low or who do not accept the category, and an opt-out of
+the observable suppresses delivery altogether.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytricia
 
@@ -23,7 +27,7 @@ class Match:
     """The owner of an observable and the rule that made it so."""
 
     owner: str
-    rule: str  # e.g. "network 192.0.2.0/25", "domain example.nl"
+    rule: str  # e.g. "network 192.0.2.0/25", "asn AS64500", "domain example.nl"
 
 
 @dataclass(slots=True)
@@ -31,6 +35,34 @@ class Decision:
     match: Match | None
     recipients: list[str] = field(default_factory=list)
     suppressed_tlp: list[str] = field(default_factory=list)
+    suppressed_category: list[str] = field(default_factory=list)
+    opted_out: str | None = None  # the opt-out rule that suppressed delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a notification brings to the policy checks."""
+
+    tlp: str
+    taxonomy: str | None = None
+    type: str | None = None
+    direct_owner_only: bool = False
+
+
+def load_asn_table(path: Path) -> tuple[pytricia.PyTricia, pytricia.PyTricia]:
+    """pyasn's ipasn format: `prefix<TAB>asn` per line, `;` comments; (IPv4 tree, IPv6 tree)."""
+    v4, v6 = pytricia.PyTricia(32), pytricia.PyTricia(128)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            try:
+                prefix, asn = line.split()[:2]
+                (v6 if ":" in prefix else v4)[prefix] = int(asn)
+            except (ValueError, KeyError):
+                raise ValueError(f"{path}:{number}: not 'prefix<TAB>asn': {line[:80]!r}") from None
+    return v4, v6
 
 
 class Router:
@@ -42,12 +74,24 @@ class Router:
         self._recipients: dict[str, RecipientConfig] = {r.id: r for r in config.recipients}
         for r in config.recipients:
             for net in r.constituency.networks:
-                tree = self._v4 if net.version == 4 else self._v6
-                tree[net.with_prefixlen] = r.id
+                (self._v4 if net.version == 4 else self._v6)[net.with_prefixlen] = r.id
             for asn in r.constituency.asns:
                 self._asns[asn] = r.id
             for dom in r.constituency.domains:
                 self._domains[dom] = r.id
+        self._has_asn_table = config.asn_table is not None
+        self._asn_v4, self._asn_v6 = (
+            load_asn_table(config.asn_table)
+            if config.asn_table
+            else (pytricia.PyTricia(32), pytricia.PyTricia(128))
+        )
+        self._optout_v4 = pytricia.PyTricia(32)
+        self._optout_v6 = pytricia.PyTricia(128)
+        for net in config.opt_out.networks:
+            (self._optout_v4 if net.version == 4 else self._optout_v6)[net.with_prefixlen] = True
+        self._optout_domains = set(config.opt_out.domains)
+
+    # --- claims ---------------------------------------------------------------------------
 
     def owner_of_ip(self, ip: str) -> Match | None:
         tree = self._v6 if ":" in ip else self._v4
@@ -59,18 +103,29 @@ class Router:
             return None
         return Match(tree[prefix], f"network {prefix}")
 
-    def owner_of_domain(self, name: str) -> Match | None:
-        labels = name.lower().rstrip(".").split(".")
-        for i in range(len(labels) - 1):
-            candidate = ".".join(labels[i:])
-            owner = self._domains.get(candidate)
-            if owner is not None:
-                return Match(owner, f"domain {candidate}")
-        return None
+    def lookup_owner(self, ip: str) -> str | None:
+        """The hot path: owner id of an address (no rule text), for bulk routing."""
+        try:
+            return (self._v6 if ":" in ip else self._v4).get(ip)  # type: ignore[no-any-return]
+        except ValueError:
+            return None
+
+    def asn_of_ip(self, ip: str) -> int | None:
+        try:
+            return (self._asn_v6 if ":" in ip else self._asn_v4).get(ip)  # type: ignore[no-any-return]
+        except ValueError:
+            return None
 
     def owner_of_asn(self, asn: int) -> Match | None:
         owner = self._asns.get(asn)
         return Match(owner, f"asn AS{asn}") if owner else None
+
+    def owner_of_domain(self, name: str) -> Match | None:
+        for candidate in _suffixes(name):
+            owner = self._domains.get(candidate)
+            if owner is not None:
+                return Match(owner, f"domain {candidate}")
+        return None
 
     def match(self, n: Notification) -> Match | None:
         return self.match_keys(ip=n.ip, asn=n.asn, hostname=n.hostname)
@@ -78,11 +133,13 @@ class Router:
     def match_keys(
         self, *, ip: str | None = None, asn: int | None = None, hostname: str | None = None
     ) -> Match | None:
-        """The owner: by address first, then AS number, then host name."""
+        """The owner: by address first, then AS number (given or looked up), then host name."""
         if ip:
             found = self.owner_of_ip(ip)
             if found:
                 return found
+            if asn is None:
+                asn = self.asn_of_ip(ip)
         if asn is not None:
             found = self.owner_of_asn(asn)
             if found:
@@ -91,11 +148,28 @@ class Router:
             return self.owner_of_domain(hostname)
         return None
 
-    def chain(self, owner: str) -> list[str]:
+    def opt_out_rule(self, ip: str | None, hostname: str | None) -> str | None:
+        if ip:
+            tree = self._optout_v6 if ":" in ip else self._optout_v4
+            try:
+                prefix = tree.get_key(ip)
+            except ValueError:
+                prefix = None
+            if prefix is not None:
+                return f"opt-out network {prefix}"
+        if hostname:
+            for candidate in _suffixes(hostname):
+                if candidate in self._optout_domains:
+                    return f"opt-out domain {candidate}"
+        return None
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def chain(self, owner: str, direct_only: bool = False) -> list[str]:
         """The owner followed by every ancestor that receives its notifications."""
         out = [owner]
         current = self._recipients[owner]
-        while current.parent is not None and current.deliver_to_parent:
+        while not direct_only and current.parent is not None and current.deliver_to_parent:
             parent = self._recipients[current.parent]
             if parent.id in out:  # config validation forbids cycles; never loop regardless
                 break
@@ -104,16 +178,139 @@ class Router:
         return out
 
     def route(self, n: Notification) -> Decision:
-        return self.decide(self.match(n), n.tlp)
+        policy = Policy(n.tlp, n.classification.taxonomy, n.classification.type, n.direct_owner_only)
+        decision = self.decide(self.match(n), policy)
+        if decision.recipients:
+            decision.opted_out = self.opt_out_rule(n.ip, n.hostname)
+            if decision.opted_out:
+                decision.recipients = []
+        return decision
 
-    def decide(self, found: Match | None, tlp: str) -> Decision:
-        """Who receives what the owner receives, within each recipient's TLP ceiling."""
+    def decide(self, found: Match | None, policy: Policy | str) -> Decision:
+        """Who receives what the owner receives, within each recipient's policy."""
+        if isinstance(policy, str):
+            policy = Policy(policy)
         if found is None:
             return Decision(None)
         decision = Decision(found)
-        for rid in self.chain(found.owner):
-            if allows(self._recipients[rid].max_tlp, tlp):
-                decision.recipients.append(rid)
-            else:
+        for rid in self.chain(found.owner, policy.direct_owner_only):
+            recipient = self._recipients[rid]
+            if not allows(recipient.max_tlp, policy.tlp):
                 decision.suppressed_tlp.append(rid)
+            elif policy.taxonomy and not recipient.accepts(policy.taxonomy, policy.type or ""):
+                decision.suppressed_category.append(rid)
+            else:
+                decision.recipients.append(rid)
         return decision
+
+    # --- explanation ------------------------------------------------------------------------
+
+    def explain(
+        self,
+        *,
+        ip: str | None = None,
+        asn: int | None = None,
+        hostname: str | None = None,
+        policy: Policy | None = None,
+    ) -> list[str]:
+        """Every rule considered, in order, and what became of it: for `meldpunt route explain`."""
+        policy = policy or Policy("clear")
+        lines: list[str] = []
+        found = self.match_keys(ip=ip, asn=asn, hostname=hostname)
+        if ip:
+            lines += self._explain_ip(ip, found)
+            if asn is None and not self._has_asn_table:
+                lines.append("asn table: none configured (asn_table)")
+            elif asn is None:
+                asn = self.asn_of_ip(ip)
+                lines.append(f"asn table: {ip} -> AS{asn}" if asn else f"asn table: no entry for {ip}")
+        if asn is not None:
+            lines += self._explain_asn(asn, found)
+        if hostname:
+            lines += self._explain_domain(hostname, found)
+        if found is None:
+            lines.append("result: unrouted (no recipient claims this)")
+            return lines
+        decision = self.decide(found, policy)
+        chain = self.chain(found.owner, policy.direct_owner_only)
+        lines.append(f"owner: {found.owner} by {found.rule}")
+        for rid in chain[1:]:
+            lines.append(f"parent: {rid} receives it too (deliver_to_parent of the link below)")
+        lines += _explain_parent_stop(self._recipients, chain, policy.direct_owner_only)
+        for rid in decision.suppressed_tlp:
+            lines.append(
+                f"policy: {rid} not delivered: TLP {policy.tlp} above its max_tlp "
+                f"{self._recipients[rid].max_tlp}"
+            )
+        for rid in decision.suppressed_category:
+            lines.append(
+                f"policy: {rid} not delivered: category {policy.taxonomy}/{policy.type} "
+                "not among its categories"
+            )
+        opted = self.opt_out_rule(ip, hostname)
+        if opted and decision.recipients:
+            lines.append(f"policy: suppressed for everyone by {opted}")
+            decision.recipients = []
+        lines.append("result: delivered to " + (", ".join(decision.recipients) or "nobody"))
+        return lines
+
+    def _explain_asn(self, asn: int, found: Match | None) -> list[str]:
+        owner = self._asns.get(asn)
+        if owner is None:
+            return [f"asn AS{asn}: claimed by nobody"]
+        used = found is not None and found.rule == f"asn AS{asn}"
+        return [
+            f"asn AS{asn}: claimed by {owner}"
+            + (" <- chosen" if used else " (not used: an address claim decided)")
+        ]
+
+    def _explain_domain(self, hostname: str, found: Match | None) -> list[str]:
+        lines = []
+        for candidate in _suffixes(hostname):
+            owner = self._domains.get(candidate)
+            if owner:
+                used = found is not None and found.rule == f"domain {candidate}"
+                lines.append(
+                    f"domain {candidate}: claimed by {owner}"
+                    + (" <- chosen" if used else " (not used: a stronger rule decided)")
+                )
+        return lines or [f"domain {hostname}: no claim on it or a parent domain"]
+
+    def _explain_ip(self, ip: str, found: Match | None) -> list[str]:
+        tree = self._v6 if ":" in ip else self._v4
+        try:
+            prefix = tree.get_key(ip)
+        except ValueError:
+            return [f"address {ip}: not a valid IP address"]
+        if prefix is None:
+            return [f"address {ip}: no network claim contains it"]
+        lines = []
+        first = True
+        while prefix is not None:
+            owner = tree[prefix]
+            note = (
+                " <- chosen (most specific)"
+                if first and found and found.rule == f"network {prefix}"
+                else ("" if first else " (less specific: not used)")
+            )
+            lines.append(f"network {prefix}: claimed by {owner}{note}")
+            prefix = tree.parent(prefix)
+            first = False
+        return lines
+
+
+def _explain_parent_stop(
+    recipients: dict[str, RecipientConfig], chain: list[str], direct_only: bool
+) -> list[str]:
+    last = recipients[chain[-1]]
+    if last.parent is None:
+        return []
+    if direct_only:
+        return [f"parent: {last.parent} not delivered: personal data goes to the direct owner only"]
+    return [f"parent: {last.parent} not delivered: {last.id} has deliver_to_parent false"]
+
+
+def _suffixes(name: str) -> list[str]:
+    """`a.b.example.nl` -> [a.b.example.nl, b.example.nl, example.nl] (not the bare TLD)."""
+    labels = name.lower().rstrip(".").split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]

@@ -388,7 +388,10 @@ def our_config(
     recipient_id: str = DEFAULT_RECIPIENT,
     page_size_max: int = 1000,
 ) -> Any:
-    """A Config with one recipient and one user who reads that recipient's collection."""
+    """A Config with one recipient and one user who reads that recipient's collection.
+
+    Without `limit` a client gets min(100, page_size_max) objects per page.
+    """
     from connector.config import parse_config
     from connector.passwords import hash_password
 
@@ -398,7 +401,7 @@ def our_config(
             "server": {
                 "host": "127.0.0.1",
                 "api_root": api_root,
-                "page_size_default": 100,
+                "page_size_default": min(100, page_size_max),
                 "page_size_max": page_size_max,
             },
             "recipients": [{"id": recipient_id, "name": "Differential peer", "kind": "organisation"}],

@@ -559,7 +559,7 @@ def test_paging_with_limit_covers_one_big_page_exactly(taxii: RunningServer) -> 
         body = resp.json()
         ids = [o["id"] for o in objects_of(body)]
         assert ("next" in body) is body["more"] is (i < len(pages) - 1)
-        assert len(ids) == 3 if body["more"] else 1 <= len(ids) <= 3
+        assert (len(ids) == 3) if body["more"] else (1 <= len(ids) <= 3), i
         first, last = parse_ts(resp.headers[DATE_FIRST]), parse_ts(resp.headers[DATE_LAST])
         assert (first, last) == (parse_ts(dates[ids[0]]), parse_ts(dates[ids[-1]])), i
         assert first <= last

@@ -110,6 +110,7 @@ class MappedAdapter:
             tlp=values.pop("tlp"),
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
+            direct_owner_only=self.mapping.direct_owner_only,
             **values,
         )
 

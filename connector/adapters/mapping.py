@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connector.adapters.converters import CONVERTERS
 from connector.adapters.readers import READERS
+from connector.rsit import check_category
 from connector.yamlfile import YamlFileError, load_yaml
 
 DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
@@ -100,6 +101,11 @@ class ClassificationSpec(_Strict):
     taxonomy: str
     type: str
 
+    @model_validator(mode="after")
+    def _is_rsit(self) -> ClassificationSpec:
+        check_category(f"{self.taxonomy}/{self.type}")
+        return self
+
 
 class Mapping(_Strict):
     format: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -112,6 +118,8 @@ class Mapping(_Strict):
     fields: dict[str, FieldSpec]
     evidence: dict[str, str] = {}
     keep_raw_in_quarantine: bool = True
+    # Personal data (leaked credentials): deliver to the direct owner only, never to parents.
+    direct_owner_only: bool = False
 
     @field_validator("reader")
     @classmethod
