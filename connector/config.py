@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connector.publicsuffix import is_public_suffix
 from connector.rsit import check_category
@@ -58,9 +58,18 @@ class ServerConfig(_Strict):
     page_size_default: int = Field(100, ge=1)
     page_size_max: int = Field(1000, ge=1)
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
+
     # Name of the environment variable holding the key that signs `next` tokens. All server
     # processes behind one address must share it; unset, a random per-process key is used.
     token_secret_env: str = "MELDPUNT_TOKEN_SECRET"
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ServerConfig:
+        if self.page_size_default > self.page_size_max:
+            raise ValueError(
+                f"page_size_default ({self.page_size_default}) exceeds page_size_max ({self.page_size_max})"
+            )
+        return self
 
 
 class PartnerConfig(_Strict):

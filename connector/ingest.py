@@ -30,7 +30,7 @@ from connector.stix.build import NotificationState, notification_objects, refere
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
-from connector.store.store import timestamp_to_us, version_key
+from connector.store.store import object_version_key, timestamp_to_us
 from connector.submission import Submissions
 
 log = logging.getLogger("meldpunt.ingest")
@@ -362,7 +362,7 @@ class _BatchWriter:
         }
 
     def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
-        ref = (obj["id"], version_key(obj.get("modified")))
+        ref = (obj["id"], object_version_key(obj))
         self.objects.setdefault(ref, obj)
         return ref
 

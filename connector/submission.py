@@ -37,7 +37,7 @@ from connector.routing import Router
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
-from connector.store.store import version_key
+from connector.store.store import object_version_key
 from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
 
 _OPTIONS = ValidationOptions(version="2.1")
@@ -300,7 +300,7 @@ class Submissions:
         def entries(objs: Iterable[dict[str, Any]]) -> list[tuple[int, str, str, str]]:
             out = []
             for o in objs:
-                key = (o["id"], version_key(o.get("modified")))
+                key = (o["id"], object_version_key(o))
                 out.append((pks[key], o["id"], o["type"], key[1]))
             return out
 

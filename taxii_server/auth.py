@@ -76,11 +76,14 @@ class Authenticator:
         else:
             username, password = _parse_basic(authorization)
             ok = self._check_password(username, password)
+        # Back-off is per client and username: a success with one account does not clear the
+        # failures a client piled up guessing another's password.
+        key = f"{client}|{username}"
         if ok:
             with self._lock:
-                self._failures.pop(client, None)
+                self._failures.pop(key, None)
             return self._principals[username]
-        raise self._failure(username, client)
+        raise self._failure(username, client, key)
 
     def _check_password(self, username: str, password: str) -> bool:
         user = self._users.get(username)
@@ -100,11 +103,11 @@ class Authenticator:
         username, token_hash = entry
         return username, self._cache.verify(token_hash, parsed[1])
 
-    def _failure(self, username: str, client: str) -> TaxiiError:
+    def _failure(self, username: str, client: str, key: str) -> TaxiiError:
         """Log, slow the client down, and give the error to raise."""
         with self._lock:
-            failures = self._failures.get(client, 0) + 1
-            self._failures[client] = failures
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
             if len(self._failures) > 100_000:
                 self._failures.clear()
         log.warning(

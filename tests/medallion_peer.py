@@ -196,7 +196,7 @@ class MedallionPeer(Peer):
 
     def peak_rss_kib(self) -> int | None:
         """The child's peak resident set (VmHWM), while it runs."""
-        return _vm_hwm(self.process.pid)
+        return vm_hwm_kib(self.process.pid)
 
     def stop(self) -> None:
         """Close the child's stdin (it shuts its server down), then wait; kill if it hangs."""
@@ -223,7 +223,8 @@ class MedallionPeer(Peer):
         self.stop()
 
 
-def _vm_hwm(pid: int) -> int | None:
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a process, in KiB; None if unknown."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -129,9 +129,9 @@ def not_ingested_rows(stdout: str) -> dict[int, str]:
 
 
 def delivered(stdout: str) -> dict[str, int]:
-    """recipient -> delivered, from the three-column per-recipient table of `ingest`."""
-    rows = re.findall(r"^│\s*([a-z0-9][\w.-]*)\s*│\s*(\d+)\s*│\s*(\d+)\s*│$", stdout, re.MULTILINE)
-    return {rid: int(n) for rid, n, _suppressed in rows}
+    """recipient -> delivered, from the per-recipient table of `ingest` (delivered, suppressed...)."""
+    rows = re.findall(r"^│\s*([a-z0-9][\w.-]*)\s*│\s*(\d+)\s*│(?:\s*\d+\s*│)+$", stdout, re.MULTILINE)
+    return {rid: int(n) for rid, n in rows}
 
 
 def section(stdout: str, title: str) -> str:

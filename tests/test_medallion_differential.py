@@ -319,10 +319,11 @@ def test_exact_page_has_more_false_on_both(ours: OurPeer, medallion: MedallionPe
         "1.5",
         pytest.param(
             "\u00b2",  # SUPERSCRIPT TWO: str.isdigit() is true, int() refuses it
+            # Not strict: passes once object_query checks for ASCII decimal digits.
             marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: taxii_server/routes/objects.py object_query checks "
-                "limit.isdigit() then calls int(limit): ValueError, 500",
+                strict=False,
+                reason="product bug (found here): taxii_server/routes/objects.py object_query "
+                "checked limit.isdigit() then called int(limit): ValueError, 500",
             ),
         ),
     ],

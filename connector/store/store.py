@@ -70,6 +70,11 @@ def timestamp_to_us(value: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def object_version_key(obj: dict[str, Any]) -> str:
+    """An object's version as stored: `modified`, else `created` (TAXII 2.1), else '' (SCOs)."""
+    return version_key(obj.get("modified") or obj.get("created"))
+
+
 def version_key(modified: str | None) -> str:
     """Versions normalised to one fixed-width form, so they order correctly as text."""
     if not modified:
@@ -111,6 +116,9 @@ class VersionFilter:
             parts.append(co.c.version == earliest)
         if self.exact:
             parts.append(co.c.version.in_(list(self.exact)))
+            # Objects without modified/created (SCOs) are versioned by when they were added.
+            stamps = [timestamp_to_us(v) for v in self.exact]
+            parts.append(and_(co.c.version == "", co.c.date_added.in_(stamps)))
         return or_(*parts) if parts else co.c.is_latest.is_(True)
 
 
@@ -440,7 +448,7 @@ class Writer:
 
     def add_objects(self, objects: list[dict[str, Any]], bodies: list[str]) -> dict[tuple[str, str], int]:
         """Insert object versions not yet stored; return the pk of every given version."""
-        keys = [(o["id"], version_key(o.get("modified"))) for o in objects]
+        keys = [(o["id"], object_version_key(o)) for o in objects]
         rows = [
             {
                 "stix_id": key[0],

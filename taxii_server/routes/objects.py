@@ -84,9 +84,9 @@ def object_query(
             after = timestamp_to_us(added_after)
         except ValueError as exc:
             raise TaxiiError(400, "Invalid added_after", str(exc)) from None
-    size = server.page_size_default
+    size = min(server.page_size_default, server.page_size_max)
     if limit is not None:
-        if not limit.strip().isdigit() or int(limit) < 1:
+        if not (limit.strip().isascii() and limit.strip().isdecimal()) or int(limit) < 1:
             raise TaxiiError(400, "Invalid limit", f"limit must be a positive integer, not {limit!r}.")
         size = min(int(limit), server.page_size_max)
     return ObjectQuery(
@@ -240,5 +240,5 @@ def get_manifest(
 
 
 def _version(member: Member) -> str:
-    """An object's version: its modified time; for unversioned objects, when it was added."""
+    """An object's version: modified, else created; for SCOs (neither), when it was added."""
     return member.version or us_to_timestamp(member.date_added)

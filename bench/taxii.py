@@ -1,0 +1,420 @@
+"""TAXII read benchmark: our server against medallion 3.0.0, then our server alone at scale.
+
+    python bench/taxii.py [--objects 5000] [--big 1000000] [--pollers 8] [--seconds 10]
+
+(a) Both servers hold the same N indicators in one collection; a client pages through all of
+    them with limit=100 following `next`, counting requests and checking that every object id
+    is seen exactly once. medallion's memory backend is quadratic in the collection size (its
+    first page sorts and filters the whole collection with nested loops), so when a full pass
+    would exceed --medallion-budget seconds the pass stops there and the rest is
+    extrapolated from the measured per-page time; the output says so.
+(b) Our server alone with --big objects, inserted directly into the store's tables (not
+    through the ingest pipeline) with strictly increasing date_added: latency of a
+    limit=1000 page at the start, middle and end (added_after) and via a `next` token, and
+    requests per second with concurrent pollers.
+
+Each server runs in its own process bound to 127.0.0.1 only, so the client's threads and the
+server do not share an interpreter lock; peak RSS is each server process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import orjson  # noqa: E402
+import requests  # noqa: E402
+
+from tests.medallion_peer import (  # noqa: E402
+    Peer,
+    vm_hwm_kib,
+    indicator,
+    page_all,
+    start_medallion,
+)
+
+PAGE_A = 100
+PAGE_B = 1000
+USERNAME = "bench-reader"
+
+
+# --- our server in a child process -----------------------------------------------------------
+
+
+def _child(conn: Any, mode: str, args: dict[str, Any]) -> None:
+    """Child process: start our server (loading objects, or on an existing store), report
+    where it is, serve until told to stop, then report the peak RSS."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import logging
+
+    logging.getLogger("meldpunt.taxii").setLevel(logging.ERROR)  # the token-secret warning
+    from tests.medallion_peer import load_our_server, serve_our_store
+
+    if mode == "load":
+        peer = load_our_server(args["objects"], args["db_url"], username=USERNAME, password=args["password"])
+    else:
+        peer = serve_our_store(args["db_url"], username=USERNAME, password=args["password"])
+    conn.send(
+        {
+            "url": peer.url,
+            "api_root": peer.api_root,
+            "collection_id": peer.collection_id,
+            "date_added": peer.date_added,
+        }
+    )
+    conn.recv()  # stop
+    rss = vm_hwm_kib(os.getpid())
+    peer.stop()
+    conn.send(rss)
+
+
+@dataclass
+class ChildServer:
+    peer: Peer
+    process: Any
+    conn: Any
+
+    def stop(self) -> int | None:
+        """Stop the child; returns its peak RSS in KiB."""
+        rss = None
+        try:
+            self.conn.send("stop")
+            if self.conn.poll(30):
+                rss = self.conn.recv()
+        finally:
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=10)
+        return rss
+
+
+def start_ours(mode: str, db_url: str, password: str, objects: list[dict[str, Any]] | None = None) -> ChildServer:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    args = {"db_url": db_url, "password": password, "objects": objects}
+    process = ctx.Process(target=_child, args=(child, mode, args), daemon=True)
+    process.start()
+    if not parent.poll(600):
+        process.terminate()
+        raise RuntimeError("our server did not start within 600 s")
+    info = parent.recv()
+    peer = Peer(
+        name="ours",
+        url=info["url"],
+        api_root=info["api_root"],
+        collection_id=info["collection_id"],
+        username=USERNAME,
+        password=password,
+        date_added=info["date_added"],
+    )
+    return ChildServer(peer, process, parent)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def check_exactly_once(name: str, seen: list[str], expected: set[str], complete: bool) -> None:
+    dupes = len(seen) - len(set(seen))
+    if dupes:
+        raise SystemExit(f"{name}: {dupes} object ids were served more than once")
+    if complete and set(seen) != expected:
+        raise SystemExit(f"{name}: {len(expected - set(seen))} ids missing, {len(set(seen) - expected)} unexpected")
+    if not complete and not set(seen) <= expected:
+        raise SystemExit(f"{name}: unexpected ids served")
+
+
+# --- (a) ours against medallion ----------------------------------------------------------------
+
+
+def part_a(n: int, budget: float, workdir: Path) -> None:
+    print(f"\n== (a) {n} indicators, one collection, paging with limit={PAGE_A} and `next` ==")
+    objects = [indicator(i) for i in range(n)]
+    expected = {o["id"] for o in objects}
+    pages_needed = math.ceil(n / PAGE_A)
+    password = "bench-" + os.urandom(8).hex()
+
+    t0 = time.perf_counter()
+    ours = start_ours("load", f"sqlite:///{workdir / 'a.db'}", password, objects)
+    print(f"ours: loaded and started in {time.perf_counter() - t0:.1f} s at {ours.peer.url}")
+    try:
+        result = page_all(ours.peer, limit=PAGE_A)
+        check_exactly_once("ours", result.ids, expected, result.complete)
+    finally:
+        ours_rss = ours.stop()
+    ours_time = result.seconds
+    print(
+        f"ours:      {ours_time:8.2f} s  {result.requests} requests, {len(result.ids)} objects, each id once; "
+        f"page median {statistics.median(result.latencies) * 1000:.1f} ms; server peak RSS {mib(ours_rss)}"
+    )
+
+    t0 = time.perf_counter()
+    med = start_medallion(
+        objects, date_added=ours.peer.date_added, max_page_size=1000, session_timeout=int(budget) * 4 + 3600
+    )
+    print(f"medallion: started in {time.perf_counter() - t0:.1f} s at {med.url}")
+    try:
+        med_time, note = _medallion_pass(med, expected, pages_needed, budget)
+        med_rss = med.peak_rss_kib()
+    finally:
+        med.stop()
+    print(f"medallion: {med_time:8.2f} s  {note}; server peak RSS {mib(med_rss)}")
+    print(f"ratio medallion/ours: {med_time / ours_time:.1f}x" + (" (extrapolated)" if "EXTRAPOLATED" in note else ""))
+
+
+def _medallion_pass(med: Any, expected: set[str], pages_needed: int, budget: float) -> tuple[float, str]:
+    try:
+        result = page_all(med, limit=PAGE_A, budget_seconds=budget)
+    except requests.exceptions.Timeout:
+        return budget, (
+            f"LOWER BOUND: its first page alone did not finish within the {budget:.0f} s budget "
+            "(a full pass takes longer than this)"
+        )
+    check_exactly_once("medallion", result.ids, expected, result.complete)
+    first = result.latencies[0]
+    rest = result.latencies[1:]
+    if result.complete:
+        return result.seconds, (
+            f"{result.requests} requests, {len(result.ids)} objects, each id once; "
+            f"first page {first:.2f} s, later pages median {statistics.median(rest or [0]) * 1000:.1f} ms"
+        )
+    per_page = statistics.mean(rest) if rest else first
+    remaining = pages_needed - result.requests
+    estimate = result.seconds + remaining * per_page
+    return estimate, (
+        f"EXTRAPOLATED: stopped after {result.requests} of {pages_needed} pages at the {budget:.0f} s "
+        f"budget ({result.seconds:.1f} s measured, first page {first:.2f} s); the remaining "
+        f"{remaining} pages estimated at the measured {per_page * 1000:.1f} ms each"
+    )
+
+
+# --- (b) ours alone, big ------------------------------------------------------------------------
+
+
+def bulk_load(db_url: str, count: int, password: str, chunk: int = 50_000) -> tuple[str, int]:
+    """Insert `count` indicators straight into stix_objects and collection_objects of one
+    recipient collection, date_added strictly increasing by 1 µs. Returns (collection, first
+    date_added)."""
+    from sqlalchemy import func, insert, select, update
+
+    from connector.collections import collection_rows
+    from connector.store import Store
+    from connector.store import schema as t
+    from connector.store.store import now_us, version_key
+    from tests.medallion_peer import our_config
+
+    config = our_config(db_url, username=USERNAME, password=password)
+    rows = collection_rows(config)
+    collection_id = rows[0].id
+    store = Store.open(db_url)
+    try:
+        store.sync_collections(rows)
+        with store.engine.connect() as conn:
+            last_pk = int(conn.execute(select(func.coalesce(func.max(t.stix_objects.c.pk), 0))).scalar_one())
+            clock = int(conn.execute(select(t.clock.c.last_date_added)).scalar_one())
+        base = max(clock + 1, now_us() - count - 1_000_000)
+        version = version_key(indicator(0)["modified"])
+        for start in range(0, count, chunk):
+            objects, members = [], []
+            for i in range(start, min(count, start + chunk)):
+                obj = indicator(i)
+                pk = last_pk + 1 + i
+                objects.append(
+                    {
+                        "pk": pk,
+                        "stix_id": obj["id"],
+                        "modified": version,
+                        "type": "indicator",
+                        "spec_version": "2.1",
+                        "body": orjson.dumps(obj).decode(),
+                    }
+                )
+                members.append(
+                    {
+                        "collection_id": collection_id,
+                        "object_pk": pk,
+                        "stix_id": obj["id"],
+                        "type": "indicator",
+                        "version": version,
+                        "date_added": base + i,
+                        "is_latest": True,
+                    }
+                )
+            with store.writing() as w:
+                w.conn.execute(insert(t.stix_objects), objects)
+                w.conn.execute(insert(t.collection_objects), members)
+                if start + chunk >= count:
+                    w.conn.execute(update(t.clock).where(t.clock.c.id == 1).values(last_date_added=base + count - 1))
+    finally:
+        store.close()
+    return collection_id, base
+
+
+def timed_get(session: requests.Session, url: str, params: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    resp = session.get(url, params=params, timeout=120)
+    content = resp.content
+    elapsed = time.perf_counter() - t0
+    if resp.status_code != 200:
+        raise SystemExit(f"{url} {params}: {resp.status_code} {content[:300]!r}")
+    return elapsed, orjson.loads(content)
+
+
+def latency(
+    peer: Peer, label: str, params: dict[str, str], repeats: int, first_index: int, more: bool
+) -> dict[str, Any]:
+    url = peer.collection_url + "objects/"
+    times = []
+    body: dict[str, Any] = {}
+    with peer.session() as s:
+        timed_get(s, url, params)  # warm-up
+        for _ in range(repeats):
+            elapsed, body = timed_get(s, url, params)
+            times.append(elapsed)
+    objects = body.get("objects", [])
+    if len(objects) != PAGE_B or objects[0]["id"] != indicator(first_index)["id"] or body["more"] is not more:
+        raise SystemExit(f"{label}: unexpected page ({len(objects)} objects, more={body.get('more')})")
+    print(
+        f"  {label:<34} median {statistics.median(times) * 1000:7.1f} ms   p95 {percentile(times, 0.95) * 1000:7.1f} ms"
+        f"   ({repeats} requests, {len(objects)} objects each)"
+    )
+    return body
+
+
+def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None:
+    """`count` threads, each a requests.Session, paging with next from random starting points."""
+    from connector.store.store import us_to_timestamp
+
+    url = peer.collection_url + "objects/"
+    deadline = time.monotonic() + seconds
+    totals = {"requests": 0, "objects": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        done = got = errors = 0
+        query: dict[str, str] = {}
+        token = None
+        with peer.session() as s:
+            while time.monotonic() < deadline:
+                if token is None:
+                    query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + rng.randrange(big))}
+                resp = s.get(url, params={**query, "next": token} if token else query, timeout=120)
+                done += 1
+                if resp.status_code != 200:
+                    errors += 1
+                    token = None
+                    continue
+                body = orjson.loads(resp.content)
+                got += len(body.get("objects", []))
+                token = body.get("next") if body.get("more") else None
+        with lock:
+            totals["requests"] += done
+            totals["objects"] += got
+            totals["errors"] += errors
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 300)
+    elapsed = time.perf_counter() - t0
+    print(
+        f"  {count} concurrent pollers, {elapsed:.1f} s: {totals['requests'] / elapsed:.1f} requests/s, "
+        f"{totals['objects'] / elapsed:,.0f} objects/s, {totals['requests']} requests, {totals['errors']} errors"
+    )
+    if totals["errors"]:
+        raise SystemExit("pollers saw errors")
+
+
+def part_b(big: int, n_pollers: int, seconds: float, repeats: int, workdir: Path) -> None:
+    from connector.store.store import us_to_timestamp
+
+    print(f"\n== (b) ours alone: {big:,} indicators in one collection (SQLite), limit={PAGE_B} ==")
+    if big < 3 * PAGE_B:
+        raise SystemExit("--big must be at least 3000")
+    password = "bench-" + os.urandom(8).hex()
+    db_url = f"sqlite:///{workdir / 'big.db'}"
+    t0 = time.perf_counter()
+    _, base = bulk_load(db_url, big, password)
+    size = (workdir / "big.db").stat().st_size
+    print(f"bulk insert: {time.perf_counter() - t0:.1f} s ({size / 2**20:.0f} MiB database)")
+    t0 = time.perf_counter()
+    ours = start_ours("serve", db_url, password)
+    print(f"server started in {time.perf_counter() - t0:.1f} s at {ours.peer.url}")
+    try:
+        peer = ours.peer
+        latency(peer, "start (no added_after)", {"limit": str(PAGE_B)}, repeats, 0, True)
+        middle = big // 2
+        query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + middle - 1)}
+        body = latency(peer, f"middle (added_after #{middle - 1:,})", query, repeats, middle, True)
+        # `next` continues the same query, so it goes with the same added_after (TAXII 2.1 3.4).
+        latency(peer, "middle + 1 page (next token)", {**query, "next": body["next"]},
+                repeats, middle + PAGE_B, True)
+        end = big - PAGE_B
+        latency(
+            peer, f"end (added_after #{end - 1:,})",
+            {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + end - 1)}, repeats, end, False,
+        )
+        pollers(peer, n_pollers, seconds, big, base)
+    finally:
+        rss = ours.stop()
+    print(f"server peak RSS: {mib(rss)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="TAXII read benchmark (ours vs medallion; ours at scale)")
+    parser.add_argument("--objects", type=int, default=5000, help="objects in part (a)")
+    parser.add_argument("--big", type=int, default=1_000_000, help="objects in part (b)")
+    parser.add_argument("--pollers", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent polling")
+    parser.add_argument("--repeats", type=int, default=30, help="requests per latency figure")
+    parser.add_argument("--medallion-budget", type=float, default=600.0,
+                        help="seconds before medallion's pass is cut short and extrapolated")
+    parser.add_argument("--skip-a", action="store_true")
+    parser.add_argument("--skip-b", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
+        f"{platform.platform()}"
+    )
+    with tempfile.TemporaryDirectory(prefix="taxii-bench-") as tmp:
+        if not args.skip_a:
+            part_a(args.objects, args.medallion_budget, Path(tmp))
+        if not args.skip_b:
+            part_b(args.big, args.pollers, args.seconds, args.repeats, Path(tmp))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"\nbenchmark client peak RSS: {mib(peak)}")
+
+
+if __name__ == "__main__":
+    main()
