@@ -112,26 +112,34 @@ def _describe(path: Path, line: int, exc: ValueError) -> list[str]:
 
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append recipients to a CSV file (with a header when it is new)."""
-    new = not path.exists() or path.stat().st_size == 0
+    """Add recipients to a CSV file, rewriting it with the full header (its rows are kept)."""
+    existing: list[dict[str, str]] = []
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            existing = list(csv.DictReader(handle))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="", encoding="utf-8") as handle:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
+        writer.writeheader()
+        for old in existing:
+            writer.writerow({k: old.get(k) or "" for k in COLUMNS})
         for r in rows:
-            c = r.get("constituency", {})
-            writer.writerow(
-                {
-                    "id": r["id"],
-                    "name": r["name"],
-                    "kind": r["kind"],
-                    "parent": r.get("parent", ""),
-                    "deliver_to_parent": {True: "true", False: "false"}.get(r.get("deliver_to_parent"), ""),
-                    "max_tlp": r.get("max_tlp", ""),
-                    "categories": " ".join(r.get("categories", [])),
-                    "networks": " ".join(str(n) for n in c.get("networks", [])),
-                    "asns": " ".join(str(a) for a in c.get("asns", [])),
-                    "domains": " ".join(c.get("domains", [])),
-                }
-            )
+            writer.writerow(_csv_row(r))
+    temporary.replace(path)  # never a half-written constituency file
+
+
+def _csv_row(r: dict[str, Any]) -> dict[str, str]:
+    c = r.get("constituency", {})
+    return {
+        "id": r["id"],
+        "name": r["name"],
+        "kind": r["kind"],
+        "parent": r.get("parent", ""),
+        "deliver_to_parent": {True: "true", False: "false"}.get(r.get("deliver_to_parent"), ""),
+        "max_tlp": r.get("max_tlp", ""),
+        "categories": " ".join(r.get("categories", [])),
+        "networks": " ".join(str(n) for n in c.get("networks", [])),
+        "asns": " ".join(str(a) for a in c.get("asns", [])),
+        "domains": " ".join(c.get("domains", [])),
+    }
