@@ -45,10 +45,10 @@ import requests  # noqa: E402
 
 from tests.medallion_peer import (  # noqa: E402
     Peer,
-    vm_hwm_kib,
     indicator,
     page_all,
     start_medallion,
+    vm_hwm_kib,
 )
 
 PAGE_A = 100
@@ -108,7 +108,9 @@ class ChildServer:
         return rss
 
 
-def start_ours(mode: str, db_url: str, password: str, objects: list[dict[str, Any]] | None = None) -> ChildServer:
+def start_ours(
+    mode: str, db_url: str, password: str, objects: list[dict[str, Any]] | None = None
+) -> ChildServer:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     args = {"db_url": db_url, "password": password, "objects": objects}
@@ -147,7 +149,9 @@ def check_exactly_once(name: str, seen: list[str], expected: set[str], complete:
     if dupes:
         raise SystemExit(f"{name}: {dupes} object ids were served more than once")
     if complete and set(seen) != expected:
-        raise SystemExit(f"{name}: {len(expected - set(seen))} ids missing, {len(set(seen) - expected)} unexpected")
+        raise SystemExit(
+            f"{name}: {len(expected - set(seen))} ids missing, {len(set(seen) - expected)} unexpected"
+        )
     if not complete and not set(seen) <= expected:
         raise SystemExit(f"{name}: unexpected ids served")
 
@@ -172,8 +176,9 @@ def part_a(n: int, budget: float, workdir: Path) -> None:
         ours_rss = ours.stop()
     ours_time = result.seconds
     print(
-        f"ours:      {ours_time:8.2f} s  {result.requests} requests, {len(result.ids)} objects, each id once; "
-        f"page median {statistics.median(result.latencies) * 1000:.1f} ms; server peak RSS {mib(ours_rss)}"
+        f"ours:      {ours_time:8.2f} s  {result.requests} requests, {len(result.ids)} objects, "
+        f"each id once; page median {statistics.median(result.latencies) * 1000:.1f} ms; "
+        f"server peak RSS {mib(ours_rss)}"
     )
 
     t0 = time.perf_counter()
@@ -187,7 +192,10 @@ def part_a(n: int, budget: float, workdir: Path) -> None:
     finally:
         med.stop()
     print(f"medallion: {med_time:8.2f} s  {note}; server peak RSS {mib(med_rss)}")
-    print(f"ratio medallion/ours: {med_time / ours_time:.1f}x" + (" (extrapolated)" if "EXTRAPOLATED" in note else ""))
+    print(
+        f"ratio medallion/ours: {med_time / ours_time:.1f}x"
+        + (" (extrapolated)" if "EXTRAPOLATED" in note else "")
+    )
 
 
 def _medallion_pass(med: Any, expected: set[str], pages_needed: int, budget: float) -> tuple[float, str]:
@@ -272,7 +280,9 @@ def bulk_load(db_url: str, count: int, password: str, chunk: int = 50_000) -> tu
                 w.conn.execute(insert(t.stix_objects), objects)
                 w.conn.execute(insert(t.collection_objects), members)
                 if start + chunk >= count:
-                    w.conn.execute(update(t.clock).where(t.clock.c.id == 1).values(last_date_added=base + count - 1))
+                    w.conn.execute(
+                        update(t.clock).where(t.clock.c.id == 1).values(last_date_added=base + count - 1)
+                    )
     finally:
         store.close()
     return collection_id, base
@@ -303,8 +313,8 @@ def latency(
     if len(objects) != PAGE_B or objects[0]["id"] != indicator(first_index)["id"] or body["more"] is not more:
         raise SystemExit(f"{label}: unexpected page ({len(objects)} objects, more={body.get('more')})")
     print(
-        f"  {label:<34} median {statistics.median(times) * 1000:7.1f} ms   p95 {percentile(times, 0.95) * 1000:7.1f} ms"
-        f"   ({repeats} requests, {len(objects)} objects each)"
+        f"  {label:<34} median {statistics.median(times) * 1000:7.1f} ms"
+        f"   p95 {percentile(times, 0.95) * 1000:7.1f} ms   ({repeats} requests, {len(objects)} objects each)"
     )
     return body
 
@@ -350,7 +360,8 @@ def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None
     elapsed = time.perf_counter() - t0
     print(
         f"  {count} concurrent pollers, {elapsed:.1f} s: {totals['requests'] / elapsed:.1f} requests/s, "
-        f"{totals['objects'] / elapsed:,.0f} objects/s, {totals['requests']} requests, {totals['errors']} errors"
+        f"{totals['objects'] / elapsed:,.0f} objects/s, {totals['requests']} requests, "
+        f"{totals['errors']} errors"
     )
     if totals["errors"]:
         raise SystemExit("pollers saw errors")
@@ -378,12 +389,22 @@ def part_b(big: int, n_pollers: int, seconds: float, repeats: int, workdir: Path
         query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + middle - 1)}
         body = latency(peer, f"middle (added_after #{middle - 1:,})", query, repeats, middle, True)
         # `next` continues the same query, so it goes with the same added_after (TAXII 2.1 3.4).
-        latency(peer, "middle + 1 page (next token)", {**query, "next": body["next"]},
-                repeats, middle + PAGE_B, True)
+        latency(
+            peer,
+            "middle + 1 page (next token)",
+            {**query, "next": body["next"]},
+            repeats,
+            middle + PAGE_B,
+            True,
+        )
         end = big - PAGE_B
         latency(
-            peer, f"end (added_after #{end - 1:,})",
-            {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + end - 1)}, repeats, end, False,
+            peer,
+            f"end (added_after #{end - 1:,})",
+            {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + end - 1)},
+            repeats,
+            end,
+            False,
         )
         pollers(peer, n_pollers, seconds, big, base)
     finally:
@@ -398,8 +419,12 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the concurrent polling")
     parser.add_argument("--repeats", type=int, default=30, help="requests per latency figure")
-    parser.add_argument("--medallion-budget", type=float, default=600.0,
-                        help="seconds before medallion's pass is cut short and extrapolated")
+    parser.add_argument(
+        "--medallion-budget",
+        type=float,
+        default=600.0,
+        help="seconds before medallion's pass is cut short and extrapolated",
+    )
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
     args = parser.parse_args()

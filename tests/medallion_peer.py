@@ -406,13 +406,17 @@ def our_config(
                 "page_size_max": page_size_max,
             },
             "recipients": [{"id": recipient_id, "name": "Differential peer", "kind": "organisation"}],
-            "users": [{"username": username, "password_hash": hash_password(password), "recipient": recipient_id}],
+            "users": [
+                {"username": username, "password_hash": hash_password(password), "recipient": recipient_id}
+            ],
         },
         source="<medallion_peer>",
     )
 
 
-def add_to_store(store: Any, collection_id: str, objects: Sequence[dict[str, Any]], chunk: int = 2000) -> None:
+def add_to_store(
+    store: Any, collection_id: str, objects: Sequence[dict[str, Any]], chunk: int = 2000
+) -> None:
     """Add objects to a collection through the store (date_added assigned in the given order)."""
     import orjson
 
@@ -425,7 +429,12 @@ def add_to_store(store: Any, collection_id: str, objects: Sequence[dict[str, Any
             w.add_members(
                 collection_id,
                 [
-                    (pks[(o["id"], version_key(o.get("modified")))], o["id"], o["type"], version_key(o.get("modified")))
+                    (
+                        pks[(o["id"], version_key(o.get("modified")))],
+                        o["id"],
+                        o["type"],
+                        version_key(o.get("modified")),
+                    )
                     for o in part
                 ],
             )
@@ -515,7 +524,9 @@ def load_our_server(
     store = Store.open(db_url)
     try:
         store.sync_collections(
-            collection_rows(our_config(db_url, username=username, password=password, recipient_id=recipient_id))
+            collection_rows(
+                our_config(db_url, username=username, password=password, recipient_id=recipient_id)
+            )
         )
         add_to_store(store, collection_id, objects)
         stamps = stored_date_added(store, collection_id, objects)

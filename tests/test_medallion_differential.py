@@ -352,7 +352,9 @@ def test_unacceptable_media_type_is_406_on_both(ours: OurPeer, medallion: Medall
 def test_missing_credentials_and_unknown_collection_agree(ours: OurPeer, medallion: MedallionPeer) -> None:
     """TAXII 2.1 authentication and 5.2: 401 without credentials, 404 for an unknown collection."""
     for peer in (ours, medallion):
-        resp = requests.get(peer.collection_url + "objects/", headers={"Accept": TAXII_MEDIA_TYPE}, timeout=30)
+        resp = requests.get(
+            peer.collection_url + "objects/", headers={"Accept": TAXII_MEDIA_TYPE}, timeout=30
+        )
         assert resp.status_code == 401, peer.name
         with peer.session() as s:
             other = f"{peer.api_root_url}collections/00000000-0000-4000-8000-000000000000/objects/"
