@@ -153,6 +153,15 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
                 str(summary.suppressed_category[rid]),
             )
         out.print(table)
+    _print_rows(store, summary, limit)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for err in summary.input_errors:
+        console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
+
+
+def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
+    """The rows that did not become notifications, and the notifications nobody claims."""
     rows = store.run_rows(summary.run_id)
     bad = [r for r in rows if r["kind"] != "skipped"]
     if bad:
@@ -177,8 +186,6 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
         out.print(table)
         if len(unrouted) > limit:
             out.print(f"... and {len(unrouted) - limit} more")
-    for err in summary.input_errors:
-        console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
 
 
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)

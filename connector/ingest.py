@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import insert
 
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
-from connector.adapters.mapping import Mapping
+from connector.adapters.mapping import Mapping, families, family_mapping
 from connector.adapters.readers import RawRecord, RowError
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
@@ -53,6 +53,7 @@ class RunSummary:
     suppressed_tlp: Counter[str] = field(default_factory=Counter)
     suppressed_category: Counter[str] = field(default_factory=Counter)
     input_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def count_decision(self, decision: Decision) -> None:
         """One notification's routing outcome: exactly one of the outcome counts, plus per recipient."""
@@ -80,6 +81,7 @@ class RunSummary:
             "suppressed_tlp_per_recipient": dict(sorted(self.suppressed_tlp.items())),
             "suppressed_category_per_recipient": dict(sorted(self.suppressed_category.items())),
             "input_errors": self.input_errors,
+            "warnings": self.warnings,
         }
 
 
@@ -96,6 +98,7 @@ COUNT_NAMES = (
     "suppressed_tlp",
     "suppressed_category",
     "opted_out",
+    "discarded",
 )
 
 
@@ -131,14 +134,15 @@ class Ingestor:
         progress: Callable[[int], None] | None = None,
     ) -> RunSummary:
         paths = list(paths)
-        mapping = self._check(partner, fmt)
+        self._check(partner, fmt)
         run_id = self.store.start_run(partner, fmt, [str(p) for p in paths])
         summary = RunSummary(run_id)
         try:
             for path in paths:
-                if mapping is None:
+                if fmt == STIX_FORMAT:
                     self._ingest_stix_file(summary, partner, path)
                 else:
+                    mapping = self._mapping_for(fmt, path, summary)
                     self._ingest_file(summary, mapping, partner, path, context_file, progress)
         except Exception as exc:
             self.store.finish_run(run_id, "failed", summary.as_dict(), error=repr(exc))
@@ -150,22 +154,34 @@ class Ingestor:
         log.info("ingest run finished", extra={"run": run_id, "status": status, **summary.counts})
         return summary
 
-    def _check(self, partner: str, fmt: str) -> Mapping | None:
-        """The mapping for the format (None for STIX, which needs none), after access checks."""
+    def _mapping_for(self, fmt: str, path: Path, summary: RunSummary) -> Mapping:
+        if fmt in self.mappings:
+            return self.mappings[fmt]
+        mapping, fallback = family_mapping(self.mappings, fmt, path.name)
+        if fallback:
+            warning = (
+                f"{path.name}: no {fmt} mapping for this report type; ingested through the "
+                f"columns common to all {fmt} reports ({mapping.format})"
+            )
+            summary.warnings.append(warning)
+            log.warning("report type without a mapping", extra={"input": path.name, "format": fmt})
+        return mapping
+
+    def _check(self, partner: str, fmt: str) -> None:
+        """Refuse unknown partners and formats, and formats the partner may not deliver."""
         try:
             partner_cfg = self.config.partner(partner)
         except KeyError:
             known = ", ".join(p.id for p in self.config.partners) or "none configured"
             raise IngestError(f"unknown partner {partner!r} (known: {known})") from None
-        if fmt not in self.mappings and fmt != STIX_FORMAT:
-            known = ", ".join(sorted([*self.mappings, STIX_FORMAT]))
-            raise IngestError(f"unknown format {fmt!r} (known: {known})")
+        formats = {*self.mappings, *families(self.mappings), STIX_FORMAT}
+        if fmt not in formats:
+            raise IngestError(f"unknown format {fmt!r} (known: {', '.join(sorted(formats))})")
         if partner_cfg.formats and fmt not in partner_cfg.formats:
             raise IngestError(
                 f"partner {partner!r} may not deliver format {fmt!r} "
                 f"(allowed: {', '.join(partner_cfg.formats)})"
             )
-        return self.mappings.get(fmt)
 
     def _ingest_stix_file(self, summary: RunSummary, partner: str, path: Path) -> None:
         """A researcher's STIX 2.1 bundle: validated per object, routed by its observables."""
@@ -219,7 +235,8 @@ class Ingestor:
             self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
             log.error("input not ingested", extra={"input": str(path), "reason": message})
             return
-        adapter = MappedAdapter(mapping, partner, context, path.name)
+        default_tlp = self.config.partner(partner).default_tlp
+        adapter = MappedAdapter(mapping, partner, context, path.name, default_tlp)
         batch: list[Notification] = []
         rows: list[tuple[str, int, str, str, str | None]] = []
         keep_raw = mapping.keep_raw_in_quarantine
@@ -301,8 +318,10 @@ class _BatchWriter:
             if previous is not None and not fresh:
                 self.summary.counts["unchanged"] += 1
                 continue
-            observations += [(key, at) for at in fresh]
             row = self._notification(key, group[0], previous, fresh)
+            if row is None:
+                continue
+            observations += [(key, at) for at in fresh]
             (changed_rows if previous else new_rows).append(row)
             self.summary.counts["updated" if previous else "new"] += 1
         pks = self._store_objects()
@@ -314,7 +333,13 @@ class _BatchWriter:
 
     def _notification(
         self, key: str, n: Notification, previous: dict[str, Any] | None, fresh: list[int]
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The notification's new row (its objects kept for storing); None when discarded."""
+        decision = self.ingestor.router.route(n)
+        self.summary.count_decision(decision)
+        if decision.match is None and n.discard_unrouted:
+            self.summary.counts["discarded"] += 1
+            return None  # personal data nobody is entitled to: counted, never stored
         first, last = fresh[0], fresh[-1]
         created = timestamp(self.now)
         modified = created
@@ -327,8 +352,6 @@ class _BatchWriter:
                 modified = _ts_from_us(timestamp_to_us(previous["modified"]) + 1000)
         state = NotificationState(_ts_from_us(first), _ts_from_us(last), count, created, modified)
         objects = notification_objects(n, state)
-        decision = self.ingestor.router.route(n)
-        self.summary.count_decision(decision)
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})
         partner_name = self.ingestor.config.partner(n.partner).name

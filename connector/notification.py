@@ -41,6 +41,8 @@ class Notification:
     port: int | None = None
     protocol: str | None = None
     hostname: str | None = None
+    url: str | None = None
+    email: str | None = None
     asn: int | None = None
     vulnerability: str | None = None
     severity: str | None = None
@@ -48,11 +50,12 @@ class Notification:
     evidence: dict[str, Any] = field(default_factory=dict)
     source: SourceRef | None = None
     direct_owner_only: bool = False  # personal data: never to the owner's parents
+    discard_unrouted: bool = False  # personal data: not kept when nobody is entitled to it
 
     @property
     def observable(self) -> str:
         """The thing the notification is about, as it appears in the natural key."""
-        host = self.ip or self.hostname or ""
+        host = self.ip or self.url or self.email or self.hostname or ""
         if self.port is None:
             return host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"

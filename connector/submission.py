@@ -18,6 +18,7 @@ Deny by default, because a submission is input from outside:
 from __future__ import annotations
 
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -103,17 +104,39 @@ def object_version(obj: dict[str, Any]) -> str:
 
 def validate(item: Any) -> str | None:
     """The validator's verdict on one object: None when valid, else its messages."""
-    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "type" not in item:
-        return "not a STIX object: it must be a JSON object with 'type' and 'id'"
+    if (
+        not isinstance(item, dict)
+        or not isinstance(item.get("id"), str)
+        or not isinstance(item.get("type"), str)
+    ):
+        return "not a STIX object: it must be a JSON object with string 'type' and 'id'"
     if item.get("type") == "bundle":
         return "a bundle cannot be an object of a submission"
     try:
         result = validate_instance(item, _OPTIONS)
     except ValidatorInputError as exc:
         return str(exc)
-    if result.is_valid:
+    except Exception as exc:  # the validator trips over some wrongly typed properties
+        return f"not valid STIX 2.1: {type(exc).__name__}: {exc}"
+    if not result.is_valid:
+        return "; ".join(str(e) for e in result.errors)
+    return sco_id_problem(item)
+
+
+def sco_id_problem(obj: dict[str, Any]) -> str | None:
+    """An SCO whose id is not the one its content gives (STIX 2.1 section 2.9) is refused:
+    ids are how observables are shared, so a forged one would swap one host for another."""
+    cls = stix2.v21.OBJ_MAP_OBSERVABLE.get(obj["type"])
+    if cls is None:
         return None
-    return "; ".join(str(e) for e in result.errors)
+    try:
+        rebuilt = cls(**{k: v for k, v in obj.items() if k != "id"}, allow_custom=True)
+    except Exception as exc:
+        return f"{obj['id']}: not a valid {obj['type']}: {exc}"
+    expected = str(rebuilt.id)
+    if expected != obj["id"] and uuid.UUID(expected.split("--", 1)[1]).version == 5:
+        return f"{obj['id']}: id does not match the observable's content (expected {expected})"
+    return None
 
 
 def observables_of(
@@ -200,7 +223,10 @@ def official_marking(marking_id: str) -> dict[str, Any]:
 
 
 def tlp_of(obj: dict[str, Any], default: str) -> str:
-    levels = [_TLP_BY_MARKING[m] for m in obj.get("object_marking_refs", []) if m in _TLP_BY_MARKING]
+    """The most restrictive TLP on the object, object-level or granular; else the default."""
+    refs = list(obj.get("object_marking_refs", []))
+    refs += [g.get("marking_ref") for g in obj.get("granular_markings", []) if isinstance(g, dict)]
+    levels = [_TLP_BY_MARKING[m] for m in refs if m in _TLP_BY_MARKING]
     if not levels:
         return default
     return max(levels, key=lambda level: TLP_LEVELS[level])
@@ -238,9 +264,12 @@ class Submissions:
         with self.store.writing() as writer:
             owners = self._owners(writer.conn, [o["id"] for o in valid])
             existing = self._existing_ids(writer.conn, [o["id"] for o in valid])
+            stored_scos = self._stored_bodies(
+                writer.conn, [o["id"] for o in valid if o["type"] in _SCO_TYPES]
+            )
             accepted: list[dict[str, Any]] = []
             for obj in valid:
-                problem = self._ownership_problem(obj, partner, owners, existing)
+                problem = self._ownership_problem(obj, partner, owners, existing, stored_scos)
                 if problem:
                     result.outcomes.append(outcome(obj, problem))
                 else:
@@ -281,6 +310,7 @@ class Submissions:
             seen[(str(ident), str(version))] = index
             if ident in _OFFICIAL_MARKINGS:
                 item = official_marking(str(ident))  # never store a look-alike of an official marking
+                seen[(str(ident), object_version(item))] = index
             valid.append(item)
         return valid, seen
 
@@ -323,6 +353,16 @@ class Submissions:
         return out
 
     @staticmethod
+    def _stored_bodies(conn: Any, ids: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            so = t.stix_objects
+            rows = conn.execute(select(so.c.stix_id, so.c.body).where(so.c.stix_id.in_(chunk)))
+            out.update({r[0]: orjson.loads(r[1]) for r in rows})
+        return out
+
+    @staticmethod
     def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
         out: set[str] = set()
         for start in range(0, len(ids), 500):
@@ -333,11 +373,18 @@ class Submissions:
 
     @staticmethod
     def _ownership_problem(
-        obj: dict[str, Any], partner: str, owners: dict[str, str], existing: set[str]
+        obj: dict[str, Any],
+        partner: str,
+        owners: dict[str, str],
+        existing: set[str],
+        stored_scos: dict[str, Any],
     ) -> str | None:
         ident = obj["id"]
         if obj["type"] in _SCO_TYPES:
-            return None  # content-addressed: the same id means the same observable
+            stored = stored_scos.get(ident)
+            if stored is not None and stored != obj:
+                return f"{ident} differs from the stored observable with this id; ids name content"
+            return None
         if ident in _OFFICIAL_MARKINGS:
             return None
         owner = owners.get(ident)
@@ -373,7 +420,16 @@ class Submissions:
                 continue
             if not found:
                 continue
-            decision = self.router.decide(next(iter(found.values())), tlp_of(obj, default_tlp))
+            owner = next(iter(found))
+            closure = self._closure(obj, by_id)
+            foreign = self._foreign_owners(closure, owner)
+            if foreign:
+                refused[obj["id"]] = (
+                    f"it references observables of other recipients ({', '.join(sorted(foreign))}) "
+                    f"besides {owner}'s; submit one object per organisation"
+                )
+                continue
+            decision = self.router.decide(found[owner], tlp_of(obj, default_tlp))
             for rid in decision.suppressed_tlp:
                 result.suppressed_tlp[rid] += 1
             if decision.recipients:
@@ -382,12 +438,27 @@ class Submissions:
                 result.per_recipient[rid] += 1
                 bucket = deliveries.setdefault(rid, {})
                 ceiling = self.config.recipient(rid).max_tlp
-                for member in self._closure(obj, by_id):
-                    if TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
+                for member in closure:
+                    official = member["id"] in _OFFICIAL_MARKINGS  # a marking is not marked itself
+                    if official or TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
                         bucket[(member["id"], object_version(member))] = member
                         delivered_ids.add(member["id"])
         result.unrouted = sum(1 for o in objects if o["id"] not in delivered_ids and o["id"] not in refused)
         return {rid: list(objs.values()) for rid, objs in deliveries.items()}, refused
+
+    def _foreign_owners(self, closure: list[dict[str, Any]], owner: str) -> set[str]:
+        """Owners other than `owner` of any observable anywhere in what would be delivered."""
+        out = set()
+        for member in closure:
+            for kind, value in _own_observables(member):
+                match = (
+                    self.router.match_keys(ip=value)
+                    if kind == "ip"
+                    else self.router.match_keys(hostname=value)
+                )
+                if match is not None and match.owner != owner:
+                    out.add(match.owner)
+        return out
 
     @staticmethod
     def _closure(root: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -317,15 +317,7 @@ def test_exact_page_has_more_false_on_both(ours: OurPeer, medallion: MedallionPe
         "-1",
         "abc",
         "1.5",
-        pytest.param(
-            "\u00b2",  # SUPERSCRIPT TWO: str.isdigit() is true, int() refuses it
-            # Not strict: passes once object_query checks for ASCII decimal digits.
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="product bug (found here): taxii_server/routes/objects.py object_query "
-                "checked limit.isdigit() then called int(limit): ValueError, 500",
-            ),
-        ),
+        "\u00b2",  # SUPERSCRIPT TWO: str.isdigit() is true but int() refuses it (was a 500)
     ],
 )
 def test_invalid_limit_is_400_on_both(ours: OurPeer, medallion: MedallionPeer, limit: str) -> None:

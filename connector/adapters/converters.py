@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
 from connector.tlp import parse_tlp
@@ -93,6 +94,46 @@ def asn(value: Any) -> int:
     return number
 
 
+def mask_secret(value: Any) -> str:
+    """DIVD's masking: length >= 10 keeps the first 2 and last 2 characters, shorter keeps the
+    first and last, `*` for the rest; 2 characters or fewer are masked whole."""
+    text = _text(value)
+    if len(text) >= 10:
+        return text[:2] + "*" * (len(text) - 4) + text[-2:]
+    if len(text) > 2:
+        return text[0] + "*" * (len(text) - 2) + text[-1]
+    return "*" * len(text)
+
+
+def email(value: Any) -> str:
+    """An e-mail address, trimmed, lower-cased, with an IDNA domain."""
+    text = _text(value).strip()
+    local, at, host = text.rpartition("@")
+    if not at or not local or not host or " " in local:
+        raise ValueError(f"not an e-mail address: {value!r}")
+    return f"{local.lower()}@{canonical_domain(host)}"
+
+
+def url(value: Any) -> str:
+    """A URL with a host: scheme and host lower-cased, user info (credentials) removed."""
+    text = _text(value).strip()
+    parts = urlsplit(text)
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"not a URL with a host: {value!r}")
+    host = parts.hostname
+    port = f":{parts.port}" if parts.port else ""  # a bad port raises ValueError here
+    netloc = (f"[{host}]" if ":" in host else host) + port
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+
+
+def cve_in_text(value: Any) -> str:
+    """The first CVE id named anywhere in a text (Shadowserver tags: `cve-2021-26855;exchange`)."""
+    match = re.search(r"cve-\d{4}-\d{4,}", _text(value), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"no CVE id in {value!r}")
+    return match.group(0).upper()
+
+
 def tlp(value: Any) -> str:
     return parse_tlp(_text(value))
 
@@ -109,4 +150,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "integer": integer,
     "asn": asn,
     "tlp": tlp,
+    "mask_secret": mask_secret,
+    "email": email,
+    "url": url,
+    "cve_in_text": cve_in_text,
 }

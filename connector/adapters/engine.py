@@ -79,13 +79,24 @@ def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> 
 class MappedAdapter:
     """Turns the records of one input file into notifications, following one mapping."""
 
-    def __init__(self, mapping: Mapping, partner: str, context: FileContext, file_label: str):
+    def __init__(
+        self,
+        mapping: Mapping,
+        partner: str,
+        context: FileContext,
+        file_label: str,
+        default_tlp: str = "amber",
+    ):
         self.mapping = mapping
         self.partner = partner
         self.context = context
         self.file_label = file_label
+        self.default_tlp = default_tlp
         self._reader = READERS[mapping.reader]
         self._classification_base = mapping.classification
+        named = {p.split(".", 1)[0] for spec in mapping.fields.values() for p in spec.paths()}
+        named |= {p.split(".", 1)[0] for p in mapping.evidence.values()}
+        self._not_unmapped = named | set(mapping.drop)
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
         return self._reader(stream)
@@ -102,15 +113,20 @@ class MappedAdapter:
             value = lookup(record.data, path)
             if not _empty(value):
                 evidence[name] = value
+        if self.mapping.keep_unmapped:
+            unmapped = {k: v for k, v in record.data.items() if k not in self._not_unmapped and not _empty(v)}
+            if unmapped:
+                evidence["unmapped"] = unmapped
         return Notification(
             partner=self.partner,
             feed=self.mapping.format,
             classification=Classification(c.taxonomy, c.type, values.pop("identifier")),
             observed_at=values.pop("observed_at"),
-            tlp=values.pop("tlp"),
+            tlp=values.pop("tlp", None) or self.default_tlp,
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
             direct_owner_only=self.mapping.direct_owner_only,
+            discard_unrouted=self.mapping.discard_unrouted,
             **values,
         )
 
@@ -140,4 +156,5 @@ class MappedAdapter:
         except ValueError as exc:
             # A value that is present but wrong is a fault even where the field is optional:
             # dropping it silently would turn a bad row into a misleading notification.
-            raise RowRejected(f"{name}: {exc} (from {where})") from None
+            detail = "not usable (value withheld: personal data)" if spec.secret else str(exc)
+            raise RowRejected(f"{name}: {detail} (from {where})") from None

@@ -7,6 +7,7 @@ in `engine.py` and knows no feed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ TARGET_FIELDS = (
     "port",
     "protocol",
     "hostname",
+    "url",
+    "email",
     "asn",
     "observed_at",
     "vulnerability",
@@ -58,6 +61,8 @@ class FieldSpec(_Strict):
     value: Any = None
     convert: str | None = None
     required: bool = False
+    # Personal data (a password): never echoed in an error message or a quarantine record.
+    secret: bool = False
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -111,13 +116,23 @@ class Mapping(_Strict):
     format: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     title: str
     description: str = ""
+    # A family of report types delivered under one format name (`shadowserver`): the report
+    # type comes from each file's name; `report_type: "*"` is the family's fallback mapping.
+    family: str | None = None
+    report_type: str | None = None
     reader: str
     classification: ClassificationSpec
     context: ContextSpec | None = None
     skip: list[SkipRule] = []
     fields: dict[str, FieldSpec]
     evidence: dict[str, str] = {}
+    # Input columns no field or evidence names are kept (in evidence.unmapped), not dropped...
+    keep_unmapped: bool = False
+    # ...except these, which are never kept anywhere (a raw password, say).
+    drop: list[str] = []
     keep_raw_in_quarantine: bool = True
+    # Notifications nobody claims are counted and discarded, not stored (personal data).
+    discard_unrouted: bool = False
     # Personal data (leaked credentials): deliver to the direct owner only, never to parents.
     direct_owner_only: bool = False
 
@@ -134,10 +149,21 @@ class Mapping(_Strict):
         unknown = sorted(set(value) - set(TARGET_FIELDS))
         if unknown:
             raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
-        for needed in ("observed_at", "identifier", "tlp"):
+        for needed in ("observed_at", "identifier"):
             if needed not in value:
                 raise ValueError(f"field {needed!r} must be mapped")
         return value
+
+    @model_validator(mode="after")
+    def _family_complete(self) -> Mapping:
+        if (self.family is None) != (self.report_type is None):
+            raise ValueError("family and report_type go together")
+        secret_sources = {p for spec in self.fields.values() if spec.secret for p in spec.paths()}
+        if self.keep_raw_in_quarantine and secret_sources:
+            raise ValueError("a mapping with secret fields must set keep_raw_in_quarantine: false")
+        if self.keep_unmapped and not secret_sources <= set(self.drop):
+            raise ValueError(f"secret columns {sorted(secret_sources)} must be listed in drop")
+        return self
 
     @model_validator(mode="after")
     def _context_keys_declared(self) -> Mapping:
@@ -166,12 +192,34 @@ def load_mapping(path: Path) -> Mapping:
 
 
 def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
-    """Every mapping under the directory, by format name; one bad file stops the load."""
+    """Every mapping under the directory (and its subfolders), by format name."""
     directory = directory or DEFAULT_MAPPINGS_DIR
     mappings: dict[str, Mapping] = {}
-    for path in sorted(directory.glob("*.yaml")):
+    for path in sorted(directory.rglob("*.yaml")):
         mapping = load_mapping(path)
         if mapping.format in mappings:
             raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])
         mappings[mapping.format] = mapping
     return mappings
+
+
+def family_mapping(mappings: dict[str, Mapping], family: str, file_name: str) -> tuple[Mapping, bool]:
+    """The mapping for one file of a report family, and whether it is the generic fallback.
+
+    `2024-06-01-scan_http-nl.csv`, `scan_http.csv` and `scan_http-2024-06-01.csv` all mean
+    `scan_http`: the longest report type of the family named in the file name wins.
+    """
+    members = [m for m in mappings.values() if m.family == family]
+    stem = file_name.lower().rsplit(".", 1)[0]
+    tokens = set(re.split(r"[^a-z0-9_]+", stem))
+    named = [m for m in members if m.report_type != "*" and m.report_type in tokens]
+    if named:
+        return max(named, key=lambda m: len(m.report_type or "")), False
+    fallback = [m for m in members if m.report_type == "*"]
+    if not fallback:
+        raise KeyError(f"no mapping of family {family!r} for {file_name!r} and no fallback")
+    return fallback[0], True
+
+
+def families(mappings: dict[str, Mapping]) -> set[str]:
+    return {m.family for m in mappings.values() if m.family}

@@ -6,6 +6,8 @@ quarantine it and go on with the next one.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +54,40 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Row]:
         yield RawRecord(number, data, raw)
 
 
-READERS: dict[str, Callable[[BinaryIO], Iterator[Row]]] = {"jsonl": read_jsonl}
+def read_csv(stream: BinaryIO) -> Iterator[Row]:
+    """CSV with a header row; a row with the wrong number of fields is a fault of that row."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+    reader = csv.reader(text)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield RowError(1, f"unreadable header: {exc}", "")
+        return
+    width = len(header)
+    line = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield RowError(reader.line_num, f"not valid CSV: {exc}", "")
+            line = reader.line_num
+            continue
+        start, line = line + 1, reader.line_num
+        raw = ",".join(row)
+        if not any(cell.strip() for cell in row):
+            yield RowError(start, "blank line", raw, skipped=True)
+        elif len(row) != width:
+            yield RowError(start, f"{len(row)} fields where the header has {width}", raw)
+        else:
+            yield RawRecord(start, dict(zip(header, row, strict=True)), raw)
+    text.detach()
+
+
+READERS: dict[str, Callable[[BinaryIO], Iterator[Row]]] = {"jsonl": read_jsonl, "csv": read_csv}
 
 
 def open_input(path: Path) -> BinaryIO:

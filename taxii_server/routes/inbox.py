@@ -108,7 +108,8 @@ async def add_objects(
     )
     status = _status_body(result, received)
     await run_in_threadpool(s.store.save_status, status, username=who.username, collection_id=collection_id)
-    s.store.audit(
+    await run_in_threadpool(
+        s.store.audit,
         username=who.username,
         action="add-objects",
         collection_id=collection_id,

@@ -42,7 +42,11 @@ class ObjectQuery:
 def _split(value: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
-    return tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
+    parts = tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
+    if not parts:
+        # A filter given with no values is not the same as no filter: refuse, do not widen.
+        raise TaxiiError(400, "Empty filter", "A match[...] parameter was given without any value.")
+    return parts
 
 
 def _versions(value: str | None) -> VersionFilter:
