@@ -22,6 +22,7 @@ from sqlalchemy import insert
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping, families, family_mapping
 from connector.adapters.readers import RawRecord, RowError
+from connector.adapters.registry import CODE_ADAPTERS, Adapter, AdapterContext, load_code_adapters
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.notification import Notification
@@ -122,6 +123,7 @@ class Ingestor:
         self.store = store
         self.mappings = mappings
         self.router = Router(config)
+        load_code_adapters()
         self.clock = clock or (lambda: datetime.now(UTC))
 
     def run(
@@ -141,6 +143,13 @@ class Ingestor:
             for path in paths:
                 if fmt == STIX_FORMAT:
                     self._ingest_stix_file(summary, partner, path)
+                elif fmt in CODE_ADAPTERS:
+                    context = AdapterContext(
+                        partner, self.config.partner(partner).default_tlp, path.name, path
+                    )
+                    self._ingest_file(
+                        summary, None, partner, path, context_file, progress, CODE_ADAPTERS[fmt](context)
+                    )
                 else:
                     mapping = self._mapping_for(fmt, path, summary)
                     self._ingest_file(summary, mapping, partner, path, context_file, progress)
@@ -174,7 +183,7 @@ class Ingestor:
         except KeyError:
             known = ", ".join(p.id for p in self.config.partners) or "none configured"
             raise IngestError(f"unknown partner {partner!r} (known: {known})") from None
-        formats = {*self.mappings, *families(self.mappings), STIX_FORMAT}
+        formats = {*self.mappings, *families(self.mappings), *CODE_ADAPTERS, STIX_FORMAT}
         if fmt not in formats:
             raise IngestError(f"unknown format {fmt!r} (known: {', '.join(sorted(formats))})")
         if partner_cfg.formats and fmt not in partner_cfg.formats:
@@ -220,14 +229,21 @@ class Ingestor:
     def _ingest_file(
         self,
         summary: RunSummary,
-        mapping: Mapping,
+        mapping: Mapping | None,
         partner: str,
         path: Path,
         context_file: Path | None,
         progress: Callable[[int], None] | None,
+        code_adapter: Adapter | None = None,
     ) -> None:
         try:
-            context = load_context(mapping, path, context_file)
+            if code_adapter is not None:
+                adapter: Adapter = code_adapter
+            else:
+                assert mapping is not None
+                context = load_context(mapping, path, context_file)
+                default_tlp = self.config.partner(partner).default_tlp
+                adapter = MappedAdapter(mapping, partner, context, path.name, default_tlp)
             stream = path.open("rb")
         except (InputError, OSError) as exc:
             message = str(exc) if isinstance(exc, InputError) else f"{path}: {exc.strerror}"
@@ -235,11 +251,9 @@ class Ingestor:
             self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
             log.error("input not ingested", extra={"input": str(path), "reason": message})
             return
-        default_tlp = self.config.partner(partner).default_tlp
-        adapter = MappedAdapter(mapping, partner, context, path.name, default_tlp)
         batch: list[Notification] = []
         rows: list[tuple[str, int, str, str, str | None]] = []
-        keep_raw = mapping.keep_raw_in_quarantine
+        keep_raw = mapping.keep_raw_in_quarantine if mapping is not None else True
         with stream:
             for row in adapter.rows(stream):
                 summary.counts["read"] += 1
@@ -249,7 +263,7 @@ class Ingestor:
                             raise RowSkipped(row.reason)
                         raise RowRejected(row.reason)
                     assert isinstance(row, RawRecord)
-                    batch.append(adapter.notification(row))
+                    batch.extend(adapter.notifications(row))
                 except RowSkipped as skip:
                     summary.counts["skipped"] += 1
                     rows.append((path.name, row.line, "skipped", str(skip), None))

@@ -101,6 +101,9 @@ class MappedAdapter:
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
         return self._reader(stream)
 
+    def notifications(self, record: RawRecord) -> list[Notification]:
+        return [self.notification(record)]
+
     def notification(self, record: RawRecord) -> Notification:
         """The record as a notification; raises RowSkipped or RowRejected."""
         for rule in self.mapping.skip:

@@ -196,6 +196,8 @@ def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
     directory = directory or DEFAULT_MAPPINGS_DIR
     mappings: dict[str, Mapping] = {}
     for path in sorted(directory.rglob("*.yaml")):
+        if "tables" in path.relative_to(directory).parts:
+            continue  # data tables of code adapters, not mappings
         mapping = load_mapping(path)
         if mapping.format in mappings:
             raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])

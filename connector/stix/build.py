@@ -12,6 +12,7 @@ from the samples through stix2-validator and stix2.parse.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from connector.tlp import TLP2_MARKING_IDS, marking_definition
 # Reference objects (identities, the extension definition, vulnerabilities) never change, so
 # they carry a fixed creation time and a single version.
 REFERENCE_TIME = "2024-01-01T00:00:00.000Z"
+_CVE = re.compile(r"^CVE-\d{4}-\d{4,}$")
 
 CLEARINGHOUSE_IDENTITY_ID = project_id("identity", "clearinghouse")
 EXTENSION_ID = project_id("extension-definition", "notification", "1.0")
@@ -83,18 +85,64 @@ def partner_identity(partner: str, name: str) -> dict[str, Any]:
     }
 
 
-def vulnerability(cve: str) -> dict[str, Any]:
-    return {
+def vulnerability(name: str) -> dict[str, Any]:
+    """A CVE, or a named weakness without one (`open-rdp`, `ssl-poodle`): shared reference objects."""
+    out = {
         "type": "vulnerability",
         "spec_version": "2.1",
-        "id": project_id("vulnerability", cve),
+        "id": project_id("vulnerability", name),
         "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
         "created": REFERENCE_TIME,
         "modified": REFERENCE_TIME,
-        "name": cve,
-        # No URL: the validator rightly asks for a hash with one, and the id is what tools use.
-        "external_references": [{"source_name": "cve", "external_id": cve}],
+        "name": name,
     }
+    if _CVE.match(name):
+        # No URL: the validator rightly asks for a hash with one, and the id is what tools use.
+        out["external_references"] = [{"source_name": "cve", "external_id": name}]
+    return out
+
+
+def malware_family(name: str) -> dict[str, Any]:
+    return {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": project_id("malware", name.lower()),
+        "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
+        "created": REFERENCE_TIME,
+        "modified": REFERENCE_TIME,
+        "name": name,
+        "is_family": True,
+    }
+
+
+# Indicator types by RSIT taxonomy, for classifications sighted as indicators.
+INDICATOR_TYPES = {
+    "fraud": ["malicious-activity"],
+    "abusive-content": ["malicious-activity"],
+    "malicious-code": ["malicious-activity"],
+    "intrusions": ["compromised"],
+    "information-content-security": ["compromised"],
+    "intrusion-attempts": ["anomalous-activity"],
+    "information-gathering": ["anomalous-activity"],
+    "availability": ["anomalous-activity"],
+}
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def pattern_of(n: Notification) -> str:
+    """A STIX pattern matching the notification's observable."""
+    if n.url:
+        return f"[url:value = {_quoted(n.url)}]"
+    if n.email:
+        return f"[email-addr:value = {_quoted(n.email)}]"
+    if n.ip:
+        return f"[{'ipv6-addr' if ':' in n.ip else 'ipv4-addr'}:value = {_quoted(n.ip)}]"
+    if n.hostname:
+        return f"[domain-name:value = {_quoted(n.hostname)}]"
+    raise ValueError("a notification needs an address, host name, URL or e-mail address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +177,19 @@ def observables(n: Notification) -> list[dict[str, Any]]:
                 "value": n.hostname,
             }
         )
+    if n.url:
+        out.append(
+            {"type": "url", "spec_version": "2.1", "id": sco_id("url", {"value": n.url}), "value": n.url}
+        )
+    if n.email:
+        out.append(
+            {
+                "type": "email-addr",
+                "spec_version": "2.1",
+                "id": sco_id("email-addr", {"value": n.email}),
+                "value": n.email,
+            }
+        )
     if address_id and n.port is not None:
         protocols = [n.protocol or "tcp"]
         traffic = {"dst_ref": address_id, "dst_port": n.port, "protocols": protocols}
@@ -141,6 +202,33 @@ def observables(n: Notification) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def sighted_object(
+    n: Notification, state: NotificationState, partner_ref: str, marking: list[str]
+) -> dict[str, Any]:
+    """What the sighting is a sighting of, by classification (docs/stix-model.md):
+    a vulnerability (CVE or named weakness), a malware family, or else an indicator of the
+    observable itself (a phishing URL, a compromised site, a scanning host, a leaked account)."""
+    c = n.classification
+    if c.taxonomy == "vulnerable":
+        return vulnerability(n.vulnerability or c.identifier)
+    if c.taxonomy == "malicious-code" and c.type == "infected-system":
+        return malware_family(c.identifier)
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": project_id("indicator", *n.natural_key()),
+        "created_by_ref": partner_ref,
+        "created": state.created,
+        "modified": state.modified,
+        "name": f"{c.taxonomy}/{c.type}: {c.identifier}",
+        "indicator_types": INDICATOR_TYPES.get(c.taxonomy, ["unknown"]),
+        "pattern": pattern_of(n),
+        "pattern_type": "stix",
+        "valid_from": state.first_seen,
+        "object_marking_refs": marking,
+    }
 
 
 def notification_objects(n: Notification, state: NotificationState) -> list[dict[str, Any]]:
@@ -176,11 +264,7 @@ def notification_objects(n: Notification, state: NotificationState) -> list[dict
         extension["severity"] = n.severity
     if n.evidence:
         extension["evidence"] = n.evidence
-    if not n.vulnerability:
-        # Other classifications (malware, phishing ...) sight other SDOs; their mappings come
-        # with the partner-feeds work. Refuse rather than emit an invalid sighting.
-        raise ValueError(f"no sighted object for classification {c.taxonomy}/{c.type}")
-    sighted = vulnerability(n.vulnerability)
+    sighted = sighted_object(n, state, partner_ref, marking)
     sighting = {
         "type": "sighting",
         "spec_version": "2.1",

@@ -1,0 +1,56 @@
+"""Adapters written in code, for formats a mapping file cannot describe (nested reports,
+MISP events): each registers a factory under its format name.
+
+An adapter has the same two methods as the mapping-driven one (`engine.MappedAdapter`):
+`rows(stream)` yields RawRecord or RowError, streaming; `notifications(record)` returns the
+record's notifications (several for a MISP event) or raises RowRejected / RowSkipped. Feed
+tables such adapters need (category maps) live in `mappings/tables/`, as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from connector.adapters.readers import RawRecord, RowError
+from connector.notification import Notification
+
+TABLES_DIR = Path(__file__).resolve().parents[2] / "mappings" / "tables"
+
+
+class Adapter(Protocol):
+    def rows(self, stream: Any) -> Iterator[RawRecord | RowError]: ...
+
+    def notifications(self, record: RawRecord) -> list[Notification]: ...
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    partner: str
+    default_tlp: str
+    file_label: str
+    path: Path
+
+
+AdapterFactory = Callable[[AdapterContext], Adapter]
+CODE_ADAPTERS: dict[str, AdapterFactory] = {}
+
+
+def register(fmt: str) -> Callable[[AdapterFactory], AdapterFactory]:
+    def decorate(factory: AdapterFactory) -> AdapterFactory:
+        CODE_ADAPTERS[fmt] = factory
+        return factory
+
+    return decorate
+
+
+def load_code_adapters() -> None:
+    """Import the modules that register code adapters (kept explicit: no plugin discovery)."""
+    for module in ADAPTER_MODULES:
+        __import__(module)
+
+
+# Each module registers itself with @register("format").
+ADAPTER_MODULES: list[str] = []
