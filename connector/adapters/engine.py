@@ -95,7 +95,7 @@ class MappedAdapter:
         self._reader = READERS[mapping.reader]
         self._classification_base = mapping.classification
         named = {p.split(".", 1)[0] for spec in mapping.fields.values() for p in spec.paths()}
-        named |= {p.split(".", 1)[0] for p in mapping.evidence.values()}
+        named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = named | set(mapping.drop)
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
@@ -112,10 +112,16 @@ class MappedAdapter:
         values = {name: self._value(name, spec, record.data) for name, spec in self.mapping.fields.items()}
         c = self._classification_base
         evidence = {}
-        for name, path in self.mapping.evidence.items():
-            value = lookup(record.data, path)
-            if not _empty(value):
-                evidence[name] = value
+        for name, spec in self.mapping.evidence.items():
+            value = lookup(record.data, spec if isinstance(spec, str) else spec.source)
+            if _empty(value):
+                continue
+            if not isinstance(spec, str):
+                try:
+                    value = CONVERTERS[spec.convert](value)
+                except ValueError:
+                    raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
+            evidence[name] = value
         if self.mapping.keep_unmapped:
             unmapped = {k: v for k, v in record.data.items() if k not in self._not_unmapped and not _empty(v)}
             if unmapped:

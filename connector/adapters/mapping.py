@@ -86,6 +86,23 @@ class FieldSpec(_Strict):
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
+class EvidenceSpec(_Strict):
+    """Evidence taken through a converter: the only way a secret column may reach the output
+    (`{from: password, convert: mask_secret}`)."""
+
+    source: str = Field(alias="from")
+    convert: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("convert")
+    @classmethod
+    def _known_converter(cls, value: str) -> str:
+        if value not in CONVERTERS:
+            raise ValueError(f"unknown converter {value!r}; allowed: {', '.join(sorted(CONVERTERS))}")
+        return value
+
+
 class SkipRule(_Strict):
     """Records that are not notifications at all (an informational detection): counted, kept
     in the run's record with the reason, never turned into STIX."""
@@ -125,7 +142,7 @@ class Mapping(_Strict):
     context: ContextSpec | None = None
     skip: list[SkipRule] = []
     fields: dict[str, FieldSpec]
-    evidence: dict[str, str] = {}
+    evidence: dict[str, str | EvidenceSpec] = {}
     # Input columns no field or evidence names are kept (in evidence.unmapped), not dropped...
     keep_unmapped: bool = False
     # ...except these, which are never kept anywhere (a raw password, say).
@@ -163,6 +180,11 @@ class Mapping(_Strict):
             raise ValueError("a mapping with secret fields must set keep_raw_in_quarantine: false")
         if self.keep_unmapped and not secret_sources <= set(self.drop):
             raise ValueError(f"secret columns {sorted(secret_sources)} must be listed in drop")
+        for name, spec in self.evidence.items():
+            path = spec if isinstance(spec, str) else spec.source
+            masked = not isinstance(spec, str) and spec.convert == "mask_secret"
+            if (path in secret_sources or path in self.drop) and not masked:
+                raise ValueError(f"evidence.{name}: column {path!r} is secret; only mask_secret may read it")
         return self
 
     @model_validator(mode="after")
