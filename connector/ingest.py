@@ -32,7 +32,6 @@ from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
 from connector.store.store import object_version_key, timestamp_to_us
-from connector.submission import Submissions
 
 log = logging.getLogger("meldpunt.ingest")
 
@@ -207,6 +206,8 @@ class Ingestor:
             summary.input_errors.append(message)
             self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
             return
+        from connector.submission import Submissions  # loads the STIX validator: only when needed
+
         result = Submissions(self.config, self.store, self.router, self.clock).submit(
             partner=partner, objects=objects, inbox_collection=inbox_collection_id(partner)
         )
@@ -317,6 +318,7 @@ class _BatchWriter:
         self.run_id = run_id
         self.now = ingestor.clock()
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.members: dict[str, dict[tuple[str, str], None]] = {}
 
     def write(self, groups: dict[str, list[Notification]]) -> None:
@@ -368,15 +370,14 @@ class _BatchWriter:
         objects = notification_objects(n, state)
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})
-        partner_name = self.ingestor.config.partner(n.partner).name
-        shared = reference_objects(n.partner, partner_name, n.tlp)
-        for rid in decision.recipients:
-            self.summary.per_recipient[rid] += 1
-            refs = self.members.setdefault(recipient_collection_id(rid), {})
-            for obj in (*shared, *objects):
-                refs[self._keep(obj)] = None
-        for obj in objects:
-            self._keep(obj)  # stored even when unrouted: routing can be replayed later
+        kept = [self._keep(obj) for obj in objects]  # stored even when unrouted: routing can be replayed
+        if decision.recipients:
+            shared = self._shared_refs(n.partner, n.tlp)
+            for rid in decision.recipients:
+                self.summary.per_recipient[rid] += 1
+                refs = self.members.setdefault(recipient_collection_id(rid), {})
+                for ref in (*shared, *kept):
+                    refs[ref] = None
         c = n.classification
         return {
             "key": key,
@@ -397,6 +398,16 @@ class _BatchWriter:
             "first_run": previous["first_run"] if previous else self.run_id,
             "last_run": self.run_id,
         }
+
+    def _shared_refs(self, partner: str, tlp: str) -> list[tuple[str, str]]:
+        """The reference objects a collection needs, built once per batch, not per notification."""
+        key = (partner, tlp)
+        refs = self._shared.get(key)
+        if refs is None:
+            partner_name = self.ingestor.config.partner(partner).name
+            refs = [self._keep(obj) for obj in reference_objects(partner, partner_name, tlp)]
+            self._shared[key] = refs
+        return refs
 
     def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
         ref = (obj["id"], object_version_key(obj))

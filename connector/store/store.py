@@ -79,6 +79,8 @@ def version_key(modified: str | None) -> str:
     """Versions normalised to one fixed-width form, so they order correctly as text."""
     if not modified:
         return ""
+    if len(modified) == 24 and modified[19] == "." and modified[23] == "Z" and modified[10] == "T":
+        return modified[:23] + "000Z"  # the millisecond form this project writes: no parsing
     return us_to_timestamp(timestamp_to_us(modified))
 
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from connector.store import Member, VersionFilter
-from connector.store.store import timestamp_to_us, us_to_timestamp, version_key
+from connector.store.store import timestamp_to_us, us_to_timestamp
 from taxii_server.app import principal, state
 from taxii_server.auth import Principal
 from taxii_server.errors import TaxiiError, not_found
@@ -63,7 +63,7 @@ def _versions(value: str | None) -> VersionFilter:
             every = True
         else:
             try:
-                exact.append(version_key(part))
+                exact.append(us_to_timestamp(timestamp_to_us(part)))  # strict: user input
             except ValueError:
                 raise TaxiiError(
                     400, "Invalid match[version]", f"{part!r} is not last, first, all or a timestamp."
