@@ -1,0 +1,199 @@
+"""Ingest benchmark: a Shadowserver-style scan_http report of N rows, end to end on SQLite.
+
+Generates the report over a generated constituency (recipients owning /16s, some rows outside
+every claim), ingests it with the real pipeline (parse, mapping, STIX, routing, store) and
+prints rows per second and peak memory. In the same run it builds the objects of a sample of
+rows the naive way, with the stix2 library's classes, and prints the ratio.
+
+    python bench/ingest.py [--rows 1000000] [--sample 2000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import resource
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import stix2
+
+from connector.adapters.engine import FileContext, MappedAdapter
+from connector.adapters.mapping import family_mapping, load_mappings
+from connector.collections import collection_rows
+from connector.config import parse_config
+from connector.ingest import Ingestor
+from connector.passwords import hash_password
+from connector.stix.build import NotificationState, notification_objects
+from connector.stix.ids import timestamp
+from connector.store import Store
+
+COLUMNS = [
+    "timestamp",
+    "ip",
+    "protocol",
+    "port",
+    "hostname",
+    "tag",
+    "asn",
+    "geo",
+    "region",
+    "city",
+    "naics",
+    "sic",
+    "http",
+    "http_code",
+    "http_reason",
+    "content_type",
+    "connection",
+    "www_authenticate",
+    "set_cookie",
+    "server",
+    "content_length",
+    "transfer_encoding",
+    "http_date",
+]
+
+
+def make_config(recipients: int):  # type: ignore[no-untyped-def]
+    return parse_config(
+        {
+            "partners": [{"id": "shadowserver", "name": "Shadowserver", "default_tlp": "amber"}],
+            "recipients": [
+                {
+                    "id": f"org-{i}",
+                    "name": f"Org {i}",
+                    "kind": "organisation",
+                    "constituency": {"networks": [f"10.{i}.0.0/16"]},
+                }
+                for i in range(recipients)
+            ],
+            "users": [{"username": "bench", "password_hash": hash_password("bench"), "recipient": "org-0"}],
+        }
+    )
+
+
+def write_report(path: Path, rows: int, recipients: int, rng: random.Random) -> None:
+    start = datetime(2024, 6, 1, tzinfo=UTC)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for i in range(rows):
+            second = 10 + (i % 200) if rng.random() < 0.9 else 250  # ~10% outside every claim
+            ip = f"10.{second if second < recipients else 250}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            moment = (start + timedelta(seconds=i % 86_000)).strftime("%Y-%m-%d %H:%M:%S")
+            writer.writerow(
+                [
+                    moment,
+                    ip,
+                    "tcp",
+                    rng.choice([80, 443, 8080, 8443]),
+                    f"host{i}.example.nl",
+                    "http",
+                    64500 + i % 50,
+                    "NL",
+                    "Noord-Holland",
+                    "Amsterdam",
+                    "0",
+                    "0",
+                    "HTTP/1.1",
+                    "200",
+                    "OK",
+                    "text/html",
+                    "close",
+                    "",
+                    "",
+                    "nginx",
+                    "612",
+                    "",
+                    "",
+                ]
+            )
+
+
+def naive_objects(record: dict[str, str]) -> list[str]:
+    """One row's objects through the stix2 library's classes (validation and all)."""
+    ip = stix2.IPv4Address(value=record["ip"])
+    traffic = stix2.NetworkTraffic(dst_ref=ip.id, dst_port=int(record["port"]), protocols=["tcp"])
+    seen = datetime.strptime(record["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    observed = stix2.ObservedData(
+        first_observed=seen, last_observed=seen, number_observed=1, object_refs=[ip.id, traffic.id]
+    )
+    vuln = stix2.Vulnerability(name="open-http")
+    sighting = stix2.Sighting(
+        sighting_of_ref=vuln.id, observed_data_refs=[observed.id], first_seen=seen, last_seen=seen, count=1
+    )
+    return [o.serialize() for o in (ip, traffic, observed, vuln, sighting)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--recipients", type=int, default=200)
+    parser.add_argument("--sample", type=int, default=2000, help="rows built the naive way")
+    parser.add_argument("--keep", type=Path, help="keep the report and database in this directory")
+    args = parser.parse_args()
+    rng = random.Random(7)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="meldpunt-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report = work / "2024-06-01-scan_http-nl.csv"
+    started = time.perf_counter()
+    write_report(report, args.rows, args.recipients, rng)
+    print(
+        f"generated {args.rows:,} rows ({report.stat().st_size / 2**20:.0f} MiB) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+    config = make_config(args.recipients)
+    mappings = load_mappings()
+    db = work / "bench.db"
+    store = Store.open(f"sqlite:///{db}")
+    store.sync_collections(collection_rows(config))
+    started = time.perf_counter()
+    summary = Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report])
+    elapsed = time.perf_counter() - started
+    rate = args.rows / elapsed
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"end to end: {args.rows:,} rows in {elapsed:.1f} s = {rate:,.0f} rows/s; peak RSS {peak:.0f} MiB")
+    print("counts:", json.dumps({k: summary.counts[k] for k in sorted(summary.counts)}))
+
+    # The same rows' STIX objects, our way (mapping + dict building + serialising) and naively.
+    mapping, _ = family_mapping(mappings, "shadowserver", report.name)
+    adapter = MappedAdapter(mapping, "shadowserver", FileContext({}), report.name)
+    with report.open("rb") as stream:
+        sample = [row for _, row in zip(range(args.sample), adapter.rows(stream), strict=False)]
+    now = timestamp(datetime.now(UTC))
+    started = time.perf_counter()
+    for record in sample:
+        for n in adapter.notifications(record):
+            first = timestamp(n.observed_at)
+            state = NotificationState(first, first, 1, now, now)
+            [json.dumps(o) for o in notification_objects(n, state)]
+    ours = len(sample) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for record in sample:
+        naive_objects(record.data)
+    naive = len(sample) / (time.perf_counter() - started)
+    print(
+        f"STIX building on {len(sample):,} rows: ours {ours:,.0f} rows/s, stix2 classes {naive:,.0f} rows/s "
+        f"= {ours / naive:.1f}x; end to end vs naive building alone = {rate / naive:.1f}x"
+    )
+    print(
+        f"targets: >= 20,000 rows/s end to end: {'met' if rate >= 20_000 else 'NOT met'}; "
+        f">= 10x naive: {'met' if rate / naive >= 10 else 'NOT met'}; "
+        f"< 300 MB peak: {'met' if peak < 300 else 'NOT met'}"
+    )
+    store.close()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
