@@ -190,6 +190,10 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
 
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Recipients: import and check constituencies.", no_args_is_help=True)
+misp_app = typer.Typer(
+    help="MISP: push to recipients' instances, outbox status, feeds.", no_args_is_help=True
+)
+app.add_typer(misp_app, name="misp")
 app.add_typer(route_app, name="route")
 app.add_typer(recipients_app, name="recipients")
 
@@ -266,6 +270,84 @@ def recipients_import(
     target = config.recipient_files[0]
     append_rows(target, rows)
     out.print(f"{len(rows)} recipient(s) imported into {target}")
+
+
+@misp_app.command("sync")
+def misp_sync(
+    recipient: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Also entries whose retry back-off has not expired.")
+    ] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Push due outbox entries to the recipients' MISP instances; print what happened."""
+    from connector.misp.sync import MispSync
+
+    config = _load(config_path)
+    sync = MispSync(config, _open_store(config))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("pushing", total=None)
+        summary = sync.run(
+            recipient,
+            lambda done, total: progress.update(task, completed=done, total=total),
+            include_later=now,
+        )
+    table = Table("recipient", *sorted(summary.counts), title="MISP sync")
+    for rid, counts in sorted(summary.per_recipient.items()):
+        table.add_row(rid, *[str(counts[k]) for k in sorted(summary.counts)])
+    out.print(table if summary.counts else "nothing due")
+    for error in summary.errors:
+        console.print(f"[red]{error}[/]", highlight=False)
+    if summary.counts.get("failed"):
+        raise typer.Exit(1)
+
+
+@misp_app.command("status")
+def misp_status(config_path: ConfigOption = None) -> None:
+    """The MISP outbox per recipient: pending, done, failed, next attempt, last error."""
+    from connector.misp.sync import MispSync
+    from connector.store.store import us_to_timestamp
+
+    config = _load(config_path)
+    table = Table("recipient", "pending", "done", "failed", "next attempt", "last error", title="MISP outbox")
+    for row in MispSync(config, _open_store(config)).status():
+        nxt = us_to_timestamp(row["next_attempt"]) if row["next_attempt"] else "-"
+        table.add_row(
+            row["recipient"],
+            str(row["pending"]),
+            str(row["done"]),
+            str(row["failed"]),
+            nxt,
+            (row["last_error"] or "")[:80],
+        )
+    out.print(table)
+
+
+@misp_app.command("export-feed")
+def misp_export_feed(
+    directory: Annotated[Path, typer.Argument(help="Output folder; one subfolder per recipient.")],
+    recipient: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Write MISP feeds (manifest.json, hashes.csv, <uuid>.json) for recipients with `misp.feed`."""
+    from connector.misp.feed import export_feed
+
+    config = _load(config_path)
+    store = _open_store(config)
+    chosen = [
+        r for r in config.recipients if (r.misp and r.misp.feed) and (recipient is None or r.id == recipient)
+    ]
+    if recipient and not chosen:
+        raise _fail(f"recipient {recipient!r} has no MISP feed (misp.feed: true)")
+    for r in chosen:
+        count = export_feed(config, store, r.id, directory / r.id)
+        out.print(f"{r.id}: {count} event(s) in {directory / r.id}")
 
 
 @app.command()

@@ -140,6 +140,30 @@ class OptOut(_Strict):
         return [_valid_domain(item) for item in value]
 
 
+class MispChannel(_Strict):
+    """Push to a recipient's MISP instance (PyMISP), and/or offer it a MISP feed."""
+
+    url: str | None = Field(None, pattern=r"^https?://")
+    key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    # Keep one constituent's data from the others on a shared sector instance.
+    distribution: Literal["organisation", "sharing-group"] = "organisation"
+    sharing_group: str | None = None  # name or UUID, with distribution sharing-group
+    group_by: Literal["case-day", "feed-day"] = "case-day"
+    publish: bool = False
+    max_attempts: int = Field(8, ge=1)
+    feed: bool = False  # serve the recipient's events as a MISP feed
+
+    @model_validator(mode="after")
+    def _complete(self) -> MispChannel:
+        if self.distribution == "sharing-group" and not self.sharing_group:
+            raise ValueError("distribution sharing-group needs sharing_group (name or UUID)")
+        if self.url and not self.key_env:
+            raise ValueError("url needs key_env: the API key comes from an environment variable")
+        return self
+
+
 class RecipientConfig(_Strict):
     id: Slug
     name: str
@@ -151,6 +175,7 @@ class RecipientConfig(_Strict):
     # recipient accepts; empty: all.
     categories: list[str] = []
     constituency: Constituency = Constituency()
+    misp: MispChannel | None = None
 
     @field_validator("categories")
     @classmethod

@@ -25,13 +25,14 @@ from connector.adapters.readers import RawRecord, RowError
 from connector.adapters.registry import CODE_ADAPTERS, Adapter, AdapterContext, load_code_adapters
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
+from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
 from connector.routing import Decision, Router
 from connector.stix.build import NotificationState, notification_objects, reference_objects
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
-from connector.store.store import object_version_key, timestamp_to_us
+from connector.store.store import enqueue_misp, object_version_key, timestamp_to_us
 
 log = logging.getLogger("meldpunt.ingest")
 
@@ -319,6 +320,8 @@ class _BatchWriter:
         self.now = ingestor.clock()
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.misp_members: list[dict[str, Any]] = []
+        self.misp_events: dict[tuple[str, str], str] = {}
         self.members: dict[str, dict[tuple[str, str], None]] = {}
 
     def write(self, groups: dict[str, list[Notification]]) -> None:
@@ -346,6 +349,8 @@ class _BatchWriter:
             self.writer.add_members(collection_id, entries)
         self.writer.add_observations(observations)
         self.writer.save_notifications(new_rows, changed_rows)
+        if self.misp_events:
+            enqueue_misp(self.writer, self.misp_members, self.misp_events)
 
     def _notification(
         self, key: str, n: Notification, previous: dict[str, Any] | None, fresh: list[int]
@@ -371,6 +376,7 @@ class _BatchWriter:
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})
         kept = [self._keep(obj) for obj in objects]  # stored even when unrouted: routing can be replayed
+        self._queue_misp(key, n, decision.recipients)
         if decision.recipients:
             shared = self._shared_refs(n.partner, n.tlp)
             for rid in decision.recipients:
@@ -398,6 +404,15 @@ class _BatchWriter:
             "first_run": previous["first_run"] if previous else self.run_id,
             "last_run": self.run_id,
         }
+
+    def _queue_misp(self, key: str, n: Notification, recipients: list[str]) -> None:
+        for rid in recipients:
+            channel = self.ingestor.config.recipient(rid).misp
+            if channel is None:
+                continue
+            uuid, label = misp_event_of(rid, n, channel.group_by)
+            self.misp_members.append({"recipient": rid, "event_uuid": uuid, "notification_key": key})
+            self.misp_events[(rid, uuid)] = label
 
     def _shared_refs(self, partner: str, tlp: str) -> list[tuple[str, str]]:
         """The reference objects a collection needs, built once per batch, not per notification."""

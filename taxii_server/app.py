@@ -40,14 +40,18 @@ def state(request: Request) -> ServerState:
     return request.app.state.meldpunt  # type: ignore[no-any-return]
 
 
+def authenticated(request: Request) -> Principal:
+    client = request.client.host if request.client else "unknown"
+    return state(request).authenticator.authenticate(request.headers.get("authorization"), client)
+
+
 def principal(request: Request) -> Principal:
     """Every TAXII route depends on this: negotiation first, then authentication."""
     if not accepts_taxii(request.headers.get("accept")):
         raise TaxiiError(
             406, "Not acceptable", "This server answers with application/taxii+json;version=2.1 only."
         )
-    client = request.client.host if request.client else "unknown"
-    return state(request).authenticator.authenticate(request.headers.get("authorization"), client)
+    return authenticated(request)
 
 
 def _token_secret(config: Config) -> bytes | None:
@@ -62,13 +66,12 @@ def _token_secret(config: Config) -> bytes | None:
 
 
 def create_app(config: Config, store: Store) -> FastAPI:
-    from taxii_server.routes import collections, discovery, inbox, objects, status
+    from taxii_server.routes import collections, discovery, inbox, misp_feed, objects, status
 
     app = FastAPI(
         title=config.server.title,
         version="2.1",
         description="TAXII 2.1 API of the Security Meldpunt clearinghouse.",
-        dependencies=[Depends(principal)],
         docs_url=None,  # the interactive pages load scripts from a CDN; the document is enough
         redoc_url=None,
         openapi_url="/taxii2/openapi.json",
@@ -85,10 +88,12 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.add_exception_handler(TaxiiError, handle_taxii_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.include_router(discovery.router)
-    app.include_router(collections.router)
-    app.include_router(objects.router)
-    app.include_router(inbox.router)
-    app.include_router(status.router)
+    taxii = [Depends(principal)]  # authentication on by default for every TAXII route
+    app.include_router(discovery.router, dependencies=taxii)
+    app.include_router(collections.router, dependencies=taxii)
+    app.include_router(objects.router, dependencies=taxii)
+    app.include_router(inbox.router, dependencies=taxii)
+    app.include_router(status.router, dependencies=taxii)
+    app.include_router(misp_feed.router, dependencies=[Depends(authenticated)])  # MISP, not TAXII
     app.openapi = lambda: taxii_openapi(app)  # type: ignore[method-assign]
     return app

@@ -172,3 +172,29 @@ statuses = Table(
     Column("status", String(16), nullable=False),
     Column("body", Text, nullable=False),  # the status resource as JSON
 )
+
+# MISP delivery: which notifications make up which event for a recipient...
+misp_event_members = Table(
+    "misp_event_members",
+    metadata,
+    Column("recipient", String(64), primary_key=True),
+    Column("event_uuid", String(36), primary_key=True),
+    Column("notification_key", String(64), primary_key=True),
+)
+
+# ...and the durable outbox: an event is recorded here before any attempt to push it, and a
+# MISP outage or a crash leaves it pending, never lost.
+misp_outbox = Table(
+    "misp_outbox",
+    metadata,
+    Column("recipient", String(64), primary_key=True),
+    Column("event_uuid", String(36), primary_key=True),
+    Column("group_label", String(300), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | done | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt", BigInteger, nullable=False),  # microseconds since the epoch
+    Column("last_error", Text, nullable=True),
+    Column("pushed_hash", String(64), nullable=True),  # content last accepted by the MISP
+    Column("updated_at", String(32), nullable=False),
+    Index("ix_misp_outbox_due", "status", "next_attempt"),
+)

@@ -530,3 +530,32 @@ class Writer:
         if rows:
             self.conn.execute(insert(co), rows)
         return len(rows)
+
+
+def enqueue_misp(writer: Writer, members: list[dict[str, Any]], events: dict[tuple[str, str], str]) -> None:
+    """Record MISP deliveries in the outbox (inside the ingest transaction): nothing is lost."""
+    writer._insert_ignore(t.misp_event_members, members)
+    now = now_us()
+    stamp = us_to_timestamp(now)
+    rows = [
+        {
+            "recipient": rid,
+            "event_uuid": uuid,
+            "group_label": label,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt": now,
+            "last_error": None,
+            "pushed_hash": None,
+            "updated_at": stamp,
+        }
+        for (rid, uuid), label in events.items()
+    ]
+    writer._insert_ignore(t.misp_outbox, rows)
+    ob = t.misp_outbox
+    for rid, uuid in events:
+        writer.conn.execute(
+            update(ob)
+            .where(and_(ob.c.recipient == rid, ob.c.event_uuid == uuid))
+            .values(status="pending", attempts=0, next_attempt=now, updated_at=stamp)
+        )

@@ -1,0 +1,1 @@
+"""MISP delivery: notifications as MISP events, pushed through PyMISP or offered as a feed."""

@@ -1,0 +1,207 @@
+"""A recipient's MISP event, built with PyMISP's classes from what its collection holds.
+
+The event is made from the stored STIX objects of its notifications (the same content the
+recipient's TAXII collection serves), so MISP and TAXII never disagree. UUIDs are
+deterministic: the event's from the recipient and group, each object's and attribute's from
+the event and the notification (never the value alone: MISP requires attribute UUIDs to be
+unique across the whole instance, and the same address appears in many events).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pymisp import MISPEvent, MISPObject, MISPOrganisation
+from sqlalchemy import and_, select
+
+from connector.config import Config, MispChannel
+from connector.stix.ids import project_uuid
+from connector.store import Store
+from connector.store import schema as t
+from connector.tlp import TLP2_MARKING_IDS
+
+_TLP_BY_ID = {v: k for k, v in TLP2_MARKING_IDS.items()}
+_THREAT_LEVEL = {"critical": 1, "high": 1, "medium": 2, "low": 3}
+CLEARINGHOUSE_ORG_UUID = str(project_uuid("misp-organisation", "clearinghouse"))
+
+
+@dataclass
+class BuiltEvent:
+    event: MISPEvent
+    content_hash: str  # over everything but timestamps: decides whether an edit is needed
+    attributes: int
+
+
+def _member_keys(store: Store, recipient: str, event_uuid: str) -> list[str]:
+    m = t.misp_event_members
+    with store.engine.connect() as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                select(m.c.notification_key)
+                .where(and_(m.c.recipient == recipient, m.c.event_uuid == event_uuid))
+                .order_by(m.c.notification_key)
+            )
+        ]
+
+
+def _latest(conn: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    so = t.stix_objects
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for start in range(0, len(ids), 500):
+        rows = conn.execute(
+            select(so.c.stix_id, so.c.modified, so.c.body).where(so.c.stix_id.in_(ids[start : start + 500]))
+        )
+        for stix_id, modified, body in rows:
+            if stix_id not in out or modified > out[stix_id][0]:
+                out[stix_id] = (modified, json.loads(body))
+    return {k: v[1] for k, v in out.items()}
+
+
+def load_notifications(store: Store, keys: list[str]) -> list[dict[str, Any]]:
+    """Per notification: its row, latest sighting, observed-data, SCOs and sighted object."""
+    n = t.notifications
+    with store.engine.connect() as conn:
+        rows = [
+            dict(r) for r in conn.execute(select(n).where(n.c.key.in_(keys)).order_by(n.c.key)).mappings()
+        ]
+        sightings = _latest(conn, [r["sighting_id"] for r in rows])
+        observed_ids = [ref for s in sightings.values() for ref in s["observed_data_refs"]]
+        observed = _latest(conn, observed_ids)
+        refs = [ref for o in observed.values() for ref in o["object_refs"]]
+        refs += [s["sighting_of_ref"] for s in sightings.values()]
+        others = _latest(conn, refs)
+    out = []
+    for row in rows:
+        sighting = sightings[row["sighting_id"]]
+        obs = observed[sighting["observed_data_refs"][0]]
+        out.append(
+            {
+                "row": row,
+                "sighting": sighting,
+                "observed": obs,
+                "scos": [others[r] for r in obs["object_refs"] if r in others],
+                "sighted": others.get(sighting["sighting_of_ref"]),
+            }
+        )
+    return out
+
+
+def _uuid(event_uuid: str, *parts: str) -> str:
+    return str(uuid.uuid5(uuid.UUID(event_uuid), "\x1f".join(parts)))
+
+
+def build_event(
+    config: Config,
+    store: Store,
+    recipient: str,
+    event_uuid: str,
+    label: str,
+    channel: MispChannel,
+    sharing_group_id: int | None = None,
+) -> BuiltEvent:
+    notes = load_notifications(store, _member_keys(store, recipient, event_uuid))
+    event = MISPEvent()
+    event.uuid = event_uuid
+    first = notes[0]["row"] if notes else None
+    partner_name = config.partner(first["partner"]).name if first else "?"
+    event.info = f"Security Meldpunt: {partner_name} {label}"
+    event.date = first["day"] if first else None
+    event.analysis = 2
+    severities = [next(iter(n["sighting"].get("extensions", {}).values()), {}).get("severity") for n in notes]
+    event.threat_level_id = min([_THREAT_LEVEL.get(s or "", 4) for s in severities] or [4])
+    org = MISPOrganisation()
+    org.name, org.uuid = "Security Meldpunt", CLEARINGHOUSE_ORG_UUID
+    event.Orgc = org
+    if channel.distribution == "sharing-group":
+        event.distribution = 4
+        event.sharing_group_id = sharing_group_id
+    else:
+        event.distribution = 0  # this organisation only
+    tags: set[str] = set()
+    count = 0
+    for note in notes:
+        row, sighting = note["row"], note["sighting"]
+        tlp = next(
+            (_TLP_BY_ID[m] for m in sighting.get("object_marking_refs", []) if m in _TLP_BY_ID), row["tlp"]
+        )
+        tags.add(f"tlp:{tlp}")
+        taxonomy, _, kind = row["classification"].partition("/")
+        tags.add(f'rsit:{taxonomy}="{kind}"')
+        for obj in _objects_for(note, event_uuid):
+            count += len(obj.attributes)
+            event.add_object(obj)
+    for tag in sorted(tags):
+        event.add_tag(tag)
+    content = event.to_dict()
+    for volatile in ("timestamp", "publish_timestamp", "date"):
+        content.pop(volatile, None)
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return BuiltEvent(event, digest, count)
+
+
+def _objects_for(note: dict[str, Any], event_uuid: str) -> list[MISPObject]:
+    row, sighting, scos, sighted = note["row"], note["sighting"], note["scos"], note["sighted"]
+    key = row["key"]
+    ext = next(iter(sighting.get("extensions", {}).values()), {})
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for sco in scos:
+        by_type.setdefault(sco["type"], []).append(sco)
+    comment = f"{row['partner']} {row['classification']} {row['identifier']} (notification {key[:12]})"
+    objects: list[MISPObject] = []
+    ips = [s["value"] for s in by_type.get("ipv4-addr", []) + by_type.get("ipv6-addr", [])]
+    names = [s["value"] for s in by_type.get("domain-name", [])]
+    ports = [s["dst_port"] for s in by_type.get("network-traffic", []) if "dst_port" in s]
+
+    def new(name: str) -> MISPObject:
+        obj = MISPObject(name, standalone=False)
+        obj.uuid = _uuid(event_uuid, "object", key, name)
+        obj.comment = comment
+        objects.append(obj)
+        return obj
+
+    def add(obj: MISPObject, relation: str, value: Any) -> None:
+        attribute = obj.add_attribute(relation, value=value)
+        attribute.uuid = _uuid(event_uuid, "attribute", key, obj.name, relation, str(value))
+        attribute.to_ids = False  # a victim's host is not an indicator of compromise
+
+    for url in by_type.get("url", []):
+        add(new("url"), "url", url["value"])
+    masked = ext.get("evidence", {}).get("masked_password")
+    for email in by_type.get("email-addr", []):
+        obj = new("credential")
+        add(obj, "username", email["value"])
+        if masked:  # only ever the masked form: the raw password never reached the store
+            add(obj, "password", masked)
+    if ips and ports:
+        relations = [
+            ("ip", ips),
+            ("dst-port", ports),
+            ("hostname", names),
+            ("first-seen", [sighting["first_seen"]]),
+            ("last-seen", [sighting["last_seen"]]),
+        ]
+        obj = new("ip-port")
+    elif ips or names:
+        relations = [("ip", ips), ("hostname", names)]
+        obj = new("domain-ip")
+    else:
+        relations = []
+    for relation, values in relations:
+        for value in values:
+            add(obj, relation, value)
+    cve = _cve_of(sighted)
+    if cve:
+        add(new("vulnerability"), "id", cve)
+    return objects
+
+
+def _cve_of(sighted: dict[str, Any] | None) -> str | None:
+    if not sighted or sighted["type"] != "vulnerability":
+        return None
+    refs = sighted.get("external_references", [])
+    return next((r["external_id"] for r in refs if r.get("source_name") == "cve"), None)

@@ -1,0 +1,64 @@
+"""A recipient's events as a MISP feed: `manifest.json`, `hashes.csv`, `<event-uuid>.json`.
+
+The layout MISP expects when it adds a feed of type "MISP Feed": the manifest lists every
+event with its metadata, `hashes.csv` has one line per attribute (md5 of the value, event
+uuid) for correlation, and each event file holds {"Event": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from connector.config import Config, MispChannel
+from connector.misp.convert import build_event
+from connector.store import Store
+from connector.store import schema as t
+
+
+def feed_events(config: Config, store: Store, recipient: str) -> list[dict[str, Any]]:
+    """Every event of the recipient as MISP JSON ({"Event": ...}), in uuid order."""
+    channel = config.recipient(recipient).misp or MispChannel(feed=True)
+    ob = t.misp_outbox
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(ob.c.event_uuid, ob.c.group_label)
+            .where(ob.c.recipient == recipient)
+            .order_by(ob.c.event_uuid)
+        ).all()
+    out = []
+    for event_uuid, label in rows:
+        built = build_event(config, store, recipient, event_uuid, label, channel, None)
+        event = built.event
+        # A stable timestamp (from the content), so MISP pulls again only when something changed.
+        event.timestamp = int(built.content_hash[:8], 16)
+        event.distribution = 0
+        event.sharing_group_id = None
+        out.append(event.to_feed(with_meta=True))
+    return out
+
+
+def feed_files(config: Config, store: Store, recipient: str) -> dict[str, bytes]:
+    """File name -> content of the recipient's feed (PyMISP's own feed rendering)."""
+    files: dict[str, bytes] = {}
+    manifest: dict[str, Any] = {}
+    hashes: list[str] = []
+    for document in feed_events(config, store, recipient):
+        event = document["Event"]
+        manifest.update(event.pop("_manifest"))
+        hashes += [f"{h},{event['uuid']}" for h in event.pop("_hashes")]
+        files[f"{event['uuid']}.json"] = json.dumps(document, sort_keys=True).encode()
+    files["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    files["hashes.csv"] = ("\n".join(hashes) + ("\n" if hashes else "")).encode()
+    return files
+
+
+def export_feed(config: Config, store: Store, recipient: str, directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = feed_files(config, store, recipient)
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+    return len(files) - 2

@@ -1,0 +1,270 @@
+"""Pushing the outbox to recipients' MISP instances through PyMISP.
+
+Each due outbox entry is built into its event; when the content equals what the MISP last
+accepted, nothing is sent (no timestamp churn). Otherwise the event is added (new) or edited
+(exists), published if configured. Connection errors, 5xx and 429 are retried with exponential
+back-off; after `max_attempts`, or on an error MISP gives for the content itself (4xx), the
+entry is marked failed with MISP's message. A crash mid-sync leaves entries pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from pymisp import PyMISP
+from pymisp.exceptions import MISPServerError, PyMISPError
+from sqlalchemy import and_, select, update
+
+from connector.config import Config, MispChannel
+from connector.misp.convert import build_event
+from connector.store import Store
+from connector.store import schema as t
+from connector.store.store import now_us, us_to_timestamp
+
+log = logging.getLogger("meldpunt.misp")
+
+BACKOFF_BASE_S = 30.0
+BACKOFF_MAX_S = 6 * 3600.0
+ClientFactory = Callable[[str, MispChannel], Any]
+
+
+class Retryable(Exception):
+    """The MISP could not take it now (down, overloaded, rate limiting): try again later."""
+
+
+class Refused(Exception):
+    """The MISP refused the content itself: retrying the same will not help."""
+
+
+@dataclass
+class SyncSummary:
+    counts: Counter[str] = field(default_factory=Counter)
+    per_recipient: dict[str, Counter[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, recipient: str, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.per_recipient.setdefault(recipient, Counter())[outcome] += 1
+
+
+def default_client(recipient: str, channel: MispChannel) -> PyMISP:
+    key = os.environ.get(channel.key_env or "")
+    if not key:
+        raise Refused(f"environment variable {channel.key_env} (the MISP API key of {recipient}) is not set")
+    ssl: bool | str = str(channel.ca_bundle) if channel.ca_bundle else channel.verify_tls
+    return PyMISP(channel.url or "", key, ssl=ssl, timeout=(10, 120), tool="meldpunt-connector")
+
+
+def backoff_seconds(attempts: int) -> float:
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+
+
+class MispSync:
+    def __init__(self, config: Config, store: Store, client_factory: ClientFactory = default_client) -> None:
+        self.config = config
+        self.store = store
+        self.client_factory = client_factory
+        self._clients: dict[str, Any] = {}
+
+    def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
+        ob = t.misp_outbox
+        query = select(ob).where(ob.c.status == "pending")
+        if not include_later:
+            query = query.where(ob.c.next_attempt <= now_us())
+        if recipient:
+            query = query.where(ob.c.recipient == recipient)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query.order_by(ob.c.recipient, ob.c.event_uuid)).mappings()]
+
+    def run(
+        self,
+        recipient: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        include_later: bool = False,
+    ) -> SyncSummary:
+        summary = SyncSummary()
+        entries = self.due(recipient, include_later=include_later)
+        for done, entry in enumerate(entries, start=1):
+            self._deliver(entry, summary)
+            if progress:
+                progress(done, len(entries))
+        return summary
+
+    def _deliver(self, entry: dict[str, Any], summary: SyncSummary) -> None:
+        rid, event_uuid = entry["recipient"], entry["event_uuid"]
+        channel = self.config.recipient(rid).misp
+        if channel is None or not channel.url:
+            self._mark(entry, status="done")  # feed-only: the recipient pulls
+            summary.add(rid, "feed-only")
+            return
+        try:
+            built = build_event(
+                self.config,
+                self.store,
+                rid,
+                event_uuid,
+                entry["group_label"],
+                channel,
+                _sharing_group_id(channel),
+            )
+            if built.content_hash == entry["pushed_hash"]:
+                self._mark(entry, status="done")
+                summary.add(rid, "unchanged")
+                return
+            client = self._client(rid, channel)
+            outcome = push_event(client, built.event, publish=channel.publish)
+        except Retryable as exc:
+            attempts = entry["attempts"] + 1
+            if attempts >= channel.max_attempts:
+                self._mark(entry, status="failed", attempts=attempts, error=str(exc))
+                summary.add(rid, "failed")
+                summary.errors.append(f"{rid} {event_uuid}: {exc}")
+            else:
+                delay = backoff_seconds(attempts)
+                self._mark(
+                    entry,
+                    status="pending",
+                    attempts=attempts,
+                    error=str(exc),
+                    next_attempt=now_us() + int(delay * 1_000_000),
+                )
+                summary.add(rid, "retry-later")
+            log.warning(
+                "misp push deferred", extra={"recipient": rid, "event": event_uuid, "error": str(exc)}
+            )
+            return
+        except Refused as exc:
+            self._mark(entry, status="failed", attempts=entry["attempts"] + 1, error=str(exc))
+            summary.add(rid, "failed")
+            summary.errors.append(f"{rid} {event_uuid}: {exc}")
+            log.error("misp refused event", extra={"recipient": rid, "event": event_uuid, "error": str(exc)})
+            return
+        self._mark(entry, status="done", pushed_hash=built.content_hash)
+        summary.add(rid, outcome)
+
+    def _client(self, rid: str, channel: MispChannel) -> Any:
+        if rid not in self._clients:
+            try:
+                self._clients[rid] = self.client_factory(rid, channel)
+            except (requests.RequestException, MISPServerError, PyMISPError) as exc:
+                raise Retryable(f"cannot connect to {channel.url}: {exc}") from None
+        return self._clients[rid]
+
+    def _mark(
+        self,
+        entry: dict[str, Any],
+        *,
+        status: str,
+        attempts: int | None = None,
+        error: str | None = None,
+        next_attempt: int | None = None,
+        pushed_hash: str | None = None,
+    ) -> None:
+        ob = t.misp_outbox
+        values: dict[str, Any] = {
+            "status": status,
+            "updated_at": us_to_timestamp(now_us()),
+            "last_error": error,
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
+        if next_attempt is not None:
+            values["next_attempt"] = next_attempt
+        if pushed_hash is not None:
+            values["pushed_hash"] = pushed_hash
+            values["attempts"] = 0
+        with self.store.engine.begin() as conn:
+            # Only if nothing changed it meanwhile: an ingest may have re-queued it.
+            conn.execute(
+                update(ob)
+                .where(
+                    and_(
+                        ob.c.recipient == entry["recipient"],
+                        ob.c.event_uuid == entry["event_uuid"],
+                        ob.c.updated_at == entry["updated_at"],
+                    )
+                )
+                .values(**values)
+            )
+
+    def status(self) -> list[dict[str, Any]]:
+        ob = t.misp_outbox
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(ob.c.recipient, ob.c.status, ob.c.next_attempt, ob.c.last_error)).all()
+        out: dict[str, dict[str, Any]] = {}
+        for rid, status, next_attempt, error in rows:
+            entry = out.setdefault(
+                rid,
+                {
+                    "recipient": rid,
+                    "pending": 0,
+                    "done": 0,
+                    "failed": 0,
+                    "next_attempt": None,
+                    "last_error": None,
+                },
+            )
+            entry[status] += 1
+            if status == "pending" and (
+                entry["next_attempt"] is None or next_attempt < entry["next_attempt"]
+            ):
+                entry["next_attempt"] = next_attempt
+            if error and status != "done":
+                entry["last_error"] = error
+        return [out[k] for k in sorted(out)]
+
+
+def _sharing_group_id(channel: MispChannel) -> int | None:
+    if channel.distribution != "sharing-group" or channel.sharing_group is None:
+        return None
+    if channel.sharing_group.isdigit():
+        return int(channel.sharing_group)
+    raise Refused(f"sharing group {channel.sharing_group!r}: give the numeric id of the sharing group")
+
+
+def push_event(client: Any, event: Any, *, publish: bool) -> str:
+    """Add or edit one event; returns 'added', 'edited' or 'already-current'."""
+    try:
+        exists = client.event_exists(event.uuid)
+        event.timestamp = int(time.time())
+        if exists:
+            response = client.update_event(event, event_id=event.uuid)
+            outcome = "edited"
+        else:
+            response = client.add_event(event)
+            outcome = "added"
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise Retryable(f"connection failed: {exc}") from None
+    except MISPServerError as exc:
+        raise Retryable(f"server error: {str(exc)[:300]}") from None
+    errors = response.get("errors") if isinstance(response, dict) else None
+    if errors:
+        code, detail = errors if isinstance(errors, tuple | list) and len(errors) == 2 else (0, errors)
+        text = str(detail)[:500]
+        if code == 429:
+            raise Retryable(f"rate limited: {text}")
+        if "newer" in text.lower() or "not newer" in text.lower():
+            return "already-current"  # MISP holds this version or a later one
+        if code == 404 and outcome == "added":
+            return _edit_after_race(client, event, publish)
+        raise Refused(f"MISP answered {code}: {text}")
+    if publish:
+        client.publish(event.uuid)
+    return outcome
+
+
+def _edit_after_race(client: Any, event: Any, publish: bool) -> str:
+    """The event appeared between the existence check and the add (another sync): edit it."""
+    response = client.update_event(event, event_id=event.uuid)
+    if isinstance(response, dict) and response.get("errors"):
+        raise Refused(f"MISP answered {response['errors']}")
+    if publish:
+        client.publish(event.uuid)
+    return "edited"
