@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
+
+# Letters, digits, hyphens (and the underscore DNS allows in practice), 1 to 63 characters.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 def canonical_ip(value: str) -> str:
@@ -25,7 +29,7 @@ def canonical_domain(value: str) -> str:
         text = text.encode("idna").decode("ascii")
     except UnicodeError:
         raise ValueError(f"invalid domain name {value!r}") from None
-    if any(not label or len(label) > 63 for label in text.split(".")) or len(text) > 253:
+    if len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
         raise ValueError(f"invalid domain name {value!r}")
     return text
 

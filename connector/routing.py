@@ -18,6 +18,7 @@ from pathlib import Path
 import pytricia
 
 from connector.config import Config, RecipientConfig
+from connector.normalize import is_ip, url_host
 from connector.notification import Notification
 from connector.tlp import allows
 
@@ -137,7 +138,7 @@ class Router:
         return None
 
     def match(self, n: Notification) -> Match | None:
-        return self.match_keys(ip=n.ip, asn=n.asn, hostname=n.hostname)
+        return self.match_keys(ip=n.ip, asn=n.asn, hostname=n.hostname or _host_of(n))
 
     def match_keys(
         self, *, ip: str | None = None, asn: int | None = None, hostname: str | None = None
@@ -323,3 +324,13 @@ def _suffixes(name: str) -> list[str]:
     """`a.b.example.nl` -> [a.b.example.nl, b.example.nl, example.nl] (not the bare TLD)."""
     labels = name.lower().rstrip(".").split(".")
     return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+
+
+def _host_of(n: Notification) -> str | None:
+    """E-mail addresses route by their domain, URLs by their host (when not an address)."""
+    if n.email:
+        return n.email.rpartition("@")[2]
+    if n.url:
+        host = url_host(n.url)
+        return host if host and not is_ip(host) else None
+    return None

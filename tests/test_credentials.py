@@ -329,8 +329,8 @@ def test_addresses_are_trimmed_and_lower_cased(cstore: Store, config: Config) ->
     assert sorted(o["pattern"] for o in indicators) == sorted(
         f"[email-addr:value = '{r.email}']" for r in ROUTED
     )
-    # The mail domain (the routing key) is an observable of its own, normalised the same way.
-    assert {o["value"] for o in objects if o["type"] == "domain-name"} == {r.domain for r in ROUTED}
+    # The address is the only observable: its domain routes it (no separate domain-name object).
+    assert not [o for o in objects if o["type"] == "domain-name"]
 
 
 def test_evidence_is_the_masked_password_and_what_else_leaked(cstore: Store, config: Config) -> None:
@@ -555,9 +555,7 @@ def test_faulty_rows_are_quarantined_without_their_passwords(
 def test_every_object_passes_the_validator_and_parses(cstore: Store, config: Config) -> None:
     ingest(cstore, config)
     objects = stored_objects(cstore)
-    assert {"indicator", "email-addr", "domain-name", "observed-data", "sighting"} <= {
-        o["type"] for o in objects
-    }
+    assert {"indicator", "email-addr", "observed-data", "sighting"} <= {o["type"] for o in objects}
     for obj in objects:
         bundle = {"type": "bundle", "id": "bundle--0d6c5ba3-4b9e-4a50-9c5f-1f2c3b4a5d6e", "objects": [obj]}
         result = validate_parsed_json(bundle, ValidationOptions(version="2.1"))
@@ -582,7 +580,7 @@ def test_reingesting_the_file_changes_nothing(cstore: Store, config: Config) -> 
     assert again.counts["quarantined"] == len(FAULTY)
 
 
-# --- known gaps in the product (strict xfail: they flip to failures once fixed) ---------------
+# --- combo-list usernames and tricky local parts (gaps found and fixed) -----------------------
 
 
 def _one_row(directory: Path, username: str, password: str) -> Path:
@@ -600,11 +598,6 @@ def sqlite_only(tmp_path: Path, config: Config) -> Store:
     return store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="converters.email accepts 'user@example.nl:password' (canonical_domain does not check "
-    "the characters of a label), so a combo-list line stores the password as the address",
-)
 def test_gap_combo_list_username_is_not_stored_as_an_address(
     sqlite_only: Store, config: Config, tmp_path: Path
 ) -> None:
@@ -614,11 +607,6 @@ def test_gap_combo_list_username_is_not_stored_as_an_address(
     assert summary.counts["quarantined"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routing key from url_host_name(username): a local part with '#', '?' or '/' makes "
-    "the host the text before it; no email_domain converter exists",
-)
 def test_gap_address_is_routed_by_its_own_domain(sqlite_only: Store, config: Config, tmp_path: Path) -> None:
     path = _one_row(tmp_path, "portal.example.nl#@school.example.net", _pw("J"))
     ingest(sqlite_only, config, path)

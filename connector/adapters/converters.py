@@ -17,6 +17,8 @@ from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
 from connector.tlp import parse_tlp
 
 _CVE_RE = re.compile(r"^CVE-\d{4}-\d{4,}$")
+# RFC 5322 dot-atom: what a mailbox's local part may hold (no ':' of a `user:password` combo).
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 
 
 def _text(value: Any) -> str:
@@ -109,7 +111,7 @@ def email(value: Any) -> str:
     """An e-mail address, trimmed, lower-cased, with an IDNA domain."""
     text = _text(value).strip()
     local, at, host = text.rpartition("@")
-    if not at or not local or not host or " " in local:
+    if not at or not _LOCAL_PART.match(local):
         raise ValueError(f"not an e-mail address: {value!r}")
     return f"{local.lower()}@{canonical_domain(host)}"
 
@@ -124,6 +126,12 @@ def url(value: Any) -> str:
     port = f":{parts.port}" if parts.port else ""  # a bad port raises ValueError here
     netloc = (f"[{host}]" if ":" in host else host) + port
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+
+
+def url_without_query(value: Any) -> str:
+    """A URL as `url` gives it, without query and fragment (they carry tokens and passwords)."""
+    parts = urlsplit(url(value))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def cve_in_text(value: Any) -> str:
@@ -153,5 +161,6 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "mask_secret": mask_secret,
     "email": email,
     "url": url,
+    "url_without_query": url_without_query,
     "cve_in_text": cve_in_text,
 }

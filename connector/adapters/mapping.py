@@ -176,8 +176,12 @@ class Mapping(_Strict):
         if (self.family is None) != (self.report_type is None):
             raise ValueError("family and report_type go together")
         secret_sources = {p for spec in self.fields.values() if spec.secret for p in spec.paths()}
-        if self.keep_raw_in_quarantine and secret_sources:
-            raise ValueError("a mapping with secret fields must set keep_raw_in_quarantine: false")
+        masks = any(not isinstance(e, str) and e.convert == "mask_secret" for e in self.evidence.values())
+        if self.keep_raw_in_quarantine and (secret_sources or self.drop or masks):
+            raise ValueError(
+                "a mapping with secret fields, dropped columns or masked evidence must set "
+                "keep_raw_in_quarantine: false (a raw line would hold them)"
+            )
         if self.keep_unmapped and not secret_sources <= set(self.drop):
             raise ValueError(f"secret columns {sorted(secret_sources)} must be listed in drop")
         for name, spec in self.evidence.items():

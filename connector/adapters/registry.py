@@ -53,4 +53,4 @@ def load_code_adapters() -> None:
 
 
 # Each module registers itself with @register("format").
-ADAPTER_MODULES: list[str] = []
+ADAPTER_MODULES: list[str] = ["connector.adapters.misp", "connector.adapters.xarf"]

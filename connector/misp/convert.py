@@ -171,7 +171,7 @@ def _objects_for(note: dict[str, Any], event_uuid: str) -> list[MISPObject]:
 
     for url in by_type.get("url", []):
         add(new("url"), "url", url["value"])
-    masked = ext.get("evidence", {}).get("masked_password")
+    masked = ext.get("evidence", {}).get("password_masked")
     for email in by_type.get("email-addr", []):
         obj = new("credential")
         add(obj, "username", email["value"])
