@@ -258,7 +258,7 @@ def test_other_routable_types_vulnerability_and_malware() -> None:
     both = found["a0000000-0000-4000-8000-000000000002"]
     assert (both.hostname, both.ip) == ("shop.example.nl", "198.51.100.33")
     mail = found["a0000000-0000-4000-8000-000000000003"]
-    assert (mail.email, mail.hostname) == ("phisher@example.nl", "example.nl")
+    assert (mail.email, mail.hostname) == ("phisher@example.nl", None)  # routed by its domain
     assert mail.direct_owner_only and mail.discard_unrouted  # personal data
     infected = found["a0000000-0000-4000-8000-000000000006"]
     assert infected.classification.identifier == "Emotet"

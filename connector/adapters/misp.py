@@ -17,9 +17,10 @@ notification:
 | `hostname|port` | hostname, port |
 | `domain|ip` | hostname, ip (routed by the address) |
 | `url` | url, plus its host as hostname (or ip, for an IP literal) to route by |
-| `email`, `email-src`, `email-dst`, `email-reply-to` | email, plus its domain as hostname (*) |
+| `email`, `email-src`, `email-dst`, `email-reply-to` | email (routed by its domain) (*) |
 
-(*) e-mail addresses are personal data: direct owner only, discarded when unrouted.
+(*) e-mail addresses are personal data: direct owner only, discarded when unrouted, and an
+unusable one is reported without its value.
 
 Inside a MISP object (`ip-port`, `domain-ip` ...) an address or host name takes the object's
 single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port is the client's).
@@ -71,6 +72,7 @@ log = logging.getLogger("meldpunt.adapters.misp")
 FORMAT = "misp-event"
 DEFAULT_CLASSIFICATION = ("other", "undetermined")
 RAW_KEEP = 4000  # enough for the quarantine excerpt; a large event is not kept whole
+UNUSABLE_LISTED = 20  # unusable attributes named in evidence and quarantine reasons (all are counted)
 MESSAGE_MAX = 400  # PyMISP's messages can list every MISP type: keep the start
 
 EMAIL_TYPES = frozenset({"email", "email-src", "email-dst", "email-reply-to"})
@@ -252,8 +254,7 @@ def routable_fields(misp_type: str, value: Any) -> dict[str, Any]:
             **({"ip": ip_address(host.strip("[]"))} if is_ip(host) else {"hostname": domain(host)}),
         }
     if misp_type in EMAIL_TYPES:
-        address = email(text)
-        return {"email": address, "hostname": address.rpartition("@")[2]}
+        return {"email": email(text)}  # the router routes an address by its domain
     raise ValueError(f"MISP type {misp_type} is not routable")
 
 
@@ -368,8 +369,14 @@ class _EventMapping:
             found.append((attribute, obj, fields))
         if not found:
             if self.unusable:
-                reasons = "; ".join(f"{u['uuid']} ({u['type']}): {u['reason']}" for u in self.unusable)
-                raise RowRejected(f"{self.where}: no usable routable attribute: {reasons}")
+                listed = self.unusable[:UNUSABLE_LISTED]
+                reasons = "; ".join(f"{u['uuid']} ({u['type']}): {u['reason']}" for u in listed)
+                more = (
+                    f" (and {len(self.unusable) - len(listed)} more)"
+                    if len(self.unusable) > len(listed)
+                    else ""
+                )
+                raise RowRejected(f"{self.where}: no usable routable attribute: {reasons}{more}")
             types = ", ".join(f"{t} x{n}" for t, n in sorted(self.without_notification.items())) or "none"
             raise RowSkipped(f"{self.where}: no routable attribute (attributes: {types})")
         if self.without_notification or self.unusable:
@@ -494,7 +501,8 @@ class _EventMapping:
         if self.without_notification:
             evidence["misp_attributes_without_notification"] = dict(sorted(self.without_notification.items()))
         if self.unusable:
-            evidence["misp_unusable_attributes"] = list(self.unusable)
+            evidence["misp_unusable_attributes"] = self.unusable[:UNUSABLE_LISTED]
+            evidence["misp_unusable_attribute_count"] = len(self.unusable)
         return {k: v for k, v in evidence.items() if v != ""}
 
 
