@@ -71,6 +71,10 @@ def _explain_notification(router: Router, ident: str, store: Store | None) -> li
 
 def observable_host(observable: str) -> str:
     """The host of a stored observable: `192.0.2.1:443`, `[2001:db8::1]:443`, `example.nl`."""
+    if "://" in observable:
+        return url_host(observable) or observable
+    if "@" in observable:
+        return observable.rpartition("@")[2]
     if observable.startswith("["):
         return observable[1:].partition("]")[0]
     if observable.count(":") == 1:

@@ -255,7 +255,11 @@ class Ingestor:
             return
         batch: list[Notification] = []
         rows: list[tuple[str, int, str, str, str | None]] = []
-        keep_raw = mapping.keep_raw_in_quarantine if mapping is not None else True
+        keep_raw = (
+            mapping.keep_raw_in_quarantine
+            if mapping is not None
+            else getattr(code_adapter, "keep_raw_in_quarantine", True)
+        )
         with stream:
             for row in adapter.rows(stream):
                 summary.counts["read"] += 1

@@ -55,7 +55,8 @@ class Notification:
     @property
     def observable(self) -> str:
         """The thing the notification is about, as it appears in the natural key."""
-        host = self.ip or self.url or self.email or self.hostname or ""
+        # The most specific first: two phishing URLs on one shared-hosting address are two.
+        host = self.url or self.email or self.ip or self.hostname or ""
         if self.port is None:
             return host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"

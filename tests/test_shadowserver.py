@@ -360,7 +360,9 @@ def test_a_cve_in_the_tag_is_the_sighted_vulnerability(all_samples) -> None:
         vulnerability = by_id[s["sighting_of_ref"]]
         assert vulnerability["type"] == "vulnerability"
         assert vulnerability["name"] == "CVE-2021-26855"
-        assert vulnerability["external_references"] == [{"source_name": "cve", "external_id": "CVE-2021-26855"}]
+        assert vulnerability["external_references"] == [
+            {"source_name": "cve", "external_id": "CVE-2021-26855"}
+        ]
         assert ext(s)["evidence"]["tag"].endswith("cve-2021-26855")
 
 
@@ -379,7 +381,9 @@ def test_cve_column_of_scan_http_vulnerable_is_the_sighted_vulnerability(
     assert ingest(store, config, mappings, report).counts["notifications"] == 2
     objects = stored_objects(store)
     by_id = {o["id"]: o for o in objects}
-    sighted = {ext(s)["classification"]["identifier"]: by_id[s["sighting_of_ref"]] for s in sightings(objects)}
+    sighted = {
+        ext(s)["classification"]["identifier"]: by_id[s["sighting_of_ref"]] for s in sightings(objects)
+    }
     assert sighted["ivanti-connect-secure"]["external_references"] == [
         {"source_name": "cve", "external_id": "CVE-2023-46805"}
     ]

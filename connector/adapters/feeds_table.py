@@ -8,13 +8,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from connector.adapters.mapping import Mapping, load_mappings
+from connector.adapters.mapping import Mapping, families, load_mappings
+from connector.adapters.registry import ADAPTER_INFO, load_code_adapters
 
 START, END = "<!-- feeds:start -->", "<!-- feeds:end -->"
 
 
 def feeds_table(mappings: dict[str, Mapping]) -> str:
+    """Mapping files, then code adapters (with the `ingest --format` value in the first column)."""
+    load_code_adapters()
     lines = ["| format | feed | reader | RSIT classification | case metadata |", "|---|---|---|---|---|"]
+    for fmt in sorted(families(mappings)):
+        count = sum(1 for m in mappings.values() if m.family == fmt)
+        lines.append(
+            f"| `{fmt}` | {count} report types (below); report type from the file name | csv | "
+            "per report type | - |"
+        )
     for name in sorted(mappings):
         m = mappings[name]
         sidecar = f"`{m.context.sidecar}` beside the input" if m.context else "-"
@@ -22,6 +31,12 @@ def feeds_table(mappings: dict[str, Mapping]) -> str:
             f"| `{name}` | {m.title} | {m.reader} | "
             f"`{m.classification.taxonomy}/{m.classification.type}` | {sidecar} |"
         )
+    for fmt in sorted(ADAPTER_INFO):
+        info = ADAPTER_INFO[fmt]
+        lines.append(f"| `{fmt}` | {info.title} | {info.reader} | {info.classification} | - |")
+    lines.append(
+        "| `stix` | Researchers' STIX 2.1 bundles (file or TAXII inbox) | json | from the objects | - |"
+    )
     return "\n".join(lines)
 
 

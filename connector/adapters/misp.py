@@ -61,7 +61,7 @@ from pymisp import MISPAttribute, MISPEvent, MISPObject, PyMISP
 from connector.adapters.converters import domain, email, ip_address, port, timestamp, url
 from connector.adapters.engine import RowRejected, RowSkipped
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
-from connector.adapters.registry import AdapterContext, register
+from connector.adapters.registry import AdapterContext, AdapterInfo, register
 from connector.normalize import is_ip, url_host
 from connector.notification import Classification, Notification, SourceRef
 from connector.rsit import RSIT
@@ -308,7 +308,14 @@ class MispAdapter:
         return _EventMapping(event, record, self.context).notifications()
 
 
-@register(FORMAT)
+@register(
+    FORMAT,
+    AdapterInfo(
+        "Connect2Trust: MISP events (JSON, JSON lines, PyMISP pull)",
+        "json",
+        "from each attribute's or the event's `rsit:` tag",
+    ),
+)
 def misp_adapter(context: AdapterContext) -> MispAdapter:
     return MispAdapter(context)
 

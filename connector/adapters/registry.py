@@ -38,9 +38,22 @@ AdapterFactory = Callable[[AdapterContext], Adapter]
 CODE_ADAPTERS: dict[str, AdapterFactory] = {}
 
 
-def register(fmt: str) -> Callable[[AdapterFactory], AdapterFactory]:
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What the README's table of feeds says about a code adapter."""
+
+    title: str
+    reader: str
+    classification: str
+
+
+ADAPTER_INFO: dict[str, AdapterInfo] = {}
+
+
+def register(fmt: str, info: AdapterInfo | None = None) -> Callable[[AdapterFactory], AdapterFactory]:
     def decorate(factory: AdapterFactory) -> AdapterFactory:
         CODE_ADAPTERS[fmt] = factory
+        ADAPTER_INFO[fmt] = info or AdapterInfo(fmt, "code", "per record")
         return factory
 
     return decorate

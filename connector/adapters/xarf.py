@@ -29,7 +29,7 @@ import orjson
 from connector.adapters import converters
 from connector.adapters.engine import RowRejected
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
-from connector.adapters.registry import TABLES_DIR, AdapterContext, register
+from connector.adapters.registry import TABLES_DIR, AdapterContext, AdapterInfo, register
 from connector.normalize import canonical_domain, canonical_ip, is_ip
 from connector.notification import Classification, Notification, SourceRef
 from connector.rsit import RSIT
@@ -88,8 +88,23 @@ def validator() -> Draft202012Validator:
 
     master = master_schema(SCHEMAS)
     Draft202012Validator.check_schema(master)
+    # jsonschema checks a format only when its helper package is installed; without one, values
+    # of that format pass unchecked (jsonschema[format-nongpl] brings them all).
+    unchecked = sorted(_formats(SCHEMAS) - set(Draft202012Validator.FORMAT_CHECKER.checkers))
+    if unchecked:
+        log.warning("X-ARF formats not checked (helper packages missing)", extra={"formats": unchecked})
     registry = Registry().with_resources((i, Resource.from_contents(s)) for i, s in SCHEMAS.items())
     return Draft202012Validator(master, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _formats(node: Any) -> set[str]:
+    """Every `format` a schema (or schemas) uses."""
+    if isinstance(node, dict):
+        found = {node["format"]} if isinstance(node.get("format"), str) else set()
+        return found.union(*(_formats(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_formats(v) for v in node))
+    return set()
 
 
 def schema_pairs(master: dict[str, Any]) -> set[tuple[str, str]]:
@@ -242,8 +257,12 @@ class _Checker:
         name = spec.get("field")
         if not isinstance(name, str) or not name:
             self.fail(where, "needs a field")
-        values = self.mapping(spec.get("values"), f"{where}.values")
-        out = {slug(k): self.rsit(v, f"{where}.values.{k}") for k, v in values.items()}
+        out = {}
+        for key, value in self.mapping(spec.get("values"), f"{where}.values").items():
+            try:
+                out[slug(key)] = self.rsit(value, f"{where}.values.{key}")
+            except ValueError as exc:
+                self.fail(f"{where}.values", str(exc))
         return name, out
 
     def flag(self, levels: list[dict[str, Any]], name: str, where: str) -> bool:
@@ -292,6 +311,8 @@ def load_table(path: Path, pairs: set[tuple[str, str]]) -> XarfTable:
     top = check.mapping(raw, "top level", {"common", "categories"})
     common = check.mapping(top.get("common"), "common", _COMMON_KEYS)
     tlp = check.mapping(common.get("tlp"), "common.tlp", {"field", "tag"})
+    if not all(isinstance(v, str) and v for v in tlp.values()):
+        check.fail("common.tlp", "field and tag must be names")
     observed_at = check.paths(common.get("observed_at"), "common.observed_at")
     rules: dict[tuple[str, str], TypeRule] = {}
     for category, cat in check.mapping(top.get("categories"), "categories").items():
@@ -303,7 +324,8 @@ def load_table(path: Path, pairs: set[tuple[str, str]]) -> XarfTable:
             if (category, type_) not in pairs:
                 check.fail(where, "not a category/type the X-ARF schemas define")
     if check.problems:
-        raise XarfTableError(f"{path}: " + "; ".join(check.problems))
+        # Problems of common and category entries show once, not once per type.
+        raise XarfTableError(f"{path}: " + "; ".join(dict.fromkeys(check.problems)))
     return XarfTable(observed_at, tlp.get("field"), tlp.get("tag"), rules)
 
 
@@ -673,6 +695,13 @@ def _identifier(spec: IdentifierSpec, report: dict[str, Any]) -> str:
     raise RowRejected(f"identifier: missing ({' or '.join(spec.sources)} absent or empty)")
 
 
-@register(FORMAT)
+@register(
+    FORMAT,
+    AdapterInfo(
+        "NBIP CleanNetworks: X-ARF v4 abuse reports (JSON, JSON lines)",
+        "json",
+        "per category/type, `mappings/tables/xarf.yaml`",
+    ),
+)
 def xarf_adapter(context: AdapterContext) -> XarfAdapter:
     return XarfAdapter(context)
