@@ -92,9 +92,7 @@ AUTH_FAILED = (
     "Authentication failed. Please make sure you pass the API key of an API enabled user "
     "along in the Authorization header."
 )
-ALREADY_EXISTS = (
-    "Event already exists, if you would like to edit it, use the url in the location header."
-)
+ALREADY_EXISTS = "Event already exists, if you would like to edit it, use the url in the location header."
 NOT_NEWER = "Event could not be saved: Event in the request not newer than the local copy."
 TYPE_MSG = "Options depend on the selected category."
 CATEGORY_MSG = "Options : Payload delivery, Antivirus detection, Payload installation, Files dropped ..."
@@ -260,14 +258,6 @@ HOSTNAME_RE = re.compile(
 )
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}[:-]){5}[0-9a-f]{2}$", re.I)
-VALUE_CHECKED_TYPES = sorted(
-    set(HASH_LENGTHS)
-    | {f"filename|{h}" for h in HASH_LENGTHS}
-    | {"ip-src", "ip-dst", "ip-src|port", "ip-dst|port", "port", "domain", "hostname"}
-    | {"hostname|port", "domain|ip", "email", "email-src", "email-dst", "target-email"}
-    | {"whois-registrant-email", "dns-soa-email", "AS", "float", "counter", "integer"}
-    | {"size-in-bytes", "datetime", "mac-address"}
-)
 
 
 def _ip_ok(value: str) -> bool:
@@ -285,64 +275,73 @@ def _port_ok(value: str) -> bool:
     return value.isdigit() and 1 <= int(value) <= 65535
 
 
+def _host_ok(value: str) -> bool:
+    return HOSTNAME_RE.fullmatch(value) is not None
+
+
+def _pair_ok(first: Callable[[str], bool], second: Callable[[str], bool]) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        head, sep, tail = value.rpartition("|")
+        return bool(sep) and first(head) and second(tail)
+
+    return check
+
+
+def _parses(parse: Callable[[str], object]) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        try:
+            parse(value)
+        except ValueError:
+            return False
+        return True
+
+    return check
+
+
+def _hash_ok(length: int) -> Callable[[str], bool]:
+    return lambda value: re.fullmatch(rf"[0-9a-fA-F]{{{length}}}", value) is not None
+
+
+# type -> (check, what MISP's AttributeValidationTool-like message adds)
+VALUE_CHECKS: dict[str, tuple[Callable[[str], bool], str]] = {}
+for _type, _length in HASH_LENGTHS.items():
+    VALUE_CHECKS[_type] = (_hash_ok(_length), f"Checksum has to be {_length} hexadecimal characters.")
+    VALUE_CHECKS[f"filename|{_type}"] = (
+        _pair_ok(bool, _hash_ok(_length)),
+        f"Expected a filename|checksum of {_length} hexadecimal characters.",
+    )
+for _type in ("ip-src", "ip-dst"):
+    VALUE_CHECKS[_type] = (_ip_ok, "IP address has an invalid format.")
+    VALUE_CHECKS[f"{_type}|port"] = (_pair_ok(_ip_ok, _port_ok), "Expected an IP address|port.")
+for _type in ("domain", "hostname"):
+    VALUE_CHECKS[_type] = (_host_ok, "Domain name has an invalid format.")
+for _type in ("email", "email-src", "email-dst", "target-email", "whois-registrant-email", "dns-soa-email"):
+    VALUE_CHECKS[_type] = (lambda v: EMAIL_RE.fullmatch(v) is not None, "Email address has an invalid format.")
+for _type in ("counter", "integer", "size-in-bytes"):
+    VALUE_CHECKS[_type] = (lambda v: re.fullmatch(r"-?\d+", v) is not None, "Expected an integer.")
+VALUE_CHECKS.update(
+    {
+        "port": (_port_ok, "Port numbers have to be integers between 1 and 65535."),
+        "hostname|port": (_pair_ok(_host_ok, _port_ok), "Expected a hostname|port."),
+        "domain|ip": (_pair_ok(_host_ok, _ip_ok), "Expected a domain|IP address."),
+        "AS": (lambda v: re.fullmatch(r"(?i)(AS)?\d+", v) is not None, "AS number has to be integer."),
+        "float": (_parses(float), "Expected a floating point value."),
+        "datetime": (
+            _parses(lambda v: dt.datetime.fromisoformat(v.replace("Z", "+00:00"))),
+            "Expected an ISO 8601 date and time.",
+        ),
+        "mac-address": (lambda v: MAC_RE.fullmatch(v) is not None, "MAC address has an invalid format."),
+    }
+)
+VALUE_CHECKED_TYPES = sorted(VALUE_CHECKS)
+
+
 def _value_error(attr_type: str, value: str) -> str | None:
     """An error message when ``value`` does not fit ``attr_type`` (types in VALUE_CHECKED_TYPES)."""
-    if attr_type in HASH_LENGTHS:
-        ok = re.fullmatch(rf"[0-9a-fA-F]{{{HASH_LENGTHS[attr_type]}}}", value) is not None
-        detail = f"Checksum has an invalid length or format (expected: {HASH_LENGTHS[attr_type]} hexadecimal characters)."
-    elif attr_type.startswith("filename|") and attr_type[9:] in HASH_LENGTHS:
-        name, sep, digest = value.rpartition("|")
-        ok = bool(sep and name) and _value_error(attr_type[9:], digest) is None
-        detail = "Expected a filename and a checksum separated by |."
-    elif attr_type in ("ip-src", "ip-dst"):
-        ok, detail = _ip_ok(value), "IP address has an invalid format."
-    elif attr_type in ("ip-src|port", "ip-dst|port"):
-        ip, sep, port = value.rpartition("|")
-        ok, detail = bool(sep) and _ip_ok(ip) and _port_ok(port), "Expected an IP address|port."
-    elif attr_type == "port":
-        ok, detail = _port_ok(value), "Port numbers have to be integers between 1 and 65535."
-    elif attr_type in ("domain", "hostname"):
-        ok, detail = HOSTNAME_RE.fullmatch(value) is not None, "Domain name has an invalid format."
-    elif attr_type == "hostname|port":
-        host, sep, port = value.rpartition("|")
-        ok = bool(sep) and HOSTNAME_RE.fullmatch(host) is not None and _port_ok(port)
-        detail = "Expected a hostname|port."
-    elif attr_type == "domain|ip":
-        host, sep, ip = value.partition("|")
-        ok = bool(sep) and HOSTNAME_RE.fullmatch(host) is not None and _ip_ok(ip)
-        detail = "Expected a domain|IP address."
-    elif attr_type in (
-        "email",
-        "email-src",
-        "email-dst",
-        "target-email",
-        "whois-registrant-email",
-        "dns-soa-email",
-    ):
-        ok, detail = EMAIL_RE.fullmatch(value) is not None, "Email address has an invalid format."
-    elif attr_type == "AS":
-        ok, detail = re.fullmatch(r"(?i)(AS)?\d+", value) is not None, "AS number has to be integer."
-    elif attr_type == "float":
-        try:
-            float(value)
-            ok = True
-        except ValueError:
-            ok = False
-        detail = "Expected a floating point value."
-    elif attr_type in ("counter", "integer", "size-in-bytes"):
-        ok, detail = re.fullmatch(r"-?\d+", value) is not None, "Expected an integer."
-    elif attr_type == "datetime":
-        try:
-            dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            ok = True
-        except ValueError:
-            ok = False
-        detail = "Expected an ISO 8601 date and time."
-    elif attr_type == "mac-address":
-        ok, detail = MAC_RE.fullmatch(value) is not None, "MAC address has an invalid format."
-    else:
+    check = VALUE_CHECKS.get(attr_type)
+    if check is None or check[0](value):
         return None
-    return None if ok else f"{VALUE_MSG} {detail}"
+    return f"{VALUE_MSG} {check[1]}"
 
 
 # --------------------------------------------------------------------------------------
@@ -403,9 +402,7 @@ def _digits(value: Any) -> int | None:
 
 def _like(pattern: str, value: str) -> bool:
     """SQL LIKE (``%`` and ``_``), case-insensitive as MISP's MySQL collation."""
-    regex = "".join(
-        ".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern.strip()
-    )
+    regex = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern.strip())
     return re.fullmatch(regex, value, re.I | re.S) is not None
 
 
@@ -482,7 +479,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def finish(self) -> None:
         try:
             super().finish()
-        except OSError:
+        except (OSError, ValueError):
             pass
         finally:
             self.server.fake._track(self.connection, False)
@@ -495,6 +492,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fake._log(self.command, self.path, 0, False, "reset", None)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
+            self.rfile.close()
             self.connection.close()
             return
         status, headers, body = fake._handle(self.command, self.path, self.headers, raw)
@@ -705,7 +703,9 @@ class MispFake:
         with self._lock:
             return [r for r in self.requests if r.changed]
 
-    def _log(self, method: str, path: str, status: int, changed: bool, injected: str | None, body: Any) -> None:
+    def _log(
+        self, method: str, path: str, status: int, changed: bool, injected: str | None, body: Any
+    ) -> None:
         parts = urlsplit(path)
         record = RequestRecord(
             method, parts.path, parts.query, status, changed, injected, body if self.log_bodies else None
@@ -722,7 +722,9 @@ class MispFake:
         self._ids[kind] += 1
         return str(self._ids[kind])
 
-    def _handle(self, method: str, raw_path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, str], Any]:
+    def _handle(
+        self, method: str, raw_path: str, headers: Any, raw: bytes
+    ) -> tuple[int, dict[str, str], Any]:
         body: Any = None
         if raw:
             try:
@@ -765,8 +767,6 @@ class MispFake:
             )
         named = {k: v for k, _, v in (s.partition(":") for s in segments if ":" in s)}
         segments = [s for s in segments if ":" not in s]
-        if raw and body is None and method in ("POST", "PUT"):
-            body = None  # MISP's json_decode failure leaves the request data empty
         route = tuple(segments[:2])
         arg = segments[2] if len(segments) > 2 else None
         reads = ("GET", "HEAD")
@@ -881,7 +881,9 @@ class MispFake:
         event_id = self._by_uuid.get(ref.lower())
         return self._events.get(event_id) if event_id else None
 
-    def _render(self, event: dict[str, Any], *, metadata: bool = False, deleted: bool = False) -> dict[str, Any]:
+    def _render(
+        self, event: dict[str, Any], *, metadata: bool = False, deleted: bool = False
+    ) -> dict[str, Any]:
         out = copy.deepcopy(event)
         if not deleted:
             out["Attribute"] = [a for a in out["Attribute"] if not a["deleted"]]
@@ -972,6 +974,7 @@ class MispFake:
                 "proposal_email_lock": False,
                 "locked": _truthy(data.get("locked")),
                 "publish_timestamp": str(now) if published else "0",
+                "sighting_timestamp": "0",
                 "sharing_group_id": _as_str(data.get("sharing_group_id") or "0"),
                 "disable_correlation": _truthy(data.get("disable_correlation")),
                 "extends_uuid": _as_str(data.get("extends_uuid")),
@@ -1014,7 +1017,7 @@ class MispFake:
         if _as_str(data.get("analysis")) not in ("0", "1", "2"):
             add("analysis", "Options : 0, 1, 2 (for Initial, Ongoing, Completed)")
         info = data.get("info")
-        if not isinstance(info, str) or info.strip() in ("", "0"):
+        if not isinstance(info, str) or not info.strip():
             add("info", "Info cannot be empty.")
         try:
             date_text = _as_str(data.get("date"))
@@ -1068,15 +1071,18 @@ class MispFake:
                 # Event::_add skips value|type|category duplicates of the same request silently.
                 key = (_as_str(attr.get("value")), _as_str(attr.get("type")), _as_str(attr.get("category")))
                 if key in seen_values:
-                    ctx.drop("Attribute", index, attr, {"value": ["duplicate value|type|category in the request: MISP skips it silently"]}, error=False)
+                    ctx.drop(
+                        "Attribute",
+                        index,
+                        attr,
+                        {"value": ["duplicate value|type|category in the request: MISP skips it silently"]},
+                        error=False,
+                    )
                     continue
                 seen_values.add(key)
             self._merge_attribute(ctx, event["Attribute"], attr, index, object_id="0", template=None)
         for index, obj in enumerate(data.get("Object") or []):
             self._merge_object(ctx, obj, index)
-        for attr in self._all_attributes(event):
-            if attr["event_id"] == "":
-                attr["event_id"] = event["id"]
         event["attribute_count"] = str(sum(1 for a in self._all_attributes(event) if not a["deleted"]))
         return ctx.errors, ctx.dropped
 
@@ -1110,14 +1116,26 @@ class MispFake:
                 existing is None and attr_uuid in ctx.new_uuids
             )
             if elsewhere:
-                where = f"event {owner[0]}" if owner and owner[0] != int(ctx.event["id"]) else "another place in this event"
-                ctx.drop(kind, index, attr, {"uuid": [f"{NOT_UNIQUE}: it is already used by an attribute in {where}"]})
+                where = (
+                    f"event {owner[0]}"
+                    if owner and owner[0] != int(ctx.event["id"])
+                    else "another place in this event"
+                )
+                ctx.drop(
+                    kind,
+                    index,
+                    attr,
+                    {"uuid": [f"{NOT_UNIQUE}: it is already used by an attribute in {where}"]},
+                )
                 return None
         if existing is not None:
             ts = _digits(attr.get("timestamp"))
             if attr.get("timestamp") not in (None, "") and (ts is None or ts <= int(existing["timestamp"])):
                 return existing  # MISP: "nothing to change", silently
-            merged = {**existing, **{k: v for k, v in attr.items() if k not in ("id", "event_id", "object_id")}}
+            merged = {
+                **existing,
+                **{k: v for k, v in attr.items() if k not in ("id", "event_id", "object_id")},
+            }
             merged.setdefault("timestamp", ctx.now)
             if attr.get("timestamp") in (None, ""):
                 merged["timestamp"] = ctx.now
@@ -1160,7 +1178,7 @@ class MispFake:
             add("value", "Value cannot be empty.")
         else:
             text = str(value).strip()
-            if text in ("", "0") and attr_type not in ("counter", "integer", "float", "boolean", "size-in-bytes"):
+            if not text:
                 add("value", "Value cannot be empty.")
             elif attr_type in types["types"]:
                 problem = _value_error(attr_type, text)
@@ -1185,10 +1203,18 @@ class MispFake:
             if not relation:
                 add("object_relation", "An object attribute needs an object_relation.")
             elif spec is None and self.check_object_templates:
-                add("object_relation", f"{relation!r} is not an attribute of the {template['name']!r} object template.")
+                add(
+                    "object_relation",
+                    f"{relation!r} is not an attribute of the {template['name']!r} object template.",
+                )
             elif spec is not None and self.check_object_templates and spec["misp-attribute"] != attr_type:
-                add("type", f"The {template['name']!r} template gives {relation!r} the type {spec['misp-attribute']!r}.")
-        body = {k: v for k, v in attr.items() if k not in ("Tag", "Galaxy", "ShadowAttribute", "AttributeTag")}
+                add(
+                    "type",
+                    f"The {template['name']!r} template gives {relation!r} the type {spec['misp-attribute']!r}.",
+                )
+        body = {
+            k: v for k, v in attr.items() if k not in ("Tag", "Galaxy", "ShadowAttribute", "AttributeTag")
+        }
         for where, messages in self._schemas.errors("Attribute", body).items():
             errors.setdefault(where, []).extend(messages)
         for i, tag in enumerate(attr.get("Tag") or []):
@@ -1219,7 +1245,9 @@ class MispFake:
             "deleted": _truthy(attr.get("deleted")),
             "disable_correlation": _truthy(attr.get("disable_correlation")),
             "object_id": object_id,
-            "object_relation": attr.get("object_relation") if object_id != "0" or attr.get("object_relation") else None,
+            "object_relation": attr.get("object_relation")
+            if object_id != "0" or attr.get("object_relation")
+            else None,
             "first_seen": attr.get("first_seen"),
             "last_seen": attr.get("last_seen"),
             "value": str(attr["value"]).strip(),
@@ -1242,17 +1270,27 @@ class MispFake:
         event_id = int(ctx.event["id"])
         existing = next((o for o in ctx.event["Object"] if obj_uuid and o["uuid"] == obj_uuid), None)
         errors: dict[str, list[str]] = {}
-        if obj_uuid and existing is None and (self._object_owner.get(obj_uuid, event_id) != event_id or obj_uuid in ctx.new_uuids):
-            errors["uuid"] = [f"{NOT_UNIQUE}: the object UUID is already used in event {self._object_owner.get(obj_uuid, event_id)}"]
+        if (
+            obj_uuid
+            and existing is None
+            and (self._object_owner.get(obj_uuid, event_id) != event_id or obj_uuid in ctx.new_uuids)
+        ):
+            errors["uuid"] = [
+                f"{NOT_UNIQUE}: the object UUID is already used in event {self._object_owner.get(obj_uuid, event_id)}"
+            ]
         name = _as_str(obj.get("name")).strip()
         template = _object_template(name) if name else None
         if not name:
             errors.setdefault("name", []).append("Name cannot be empty.")
         elif template is None and self.check_object_templates:
-            errors.setdefault("name", []).append(f"No MISP object template named {name!r} (PyMISP's misp-objects).")
+            errors.setdefault("name", []).append(
+                f"No MISP object template named {name!r} (PyMISP's misp-objects)."
+            )
         if template is not None and self.check_object_templates and obj.get("template_uuid"):
             if _as_str(obj["template_uuid"]).lower() != template["uuid"]:
-                errors.setdefault("template_uuid", []).append(f"The {name!r} template's uuid is {template['uuid']}.")
+                errors.setdefault("template_uuid", []).append(
+                    f"The {name!r} template's uuid is {template['uuid']}."
+                )
         distribution = _as_str(obj.get("distribution", "5"))
         if distribution == "4" and _as_str(obj.get("sharing_group_id")) not in self.sharing_groups:
             errors.setdefault("sharing_group_id", []).append(SG_REQUIRED)
@@ -1281,7 +1319,9 @@ class MispFake:
                 "uuid": obj_uuid or str(uuidlib.uuid4()),
                 "timestamp": _as_str(obj.get("timestamp") or ctx.now),
                 "distribution": distribution,
-                "sharing_group_id": _as_str(obj.get("sharing_group_id") or "0") if distribution == "4" else "0",
+                "sharing_group_id": _as_str(obj.get("sharing_group_id") or "0")
+                if distribution == "4"
+                else "0",
                 "comment": _as_str(obj.get("comment")),
                 "deleted": _truthy(obj.get("deleted")),
                 "first_seen": obj.get("first_seen"),
@@ -1295,12 +1335,17 @@ class MispFake:
                 if key in obj:
                     stored[key] = _truthy(obj[key]) if key == "deleted" else obj[key]
             stored["timestamp"] = _as_str(obj.get("timestamp") or ctx.now)
-        before = len(ctx.errors.get("Object attribute", [])) + len(ctx.dropped)
+        before = len(ctx.dropped)
         for a_index, attr in enumerate(obj.get("Attribute") or []):
             self._merge_attribute(
-                ctx, stored["Attribute"], attr, f"{index}/{a_index}", object_id=stored["id"], template=template_for_attrs
+                ctx,
+                stored["Attribute"],
+                attr,
+                f"{index}/{a_index}",
+                object_id=stored["id"],
+                template=template_for_attrs,
             )
-        failed_inside = len(ctx.errors.get("Object attribute", [])) + len(ctx.dropped) > before
+        failed_inside = len(ctx.dropped) > before
         if template is not None and self.check_object_templates and not failed_inside:
             problems = self._template_conformity(template, stored["Attribute"])
             if problems:
@@ -1395,12 +1440,20 @@ class MispFake:
             url = f"/events/edit/{found['id']}"
             data = self._unwrap(body)
             if data is None:
-                raise _save_fail("edit", url, "Event could not be saved: no event data in the request.", found["id"])
+                raise _save_fail(
+                    "edit", url, "Event could not be saved: no event data in the request.", found["id"]
+                )
             target = found
             if data.get("uuid"):
-                target = self._find(_as_str(data["uuid"]).lower()) if UUID_RE.fullmatch(_as_str(data["uuid"])) else None
+                target = (
+                    self._find(_as_str(data["uuid"]).lower())
+                    if UUID_RE.fullmatch(_as_str(data["uuid"]))
+                    else None
+                )
                 if target is None:
-                    raise _save_fail("edit", url, "Event could not be saved: Could not find the local event.", found["id"])
+                    raise _save_fail(
+                        "edit", url, "Event could not be saved: Could not find the local event.", found["id"]
+                    )
             event_id = target["id"]
             if data.get("timestamp") not in (None, ""):
                 stamp = _digits(data["timestamp"])
@@ -1433,16 +1486,25 @@ class MispFake:
             event = copy.deepcopy(target)
             before = copy.deepcopy(target)
             now = self._now()
-            meaningful = any(_as_str(data[f]) != _as_str(target[f]) for f in ("analysis", "threat_level_id", "info", "distribution", "date"))
+            meaningful = any(
+                _as_str(data[f]) != _as_str(target[f])
+                for f in ("analysis", "threat_level_id", "info", "distribution", "date")
+            )
             for field_name in ("date", "threat_level_id", "analysis", "info", "distribution"):
-                event[field_name] = _as_str(data[field_name]).strip() if field_name == "info" else _as_str(data[field_name])
-            event["sharing_group_id"] = _as_str(data.get("sharing_group_id") or "0") if event["distribution"] == "4" else "0"
+                event[field_name] = (
+                    _as_str(data[field_name]).strip() if field_name == "info" else _as_str(data[field_name])
+                )
+            event["sharing_group_id"] = (
+                _as_str(data.get("sharing_group_id") or "0") if event["distribution"] == "4" else "0"
+            )
             for flag in ("disable_correlation",):
                 if flag in data:
                     event[flag] = _truthy(data[flag])
             if "extends_uuid" in data:
                 event["extends_uuid"] = _as_str(data["extends_uuid"])
-            event["timestamp"] = _as_str(data["timestamp"]) if data.get("timestamp") not in (None, "") else str(now)
+            event["timestamp"] = (
+                _as_str(data["timestamp"]) if data.get("timestamp") not in (None, "") else str(now)
+            )
             content_before = copy.deepcopy({k: event[k] for k in ("Attribute", "Object", "Tag")})
             errors, dropped = self._merge_content(event, data, creating=False)
             if errors and self.invalid_attributes == "reject":
@@ -1464,7 +1526,6 @@ class MispFake:
                 if ref.isdigit():
                     raise _HttpError(405, "You do not have the permission to do that.", path)
                 raise _HttpError(404, "Invalid event", path)
-            changed = not event["published"]
             event["published"] = True
             event["publish_timestamp"] = str(self._now())
             body = {
@@ -1473,7 +1534,7 @@ class MispFake:
                 "url": f"{self.url}/events/alert/{event['id']}",
                 "id": event["id"],
             }
-            return 200, {}, body, changed or True
+            return 200, {}, body, True
 
     # ---------------------------------------------------------------- tags/attachTagToObject
 
@@ -1510,11 +1571,15 @@ class MispFake:
                     tag = known["name"]
                 name = _as_str(tag).strip()
                 if not name or len(name) > 255:
-                    fails.append(f"Unable to create tag. Reason: {json.dumps({'name': ['Invalid tag name']})}")
+                    fails.append(
+                        f"Unable to create tag. Reason: {json.dumps({'name': ['Invalid tag name']})}"
+                    )
                     continue
                 target.setdefault("Tag", [])
                 if not self._attach(target["Tag"], {"name": name}, local=local):
-                    fails.append(f"{object_type} already has the requested tag attached, no changes had to be made.")
+                    fails.append(
+                        f"{object_type} already has the requested tag attached, no changes had to be made."
+                    )
                     continue
                 successes += 1
                 now = str(self._now())
@@ -1545,7 +1610,9 @@ class MispFake:
             query = query["request"]
         return_format = _as_str(query.get("returnFormat") or "json")
         if return_format != "json":
-            raise _HttpError(501, f"MispFake: returnFormat {return_format!r} is not implemented (json only)", path)
+            raise _HttpError(
+                501, f"MispFake: returnFormat {return_format!r} is not implemented (json only)", path
+            )
         unsupported = sorted(k for k, v in query.items() if k not in _SEARCH_KEYS and _truthy_filter(v))
         if unsupported:
             raise _HttpError(501, f"MispFake: restSearch filter(s) not implemented: {unsupported}", path)
@@ -1558,7 +1625,12 @@ class MispFake:
                 found = found[(page - 1) * limit : page * limit]
             metadata = _truthy(query.get("metadata"))
             deleted = _truthy(query.get("deleted"))
-            return 200, {}, {"response": [self._render(ev, metadata=metadata, deleted=deleted) for ev in found]}, False
+            return (
+                200,
+                {},
+                {"response": [self._render(ev, metadata=metadata, deleted=deleted) for ev in found]},
+                False,
+            )
 
     def _matches(self, event: dict[str, Any], query: dict[str, Any], now: int, path: str) -> bool:
         def present(key: str) -> bool:
@@ -1599,7 +1671,11 @@ class MispFake:
                     return False
                 if not all(has(p) for p in ands) or any(has(p) for p in nots):
                     return False
-        for key, stored in (("timestamp", "timestamp"), ("publish_timestamp", "publish_timestamp"), ("last", "publish_timestamp")):
+        for key, stored in (
+            ("timestamp", "timestamp"),
+            ("publish_timestamp", "publish_timestamp"),
+            ("last", "publish_timestamp"),
+        ):
             if present(key):
                 low, high = _time_range(query[key], now, path)
                 value = int(event[stored])
@@ -1642,7 +1718,9 @@ class _Ctx:
         self.dropped: list[dict[str, Any]] = []
         self.new_uuids: set[str] = set()
 
-    def drop(self, kind: str, index: int | str, item: Any, errors: dict[str, list[str]], *, error: bool = True) -> None:
+    def drop(
+        self, kind: str, index: int | str, item: Any, errors: dict[str, list[str]], *, error: bool = True
+    ) -> None:
         entry = {
             "kind": kind,
             "index": index,

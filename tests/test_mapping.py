@@ -337,7 +337,11 @@ def test_asn(raw: Any, expected: int) -> None:
     assert converters.asn(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["AS0", "4294967296", "ASx"])
+def test_asn_zero_means_unknown() -> None:
+    assert converters.asn("AS0") is None  # feeds write 0 for "AS unknown": no AS, not a fault
+
+
+@pytest.mark.parametrize("raw", ["4294967296", "ASx", "-5"])
 def test_asn_rejects(raw: str) -> None:
     with pytest.raises(ValueError):
         converters.asn(raw)

@@ -25,7 +25,7 @@ import yaml
 from sqlalchemy import select
 from stix2validator import ValidationOptions, validate_parsed_json
 
-from connector.adapters.mapping import Mapping, family_mapping, load_mappings
+from connector.adapters.mapping import Mapping, family_mapping
 from connector.collections import collection_rows
 from connector.config import Config, parse_config
 from connector.export import write_bundle
@@ -122,11 +122,6 @@ def shadowserver_config() -> Config:
 @pytest.fixture(scope="module")
 def config() -> Config:
     return shadowserver_config()
-
-
-@pytest.fixture(scope="module")
-def mappings() -> dict[str, Mapping]:
-    return load_mappings()
 
 
 def open_store(path: Path, config: Config) -> Store:

@@ -217,7 +217,7 @@ def test_samples_map_to_the_expected_rsit_classes() -> None:
             "fraud",
             "phishing",
             "phishing",
-            "203.0.113.45",
+            "http://secure-banking-login.example.com/auth",  # the URL, not its hosting address
         ),
         "vulnerability-cve.json": ("vulnerable", "vulnerable-system", "CVE-2023-12345", "172.16.1.200:8080"),
         "vulnerability-open-service.json": (

@@ -88,9 +88,11 @@ def integer(value: Any) -> int:
         raise ValueError(f"not an integer: {value!r}") from None
 
 
-def asn(value: Any) -> int:
+def asn(value: Any) -> int | None:
     raw = _text(value).strip().upper().removeprefix("AS")
     number = integer(raw)
+    if number == 0:
+        return None  # feeds write 0 for "AS unknown"
     if not 0 < number < 2**32:
         raise ValueError(f"invalid AS number {value!r}")
     return number

@@ -110,6 +110,11 @@ class MappedAdapter:
             if lookup(record.data, rule.field) in rule.equals:
                 raise RowSkipped(rule.reason)
         values = {name: self._value(name, spec, record.data) for name, spec in self.mapping.fields.items()}
+        for needed in ("identifier", "observed_at"):
+            if values.get(needed) is None:
+                raise RowRejected(f"{needed}: missing")
+        if not any(values.get(k) for k in ("ip", "url", "email", "hostname")):
+            raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
         c = self._classification_base
         evidence = {}
         for name, spec in self.mapping.evidence.items():
