@@ -57,6 +57,7 @@ instance (for benchmark scripts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import functools
@@ -83,7 +84,7 @@ import pymisp
 import yaml
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-__all__ = ["MispFake", "RequestRecord", "SPEC_FIXES", "load_openapi", "describe_types"]
+__all__ = ["SPEC_FIXES", "MispFake", "RequestRecord", "describe_types", "load_openapi"]
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,32 @@ VALUE_MSG = 'Value not in the right type/format. Please double check the value o
 UUID_MSG = "Please provide a valid RFC 4122 UUID"
 NOT_UNIQUE = "The UUID provided is not unique"
 SG_REQUIRED = 'If the distribution is set to "Sharing Group", a sharing group has to be selected.'
+EVENT_DIST_MSG = (
+    "Options : Your organisation only, This community only, Connected communities, All communities"
+)
+ATTRIBUTE_DIST_MSG = (
+    "Options: Your organisation only, This community only, Connected communities, All communities, "
+    "Sharing group, Inherit event"
+)
+EVENT_CHOICES = (
+    ("threat_level_id", ("1", "2", "3", "4"), "Options : 1, 2, 3, 4 (for High, Medium, Low, Undefined)"),
+    ("distribution", ("0", "1", "2", "3", "4"), EVENT_DIST_MSG),
+    ("analysis", ("0", "1", "2"), "Options : 0, 1, 2 (for Initial, Ongoing, Completed)"),
+)
+EDIT_NO_SG = (
+    "Event could not be saved: Sharing group chosen as the distribution level, but no sharing group "
+    "specified. Make sure that the event includes a valid sharing_group_id or change to a different "
+    "distribution level."
+)
+EDIT_BAD_SG = (
+    "Event could not be saved: Invalid sharing group or you don't have access to that sharing group."
+)
+RECOVER_FIELDS = ("analysis", "threat_level_id", "info", "distribution", "date")
+TIME_FILTERS = (
+    ("timestamp", "timestamp"),
+    ("publish_timestamp", "publish_timestamp"),
+    ("last", "publish_timestamp"),
+)
 FAILURE_MODES = ("refuse", "500", "429", "slow", "reset")
 # CakePHP's Validation::uuid().
 UUID_RE = re.compile(
@@ -203,12 +230,12 @@ class _Schemas:
             self._cache[name] = OAS30Validator(schema, format_checker=oas30_format_checker)
         return self._cache[name]
 
-    def errors(self, name: str, instance: Any) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
+    def errors(self, name: str, instance: Any) -> _Errors:
+        found = _Errors()
         for err in self.validator(name).iter_errors(_php_numbers(instance)):
             where = "/".join(str(p) for p in err.absolute_path) or "(body)"
             message = err.message if len(err.message) <= 300 else err.message[:297] + "..."
-            found.setdefault(where, []).append(f"schema {name}: {message}")
+            found.add(where, f"schema {name}: {message}")
         return found
 
 
@@ -316,7 +343,10 @@ for _type in ("ip-src", "ip-dst"):
 for _type in ("domain", "hostname"):
     VALUE_CHECKS[_type] = (_host_ok, "Domain name has an invalid format.")
 for _type in ("email", "email-src", "email-dst", "target-email", "whois-registrant-email", "dns-soa-email"):
-    VALUE_CHECKS[_type] = (lambda v: EMAIL_RE.fullmatch(v) is not None, "Email address has an invalid format.")
+    VALUE_CHECKS[_type] = (
+        lambda v: EMAIL_RE.fullmatch(v) is not None,
+        "Email address has an invalid format.",
+    )
 for _type in ("counter", "integer", "size-in-bytes"):
     VALUE_CHECKS[_type] = (lambda v: re.fullmatch(r"-?\d+", v) is not None, "Expected an integer.")
 VALUE_CHECKS.update(
@@ -376,6 +406,24 @@ class _HttpError(Exception):
 def _save_fail(action: str, url: str, errors: Any, event_id: str | None = None) -> _HttpError:
     extra = {"id": event_id} if event_id else None
     return _HttpError(403, f"Could not {action} Event", url, errors=errors, save_fail=True, extra=extra)
+
+
+class _Errors(dict[str, list[str]]):
+    """Validation messages by field, as CakePHP's validationErrors."""
+
+    def add(self, name: str, message: str) -> None:
+        self.setdefault(name, []).append(message)
+
+    def merge(self, other: dict[str, list[str]], prefix: str = "") -> None:
+        for name, messages in other.items():
+            self.setdefault(prefix + name, []).extend(messages)
+
+
+def _date_ok(text: str) -> bool:
+    try:
+        return re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is not None and bool(dt.date.fromisoformat(text))
+    except ValueError:
+        return False
 
 
 def _truthy(value: Any) -> bool:
@@ -447,6 +495,18 @@ class RequestRecord:
     at: float = field(default_factory=time.time)
 
 
+_Result = tuple[int, dict[str, str], Any, bool]
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    arg: str | None
+    named: dict[str, str]
+    body: Any
+    path: str
+
+
 @dataclass
 class _Failure:
     mode: str
@@ -469,11 +529,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every keep-alive request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._track(self.connection, True)
 
     def finish(self) -> None:
@@ -613,10 +676,8 @@ class MispFake:
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _track(self, conn: socket.socket, alive: bool) -> None:
         with self._lock:
@@ -744,15 +805,13 @@ class MispFake:
                 raise _HttpError(429, "Rate limit exceeded.", path, headers={"Retry-After": retry})
             if headers.get("Authorization", "").strip() != self.key:
                 raise _HttpError(403, AUTH_FAILED, path)
-            status, out_headers, out, changed = self._route(method, path, headers, raw, body)
+            status, out_headers, out, changed = self._route(method, path, headers, body)
         except _HttpError as err:
             status, out_headers, out, changed = err.status, err.headers, err.body, False
         self._log(method, raw_path, status, changed, injected, body)
         return status, out_headers, out
 
-    def _route(
-        self, method: str, path: str, headers: Any, raw: bytes, body: Any
-    ) -> tuple[int, dict[str, str], Any, bool]:
+    def _route(self, method: str, path: str, headers: Any, body: Any) -> _Result:
         segments = [unquote(s) for s in path.strip("/").split("/") if s]
         is_json_ext = bool(segments) and segments[-1].endswith(".json")
         if is_json_ext:
@@ -767,39 +826,48 @@ class MispFake:
             )
         named = {k: v for k, _, v in (s.partition(":") for s in segments if ":" in s)}
         segments = [s for s in segments if ":" not in s]
-        route = tuple(segments[:2])
-        arg = segments[2] if len(segments) > 2 else None
-        reads = ("GET", "HEAD")
-        if route == ("servers", "getVersion") and method in reads:
-            return 200, {}, self._version(), False
-        if route == ("users", "view") and arg == "me" and method in reads:
-            return 200, {}, self._me(), False
-        if route == ("attributes", "describeTypes") and method in reads:
-            return 200, {}, {"result": copy.deepcopy(self._types)}, False
         if segments[:1] == ["events"] and len(segments) == 2 and segments[1] not in _EVENT_ACTIONS:
             # Router::mapResources('events'): /events/<id> is view (GET/HEAD) and edit (POST/PUT).
-            if method in reads:
-                return self._view(segments[1], method, named, None, path)
-            if method in ("POST", "PUT"):
-                return self._edit(segments[1], body, named, path)
-        if segments == ["events"] and method == "POST":
-            return self._add(body, named, path)
-        if route == ("events", "add") and method == "POST":
-            return self._add(body, named, path)
-        if route == ("events", "edit") and arg and method in ("POST", "PUT"):
-            return self._edit(arg, body, named, path)
-        if route == ("events", "view") and arg and method in (*reads, "POST"):
-            return self._view(arg, method, named, body if method == "POST" else None, path)
-        if route == ("events", "restSearch") and method == "POST":
-            return self._rest_search(body, path)
-        if route == ("events", "publish") and arg and method in ("POST", "PUT"):
-            return self._publish(arg, path)
-        if route == ("tags", "attachTagToObject") and method == "POST":
-            return self._attach_tag(body, path)
-        known = route in _KNOWN_ROUTES or (segments[:1] == ["events"] and len(segments) == 2)
-        if known:
+            key, arg = ("events", ":id"), segments[1]
+        else:
+            key, arg = tuple(segments[:2]), (segments[2] if len(segments) > 2 else None)
+        handlers = _ROUTES.get(key)
+        if handlers is None:
+            raise _HttpError(404, f"MispFake: no such endpoint {path}", path)
+        handler = handlers.get(method)
+        if handler is None or (key in _NEEDS_ARG and not arg):
             raise _HttpError(405, f"MispFake: {method} is not implemented for {path}", path)
-        raise _HttpError(404, f"MispFake: no such endpoint {path}", path)
+        return getattr(self, handler)(_Call(method, arg, named, body, path))
+
+    def _r_version(self, call: _Call) -> _Result:
+        return 200, {}, self._version(), False
+
+    def _r_me(self, call: _Call) -> _Result:
+        if call.arg != "me":
+            raise _HttpError(405, f"MispFake: only users/view/me is implemented, not {call.path}", call.path)
+        return 200, {}, self._me(), False
+
+    def _r_describe(self, call: _Call) -> _Result:
+        return 200, {}, {"result": copy.deepcopy(self._types)}, False
+
+    def _r_add(self, call: _Call) -> _Result:
+        return self._add(call.body, call.named, call.path)
+
+    def _r_edit(self, call: _Call) -> _Result:
+        return self._edit(str(call.arg), call.body, call.named, call.path)
+
+    def _r_view(self, call: _Call) -> _Result:
+        body = call.body if call.method == "POST" else None
+        return self._view(str(call.arg), call.method, call.named, body, call.path)
+
+    def _r_search(self, call: _Call) -> _Result:
+        return self._rest_search(call.body, call.path)
+
+    def _r_publish(self, call: _Call) -> _Result:
+        return self._publish(str(call.arg), call.path)
+
+    def _r_tag(self, call: _Call) -> _Result:
+        return self._attach_tag(call.body, call.path)
 
     # ---------------------------------------------------------------- connection calls
 
@@ -1000,56 +1068,42 @@ class MispFake:
     def _org_ref(self) -> dict[str, Any]:
         return {k: self.org[k] for k in ("id", "name", "uuid", "local")}
 
-    def _event_errors(self, data: dict[str, Any], *, creating: bool) -> dict[str, list[str]]:
+    def _event_errors(self, data: dict[str, Any], *, creating: bool) -> _Errors:
         """MISP's Event model validation plus the EventNoId schema."""
-        errors: dict[str, list[str]] = {}
-
-        def add(name: str, message: str) -> None:
-            errors.setdefault(name, []).append(message)
-
-        if _as_str(data.get("threat_level_id")) not in ("1", "2", "3", "4"):
-            add("threat_level_id", "Options : 1, 2, 3, 4 (for High, Medium, Low, Undefined)")
-        if _as_str(data.get("distribution")) not in ("0", "1", "2", "3", "4"):
-            add(
-                "distribution",
-                "Options : Your organisation only, This community only, Connected communities, All communities",
-            )
-        if _as_str(data.get("analysis")) not in ("0", "1", "2"):
-            add("analysis", "Options : 0, 1, 2 (for Initial, Ongoing, Completed)")
+        errors = _Errors()
+        for name, allowed, message in EVENT_CHOICES:
+            if _as_str(data.get(name)) not in allowed:
+                errors.add(name, message)
         info = data.get("info")
         if not isinstance(info, str) or not info.strip():
-            add("info", "Info cannot be empty.")
-        try:
-            date_text = _as_str(data.get("date"))
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date_text):
-                raise ValueError(date_text)
-            dt.date.fromisoformat(date_text)
-        except ValueError:
-            add("date", "Expected date format: YYYY-MM-DD")
+            errors.add("info", "Info cannot be empty.")
+        if not _date_ok(_as_str(data.get("date"))):
+            errors.add("date", "Expected date format: YYYY-MM-DD")
         if "published" in data and not _is_bool_like(data["published"]):
-            add("published", "boolean")
+            errors.add("published", "boolean")
         if creating and "uuid" in data and not UUID_RE.fullmatch(_as_str(data["uuid"])):
-            add("uuid", UUID_MSG)
+            errors.add("uuid", UUID_MSG)
         if data.get("extends_uuid") and not UUID_RE.fullmatch(_as_str(data["extends_uuid"])):
-            add("extends_uuid", "Please provide a valid UUID")
+            errors.add("extends_uuid", "Please provide a valid UUID")
         if _as_str(data.get("distribution")) == "4" and not _as_str(data.get("sharing_group_id")).strip("0"):
-            add("sharing_group_id", SG_REQUIRED)
+            errors.add("sharing_group_id", SG_REQUIRED)
         plain = {k: v for k, v in data.items() if k not in EVENT_LISTS}
-        for where, messages in self._schemas.errors("EventNoId", plain).items():
-            errors.setdefault(where, []).extend(messages)
-        for i, tag in enumerate(data.get("Tag") or []):
-            for where, messages in self._tag_errors(tag).items():
-                errors.setdefault(f"Tag/{i}/{where}", []).extend(messages)
+        errors.merge(self._schemas.errors("EventNoId", plain))
+        self._tags_errors(errors, data.get("Tag"))
         return errors
 
-    def _tag_errors(self, tag: Any) -> dict[str, list[str]]:
+    def _tags_errors(self, errors: _Errors, tags: Any) -> None:
+        for i, tag in enumerate(tags or []):
+            errors.merge(self._tag_errors(tag), prefix=f"Tag/{i}/")
+
+    def _tag_errors(self, tag: Any) -> _Errors:
         if isinstance(tag, str):
             tag = {"name": tag}
         if not isinstance(tag, dict):
-            return {"(body)": ["a tag must be an object with a name"]}
+            return _Errors({"(body)": ["a tag must be an object with a name"]})
         errors = self._schemas.errors("Tag", tag)
         if not _as_str(tag.get("name")).strip():
-            errors.setdefault("name", []).append("Name cannot be empty.")
+            errors.add("name", "Name cannot be empty.")
         return errors
 
     # ---------------------------------------------------------------- attributes & objects
@@ -1156,71 +1210,65 @@ class MispFake:
 
     def _attribute_errors(
         self, attr: dict[str, Any], template: dict[str, Any] | None, *, creating: bool
-    ) -> dict[str, list[str]]:
-        errors: dict[str, list[str]] = {}
+    ) -> _Errors:
+        """MISP's Attribute model validation, the template check and the Attribute schema."""
+        errors = _Errors()
+        self._type_category_value_errors(attr, errors)
+        if creating and attr.get("uuid") is not None and not UUID_RE.fullmatch(_as_str(attr["uuid"])):
+            errors.add("uuid", UUID_MSG)
+        distribution = _as_str(attr.get("distribution", "5"))
+        if distribution not in ("0", "1", "2", "3", "4", "5"):
+            errors.add("distribution", ATTRIBUTE_DIST_MSG)
+        elif distribution == "4" and _as_str(attr.get("sharing_group_id")) not in self.sharing_groups:
+            errors.add("sharing_group_id", SG_REQUIRED)
+        if "to_ids" in attr and not _is_bool_like(attr["to_ids"]):
+            errors.add("to_ids", "boolean")
+        if template is not None:
+            self._template_errors(attr, template, errors)
+        body = {
+            k: v for k, v in attr.items() if k not in ("Tag", "Galaxy", "ShadowAttribute", "AttributeTag")
+        }
+        errors.merge(self._schemas.errors("Attribute", body))
+        self._tags_errors(errors, attr.get("Tag"))
+        return errors
 
-        def add(name: str, message: str) -> None:
-            errors.setdefault(name, []).append(message)
-
-        attr_type = _as_str(attr.get("type"))
+    def _type_category_value_errors(self, attr: dict[str, Any], errors: _Errors) -> None:
         types = self._types
-        if attr_type not in types["types"]:
-            add("type", f"{TYPE_MSG} Unknown attribute type {attr_type!r} (not in describeTypes).")
+        attr_type = _as_str(attr.get("type"))
+        known = attr_type in types["types"]
+        if not known:
+            errors.add("type", f"{TYPE_MSG} Unknown attribute type {attr_type!r} (not in describeTypes).")
         elif not attr.get("category"):
             attr["category"] = types["sane_defaults"][attr_type]["default_category"]
         category = _as_str(attr.get("category"))
         if category not in types["categories"]:
-            add("category", f"{CATEGORY_MSG} Unknown category {category!r}.")
-        elif attr_type in types["types"] and attr_type not in types["category_type_mappings"][category]:
-            add("type", f"{TYPE_MSG} Type {attr_type!r} is not allowed in category {category!r}.")
+            errors.add("category", f"{CATEGORY_MSG} Unknown category {category!r}.")
+        elif known and attr_type not in types["category_type_mappings"][category]:
+            errors.add("type", f"{TYPE_MSG} Type {attr_type!r} is not allowed in category {category!r}.")
         value = attr.get("value")
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            add("value", "Value cannot be empty.")
-        else:
-            text = str(value).strip()
-            if not text:
-                add("value", "Value cannot be empty.")
-            elif attr_type in types["types"]:
-                problem = _value_error(attr_type, text)
-                if problem:
-                    add("value", problem)
-        if creating and attr.get("uuid") is not None and not UUID_RE.fullmatch(_as_str(attr["uuid"])):
-            add("uuid", UUID_MSG)
-        distribution = _as_str(attr.get("distribution", "5"))
-        if distribution not in ("0", "1", "2", "3", "4", "5"):
-            add(
-                "distribution",
-                "Options: Your organisation only, This community only, Connected communities, "
-                "All communities, Sharing group, Inherit event",
+        text = (
+            "" if isinstance(value, bool) or not isinstance(value, str | int | float) else str(value).strip()
+        )
+        problem = _value_error(attr_type, text) if text else "Value cannot be empty."
+        if problem:
+            errors.add("value", problem)
+
+    def _template_errors(self, attr: dict[str, Any], template: dict[str, Any], errors: _Errors) -> None:
+        relation = _as_str(attr.get("object_relation"))
+        spec = template["attributes"].get(relation)
+        name = template["name"]
+        if not relation:
+            errors.add("object_relation", "An object attribute needs an object_relation.")
+        elif not self.check_object_templates:
+            return
+        elif spec is None:
+            errors.add(
+                "object_relation", f"{relation!r} is not an attribute of the {name!r} object template."
             )
-        elif distribution == "4" and _as_str(attr.get("sharing_group_id")) not in self.sharing_groups:
-            add("sharing_group_id", SG_REQUIRED)
-        if "to_ids" in attr and not _is_bool_like(attr["to_ids"]):
-            add("to_ids", "boolean")
-        if template is not None:
-            relation = _as_str(attr.get("object_relation"))
-            spec = template["attributes"].get(relation)
-            if not relation:
-                add("object_relation", "An object attribute needs an object_relation.")
-            elif spec is None and self.check_object_templates:
-                add(
-                    "object_relation",
-                    f"{relation!r} is not an attribute of the {template['name']!r} object template.",
-                )
-            elif spec is not None and self.check_object_templates and spec["misp-attribute"] != attr_type:
-                add(
-                    "type",
-                    f"The {template['name']!r} template gives {relation!r} the type {spec['misp-attribute']!r}.",
-                )
-        body = {
-            k: v for k, v in attr.items() if k not in ("Tag", "Galaxy", "ShadowAttribute", "AttributeTag")
-        }
-        for where, messages in self._schemas.errors("Attribute", body).items():
-            errors.setdefault(where, []).extend(messages)
-        for i, tag in enumerate(attr.get("Tag") or []):
-            for where, messages in self._tag_errors(tag).items():
-                errors.setdefault(f"Tag/{i}/{where}", []).extend(messages)
-        return errors
+        elif spec["misp-attribute"] != _as_str(attr.get("type")):
+            errors.add(
+                "type", f"The {name!r} template gives {relation!r} the type {spec['misp-attribute']!r}."
+            )
 
     def _store_attribute(
         self, attr: dict[str, Any], ctx: _Ctx, object_id: str, existing: dict[str, Any] | None
@@ -1265,77 +1313,21 @@ class MispFake:
         if not isinstance(obj, dict):
             ctx.drop("Object", index, obj, {"(body)": ["an object must be a JSON object"]})
             return
-        obj = copy.deepcopy(obj.get("Object", obj) if isinstance(obj.get("Object"), dict) else obj)
-        obj_uuid = _as_str(obj.get("uuid")).lower() or None
-        event_id = int(ctx.event["id"])
+        obj = copy.deepcopy(obj["Object"] if isinstance(obj.get("Object"), dict) else obj)
+        obj_uuid = _as_str(obj.get("uuid")).lower()
         existing = next((o for o in ctx.event["Object"] if obj_uuid and o["uuid"] == obj_uuid), None)
-        errors: dict[str, list[str]] = {}
-        if (
-            obj_uuid
-            and existing is None
-            and (self._object_owner.get(obj_uuid, event_id) != event_id or obj_uuid in ctx.new_uuids)
-        ):
-            errors["uuid"] = [
-                f"{NOT_UNIQUE}: the object UUID is already used in event {self._object_owner.get(obj_uuid, event_id)}"
-            ]
         name = _as_str(obj.get("name")).strip()
         template = _object_template(name) if name else None
-        if not name:
-            errors.setdefault("name", []).append("Name cannot be empty.")
-        elif template is None and self.check_object_templates:
-            errors.setdefault("name", []).append(
-                f"No MISP object template named {name!r} (PyMISP's misp-objects)."
-            )
-        if template is not None and self.check_object_templates and obj.get("template_uuid"):
-            if _as_str(obj["template_uuid"]).lower() != template["uuid"]:
-                errors.setdefault("template_uuid", []).append(
-                    f"The {name!r} template's uuid is {template['uuid']}."
-                )
-        distribution = _as_str(obj.get("distribution", "5"))
-        if distribution == "4" and _as_str(obj.get("sharing_group_id")) not in self.sharing_groups:
-            errors.setdefault("sharing_group_id", []).append(SG_REQUIRED)
-        if obj_uuid and not UUID_RE.fullmatch(obj_uuid):
-            errors.setdefault("uuid", []).append(UUID_MSG)
-        body = {k: v for k, v in obj.items() if k not in ("Attribute", "ObjectReference")}
-        for where, messages in self._schemas.errors("Object", body).items():
-            errors.setdefault(where, []).extend(messages)
+        errors = self._object_errors(ctx, obj, existing, template)
         if existing is not None and obj.get("timestamp") not in (None, ""):
-            ts = _digits(obj.get("timestamp"))
-            if ts is None or ts <= int(existing["timestamp"]):
+            stamp = _digits(obj.get("timestamp"))
+            if stamp is None or stamp <= int(existing["timestamp"]):
                 return  # MISP: the stored object is as new: nothing to change
         if errors:
             ctx.drop("Object", index, obj, errors)
             return
-        template_for_attrs = template or {"name": name, "attributes": {}}
-        if existing is None:
-            stored = {
-                "id": self._next("object"),
-                "name": name,
-                "meta-category": _as_str(obj.get("meta-category") or (template or {}).get("meta-category")),
-                "description": _as_str(obj.get("description") or (template or {}).get("description")),
-                "template_uuid": _as_str(obj.get("template_uuid") or (template or {}).get("uuid")),
-                "template_version": _as_str(obj.get("template_version") or (template or {}).get("version")),
-                "event_id": ctx.event["id"],
-                "uuid": obj_uuid or str(uuidlib.uuid4()),
-                "timestamp": _as_str(obj.get("timestamp") or ctx.now),
-                "distribution": distribution,
-                "sharing_group_id": _as_str(obj.get("sharing_group_id") or "0")
-                if distribution == "4"
-                else "0",
-                "comment": _as_str(obj.get("comment")),
-                "deleted": _truthy(obj.get("deleted")),
-                "first_seen": obj.get("first_seen"),
-                "last_seen": obj.get("last_seen"),
-                "ObjectReference": [],
-                "Attribute": [],
-            }
-        else:
-            stored = copy.deepcopy(existing)
-            for key in ("comment", "distribution", "first_seen", "last_seen", "deleted"):
-                if key in obj:
-                    stored[key] = _truthy(obj[key]) if key == "deleted" else obj[key]
-            stored["timestamp"] = _as_str(obj.get("timestamp") or ctx.now)
-        before = len(ctx.dropped)
+        stored = self._object_record(ctx, obj, existing, template)
+        dropped_before = len(ctx.dropped)
         for a_index, attr in enumerate(obj.get("Attribute") or []):
             self._merge_attribute(
                 ctx,
@@ -1343,35 +1335,98 @@ class MispFake:
                 attr,
                 f"{index}/{a_index}",
                 object_id=stored["id"],
-                template=template_for_attrs,
+                template=template or {"name": name, "attributes": {}},
             )
-        failed_inside = len(ctx.dropped) > before
-        if template is not None and self.check_object_templates and not failed_inside:
+        if template is not None and self.check_object_templates and len(ctx.dropped) == dropped_before:
             problems = self._template_conformity(template, stored["Attribute"])
             if problems:
                 ctx.drop("Object", index, obj, {"Attribute": problems})
                 return
-        for ref in obj.get("ObjectReference") or []:
-            if isinstance(ref, dict) and ref.get("referenced_uuid"):
-                stored["ObjectReference"].append(
-                    {
-                        "id": self._next("reference"),
-                        "uuid": _as_str(ref.get("uuid")) or str(uuidlib.uuid4()),
-                        "timestamp": _as_str(ref.get("timestamp") or ctx.now),
-                        "object_id": stored["id"],
-                        "event_id": ctx.event["id"],
-                        "source_uuid": stored["uuid"],
-                        "referenced_uuid": _as_str(ref["referenced_uuid"]).lower(),
-                        "relationship_type": _as_str(ref.get("relationship_type")),
-                        "comment": _as_str(ref.get("comment")),
-                        "deleted": False,
-                    }
-                )
+        self._object_references(ctx, obj, stored)
         if existing is None:
             ctx.event["Object"].append(stored)
             ctx.new_uuids.add(stored["uuid"])
         else:
             ctx.event["Object"][ctx.event["Object"].index(existing)] = stored
+
+    def _object_errors(
+        self, ctx: _Ctx, obj: dict[str, Any], existing: dict[str, Any] | None, template: dict[str, Any] | None
+    ) -> _Errors:
+        errors = _Errors()
+        obj_uuid = _as_str(obj.get("uuid")).lower()
+        event_id = int(ctx.event["id"])
+        owner = self._object_owner.get(obj_uuid, event_id)
+        if obj_uuid and existing is None and (owner != event_id or obj_uuid in ctx.new_uuids):
+            errors.add("uuid", f"{NOT_UNIQUE}: the object UUID is already used in event {owner}")
+        if obj_uuid and not UUID_RE.fullmatch(obj_uuid):
+            errors.add("uuid", UUID_MSG)
+        name = _as_str(obj.get("name")).strip()
+        if not name:
+            errors.add("name", "Name cannot be empty.")
+        elif template is None and self.check_object_templates:
+            errors.add("name", f"No MISP object template named {name!r} (PyMISP's misp-objects).")
+        template_uuid = _as_str(obj.get("template_uuid")).lower()
+        if template and self.check_object_templates and template_uuid and template_uuid != template["uuid"]:
+            errors.add("template_uuid", f"The {name!r} template's uuid is {template['uuid']}.")
+        distribution = _as_str(obj.get("distribution", "5"))
+        if distribution == "4" and _as_str(obj.get("sharing_group_id")) not in self.sharing_groups:
+            errors.add("sharing_group_id", SG_REQUIRED)
+        body = {k: v for k, v in obj.items() if k not in ("Attribute", "ObjectReference")}
+        errors.merge(self._schemas.errors("Object", body))
+        return errors
+
+    def _object_record(
+        self, ctx: _Ctx, obj: dict[str, Any], existing: dict[str, Any] | None, template: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if existing is not None:
+            stored = copy.deepcopy(existing)
+            for key in ("comment", "distribution", "first_seen", "last_seen"):
+                if key in obj:
+                    stored[key] = obj[key]
+            if "deleted" in obj:
+                stored["deleted"] = _truthy(obj["deleted"])
+            stored["timestamp"] = _as_str(obj.get("timestamp") or ctx.now)
+            return stored
+        defaults = template or {}
+        distribution = _as_str(obj.get("distribution", "5"))
+        return {
+            "id": self._next("object"),
+            "name": _as_str(obj.get("name")).strip(),
+            "meta-category": _as_str(obj.get("meta-category") or defaults.get("meta-category")),
+            "description": _as_str(obj.get("description") or defaults.get("description")),
+            "template_uuid": _as_str(obj.get("template_uuid") or defaults.get("uuid")),
+            "template_version": _as_str(obj.get("template_version") or defaults.get("version")),
+            "event_id": ctx.event["id"],
+            "uuid": _as_str(obj.get("uuid")).lower() or str(uuidlib.uuid4()),
+            "timestamp": _as_str(obj.get("timestamp") or ctx.now),
+            "distribution": distribution,
+            "sharing_group_id": _as_str(obj.get("sharing_group_id") or "0") if distribution == "4" else "0",
+            "comment": _as_str(obj.get("comment")),
+            "deleted": _truthy(obj.get("deleted")),
+            "first_seen": obj.get("first_seen"),
+            "last_seen": obj.get("last_seen"),
+            "ObjectReference": [],
+            "Attribute": [],
+        }
+
+    def _object_references(self, ctx: _Ctx, obj: dict[str, Any], stored: dict[str, Any]) -> None:
+        for ref in obj.get("ObjectReference") or []:
+            if not isinstance(ref, dict) or not ref.get("referenced_uuid"):
+                continue
+            stored["ObjectReference"].append(
+                {
+                    "id": self._next("reference"),
+                    "uuid": _as_str(ref.get("uuid")) or str(uuidlib.uuid4()),
+                    "timestamp": _as_str(ref.get("timestamp") or ctx.now),
+                    "object_id": stored["id"],
+                    "event_id": ctx.event["id"],
+                    "source_uuid": stored["uuid"],
+                    "referenced_uuid": _as_str(ref["referenced_uuid"]).lower(),
+                    "relationship_type": _as_str(ref.get("relationship_type")),
+                    "comment": _as_str(ref.get("comment")),
+                    "deleted": False,
+                }
+            )
 
     @staticmethod
     def _template_conformity(template: dict[str, Any], attributes: list[dict[str, Any]]) -> list[str]:
@@ -1430,9 +1485,7 @@ class MispFake:
 
     # ---------------------------------------------------------------- events/edit
 
-    def _edit(
-        self, ref: str, body: Any, named: dict[str, str], path: str
-    ) -> tuple[int, dict[str, str], Any, bool]:
+    def _edit(self, ref: str, body: Any, named: dict[str, str], path: str) -> _Result:
         with self._lock:
             found = self._find(ref)
             if found is None:
@@ -1443,79 +1496,73 @@ class MispFake:
                 raise _save_fail(
                     "edit", url, "Event could not be saved: no event data in the request.", found["id"]
                 )
-            target = found
-            if data.get("uuid"):
-                target = (
-                    self._find(_as_str(data["uuid"]).lower())
-                    if UUID_RE.fullmatch(_as_str(data["uuid"]))
-                    else None
-                )
-                if target is None:
-                    raise _save_fail(
-                        "edit", url, "Event could not be saved: Could not find the local event.", found["id"]
-                    )
-            event_id = target["id"]
-            if data.get("timestamp") not in (None, ""):
-                stamp = _digits(data["timestamp"])
-                if stamp is None or stamp <= int(target["timestamp"]):
-                    raise _save_fail("edit", url, NOT_NEWER, event_id)
-            if _as_str(data.get("distribution")) == "4":
-                if data.get("sharing_group_id") in (None, ""):
-                    raise _save_fail(
-                        "edit",
-                        url,
-                        "Event could not be saved: Sharing group chosen as the distribution level, but no sharing "
-                        "group specified. Make sure that the event includes a valid sharing_group_id or change to "
-                        "a different distribution level.",
-                        event_id,
-                    )
-                if _as_str(data["sharing_group_id"]) not in self.sharing_groups:
-                    raise _save_fail(
-                        "edit",
-                        url,
-                        "Event could not be saved: Invalid sharing group or you don't have access to that sharing group.",
-                        event_id,
-                    )
-            for field_name in ("analysis", "threat_level_id", "info", "distribution", "date"):
-                data.setdefault(field_name, target[field_name])
-            if _as_str(data["distribution"]) != "4":
-                data["sharing_group_id"] = data.get("sharing_group_id") or "0"
+            target = self._edit_target(found, data, url)
+            self._edit_preconditions(data, target, url)
             errors = self._event_errors(data, creating=False)
             if errors:
-                raise _save_fail("edit", url, errors, event_id)
-            event = copy.deepcopy(target)
-            before = copy.deepcopy(target)
+                raise _save_fail("edit", url, errors, target["id"])
             now = self._now()
-            meaningful = any(
-                _as_str(data[f]) != _as_str(target[f])
-                for f in ("analysis", "threat_level_id", "info", "distribution", "date")
-            )
-            for field_name in ("date", "threat_level_id", "analysis", "info", "distribution"):
-                event[field_name] = (
-                    _as_str(data[field_name]).strip() if field_name == "info" else _as_str(data[field_name])
-                )
-            event["sharing_group_id"] = (
-                _as_str(data.get("sharing_group_id") or "0") if event["distribution"] == "4" else "0"
-            )
-            for flag in ("disable_correlation",):
-                if flag in data:
-                    event[flag] = _truthy(data[flag])
-            if "extends_uuid" in data:
-                event["extends_uuid"] = _as_str(data["extends_uuid"])
-            event["timestamp"] = (
-                _as_str(data["timestamp"]) if data.get("timestamp") not in (None, "") else str(now)
-            )
+            event = copy.deepcopy(target)
+            meaningful = self._apply_event_fields(event, data, now)
             content_before = copy.deepcopy({k: event[k] for k in ("Attribute", "Object", "Tag")})
             errors, dropped = self._merge_content(event, data, creating=False)
             if errors and self.invalid_attributes == "reject":
-                raise _save_fail("edit", url, errors, event_id)
+                raise _save_fail("edit", url, errors, target["id"])
             meaningful = meaningful or content_before != {k: event[k] for k in ("Attribute", "Object", "Tag")}
+            # Event::_edit: an edit without `published` unpublishes; a meaningful edit of a
+            # published event publishes again.
             event["published"] = _truthy(data.get("published"))
             if event["published"] and meaningful:
                 event["publish_timestamp"] = str(now)
+            changed = event != target
             self._commit(event, dropped)
-            metadata = _truthy(named.get("metadata"))
-            return 200, {}, self._render(event, metadata=metadata), event != before
+            return 200, {}, self._render(event, metadata=_truthy(named.get("metadata"))), changed
+
+    def _edit_target(self, found: dict[str, Any], data: dict[str, Any], url: str) -> dict[str, Any]:
+        """Event::_edit looks the event up by the body's uuid when there is one."""
+        if not data.get("uuid"):
+            return found
+        body_uuid = _as_str(data["uuid"])
+        target = self._find(body_uuid.lower()) if UUID_RE.fullmatch(body_uuid) else None
+        if target is None:
+            raise _save_fail(
+                "edit", url, "Event could not be saved: Could not find the local event.", found["id"]
+            )
+        return target
+
+    def _edit_preconditions(self, data: dict[str, Any], target: dict[str, Any], url: str) -> None:
+        event_id = target["id"]
+        if data.get("timestamp") not in (None, ""):
+            stamp = _digits(data["timestamp"])
+            if stamp is None or stamp <= int(target["timestamp"]):
+                raise _save_fail("edit", url, NOT_NEWER, event_id)
+        if _as_str(data.get("distribution")) == "4":
+            if data.get("sharing_group_id") in (None, ""):
+                raise _save_fail("edit", url, EDIT_NO_SG, event_id)
+            if _as_str(data["sharing_group_id"]) not in self.sharing_groups:
+                raise _save_fail("edit", url, EDIT_BAD_SG, event_id)
+        for name in RECOVER_FIELDS:
+            data.setdefault(name, target[name])
+        if _as_str(data["distribution"]) != "4":
+            data["sharing_group_id"] = data.get("sharing_group_id") or "0"
+
+    @staticmethod
+    def _apply_event_fields(event: dict[str, Any], data: dict[str, Any], now: int) -> bool:
+        """Copy the editable event fields; True when a recovered field really changed."""
+        meaningful = any(_as_str(data[name]) != _as_str(event[name]) for name in RECOVER_FIELDS)
+        for name in RECOVER_FIELDS:
+            event[name] = _as_str(data[name]).strip() if name == "info" else _as_str(data[name])
+        if event["distribution"] == "4":
+            event["sharing_group_id"] = _as_str(data.get("sharing_group_id") or "0")
+        else:
+            event["sharing_group_id"] = "0"
+        if "disable_correlation" in data:
+            event["disable_correlation"] = _truthy(data["disable_correlation"])
+        if "extends_uuid" in data:
+            event["extends_uuid"] = _as_str(data["extends_uuid"])
+        stamp = data.get("timestamp")
+        event["timestamp"] = _as_str(stamp) if stamp not in (None, "") else str(now)
+        return meaningful
 
     # ---------------------------------------------------------------- events/publish
 
@@ -1538,7 +1585,7 @@ class MispFake:
 
     # ---------------------------------------------------------------- tags/attachTagToObject
 
-    def _attach_tag(self, body: Any, path: str) -> tuple[int, dict[str, str], Any, bool]:
+    def _attach_tag(self, body: Any, path: str) -> _Result:
         url = "/tags/attachTagToObject"
         if not isinstance(body, dict) or not body.get("uuid"):
             raise _HttpError(405, "Invalid object uuid", path)
@@ -1549,44 +1596,15 @@ class MispFake:
         tags = body.get("tag")
         if tags in (None, "", []):
             raise _HttpError(405, "Invalid tag", path)
-        tags = tags if isinstance(tags, list) else [tags]
         local = _truthy(body.get("local"))
         with self._lock:
-            event = self._find(target_uuid.lower())
-            object_type, target = "Event", event
-            if event is None:
-                owner = self._attr_owner.get(target_uuid.lower())
-                if owner is None:
-                    raise _HttpError(405, "Invalid Target.", path)
-                event = self._events[owner[0]]
-                target = next(a for a in self._all_attributes(event) if a["uuid"] == target_uuid.lower())
-                object_type = "Attribute"
-            successes, fails = 0, []
-            for tag in tags:
-                if isinstance(tag, int) or (isinstance(tag, str) and tag.isdigit()):
-                    known = next((t for t in self._tags.values() if t["id"] == str(tag)), None)
-                    if known is None:
-                        fails.append("Invalid Tag.")
-                        continue
-                    tag = known["name"]
-                name = _as_str(tag).strip()
-                if not name or len(name) > 255:
-                    fails.append(
-                        f"Unable to create tag. Reason: {json.dumps({'name': ['Invalid tag name']})}"
-                    )
-                    continue
-                target.setdefault("Tag", [])
-                if not self._attach(target["Tag"], {"name": name}, local=local):
-                    fails.append(
-                        f"{object_type} already has the requested tag attached, no changes had to be made."
-                    )
-                    continue
-                successes += 1
-                now = str(self._now())
-                target["timestamp"] = now
-                if not local:
-                    event["published"] = False
-                    event["timestamp"] = now
+            object_type, event, target = self._tag_target(target_uuid.lower(), path)
+            fails = []
+            for tag in tags if isinstance(tags, list) else [tags]:
+                reason = self._attach_one(tag, object_type, event, target, local)
+                if reason:
+                    fails.append(reason)
+            successes = len(tags if isinstance(tags, list) else [tags]) - len(fails)
             if successes:
                 message = f"Successfully attached {successes} tags to {object_type} ({target['id']})"
                 if fails:
@@ -1596,6 +1614,38 @@ class MispFake:
             raise _HttpError(
                 403, "Could not attachTagToObject Tag", url, errors=self._fail_message(fails), save_fail=True
             )
+
+    def _tag_target(self, target_uuid: str, path: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """TagsController::__findObjectByUuid: an event, else an attribute (objects are no target)."""
+        event = self._find(target_uuid)
+        if event is not None:
+            return "Event", event, event
+        owner = self._attr_owner.get(target_uuid)
+        if owner is None:
+            raise _HttpError(405, "Invalid Target.", path)
+        event = self._events[owner[0]]
+        return "Attribute", event, next(a for a in self._all_attributes(event) if a["uuid"] == target_uuid)
+
+    def _attach_one(
+        self, tag: Any, object_type: str, event: dict[str, Any], target: dict[str, Any], local: bool
+    ) -> str | None:
+        if isinstance(tag, int) or (isinstance(tag, str) and tag.isdigit()):
+            known = next((t for t in self._tags.values() if t["id"] == str(tag)), None)
+            if known is None:
+                return "Invalid Tag."
+            tag = known["name"]
+        name = _as_str(tag).strip()
+        if not name or len(name) > 255:
+            return f"Unable to create tag. Reason: {json.dumps({'name': ['Invalid tag name']})}"
+        target.setdefault("Tag", [])
+        if not self._attach(target["Tag"], {"name": name}, local=local):
+            return f"{object_type} already has the requested tag attached, no changes had to be made."
+        now = str(self._now())
+        target["timestamp"] = now
+        if not local:  # a global tag unpublishes the event
+            event["published"] = False
+            event["timestamp"] = now
+        return None
 
     @staticmethod
     def _fail_message(fails: list[str]) -> str:
@@ -1633,80 +1683,45 @@ class MispFake:
             )
 
     def _matches(self, event: dict[str, Any], query: dict[str, Any], now: int, path: str) -> bool:
-        def present(key: str) -> bool:
-            return query.get(key) not in (None, "", [], {})
-
-        if present("uuid"):
-            ors, ands, nots = _split_filter(query["uuid"])
-            uuids = {event["uuid"]} | {a["uuid"] for a in self._all_attributes(event)}
-            if ors and not uuids & {_as_str(u).lower() for u in ors}:
+        present = {k: v for k, v in query.items() if v not in (None, "", [], {})}
+        for key, hit in self._event_filters(event).items():
+            if key in present and not _filter_ok(present[key], hit):
                 return False
-            if uuids & {_as_str(u).lower() for u in nots}:
-                return False
-        if present("eventid"):
-            ors, _, nots = _split_filter(query["eventid"])
-            ids = {event["id"], event["uuid"]}
-            if ors and not ids & {_as_str(i).lower() for i in ors}:
-                return False
-            if ids & {_as_str(i).lower() for i in nots}:
-                return False
-        if present("eventinfo"):
-            ors, ands, nots = _split_filter(query["eventinfo"])
-            info = event["info"]
-            if ors and not any(_like(_as_str(p), info) for p in ors):
-                return False
-            if not all(_like(_as_str(p), info) for p in ands) or any(_like(_as_str(p), info) for p in nots):
-                return False
-        for key, with_attributes in (("tags", True), ("event_tags", False)):
-            if present(key):
-                names = [t["name"] for t in event.get("Tag", [])]
-                if with_attributes:
-                    names += [t["name"] for a in self._all_attributes(event) for t in a.get("Tag", [])]
-                ors, ands, nots = _split_filter(query[key])
-
-                def has(pattern: Any, names: list[str] = names) -> bool:
-                    return any(_like(_as_str(pattern), n) for n in names)
-
-                if ors and not any(has(p) for p in ors):
-                    return False
-                if not all(has(p) for p in ands) or any(has(p) for p in nots):
-                    return False
-        for key, stored in (
-            ("timestamp", "timestamp"),
-            ("publish_timestamp", "publish_timestamp"),
-            ("last", "publish_timestamp"),
-        ):
-            if present(key):
-                low, high = _time_range(query[key], now, path)
+        for key, stored in TIME_FILTERS:
+            if key in present:
+                low, high = _time_range(present[key], now, path)
                 value = int(event[stored])
                 if (low is not None and value < low) or (high is not None and value > high):
                     return False
-        if present("org"):
-            ors, _, nots = _split_filter(query["org"])
-            org = event["Orgc"]
-
-            def is_org(ref: Any) -> bool:
-                text = _as_str(ref)
-                return text == org["id"] or text.lower() == org["uuid"] or _like(text, org["name"])
-
-            if ors and not any(is_org(o) for o in ors):
+        wanted = query.get("published")
+        if wanted not in (None, "", 2, "2"):
+            allowed = [_truthy(w) for w in wanted] if isinstance(wanted, list) else [_truthy(wanted)]
+            if event["published"] not in allowed:
                 return False
-            if any(is_org(o) for o in nots):
-                return False
-        if "published" in query and query["published"] not in (None, "", [2, "2"]):
-            wanted = query["published"]
-            wanted = [_truthy(w) for w in wanted] if isinstance(wanted, list) else [_truthy(wanted)]
-            if event["published"] not in wanted:
-                return False
-        attr_filters = {k: query[k] for k in ("value", "type", "category") if present(k)}
-        if "to_ids" in query and query["to_ids"] not in (None, ""):
+        attr_filters = {k: present[k] for k in ("value", "type", "category") if k in present}
+        if query.get("to_ids") not in (None, ""):
             attr_filters["to_ids"] = query["to_ids"]
-        if attr_filters:
-            deleted = _truthy(query.get("deleted"))
-            candidates = [a for a in self._all_attributes(event) if deleted or not a["deleted"]]
-            if not any(_attribute_matches(a, attr_filters) for a in candidates):
-                return False
-        return True
+        if not attr_filters:
+            return True
+        deleted = _truthy(query.get("deleted"))
+        candidates = [a for a in self._all_attributes(event) if deleted or not a["deleted"]]
+        return any(_attribute_matches(a, attr_filters) for a in candidates)
+
+    def _event_filters(self, event: dict[str, Any]) -> dict[str, Callable[[str], bool]]:
+        """Event-level restSearch filters: name -> does one filter term match this event."""
+        uuids = {event["uuid"]} | {a["uuid"] for a in self._all_attributes(event)}
+        event_tags = [t["name"] for t in event.get("Tag", [])]
+        all_tags = event_tags + [t["name"] for a in self._all_attributes(event) for t in a.get("Tag", [])]
+        org = event["Orgc"]
+        return {
+            # set_filter_uuid: the event's uuid or the uuid of one of its attributes
+            "uuid": lambda term: term.lower() in uuids,
+            "eventid": lambda term: term.lower() in (event["id"], event["uuid"]),
+            "eventinfo": lambda term: _like(term, event["info"]),
+            "tags": lambda term: any(_like(term, name) for name in all_tags),
+            "event_tags": lambda term: any(_like(term, name) for name in event_tags),
+            "org": lambda term: term == org["id"] or term.lower() == org["uuid"] or _like(term, org["name"]),
+        }
 
 
 class _Ctx:
@@ -1737,28 +1752,23 @@ def _truthy_filter(value: Any) -> bool:
     return value not in (None, "", 0, "0", False, [], {})
 
 
+def _filter_ok(value: Any, hit: Callable[[str], bool]) -> bool:
+    """OR terms: one must hit; AND terms: all must hit; NOT terms: none may hit."""
+    ors, ands, nots = _split_filter(value)
+    if ors and not any(hit(_as_str(term)) for term in ors):
+        return False
+    return all(hit(_as_str(term)) for term in ands) and not any(hit(_as_str(term)) for term in nots)
+
+
 def _attribute_matches(attr: dict[str, Any], filters: dict[str, Any]) -> bool:
     for key, wanted in filters.items():
         if key == "to_ids":
-            if attr["to_ids"] != _truthy(wanted):
-                return False
-            continue
-        ors, ands, nots = _split_filter(wanted)
-        if key == "value":
-            checks = [_as_str(x) for x in ors], [_as_str(x) for x in ands], [_as_str(x) for x in nots]
-
-            def hit(pattern: str) -> bool:
-                return _like(pattern, attr["value"])
+            ok = attr["to_ids"] == _truthy(wanted)
+        elif key == "value":
+            ok = _filter_ok(wanted, lambda term: _like(term, attr["value"]))
         else:
-            checks = [_as_str(x) for x in ors], [_as_str(x) for x in ands], [_as_str(x) for x in nots]
-
-            def hit(pattern: str, key: str = key) -> bool:
-                return attr[key] == pattern
-
-        o, a, n = checks
-        if o and not any(hit(p) for p in o):
-            return False
-        if not all(hit(p) for p in a) or any(hit(p) for p in n):
+            ok = _filter_ok(wanted, lambda term, key=key: attr[key] == term)
+        if not ok:
             return False
     return True
 
@@ -1788,16 +1798,26 @@ def _time_range(value: Any, now: int, path: str) -> tuple[int | None, int | None
 
 
 _EVENT_ACTIONS = {"add", "edit", "view", "restSearch", "publish", "index", "delete", "unpublish", "alert"}
-_KNOWN_ROUTES = {
-    ("servers", "getVersion"),
+_READ = ("GET", "HEAD")
+_ROUTES: dict[tuple[str, ...], dict[str, str]] = {
+    ("servers", "getVersion"): dict.fromkeys(_READ, "_r_version"),
+    ("users", "view"): dict.fromkeys(_READ, "_r_me"),
+    ("attributes", "describeTypes"): dict.fromkeys(_READ, "_r_describe"),
+    ("events",): {"POST": "_r_add"},
+    ("events", "add"): {"POST": "_r_add"},
+    ("events", ":id"): {**dict.fromkeys(_READ, "_r_view"), "POST": "_r_edit", "PUT": "_r_edit"},
+    ("events", "edit"): {"POST": "_r_edit", "PUT": "_r_edit"},
+    ("events", "view"): {**dict.fromkeys(_READ, "_r_view"), "POST": "_r_view"},
+    ("events", "restSearch"): {"POST": "_r_search"},
+    ("events", "publish"): {"POST": "_r_publish", "PUT": "_r_publish"},
+    ("tags", "attachTagToObject"): {"POST": "_r_tag"},
+}
+_NEEDS_ARG = {
     ("users", "view"),
-    ("attributes", "describeTypes"),
-    ("events", "add"),
+    ("events", ":id"),
     ("events", "edit"),
     ("events", "view"),
-    ("events", "restSearch"),
     ("events", "publish"),
-    ("tags", "attachTagToObject"),
 }
 _SEARCH_KEYS = {
     "returnFormat",

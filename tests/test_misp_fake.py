@@ -206,10 +206,13 @@ def test_update_event_round_trip(fake: MispFake, misp: PyMISP) -> None:
     assert isinstance(updated, MISPEvent), updated
     assert updated.info.endswith("(update)") and len(updated.attributes) == 4
     assert fake.events[event.uuid]["attribute_count"] == "6"
-    # PUT and the REST resource route /events/<id> are edits too.
+    # PUT and the REST resource route /events/<id> are edits too; an edit that does not say
+    # `published` unpublishes the event (Event::_edit).
+    misp.publish(event.uuid)
     body = {"info": "via PUT", "timestamp": str(int(time.time()) + 100)}
     answer = requests.put(f"{fake.url}/events/edit/1", headers=_headers(fake), json=body, timeout=5)
     assert answer.status_code == 200 and answer.json()["Event"]["info"] == "via PUT"
+    assert fake.events[event.uuid]["published"] is False
     body = {"info": "via resource route", "timestamp": str(int(time.time()) + 200)}
     answer = requests.post(f"{fake.url}/events/1", headers=_headers(fake), json=body, timeout=5)
     assert answer.status_code == 200 and answer.json()["Event"]["info"] == "via resource route"
@@ -365,6 +368,10 @@ def test_drop_mode_does_what_misp_does(misp: PyMISP) -> None:
         assert [a["value"] for a in stored["Attribute"]] == ["kept.example"]
         assert [d["kind"] for d in lenient.dropped] == ["Attribute", "Attribute"]
         assert lenient.dropped[0]["uuid"] == shared.uuid
+        edit = {"timestamp": str(int(time.time()) + 60), "Attribute": [{"type": "ip-dst", "value": "nope"}]}
+        edited = client.direct_call(f"events/edit/{stored['id']}", edit)["Event"]
+        assert [a["value"] for a in edited["Attribute"]] == ["kept.example"]
+        assert len(lenient.dropped) == 3
 
 
 def test_distribution_4_needs_a_sharing_group(fake: MispFake, misp: PyMISP) -> None:
@@ -481,7 +488,7 @@ def test_failure_modes(fake: MispFake, misp: PyMISP) -> None:
 
     fake.fail_next(1, "refuse")
     assert fake.refusing
-    with pytest.raises(requests.ConnectionError, match="(?i)refused"):
+    with pytest.raises(requests.ConnectionError, match=r"(?i)refused"):
         requests.get(f"{fake.url}/servers/getVersion", headers=_headers(fake), timeout=5)
     with pytest.raises(requests.ConnectionError):
         misp.add_event(event)

@@ -22,6 +22,7 @@ from connector.config import Config, MispChannel
 from connector.stix.ids import project_uuid
 from connector.store import Store
 from connector.store import schema as t
+from connector.store.store import timestamp_to_us
 from connector.tlp import TLP2_MARKING_IDS
 
 _TLP_BY_ID = {v: k for k, v in TLP2_MARKING_IDS.items()}
@@ -34,6 +35,7 @@ class BuiltEvent:
     event: MISPEvent
     content_hash: str  # over everything but timestamps: decides whether an edit is needed
     attributes: int
+    last_change: int  # epoch seconds of the newest notification version in it
 
 
 def _member_keys(store: Store, recipient: str, event_uuid: str) -> list[str]:
@@ -132,16 +134,58 @@ def build_event(
         tags.add(f"tlp:{tlp}")
         taxonomy, _, kind = row["classification"].partition("/")
         tags.add(f'rsit:{taxonomy}="{kind}"')
+        original = _original_attribute(note, recipient)
+        if original is not None:
+            event.add_attribute(**original)
+            count += 1
+            continue
         for obj in _objects_for(note, event_uuid):
             count += len(obj.attributes)
             event.add_object(obj)
     for tag in sorted(tags):
         event.add_tag(tag)
-    content = event.to_dict()
+    content = json.loads(event.to_json())  # to_dict is shallow: objects would hash as their names
     for volatile in ("timestamp", "publish_timestamp", "date"):
         content.pop(volatile, None)
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
-    return BuiltEvent(event, digest, count)
+    changes = [timestamp_to_us(n["sighting"]["modified"]) // 1_000_000 for n in notes]
+    return BuiltEvent(event, digest, count, max(changes, default=0))
+
+
+def _original_attribute(note: dict[str, Any], recipient: str) -> dict[str, Any] | None:
+    """A notification that came from a MISP attribute goes back as that attribute: same UUID,
+    type, category and value (MISP -> STIX -> MISP round trip). Only for the notification's
+    owner: a parent on the same sector MISP gets derived UUIDs, since MISP refuses one
+    attribute UUID in two events."""
+    row = note["row"]
+    evidence = next(iter(note["sighting"].get("extensions", {}).values()), {}).get("evidence", {})
+    uuid_, kind = evidence.get("misp_attribute_uuid"), evidence.get("misp_type")
+    owners = json.loads(row["recipients"])
+    if not uuid_ or not kind or not owners or owners[0] != recipient or evidence.get("misp_object_name"):
+        return None
+    values = {s["type"]: s for s in note["scos"]}
+    ip = (values.get("ipv4-addr") or values.get("ipv6-addr") or {}).get("value")
+    host = (values.get("domain-name") or {}).get("value")
+    port = (values.get("network-traffic") or {}).get("dst_port")
+    value = {
+        "ip-src": ip,
+        "ip-dst": ip,
+        "domain": host,
+        "hostname": host,
+        "url": (values.get("url") or {}).get("value"),
+        "email": (values.get("email-addr") or {}).get("value"),
+        "email-src": (values.get("email-addr") or {}).get("value"),
+        "email-dst": (values.get("email-addr") or {}).get("value"),
+        "ip-dst|port": f"{ip}|{port}" if ip and port else None,
+        "ip-src|port": f"{ip}|{port}" if ip and port else None,
+        "domain|ip": f"{host}|{ip}" if host and ip else None,
+    }.get(kind)
+    if value is None:
+        return None
+    out = {"type": kind, "value": value, "uuid": uuid_, "to_ids": bool(evidence.get("misp_to_ids"))}
+    if evidence.get("misp_category"):
+        out["category"] = evidence["misp_category"]
+    return out
 
 
 def _objects_for(note: dict[str, Any], event_uuid: str) -> list[MISPObject]:
@@ -166,7 +210,12 @@ def _objects_for(note: dict[str, Any], event_uuid: str) -> list[MISPObject]:
 
     def add(obj: MISPObject, relation: str, value: Any) -> None:
         attribute = obj.add_attribute(relation, value=value)
-        attribute.uuid = _uuid(event_uuid, "attribute", key, obj.name, relation, str(value))
+        # A single-valued relation (last-seen) keeps its UUID when its value changes: MISP merges
+        # an edit by UUID, and a new UUID would add a second last-seen to the object.
+        multiple = obj._definition["attributes"].get(relation, {}).get("multiple", False)
+        attribute.uuid = _uuid(
+            event_uuid, "attribute", key, obj.name, relation, str(value) if multiple else ""
+        )
         attribute.to_ids = False  # a victim's host is not an indicator of compromise
 
     for url in by_type.get("url", []):

@@ -33,8 +33,15 @@ def feed_events(config: Config, store: Store, recipient: str) -> list[dict[str, 
     for event_uuid, label in rows:
         built = build_event(config, store, recipient, event_uuid, label, channel, None)
         event = built.event
-        # A stable timestamp (from the content), so MISP pulls again only when something changed.
-        event.timestamp = int(built.content_hash[:8], 16)
+        # Stable timestamps (the newest notification version), so the feed's bytes change, and
+        # MISP pulls again, only when something changed.
+        event.timestamp = built.last_change
+        for obj in event.objects:
+            obj.timestamp = built.last_change
+            for attribute in obj.attributes:
+                attribute.timestamp = built.last_change
+        for attribute in event.attributes:
+            attribute.timestamp = built.last_change
         event.distribution = 0
         event.sharing_group_id = None
         out.append(event.to_feed(with_meta=True))

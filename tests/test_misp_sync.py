@@ -1,0 +1,186 @@
+"""MISP push through PyMISP against the strict MISP test server (tests/misp_fake.py).
+
+Two sector instances with different constituents; an outage mid-sync then recovery delivers
+everything exactly once; a second sync changes nothing; the Connect2Trust event survives the
+round trip MISP -> STIX -> MISP with its attribute UUIDs, types, values and TLP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connector.adapters.mapping import load_mappings
+from connector.collections import collection_rows
+from connector.config import parse_config
+from connector.ingest import Ingestor
+from connector.misp.sync import MispSync
+from connector.store import Store
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, SHARED_DATA
+from tests.misp_fake import MispFake
+
+C2T_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
+
+
+@pytest.fixture
+def fakes():  # type: ignore[no-untyped-def]
+    started = [MispFake().start(), MispFake().start()]
+    yield started
+    for fake in started:
+        fake.stop()
+
+
+def deployment(tmp_path: Path, fakes: list[MispFake], monkeypatch: pytest.MonkeyPatch, **zcert_extra):  # type: ignore[no-untyped-def]
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    raw["partners"].append({"id": "connect2trust", "name": "Connect2Trust", "formats": ["misp-event"]})
+    channels = {
+        "zcert": {"url": fakes[0].url, "key_env": "MISP_KEY_ZCERT", "verify_tls": False, **zcert_extra},
+        "ibd": {
+            "url": fakes[1].url,
+            "key_env": "MISP_KEY_IBD",
+            "verify_tls": False,
+            "distribution": "sharing-group",
+            "sharing_group": "1",
+            "publish": True,
+        },
+    }
+    for r in raw["recipients"]:
+        if r["id"] in channels:
+            r["misp"] = channels[r["id"]]
+    monkeypatch.setenv("MISP_KEY_ZCERT", fakes[0].key)
+    monkeypatch.setenv("MISP_KEY_IBD", fakes[1].key)
+    config = parse_config(raw)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    store.sync_collections(collection_rows(config))
+    return config, store
+
+
+def values_in(fake: MispFake) -> set[str]:
+    out = set()
+    for event in fake.events.values():
+        for attribute in event.get("Attribute", []):
+            out.add(attribute["value"])
+        for obj in event.get("Object", []):
+            out.update(a["value"] for a in obj.get("Attribute", []))
+    return out
+
+
+def test_push_to_two_sector_instances_keeps_constituents_apart(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    summary = MispSync(config, store).run()
+    assert summary.counts["added"] == len(fakes[0].events) + len(fakes[1].events) > 0
+    assert not summary.errors
+    zcert, ibd = values_in(fakes[0]), values_in(fakes[1])
+    assert any(v.startswith("192.0.2.") for v in zcert) and not any(
+        v.startswith("198.51.100.") for v in zcert
+    )
+    assert any(v.startswith("198.51.100.3") for v in ibd) and not any(v.startswith("192.0.2.") for v in ibd)
+    # gemeente-voorbeeld (198.51.100.32/29) has no channel and its parent does not receive it.
+    assert not any(v in ibd for v in (f"198.51.100.{i}" for i in range(32, 40)))
+    for event in fakes[0].events.values():
+        assert event["distribution"] == "0"
+        assert {"tlp:amber", 'rsit:vulnerable="vulnerable-system"'} <= {t["name"] for t in event["Tag"]}
+    for event in fakes[1].events.values():
+        assert event["distribution"] == "4" and event["sharing_group_id"] == "1"
+        assert event["published"] is True
+
+
+def test_a_second_sync_changes_nothing(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    MispSync(config, store).run()
+    before = [len(f.mutations) for f in fakes]
+    assert MispSync(config, store).run().counts == {}
+    # Even when the same content is queued again (a re-ingest of a day), nothing is sent.
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE misp_outbox SET status = 'pending'")
+    again = MispSync(config, store).run()
+    assert again.counts["unchanged"] > 0 and set(again.counts) == {"unchanged"}
+    assert [len(f.mutations) for f in fakes] == before
+
+
+def test_an_outage_mid_sync_delays_and_then_delivers_everything_once(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    fakes[0].fail_next(6, "500")
+    first = MispSync(config, store).run()
+    assert first.counts["retry-later"] >= 1
+    pending = [r for r in MispSync(config, store).status() if r["pending"]]
+    assert pending and pending[0]["last_error"]
+    fakes[1].fail_next(2, "429", seconds=1)
+    second = MispSync(config, store).run(include_later=True)  # recovery: the back-off has passed
+    third = MispSync(config, store).run(include_later=True)
+    assert not third.errors
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert status["zcert"]["pending"] == status["zcert"]["failed"] == 0
+    assert status["ibd"]["pending"] == status["ibd"]["failed"] == 0
+    for fake in fakes:
+        adds = [
+            m
+            for m in fake.mutations
+            if "add" in m.path or m.method == "POST" and m.path.rstrip("/") == "/events"
+        ]
+        assert len({e["uuid"] for e in fake.events.values()}) == len(fake.events)
+        assert len([m for m in adds if m.status == 200]) == len(fake.events)  # each event added once
+    assert second.counts["added"] + first.counts["added"] + third.counts["added"] == sum(
+        len(f.events) for f in fakes
+    )
+
+
+def test_a_refusing_instance_ends_failed_with_its_error_after_max_attempts(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch, max_attempts=2)
+    Ingestor(config, store, load_mappings()).run(
+        "divd",
+        "divd-nuclei",
+        [DIVD_SCAN],
+    )
+    fakes[0].fail_next(1000, "500")
+    MispSync(config, store).run("zcert")
+    MispSync(config, store).run("zcert", include_later=True)
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert status["zcert"]["failed"] > 0 and status["zcert"]["pending"] == 0
+    assert "500" in status["zcert"]["last_error"]  # MISP's own error, kept
+
+
+def test_a_new_observation_edits_the_event_once(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    scan = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
+    first = DIVD_SCAN.read_text().splitlines()[0]
+    scan.write_text(first + "\n")
+    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    ingestor = Ingestor(config, store, load_mappings())
+    ingestor.run("divd", "divd-nuclei", [scan])
+    MispSync(config, store).run()
+    scan.write_text(first.replace("04:48:41", "09:00:00") + "\n")
+    ingestor.run("divd", "divd-nuclei", [scan])
+    summary = MispSync(config, store).run()
+    assert summary.counts == {"edited": 1}
+    (event,) = fakes[0].events.values()
+    ports = [o for o in event["Object"] if o["name"] == "ip-port"]
+    last_seen = [a["value"] for o in ports for a in o["Attribute"] if a["object_relation"] == "last-seen"]
+    assert any("07:00:00" in v for v in last_seen)
+
+
+def test_connect2trust_event_round_trip_keeps_attribute_uuids_types_values_and_tlp(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("connect2trust", "misp-event", [C2T_EVENT])
+    MispSync(config, store).run()
+    source = json.loads(C2T_EVENT.read_text())["Event"]
+    originals = {a["uuid"]: a for a in source["Attribute"]}
+    pushed = {a["uuid"]: a for f in fakes for e in f.events.values() for a in e.get("Attribute", [])}
+    kept = set(originals) & set(pushed)
+    assert kept, "no attribute came back with its UUID"
+    for uuid in kept:
+        assert pushed[uuid]["type"] == originals[uuid]["type"]
+        assert pushed[uuid]["value"] == originals[uuid]["value"]
+    for f in fakes:
+        for e in f.events.values():
+            assert "tlp:amber" in {t["name"] for t in e["Tag"]}
