@@ -43,7 +43,7 @@ TagsController, and RestResponseComponent):
 Failure injection for reliability tests: ``fake.fail_next(n, mode, seconds=...)``, modes
 ``"500"``, ``"429"`` (``Retry-After: seconds``), ``"slow"`` (sleep ``seconds``, then handle the
 request normally: it is applied even if the client has given up), ``"reset"`` (the next n
-connections are closed with a TCP reset, no answer) and ``"refuse"`` (stop listening at once:
+requests get their connection closed with a TCP reset, no answer) and ``"refuse"`` (stop listening at once:
 connections are refused by the kernel until ``resume()`` or, with ``seconds``, until that time
 has passed; refused attempts never reach the process, so they cannot be counted and ``n`` is
 not used for this mode).
