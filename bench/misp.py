@@ -102,7 +102,8 @@ def main() -> None:
     push_s = time.perf_counter() - started
     made = fake.requests[requests_before:]
     print(
-        f"sync: {dict(summary.counts)} in {push_s:.1f} s = {args.notifications / push_s:,.0f} notifications/s, "
+        f"sync: {dict(summary.counts)} in {push_s:.1f} s = "
+        f"{args.notifications / push_s:,.0f} notifications/s, "
         f"{attributes / push_s:,.0f} attributes/s (conversion included)"
     )
     print(f"requests: {len(made)} ({sum(1 for r in made if r.changed)} changing anything)")
