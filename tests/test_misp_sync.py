@@ -122,7 +122,7 @@ def test_an_outage_mid_sync_delays_and_then_delivers_everything_once(tmp_path, f
         adds = [
             m
             for m in fake.mutations
-            if "add" in m.path or m.method == "POST" and m.path.rstrip("/") == "/events"
+            if "add" in m.path or (m.method == "POST" and m.path.rstrip("/") == "/events")
         ]
         assert len({e["uuid"] for e in fake.events.values()}) == len(fake.events)
         assert len([m for m in adds if m.status == 200]) == len(fake.events)  # each event added once
