@@ -308,6 +308,19 @@ def misp_sync(
         raise typer.Exit(1)
 
 
+@misp_app.command("retry")
+def misp_retry(
+    recipient: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Queue failed MISP deliveries again (after an outage longer than the retries)."""
+    from connector.misp.sync import MispSync
+
+    config = _load(config_path)
+    count = MispSync(config, _open_store(config)).retry_failed(recipient)
+    out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`")
+
+
 @misp_app.command("status")
 def misp_status(config_path: ConfigOption = None) -> None:
     """The MISP outbox per recipient: pending, done, failed, next attempt, last error."""

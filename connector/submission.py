@@ -28,13 +28,14 @@ from typing import Any
 import orjson
 import stix2
 from sqlalchemy import insert, select
+from stix2patterns.v21.pattern import Pattern
 from stix2validator import ValidationOptions, validate_instance
 from stix2validator.errors import ValidationError as ValidatorInputError
 
 from connector.collections import recipient_collection_id
 from connector.config import Config
 from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
-from connector.routing import Router
+from connector.routing import Match, Policy, Router
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
@@ -64,6 +65,7 @@ _SCO_TYPES = {
     "windows-registry-key",
     "x509-certificate",
 }
+_ROUTABLE_PATTERN_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"}
 _PATTERN_VALUE = re.compile(
     r"\b(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
 )
@@ -120,7 +122,34 @@ def validate(item: Any) -> str | None:
         return f"not valid STIX 2.1: {type(exc).__name__}: {exc}"
     if not result.is_valid:
         return "; ".join(str(e) for e in result.errors)
-    return sco_id_problem(item)
+    return sco_id_problem(item) or pattern_problem(item) or credential_problem(item)
+
+
+def pattern_problem(obj: dict[str, Any]) -> str | None:
+    """Indicators are routed by their pattern, so it must say plainly what it is about: only
+    `<type>:value = '...'` comparisons of routable types (anything else could carry another
+    recipient's hosts past the routing)."""
+    if obj.get("type") != "indicator" or obj.get("pattern_type") != "stix":
+        return None
+    try:
+        comparisons = Pattern(obj["pattern"]).inspect().comparisons
+    except Exception as exc:
+        return f"{obj['id']}: pattern not parsed: {exc}"
+    for kind, items in comparisons.items():
+        for path, operator, _value in items:
+            if kind not in _ROUTABLE_PATTERN_TYPES or path != ["value"] or operator != "=":
+                return (
+                    f"{obj['id']}: only [<type>:value = '...'] comparisons of "
+                    f"{', '.join(sorted(_ROUTABLE_PATTERN_TYPES))} are accepted in patterns"
+                )
+    return None
+
+
+def credential_problem(obj: dict[str, Any]) -> str | None:
+    """A raw credential (user-account.credential) is personal data the clearinghouse never takes."""
+    if "credential" in obj or "credential_last_changed" in obj:
+        return f"{obj['id']}: raw credentials are not accepted; send the account without them"
+    return None
 
 
 def sco_id_problem(obj: dict[str, Any]) -> str | None:
@@ -130,7 +159,9 @@ def sco_id_problem(obj: dict[str, Any]) -> str | None:
     if cls is None:
         return None
     try:
-        rebuilt = cls(**{k: v for k, v in obj.items() if k != "id"}, allow_custom=True)
+        # No custom properties: an SCO is shared by every notification about that value, so a
+        # submitter must not be able to attach its own notes to other partners' notifications.
+        rebuilt = cls(**{k: v for k, v in obj.items() if k != "id"}, allow_custom=False)
     except Exception as exc:
         return f"{obj['id']}: not a valid {obj['type']}: {exc}"
     expected = str(rebuilt.id)
@@ -264,12 +295,9 @@ class Submissions:
         with self.store.writing() as writer:
             owners = self._owners(writer.conn, [o["id"] for o in valid])
             existing = self._existing_ids(writer.conn, [o["id"] for o in valid])
-            stored_scos = self._stored_bodies(
-                writer.conn, [o["id"] for o in valid if o["type"] in _SCO_TYPES]
-            )
             accepted: list[dict[str, Any]] = []
             for obj in valid:
-                problem = self._ownership_problem(obj, partner, owners, existing, stored_scos)
+                problem = self._ownership_problem(obj, partner, owners, existing)
                 if problem:
                     result.outcomes.append(outcome(obj, problem))
                 else:
@@ -353,16 +381,6 @@ class Submissions:
         return out
 
     @staticmethod
-    def _stored_bodies(conn: Any, ids: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            so = t.stix_objects
-            rows = conn.execute(select(so.c.stix_id, so.c.body).where(so.c.stix_id.in_(chunk)))
-            out.update({r[0]: orjson.loads(r[1]) for r in rows})
-        return out
-
-    @staticmethod
     def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
         out: set[str] = set()
         for start in range(0, len(ids), 500):
@@ -377,21 +395,21 @@ class Submissions:
         partner: str,
         owners: dict[str, str],
         existing: set[str],
-        stored_scos: dict[str, Any],
     ) -> str | None:
         ident = obj["id"]
         if obj["type"] in _SCO_TYPES:
-            stored = stored_scos.get(ident)
-            if stored is not None and stored != obj:
-                return f"{ident} differs from the stored observable with this id; ids name content"
-            return None
+            return None  # content-addressed and custom-free (see sco_id_problem): the stored one stays
         if ident in _OFFICIAL_MARKINGS:
             return None
+        # Deterministic (UUIDv5) ids are how the clearinghouse names its own objects; taking one
+        # would let a submitter pre-empt a future notification. One message whether or not the
+        # id exists, so nothing about the store can be probed.
+        refused = f"{ident}: this id cannot be accepted from this source (use a random UUIDv4 id of your own)"
+        if uuid.UUID(ident.split("--", 1)[1]).version == 5:
+            return refused
         owner = owners.get(ident)
-        if owner is not None and owner != partner:
-            return f"{ident} belongs to another source; only its source may publish versions of it"
-        if owner is None and ident in existing:
-            return f"{ident} is an object of the clearinghouse or another partner; it cannot be replaced"
+        if (owner is not None and owner != partner) or (owner is None and ident in existing):
+            return refused
         return None
 
     def _route(
@@ -403,33 +421,19 @@ class Submissions:
         refused: dict[str, str] = {}
         delivered_ids: set[str] = set()
         for obj in objects:
-            found = {}
-            for kind, value in observables_of(obj, by_id):
-                match = (
-                    self.router.match_keys(ip=value)
-                    if kind == "ip"
-                    else self.router.match_keys(hostname=value)
-                )
-                if match is not None:
-                    found[match.owner] = match
-            if len(found) > 1:
-                refused[obj["id"]] = (
-                    "its observables belong to different recipients "
-                    f"({', '.join(sorted(found))}); submit one object per organisation"
-                )
+            observed = list(observables_of(obj, by_id))
+            match, closure, problem = self._owner_and_closure(obj, by_id, observed)
+            if problem:
+                refused[obj["id"]] = problem
                 continue
-            if not found:
+            if match is None:
                 continue
-            owner = next(iter(found))
-            closure = self._closure(obj, by_id)
-            foreign = self._foreign_owners(closure, owner)
-            if foreign:
-                refused[obj["id"]] = (
-                    f"it references observables of other recipients ({', '.join(sorted(foreign))}) "
-                    f"besides {owner}'s; submit one object per organisation"
-                )
+            if self._opted_out(observed):
+                result.opted_out += 1
                 continue
-            decision = self.router.decide(found[owner], tlp_of(obj, default_tlp))
+            # Accounts and e-mail addresses are personal data: to the direct owner only.
+            personal = any(m["type"] in ("email-addr", "user-account") for m in closure)
+            decision = self.router.decide(match, Policy(tlp_of(obj, default_tlp), direct_owner_only=personal))
             for rid in decision.suppressed_tlp:
                 result.suppressed_tlp[rid] += 1
             if decision.recipients:
@@ -446,16 +450,55 @@ class Submissions:
         result.unrouted = sum(1 for o in objects if o["id"] not in delivered_ids and o["id"] not in refused)
         return {rid: list(objs.values()) for rid, objs in deliveries.items()}, refused
 
+    def _owner_and_closure(
+        self, obj: dict[str, Any], by_id: dict[str, dict[str, Any]], observed: list[tuple[str, str]]
+    ) -> tuple[Match | None, list[dict[str, Any]], str | None]:
+        """(the owner's match, what would be delivered, why it is refused): one owner or none."""
+        found = {}
+        for kind, value in observed:
+            match = self._match(kind, value)
+            if match is not None:
+                found[match.owner] = match
+        if len(found) > 1:
+            names = ", ".join(sorted(found))
+            return (
+                None,
+                [],
+                f"its observables belong to different recipients ({names}); "
+                "submit one object per organisation",
+            )
+        if not found:
+            return None, [], None
+        owner = next(iter(found))
+        closure = self._closure(obj, by_id)
+        foreign = self._foreign_owners(closure, owner)
+        if foreign:
+            names = ", ".join(sorted(foreign))
+            return (
+                None,
+                [],
+                (
+                    f"it references observables of other recipients ({names}) besides {owner}'s; "
+                    "submit one object per organisation"
+                ),
+            )
+        return found[owner], closure, None
+
+    def _opted_out(self, observed: list[tuple[str, str]]) -> bool:
+        return any(
+            self.router.opt_out_rule(value if kind == "ip" else None, value if kind == "domain" else None)
+            for kind, value in observed
+        )
+
+    def _match(self, kind: str, value: str) -> Match | None:
+        return self.router.match_keys(ip=value) if kind == "ip" else self.router.match_keys(hostname=value)
+
     def _foreign_owners(self, closure: list[dict[str, Any]], owner: str) -> set[str]:
         """Owners other than `owner` of any observable anywhere in what would be delivered."""
         out = set()
         for member in closure:
             for kind, value in _own_observables(member):
-                match = (
-                    self.router.match_keys(ip=value)
-                    if kind == "ip"
-                    else self.router.match_keys(hostname=value)
-                )
+                match = self._match(kind, value)
                 if match is not None and match.owner != owner:
                     out.add(match.owner)
         return out

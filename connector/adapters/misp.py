@@ -364,11 +364,9 @@ class _EventMapping:
                 fields = routable_fields(misp_type, attribute.value)
             except ValueError as exc:
                 self.without_notification[misp_type] += 1
-                reason = (
-                    "not an e-mail address (value withheld: personal data)"
-                    if misp_type in EMAIL_TYPES
-                    else str(exc)
-                )
+                # Never the value: it may be another recipient's host or hold a password.
+                reason = f"not a usable {misp_type} value (value withheld)"
+                del exc
                 self.unusable.append(
                     {"uuid": self._given(attribute.uuid) or "(none)", "type": misp_type, "reason": reason}
                 )

@@ -18,6 +18,7 @@ from typing import Any
 from pymisp import MISPEvent, MISPObject, MISPOrganisation
 from sqlalchemy import and_, select
 
+from connector.collections import recipient_collection_id
 from connector.config import Config, MispChannel
 from connector.stix.ids import project_uuid
 from connector.store import Store
@@ -51,32 +52,42 @@ def _member_keys(store: Store, recipient: str, event_uuid: str) -> list[str]:
         ]
 
 
-def _latest(conn: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-    so = t.stix_objects
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
+def _latest(conn: Any, ids: list[str], collection_id: str) -> dict[str, dict[str, Any]]:
+    """The current version of each object *in the recipient's collection*: what it was given
+    (its TLP ceiling, routing at the time, deletions), never a newer one it was not."""
+    so, co = t.stix_objects, t.collection_objects
+    out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), 500):
         rows = conn.execute(
-            select(so.c.stix_id, so.c.modified, so.c.body).where(so.c.stix_id.in_(ids[start : start + 500]))
+            select(co.c.stix_id, so.c.body)
+            .select_from(co.join(so, so.c.pk == co.c.object_pk))
+            .where(
+                and_(
+                    co.c.collection_id == collection_id,
+                    co.c.is_latest.is_(True),
+                    co.c.stix_id.in_(ids[start : start + 500]),
+                )
+            )
         )
-        for stix_id, modified, body in rows:
-            if stix_id not in out or modified > out[stix_id][0]:
-                out[stix_id] = (modified, json.loads(body))
-    return {k: v[1] for k, v in out.items()}
+        out.update({stix_id: json.loads(body) for stix_id, body in rows})
+    return out
 
 
-def load_notifications(store: Store, keys: list[str]) -> list[dict[str, Any]]:
-    """Per notification: its row, latest sighting, observed-data, SCOs and sighted object."""
+def load_notifications(store: Store, keys: list[str], recipient: str) -> list[dict[str, Any]]:
+    """Per notification the recipient holds: its row, sighting, observed-data, SCOs, sighted object."""
     n = t.notifications
+    collection_id = recipient_collection_id(recipient)
     with store.engine.connect() as conn:
         rows = [
             dict(r) for r in conn.execute(select(n).where(n.c.key.in_(keys)).order_by(n.c.key)).mappings()
         ]
-        sightings = _latest(conn, [r["sighting_id"] for r in rows])
+        sightings = _latest(conn, [r["sighting_id"] for r in rows], collection_id)
+        rows = [r for r in rows if r["sighting_id"] in sightings]  # deleted or never given: left out
         observed_ids = [ref for s in sightings.values() for ref in s["observed_data_refs"]]
-        observed = _latest(conn, observed_ids)
+        observed = _latest(conn, observed_ids, collection_id)
         refs = [ref for o in observed.values() for ref in o["object_refs"]]
         refs += [s["sighting_of_ref"] for s in sightings.values()]
-        others = _latest(conn, refs)
+        others = _latest(conn, refs, collection_id)
     out = []
     for row in rows:
         sighting = sightings[row["sighting_id"]]
@@ -106,7 +117,7 @@ def build_event(
     channel: MispChannel,
     sharing_group_id: int | None = None,
 ) -> BuiltEvent:
-    notes = load_notifications(store, _member_keys(store, recipient, event_uuid))
+    notes = load_notifications(store, _member_keys(store, recipient, event_uuid), recipient)
     event = MISPEvent()
     event.uuid = event_uuid
     first = notes[0]["row"] if notes else None

@@ -140,11 +140,12 @@ class MispSync:
                 "misp push deferred", extra={"recipient": rid, "event": event_uuid, "error": str(exc)}
             )
             return
-        except Refused as exc:
-            self._mark(entry, status="failed", attempts=entry["attempts"] + 1, error=str(exc))
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            self._mark(entry, status="failed", attempts=entry["attempts"] + 1, error=message)
             summary.add(rid, "failed")
-            summary.errors.append(f"{rid} {event_uuid}: {exc}")
-            log.error("misp refused event", extra={"recipient": rid, "event": event_uuid, "error": str(exc)})
+            summary.errors.append(f"{rid} {event_uuid}: {message}")
+            log.error("misp delivery failed", extra={"recipient": rid, "event": event_uuid, "error": message})
             return
         self._mark(entry, status="done", pushed_hash=built.content_hash)
         summary.add(rid, outcome)
@@ -193,6 +194,20 @@ class MispSync:
                 )
                 .values(**values)
             )
+
+    def retry_failed(self, recipient: str | None = None) -> int:
+        """Put failed entries back in the queue (after an outage longer than the retries)."""
+        ob = t.misp_outbox
+        query = update(ob).where(ob.c.status == "failed")
+        if recipient:
+            query = query.where(ob.c.recipient == recipient)
+        with self.store.engine.begin() as conn:
+            result = conn.execute(
+                query.values(
+                    status="pending", attempts=0, next_attempt=now_us(), updated_at=us_to_timestamp(now_us())
+                )
+            )
+        return int(result.rowcount or 0)
 
     def status(self) -> list[dict[str, Any]]:
         ob = t.misp_outbox

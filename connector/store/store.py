@@ -348,7 +348,8 @@ class Store:
         """Take versions of an object out of a collection (the object rows stay for audit)."""
         co = t.collection_objects
         condition = versions.condition()
-        with self._write_engine.begin() as conn:
+        with self.writing() as writer:  # the same lock as every writer: is_latest stays exact
+            conn = writer.conn
             query = select(co.c.pk).where(and_(co.c.collection_id == collection_id, co.c.stix_id == stix_id))
             if condition is not None:
                 query = query.where(condition)

@@ -131,7 +131,7 @@ def delete_object(
     visible_collection(request, api_root, collection_id, who)
     if not who.operator:
         raise TaxiiError(403, "Forbidden", "Only operators may delete objects.")
-    versions = q.versions if q.versions != VersionFilter() else VersionFilter(all=True)
+    versions = q.versions or VersionFilter(all=True)  # spec: without match[version], every version
     removed = state(request).store.remove_members(collection_id, object_id, versions)
     if not removed:
         raise not_found("object")

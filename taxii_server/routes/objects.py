@@ -31,11 +31,11 @@ class ObjectQuery:
     next: str | None
     types: tuple[str, ...]
     ids: tuple[str, ...]
-    versions: VersionFilter
+    versions: VersionFilter | None
     spec_versions: tuple[str, ...]
 
     def fingerprint_parts(self) -> tuple[object, ...]:
-        v = self.versions
+        v = self.versions or VersionFilter()
         return (self.added_after, self.types, self.ids, v.last, v.first, v.all, v.exact, self.spec_versions)
 
 
@@ -49,9 +49,10 @@ def _split(value: str | None) -> tuple[str, ...]:
     return parts
 
 
-def _versions(value: str | None) -> VersionFilter:
+def _versions(value: str | None) -> VersionFilter | None:
+    """None when the parameter is absent: each endpoint has its own default (last; DELETE all)."""
     if value is None:
-        return VersionFilter()
+        return None
     last = first = every = False
     exact: list[str] = []
     for part in _split(value):
