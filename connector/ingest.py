@@ -258,7 +258,7 @@ class Ingestor:
         keep_raw = (
             mapping.keep_raw_in_quarantine
             if mapping is not None
-            else getattr(code_adapter, "keep_raw_in_quarantine", True)
+            else getattr(code_adapter, "keep_raw_in_quarantine", False)
         )
         with stream:
             for row in adapter.rows(stream):
@@ -362,7 +362,7 @@ class _BatchWriter:
         """The notification's new row (its objects kept for storing); None when discarded."""
         decision = self.ingestor.router.route(n)
         self.summary.count_decision(decision)
-        if decision.match is None and n.discard_unrouted:
+        if n.discard_unrouted and not decision.recipients:
             self.summary.counts["discarded"] += 1
             return None  # personal data nobody is entitled to: counted, never stored
         first, last = fresh[0], fresh[-1]

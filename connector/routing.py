@@ -191,7 +191,7 @@ class Router:
         policy = Policy(n.tlp, n.classification.taxonomy, n.classification.type, n.direct_owner_only)
         decision = self.decide(self.match(n), policy)
         if decision.recipients:
-            decision.opted_out = self.opt_out_rule(n.ip, n.hostname)
+            decision.opted_out = self.opt_out_rule(n.ip, n.hostname or _host_of(n))
             if decision.opted_out:
                 decision.recipients = []
         return decision

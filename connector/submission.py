@@ -90,6 +90,7 @@ class SubmissionResult:
     suppressed_tlp: Counter[str] = field(default_factory=Counter)
     routed: int = 0
     unrouted: int = 0
+    opted_out: int = 0
 
     @property
     def accepted(self) -> list[Outcome]:

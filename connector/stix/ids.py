@@ -41,4 +41,4 @@ def project_uuid(*key: str | int | None) -> uuid.UUID:
 def timestamp(moment: datetime) -> str:
     """STIX timestamp in UTC with millisecond precision, the form every consumer parses."""
     moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
