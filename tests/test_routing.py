@@ -157,3 +157,24 @@ def test_router_agrees_with_brute_force(nets: list[str], probes: list[str]) -> N
     for ip in probes + inside:
         found = router.route(notification(ip)).match
         assert (found.owner if found else None) == brute_force_owner(recipients, ip), ip
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    nets=st.lists(st.one_of(networks_v4, networks_v6), min_size=1, max_size=30, unique=True),
+    probes=st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
+            st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
+        ),
+        max_size=30,
+    ),
+)
+def test_bulk_lookup_agrees_with_single_lookups(nets: list[str], probes: list[str]) -> None:
+    recipients = [
+        {"id": f"r{i}", "name": f"R{i}", "kind": "organisation", "constituency": {"networks": [net]}}
+        for i, net in enumerate(nets)
+    ]
+    router = Router(config(recipients))
+    addresses = probes + [str(ipaddress.ip_network(n).network_address) for n in nets]
+    assert router.lookup_owners(addresses) == [router.lookup_owner(ip) for ip in addresses]
