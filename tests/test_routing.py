@@ -135,22 +135,27 @@ networks_v6 = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    nets=st.lists(st.one_of(networks_v4, networks_v6), min_size=1, max_size=40, unique=True),
-    probes=st.lists(
-        st.one_of(
-            st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
-            st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
-        ),
-        max_size=40,
+addresses = st.lists(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
+        st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
     ),
+    max_size=40,
 )
-def test_router_agrees_with_brute_force(nets: list[str], probes: list[str]) -> None:
-    recipients = [
+network_lists = st.lists(st.one_of(networks_v4, networks_v6), min_size=1, max_size=40, unique=True)
+
+
+def one_recipient_per_network(nets: list[str]) -> list[dict]:
+    return [
         {"id": f"r{i}", "name": f"R{i}", "kind": "organisation", "constituency": {"networks": [net]}}
         for i, net in enumerate(nets)
     ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(nets=network_lists, probes=addresses)
+def test_router_agrees_with_brute_force(nets: list[str], probes: list[str]) -> None:
+    recipients = one_recipient_per_network(nets)
     router = Router(config(recipients))
     # Probe inside every network as well as at random.
     inside = [str(ipaddress.ip_network(n).network_address) for n in nets]
@@ -160,21 +165,8 @@ def test_router_agrees_with_brute_force(nets: list[str], probes: list[str]) -> N
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    nets=st.lists(st.one_of(networks_v4, networks_v6), min_size=1, max_size=30, unique=True),
-    probes=st.lists(
-        st.one_of(
-            st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
-            st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
-        ),
-        max_size=30,
-    ),
-)
+@given(nets=network_lists, probes=addresses)
 def test_bulk_lookup_agrees_with_single_lookups(nets: list[str], probes: list[str]) -> None:
-    recipients = [
-        {"id": f"r{i}", "name": f"R{i}", "kind": "organisation", "constituency": {"networks": [net]}}
-        for i, net in enumerate(nets)
-    ]
-    router = Router(config(recipients))
+    router = Router(config(one_recipient_per_network(nets)))
     addresses = probes + [str(ipaddress.ip_network(n).network_address) for n in nets]
     assert router.lookup_owners(addresses) == [router.lookup_owner(ip) for ip in addresses]

@@ -211,12 +211,7 @@ def get_versions(
     page = fetch_page(request, who, api_root, collection_id, q, "versions", object_id)
     if not page.members and not q.next:
         _require_exists(request, collection_id, object_id)
-    body: dict[str, object] = {"more": page.more}
-    if page.next:
-        body["next"] = page.next
-    if page.members:
-        body["versions"] = [_version(m) for m in page.members]
-    return taxii_response(body, headers=page.headers())
+    return _listing(page, "versions", [_version(m) for m in page.members])
 
 
 @router.get("/{api_root}/collections/{collection_id}/manifest/")
@@ -228,11 +223,10 @@ def get_manifest(
     q: ObjectQuery = Depends(object_query),
 ) -> Response:
     page = fetch_page(request, who, api_root, collection_id, q, "manifest")
-    body: dict[str, object] = {"more": page.more}
-    if page.next:
-        body["next"] = page.next
-    if page.members:
-        body["objects"] = [
+    return _listing(
+        page,
+        "objects",
+        [
             {
                 "id": m.stix_id,
                 "date_added": us_to_timestamp(m.date_added),
@@ -240,7 +234,17 @@ def get_manifest(
                 "media_type": STIX_MEDIA_TYPE,
             }
             for m in page.members
-        ]
+        ],
+    )
+
+
+def _listing(page: Page, key: str, items: list[object]) -> Response:
+    """A versions or manifest resource: `more`, `next` when there is more, then the items."""
+    body: dict[str, object] = {"more": page.more}
+    if page.next:
+        body["next"] = page.next
+    if items:
+        body[key] = items
     return taxii_response(body, headers=page.headers())
 
 
