@@ -149,7 +149,7 @@ class MispChannel(_Strict):
     ca_bundle: Path | None = None
     # Keep one constituent's data from the others on a shared sector instance.
     distribution: Literal["organisation", "sharing-group"] = "organisation"
-    sharing_group: str | None = None  # name or UUID, with distribution sharing-group
+    sharing_group: str | None = None  # numeric id, name or UUID, with distribution sharing-group
     group_by: Literal["case-day", "feed-day"] = "case-day"
     publish: bool = False
     max_attempts: int = Field(8, ge=1)

@@ -839,6 +839,14 @@ class MispFake:
             raise _HttpError(405, f"MispFake: {method} is not implemented for {path}", path)
         return getattr(self, handler)(_Call(method, arg, named, body, path))
 
+    def _r_sharing_groups(self, call: _Call) -> _Result:
+        """sharingGroups/index: the groups this user may use, in MISP's list shape."""
+        groups = [
+            {"SharingGroup": dict(group), "Organisation": dict(self.org)}
+            for group in self.sharing_groups.values()
+        ]
+        return 200, {}, {"response": groups}, False
+
     def _r_version(self, call: _Call) -> _Result:
         return 200, {}, self._version(), False
 
@@ -1811,6 +1819,7 @@ _ROUTES: dict[tuple[str, ...], dict[str, str]] = {
     ("events", "restSearch"): {"POST": "_r_search"},
     ("events", "publish"): {"POST": "_r_publish", "PUT": "_r_publish"},
     ("tags", "attachTagToObject"): {"POST": "_r_tag"},
+    ("sharingGroups", "index"): dict.fromkeys(_READ, "_r_sharing_groups"),
 }
 _NEEDS_ARG = {
     ("users", "view"),

@@ -72,6 +72,7 @@ class MispSync:
         self.store = store
         self.client_factory = client_factory
         self._clients: dict[str, Any] = {}
+        self._groups: dict[str, int] = {}
 
     def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
         ob = t.misp_outbox
@@ -112,7 +113,7 @@ class MispSync:
                 event_uuid,
                 entry["group_label"],
                 channel,
-                _sharing_group_id(channel),
+                self._sharing_group_id(rid, channel),
             )
             if built.content_hash == entry["pushed_hash"]:
                 self._mark(entry, status="done")
@@ -149,6 +150,27 @@ class MispSync:
             return
         self._mark(entry, status="done", pushed_hash=built.content_hash)
         summary.add(rid, outcome)
+
+    def _sharing_group_id(self, rid: str, channel: MispChannel) -> int | None:
+        """The configured sharing group's id: given as a number, or looked up (once) by name or
+        UUID among the groups the MISP lets this key use."""
+        if channel.distribution != "sharing-group" or channel.sharing_group is None:
+            return None
+        wanted = channel.sharing_group
+        if wanted.isdigit():
+            return int(wanted)
+        if rid not in self._groups:
+            try:
+                groups = self._client(rid, channel).sharing_groups(pythonify=True)
+            except (requests.RequestException, MISPServerError) as exc:
+                raise Retryable(f"cannot list sharing groups: {exc}") from None
+            if isinstance(groups, dict):
+                raise Refused(f"cannot list sharing groups: {str(groups)[:300]}")
+            match = [g for g in groups if wanted in (str(g.get("name")), str(g.get("uuid")))]
+            if len(match) != 1:
+                raise Refused(f"sharing group {wanted!r}: {len(match)} groups with that name or UUID")
+            self._groups[rid] = int(match[0].id)
+        return self._groups[rid]
 
     def _client(self, rid: str, channel: MispChannel) -> Any:
         if rid not in self._clients:
@@ -234,14 +256,6 @@ class MispSync:
             if error and status != "done":
                 entry["last_error"] = error
         return [out[k] for k in sorted(out)]
-
-
-def _sharing_group_id(channel: MispChannel) -> int | None:
-    if channel.distribution != "sharing-group" or channel.sharing_group is None:
-        return None
-    if channel.sharing_group.isdigit():
-        return int(channel.sharing_group)
-    raise Refused(f"sharing group {channel.sharing_group!r}: give the numeric id of the sharing group")
 
 
 def push_event(client: Any, event: Any, *, publish: bool) -> str:
