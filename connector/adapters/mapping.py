@@ -45,6 +45,13 @@ class MappingError(Exception):
         super().__init__(f"mapping {source}: " + "; ".join(problems))
 
 
+def known_converter(name: str) -> str:
+    """Mapping files may only name converters from the allow-list in converters.py."""
+    if name not in CONVERTERS:
+        raise ValueError(f"unknown converter {name!r}; allowed: {', '.join(sorted(CONVERTERS))}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,9 +76,7 @@ class FieldSpec(_Strict):
     @field_validator("convert")
     @classmethod
     def _known_converter(cls, value: str | None) -> str | None:
-        if value is not None and value not in CONVERTERS:
-            raise ValueError(f"unknown converter {value!r}; allowed: {', '.join(sorted(CONVERTERS))}")
-        return value
+        return None if value is None else known_converter(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
@@ -98,9 +103,7 @@ class EvidenceSpec(_Strict):
     @field_validator("convert")
     @classmethod
     def _known_converter(cls, value: str) -> str:
-        if value not in CONVERTERS:
-            raise ValueError(f"unknown converter {value!r}; allowed: {', '.join(sorted(CONVERTERS))}")
-        return value
+        return known_converter(value)
 
 
 class SkipRule(_Strict):

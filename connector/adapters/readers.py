@@ -10,7 +10,6 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
@@ -88,7 +87,3 @@ def read_csv(stream: BinaryIO) -> Iterator[Row]:
 
 
 READERS: dict[str, Callable[[BinaryIO], Iterator[Row]]] = {"jsonl": read_jsonl, "csv": read_csv}
-
-
-def open_input(path: Path) -> BinaryIO:
-    return path.open("rb")

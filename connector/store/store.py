@@ -308,10 +308,6 @@ class Store:
         with self.engine.connect() as conn:
             return [Member(*row) for row in conn.execute(query)]
 
-    def collection_ids(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(select(t.collections.c.id).order_by(t.collections.c.id))]
-
     def count_members(self, collection_id: str) -> int:
         co = t.collection_objects
         with self.engine.connect() as conn:
