@@ -55,6 +55,8 @@ class ServerConfig(_Strict):
     port: int = Field(6100, ge=1, le=65535)
     title: str = "Security Meldpunt TAXII server"
     api_root: Slug = "meldpunt"
+    # Where recipients reach this server (behind a proxy): MISP events link back to it.
+    public_url: str | None = Field(None, pattern=r"^https?://")
     page_size_default: int = Field(100, ge=1)
     page_size_max: int = Field(1000, ge=1)
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)

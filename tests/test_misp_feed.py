@@ -12,7 +12,7 @@ import yaml
 from pymisp import MISPEvent
 
 from connector.adapters.mapping import load_mappings
-from connector.collections import collection_rows
+from connector.collections import collection_rows, recipient_collection_id
 from connector.config import parse_config
 from connector.ingest import Ingestor
 from connector.misp.feed import export_feed, feed_files
@@ -28,6 +28,7 @@ def feed_config():  # type: ignore[no-untyped-def]
             r["misp"] = {"feed": True}
     for u in raw["users"]:
         u["password_hash"] = hash_password(password_for(u["username"]))
+    raw["server"]["public_url"] = "https://meldpunt.example"
     return parse_config(raw)
 
 
@@ -53,6 +54,8 @@ def test_feed_files_load_back_and_match_manifest_and_hashes(tmp_path: Path) -> N
         assert event.uuid == uuid
         assert event.info == meta["info"]
         assert {t.name for t in event.tags} == {t["name"] for t in meta["Tag"]} >= {"tlp:amber"}
+        for attribute in event.attributes:  # provenance: who reported it, in which case
+            seen_hashes.add((hashlib.md5(str(attribute.value).encode()).hexdigest(), uuid))
         for obj in event.objects:
             for attribute in obj.attributes:
                 seen_hashes.add((hashlib.md5(str(attribute.value).encode()).hexdigest(), uuid))
@@ -100,3 +103,23 @@ def test_feed_is_served_only_to_the_recipients_users(tmp_path: Path) -> None:
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=10)
+
+
+def test_events_name_the_source_and_case_and_link_back_to_the_collection(tmp_path: Path) -> None:
+    config, store = ingested(tmp_path)
+    files = feed_files(config, store, "gemeente-voorbeeld")
+    events = [
+        json.loads(b)["Event"] for n, b in files.items() if n.endswith(".json") and n != "manifest.json"
+    ]
+    assert events
+    collection = recipient_collection_id("gemeente-voorbeeld")
+    for event in events:
+        texts = [a["value"] for a in event["Attribute"] if a["type"] == "text"]
+        assert texts == [
+            "Reported by DIVD (Dutch Institute for Vulnerability Disclosure), case DIVD-2024-00012"
+        ]
+        links = [a["value"] for a in event["Attribute"] if a["type"] == "link"]
+        assert links and all(
+            link.startswith(f"https://meldpunt.example/meldpunt/collections/{collection}/objects/sighting--")
+            for link in links
+        )

@@ -153,6 +153,7 @@ def build_event(
         for obj in _objects_for(note, event_uuid):
             count += len(obj.attributes)
             event.add_object(obj)
+    _add_provenance(event, event_uuid, notes, config, recipient)
     for tag in sorted(tags):
         event.add_tag(tag)
     content = json.loads(event.to_json())  # to_dict is shallow: objects would hash as their names
@@ -265,3 +266,29 @@ def _cve_of(sighted: dict[str, Any] | None) -> str | None:
         return None
     refs = sighted.get("external_references", [])
     return next((r["external_id"] for r in refs if r.get("source_name") == "cve"), None)
+
+
+def _add_provenance(
+    event: MISPEvent, event_uuid: str, notes: list[dict[str, Any]], config: Config, recipient: str
+) -> None:
+    """Who reported it and in which case, and (with server.public_url) a link back to the
+    notification in the recipient's TAXII collection."""
+    sources = sorted({(n["row"]["partner"], _case_of(n)) for n in notes})
+    for partner, case in sources:
+        text = f"Reported by {config.partner(partner).name}" + (f", case {case}" if case else "")
+        attribute = event.add_attribute("text", text, category="Other", to_ids=False)
+        attribute.uuid = _uuid(event_uuid, "source", partner, case or "")
+    base = config.server.public_url
+    if not base:
+        return
+    collection = recipient_collection_id(recipient)
+    for note in notes:
+        sighting = note["sighting"]["id"]
+        url = f"{base.rstrip('/')}/{config.server.api_root}/collections/{collection}/objects/{sighting}/"
+        attribute = event.add_attribute("link", url, category="External analysis", to_ids=False)
+        attribute.uuid = _uuid(event_uuid, "link", note["row"]["key"])
+
+
+def _case_of(note: dict[str, Any]) -> str | None:
+    ext = next(iter(note["sighting"].get("extensions", {}).values()), {})
+    return ext.get("case_id")
