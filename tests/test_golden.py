@@ -41,3 +41,50 @@ def test_divd_bundle_per_recipient(tmp_path: Path, sample_config: Config, recipi
         path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
     expected = json.loads(path.read_text())
     assert actual == expected
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def _fresh(tmp_path: Path, config: Config) -> Store:
+    store = Store.open(f"sqlite:///{tmp_path / 'g.db'}")
+    store.sync_collections(collection_rows(config))
+    return store
+
+
+def _check(store: Store, recipient: str, name: str) -> None:
+    buffer = io.BytesIO()
+    write_bundle(store, recipient, buffer)
+    actual = json.loads(buffer.getvalue())
+    path = GOLDEN / name
+    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    assert actual == json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("recipient", ["ibd", "zcert"])
+def test_leaked_credentials_bundle_per_recipient(
+    tmp_path: Path, sample_config: Config, recipient: str
+) -> None:
+    """Synthetic rows: one per owner (example.nl: IBD; example.org: Z-CERT) and one at a domain
+    nobody owns (discarded). The masked password is the only trace of the password."""
+    store = _fresh(tmp_path, sample_config)
+    summary = Ingestor(sample_config, store, load_mappings(), clock=lambda: FIXED_CLOCK).run(
+        "divd", "divd-credentials", [DATA / "credentials" / "DIVD-2024-00099.credentials.csv"]
+    )
+    assert summary.counts["discarded"] == 1
+    _check(store, recipient, f"divd-credentials.{recipient}.bundle.json")
+    text = (GOLDEN / f"divd-credentials.{recipient}.bundle.json").read_text()
+    assert "CorrectHorse42" not in text and "tiny" not in text
+
+
+@pytest.mark.parametrize("recipient", ["gemeente-voorbeeld", "zcert"])
+def test_researcher_bundle_per_recipient(tmp_path: Path, sample_config: Config, recipient: str) -> None:
+    """A researcher's bundle: the observed host goes to the municipality, the indicator to
+    Z-CERT, the invalid indicator nowhere."""
+    store = _fresh(tmp_path, sample_config)
+    summary = Ingestor(sample_config, store, load_mappings(), clock=lambda: FIXED_CLOCK).run(
+        "researcher-1", "stix", [DATA / "stix" / "researcher-1.bundle.json"]
+    )
+    assert summary.counts["quarantined"] == 1
+    _check(store, recipient, f"stix-researcher-1.{recipient}.bundle.json")
