@@ -6,9 +6,6 @@ the diff: it is exactly what recipients will see change.
 
 from __future__ import annotations
 
-import io
-import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,12 +14,11 @@ import pytest
 from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows
 from connector.config import Config
-from connector.export import write_bundle
 from connector.ingest import Ingestor
 from connector.store import Store
 from tests.conftest import DIVD_SCAN
+from tests.golden_files import GOLDEN, assert_golden, recipient_bundle
 
-GOLDEN = Path(__file__).parent / "golden"
 FIXED_CLOCK = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 
 
@@ -33,14 +29,7 @@ def test_divd_bundle_per_recipient(tmp_path: Path, sample_config: Config, recipi
     Ingestor(sample_config, store, load_mappings(), clock=lambda: FIXED_CLOCK).run(
         "divd", "divd-nuclei", [DIVD_SCAN]
     )
-    buffer = io.BytesIO()
-    write_bundle(store, recipient, buffer)
-    actual = json.loads(buffer.getvalue())
-    path = GOLDEN / f"divd-nuclei.{recipient}.bundle.json"
-    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
-        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    expected = json.loads(path.read_text())
-    assert actual == expected
+    assert_golden(recipient_bundle(store, recipient), f"divd-nuclei.{recipient}.bundle.json")
 
 
 DATA = Path(__file__).parent / "data"
@@ -50,16 +39,6 @@ def _fresh(tmp_path: Path, config: Config) -> Store:
     store = Store.open(f"sqlite:///{tmp_path / 'g.db'}")
     store.sync_collections(collection_rows(config))
     return store
-
-
-def _check(store: Store, recipient: str, name: str) -> None:
-    buffer = io.BytesIO()
-    write_bundle(store, recipient, buffer)
-    actual = json.loads(buffer.getvalue())
-    path = GOLDEN / name
-    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
-        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    assert actual == json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("recipient", ["ibd", "zcert"])
@@ -73,7 +52,7 @@ def test_leaked_credentials_bundle_per_recipient(
         "divd", "divd-credentials", [DATA / "credentials" / "DIVD-2024-00099.credentials.csv"]
     )
     assert summary.counts["discarded"] == 1
-    _check(store, recipient, f"divd-credentials.{recipient}.bundle.json")
+    assert_golden(recipient_bundle(store, recipient), f"divd-credentials.{recipient}.bundle.json")
     text = (GOLDEN / f"divd-credentials.{recipient}.bundle.json").read_text()
     assert "CorrectHorse42" not in text and "tiny" not in text
 
@@ -87,4 +66,4 @@ def test_researcher_bundle_per_recipient(tmp_path: Path, sample_config: Config, 
         "researcher-1", "stix", [DATA / "stix" / "researcher-1.bundle.json"]
     )
     assert summary.counts["quarantined"] == 1
-    _check(store, recipient, f"stix-researcher-1.{recipient}.bundle.json")
+    assert_golden(recipient_bundle(store, recipient), f"stix-researcher-1.{recipient}.bundle.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from connector.notification import Notification
 from connector.stix.ids import project_id
 from connector.store import Store, VersionFilter
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+from tests.golden_files import assert_golden
 
 SAMPLE = SHARED_DATA / "misp" / "connect2trust-event.json"
 GOLDEN = Path(__file__).parent / "golden" / "misp-connect2trust.bundle.json"
@@ -440,10 +440,7 @@ def golden_bundle(store: Store) -> dict[str, Any]:
 def test_golden_bundle(ingestor: Ingestor, store: Store) -> None:
     """Regenerate with MELDPUNT_UPDATE_GOLDEN=1, then review the diff."""
     ingestor.run(PARTNER, FORMAT, [SAMPLE])
-    actual = golden_bundle(store)
-    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    assert actual == json.loads(GOLDEN.read_text())
+    assert_golden(golden_bundle(store), GOLDEN.name)
 
 
 # --- pull_events against a fake MISP ------------------------------------------------------------

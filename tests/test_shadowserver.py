@@ -10,9 +10,7 @@ addresses, the real column layout), so no sample data is stored here.
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,16 +26,15 @@ from stix2validator import ValidationOptions, validate_parsed_json
 from connector.adapters.mapping import Mapping, family_mapping
 from connector.collections import collection_rows
 from connector.config import Config, parse_config
-from connector.export import write_bundle
 from connector.ingest import Ingestor, RunSummary
 from connector.stix.build import EXTENSION_ID
 from connector.store import Store
 from connector.store import schema as t
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+from tests.golden_files import assert_golden, recipient_bundle
 
 SAMPLES = SHARED_DATA / "shadowserver"
 SYNTHETIC = Path(__file__).parent / "data" / "shadowserver"
-GOLDEN = Path(__file__).parent / "golden"
 FIXED_CLOCK = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 LATER_CLOCK = datetime(2024, 6, 16, 8, 30, tzinfo=UTC)
 CATCH_ALL = "csirt-nl"  # the test recipient: every address nobody else claims
@@ -453,12 +450,6 @@ def test_golden_bundle(tmp_path: Path, config: Config, mappings, report_type: st
     summary = ingest(store, config, mappings, SYNTHETIC / f"{report_type}.csv", FIXED_CLOCK)
     assert summary.ok and summary.warnings == []
     assert summary.counts["quarantined"] == 2  # the synthetic reports each hold two faulty rows
-    buffer = io.BytesIO()
-    write_bundle(store, CATCH_ALL, buffer)
-    actual = json.loads(buffer.getvalue())
-    path = GOLDEN / f"shadowserver-{report_type}.bundle.json"
-    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
-        path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    expected = json.loads(path.read_text())
-    assert actual == expected
+    actual = recipient_bundle(store, CATCH_ALL)
+    assert_golden(actual, f"shadowserver-{report_type}.bundle.json")
     assert not [o["id"] for o in actual["objects"] if validation_errors(o)]

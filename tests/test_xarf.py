@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import io
 import json
-import os
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +28,6 @@ from connector.adapters.readers import RawRecord, RowError
 from connector.adapters.registry import CODE_ADAPTERS, AdapterContext, load_code_adapters
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
-from connector.export import write_bundle
 from connector.ingest import Ingestor, RunSummary
 from connector.rsit import RSIT
 from connector.stix.build import EXTENSION_ID
@@ -38,11 +36,11 @@ from connector.store import schema as t
 from connector.tlp import TLP2_MARKING_IDS
 from connector.yamlfile import load_yaml
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+from tests.golden_files import assert_golden, recipient_bundle
 
 SAMPLES = SHARED_DATA / "xarf" / "samples"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 REPO_SCHEMAS = Path(__file__).resolve().parents[1] / "mappings" / "tables" / "xarf-schemas" / "v4"
-GOLDEN = Path(__file__).parent / "golden"
 FIXED_CLOCK = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 BUNDLE_ID = "bundle--0d6c5ba3-4b9e-4a50-9c5f-1f2c3b4a5d6e"
 
@@ -539,13 +537,8 @@ def test_golden_bundle_of_a_phishing_report(tmp_path: Path, nbip_config: Config)
     path.write_text(json.dumps(GOLDEN_REPORT, indent=2))
     summary = ingest(nbip_config, store, path)
     assert summary.counts["new"] == 1 and dict(summary.per_recipient) == {"ibd": 1}
-    buffer = io.BytesIO()
-    write_bundle(store, "ibd", buffer)
-    actual = json.loads(buffer.getvalue())
-    golden = GOLDEN / "xarf-phishing.bundle.json"
-    if os.environ.get("MELDPUNT_UPDATE_GOLDEN"):
-        golden.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    assert actual == json.loads(golden.read_text())
+    actual = recipient_bundle(store, "ibd")
+    assert_golden(actual, "xarf-phishing.bundle.json")
     sighting = next(o for o in actual["objects"] if o["type"] == "sighting")
     assert sighting["object_marking_refs"] == [TLP2_MARKING_IDS["green"]]
     assert "payload" not in json.dumps(actual) and "security@bank.example" not in json.dumps(actual)
