@@ -19,11 +19,3 @@ def _extractor() -> tldextract.TLDExtract:
 def is_public_suffix(name: str) -> bool:
     parts = _extractor()(name)
     return bool(parts.suffix) and not parts.domain
-
-
-def registered_domain(name: str) -> str | None:
-    """`mail.example.co.uk` -> `example.co.uk`; None for a bare suffix or an unknown TLD."""
-    parts = _extractor()(name)
-    if not parts.suffix or not parts.domain:
-        return None
-    return f"{parts.domain}.{parts.suffix}"

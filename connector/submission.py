@@ -290,8 +290,9 @@ class Submissions:
         valid, positions = self._validated(objects, result)
 
         def outcome(obj: dict[str, Any], message: str | None) -> Outcome:
-            version = object_version(obj)
-            return Outcome(positions[(obj["id"], version)], obj["id"], version, message)
+            return Outcome(
+                positions[(obj["id"], object_version_key(obj))], obj["id"], object_version(obj), message
+            )
 
         with self.store.writing() as writer:
             owners = self._owners(writer.conn, [o["id"] for o in valid])
@@ -331,15 +332,16 @@ class Submissions:
             problem = validate(item)
             ident = item.get("id") if isinstance(item, dict) else None
             version = object_version(item) if isinstance(item, dict) else None
-            if problem is None and (ident, version) in seen:
+            # Versions compare as the store keys them: `...00Z` and `...00.000Z` are one version.
+            if problem is None and (str(ident), object_version_key(item)) in seen:
                 problem = "the same object version appears twice in this submission"
             if problem is not None:
                 result.outcomes.append(Outcome(index, ident, version, problem))
                 continue
-            seen[(str(ident), str(version))] = index
+            seen[(str(ident), object_version_key(item))] = index
             if ident in _OFFICIAL_MARKINGS:
                 item = official_marking(str(ident))  # never store a look-alike of an official marking
-                seen[(str(ident), object_version(item))] = index
+                seen[(str(ident), object_version_key(item))] = index
             valid.append(item)
         return valid, seen
 

@@ -175,3 +175,18 @@ def test_misp_events_hold_what_the_recipient_was_given(tmp_path: Path, sample_co
     some = next(m.stix_id for m in store.page(zcert, after=None, limit=100, types=("sighting",)))
     store.remove_members(zcert, some, VersionFilter(all=True))
     assert some not in {n["sighting"]["id"] for n in load_notifications(store, keys, "zcert")}
+
+
+def test_two_spellings_of_one_version_are_the_same_version(store, sample_config) -> None:  # type: ignore[no-untyped-def]
+    ident = f"identity--{uuid.uuid4()}"
+    first = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": ident,
+        "created": T0,
+        "modified": T0,
+        "name": "A",
+    }
+    again = dict(first, modified="2024-01-01T00:00:00.0000Z", name="B")  # the store keys both alike
+    outcomes = submit(store, sample_config, [first, again]).outcomes
+    assert [o.ok for o in outcomes] == [True, False]
