@@ -19,16 +19,17 @@ from connector.store import Store
 from connector.store import schema as t
 
 
-def feed_events(config: Config, store: Store, recipient: str) -> list[dict[str, Any]]:
-    """Every event of the recipient as MISP JSON ({"Event": ...}), in uuid order."""
+def feed_events(
+    config: Config, store: Store, recipient: str, only: str | None = None
+) -> list[dict[str, Any]]:
+    """Every event of the recipient (or just the one with UUID `only`) as MISP JSON, in uuid order."""
     channel = config.recipient(recipient).misp or MispChannel(feed=True)
     ob = t.misp_outbox
+    query = select(ob.c.event_uuid, ob.c.group_label).where(ob.c.recipient == recipient)
+    if only is not None:
+        query = query.where(ob.c.event_uuid == only)
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(ob.c.event_uuid, ob.c.group_label)
-            .where(ob.c.recipient == recipient)
-            .order_by(ob.c.event_uuid)
-        ).all()
+        rows = conn.execute(query.order_by(ob.c.event_uuid)).all()
     out = []
     for event_uuid, label in rows:
         built = build_event(config, store, recipient, event_uuid, label, channel, None)
@@ -48,12 +49,21 @@ def feed_events(config: Config, store: Store, recipient: str) -> list[dict[str, 
     return out
 
 
-def feed_files(config: Config, store: Store, recipient: str) -> dict[str, bytes]:
+def feed_file(config: Config, store: Store, recipient: str, name: str) -> bytes | None:
+    """One file of the feed; an event file builds only its own event (MISP fetches them one by one)."""
+    if name.endswith(".json") and name != "manifest.json":
+        files = feed_files(config, store, recipient, only=name.removesuffix(".json"))
+    else:
+        files = feed_files(config, store, recipient)
+    return files.get(name)
+
+
+def feed_files(config: Config, store: Store, recipient: str, only: str | None = None) -> dict[str, bytes]:
     """File name -> content of the recipient's feed (PyMISP's own feed rendering)."""
     files: dict[str, bytes] = {}
     manifest: dict[str, Any] = {}
     hashes: list[str] = []
-    for document in feed_events(config, store, recipient):
+    for document in feed_events(config, store, recipient, only):
         event = document["Event"]
         manifest.update(event.pop("_manifest"))
         hashes += [f"{h},{event['uuid']}" for h in event.pop("_hashes")]

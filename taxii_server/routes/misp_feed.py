@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from connector.collections import recipient_collection_id
-from connector.misp.feed import feed_files
+from connector.misp.feed import feed_file
 from taxii_server.app import authenticated, state
 from taxii_server.auth import Principal
 from taxii_server.errors import not_found
@@ -24,7 +24,7 @@ _FILE = re.compile(r"^(manifest\.json|hashes\.csv|[0-9a-f-]{36}\.json)$")
 
 
 @router.get("/misp-feed/{recipient}/{name}")
-async def feed_file(
+async def serve_feed_file(
     request: Request, recipient: str, name: str, who: Principal = Depends(authenticated)
 ) -> Response:
     s = state(request)
@@ -36,11 +36,11 @@ async def feed_file(
         raise not_found("feed")
     if not _FILE.match(name):
         raise not_found("feed file")
-    files = await run_in_threadpool(feed_files, s.config, s.store, recipient)
-    if name not in files:
+    content = await run_in_threadpool(feed_file, s.config, s.store, recipient, name)
+    if content is None:
         raise not_found("feed file")
     media = "text/csv" if name.endswith(".csv") else "application/json"
     await run_in_threadpool(
         s.store.audit, username=who.username, action="misp-feed", collection_id=None, objects=0, status=200
     )
-    return Response(files[name], media_type=media)
+    return Response(content, media_type=media)
