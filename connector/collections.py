@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from connector.config import Config
 from connector.stix.ids import project_uuid
 from connector.store import CollectionRow
 
 
+@lru_cache(maxsize=4096)  # asked once per routed notification
 def recipient_collection_id(recipient_id: str) -> str:
     return str(project_uuid("collection", "recipient", recipient_id))
 
 
+@lru_cache(maxsize=1024)
 def inbox_collection_id(partner_id: str) -> str:
     return str(project_uuid("collection", "inbox", partner_id))
 

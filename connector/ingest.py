@@ -36,7 +36,9 @@ from connector.store.store import enqueue_misp, object_version_key, timestamp_to
 
 log = logging.getLogger("meldpunt.ingest")
 
-BATCH_SIZE = 2000
+# Notifications per write transaction: larger batches write each index page fewer times;
+# 5,000 keeps a batch's objects well inside the memory budget.
+BATCH_SIZE = 5000
 STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
 Clock = Callable[[], datetime]
@@ -103,6 +105,11 @@ COUNT_NAMES = (
 )
 
 
+# The objects a notification owns: their ids derive from its natural key (build.py), so each
+# version the ingest writes is new. Shared objects (SCOs, vulnerabilities) are not among them.
+OWN_OBJECT_TYPES = frozenset({"sighting", "observed-data", "indicator"})
+
+
 def notification_key(n: Notification) -> str:
     return hashlib.sha256("\x1f".join(n.natural_key()).encode()).hexdigest()
 
@@ -123,6 +130,7 @@ class Ingestor:
         self.store = store
         self.mappings = mappings
         self.router = Router(config)
+        self.misp_channels = {r.id: r.misp for r in config.recipients if r.misp is not None}
         load_code_adapters()
         self.clock = clock or (lambda: datetime.now(UTC))
 
@@ -322,7 +330,12 @@ class _BatchWriter:
         self.summary = summary
         self.run_id = run_id
         self.now = ingestor.clock()
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        # Every object version of the batch as its store row, by (id, version).
+        self.objects: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
+        # A notification's own objects (sighting, observed-data, indicator): every version
+        # written is new, and a new notification's objects are in no collection yet.
+        self.new_versions: set[tuple[str, str]] = set()
+        self.first_ids: set[str] = set()
         self._shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.misp_members: list[dict[str, Any]] = []
         self.misp_events: dict[tuple[str, str], str] = {}
@@ -330,7 +343,7 @@ class _BatchWriter:
 
     def write(self, groups: dict[str, list[Notification]]) -> None:
         states = self.writer.notification_states(list(groups))
-        known = self.writer.known_observations(list(groups))
+        known = self.writer.known_observations(list(states))  # a new key has none
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         observations: list[tuple[str, int]] = []
@@ -347,10 +360,10 @@ class _BatchWriter:
             observations += [(key, at) for at in fresh]
             (changed_rows if previous else new_rows).append(row)
             self.summary.counts["updated" if previous else "new"] += 1
-        pks = self._store_objects()
+        pks = self.writer.add_object_rows(self.objects.values(), new_versions=self.new_versions)
         for collection_id, refs in self.members.items():
-            entries = [(pks[ref], ref[0], self.objects[ref]["type"], ref[1]) for ref in refs]
-            self.writer.add_members(collection_id, entries)
+            entries = [(pks[ref], ref[0], self.objects[ref][2], ref[1]) for ref in refs]
+            self.writer.add_members(collection_id, entries, first_ids=self.first_ids)
         self.writer.add_observations(observations)
         self.writer.save_notifications(new_rows, changed_rows)
         if self.misp_events:
@@ -380,6 +393,11 @@ class _BatchWriter:
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})
         kept = [self._keep(obj) for obj in objects]  # stored even when unrouted: routing can be replayed
+        for obj, ref in zip(objects, kept, strict=True):
+            if obj["type"] in OWN_OBJECT_TYPES:
+                self.new_versions.add(ref)
+                if previous is None:
+                    self.first_ids.add(ref[0])
         self._queue_misp(key, n, decision.recipients)
         if decision.recipients:
             shared = self._shared_refs(n.partner, n.tlp)
@@ -411,7 +429,7 @@ class _BatchWriter:
 
     def _queue_misp(self, key: str, n: Notification, recipients: list[str]) -> None:
         for rid in recipients:
-            channel = self.ingestor.config.recipient(rid).misp
+            channel = self.ingestor.misp_channels.get(rid)
             if channel is None:
                 continue
             uuid, label = misp_event_of(rid, n, channel.group_by)
@@ -430,11 +448,7 @@ class _BatchWriter:
 
     def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
         ref = (obj["id"], object_version_key(obj))
-        self.objects.setdefault(ref, obj)
+        if ref not in self.objects:
+            body = orjson.dumps(obj).decode()
+            self.objects[ref] = (ref[0], ref[1], obj["type"], obj.get("spec_version", "2.1"), body)
         return ref
-
-    def _store_objects(self) -> dict[tuple[str, str], int]:
-        refs = list(self.objects)
-        objs = [self.objects[r] for r in refs]
-        bodies = [orjson.dumps(o).decode() for o in objs]
-        return self.writer.add_objects(objs, bodies)

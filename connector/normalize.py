@@ -6,6 +6,10 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+# An IPv4 address already in canonical form (no leading zeros, each octet at most 255): the
+# common case in every feed, answered without building an ipaddress object.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # Letters, digits, hyphens (and the underscore DNS allows in practice), 1 to 63 characters.
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
@@ -13,6 +17,8 @@ _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 def canonical_ip(value: str) -> str:
     """Canonical text of an IPv4/IPv6 address; raises ValueError naming the bad value."""
     text = value.strip()
+    if _CANONICAL_IPV4.fullmatch(text):
+        return text
     if not text:
         raise ValueError("empty IP address")
     try:

@@ -63,7 +63,10 @@ class Notification:
 
     @property
     def day(self) -> str:
-        return self.observed_at.astimezone(UTC).strftime("%Y-%m-%d")
+        moment = self.observed_at
+        if moment.tzinfo is not UTC:
+            moment = moment.astimezone(UTC)
+        return f"{moment.year}-{moment.month:02d}-{moment.day:02d}"  # as strftime("%Y-%m-%d")
 
     def natural_key(self) -> tuple[str, str, str, str, str]:
         """(partner, classification, identifier, observable, day): seeing it again updates it."""

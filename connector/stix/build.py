@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from connector.notification import Notification
@@ -35,6 +36,12 @@ EXTENSION_SCHEMA = (
     "severity (string), evidence (object: feed-specific fields kept from the input). "
     "Documented in docs/stix-model.md of the meldpunt-connector project."
 )
+
+
+@lru_cache(maxsize=4096)
+def _reference_id(stix_type: str, name: str) -> str:
+    """Ids of shared reference objects: a few names, asked for once per notification."""
+    return project_id(stix_type, name)
 
 
 def clearinghouse_identity() -> dict[str, Any]:
@@ -90,7 +97,7 @@ def vulnerability(name: str) -> dict[str, Any]:
     out = {
         "type": "vulnerability",
         "spec_version": "2.1",
-        "id": project_id("vulnerability", name),
+        "id": _reference_id("vulnerability", name),
         "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
         "created": REFERENCE_TIME,
         "modified": REFERENCE_TIME,
@@ -106,7 +113,7 @@ def malware_family(name: str) -> dict[str, Any]:
     return {
         "type": "malware",
         "spec_version": "2.1",
-        "id": project_id("malware", name.lower()),
+        "id": _reference_id("malware", name.lower()),
         "created_by_ref": CLEARINGHOUSE_IDENTITY_ID,
         "created": REFERENCE_TIME,
         "modified": REFERENCE_TIME,
