@@ -22,7 +22,13 @@ from sqlalchemy import insert
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping, families, family_mapping
 from connector.adapters.readers import RawRecord, RowError
-from connector.adapters.registry import CODE_ADAPTERS, Adapter, AdapterContext, load_code_adapters
+from connector.adapters.registry import (
+    CODE_ADAPTERS,
+    Adapter,
+    AdapterContext,
+    load_code_adapters,
+    record_outcome,
+)
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.misp.grouping import misp_event_of
@@ -96,6 +102,8 @@ COUNT_NAMES = (
     "unchanged",
     "quarantined",
     "skipped",
+    "attributes_quarantined",
+    "attributes_skipped",
     "routed",
     "unrouted",
     "suppressed_tlp",
@@ -277,7 +285,13 @@ class Ingestor:
                             raise RowSkipped(row.reason)
                         raise RowRejected(row.reason)
                     assert isinstance(row, RawRecord)
-                    batch.extend(adapter.notifications(row))
+                    outcome = record_outcome(adapter, row)
+                    batch.extend(outcome.notifications)
+                    # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
+                    # never with the raw record (it holds their values).
+                    summary.counts["attributes_quarantined"] += len(outcome.faults)
+                    summary.counts["attributes_skipped"] += outcome.skipped
+                    rows += [(path.name, row.line, "quarantined", fault, None) for fault in outcome.faults]
                 except RowSkipped as skip:
                     summary.counts["skipped"] += 1
                     rows.append((path.name, row.line, "skipped", str(skip), None))

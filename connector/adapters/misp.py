@@ -44,6 +44,12 @@ single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port i
   unusable (UUID, type and reason; e-mail values withheld). Such attributes are left out; the
   event is skipped when none is routable, and quarantined when routable ones exist but none is
   usable. Deleted (soft-deleted) attributes are ignored.
+
+Beside an event's notifications (`MispAdapter.outcome`), each unusable attribute is a fault:
+the ingest quarantines it as a run row of its own (the event's line; reason: event UUID,
+attribute UUID and type, never the value) and counts it as `attributes_quarantined`; the
+attributes that are not routable by design (the types above aside) are counted as
+`attributes_skipped`. An event that is quarantined or skipped as a whole counts only as that.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from pymisp import MISPAttribute, MISPEvent, MISPObject, PyMISP
 from connector.adapters.converters import domain, email, ip_address, port, timestamp, url
 from connector.adapters.engine import RowRejected, RowSkipped
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
-from connector.adapters.registry import AdapterContext, AdapterInfo, register
+from connector.adapters.registry import AdapterContext, AdapterInfo, RecordOutcome, register
 from connector.normalize import is_ip, url_host
 from connector.notification import Classification, Notification, SourceRef
 from connector.rsit import RSIT
@@ -87,6 +93,9 @@ _RSIT_TAG = re.compile(r'^rsit:([a-z0-9-]+)="([a-z0-9-]+)"$')
 _MALPEDIA_TAG = re.compile(r'^misp-galaxy:malpedia="(.+)"$')
 _CVE = re.compile(r"^CVE-\d{4}-\d{4,}$")
 _PROTOCOL = re.compile(r"^[a-z0-9-]{1,16}$")
+# What a quarantine reason may quote of an attribute's identity (PyMISP checks neither shape).
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OBJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -304,8 +313,12 @@ class MispAdapter:
         return read_events(stream)
 
     def notifications(self, record: RawRecord) -> list[Notification]:
+        return self.outcome(record).notifications
+
+    def outcome(self, record: RawRecord) -> RecordOutcome:
+        """The notifications, the unusable attributes' reasons, the count of context attributes."""
         event = load_event(record.data)
-        return _EventMapping(event, record, self.context).notifications()
+        return _EventMapping(event, record, self.context).outcome()
 
 
 @register(
@@ -341,6 +354,8 @@ class _EventMapping:
         self.given_uuids = _input_uuids(record.data)  # PyMISP invents a random uuid where none was given
         self.without_notification: Counter[str] = Counter()
         self.unusable: list[dict[str, str]] = []
+        self.faults: list[str] = []  # one quarantine reason per unusable attribute
+        self.not_routable = 0  # attributes that are context, not notifications, by design
         orgc = event.get("Orgc")
         self.org = orgc.get("name") if orgc is not None and hasattr(orgc, "get") else None
 
@@ -351,6 +366,10 @@ class _EventMapping:
             for attribute in obj.attributes:
                 yield attribute, obj
 
+    def outcome(self) -> RecordOutcome:
+        notifications = self.notifications()
+        return RecordOutcome(notifications, self.faults, self.not_routable)
+
     def notifications(self) -> list[Notification]:
         found: list[tuple[MISPAttribute, MISPObject | None, dict[str, Any]]] = []
         for attribute, obj in self.attributes():
@@ -359,6 +378,7 @@ class _EventMapping:
             misp_type = str(attribute.get("type"))
             if misp_type not in ROUTABLE_TYPES:
                 self.without_notification[misp_type] += 1
+                self.not_routable += 1
                 continue
             try:
                 fields = routable_fields(misp_type, attribute.value)
@@ -370,6 +390,7 @@ class _EventMapping:
                 self.unusable.append(
                     {"uuid": self._given(attribute.uuid) or "(none)", "type": misp_type, "reason": reason}
                 )
+                self.faults.append(f"{self.where} {self._named(attribute, obj)}: {reason}")
                 continue
             found.append((attribute, obj, fields))
         if not found:
@@ -479,6 +500,19 @@ class _EventMapping:
                 value = str(attribute.value).strip().upper()
                 if _CVE.match(value):
                     yield value
+
+    def _named(self, attribute: MISPAttribute, obj: MISPObject | None) -> str:
+        """The attribute as a quarantine reason names it: UUID, type, object; nothing else of the input."""
+        given = self._given(attribute.uuid)
+        named = bool(_UUID.match(given))
+        context = str(attribute.type)
+        if obj is not None:
+            object_name = str(obj.name)
+            context += f", in object {object_name}" if _OBJECT_NAME.match(object_name) else ", in an object"
+            object_uuid = self._given(obj.uuid)
+            if not named and _UUID.match(object_uuid):
+                context += f" {object_uuid}"
+        return f"{f'attribute {given}' if named else 'attribute without a valid uuid'} ({context})"
 
     def _given(self, value: Any) -> str:
         """A UUID from the input; "" (left out of evidence) for one PyMISP made up."""

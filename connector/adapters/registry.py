@@ -5,12 +5,18 @@ An adapter has the same two methods as the mapping-driven one (`engine.MappedAda
 `rows(stream)` yields RawRecord or RowError, streaming; `notifications(record)` returns the
 record's notifications (several for a MISP event) or raises RowRejected / RowSkipped. Feed
 tables such adapters need (category maps) live in `mappings/tables/`, as data.
+
+A record made of parts (a MISP event's attributes) can be good in part. Such an adapter also
+has `outcome(record)` -> RecordOutcome: the notifications, plus the reason of every part that
+is faulty (quarantined beside the good parts, counted as `attributes_quarantined`) and the
+number of parts that are not notifications by design (counted as `attributes_skipped`).
+`record_outcome` calls it where it exists; adapters without it need not change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +38,28 @@ class AdapterContext:
     default_tlp: str
     file_label: str
     path: Path
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """A record's notifications, and what became of its other parts.
+
+    `faults`: one reason per faulty part, naming the part but never its value (it may be
+    personal data or another recipient's host). `skipped`: parts that are not notifications
+    by design (context such as comments, hashes, ports).
+    """
+
+    notifications: list[Notification]
+    faults: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+
+def record_outcome(adapter: Adapter, record: RawRecord) -> RecordOutcome:
+    """The record's outcome: the adapter's own `outcome` where it has one, else its notifications."""
+    outcome = getattr(adapter, "outcome", None)
+    if outcome is not None:
+        return outcome(record)  # type: ignore[no-any-return]
+    return RecordOutcome(adapter.notifications(record))
 
 
 AdapterFactory = Callable[[AdapterContext], Adapter]
