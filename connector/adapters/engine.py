@@ -11,7 +11,8 @@ import yaml
 
 from connector.adapters.converters import CONVERTERS
 from connector.adapters.mapping import FieldSpec, Mapping
-from connector.adapters.readers import READERS, RawRecord, RowError
+from connector.adapters.readers import RawRecord, RowError, reader_with_options
+from connector.adapters.rules import Classifier
 from connector.notification import Classification, Notification, SourceRef
 
 _MISSING = object()
@@ -92,9 +93,9 @@ class MappedAdapter:
         self.context = context
         self.file_label = file_label
         self.default_tlp = default_tlp
-        self._reader = READERS[mapping.reader]
-        self._classification_base = mapping.classification
-        named = {p.split(".", 1)[0] for spec in mapping.fields.values() for p in spec.paths()}
+        self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
+        self._classify = Classifier(mapping)
+        named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = named | set(mapping.drop)
 
@@ -109,13 +110,13 @@ class MappedAdapter:
         for rule in self.mapping.skip:
             if lookup(record.data, rule.field) in rule.equals:
                 raise RowSkipped(rule.reason)
-        values = {name: self._value(name, spec, record.data) for name, spec in self.mapping.fields.items()}
+        c, specs = self._classify(record.data)
+        values = {name: self._value(name, spec, record.data) for name, spec in specs.items()}
         for needed in ("identifier", "observed_at"):
             if values.get(needed) is None:
                 raise RowRejected(f"{needed}: missing")
         if not any(values.get(k) for k in ("ip", "url", "email", "hostname")):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
-        c = self._classification_base
         evidence = {}
         for name, spec in self.mapping.evidence.items():
             value = lookup(record.data, spec if isinstance(spec, str) else spec.source)
