@@ -7,7 +7,14 @@ import re
 
 from sqlalchemy import or_, select
 
-from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
+from connector.normalize import (
+    canonical_domain,
+    canonical_ip,
+    canonical_ip_or_network,
+    is_ip,
+    is_network,
+    url_host,
+)
 from connector.routing import Policy, Router
 from connector.store import Store
 from connector.store import schema as t
@@ -21,8 +28,8 @@ def explain_target(router: Router, target: str, policy: Policy, store: Store | N
     text = target.strip()
     if text.startswith("sighting--") or _KEY.match(text):
         return _explain_notification(router, text, store)
-    if is_ip(text):
-        return router.explain(ip=canonical_ip(text.strip("[]")), policy=policy)
+    if is_ip(text) or is_network(text):  # a network: the claim covering all of it
+        return router.explain(ip=canonical_ip_or_network(text.strip("[]")), policy=policy)
     if match := _ASN.match(text):
         return router.explain(asn=int(match.group(1)), policy=policy)
     if "://" in text:
@@ -64,8 +71,8 @@ def _explain_notification(router: Router, ident: str, store: Store | None) -> li
         f"  delivered at its last update to: {', '.join(json.loads(row['recipients'])) or 'nobody'}",
         "routing today:",
     ]
-    if is_ip(host):
-        return lines + router.explain(ip=canonical_ip(host), policy=policy)
+    if is_ip(host) or is_network(host):
+        return lines + router.explain(ip=canonical_ip_or_network(host), policy=policy)
     return lines + router.explain(hostname=canonical_domain(host), policy=policy)
 
 

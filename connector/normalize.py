@@ -27,6 +27,37 @@ def canonical_ip(value: str) -> str:
         raise ValueError(f"invalid IP address {value!r}") from None
 
 
+_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+/[0-9]{1,3}$")
+
+
+def canonical_ip_or_network(value: str) -> str:
+    """An address (canonical_ip), or a network in CIDR notation as `address/length` with the
+    canonical address; a /32 (IPv6 /128) is its address. Strict: a network with host bits set
+    (`192.0.2.1/24`) is an error naming the network it may have meant."""
+    text = value.strip()
+    if "/" not in text:
+        return canonical_ip(text)
+    if not _NETWORK.match(text):
+        raise ValueError(f"invalid IP network {value!r} (expected address/prefix-length)")
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid IP network {value!r}") from None
+    if network.network_address != ipaddress.ip_address(text.partition("/")[0]):
+        raise ValueError(f"IP network {value!r} has host bits set (the network is {network.with_prefixlen})")
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return network.with_prefixlen
+
+
+def is_network(value: str) -> bool:
+    """A network in CIDR notation (not a single address), as canonical_ip_or_network reads it."""
+    try:
+        return "/" in canonical_ip_or_network(value)
+    except ValueError:
+        return False
+
+
 def canonical_domain(value: str) -> str:
     text = value.strip().rstrip(".").lower()
     if not text:

@@ -1,7 +1,10 @@
 """Routing: which recipients a notification concerns, by their constituencies, and why.
 
 Network claims sit in radix trees (pytricia), one per address family, so a lookup costs the
-prefix length, not the number of recipients: the most specific claim wins. Without an address
+prefix length, not the number of recipients: the most specific claim wins. A notification's
+address may be a network (CIDR, a listed range): pytricia looks a prefix up as the most specific
+claim covering all of it (a /24 inside a claimed /16 goes to the /16's owner; a /23 of which
+two recipients hold one /24 each goes to neither by network). Without an address
 claim, the AS number decides (the notification's own, or the configured IP-to-ASN table's),
 then the host name: a domain claim covers the domain and its subdomains. The owner's parents
 (link organisation, sector CERT) receive it too while each link has `deliver_to_parent`;

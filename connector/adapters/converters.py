@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
+from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
 from connector.tlp import parse_tlp
 
 _CVE_RE = re.compile(r"^CVE-\d{4}-\d{4,}$")
@@ -33,6 +33,13 @@ def _text(value: Any) -> str:
 
 def ip_address(value: Any) -> str:
     return canonical_ip(_text(value))
+
+
+def ip_or_network(value: Any) -> str:
+    """An address, or a network in CIDR notation (`192.0.2.0/24`, host bits zero; a /32 is the
+    address): for feeds that list whole networks. Routing sends a network to the most specific
+    claim covering all of it."""
+    return canonical_ip_or_network(_text(value))
 
 
 def port(value: Any) -> int:
@@ -150,6 +157,7 @@ def tlp(value: Any) -> str:
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "ip_address": ip_address,
+    "ip_or_network": ip_or_network,
     "port": port,
     "timestamp": timestamp,
     "cve_id": cve_id,

@@ -11,7 +11,8 @@ import yaml
 
 from connector.adapters.converters import CONVERTERS
 from connector.adapters.mapping import FieldSpec, Mapping
-from connector.adapters.readers import READERS, RawRecord, RowError
+from connector.adapters.readers import RawRecord, RowError, reader_with_options
+from connector.adapters.rules import Classifier
 from connector.notification import Classification, Notification, SourceRef
 
 _MISSING = object()
@@ -96,12 +97,13 @@ class MappedAdapter:
         self.context = context
         self.file_label = file_label
         self.default_tlp = default_tlp
-        self._reader = READERS[mapping.reader]
-        self._classification_base = mapping.classification
-        named = {p.split(".", 1)[0] for spec in mapping.fields.values() for p in spec.paths()}
+        self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
+        self._classify = Classifier(mapping)
+        named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = frozenset(named | set(mapping.drop))
-        self._fields = [(name, self._compile(name, spec)) for name, spec in mapping.fields.items()]
+        # Compiled field readers per set of field specs (the mapping's, or a classify rule's).
+        self._compiled: dict[int, list[tuple[str, Callable[[dict[str, Any]], Any]]]] = {}
         self._evidence = [
             (name, spec, None) if isinstance(spec, str) else (name, spec.source, CONVERTERS[spec.convert])
             for name, spec in mapping.evidence.items()
@@ -120,13 +122,32 @@ class MappedAdapter:
         for path, equals, reason in self._skip:
             if _get(data, path) in equals:
                 raise RowSkipped(reason)
-        values = {name: field(data) for name, field in self._fields}
+        c, specs = self._classify(data)
+        fields = self._compiled.get(id(specs))
+        if fields is None:
+            fields = self._compiled[id(specs)] = [(n, self._compile(n, spec)) for n, spec in specs.items()]
+        values = {name: field(data) for name, field in fields}
         for needed in ("identifier", "observed_at"):
             if values.get(needed) is None:
                 raise RowRejected(f"{needed}: missing")
         if not (values.get("ip") or values.get("url") or values.get("email") or values.get("hostname")):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
-        c = self._classification_base
+        evidence = self._evidence_of(data)
+        return Notification(
+            partner=self.partner,
+            feed=self.mapping.format,
+            classification=Classification(c.taxonomy, c.type, values.pop("identifier")),
+            observed_at=values.pop("observed_at"),
+            tlp=values.pop("tlp", None) or self.default_tlp,
+            evidence=evidence,
+            source=SourceRef(self.file_label, record.line),
+            direct_owner_only=self.mapping.direct_owner_only,
+            discard_unrouted=self.mapping.discard_unrouted,
+            **values,
+        )
+
+    def _evidence_of(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept."""
         evidence = {}
         for name, path, convert in self._evidence:
             value = _get(data, path)
@@ -145,18 +166,7 @@ class MappedAdapter:
             }
             if unmapped:
                 evidence["unmapped"] = unmapped
-        return Notification(
-            partner=self.partner,
-            feed=self.mapping.format,
-            classification=Classification(c.taxonomy, c.type, values.pop("identifier")),
-            observed_at=values.pop("observed_at"),
-            tlp=values.pop("tlp", None) or self.default_tlp,
-            evidence=evidence,
-            source=SourceRef(self.file_label, record.line),
-            direct_owner_only=self.mapping.direct_owner_only,
-            discard_unrouted=self.mapping.discard_unrouted,
-            **values,
-        )
+        return evidence
 
     def _compile(self, name: str, spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
         """One field's value from a record: converted, None when absent, RowRejected when wrong."""

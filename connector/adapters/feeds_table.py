@@ -27,10 +27,12 @@ def feeds_table(mappings: dict[str, Mapping]) -> str:
     for name in sorted(mappings):
         m = mappings[name]
         sidecar = f"`{m.context.sidecar}` beside the input" if m.context else "-"
-        lines.append(
-            f"| `{name}` | {m.title} | {m.reader} | "
-            f"`{m.classification.taxonomy}/{m.classification.type}` | {sidecar} |"
+        classes = [f"{m.classification.taxonomy}/{m.classification.type}"]
+        classes += [f"{r.classification.taxonomy}/{r.classification.type}" for r in m.classify]
+        shown = f"`{classes[0]}`" + (
+            "; per row: " + ", ".join(f"`{c}`" for c in classes[1:]) if m.classify else ""
         )
+        lines.append(f"| `{name}` | {m.title} | {m.reader} | {shown} | {sidecar} |")
     for fmt in sorted(ADAPTER_INFO):
         info = ADAPTER_INFO[fmt]
         lines.append(f"| `{fmt}` | {info.title} | {info.reader} | {info.classification} | - |")

@@ -8,13 +8,14 @@ in `engine.py` and knows no feed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connector.adapters.converters import CONVERTERS
-from connector.adapters.readers import READERS
+from connector.adapters.readers import READER_OPTIONS, READERS
 from connector.rsit import check_category
 from connector.yamlfile import YamlFileError, load_yaml
 
@@ -132,6 +133,73 @@ class ClassificationSpec(_Strict):
         return self
 
 
+class ReaderOptions(_Strict):
+    """Options of the mapping's reader; each reader takes only its own (readers.READER_OPTIONS).
+
+    pad_short_rows (csv): a row with fewer fields than the header is read with its missing
+    trailing cells empty, instead of being quarantined. Rows with too many fields still are.
+    """
+
+    pad_short_rows: bool = False
+
+    def given(self) -> dict[str, Any]:
+        """The options that differ from the reader's defaults, as keyword arguments."""
+        return self.model_dump(exclude_defaults=True)
+
+
+class ClassifyRule(_Strict):
+    """A per-row classification: the first rule of `classify` whose condition holds for a
+    record decides its classification, and may replace field specs for it (`fields`: a spec,
+    or null for a field not read at all, e.g. a `vulnerability` that is required by default).
+
+    The condition reads one record path (`field`) and takes exactly one test, on its value as
+    text (each element of a list): `equals` (one value or a list), `contains` (a substring) or
+    `matches` (a regular expression, searched). A missing or empty value matches no rule.
+    """
+
+    field: str
+    equals: list[Any] | None = None
+    contains: str | None = None
+    matches: str | None = None
+    classification: ClassificationSpec
+    fields: dict[str, FieldSpec | None] = {}
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, list) else [value]
+
+    @field_validator("matches")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_overrides(cls, value: dict[str, FieldSpec | None]) -> dict[str, FieldSpec | None]:
+        unknown = sorted(set(value) - set(TARGET_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
+        for needed in ("observed_at", "identifier"):
+            if needed in value and value[needed] is None:
+                raise ValueError(f"field {needed!r} cannot be dropped (null); give a spec")
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ClassifyRule:
+        given = [name for name in ("equals", "contains", "matches") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `equals`, `contains` or `matches`")
+        if self.equals == [] or self.contains == "" or self.matches == "":
+            raise ValueError(f"`{given[0]}` must not be empty")
+        return self
+
+
 class Mapping(_Strict):
     format: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     title: str
@@ -141,7 +209,10 @@ class Mapping(_Strict):
     family: str | None = None
     report_type: str | None = None
     reader: str
+    reader_options: ReaderOptions = ReaderOptions()
     classification: ClassificationSpec
+    # Per-row classification rules, first match wins; no match: `classification` and `fields`.
+    classify: list[ClassifyRule] = []
     context: ContextSpec | None = None
     skip: list[SkipRule] = []
     fields: dict[str, FieldSpec]
@@ -163,6 +234,19 @@ class Mapping(_Strict):
             raise ValueError(f"unknown reader {value!r}; allowed: {', '.join(sorted(READERS))}")
         return value
 
+    @model_validator(mode="after")
+    def _reader_takes_options(self) -> Mapping:
+        unknown = sorted(set(self.reader_options.given()) - READER_OPTIONS.get(self.reader, frozenset()))
+        if unknown:
+            raise ValueError(f"reader_options.{unknown[0]}: the {self.reader} reader does not take it")
+        return self
+
+    def field_specs(self) -> Iterator[FieldSpec]:
+        """Every field spec the mapping may read with: its own and its rules' replacements."""
+        yield from self.fields.values()
+        for rule in self.classify:
+            yield from (spec for spec in rule.fields.values() if spec is not None)
+
     @field_validator("fields")
     @classmethod
     def _known_targets(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
@@ -178,7 +262,7 @@ class Mapping(_Strict):
     def _family_complete(self) -> Mapping:
         if (self.family is None) != (self.report_type is None):
             raise ValueError("family and report_type go together")
-        secret_sources = {p for spec in self.fields.values() if spec.secret for p in spec.paths()}
+        secret_sources = {p for spec in self.field_specs() if spec.secret for p in spec.paths()}
         masks = any(not isinstance(e, str) and e.convert == "mask_secret" for e in self.evidence.values())
         if self.keep_raw_in_quarantine and (secret_sources or self.drop or masks):
             raise ValueError(
@@ -196,9 +280,11 @@ class Mapping(_Strict):
 
     @model_validator(mode="after")
     def _context_keys_declared(self) -> Mapping:
-        for name, spec in self.fields.items():
-            if spec.context is not None and self.context is None:
-                raise ValueError(f"fields.{name}: uses `context` but the mapping declares none")
+        rules = [(f"classify.{i}.fields", rule.fields) for i, rule in enumerate(self.classify)]
+        for where, specs in [("fields", self.fields), *rules]:
+            for name, spec in specs.items():
+                if spec is not None and spec.context is not None and self.context is None:
+                    raise ValueError(f"{where}.{name}: uses `context` but the mapping declares none")
         return self
 
 

@@ -7,6 +7,7 @@ quarantine it and go on with the next one.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,8 +54,13 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Row]:
         yield RawRecord(number, data, raw)
 
 
-def read_csv(stream: BinaryIO) -> Iterator[Row]:
-    """CSV with a header row; a row with the wrong number of fields is a fault of that row."""
+def read_csv(stream: BinaryIO, *, pad_short_rows: bool = False) -> Iterator[Row]:
+    """CSV with a header row; a row with the wrong number of fields is a fault of that row.
+
+    With `pad_short_rows`, a row with fewer fields than the header is read as if its missing
+    trailing cells were empty (a report whose header gained a column its rows lack); a row
+    with more fields than the header is still a fault.
+    """
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
     reader = csv.reader(text)
     try:
@@ -79,11 +85,25 @@ def read_csv(stream: BinaryIO) -> Iterator[Row]:
         raw = ",".join(row)
         if not any(cell.strip() for cell in row):
             yield RowError(start, "blank line", raw, skipped=True)
-        elif len(row) != width:
+        elif len(row) > width or (len(row) < width and not pad_short_rows):
             yield RowError(start, f"{len(row)} fields where the header has {width}", raw)
         else:
-            yield RawRecord(start, dict(zip(header, row, strict=True)), raw)
+            # zip stops at the shorter row: the missing trailing cells are added as empty.
+            data = dict(zip(header, row, strict=False)) | dict.fromkeys(header[len(row) :], "")
+            yield RawRecord(start, data, raw)
     text.detach()
 
 
 READERS: dict[str, Callable[[BinaryIO], Iterator[Row]]] = {"jsonl": read_jsonl, "csv": read_csv}
+
+# The keyword options each reader takes (a mapping's `reader_options`); none by default.
+READER_OPTIONS: dict[str, frozenset[str]] = {"csv": frozenset({"pad_short_rows"})}
+
+
+def reader_with_options(name: str, options: dict[str, Any]) -> Callable[[BinaryIO], Iterator[Row]]:
+    """The reader `name` as a callable(stream), its options bound."""
+    unknown = set(options) - READER_OPTIONS.get(name, frozenset())
+    if unknown:
+        raise ValueError(f"reader {name!r} takes no option(s) {sorted(unknown)}")
+    reader = READERS[name]
+    return functools.partial(reader, **options) if options else reader

@@ -146,7 +146,9 @@ def pattern_of(n: Notification) -> str:
     if n.email:
         return f"[email-addr:value = {_quoted(n.email)}]"
     if n.ip:
-        return f"[{'ipv6-addr' if ':' in n.ip else 'ipv4-addr'}:value = {_quoted(n.ip)}]"
+        # A network (CIDR, a listed range) matches every address in it: ISSUBSET, not `=`.
+        operator = "ISSUBSET" if "/" in n.ip else "="
+        return f"[{'ipv6-addr' if ':' in n.ip else 'ipv4-addr'}:value {operator} {_quoted(n.ip)}]"
     if n.hostname:
         return f"[domain-name:value = {_quoted(n.hostname)}]"
     raise ValueError("a notification needs an address, host name, URL or e-mail address")
