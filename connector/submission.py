@@ -34,7 +34,7 @@ from stix2validator.errors import ValidationError as ValidatorInputError
 
 from connector.collections import recipient_collection_id
 from connector.config import Config
-from connector.normalize import canonical_domain, canonical_ip, is_ip, url_host
+from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
 from connector.routing import Match, Policy, Router
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
@@ -212,7 +212,9 @@ def _observable(kind: str, value: Any) -> Iterator[tuple[str, str]]:
         return
     try:
         if kind in ("ipv4-addr", "ipv6-addr"):
-            yield ("ip", canonical_ip(value.split("/")[0]))
+            # An address or a network: a network goes to the claim holding all of it, never
+            # to the owner of its first address.
+            yield ("ip", canonical_ip_or_network(value))
         elif kind == "domain-name":
             yield ("domain", canonical_domain(value))
         elif kind == "email-addr":

@@ -211,12 +211,13 @@ def entitled(config: Config, kind: str, value: str) -> set[str]:
         else:
             kind, value = "ipv4-addr", host
     if kind in ("ipv4-addr", "ipv6-addr"):
-        address = ipaddress.ip_address(value.split("/")[0])
+        # An address, or a network (CIDR): a claim must hold all of it.
+        network = ipaddress.ip_network(value, strict=True)
         claims = [
             (net.prefixlen, r.id)
             for r in config.recipients
             for net in r.constituency.networks
-            if net.version == address.version and address in net
+            if net.version == network.version and network.subnet_of(net)  # type: ignore[arg-type]
         ]
     else:
         host = (value.rpartition("@")[2] if kind == "email-addr" else value).lower().rstrip(".")
@@ -465,6 +466,23 @@ def test_an_unclaimed_address_is_stored_but_unrouted(store: Store, sample_config
     assert set(collection(store, inbox_collection_id(PARTNER))) == {od["id"], sco["id"]}
     assert stored_bodies(store, od["id"]) == [od]
     assert all(not ids for ids in delivered(store).values())
+
+
+def test_a_network_goes_to_the_claim_that_holds_all_of_it(store: Store, sample_config: Config) -> None:
+    # 192.0.2.16/29 lies inside Ziekenhuis Noord's 192.0.2.16/28; 192.0.2.0/24 is wider than
+    # every claim (Z-CERT holds only its first half): routing it by its first address would
+    # tell Z-CERT about addresses that are not its own.
+    inside, wider = ipv4("192.0.2.16/29"), ipv4("192.0.2.0/24")
+    assert entitled(sample_config, "ipv4-addr", "192.0.2.16/29") == entitled(
+        sample_config, "ipv4-addr", "192.0.2.17"
+    )
+    assert entitled(sample_config, "ipv4-addr", "192.0.2.0/24") == set()
+    result = submit(store, sample_config, [inside, wider])
+    assert all(o.ok for o in result.outcomes)
+    assert receivers_of(store, inside["id"]) == entitled(sample_config, "ipv4-addr", "192.0.2.16/29")
+    assert receivers_of(store, wider["id"]) == set()
+    assert (result.routed, result.unrouted) == (1, 1)
+    assert_no_foreign_observables(store, sample_config)
 
 
 def _domain_resolving_elsewhere() -> tuple[list[Json], str]:
