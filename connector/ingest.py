@@ -122,8 +122,16 @@ def notification_key(n: Notification) -> str:
     return hashlib.sha256("\x1f".join(n.natural_key()).encode()).hexdigest()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _us(moment: datetime) -> int:
-    return timestamp_to_us(timestamp(moment))
+    """Microseconds since the epoch at the millisecond precision STIX timestamps carry here:
+    `timestamp_to_us(timestamp(moment))`, by arithmetic rather than through text."""
+    if moment.tzinfo is None:
+        return timestamp_to_us(timestamp(moment))  # naive: as timestamp() reads it
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds // 1000 * 1000
 
 
 def _ts_from_us(value: int) -> str:
@@ -402,7 +410,9 @@ class _BatchWriter:
             created = previous["created"]
             if timestamp_to_us(modified) <= timestamp_to_us(previous["modified"]):
                 modified = _ts_from_us(timestamp_to_us(previous["modified"]) + 1000)
-        state = NotificationState(_ts_from_us(first), _ts_from_us(last), count, created, modified)
+        first_text = _ts_from_us(first)
+        last_text = first_text if last == first else _ts_from_us(last)
+        state = NotificationState(first_text, last_text, count, created, modified)
         objects = notification_objects(n, state)
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})

@@ -75,6 +75,7 @@ def extension_definition() -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=1024)
 def partner_identity_id(partner: str) -> str:
     return project_id("identity", "partner", partner)
 
