@@ -1,6 +1,8 @@
 """Faulty attributes of a good MISP event: quarantined one by one beside the good ones, counted
 (`attributes_quarantined`) and kept in `run_rows` with the event's line and a reason that names
-the attribute but never its value; context attributes are counted as `attributes_skipped`."""
+the attribute but never its value; context attributes are counted as `attributes_skipped`.
+An unusable object value a notification would take (dst-port, protocol, first-seen) withholds
+that notification and is a fault of its own."""
 
 from __future__ import annotations
 
@@ -276,3 +278,170 @@ def test_summary_prints_the_attribute_counts_and_rows(
     assert "attributes_quarantined" in printed and "attributes_skipped" in printed
     assert "not ingested" in printed and "quarantined" in printed
     assert EMAIL_VALUE not in printed and "999.1.1.1" not in printed
+
+
+# --- unusable values inside MISP objects -----------------------------------------------------------
+# An object value a notification takes (the object's single dst-port and protocol, its first-seen
+# when that decides the time) that is present but unusable withholds that notification (never a
+# port-less or otherwise dated one) and is one fault of its own; notifications that do not take it
+# keep theirs.
+
+OBJECT_EVENT_UUID = "5e1f0c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5d"
+
+
+def obj(n: int, name: str, *attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"uuid": f"f1000000-0000-4000-8000-{n:012d}", "name": name, "Attribute": list(attributes)}
+
+
+def rel(n: int, misp_type: str, value: str, relation: str, **extra: Any) -> dict[str, Any]:
+    return attr(n, misp_type, value, object_relation=relation, **extra)
+
+
+GOOD_OBJECT = obj(
+    13,
+    "ip-port",
+    rel(68, "ip-dst", "198.51.100.68", "ip"),
+    rel(69, "port", "3389", "dst-port"),
+    rel(70, "datetime", "2024-10-01T22:14:00+00:00", "first-seen"),
+)
+OBJECTS = [
+    # a dst-port that is not a port: the address's notification is withheld
+    obj(
+        11,
+        "ip-port",
+        rel(61, "ip-dst", "198.51.100.61", "ip"),
+        rel(62, "port", "99999", "dst-port"),
+        rel(63, "datetime", "2024-10-01T08:00:00+00:00", "first-seen"),
+    ),
+    # a first-seen that is not a time (PyMISP refuses a bad `datetime`; a `text` one reaches us):
+    # withheld where it decides the day; the host name with its own first_seen keeps its notification
+    obj(
+        12,
+        "ip-port",
+        rel(64, "ip-dst", "198.51.100.64", "ip"),
+        rel(65, "port", "443", "dst-port"),
+        rel(66, "text", "yesterday evening", "first-seen"),
+        rel(67, "hostname", "vpn.example.nl", "hostname", first_seen="2024-09-30T12:00:00+00:00"),
+    ),
+    GOOD_OBJECT,
+    # the client (ip-src) does not take the dst-port: only the server's notification is withheld
+    obj(
+        14,
+        "network-connection",
+        rel(71, "ip-src", "192.0.2.71", "ip-src"),
+        rel(72, "ip-dst", "192.0.2.72", "ip-dst"),
+        rel(73, "port", "port-eighty", "dst-port"),
+    ),
+    # one unusable port taken by two notifications: one fault, both withheld
+    obj(
+        15,
+        "ip-port",
+        rel(74, "ip-dst", "198.51.100.74", "ip"),
+        rel(75, "hostname", "mail.example.nl", "hostname"),
+        rel(76, "port", "65536", "dst-port"),
+    ),
+    # a protocol that is no protocol name beside a good port
+    obj(
+        16,
+        "ip-port",
+        rel(77, "ip-dst", "198.51.100.77", "ip"),
+        rel(78, "port", "25", "dst-port"),
+        rel(79, "text", "smtp over tls!", "protocol"),
+    ),
+]
+# The unusable object value -> the attributes whose notifications it withholds.
+OBJECT_FAULTS = {62: [61], 66: [64], 73: [72], 76: [74, 75], 79: [77]}
+OBJECT_KEPT = {uuid(n) for n in (67, 68, 71, 80)}
+OBJECT_CONTEXT = 5  # 63, 65, 69, 70, 78: valid and not notifications
+OBJECT_RAW_VALUES = ["99999", "yesterday evening", "port-eighty", "65536", "smtp over tls!"]
+
+
+def object_event(
+    objects: list[dict[str, Any]] | None = None, uuid_: str = OBJECT_EVENT_UUID
+) -> dict[str, Any]:
+    return {
+        "Event": {
+            "uuid": uuid_,
+            "info": "Open services, Connect2Trust",
+            "date": "2024-10-02",
+            "Tag": [{"name": "tlp:amber"}, {"name": 'rsit:vulnerable="vulnerable-system"'}],
+            "Attribute": [attr(80, "ip-dst", "192.0.2.80")],
+            "Object": json.loads(json.dumps(OBJECTS if objects is None else objects)),
+        }
+    }
+
+
+def test_unusable_object_values_withhold_the_notifications_that_take_them() -> None:
+    outcome = outcome_of(object_event())
+    by_uuid = {n.evidence["misp_attribute_uuid"]: n for n in outcome.notifications}
+    assert set(by_uuid) == OBJECT_KEPT
+    withheld = {uuid(n) for held in OBJECT_FAULTS.values() for n in held}
+    assert not withheld & set(by_uuid)  # never made without the port or with another time
+    assert (by_uuid[uuid(68)].port, by_uuid[uuid(68)].observed_at.isoformat()) == (
+        3389,
+        "2024-10-01T22:14:00+00:00",
+    )
+    assert by_uuid[uuid(67)].observed_at.isoformat() == "2024-09-30T12:00:00+00:00"  # its own first_seen
+    assert (by_uuid[uuid(67)].hostname, by_uuid[uuid(67)].port) == ("vpn.example.nl", 443)
+    assert (by_uuid[uuid(71)].ip, by_uuid[uuid(71)].port) == ("192.0.2.71", None)  # the client
+
+    # One fault per unusable value, naming event, object, attribute UUID and type, and what it withheld.
+    assert len(outcome.faults) == len(OBJECT_FAULTS)
+    assert outcome.skipped == OBJECT_CONTEXT
+    relations = {62: "dst-port", 66: "first-seen", 73: "dst-port", 76: "dst-port", 79: "protocol"}
+    objects = {62: (11, "ip-port"), 66: (12, "ip-port"), 73: (14, "network-connection"), 76: (15, "ip-port")}
+    objects[79] = (16, "ip-port")
+    for (n, held), fault in zip(OBJECT_FAULTS.items(), outcome.faults, strict=True):
+        bad = next(a for o in OBJECTS for a in o["Attribute"] if a["uuid"] == uuid(n))
+        number, name = objects[n]
+        assert fault.startswith(
+            f"MISP event {OBJECT_EVENT_UUID} attribute {uuid(n)} "
+            f"({bad['type']}, in object {name} f1000000-0000-4000-8000-{number:012d}): "
+            f"not a usable {relations[n]} of its object (value withheld)"
+        ), fault
+        for h in held:
+            assert uuid(h) in fault.split("withheld the notification of", 1)[1]
+        for value in OBJECT_RAW_VALUES:
+            assert value not in fault
+    # Listed in the evidence of the event's notifications, as unusable attributes are.
+    listed = by_uuid[uuid(80)].evidence["misp_unusable_attributes"]
+    assert [u["uuid"] for u in listed] == [uuid(n) for n in OBJECT_FAULTS]
+    assert by_uuid[uuid(80)].evidence["misp_unusable_attribute_count"] == len(OBJECT_FAULTS)
+    assert not any(value in json.dumps(listed) for value in OBJECT_RAW_VALUES)
+
+
+def test_a_good_object_beside_faulty_ones_is_unchanged() -> None:
+    """The good object's notification is the one it gets in an event of its own."""
+    mixed = {n.evidence["misp_attribute_uuid"]: n for n in outcome_of(object_event()).notifications}
+    alone = outcome_of(object_event([GOOD_OBJECT]))
+    assert alone.faults == [] and alone.skipped == 2
+    assert {n.evidence["misp_attribute_uuid"] for n in alone.notifications} == {uuid(68), uuid(80)}
+    for n in alone.notifications:
+        assert comparable(mixed[n.evidence["misp_attribute_uuid"]]) == comparable(n)
+
+
+def test_ingest_quarantines_unusable_object_values(ingestor: Ingestor, store: Store, tmp_path: Path) -> None:
+    # An event whose only routable attribute is withheld by its object's dst-port: quarantined whole.
+    withheld_only = object_event([OBJECTS[0]], uuid_="5e1f0c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5e")
+    withheld_only["Event"]["Attribute"] = []
+    path = write_jsonl(tmp_path / "objects.jsonl", [object_event(), withheld_only])
+    summary = ingestor.run(PARTNER, FORMAT, [path])
+    assert summary.ok, summary.input_errors
+    counts = summary.counts
+    assert counts["read"] == 2
+    assert counts["notifications"] == counts["new"] == len(OBJECT_KEPT)
+    assert counts["quarantined"] == 1 and counts["skipped"] == 0
+    assert counts["attributes_quarantined"] == len(OBJECT_FAULTS)
+    assert counts["attributes_skipped"] == OBJECT_CONTEXT
+    rows = store.run_rows(summary.run_id, "quarantined")
+    line1 = [r for r in rows if r["line"] == 1]
+    assert len(line1) == len(OBJECT_FAULTS)
+    for n in OBJECT_FAULTS:
+        (row,) = [r for r in line1 if f"attribute {uuid(n)} (" in r["reason"]]
+        assert OBJECT_EVENT_UUID in row["reason"] and "in object" in row["reason"]
+    (whole,) = [r for r in rows if r["line"] == 2]
+    assert "no usable routable attribute" in whole["reason"] and uuid(62) in whole["reason"]
+    for r in rows:
+        assert r["raw"] is None
+        for value in OBJECT_RAW_VALUES:
+            assert value not in r["reason"]

@@ -24,6 +24,9 @@ unusable one is reported without its value.
 
 Inside a MISP object (`ip-port`, `domain-ip` ...) an address or host name takes the object's
 single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port is the client's).
+An object value a notification would take (that `dst-port`, that `protocol`, the object's
+`first-seen` attribute when it decides the time) that is present but unusable withholds that
+notification: it is not made without the port or with another time (see `_from_object`).
 
 - classification: the attribute's `rsit:<taxonomy>="<type>"` tag, else the event's, else
   `other/undetermined` (evidence `misp_rsit_from` says which). Several rsit tags on one level:
@@ -36,7 +39,7 @@ single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port i
   `tlp:unclear`) quarantines the event rather than guess a level.
 - observed_at: the attribute's first_seen, the object's first_seen (or its `first-seen`
   attribute), the attribute's timestamp (its last change in MISP), else the event's date
-  (midnight UTC). An event without any of these is quarantined.
+  (midnight UTC): the first one present decides. An event without any of these is quarantined.
 - evidence: event and attribute UUIDs, MISP type, category, object name/UUID/relation,
   comments, to_ids, the creating organisation, where classification and TLP came from, and
   per event the count (by type) of attributes that gave no notification (text, hashes,
@@ -47,9 +50,12 @@ single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port i
 
 Beside an event's notifications (`MispAdapter.outcome`), each unusable attribute is a fault:
 the ingest quarantines it as a run row of its own (the event's line; reason: event UUID,
-attribute UUID and type, never the value) and counts it as `attributes_quarantined`; the
-attributes that are not routable by design (the types above aside) are counted as
-`attributes_skipped`. An event that is quarantined or skipped as a whole counts only as that.
+attribute UUID and type, never the value) and counts it as `attributes_quarantined`. So is an
+unusable object value a notification would take (its reason also names the object and the
+attributes whose notifications it withheld); one such value is one fault however many
+notifications it withholds. The attributes that are not routable by design (the types above
+aside) are counted as `attributes_skipped`. An event that is quarantined or skipped as a whole
+counts only as that.
 """
 
 from __future__ import annotations
@@ -275,9 +281,9 @@ def _as_utc(value: Any) -> datetime:
     return timestamp(value)
 
 
-def _object_values(obj: MISPObject, relation: str) -> list[Any]:
+def _object_attributes(obj: MISPObject, relation: str) -> list[MISPAttribute]:
     return [
-        a.value
+        a
         for a in obj.attributes
         if a.get("object_relation") == relation and not a.get("deleted") and a.get("value") not in (None, "")
     ]
@@ -372,6 +378,8 @@ class _EventMapping:
 
     def notifications(self) -> list[Notification]:
         found: list[tuple[MISPAttribute, MISPObject | None, dict[str, Any]]] = []
+        # An unusable object value -> (it, its object, the attributes whose notifications it withholds)
+        withheld: dict[int, tuple[MISPAttribute, MISPObject, list[MISPAttribute]]] = {}
         for attribute, obj in self.attributes():
             if attribute.get("deleted"):
                 continue
@@ -392,7 +400,16 @@ class _EventMapping:
                 )
                 self.faults.append(f"{self.where} {self._named(attribute, obj)}: {reason}")
                 continue
+            if obj is not None:
+                unusable = self._from_object(attribute, obj, fields)
+                if unusable:
+                    self.without_notification[misp_type] += 1
+                    for bad in unusable:
+                        withheld.setdefault(id(bad), (bad, obj, []))[2].append(attribute)
+                    continue
             found.append((attribute, obj, fields))
+        for bad, obj, held in withheld.values():
+            self._object_fault(bad, obj, held)
         if not found:
             if self.unusable:
                 listed = self.unusable[:UNUSABLE_LISTED]
@@ -424,8 +441,6 @@ class _EventMapping:
         attribute_tags = _tag_names(attribute)
         attribute_tlp = tlp_of(attribute_tags, where)
         attribute_rsit, attribute_rsit_tags = rsit_of(attribute_tags, where)
-        if obj is not None and misp_type in _TAKES_OBJECT_PORT and "port" not in fields:
-            self._object_port(obj, fields)
         taxonomy, type_ = attribute_rsit or self.rsit or DEFAULT_CLASSIFICATION
         vulnerability = self._cve(obj) if taxonomy == "vulnerable" else None
         identifier = self._identifier(taxonomy, type_, vulnerability, attribute_tags)
@@ -452,31 +467,111 @@ class _EventMapping:
             **fields,
         )
 
-    def _object_port(self, obj: MISPObject, fields: dict[str, Any]) -> None:
-        number = _single(_object_values(obj, "dst-port"))
-        if number is None:
-            return
-        try:
-            fields["port"] = port(number)
-        except ValueError:
-            return
-        protocol = _single(_object_values(obj, "protocol"))
-        if protocol is not None and _PROTOCOL.match(str(protocol).strip().lower()):
-            fields["protocol"] = str(protocol).strip().lower()
+    def _from_object(
+        self, attribute: MISPAttribute, obj: MISPObject, fields: dict[str, Any]
+    ) -> list[MISPAttribute]:
+        """Fill in what the attribute's notification takes from its object (port, protocol);
+        return the object's attributes it would take whose value is unusable (then: withheld).
+
+        An unusable object value withholds the notification rather than being dropped from it
+        (the project rule: a present but invalid value is a fault), and it does so for every
+        value taken, not only for some:
+        - the port is part of the natural key's observable (`198.51.100.42:3389`) and of the
+          network-traffic SCO, the protocol of that SCO (absent, it reads `tcp`), the time
+          decides the natural key's day. Made without them, the notification is a different
+          one: delivered to the recipient as a port-less (or wrongly dated) occurrence, merged
+          with a genuinely port-less one of the host, and left standing beside the right one
+          when the partner sends the corrected event. A quarantined row cannot call back what
+          a recipient has already received; a withheld notification is made, correctly, when
+          the corrected event is ingested again.
+        - it is what a top-level `ip-dst|port` with an unusable port already gets (the whole
+          attribute is a fault, no port-less notification): an object spreads the same
+          occurrence over several attributes.
+        - only notifications that take the value are withheld, as one unusable attribute does
+          not cost its neighbours theirs: an `ip-src` beside a bad `dst-port`, or an attribute
+          with its own first_seen beside a bad `first-seen`, keeps its notification.
+        The fault is the unusable attribute (it is what the partner must fix): one per
+        attribute, counted in `attributes_quarantined`, naming the withheld notifications.
+        Values the adapter does not read (`last-seen`, `src-port`, several `dst-port`s) stay
+        context, as before.
+        """
+        unusable: list[MISPAttribute] = []
+        taken: dict[str, Any] = {}
+        if str(attribute.type) in _TAKES_OBJECT_PORT and "port" not in fields:
+            ports = _object_attributes(obj, "dst-port")
+            if len(ports) == 1:
+                try:
+                    taken["port"] = port(ports[0].value)
+                except ValueError:
+                    unusable.append(ports[0])
+                else:
+                    protocols = _object_attributes(obj, "protocol")
+                    if len(protocols) == 1:
+                        protocol = str(protocols[0].value).strip().lower()
+                        if _PROTOCOL.match(protocol):
+                            taken["protocol"] = protocol
+                        else:
+                            unusable.append(protocols[0])
+        time_source = self._time_source(attribute, obj)
+        if time_source is not None:
+            value, source = time_source
+            if source is not None:  # the object's `first-seen` attribute; PyMISP parsed the rest
+                try:
+                    _as_utc(value)
+                except ValueError:
+                    unusable.append(source)
+        if not unusable:
+            fields.update(taken)
+        return unusable
+
+    def _object_fault(self, bad: MISPAttribute, obj: MISPObject, held: list[MISPAttribute]) -> None:
+        """One unusable object value: a fault naming it and the notifications it withheld."""
+        relation = str(bad.get("object_relation") or "")
+        if str(bad.type) not in ROUTABLE_TYPES:
+            self.not_routable -= 1  # counted as context before it turned out to be needed and unusable
+        listed = [
+            f"attribute {given} ({a.type})"
+            if _UUID.match(given := self._given(a.uuid))
+            else f"an attribute without a valid uuid ({a.type})"
+            for a in held[:UNUSABLE_LISTED]
+        ]
+        more = f" and {len(held) - len(listed)} more" if len(held) > len(listed) else ""
+        reason = f"not a usable {relation} of its object (value withheld)"
+        self.unusable.append(
+            {
+                "uuid": self._given(bad.uuid) or "(none)",
+                "type": str(bad.type),
+                "reason": f"{reason}: {len(held)} notification(s) of the object withheld",
+            }
+        )
+        self.faults.append(
+            f"{self.where} {self._named(bad, obj, object_uuid=True)}: {reason}; "
+            f"withheld the notification of {', '.join(listed)}{more}"
+        )
+
+    def _time_source(
+        self, attribute: MISPAttribute, obj: MISPObject | None
+    ) -> tuple[Any, MISPAttribute | None] | None:
+        """The value that decides the notification's time, with the object attribute holding it
+        (None for the attribute's and object's own fields, the timestamp and the event date)."""
+        candidates: list[tuple[Any, MISPAttribute | None]] = [(attribute.get("first_seen"), None)]
+        if obj is not None:
+            seen = _single(_object_attributes(obj, "first-seen"))
+            candidates += [(obj.get("first_seen"), None), (seen.value if seen is not None else None, seen)]
+        candidates += [(attribute.get("timestamp"), None), (self.day, None)]
+        for value, source in candidates:
+            if value is not None and value != "":
+                return value, source
+        return None
 
     def _observed_at(self, attribute: MISPAttribute, obj: MISPObject | None, where: str) -> datetime:
-        candidates = [attribute.get("first_seen")]
-        if obj is not None:
-            candidates += [obj.get("first_seen"), _single(_object_values(obj, "first-seen"))]
-        candidates += [attribute.get("timestamp"), self.day]
-        for candidate in candidates:
-            if candidate is None or candidate == "":
-                continue
-            try:
-                return _as_utc(candidate)
-            except ValueError:
-                continue  # an unusable object `first-seen` text: the next candidate decides
-        raise RowRejected(f"{where}: no observation time (first_seen, timestamp or event date)")
+        time_source = self._time_source(attribute, obj)
+        if time_source is None:
+            raise RowRejected(f"{where}: no observation time (first_seen, timestamp or event date)")
+        try:
+            return _as_utc(time_source[0])
+        except ValueError:  # an unusable object `first-seen` withheld the notification before this
+            raise RowRejected(f"{where}: not a usable observation time (value withheld)") from None
 
     def _identifier(self, taxonomy: str, type_: str, cve: str | None, attribute_tags: list[str]) -> str:
         if cve:
@@ -501,17 +596,19 @@ class _EventMapping:
                 if _CVE.match(value):
                     yield value
 
-    def _named(self, attribute: MISPAttribute, obj: MISPObject | None) -> str:
-        """The attribute as a quarantine reason names it: UUID, type, object; nothing else of the input."""
+    def _named(self, attribute: MISPAttribute, obj: MISPObject | None, *, object_uuid: bool = False) -> str:
+        """The attribute as a quarantine reason names it: UUID, type, object; nothing else of the input.
+
+        The object's UUID is named when the attribute's is not usable, or when asked for."""
         given = self._given(attribute.uuid)
         named = bool(_UUID.match(given))
         context = str(attribute.type)
         if obj is not None:
             object_name = str(obj.name)
             context += f", in object {object_name}" if _OBJECT_NAME.match(object_name) else ", in an object"
-            object_uuid = self._given(obj.uuid)
-            if not named and _UUID.match(object_uuid):
-                context += f" {object_uuid}"
+            given_object = self._given(obj.uuid)
+            if (object_uuid or not named) and _UUID.match(given_object):
+                context += f" {given_object}"
         return f"{f'attribute {given}' if named else 'attribute without a valid uuid'} ({context})"
 
     def _given(self, value: Any) -> str:
