@@ -27,7 +27,7 @@ from connector.adapters.engine import FileContext, MappedAdapter
 from connector.adapters.mapping import family_mapping, load_mappings
 from connector.collections import collection_rows
 from connector.config import parse_config
-from connector.ingest import Ingestor
+from connector.ingest import BATCH_SIZE, COMMIT_EVERY, Ingestor
 from connector.passwords import hash_password
 from connector.stix.build import NotificationState, notification_objects
 from connector.stix.ids import timestamp
@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--recipients", type=int, default=200)
     parser.add_argument("--sample", type=int, default=2000, help="rows built the naive way")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="notifications per transaction")
+    parser.add_argument("--commit-every", type=int, default=COMMIT_EVERY, help="notifications per commit")
     parser.add_argument("--keep", type=Path, help="keep the report and database in this directory")
     args = parser.parse_args()
     rng = random.Random(7)
@@ -157,7 +159,9 @@ def main() -> None:
     store = Store.open(f"sqlite:///{db}")
     store.sync_collections(collection_rows(config))
     started = time.perf_counter()
-    summary = Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report])
+    summary = Ingestor(
+        config, store, mappings, batch_size=args.batch_size, commit_every=args.commit_every
+    ).run("shadowserver", "shadowserver", [report])
     elapsed = time.perf_counter() - started
     rate = args.rows / elapsed
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,9 +44,11 @@ from connector.store.store import enqueue_misp, object_version_key, timestamp_to
 
 log = logging.getLogger("meldpunt.ingest")
 
-# Notifications per write transaction: larger batches write each index page fewer times;
-# 5,000 keeps a batch's objects well inside the memory budget.
+# Notifications built and written together (memory: a batch's objects are held until written)...
 BATCH_SIZE = 5000
+# ...and per commit: each commit writes every index page the batches touched, and the id
+# indexes are touched all over, so committing less often is what keeps a growing store fast.
+COMMIT_EVERY = 25_000
 STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
 Clock = Callable[[], datetime]
@@ -140,9 +144,18 @@ def _ts_from_us(value: int) -> str:
 
 class Ingestor:
     def __init__(
-        self, config: Config, store: Store, mappings: dict[str, Mapping], clock: Clock | None = None
+        self,
+        config: Config,
+        store: Store,
+        mappings: dict[str, Mapping],
+        clock: Clock | None = None,
+        *,
+        batch_size: int = BATCH_SIZE,
+        commit_every: int = COMMIT_EVERY,
     ) -> None:
         self.config = config
+        self.batch_size = batch_size
+        self.commit_every = commit_every
         self.store = store
         self.mappings = mappings
         self.router = Router(config)
@@ -284,63 +297,118 @@ class Ingestor:
             if mapping is not None
             else getattr(code_adapter, "keep_raw_in_quarantine", False)
         )
-        with stream:
-            for row in adapter.rows(stream):
-                summary.counts["read"] += 1
-                try:
-                    if isinstance(row, RowError):
-                        if row.skipped:
-                            raise RowSkipped(row.reason)
-                        raise RowRejected(row.reason)
-                    assert isinstance(row, RawRecord)
-                    outcome = record_outcome(adapter, row)
-                    batch.extend(outcome.notifications)
-                    # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
-                    # never with the raw record (it holds their values).
-                    summary.counts["attributes_quarantined"] += len(outcome.faults)
-                    summary.counts["attributes_skipped"] += outcome.skipped
-                    rows += [(path.name, row.line, "quarantined", fault, None) for fault in outcome.faults]
-                except RowSkipped as skip:
-                    summary.counts["skipped"] += 1
-                    rows.append((path.name, row.line, "skipped", str(skip), None))
-                except RowRejected as bad:
-                    summary.counts["quarantined"] += 1
-                    raw = row.raw[:RAW_EXCERPT] if keep_raw else None
-                    rows.append((path.name, row.line, "quarantined", str(bad), raw))
-                if len(batch) >= BATCH_SIZE:
-                    self._flush(summary, batch)
-                    batch = []
-                    if progress:
-                        progress(stream.tell())
-                if len(rows) >= BATCH_SIZE:
-                    self._record_rows(summary.run_id, rows)
-                    rows = []
-            self._flush(summary, batch)
-            self._record_rows(summary.run_id, rows)
-            if progress:
-                progress(stream.tell())
+        transaction = _Transaction(self.store, self.commit_every)
+        try:
+            with stream:
+                for row in adapter.rows(stream):
+                    summary.counts["read"] += 1
+                    self._take(summary, adapter, row, path.name, keep_raw, batch, rows)
+                    if len(batch) >= self.batch_size:
+                        self._flush(summary, batch, transaction.writer())
+                        transaction.wrote(len(batch))
+                        batch = []
+                        if progress:
+                            progress(stream.tell())
+                    if len(rows) >= self.batch_size:
+                        self._record_rows(summary.run_id, rows, transaction.writer())
+                        rows = []
+                self._flush(summary, batch, transaction.writer())
+                self._record_rows(summary.run_id, rows, transaction.writer())
+        except BaseException:
+            transaction.abort()
+            raise
+        transaction.commit()
+        if progress:
+            progress(path.stat().st_size)
 
-    def _record_rows(self, run_id: int, rows: list[tuple[str, int, str, str, str | None]]) -> None:
+    @staticmethod
+    def _take(
+        summary: RunSummary,
+        adapter: Adapter,
+        row: RawRecord | RowError,
+        label: str,
+        keep_raw: bool,
+        batch: list[Notification],
+        rows: list[tuple[str, int, str, str, str | None]],
+    ) -> None:
+        """One input row: its notifications into the batch, or a run row saying why not."""
+        try:
+            if isinstance(row, RowError):
+                if row.skipped:
+                    raise RowSkipped(row.reason)
+                raise RowRejected(row.reason)
+            outcome = record_outcome(adapter, row)
+            batch.extend(outcome.notifications)
+            # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
+            # never with the raw record (it holds their values).
+            summary.counts["attributes_quarantined"] += len(outcome.faults)
+            summary.counts["attributes_skipped"] += outcome.skipped
+            rows += [(label, row.line, "quarantined", fault, None) for fault in outcome.faults]
+        except RowSkipped as skip:
+            summary.counts["skipped"] += 1
+            rows.append((label, row.line, "skipped", str(skip), None))
+        except RowRejected as bad:
+            summary.counts["quarantined"] += 1
+            raw = row.raw[:RAW_EXCERPT] if keep_raw else None
+            rows.append((label, row.line, "quarantined", str(bad), raw))
+
+    def _record_rows(
+        self, run_id: int, rows: list[tuple[str, int, str, str, str | None]], writer: Writer | None = None
+    ) -> None:
         if not rows:
             return
+        values = [
+            {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
+            for f, line, kind, reason, raw in rows
+        ]
+        if writer is not None:
+            writer.conn.execute(insert(t.run_rows), values)
+            return
         with self.store.engine.begin() as conn:
-            conn.execute(
-                insert(t.run_rows),
-                [
-                    {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
-                    for f, line, kind, reason, raw in rows
-                ],
-            )
+            conn.execute(insert(t.run_rows), values)
 
-    def _flush(self, summary: RunSummary, batch: list[Notification]) -> None:
+    def _flush(self, summary: RunSummary, batch: list[Notification], writer: Writer) -> None:
         if not batch:
             return
         groups: dict[str, list[Notification]] = {}
         for n in batch:
             groups.setdefault(notification_key(n), []).append(n)
         summary.counts["notifications"] += len(batch)
-        with self.store.writing() as writer:
-            _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+        _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+
+
+class _Transaction:
+    """One write transaction held open across several batches, committed every `limit`
+    notifications, at the end of the input, or rolled back with it on an error."""
+
+    def __init__(self, store: Store, limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        self._context: AbstractContextManager[Writer] | None = None
+        self._writer: Writer | None = None
+        self._pending = 0
+
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._context = self._store.writing()
+            self._writer = self._context.__enter__()
+        return self._writer
+
+    def wrote(self, notifications: int) -> None:
+        self._pending += notifications
+        if self._pending >= self._limit:
+            self.commit()
+
+    def commit(self) -> None:
+        self._close(None, None, None)
+
+    def abort(self) -> None:
+        self._close(*sys.exc_info())
+
+    def _close(self, *exc_info: Any) -> None:
+        context, self._context, self._writer, self._pending = self._context, None, None, 0
+        if context is not None:
+            context.__exit__(*exc_info)  # commits, or rolls back when given the exception
 
 
 class _BatchWriter:
