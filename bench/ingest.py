@@ -5,7 +5,7 @@ every claim), ingests it with the real pipeline (parse, mapping, STIX, routing, 
 prints rows per second and peak memory. In the same run it builds the objects of a sample of
 rows the naive way, with the stix2 library's classes, and prints the ratio.
 
-    python bench/ingest.py [--rows 1000000] [--sample 2000] [--keep DIR]
+    python bench/ingest.py [--rows 1000000] [--sample 2000] [--batch-size N] [--commit-every N] [--keep DIR]
 """
 
 from __future__ import annotations
