@@ -20,7 +20,6 @@ from connector.adapters.readers import RawRecord
 from connector.adapters.registry import AdapterContext, RecordOutcome, record_outcome
 from connector.adapters.xarf import XarfAdapter
 from connector.cli import print_summary
-from connector.collections import collection_rows
 from connector.config import Config, parse_config
 from connector.ingest import COUNT_NAMES, Ingestor
 from connector.notification import Notification
@@ -105,26 +104,12 @@ RAW_VALUES = [a["value"] for a in FAULTY.values()] + [ODD_UUID["value"], ODD_UUI
 
 
 @pytest.fixture(scope="module")
-def config() -> Config:
+def sample_config() -> Config:
+    """The example configuration with Connect2Trust as a partner: conftest's store and
+    ingestor fixtures (SQLite and PostgreSQL) are built on it."""
     raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
     raw["partners"].append({"id": PARTNER, "name": "Connect2Trust", "formats": [FORMAT]})
     return parse_config(raw, source=str(SAMPLE_CONFIG))
-
-
-@pytest.fixture
-def store(store_url: str, config: Config) -> Iterator[Store]:
-    """On SQLite and on PostgreSQL (conftest's store_url)."""
-    s = Store.open(store_url)
-    s.sync_collections(collection_rows(config))
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def ingestor(store: Store, config: Config, mappings) -> Ingestor:  # type: ignore[no-untyped-def]
-    return Ingestor(config, store, mappings)
 
 
 def adapter() -> MispAdapter:

@@ -26,8 +26,9 @@ def scan_batches(tmp_path: Path, batches: int, per_batch: int) -> list[Path]:
     for b in range(batches):
         lines = []
         for i in range(per_batch):
-            finding = dict(template, ip=f"192.0.2.{40 + (b * per_batch + i) % 80}",
-                           port=str(1000 + b * per_batch + i))
+            finding = dict(
+                template, ip=f"192.0.2.{40 + (b * per_batch + i) % 80}", port=str(1000 + b * per_batch + i)
+            )
             lines.append(json.dumps(finding))
         path = tmp_path / f"batch{b:03d}" / "DIVD-2024-00012.nuclei.jsonl"
         path.parent.mkdir()
@@ -37,8 +38,9 @@ def scan_batches(tmp_path: Path, batches: int, per_batch: int) -> list[Path]:
     return files
 
 
-def test_poller_gets_every_object_exactly_once_during_ingest(store, sample_config, ingestor: Ingestor,
-                                                             tmp_path: Path) -> None:
+def test_poller_gets_every_object_exactly_once_during_ingest(
+    store, sample_config, ingestor: Ingestor, tmp_path: Path
+) -> None:
     files = scan_batches(tmp_path, batches=12, per_batch=15)
     running, server, thread = start_server(sample_config, store)
     url = running.collection_url(recipient_collection_id("zcert")) + "objects/"
@@ -87,27 +89,29 @@ def test_poller_gets_every_object_exactly_once_during_ingest(store, sample_confi
     assert sum(1 for i in seen if i.startswith("sighting--")) == 12 * 15
 
 
-def test_next_token_works_on_another_process_with_the_shared_secret(
-    taxii, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+def test_next_token_works_on_another_process_with_the_shared_secret(taxii, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url_path = f"collections/{recipient_collection_id('zcert')}/objects/"
     auth = ("zcert-poller", password_for("zcert-poller"))
     monkeypatch.setenv(taxii.config.server.token_secret_env, "shared-secret-for-this-test")
     first, s1, t1 = start_server(taxii.config, taxii.store)
     second, s2, t2 = start_server(taxii.config, taxii.store)
     try:
-        page = requests.get(first.api_root + url_path, params={"limit": "5"}, auth=auth, headers=HEADERS,
-                            timeout=10).json()
+        page = requests.get(
+            first.api_root + url_path, params={"limit": "5"}, auth=auth, headers=HEADERS, timeout=10
+        ).json()
         assert page["more"] and page["next"]
-        other = requests.get(second.api_root + url_path, params={"limit": "5", "next": page["next"]},
-                             auth=auth, headers=HEADERS, timeout=10)
+
+        def continue_on(api_root: str) -> requests.Response:
+            params = {"limit": "5", "next": page["next"]}
+            return requests.get(api_root + url_path, params=params, auth=auth, headers=HEADERS, timeout=10)
+
+        other = continue_on(second.api_root)
         assert other.status_code == 200
         ids_first = {o["id"] for o in page["objects"]}
         ids_second = {o["id"] for o in other.json()["objects"]}
         assert ids_second and not ids_first & ids_second
         # The fixture's own server has a different (random) key: it refuses the token.
-        refused = requests.get(taxii.api_root + url_path, params={"limit": "5", "next": page["next"]},
-                               auth=auth, headers=HEADERS, timeout=10)
+        refused = continue_on(taxii.api_root)
         assert refused.status_code == 400
     finally:
         for server, thread in ((s1, t1), (s2, t2)):
