@@ -133,7 +133,10 @@ def _print_howto(config: Config, passwords: dict[str, str], base: str, out: Cons
     cid = recipient_collection_id(user.recipient or "")
     out.print("\n[bold]demo credentials[/] (valid for this run only):")
     for u in config.users:
-        role = f"reads {u.recipient}" if u.recipient else f"writes inbox {u.inbox}"
+        roles = [f"reads {u.recipient}"] if u.recipient else []
+        roles += [f"writes inbox {u.inbox}"] if u.inbox else []
+        roles += ["operator: may delete from collections"] if u.operator else []
+        role = "; ".join(roles)
         out.print(f"  {u.username:18} {passwords[u.username]}   ({role})", highlight=False)
     out.print("\n[bold]poll it yourself[/] with taxii2-client:", highlight=False)
     out.print(

@@ -580,6 +580,12 @@ def test_demo_without_serving(tmp_path: Path) -> None:
         assert re.search(rf"^\s+{re.escape(u['username'])}\s+\S+\s+\(", credentials, re.MULTILINE), (
             f"no password shown for {u['username']}"
         )
+        line = next(x for x in credentials.splitlines() if x.split()[:1] == [u["username"]])
+        granted = [f"reads {u['recipient']}"] if u.get("recipient") else []
+        granted += [f"writes inbox {u['inbox']}"] if u.get("inbox") else []
+        granted += ["operator"] if u.get("operator") else []
+        assert granted and all(g in line for g in granted), line
+        assert "None" not in line, line
     assert f"http://127.0.0.1:{port}/" in out
     assert "0.0.0.0" not in out + result.stderr
     assert (workdir / "meldpunt.db").exists()
