@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -36,7 +37,7 @@ from connector.config import Config
 from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
 from connector.routing import Decision, Router
-from connector.stix.build import NotificationState, notification_objects, reference_objects
+from connector.stix.build import NotificationState, notification_objects_and_own_ids, reference_objects
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
@@ -48,7 +49,10 @@ log = logging.getLogger("meldpunt.ingest")
 BATCH_SIZE = 5000
 # ...and per commit: each commit writes every index page the batches touched, and the id
 # indexes are touched all over, so committing less often is what keeps a growing store fast.
+# But the write lock is held meanwhile (on SQLite every other writer waits, a TAXII request's
+# audit row included), so a transaction is also committed once it has been open this long.
 COMMIT_EVERY = 25_000
+COMMIT_SECONDS = 2.0
 STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
 Clock = Callable[[], datetime]
@@ -67,6 +71,19 @@ class RunSummary:
     suppressed_category: Counter[str] = field(default_factory=Counter)
     input_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    committed: RunSummary | None = None  # a copy as of the last commit
+
+    def checkpoint(self) -> None:
+        """Everything counted so far is committed: remember it, for a run that fails later."""
+        self.committed = RunSummary(
+            self.run_id,
+            Counter(self.counts),
+            Counter(self.per_recipient),
+            Counter(self.suppressed_tlp),
+            Counter(self.suppressed_category),
+            list(self.input_errors),
+            list(self.warnings),
+        )
 
     def count_decision(self, decision: Decision) -> None:
         """One notification's routing outcome: exactly one of the outcome counts, plus per recipient."""
@@ -117,11 +134,6 @@ COUNT_NAMES = (
 )
 
 
-# The objects a notification owns: their ids derive from its natural key (build.py), so each
-# version the ingest writes is new. Shared objects (SCOs, vulnerabilities) are not among them.
-OWN_OBJECT_TYPES = frozenset({"sighting", "observed-data", "indicator"})
-
-
 def notification_key(n: Notification) -> str:
     return hashlib.sha256("\x1f".join(n.natural_key()).encode()).hexdigest()
 
@@ -152,10 +164,12 @@ class Ingestor:
         *,
         batch_size: int = BATCH_SIZE,
         commit_every: int = COMMIT_EVERY,
+        commit_seconds: float = COMMIT_SECONDS,
     ) -> None:
         self.config = config
         self.batch_size = batch_size
         self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
         self.store = store
         self.mappings = mappings
         self.router = Router(config)
@@ -190,8 +204,17 @@ class Ingestor:
                 else:
                     mapping = self._mapping_for(fmt, path, summary)
                     self._ingest_file(summary, mapping, partner, path, context_file, progress)
+                summary.checkpoint()  # every write of this input is committed
         except Exception as exc:
-            self.store.finish_run(run_id, "failed", summary.as_dict(), error=repr(exc))
+            # What the store holds: the counts as of the last commit (the rest was rolled back).
+            committed = summary.committed or RunSummary(run_id)
+            self.store.finish_run(
+                run_id,
+                "failed",
+                committed.as_dict(),
+                error=f"{exc!r}; counts are those committed before the failure, "
+                "the rest was rolled back (ingest the input again to complete it)",
+            )
             raise
         status = "done" if summary.ok else "failed"
         self.store.finish_run(
@@ -297,7 +320,7 @@ class Ingestor:
             if mapping is not None
             else getattr(code_adapter, "keep_raw_in_quarantine", False)
         )
-        transaction = _Transaction(self.store, self.commit_every)
+        transaction = _Transaction(self.store, summary, self.commit_every, self.commit_seconds)
         try:
             with stream:
                 for row in adapter.rows(stream):
@@ -311,9 +334,12 @@ class Ingestor:
                             progress(stream.tell())
                     if len(rows) >= self.batch_size:
                         self._record_rows(summary.run_id, rows, transaction.writer())
+                        transaction.wrote(len(rows))  # a file of faults must not hold the lock either
                         rows = []
-                self._flush(summary, batch, transaction.writer())
-                self._record_rows(summary.run_id, rows, transaction.writer())
+                if batch:
+                    self._flush(summary, batch, transaction.writer())
+                if rows:
+                    self._record_rows(summary.run_id, rows, transaction.writer())
         except BaseException:
             transaction.abort()
             raise
@@ -378,37 +404,45 @@ class Ingestor:
 
 
 class _Transaction:
-    """One write transaction held open across several batches, committed every `limit`
-    notifications, at the end of the input, or rolled back with it on an error."""
+    """One write transaction held open across several batches. Committed after `limit`
+    notifications and run rows, once open `seconds`, at the end of the input, or rolled back
+    with it on an error."""
 
-    def __init__(self, store: Store, limit: int) -> None:
+    def __init__(self, store: Store, summary: RunSummary, limit: int, seconds: float) -> None:
         self._store = store
+        self._summary = summary
         self._limit = limit
+        self._seconds = seconds
         self._context: AbstractContextManager[Writer] | None = None
         self._writer: Writer | None = None
         self._pending = 0
+        self._opened = 0.0
 
     def writer(self) -> Writer:
         if self._writer is None:
             self._context = self._store.writing()
             self._writer = self._context.__enter__()
+            self._opened = time.monotonic()
         return self._writer
 
-    def wrote(self, notifications: int) -> None:
-        self._pending += notifications
-        if self._pending >= self._limit:
+    def wrote(self, rows: int) -> None:
+        self._pending += rows
+        if self._pending >= self._limit or time.monotonic() - self._opened >= self._seconds:
             self.commit()
 
     def commit(self) -> None:
-        self._close(None, None, None)
+        if self._close(None, None, None):
+            self._summary.checkpoint()
 
     def abort(self) -> None:
         self._close(*sys.exc_info())
 
-    def _close(self, *exc_info: Any) -> None:
+    def _close(self, *exc_info: Any) -> bool:
         context, self._context, self._writer, self._pending = self._context, None, None, 0
-        if context is not None:
-            context.__exit__(*exc_info)  # commits, or rolls back when given the exception
+        if context is None:
+            return False
+        context.__exit__(*exc_info)  # commits, or rolls back when given the exception
+        return True
 
 
 class _BatchWriter:
@@ -481,12 +515,12 @@ class _BatchWriter:
         first_text = _ts_from_us(first)
         last_text = first_text if last == first else _ts_from_us(last)
         state = NotificationState(first_text, last_text, count, created, modified)
-        objects = notification_objects(n, state)
+        objects, own_ids = notification_objects_and_own_ids(n, state)
         if decision.match is None:
             log.info("notification unrouted", extra={"key": key})
         kept = [self._keep(obj) for obj in objects]  # stored even when unrouted: routing can be replayed
         for obj, ref in zip(objects, kept, strict=True):
-            if obj["type"] in OWN_OBJECT_TYPES:
+            if obj["id"] in own_ids:
                 self.new_versions.add(ref)
                 if previous is None:
                     self.first_ids.add(ref[0])

@@ -243,6 +243,15 @@ def sighted_object(
 
 def notification_objects(n: Notification, state: NotificationState) -> list[dict[str, Any]]:
     """The objects of one notification version; reference objects are added by the caller."""
+    return notification_objects_and_own_ids(n, state)[0]
+
+
+def notification_objects_and_own_ids(
+    n: Notification, state: NotificationState
+) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """The objects of one notification version, and the ids among them that derive from its
+    natural key (sighting, observed-data, an indicator of its own). Each version of those is
+    new, and a new notification's are in no collection yet: the store skips looking them up."""
     key = n.natural_key()
     sighting_id, observed_id = notification_ids(key)
     partner_ref = partner_identity_id(n.partner)
@@ -291,7 +300,10 @@ def notification_objects(n: Notification, state: NotificationState) -> list[dict
         "object_marking_refs": marking,
         "extensions": {EXTENSION_ID: extension},
     }
-    return [sighted, *scos, observed, sighting]
+    own = {sighting_id, observed_id}
+    if sighted["type"] == "indicator" and sighted["id"] == project_id("indicator", *key):
+        own.add(sighted["id"])
+    return [sighted, *scos, observed, sighting], frozenset(own)
 
 
 def reference_objects(partner: str, partner_name: str, tlp: str) -> list[dict[str, Any]]:
@@ -304,4 +316,10 @@ def reference_objects(partner: str, partner_name: str, tlp: str) -> list[dict[st
     ]
 
 
-__all__ = ["NotificationState", "notification_objects", "reference_objects", "timestamp"]
+__all__ = [
+    "NotificationState",
+    "notification_objects",
+    "notification_objects_and_own_ids",
+    "reference_objects",
+    "timestamp",
+]

@@ -423,8 +423,10 @@ class Writer:
             )
 
     def _sql(self, statement: str) -> str:
-        """`?` placeholders in the driver's own style."""
-        return statement.replace("?", "%s") if self.dialect == "postgresql" else statement
+        """`?` placeholders in the driver's own style (psycopg's `%s`, with a literal `%` doubled)."""
+        if self.dialect == "postgresql":
+            return statement.replace("%", "%%").replace("?", "%s")
+        return statement
 
     def _many(self, statement: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """executemany. Callers hand rows sorted by the key of the table's busiest index: a
@@ -624,11 +626,11 @@ def enqueue_misp(writer: Writer, members: list[dict[str, Any]], events: dict[tup
             "pushed_hash": None,
             "updated_at": stamp,
         }
-        for (rid, uuid), label in events.items()
+        for (rid, uuid), label in sorted(events.items())
     ]
     writer._insert_ignore(t.misp_outbox, rows)
     ob = t.misp_outbox
-    for rid, uuid in events:
+    for rid, uuid in sorted(events):  # one lock order for every writer of the outbox: no deadlock
         writer.conn.execute(
             update(ob)
             .where(and_(ob.c.recipient == rid, ob.c.event_uuid == uuid))

@@ -1,0 +1,191 @@
+"""The bulk write path of ingest, on SQLite and PostgreSQL: batches in one transaction, rows
+inserted without a look-up where the notification owns them, commits by count and by time.
+
+Whatever the batching, the store must keep its invariants: in each collection exactly one
+latest version per object and it is the highest, date_added unique, and a failed run records
+only what was committed.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from connector.collections import collection_rows, recipient_collection_id
+from connector.config import Config, parse_config
+from connector.ingest import Ingestor
+from connector.store import Store, VersionFilter
+from tests.conftest import SAMPLE_CONFIG
+
+PARTNER = "shadowserver"
+HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "geo"]
+
+
+@pytest.fixture(scope="module")
+def sample_config() -> Config:
+    """The example deployment plus a partner that may deliver Shadowserver reports."""
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    raw["partners"].append({"id": PARTNER, "name": "Shadowserver", "default_tlp": "amber"})
+    return parse_config(raw, source=str(SAMPLE_CONFIG))
+
+
+def report(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    """A scan_http report of (timestamp, ip, port) rows."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        for moment, ip, port in rows:
+            writer.writerow([moment, ip, "tcp", port, "", "http", "64500", "NL"])
+    return path
+
+
+def invariants(store: Store) -> list[str]:
+    """Every way the collection_objects table can be wrong, as readable lines (none: fine)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT collection_id, stix_id, version, is_latest, date_added FROM collection_objects")
+        ).all()
+    problems = []
+    stamps = Counter(r.date_added for r in rows)
+    problems += [f"date_added {d} used {n} times" for d, n in stamps.items() if n > 1]
+    by_object: dict[tuple[str, str], list[Any]] = {}
+    for r in rows:
+        by_object.setdefault((r.collection_id, r.stix_id), []).append(r)
+    for (collection, stix_id), versions in by_object.items():
+        latest = [v for v in versions if v.is_latest]
+        if len(latest) != 1:
+            problems.append(f"{collection} {stix_id}: {len(latest)} latest rows")
+        elif latest[0].version != max(v.version for v in versions):
+            problems.append(f"{collection} {stix_id}: latest is not the highest version")
+    return problems
+
+
+def fixed_clock() -> datetime:
+    """Every batch at the same instant: each new version must still get a later `modified`."""
+    return datetime(2024, 7, 1, tzinfo=UTC)
+
+
+def ingestor(store: Store, config: Config, mappings: Any, **sizes: Any) -> Ingestor:
+    return Ingestor(config, store, mappings, fixed_clock, **sizes)
+
+
+def test_batches_in_one_transaction_keep_the_invariants(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
+) -> None:
+    """The same occurrence in several batches of one open transaction, seen again later with a
+    fixed clock, a version deleted through TAXII and then a newer observation: one latest each."""
+    rows = [(f"2024-06-01 10:00:{i:02d}", f"192.0.2.{16 + i % 8}", 443) for i in range(40)]
+    first = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    bulk = ingestor(store, sample_config, mappings, batch_size=3, commit_every=10**6, commit_seconds=10**6)
+    summary = bulk.run(PARTNER, "shadowserver", [first])
+    assert summary.counts["new"] == 8 and summary.counts["updated"] > 0
+    assert invariants(store) == []
+
+    # The hospital's sightings go to it and to Z-CERT: delete one's latest version from Z-CERT.
+    zcert = recipient_collection_id("zcert")
+    sighting = next(
+        m.stix_id for m in store.page(zcert, after=None, limit=1000) if m.stix_id.startswith("sighting--")
+    )
+    assert store.remove_members(zcert, sighting, VersionFilter()) == 1
+    assert invariants(store) == []
+
+    later = report(tmp_path / "2024-06-01-scan_http-later.csv", [("2024-06-01 23:00:00", "192.0.2.16", 443)])
+    ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [later])
+    assert invariants(store) == []
+    versions = [m for m in store.page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))]
+    assert len({m.version for m in versions if m.stix_id == sighting}) >= 2
+
+
+def test_a_file_of_faults_does_not_hold_the_write_lock_for_its_whole_length(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [("not a time", "192.0.2.10", 443)] * 3000
+    faulty = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    transactions = 0
+    writing = Store.writing
+
+    @contextmanager
+    def counted(self: Store) -> Iterator[Any]:
+        nonlocal transactions
+        transactions += 1
+        with writing(self) as writer:
+            yield writer
+
+    monkeypatch.setattr(Store, "writing", counted)
+    summary = ingestor(store, sample_config, mappings, batch_size=100, commit_every=200).run(
+        PARTNER, "shadowserver", [faulty]
+    )
+    assert summary.counts["quarantined"] == 3000
+    assert transactions >= 3000 // 200
+    assert len(store.run_rows(summary.run_id, "quarantined")) == 3000
+
+
+def test_a_transaction_open_too_long_is_committed(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(600)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    transactions = 0
+    writing = Store.writing
+
+    @contextmanager
+    def counted(self: Store) -> Iterator[Any]:
+        nonlocal transactions
+        transactions += 1
+        with writing(self) as writer:
+            yield writer
+
+    monkeypatch.setattr(Store, "writing", counted)
+    ingestor(store, sample_config, mappings, batch_size=100, commit_every=10**6, commit_seconds=0).run(
+        PARTNER, "shadowserver", [path]
+    )
+    assert transactions >= 6  # one per batch: each found the transaction open long enough
+
+
+def test_a_failed_run_records_what_was_committed(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(700)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    failing = ingestor(store, sample_config, mappings, batch_size=100, commit_every=300, commit_seconds=10**6)
+    route, calls = failing.router.route, 0
+
+    def route_until_550(n: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 550:
+            raise RuntimeError("routing broke")
+        return route(n)
+
+    monkeypatch.setattr(failing.router, "route", route_until_550)
+    with pytest.raises(RuntimeError):
+        failing.run(PARTNER, "shadowserver", [path])
+    with store.engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM notifications")).scalar_one()
+        run_id = conn.execute(text("SELECT max(id) FROM ingest_runs")).scalar_one()
+    run = store.run(run_id)
+    assert run is not None and run["status"] == "failed"
+    assert stored == 300  # the first commit; batches 4 to 6 were rolled back
+    assert run["counts"]["new"] == stored and run["counts"]["read"] == 300
+    assert "rolled back" in run["error"]
+
+    again = ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+    assert (again.counts["new"], again.counts["unchanged"]) == (400, 300)
+    assert invariants(store) == []
+
+
+def test_store_fixture_is_synced(store: Store, sample_config: Config) -> None:
+    """The conftest store fixture builds on this module's configuration."""
+    ids = {row.id for row in collection_rows(sample_config)}
+    with store.engine.connect() as conn:
+        have = {r[0] for r in conn.execute(text("SELECT id FROM collections"))}
+    assert ids == have
