@@ -5,7 +5,8 @@ every claim), ingests it with the real pipeline (parse, mapping, STIX, routing, 
 prints rows per second and peak memory. In the same run it builds the objects of a sample of
 rows the naive way, with the stix2 library's classes, and prints the ratio.
 
-    python bench/ingest.py [--rows 1000000] [--sample 2000] [--batch-size N] [--commit-every N] [--keep DIR]
+    python bench/ingest.py [--rows 1000000] [--sample 2000] [--batch-size N] [--commit-every N]
+        [--commit-seconds S] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from connector.adapters.engine import FileContext, MappedAdapter
 from connector.adapters.mapping import family_mapping, load_mappings
 from connector.collections import collection_rows
 from connector.config import parse_config
-from connector.ingest import BATCH_SIZE, COMMIT_EVERY, Ingestor
+from connector.ingest import BATCH_SIZE, COMMIT_EVERY, COMMIT_SECONDS, Ingestor
 from connector.passwords import hash_password
 from connector.stix.build import NotificationState, notification_objects
 from connector.stix.ids import timestamp
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2000, help="rows built the naive way")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="notifications per transaction")
     parser.add_argument("--commit-every", type=int, default=COMMIT_EVERY, help="notifications per commit")
+    parser.add_argument(
+        "--commit-seconds", type=float, default=COMMIT_SECONDS, help="longest a transaction stays open"
+    )
     parser.add_argument("--keep", type=Path, help="keep the report and database in this directory")
     args = parser.parse_args()
     rng = random.Random(7)
@@ -176,7 +180,12 @@ def main() -> None:
     marks: list[tuple[float, int]] = []  # (seconds, bytes read) after each batch
     started = time.perf_counter()
     summary = Ingestor(
-        config, store, mappings, batch_size=args.batch_size, commit_every=args.commit_every
+        config,
+        store,
+        mappings,
+        batch_size=args.batch_size,
+        commit_every=args.commit_every,
+        commit_seconds=args.commit_seconds,
     ).run(
         "shadowserver",
         "shadowserver",
