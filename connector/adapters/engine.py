@@ -11,11 +11,10 @@ import yaml
 
 from connector.adapters.converters import CONVERTERS
 from connector.adapters.mapping import FieldSpec, Mapping
+from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, RowError, reader_with_options
 from connector.adapters.rules import Classifier
 from connector.notification import Classification, Notification, SourceRef
-
-_MISSING = object()
 
 
 class RowRejected(Exception):
@@ -30,17 +29,8 @@ class InputError(Exception):
     """The whole input cannot be read as this format (no case file, unreadable file)."""
 
 
-def lookup(data: Any, path: str) -> Any:
-    node = data
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
 def _empty(value: Any) -> bool:
-    return value is _MISSING or value is None or value == "" or value == []
+    return value is MISSING or value is None or value == "" or value == []
 
 
 @dataclass(frozen=True)
@@ -71,7 +61,7 @@ def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> 
         raise InputError(f"{sidecar}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise InputError(f"{sidecar}: must be a mapping of keys")
-    missing = [k for k in mapping.context.required if _empty(values.get(k, _MISSING))]
+    missing = [k for k in mapping.context.required if _empty(values.get(k, MISSING))]
     if missing:
         raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}")
     return FileContext(values, str(sidecar))
@@ -120,7 +110,7 @@ class MappedAdapter:
         """The record as a notification; raises RowSkipped or RowRejected."""
         data = record.data
         for path, equals, reason in self._skip:
-            if _get(data, path) in equals:
+            if lookup(data, path) in equals:
                 raise RowSkipped(reason)
         c, specs = self._classify(data)
         fields = self._compiled.get(id(specs))
@@ -150,8 +140,8 @@ class MappedAdapter:
         """Evidence columns (masked where the mapping says), plus the unmapped ones if kept."""
         evidence = {}
         for name, path, convert in self._evidence:
-            value = _get(data, path)
-            if value is _MISSING or value is None or value == "" or value == []:
+            value = lookup(data, path)
+            if value is MISSING or value is None or value == "" or value == []:
                 continue
             if convert is not None:
                 try:
@@ -176,21 +166,21 @@ class MappedAdapter:
                 raw, where = spec.value, name
             else:
                 raw, where = (
-                    self.context.values.get(spec.context, _MISSING),
+                    self.context.values.get(spec.context, MISSING),
                     f"case metadata {spec.context!r}",
                 )
             return _constant_field(_finisher(name, spec, where), raw, where)
         finish = _finisher(name, spec, name)
-        if len(paths) == 1 and "." not in paths[0]:
+        if len(paths) == 1:
             path = paths[0]
-            return lambda data: finish(data.get(path, _MISSING), path)
+            return lambda data: finish(lookup(data, path), path)
 
         def first_present(data: dict[str, Any]) -> Any:
             for path in paths:
                 candidate = lookup(data, path)
                 if not _empty(candidate):
                     return finish(candidate, path)
-            return finish(_MISSING, name)
+            return finish(MISSING, name)
 
         return first_present
 
@@ -201,7 +191,7 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str) -> Callable[[Any, s
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
     def finish(raw: Any, where: str) -> Any:
-        if raw is _MISSING or raw is None or raw == "" or raw == []:
+        if raw is MISSING or raw is None or raw == "" or raw == []:
             if spec.required:
                 raise RowRejected(missing)
             return None
@@ -232,10 +222,3 @@ def _constant_field(
 
         return rejected
     return lambda _data: constant
-
-
-def _get(data: dict[str, Any], path: str) -> Any:
-    """`lookup` with the common case, a flat column name, answered by one dict access."""
-    if "." not in path:
-        return data.get(path, _MISSING) if isinstance(data, dict) else _MISSING
-    return lookup(data, path)

@@ -15,17 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from connector.adapters.mapping import ClassificationSpec, ClassifyRule, FieldSpec, Mapping
+from connector.adapters.paths import MISSING, lookup
 
 Outcome = tuple[ClassificationSpec, dict[str, FieldSpec]]
 
 
 def _texts(data: Any, path: str) -> list[str]:
     """The value at a dotted record path as texts (each element of a list); [] when absent/empty."""
-    node = data
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return []
-        node = node[part]
+    node = lookup(data, path)
+    if node is MISSING:
+        return []
     values = node if isinstance(node, list) else [node]
     return [str(v) for v in values if v is not None and v != ""]
 

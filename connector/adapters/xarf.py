@@ -28,6 +28,7 @@ import orjson
 
 from connector.adapters import converters
 from connector.adapters.engine import RowRejected
+from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
 from connector.adapters.registry import TABLES_DIR, AdapterContext, AdapterInfo, register
 from connector.normalize import canonical_domain, canonical_ip, is_ip
@@ -331,20 +332,11 @@ def load_table(path: Path, pairs: set[tuple[str, str]]) -> XarfTable:
 
 # --- field values ------------------------------------------------------------------------------
 
-_MISSING = object()
 _IPV4_LIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 
-def _get(data: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return _MISSING
-        data = data[part]
-    return data
-
-
 def _empty(value: Any) -> bool:
-    return value is _MISSING or value is None or value == "" or value == [] or value == {}
+    return value is MISSING or value is None or value == "" or value == [] or value == {}
 
 
 def ip_or_none(value: Any) -> str | None:
@@ -396,7 +388,7 @@ FIELD_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 def _field(name: str, paths: tuple[str, ...], report: dict[str, Any]) -> Any:
     """The first of the paths whose value is present and usable, converted."""
     for path in paths:
-        raw = _get(report, path)
+        raw = lookup(report, path)
         if _empty(raw):
             continue
         try:
@@ -409,14 +401,14 @@ def _field(name: str, paths: tuple[str, ...], report: dict[str, Any]) -> Any:
 
 
 def _evidence(spec: EvidenceSpec, report: dict[str, Any]) -> Any:
-    value = _get(report, spec.path)
+    value = lookup(report, spec.path)
     if _empty(value) or spec.keep is None:
         return value
     if isinstance(value, dict):
         return {k: value[k] for k in spec.keep if k in value}
     if isinstance(value, list):
         return [{k: i[k] for k in spec.keep if k in i} for i in value if isinstance(i, dict)]
-    return _MISSING  # not the shape the table expects: nothing to keep
+    return MISSING  # not the shape the table expects: nothing to keep
 
 
 # --- schema errors -----------------------------------------------------------------------------
@@ -638,7 +630,7 @@ class XarfAdapter:
     def classification(self, rule: TypeRule, report: dict[str, Any]) -> Classification:
         taxonomy, rsit_type = rule.taxonomy, rule.rsit_type
         if rule.refine_field:
-            value = _get(report, rule.refine_field)
+            value = lookup(report, rule.refine_field)
             if isinstance(value, str) and value.strip():
                 taxonomy, rsit_type = rule.refine.get(slug(value), (taxonomy, rsit_type))
         return Classification(taxonomy, rsit_type, _identifier(rule.identifier, report))
@@ -647,7 +639,7 @@ class XarfAdapter:
         """The report's own TLP: a `tlp` member, or a `tlp:<level>` tag."""
         candidates: list[tuple[str, Any]] = []
         if self.table.tlp_field:
-            candidates.append((self.table.tlp_field, _get(report, self.table.tlp_field)))
+            candidates.append((self.table.tlp_field, lookup(report, self.table.tlp_field)))
         if self.table.tlp_tag:
             prefix = f"{self.table.tlp_tag}:"
             tags = report.get("tags") if isinstance(report.get("tags"), list) else []
@@ -668,7 +660,7 @@ def _field_required(
     name: str, paths: tuple[str, ...], report: dict[str, Any], convert: Callable[[Any], Any]
 ) -> Any:
     for path in paths:
-        raw = _get(report, path)
+        raw = lookup(report, path)
         if _empty(raw):
             continue
         try:
@@ -682,7 +674,7 @@ def _identifier(spec: IdentifierSpec, report: dict[str, Any]) -> str:
     if spec.value is not None:
         return spec.value
     for path in spec.sources:
-        raw = _get(report, path)
+        raw = lookup(report, path)
         if _empty(raw):
             continue
         try:
