@@ -88,12 +88,12 @@ class MappedAdapter:
         self.file_label = file_label
         self.default_tlp = default_tlp
         self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
-        self._classify = Classifier(mapping)
+        self._classify = Classifier(
+            mapping, lambda specs: [(name, self._compile(name, spec)) for name, spec in specs.items()]
+        )
         named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = frozenset(named | set(mapping.drop))
-        # Compiled field readers per set of field specs (the mapping's, or a classify rule's).
-        self._compiled: dict[int, list[tuple[str, Callable[[dict[str, Any]], Any]]]] = {}
         self._evidence = [
             (name, spec, None) if isinstance(spec, str) else (name, spec.source, CONVERTERS[spec.convert])
             for name, spec in mapping.evidence.items()
@@ -112,10 +112,7 @@ class MappedAdapter:
         for path, equals, reason in self._skip:
             if lookup(data, path) in equals:
                 raise RowSkipped(reason)
-        c, specs = self._classify(data)
-        fields = self._compiled.get(id(specs))
-        if fields is None:
-            fields = self._compiled[id(specs)] = [(n, self._compile(n, spec)) for n, spec in specs.items()]
+        c, fields = self._classify(data)
         values = {name: field(data) for name, field in fields}
         for needed in ("identifier", "observed_at"):
             if values.get(needed) is None:
@@ -141,7 +138,7 @@ class MappedAdapter:
         evidence = {}
         for name, path, convert in self._evidence:
             value = lookup(data, path)
-            if value is MISSING or value is None or value == "" or value == []:
+            if _empty(value):
                 continue
             if convert is not None:
                 try:
@@ -151,9 +148,7 @@ class MappedAdapter:
             evidence[name] = value
         if self.mapping.keep_unmapped:
             skip = self._not_unmapped
-            unmapped = {
-                k: v for k, v in data.items() if k not in skip and v != "" and v is not None and v != []
-            }
+            unmapped = {k: v for k, v in data.items() if k not in skip and not _empty(v)}
             if unmapped:
                 evidence["unmapped"] = unmapped
         return evidence
@@ -191,7 +186,7 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str) -> Callable[[Any, s
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
     def finish(raw: Any, where: str) -> Any:
-        if raw is MISSING or raw is None or raw == "" or raw == []:
+        if _empty(raw):
             if spec.required:
                 raise RowRejected(missing)
             return None

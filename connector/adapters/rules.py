@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from connector.adapters.mapping import ClassificationSpec, ClassifyRule, FieldSpec, Mapping
 from connector.adapters.paths import MISSING, lookup
 
-Outcome = tuple[ClassificationSpec, dict[str, FieldSpec]]
+Prepared = TypeVar("Prepared")
 
 
 def _texts(data: Any, path: str) -> list[str]:
@@ -41,18 +41,22 @@ def _test(rule: ClassifyRule) -> Callable[[str], bool]:
     return lambda text: pattern.search(text) is not None
 
 
-class Classifier:
-    """callable(record data) -> (classification, field specs) for one mapping."""
+class Classifier(Generic[Prepared]):
+    """callable(record data) -> (classification, prepared field specs) for one mapping.
 
-    def __init__(self, mapping: Mapping) -> None:
-        self._default: Outcome = (mapping.classification, dict(mapping.fields))
-        self._rules: list[tuple[str, Callable[[str], bool], Outcome]] = []
+    `prepare` turns each outcome's field specs into what the caller reads a record with (the
+    engine compiles them), once, when the classifier is built.
+    """
+
+    def __init__(self, mapping: Mapping, prepare: Callable[[dict[str, FieldSpec]], Prepared]) -> None:
+        self._default = (mapping.classification, prepare(dict(mapping.fields)))
+        self._rules: list[tuple[str, Callable[[str], bool], tuple[ClassificationSpec, Prepared]]] = []
         for rule in mapping.classify:
             fields = {**mapping.fields, **rule.fields}
             specs = {name: spec for name, spec in fields.items() if spec is not None}
-            self._rules.append((rule.field, _test(rule), (rule.classification, specs)))
+            self._rules.append((rule.field, _test(rule), (rule.classification, prepare(specs))))
 
-    def __call__(self, data: dict[str, Any]) -> Outcome:
+    def __call__(self, data: dict[str, Any]) -> tuple[ClassificationSpec, Prepared]:
         for path, test, outcome in self._rules:
             if any(test(text) for text in _texts(data, path)):
                 return outcome
