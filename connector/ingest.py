@@ -7,6 +7,7 @@ or a run row (quarantined with line and reason, or skipped with the rule's reaso
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import sys
@@ -41,7 +42,7 @@ from connector.stix.build import NotificationState, notification_objects_and_own
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import schema as t
-from connector.store.store import enqueue_misp, object_version_key, timestamp_to_us
+from connector.store.store import enqueue_misp, object_row, object_version_key, timestamp_to_us
 
 log = logging.getLogger("meldpunt.ingest")
 
@@ -75,15 +76,8 @@ class RunSummary:
 
     def checkpoint(self) -> None:
         """Everything counted so far is committed: remember it, for a run that fails later."""
-        self.committed = RunSummary(
-            self.run_id,
-            Counter(self.counts),
-            Counter(self.per_recipient),
-            Counter(self.suppressed_tlp),
-            Counter(self.suppressed_category),
-            list(self.input_errors),
-            list(self.warnings),
-        )
+        self.committed = None  # not copied into the copy
+        self.committed = copy.deepcopy(self)
 
     def count_decision(self, decision: Decision) -> None:
         """One notification's routing outcome: exactly one of the outcome counts, plus per recipient."""
@@ -394,8 +388,6 @@ class Ingestor:
             conn.execute(insert(t.run_rows), values)
 
     def _flush(self, summary: RunSummary, batch: list[Notification], writer: Writer) -> None:
-        if not batch:
-            return
         groups: dict[str, list[Notification]] = {}
         for n in batch:
             groups.setdefault(notification_key(n), []).append(n)
@@ -575,6 +567,5 @@ class _BatchWriter:
     def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
         ref = (obj["id"], object_version_key(obj))
         if ref not in self.objects:
-            body = orjson.dumps(obj).decode()
-            self.objects[ref] = (ref[0], ref[1], obj["type"], obj.get("spec_version", "2.1"), body)
+            self.objects[ref] = object_row(obj, orjson.dumps(obj).decode())
         return ref

@@ -53,6 +53,13 @@ def known_converter(name: str) -> str:
     return name
 
 
+def check_targets(fields: dict[str, Any]) -> None:
+    """Field specs may only name notification fields (a mapping's own, or a rule's)."""
+    unknown = sorted(set(fields) - set(TARGET_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -182,9 +189,7 @@ class ClassifyRule(_Strict):
     @field_validator("fields")
     @classmethod
     def _known_overrides(cls, value: dict[str, FieldSpec | None]) -> dict[str, FieldSpec | None]:
-        unknown = sorted(set(value) - set(TARGET_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
+        check_targets(value)
         for needed in ("observed_at", "identifier"):
             if needed in value and value[needed] is None:
                 raise ValueError(f"field {needed!r} cannot be dropped (null); give a spec")
@@ -250,9 +255,7 @@ class Mapping(_Strict):
     @field_validator("fields")
     @classmethod
     def _known_targets(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
-        unknown = sorted(set(value) - set(TARGET_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown target field(s) {unknown}; allowed: {', '.join(TARGET_FIELDS)}")
+        check_targets(value)
         for needed in ("observed_at", "identifier"):
             if needed not in value:
                 raise ValueError(f"field {needed!r} must be mapped")

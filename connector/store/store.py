@@ -76,6 +76,12 @@ def object_version_key(obj: dict[str, Any]) -> str:
     return version_key(obj.get("modified") or obj.get("created"))
 
 
+def object_row(obj: dict[str, Any], body: str) -> tuple[str, str, str, str, str]:
+    """An object version as `Writer.add_object_rows` takes it: (id, version, type, spec_version,
+    its JSON body)."""
+    return (obj["id"], object_version_key(obj), obj["type"], obj.get("spec_version", "2.1"), body)
+
+
 def version_key(modified: str | None) -> str:
     """Versions normalised to one fixed-width form, so they order correctly as text."""
     if not modified:
@@ -388,6 +394,9 @@ class Store:
             return [dict(r) for r in conn.execute(select(t.audit_log).order_by(t.audit_log.c.pk)).mappings()]
 
 
+_NOTIFICATION_COLUMNS = [c.name for c in t.notifications.columns]  # "key" first
+
+
 class Writer:
     """One exclusive write transaction: the only code that assigns date_added and object pks.
 
@@ -456,7 +465,7 @@ class Writer:
     # notifications
 
     def notification_states(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        names = [c.name for c in t.notifications.columns]
+        names = _NOTIFICATION_COLUMNS
         statement = f"SELECT {', '.join(names)} FROM notifications WHERE key IN ({{in}})"
         return {row[0]: dict(zip(names, row, strict=True)) for row in self._rows_in(statement, keys)}
 
@@ -471,7 +480,7 @@ class Writer:
         )
 
     def save_notifications(self, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
-        names = [c.name for c in t.notifications.columns]
+        names = _NOTIFICATION_COLUMNS
         if new:
             marks = ", ".join("?" * len(names))
             values = itemgetter(*names)
@@ -505,10 +514,7 @@ class Writer:
         new_versions: Collection[tuple[str, str]] = (),
     ) -> dict[tuple[str, str], int]:
         """Insert object versions not yet stored; return the pk of every given version."""
-        rows = [
-            (obj["id"], object_version_key(obj), obj["type"], obj.get("spec_version", "2.1"), body)
-            for obj, body in zip(objects, bodies, strict=True)
-        ]
+        rows = [object_row(obj, body) for obj, body in zip(objects, bodies, strict=True)]
         return self.add_object_rows(rows, new_versions=new_versions)
 
     def add_object_rows(
