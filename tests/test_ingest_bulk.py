@@ -105,50 +105,44 @@ def test_batches_in_one_transaction_keep_the_invariants(
     assert len({m.version for m in versions if m.stix_id == sighting}) >= 2
 
 
-def test_a_file_of_faults_does_not_hold_the_write_lock_for_its_whole_length(
-    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rows = [("not a time", "192.0.2.10", 443)] * 3000
-    faulty = report(tmp_path / "2024-06-01-scan_http.csv", rows)
-    transactions = 0
+@pytest.fixture
+def transactions(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One entry per write transaction the store opens from here on."""
+    opened: list[None] = []
     writing = Store.writing
 
     @contextmanager
     def counted(self: Store) -> Iterator[Any]:
-        nonlocal transactions
-        transactions += 1
+        opened.append(None)
         with writing(self) as writer:
             yield writer
 
     monkeypatch.setattr(Store, "writing", counted)
+    return opened
+
+
+def test_a_file_of_faults_does_not_hold_the_write_lock_for_its_whole_length(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, transactions: list[None]
+) -> None:
+    rows = [("not a time", "192.0.2.10", 443)] * 3000
+    faulty = report(tmp_path / "2024-06-01-scan_http.csv", rows)
     summary = ingestor(store, sample_config, mappings, batch_size=100, commit_every=200).run(
         PARTNER, "shadowserver", [faulty]
     )
     assert summary.counts["quarantined"] == 3000
-    assert transactions >= 3000 // 200
+    assert len(transactions) >= 3000 // 200
     assert len(store.run_rows(summary.run_id, "quarantined")) == 3000
 
 
 def test_a_transaction_open_too_long_is_committed(
-    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, transactions: list[None]
 ) -> None:
     rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(600)]
     path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
-    transactions = 0
-    writing = Store.writing
-
-    @contextmanager
-    def counted(self: Store) -> Iterator[Any]:
-        nonlocal transactions
-        transactions += 1
-        with writing(self) as writer:
-            yield writer
-
-    monkeypatch.setattr(Store, "writing", counted)
     ingestor(store, sample_config, mappings, batch_size=100, commit_every=10**6, commit_seconds=0).run(
         PARTNER, "shadowserver", [path]
     )
-    assert transactions >= 6  # one per batch: each found the transaction open long enough
+    assert len(transactions) >= 6  # one per batch: each found the transaction open long enough
 
 
 def test_a_failed_run_records_what_was_committed(
