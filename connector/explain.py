@@ -7,14 +7,7 @@ import re
 
 from sqlalchemy import or_, select
 
-from connector.normalize import (
-    canonical_domain,
-    canonical_ip,
-    canonical_ip_or_network,
-    is_ip,
-    is_network,
-    url_host,
-)
+from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
 from connector.routing import Policy, Router
 from connector.store import Store
 from connector.store import schema as t
@@ -28,8 +21,8 @@ def explain_target(router: Router, target: str, policy: Policy, store: Store | N
     text = target.strip()
     if text.startswith("sighting--") or _KEY.match(text):
         return _explain_notification(router, text, store)
-    if is_ip(text) or is_network(text):  # a network: the claim covering all of it
-        return router.explain(ip=canonical_ip_or_network(text.strip("[]")), policy=policy)
+    if (address := _address(text)) is not None:  # a network: the claim covering all of it
+        return router.explain(ip=address, policy=policy)
     if match := _ASN.match(text):
         return router.explain(asn=int(match.group(1)), policy=policy)
     if "://" in text:
@@ -49,6 +42,14 @@ def explain_target(router: Router, target: str, policy: Policy, store: Store | N
             *router.explain(hostname=domain, policy=policy),
         ]
     return router.explain(hostname=canonical_domain(text), policy=policy)
+
+
+def _address(text: str) -> str | None:
+    """The canonical address or network (CIDR) the text names; None when it names neither."""
+    try:
+        return canonical_ip_or_network(text.strip("[]"))
+    except ValueError:
+        return None
 
 
 def _explain_notification(router: Router, ident: str, store: Store | None) -> list[str]:
@@ -71,8 +72,8 @@ def _explain_notification(router: Router, ident: str, store: Store | None) -> li
         f"  delivered at its last update to: {', '.join(json.loads(row['recipients'])) or 'nobody'}",
         "routing today:",
     ]
-    if is_ip(host) or is_network(host):
-        return lines + router.explain(ip=canonical_ip_or_network(host), policy=policy)
+    if (address := _address(host)) is not None:
+        return lines + router.explain(ip=address, policy=policy)
     return lines + router.explain(hostname=canonical_domain(host), policy=policy)
 
 

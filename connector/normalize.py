@@ -50,14 +50,6 @@ def canonical_ip_or_network(value: str) -> str:
     return network.with_prefixlen
 
 
-def is_network(value: str) -> bool:
-    """A network in CIDR notation (not a single address), as canonical_ip_or_network reads it."""
-    try:
-        return "/" in canonical_ip_or_network(value)
-    except ValueError:
-        return False
-
-
 def canonical_domain(value: str) -> str:
     text = value.strip().rstrip(".").lower()
     if not text:

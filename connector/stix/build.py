@@ -166,9 +166,10 @@ class NotificationState:
     modified: str
 
 
-def notification_ids(key: tuple[str, ...]) -> tuple[str, str]:
-    """(sighting id, observed-data id), both derived from the natural key."""
-    return project_id("sighting", *key), project_id("observed-data", *key)
+def notification_ids(key: tuple[str, ...]) -> tuple[str, str, str]:
+    """(sighting id, observed-data id, indicator id), all derived from the natural key: the
+    objects a notification owns (its indicator only where it is sighted as one)."""
+    return project_id("sighting", *key), project_id("observed-data", *key), project_id("indicator", *key)
 
 
 def observables(n: Notification) -> list[dict[str, Any]]:
@@ -215,7 +216,7 @@ def observables(n: Notification) -> list[dict[str, Any]]:
 
 
 def sighted_object(
-    n: Notification, state: NotificationState, partner_ref: str, marking: list[str]
+    n: Notification, state: NotificationState, partner_ref: str, marking: list[str], indicator_id: str
 ) -> dict[str, Any]:
     """What the sighting is a sighting of, by classification (docs/stix-model.md):
     a vulnerability (CVE or named weakness), a malware family, or else an indicator of the
@@ -228,7 +229,7 @@ def sighted_object(
     return {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": project_id("indicator", *n.natural_key()),
+        "id": indicator_id,
         "created_by_ref": partner_ref,
         "created": state.created,
         "modified": state.modified,
@@ -253,7 +254,7 @@ def notification_objects_and_own_ids(
     natural key (sighting, observed-data, an indicator of its own). Each version of those is
     new, and a new notification's are in no collection yet: the store skips looking them up."""
     key = n.natural_key()
-    sighting_id, observed_id = notification_ids(key)
+    sighting_id, observed_id, indicator_id = notification_ids(key)
     partner_ref = partner_identity_id(n.partner)
     marking = [TLP2_MARKING_IDS[n.tlp]]
     scos = observables(n)
@@ -283,7 +284,7 @@ def notification_objects_and_own_ids(
         extension["severity"] = n.severity
     if n.evidence:
         extension["evidence"] = n.evidence
-    sighted = sighted_object(n, state, partner_ref, marking)
+    sighted = sighted_object(n, state, partner_ref, marking, indicator_id)
     sighting = {
         "type": "sighting",
         "spec_version": "2.1",
@@ -300,10 +301,7 @@ def notification_objects_and_own_ids(
         "object_marking_refs": marking,
         "extensions": {EXTENSION_ID: extension},
     }
-    own = {sighting_id, observed_id}
-    if sighted["type"] == "indicator" and sighted["id"] == project_id("indicator", *key):
-        own.add(sighted["id"])
-    return [sighted, *scos, observed, sighting], frozenset(own)
+    return [sighted, *scos, observed, sighting], frozenset((sighting_id, observed_id, indicator_id))
 
 
 def reference_objects(partner: str, partner_name: str, tlp: str) -> list[dict[str, Any]]:
