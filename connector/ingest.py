@@ -395,6 +395,22 @@ class Ingestor:
         _BatchWriter(self, writer, summary, summary.run_id).write(groups)
 
 
+# A notification's distinct observation times are its `count`. Up to two of them are its
+# first_seen and last_seen, so the observations table lists the times only of notifications
+# seen more often (all their times, once there are three): most notifications are seen once,
+# and this spares each of them a row in an index keyed by a random hash.
+OBSERVATIONS_IMPLIED = 2
+
+
+def _observed(key: str, at: int, previous: dict[str, Any] | None, listed: set[tuple[str, int]]) -> bool:
+    """Whether the stored notification already counts an observation at `at`."""
+    if previous is None:
+        return False
+    if previous["count"] <= OBSERVATIONS_IMPLIED:
+        return at in (previous["first_seen"], previous["last_seen"])
+    return (key, at) in listed
+
+
 class _Transaction:
     """One write transaction held open across several batches. Committed after `limit`
     notifications and run rows, once open `seconds`, at the end of the input, or rolled back
@@ -459,21 +475,25 @@ class _BatchWriter:
 
     def write(self, groups: dict[str, list[Notification]]) -> None:
         states = self.writer.notification_states(list(groups))
-        known = self.writer.known_observations(list(states))  # a new key has none
+        listed = [key for key, state in states.items() if state["count"] > OBSERVATIONS_IMPLIED]
+        known = self.writer.known_observations(listed)
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         observations: list[tuple[str, int]] = []
         for key, group in groups.items():
             times = sorted({_us(n.observed_at) for n in group})
-            fresh = [at for at in times if (key, at) not in known]
             previous = states.get(key)
+            fresh = [at for at in times if not _observed(key, at, previous, known)]
             if previous is not None and not fresh:
                 self.summary.counts["unchanged"] += 1
                 continue
             row = self._notification(key, group[0], previous, fresh)
             if row is None:
                 continue
-            observations += [(key, at) for at in fresh]
+            if row["count"] > OBSERVATIONS_IMPLIED:
+                if previous is not None and previous["count"] <= OBSERVATIONS_IMPLIED:
+                    fresh = [previous["first_seen"], previous["last_seen"], *fresh]  # listed from now on
+                observations += [(key, at) for at in dict.fromkeys(fresh)]
             (changed_rows if previous else new_rows).append(row)
             self.summary.counts["updated" if previous else "new"] += 1
         pks = self.writer.add_object_rows(self.objects.values(), new_versions=self.new_versions)

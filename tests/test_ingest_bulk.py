@@ -183,3 +183,62 @@ def test_store_fixture_is_synced(store: Store, sample_config: Config) -> None:
     with store.engine.connect() as conn:
         have = {r[0] for r in conn.execute(text("SELECT id FROM collections"))}
     assert ids == have
+
+
+def notification_state(store: Store) -> tuple[int, int, int, list[int]]:
+    """(count, first_seen, last_seen, listed observation times) of the store's one notification."""
+    with store.engine.connect() as conn:
+        (key, count, first, last), *others = conn.execute(
+            text("SELECT key, count, first_seen, last_seen FROM notifications")
+        ).all()
+        assert not others
+        listed = conn.execute(
+            text("SELECT observed_at FROM observations WHERE notification_key = :k ORDER BY observed_at"),
+            {"k": key},
+        )
+        return int(count), int(first), int(last), [int(r[0]) for r in listed]
+
+
+@pytest.mark.parametrize("batch_size", [1, 5000])
+def test_observation_times_count_once_whether_implied_or_listed(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, batch_size: int
+) -> None:
+    """Up to two distinct times are implied by first_seen and last_seen, more are listed: every
+    step of the way, a time seen before changes nothing, and a new one counts exactly once."""
+    us = [int(datetime(2024, 6, 1, h, tzinfo=UTC).timestamp() * 1_000_000) for h in range(24)]
+
+    def changed(*hours: int) -> bool:
+        """Whether ingesting these observation times changed the notification."""
+        rows = [(f"2024-06-01 {h:02d}:00:00", "192.0.2.10", 443) for h in hours]
+        path = report(tmp_path / f"2024-06-01-scan_http-{'-'.join(map(str, hours))}.csv", rows)
+        counts = (
+            ingestor(store, sample_config, mappings, batch_size=batch_size)
+            .run(PARTNER, "shadowserver", [path])
+            .counts
+        )
+        return counts["new"] + counts["updated"] > 0
+
+    assert changed(10)
+    assert notification_state(store) == (1, us[10], us[10], [])
+    assert not changed(10)
+    assert changed(8, 10)  # an earlier time
+    assert notification_state(store) == (2, us[8], us[10], [])
+    assert not changed(10, 8)
+    assert changed(9)  # between the two: from now on listed
+    assert notification_state(store) == (3, us[8], us[10], [us[8], us[9], us[10]])
+    assert not changed(8, 9, 10)
+    assert changed(9, 12, 12)
+    assert notification_state(store) == (4, us[8], us[12], [us[8], us[9], us[10], us[12]])
+    assert invariants(store) == []
+
+
+def test_three_times_in_one_input_are_listed_at_once(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
+) -> None:
+    rows = [(f"2024-06-01 {h:02d}:00:00", "192.0.2.10", 443) for h in (3, 1, 2, 1)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+    us = [int(datetime(2024, 6, 1, h, tzinfo=UTC).timestamp() * 1_000_000) for h in (1, 2, 3)]
+    assert notification_state(store) == (3, us[0], us[2], us)
+    again = ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+    assert again.counts["unchanged"] == 1 and notification_state(store)[0] == 3

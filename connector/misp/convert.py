@@ -23,7 +23,7 @@ from connector.config import Config, MispChannel
 from connector.stix.ids import project_uuid
 from connector.store import Store
 from connector.store import schema as t
-from connector.store.store import timestamp_to_us
+from connector.store.store import members_with_ids, timestamp_to_us
 from connector.tlp import TLP2_MARKING_IDS
 
 _TLP_BY_ID = {v: k for k, v in TLP2_MARKING_IDS.items()}
@@ -61,13 +61,7 @@ def _latest(conn: Any, ids: list[str], collection_id: str) -> dict[str, dict[str
         rows = conn.execute(
             select(co.c.stix_id, so.c.body)
             .select_from(co.join(so, so.c.pk == co.c.object_pk))
-            .where(
-                and_(
-                    co.c.collection_id == collection_id,
-                    co.c.is_latest.is_(True),
-                    co.c.stix_id.in_(ids[start : start + 500]),
-                )
-            )
+            .where(and_(members_with_ids(collection_id, ids[start : start + 500]), co.c.is_latest.is_(True)))
         )
         out.update({stix_id: json.loads(body) for stix_id, body in rows})
     return out

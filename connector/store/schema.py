@@ -51,23 +51,25 @@ collections = Table(
 
 # Collection membership of object versions. `date_added` (microseconds since the epoch) is
 # assigned by the store under a lock on `clock`, so it strictly increases in commit order:
-# a poller using added_after can never miss a row committed later with a smaller value.
+# a poller using added_after can never miss a row committed later with a smaller value. It is
+# also the row's key, so the table itself is stored in the order rows arrive.
+#
+# Every index here grows at its end (or at one end per collection): an ingest adds millions of
+# rows, and an index keyed by random ids costs several times an appended one once it outgrows
+# the cache. Look-ups by STIX id therefore go through stix_objects' (stix_id, modified) index to
+# the pks, then through (object_pk, collection_id), never through a stix_id index here.
 collection_objects = Table(
     "collection_objects",
     metadata,
-    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("date_added", BigId, primary_key=True, autoincrement=False),
     Column("collection_id", String(36), nullable=False),
     Column("object_pk", BigId, ForeignKey("stix_objects.pk"), nullable=False),
     Column("stix_id", String(128), nullable=False),
     Column("type", String(64), nullable=False),
     Column("version", String(32), nullable=False),
-    Column("date_added", BigInteger, nullable=False),
     Column("is_latest", Boolean, nullable=False),
-    UniqueConstraint("collection_id", "object_pk", name="uq_collection_objects_member"),
-    UniqueConstraint("date_added", name="uq_collection_objects_date_added"),
+    UniqueConstraint("object_pk", "collection_id", name="uq_collection_objects_member"),
     Index("ix_collection_objects_page", "collection_id", "date_added"),
-    Index("ix_collection_objects_latest", "collection_id", "is_latest", "date_added"),
-    Index("ix_collection_objects_id", "collection_id", "stix_id"),
 )
 
 clock = Table(
@@ -102,7 +104,9 @@ notifications = Table(
 )
 
 # Distinct observation times per notification: makes re-ingesting a file a no-op while a
-# genuinely new sighting of the same occurrence increments the count.
+# genuinely new sighting of the same occurrence increments the count. Listed only for
+# notifications with more than two (then all of them): up to two are first_seen and last_seen
+# (see OBSERVATIONS_IMPLIED in connector/ingest.py).
 observations = Table(
     "observations",
     metadata,

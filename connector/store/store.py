@@ -82,6 +82,24 @@ def object_row(obj: dict[str, Any], body: str) -> tuple[str, str, str, str, str]
     return (obj["id"], object_version_key(obj), obj["type"], obj.get("spec_version", "2.1"), body)
 
 
+def members_with_ids(collection_id: Any, ids: Sequence[Any], table: Any = None) -> Any:
+    """Condition: rows of `table` (collection_objects or an alias of it) in the collection whose
+    object is one of `ids`, any version.
+
+    collection_objects has no stix_id index of its own (see schema.py): an id is looked up in
+    stix_objects' (stix_id, modified) index, and its few pks in (object_pk, collection_id).
+    The collection is compared through an expression so that SQLite's planner, knowing nothing
+    of the data, cannot prefer walking the collection's whole (collection_id, date_added)
+    index instead; on PostgreSQL, whose planner knows the data, it changes nothing that matters.
+    """
+    co = t.collection_objects if table is None else table
+    by_id = t.stix_objects.alias("by_id")
+    # Correlated to whatever encloses it (the ids may be an outer query's column), never a
+    # FROM of its own: SQLAlchemy would otherwise join collection_objects in at this level.
+    pks = select(by_id.c.pk).where(by_id.c.stix_id.in_(list(ids))).correlate_except(by_id)
+    return and_(co.c.object_pk.in_(pks), func.coalesce(co.c.collection_id, "") == collection_id)
+
+
 def version_key(modified: str | None) -> str:
     """Versions normalised to one fixed-width form, so they order correctly as text."""
     if not modified:
@@ -119,7 +137,7 @@ class VersionFilter:
         if self.first:
             earliest = (
                 select(func.min(alias.c.version))
-                .where(and_(alias.c.collection_id == co.c.collection_id, alias.c.stix_id == co.c.stix_id))
+                .where(members_with_ids(co.c.collection_id, [co.c.stix_id], alias))
                 .scalar_subquery()
             )
             parts.append(co.c.version == earliest)
@@ -302,11 +320,13 @@ class Store:
     ) -> list[Member]:
         """Up to `limit` members with date_added > after, in date_added order (keyset)."""
         co, so = t.collection_objects, t.stix_objects
-        query = (
-            select(co.c.date_added, so.c.body, co.c.stix_id, co.c.version)
-            .select_from(co.join(so, so.c.pk == co.c.object_pk))
-            .where(co.c.collection_id == collection_id)
+        query = select(co.c.date_added, so.c.body, co.c.stix_id, co.c.version).select_from(
+            co.join(so, so.c.pk == co.c.object_pk)
         )
+        if ids:
+            query = query.where(members_with_ids(collection_id, ids))
+        else:
+            query = query.where(co.c.collection_id == collection_id)
         condition = (versions or VersionFilter()).condition()
         if condition is not None:
             query = query.where(condition)
@@ -314,8 +334,6 @@ class Store:
             query = query.where(co.c.date_added > after)
         if types:
             query = query.where(co.c.type.in_(list(types)))
-        if ids:
-            query = query.where(co.c.stix_id.in_(list(ids)))
         query = query.order_by(co.c.date_added).limit(limit)
         with self.engine.connect() as conn:
             return [Member(*row) for row in conn.execute(query)]
@@ -356,23 +374,22 @@ class Store:
         """Take versions of an object out of a collection (the object rows stay for audit)."""
         co = t.collection_objects
         condition = versions.condition()
+        member = members_with_ids(collection_id, [stix_id])
         with self.writing() as writer:  # the same lock as every writer: is_latest stays exact
             conn = writer.conn
-            query = select(co.c.pk).where(and_(co.c.collection_id == collection_id, co.c.stix_id == stix_id))
+            query = select(co.c.date_added).where(member)
             if condition is not None:
                 query = query.where(condition)
-            pks = [r[0] for r in conn.execute(query)]
-            if pks:
-                conn.execute(co.delete().where(co.c.pk.in_(pks)))
+            stamps = [r[0] for r in conn.execute(query)]
+            if stamps:
+                conn.execute(co.delete().where(co.c.date_added.in_(stamps)))
                 # The highest remaining version becomes the latest again.
                 rest = conn.execute(
-                    select(co.c.pk, co.c.version)
-                    .where(and_(co.c.collection_id == collection_id, co.c.stix_id == stix_id))
-                    .order_by(co.c.version.desc())
+                    select(co.c.date_added, co.c.version).where(member).order_by(co.c.version.desc())
                 ).all()
                 if rest:
-                    conn.execute(update(co).where(co.c.pk == rest[0][0]).values(is_latest=True))
-        return len(pks)
+                    conn.execute(update(co).where(co.c.date_added == rest[0][0]).values(is_latest=True))
+        return len(stamps)
 
     def audit(
         self, *, username: str, action: str, collection_id: str | None, objects: int, status: int
@@ -552,7 +569,7 @@ class Writer:
 
     _MEMBER_INSERT = (
         "INSERT INTO collection_objects "
-        "(collection_id, object_pk, stix_id, type, version, date_added, is_latest) "
+        "(date_added, collection_id, object_pk, stix_id, type, version, is_latest) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
 
@@ -573,22 +590,25 @@ class Writer:
         """
         present: set[int] = set()
         latest: dict[str, str] = {}
+        stored_latest: dict[str, int] = {}  # stix_id -> object_pk of its latest row in the store
         look_up = sorted({e[1] for e in entries if e[3] != "" and e[1] not in first_ids})
         statement = (
             "SELECT object_pk, stix_id, version, is_latest FROM collection_objects "
-            "WHERE collection_id = ? AND stix_id IN ({in})"
+            "WHERE coalesce(collection_id, '') = ? "  # see members_with_ids()
+            "AND object_pk IN (SELECT pk FROM stix_objects WHERE stix_id IN ({in}))"
         )
         for object_pk, stix_id, version, is_latest in self._rows_in(statement, look_up, collection_id):
             present.add(int(object_pk))
             if is_latest:
                 latest[stix_id] = version
+                stored_latest[stix_id] = int(object_pk)
         unversioned: list[tuple[Any, ...]] = []
         rows: list[list[Any]] = []
-        superseded: set[str] = set()
+        superseded: list[int] = []
         for pk, stix_id, stix_type, version in entries:
             if version == "":
                 unversioned.append(
-                    (collection_id, pk, stix_id, stix_type, version, self._next_date_added(), True)
+                    (self._next_date_added(), collection_id, pk, stix_id, stix_type, version, True)
                 )
                 continue
             if pk in present:
@@ -597,22 +617,22 @@ class Writer:
             current = latest.get(stix_id)
             is_latest = current is None or version > current
             if is_latest:
-                if current is not None:
-                    superseded.add(stix_id)
+                if stix_id in stored_latest:
+                    superseded.append(stored_latest.pop(stix_id))
+                elif current is not None:
                     for row in rows:  # an older version added earlier in this call
-                        if row[2] == stix_id:
+                        if row[3] == stix_id:
                             row[6] = False
                 latest[stix_id] = version
-            rows.append([collection_id, pk, stix_id, stix_type, version, self._next_date_added(), is_latest])
+            rows.append([self._next_date_added(), collection_id, pk, stix_id, stix_type, version, is_latest])
         if superseded:
             self._many(
-                "UPDATE collection_objects SET is_latest = ? "
-                "WHERE collection_id = ? AND stix_id = ? AND is_latest = ?",
-                [(False, collection_id, stix_id, True) for stix_id in sorted(superseded)],
+                "UPDATE collection_objects SET is_latest = ? WHERE object_pk = ? AND collection_id = ?",
+                [(False, object_pk, collection_id) for object_pk in sorted(superseded)],
             )
-        by_id = itemgetter(2)  # date_added is assigned above: the insert order is free
-        added = self._many(self._MEMBER_INSERT + " ON CONFLICT DO NOTHING", sorted(unversioned, key=by_id))
-        return added + self._many(self._MEMBER_INSERT, sorted((tuple(r) for r in rows), key=by_id))
+        # In date_added order: each of the table's indexes then grows at its end.
+        added = self._many(self._MEMBER_INSERT + " ON CONFLICT DO NOTHING", unversioned)
+        return added + self._many(self._MEMBER_INSERT, [tuple(r) for r in rows])
 
 
 def enqueue_misp(writer: Writer, members: list[dict[str, Any]], events: dict[tuple[str, str], str]) -> None:

@@ -1,0 +1,187 @@
+"""Collection membership keyed by date_added (migration 0004): what the old layout held comes
+through the upgrade (and back through the downgrade) unchanged, and look-ups by STIX id never
+walk a whole collection, although the table has no stix_id index any more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, event, text
+
+from connector.misp.convert import _latest
+from connector.store import Store, VersionFilter
+from connector.store.schema import metadata
+from connector.store.store import _MIGRATIONS
+from tests.test_store import COLLECTION, add, indicator
+
+OTHER = "22222222-2222-4222-8222-222222222222"
+MEMBER_COLUMNS = "collection_id, object_pk, stix_id, type, version, date_added, is_latest"
+
+
+def alembic(url: str, action: str, revision: str) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def members(url: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT {MEMBER_COLUMNS} FROM collection_objects ORDER BY date_added"))
+            return [(c, int(pk), s, ty, v, int(d), bool(latest)) for c, pk, s, ty, v, d, latest in rows]
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_and_downgrade_keep_every_membership(store_url: str) -> None:
+    alembic(store_url, "upgrade", "0003")
+    old = [
+        (COLLECTION, 1, "indicator--a", "indicator", "2024-01-01T00:00:00.000000Z", 1_000, False),
+        (COLLECTION, 2, "indicator--a", "indicator", "2024-02-01T00:00:00.000000Z", 1_001, True),
+        (COLLECTION, 3, "ipv4-addr--b", "ipv4-addr", "", 1_002, True),
+        (OTHER, 2, "indicator--a", "indicator", "2024-02-01T00:00:00.000000Z", 1_003, True),
+    ]
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        for pk, stix_id, version in [
+            (1, "indicator--a", old[0][4]),
+            (2, "indicator--a", old[1][4]),
+            (3, "ipv4-addr--b", ""),
+        ]:
+            conn.execute(
+                text("INSERT INTO stix_objects VALUES (:pk, :id, :v, :t, '2.1', '{}')"),
+                {"pk": pk, "id": stix_id, "v": version, "t": stix_id.split("--")[0]},
+            )
+        for row in old:
+            conn.execute(
+                text(
+                    f"INSERT INTO collection_objects ({MEMBER_COLUMNS}) VALUES (:c, :o, :s, :t, :v, :d, :l)"
+                ),
+                dict(zip("costvdl", row, strict=True)),
+            )
+    engine.dispose()
+
+    store = Store.open(store_url)  # migrates to the head
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    latest = store.page(COLLECTION, after=None, limit=10)
+    store.close()
+    assert members(store_url) == old
+    assert [(m.stix_id, m.version) for m in latest] == [("indicator--a", old[1][4]), ("ipv4-addr--b", "")]
+
+    alembic(store_url, "downgrade", "0003")
+    assert members(store_url) == old
+    alembic(store_url, "upgrade", "head")
+    assert members(store_url) == old
+
+
+@contextmanager
+def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the store runs on SQLite meanwhile, with its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if not many:
+            seen.append((statement, parameters))
+
+    engines = {store.engine, store._write_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
+def test_lookups_by_id_go_through_the_id_not_the_collection(tmp_path: Any) -> None:
+    """SQLite's planner, without statistics, would answer "this id in this collection" by
+    walking the collection's (collection_id, date_added) index: fast on a test's ten objects,
+    seconds on a recipient's million. Every statement that looks members up by id must search
+    stix_objects by id and the membership by (object_pk, collection_id), whatever the data."""
+    store = Store.open(f"sqlite:///{tmp_path / 'plans.db'}")
+    add(store, [indicator(n) for n in range(50)])
+    add(store, [indicator(7, "2024-02-01T00:00:00.000Z")])
+    wanted = [indicator(7)["id"], indicator(9)["id"]]
+    with statements(store) as seen:
+        store.page(COLLECTION, after=None, limit=10, ids=wanted)
+        store.page(
+            COLLECTION, after=None, limit=10, ids=wanted, versions=VersionFilter(last=False, first=True)
+        )
+        add(store, [indicator(9, "2024-03-01T00:00:00.000Z")])  # looks the stored versions up
+        store.remove_members(COLLECTION, wanted[0], VersionFilter(last=False, all=True))
+        with store.engine.connect() as conn:
+            _latest(conn, wanted, COLLECTION)
+    by_id = [
+        (s, p) for s, p in seen if "collection_objects" in s and "stix_id IN" in s.replace("in (", "IN (")
+    ]
+    assert len(by_id) >= 6
+    raw = store.engine.raw_connection()
+    try:
+        for statement, parameters in by_id:
+            plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+            walks = [line for line in plan if "ix_collection_objects_page" in line or line.startswith("SCAN")]
+            assert not walks, f"{statement}\n{plan}"
+            assert any("sqlite_autoindex_collection_objects" in line for line in plan), f"{statement}\n{plan}"
+    finally:
+        raw.close()
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "versions",
+    [VersionFilter(), VersionFilter(last=False, all=True), VersionFilter(last=False, first=True)],
+    ids=["last", "all", "first"],
+)
+def test_a_collection_page_walks_its_own_index(tmp_path: Any, versions: VersionFilter) -> None:
+    """The other way round: a page of a collection (no ids) reads that collection's
+    (collection_id, date_added) index from the cursor on, never the whole table; `first`
+    finds each object's earliest version by its id."""
+    store = Store.open(f"sqlite:///{tmp_path / 'plans.db'}")
+    add(store, [indicator(n) for n in range(20)])
+    with statements(store) as seen:
+        store.page(COLLECTION, after=5, limit=10, versions=versions)
+    statement, parameters = seen[-1]
+    raw = store.engine.raw_connection()
+    try:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+    finally:
+        raw.close()
+        store.close()
+    assert any("ix_collection_objects_page (collection_id=? AND date_added>?)" in line for line in plan), plan
+    assert not [line for line in plan if line.startswith("SCAN")], plan
+    if versions.first:
+        assert any(
+            "SEARCH earlier USING INDEX sqlite_autoindex_collection_objects" in line for line in plan
+        ), plan
+
+
+def test_first_versions_are_each_objects_own(store_url: str) -> None:
+    """match[version]=first over a whole collection: every object's own earliest version, not
+    the collection's earliest version (objects here have different ones)."""
+    store = Store.open(store_url)
+    add(store, [indicator(1, "2024-01-01T00:00:00.000Z"), indicator(2, "2024-03-01T00:00:00.000Z")])
+    add(store, [indicator(1, "2024-02-01T00:00:00.000Z"), indicator(2, "2024-04-01T00:00:00.000Z")])
+    add(store, [indicator(3, "2024-05-01T00:00:00.000Z")])
+    first = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(last=False, first=True))
+    store.close()
+    assert sorted((m.stix_id, m.version[:7]) for m in first) == [
+        (indicator(1)["id"], "2024-01"),
+        (indicator(2)["id"], "2024-03"),
+        (indicator(3)["id"], "2024-05"),
+    ]
