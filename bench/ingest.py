@@ -13,7 +13,10 @@ share of the time the store part takes (batching, look-ups, SQLite writes), and 
 for speed in Python or in the store.
 
     python bench/ingest.py [--rows 1000000] [--sample 2000] [--stage-rows 100000] [--batch-size N]
-        [--commit-every N] [--commit-seconds S] [--keep DIR]
+        [--commit-every N] [--commit-seconds S] [--database URL] [--keep DIR]
+
+--database runs the same ingest on another store, an empty PostgreSQL database for instance
+(postgresql+psycopg://user@127.0.0.1:5432/bench); the default is a fresh SQLite file.
 """
 
 from __future__ import annotations
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument(
         "--commit-seconds", type=float, default=COMMIT_SECONDS, help="longest a transaction stays open"
     )
+    parser.add_argument("--database", help="store URL (an empty database); default: a fresh SQLite file")
     parser.add_argument("--keep", type=Path, help="keep the report and database in this directory")
     args = parser.parse_args()
     if args.stage_rows < 1:
@@ -280,8 +284,8 @@ def main() -> None:
 
     config = make_config(args.recipients)
     mappings = load_mappings()
-    db = work / "bench.db"
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(args.database or f"sqlite:///{work / 'bench.db'}")
+    print(f"store: {store.dialect}")
     store.sync_collections(collection_rows(config))
     size = report.stat().st_size
     marks: list[tuple[float, int]] = []  # (seconds, bytes read) after each batch

@@ -68,7 +68,8 @@ collection_objects = Table(
     Column("type", String(64), nullable=False),
     Column("version", String(32), nullable=False),
     Column("is_latest", Boolean, nullable=False),
-    UniqueConstraint("object_pk", "collection_id", name="uq_collection_objects_member"),
+    # An index, not a constraint, so that SQLite can be told to use it (INDEXED BY).
+    Index("uq_collection_objects_member", "object_pk", "collection_id", unique=True),
     Index("ix_collection_objects_page", "collection_id", "date_added"),
 )
 

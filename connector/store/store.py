@@ -34,6 +34,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from connector.store import schema as t
 
@@ -82,22 +84,40 @@ def object_row(obj: dict[str, Any], body: str) -> tuple[str, str, str, str, str]
     return (obj["id"], object_version_key(obj), obj["type"], obj.get("spec_version", "2.1"), body)
 
 
+class _NotIndexedOnSQLite(FunctionElement[Any]):
+    """A column as SQLite's planner cannot use any index for (`coalesce(column, '')`), and as
+    itself elsewhere. SQLite's planner has no statistics: asked for "these pks in this
+    collection" it may prefer walking the collection's whole (collection_id, date_added) index
+    to looking the few pks up. PostgreSQL's planner knows the data, and there the plain column
+    lets it use both columns of (object_pk, collection_id)."""
+
+    inherit_cache = True
+    name = "not_indexed_on_sqlite"
+
+
+@compiles(_NotIndexedOnSQLite)
+def _plain_column(element: _NotIndexedOnSQLite, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(_NotIndexedOnSQLite, "sqlite")
+def _coalesced_column(element: _NotIndexedOnSQLite, compiler: Any, **kw: Any) -> str:
+    return f"coalesce({compiler.process(element.clauses, **kw)}, '')"
+
+
 def members_with_ids(collection_id: Any, ids: Sequence[Any], table: Any = None) -> Any:
     """Condition: rows of `table` (collection_objects or an alias of it) in the collection whose
     object is one of `ids`, any version.
 
     collection_objects has no stix_id index of its own (see schema.py): an id is looked up in
     stix_objects' (stix_id, modified) index, and its few pks in (object_pk, collection_id).
-    The collection is compared through an expression so that SQLite's planner, knowing nothing
-    of the data, cannot prefer walking the collection's whole (collection_id, date_added)
-    index instead; on PostgreSQL, whose planner knows the data, it changes nothing that matters.
     """
     co = t.collection_objects if table is None else table
     by_id = t.stix_objects.alias("by_id")
     # Correlated to whatever encloses it (the ids may be an outer query's column), never a
     # FROM of its own: SQLAlchemy would otherwise join collection_objects in at this level.
     pks = select(by_id.c.pk).where(by_id.c.stix_id.in_(list(ids))).correlate_except(by_id)
-    return and_(co.c.object_pk.in_(pks), func.coalesce(co.c.collection_id, "") == collection_id)
+    return and_(co.c.object_pk.in_(pks), _NotIndexedOnSQLite(co.c.collection_id) == collection_id)
 
 
 def version_key(modified: str | None) -> str:
@@ -429,6 +449,10 @@ class Writer:
         query = select(t.clock.c.last_date_added).where(t.clock.c.id == 1)
         if dialect == "postgresql":
             query = query.with_for_update()
+            # Every look-up a writer makes is by key. Within one long ingest transaction a table
+            # can grow from nothing to millions of rows that no ANALYZE has seen yet, and the
+            # planner, still taking it for tiny, reads all of it for each batch of keys.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         self._last = int(conn.execute(query).scalar_one())
         self._touched_clock = False
         self._last_pk: int | None = None
@@ -592,10 +616,12 @@ class Writer:
         latest: dict[str, str] = {}
         stored_latest: dict[str, int] = {}  # stix_id -> object_pk of its latest row in the store
         look_up = sorted({e[1] for e in entries if e[3] != "" and e[1] not in first_ids})
+        # Through stix_objects' id index to the pks, then (object_pk, collection_id) for both
+        # columns; SQLite's planner is told which index (see _NotIndexedOnSQLite).
+        forced = " INDEXED BY uq_collection_objects_member" if self.dialect == "sqlite" else ""
         statement = (
-            "SELECT object_pk, stix_id, version, is_latest FROM collection_objects "
-            "WHERE coalesce(collection_id, '') = ? "  # see members_with_ids()
-            "AND object_pk IN (SELECT pk FROM stix_objects WHERE stix_id IN ({in}))"
+            f"SELECT object_pk, stix_id, version, is_latest FROM collection_objects{forced} "
+            "WHERE collection_id = ? AND object_pk IN (SELECT pk FROM stix_objects WHERE stix_id IN ({in}))"
         )
         for object_pk, stix_id, version, is_latest in self._rows_in(statement, look_up, collection_id):
             present.add(int(object_pk))

@@ -2,7 +2,8 @@
 
 The old layout had six b-trees per membership row, one of them keyed by (collection, STIX
 id): random positions, the most expensive part of an ingest. The new one has three:
-date_added (the row key), (object_pk, collection_id) and (collection_id, date_added).
+date_added (the row key), the unique index (object_pk, collection_id) and (collection_id,
+date_added).
 Look-ups by STIX id go through stix_objects' (stix_id, modified) index instead.
 
 Rows are copied as they are: date_added was already unique, and (collection_id, object_pk)
@@ -50,19 +51,21 @@ def upgrade() -> None:
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("version", sa.String(32), nullable=False),
         sa.Column("is_latest", sa.Boolean, nullable=False),
-        sa.UniqueConstraint("object_pk", "collection_id", name="uq_collection_objects_member"),
     )
     op.execute(
         f"INSERT INTO collection_objects ({COLUMNS}) SELECT {COLUMNS} FROM collection_objects_0003 "
         "ORDER BY date_added"
     )
     op.drop_table("collection_objects_0003")
+    op.create_index(
+        "uq_collection_objects_member", "collection_objects", ["object_pk", "collection_id"], unique=True
+    )
     op.create_index("ix_collection_objects_page", "collection_objects", ["collection_id", "date_added"])
 
 
 def downgrade() -> None:
     op.rename_table("collection_objects", "collection_objects_0004")
-    _drop_old("collection_objects_0004", ["uq_collection_objects_member"], ["ix_collection_objects_page"])
+    _drop_old("collection_objects_0004", [], ["uq_collection_objects_member", "ix_collection_objects_page"])
     op.create_table(
         "collection_objects",
         sa.Column("pk", BigId, primary_key=True, autoincrement=True),
