@@ -242,3 +242,32 @@ def test_three_times_in_one_input_are_listed_at_once(
     assert notification_state(store) == (3, us[0], us[2], us)
     again = ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
     assert again.counts["unchanged"] == 1 and notification_state(store)[0] == 3
+
+
+def test_a_downgrade_lists_the_implied_observation_times_again(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
+) -> None:
+    """Before 0004, ingest counted every time not listed in observations as new: the times 0004
+    leaves implied by first_seen and last_seen must be listed again by its downgrade."""
+    from tests.test_membership_layout import alembic
+
+    rows = [("2024-06-01 10:00:00", "192.0.2.10", 443)]  # seen once
+    rows += [("2024-06-01 08:00:00", "192.0.2.11", 443), ("2024-06-01 10:00:00", "192.0.2.11", 443)]
+    rows += [(f"2024-06-01 {h:02d}:00:00", "192.0.2.12", 443) for h in (8, 9, 10)]  # listed already
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+    alembic(store.url, "downgrade", "0003")
+    with store.engine.connect() as conn:
+        notes = conn.execute(text("SELECT key, count, first_seen, last_seen FROM notifications")).all()
+        listed = {
+            key: sorted(
+                int(r[0])
+                for r in conn.execute(
+                    text("SELECT observed_at FROM observations WHERE notification_key = :k"), {"k": key}
+                )
+            )
+            for key, *_ in notes
+        }
+    assert sorted(int(count) for _, count, _, _ in notes) == [1, 2, 3]
+    for key, count, first, last in notes:
+        assert len(listed[key]) == count and listed[key][0] == first and listed[key][-1] == last

@@ -9,6 +9,10 @@ Look-ups by STIX id go through stix_objects' (stix_id, modified) index instead.
 Rows are copied as they are: date_added was already unique, and (collection_id, object_pk)
 already unique, so the copy cannot conflict.
 
+The observations table is left as it is on the way up (0004's ingest ignores the rows it no
+longer needs); the downgrade lists again the times 0004 leaves implied (see connector/ingest.py,
+OBSERVATIONS_IMPLIED), which 0003's ingest relies on.
+
 Revision ID: 0004
 Revises: 0003
 """
@@ -89,3 +93,13 @@ def downgrade() -> None:
         "ix_collection_objects_latest", "collection_objects", ["collection_id", "is_latest", "date_added"]
     )
     op.create_index("ix_collection_objects_id", "collection_objects", ["collection_id", "stix_id"])
+    # Up to 0003 the observations table lists every notification's times, and ingest counts any
+    # time not listed there as new. From 0004 on, the times of a notification seen at most twice
+    # are its first_seen and last_seen, not listed: list them again, or the first re-ingest
+    # after the downgrade counts them a second time.
+    op.execute(
+        "INSERT INTO observations (notification_key, observed_at) "
+        "SELECT key, first_seen FROM notifications WHERE count <= 2 "
+        "UNION SELECT key, last_seen FROM notifications WHERE count <= 2 "
+        "ON CONFLICT DO NOTHING"
+    )
