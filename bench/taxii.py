@@ -399,8 +399,8 @@ def part_b(big: int, n_pollers: int, seconds: float, repeats: int, workdir: Path
     from connector.store.store import us_to_timestamp
 
     print(f"\n== (b) ours alone: {big:,} indicators in one collection (SQLite), limit={PAGE_B} ==")
-    if big < 4 * PAGE_B:  # the middle page and the one after it are full pages
-        raise SystemExit(f"--big must be at least {4 * PAGE_B}")
+    if big <= 4 * PAGE_B:  # the middle page and the one after it are full, with more after them
+        raise SystemExit(f"--big must be more than {4 * PAGE_B}")
     password = "bench-" + os.urandom(8).hex()
     db_url = f"sqlite:///{workdir / 'big.db'}"
     t0 = time.perf_counter()

@@ -138,7 +138,11 @@ def test_lookups_by_id_go_through_the_id_not_the_collection(tmp_path: Any) -> No
             plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
             walks = [line for line in plan if "ix_collection_objects_page" in line or line.startswith("SCAN")]
             assert not walks, f"{statement}\n{plan}"
-            assert any("uq_collection_objects_member" in line for line in plan), f"{statement}\n{plan}"
+            # Both columns of (object_pk, collection_id): one row per version, not one per
+            # collection that holds the object (reference objects are in every collection).
+            assert any(
+                "uq_collection_objects_member (object_pk=? AND collection_id=?" in line for line in plan
+            ), f"{statement}\n{plan}"
         # The writer's check runs once per collection and batch: it uses both index columns, not
         # every membership of a reference object that all collections hold.
         writer_checks = [(s, p) for s, p in by_id if "INDEXED BY" in s]

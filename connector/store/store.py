@@ -35,7 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from connector.store import schema as t
 
@@ -84,25 +85,32 @@ def object_row(obj: dict[str, Any], body: str) -> tuple[str, str, str, str, str]
     return (obj["id"], object_version_key(obj), obj["type"], obj.get("spec_version", "2.1"), body)
 
 
-class _NotIndexedOnSQLite(FunctionElement[Any]):
-    """A column as SQLite's planner cannot use any index for (`coalesce(column, '')`), and as
-    itself elsewhere. SQLite's planner has no statistics: asked for "these pks in this
-    collection" it may prefer walking the collection's whole (collection_id, date_added) index
-    to looking the few pks up. PostgreSQL's planner knows the data, and there the plain column
-    lets it use both columns of (object_pk, collection_id)."""
+class _InCollection(ColumnElement[Any]):
+    """`collection_id = value`, told to SQLite's planner to be true of most rows.
+
+    SQLite's planner has no statistics: for "these ids in this collection" it would rather walk
+    the collection's whole (collection_id, date_added) index than look the ids up. Wrapped in
+    likely(), the comparison no longer looks selective, so that walk is never chosen, and it
+    still serves as the second column of (object_pk, collection_id): a look-up reads one row per
+    version, not one per collection that holds the object (the shared reference objects are in
+    every collection). PostgreSQL, whose planner has statistics, gets the plain comparison.
+    """
 
     inherit_cache = True
-    name = "not_indexed_on_sqlite"
+    _traverse_internals = [("comparison", InternalTraversal.dp_clauseelement)]  # cache key, binds
+
+    def __init__(self, column: Any, value: Any) -> None:
+        self.comparison = column == value
 
 
-@compiles(_NotIndexedOnSQLite)
-def _plain_column(element: _NotIndexedOnSQLite, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.clauses, **kw))
+@compiles(_InCollection)
+def _in_collection(element: _InCollection, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.comparison, **kw))
 
 
-@compiles(_NotIndexedOnSQLite, "sqlite")
-def _coalesced_column(element: _NotIndexedOnSQLite, compiler: Any, **kw: Any) -> str:
-    return f"coalesce({compiler.process(element.clauses, **kw)}, '')"
+@compiles(_InCollection, "sqlite")
+def _in_collection_sqlite(element: _InCollection, compiler: Any, **kw: Any) -> str:
+    return f"likely({compiler.process(element.comparison, **kw)})"
 
 
 def members_with_ids(collection_id: Any, ids: Sequence[Any], table: Any = None) -> Any:
@@ -110,14 +118,15 @@ def members_with_ids(collection_id: Any, ids: Sequence[Any], table: Any = None) 
     object is one of `ids`, any version.
 
     collection_objects has no stix_id index of its own (see schema.py): an id is looked up in
-    stix_objects' (stix_id, modified) index, and its few pks in (object_pk, collection_id).
+    stix_objects' (stix_id, modified) index, and its few pks in (object_pk, collection_id)
+    (see _InCollection for how SQLite is kept from walking the collection instead).
     """
     co = t.collection_objects if table is None else table
     by_id = t.stix_objects.alias("by_id")
     # Correlated to whatever encloses it (the ids may be an outer query's column), never a
     # FROM of its own: SQLAlchemy would otherwise join collection_objects in at this level.
     pks = select(by_id.c.pk).where(by_id.c.stix_id.in_(list(ids))).correlate_except(by_id)
-    return and_(co.c.object_pk.in_(pks), _NotIndexedOnSQLite(co.c.collection_id) == collection_id)
+    return and_(co.c.object_pk.in_(pks), _InCollection(co.c.collection_id, collection_id))
 
 
 def version_key(modified: str | None) -> str:
@@ -617,7 +626,7 @@ class Writer:
         stored_latest: dict[str, int] = {}  # stix_id -> object_pk of its latest row in the store
         look_up = sorted({e[1] for e in entries if e[3] != "" and e[1] not in first_ids})
         # Through stix_objects' id index to the pks, then (object_pk, collection_id) for both
-        # columns; SQLite's planner is told which index (see _NotIndexedOnSQLite).
+        # columns; SQLite's planner is told which index (see _InCollection).
         forced = " INDEXED BY uq_collection_objects_member" if self.dialect == "sqlite" else ""
         statement = (
             f"SELECT object_pk, stix_id, version, is_latest FROM collection_objects{forced} "
