@@ -626,7 +626,7 @@ class Writer:
         stored_latest: dict[str, int] = {}  # stix_id -> object_pk of its latest row in the store
         look_up = sorted({e[1] for e in entries if e[3] != "" and e[1] not in first_ids})
         # Through stix_objects' id index to the pks, then (object_pk, collection_id) for both
-        # columns; SQLite's planner is told which index (see _InCollection).
+        # columns; SQLite is told the index (INDEXED BY; _InCollection says why it must be).
         forced = " INDEXED BY uq_collection_objects_member" if self.dialect == "sqlite" else ""
         statement = (
             f"SELECT object_pk, stix_id, version, is_latest FROM collection_objects{forced} "

@@ -3,8 +3,7 @@
 The old layout had six b-trees per membership row, one of them keyed by (collection, STIX
 id): random positions, the most expensive part of an ingest. The new one has three:
 date_added (the row key), the unique index (object_pk, collection_id) and (collection_id,
-date_added).
-Look-ups by STIX id go through stix_objects' (stix_id, modified) index instead.
+date_added). Look-ups by STIX id go through stix_objects' (stix_id, modified) index instead.
 
 Rows are copied as they are: date_added was already unique, and (collection_id, object_pk)
 already unique, so the copy cannot conflict.
