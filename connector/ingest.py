@@ -411,6 +411,12 @@ def _observed(key: str, at: int, previous: dict[str, Any] | None, listed: set[tu
     return (key, at) in listed
 
 
+# A large ingest refreshes the store's statistics (PostgreSQL) once its first rows are in, and
+# then every so many rows: the planner must not go on taking a growing table for a small one.
+ANALYSE_FIRST = 20_000
+ANALYSE_EVERY = 200_000
+
+
 class _Transaction:
     """One write transaction held open across several batches. Committed after `limit`
     notifications and run rows, once open `seconds`, at the end of the input, or rolled back
@@ -425,6 +431,8 @@ class _Transaction:
         self._writer: Writer | None = None
         self._pending = 0
         self._opened = 0.0
+        self._unanalysed = 0  # rows committed since the store last refreshed its statistics
+        self._analyse_at = ANALYSE_FIRST
 
     def writer(self) -> Writer:
         if self._writer is None:
@@ -439,8 +447,13 @@ class _Transaction:
             self.commit()
 
     def commit(self) -> None:
+        pending = self._pending
         if self._close(None, None, None):
             self._summary.checkpoint()
+            self._unanalysed += pending
+            if self._unanalysed >= self._analyse_at:
+                self._store.refresh_statistics()
+                self._unanalysed, self._analyse_at = 0, ANALYSE_EVERY
 
     def abort(self) -> None:
         self._close(*sys.exc_info())

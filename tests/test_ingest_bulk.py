@@ -24,7 +24,7 @@ from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
 from connector.store import Store, VersionFilter
-from tests.conftest import SAMPLE_CONFIG
+from tests.conftest import SAMPLE_CONFIG, _drop_pg_database, _fresh_pg_database
 
 PARTNER = "shadowserver"
 HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "geo"]
@@ -271,3 +271,37 @@ def test_a_downgrade_lists_the_implied_observation_times_again(
     assert sorted(int(count) for _, count, _, _ in notes) == [1, 2, 3]
     for key, count, first, last in notes:
         assert len(listed[key]) == count and listed[key][0] == first and listed[key][-1] == last
+
+
+def test_a_large_ingest_refreshes_postgresql_statistics(
+    postgres_url: str, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner must not take the tables an ingest grows for the small ones it last saw: once
+    the first rows are in, and then every so many, the ingest has them analysed."""
+    monkeypatch.setattr("connector.ingest.ANALYSE_FIRST", 30)
+    monkeypatch.setattr("connector.ingest.ANALYSE_EVERY", 60)
+    url, name = _fresh_pg_database(postgres_url)
+    store = Store.open(url)
+    analysed: list[None] = []
+    refresh = store.refresh_statistics
+    monkeypatch.setattr(store, "refresh_statistics", lambda: (analysed.append(None), refresh()))
+    try:
+        store.sync_collections(collection_rows(sample_config))
+        rows = [("2024-06-01 10:00:00", f"192.0.2.{i}", 443) for i in range(1, 151)]
+        path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+        ingestor(store, sample_config, mappings, batch_size=10, commit_every=10).run(
+            PARTNER, "shadowserver", [path]
+        )
+        with store.engine.connect() as conn:
+            # reltuples: -1 until a table is first analysed (or vacuumed), then what was counted
+            seen = dict(
+                conn.exec_driver_sql(
+                    "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND reltuples >= 0"
+                ).all()
+            )
+    finally:
+        store.close()
+        _drop_pg_database(postgres_url, name)
+    assert len(analysed) == 3  # after 30, then 90 and 150 notifications
+    assert {"stix_objects", "collection_objects", "notifications", "observations"} <= set(seen)
+    assert seen["notifications"] == 150  # analysed after the last commit, all rows in
