@@ -242,7 +242,7 @@ def print_stages(report: Path, rows: int, mapping: Mapping, config: Config, end_
         f"store share of end-to-end time: 1 - {python_us:.1f} µs/row (stages 1-4, "
         f"{1e6 / python_us:,.0f} rows/s) / {end_to_end_us:.1f} µs/row (end to end, "
         f"{1e6 / end_to_end_us:,.0f} rows/s) = {1 - python_us / end_to_end_us:.0%} "
-        "(batching, look-ups, SQLite writes)"
+        "(batching, look-ups, the store's writes)"
     )
     budget = 1e6 / TARGET_RATE
     print(
