@@ -144,3 +144,21 @@ def test_rows_go_in_byte_for_byte_whatever_they_hold(store_url: str) -> None:
     members = store.page(COLLECTION, after=None, limit=10)
     store.close()
     assert [m.body for m in members] == bodies
+
+
+def test_an_object_without_versions_given_twice_in_one_call_is_one_member(store_url: str) -> None:
+    """SCO memberships skip what is present (on PostgreSQL through a staging table and one
+    INSERT ... ON CONFLICT DO NOTHING): a duplicate inside the same call is present too."""
+    sco = {
+        "type": "ipv4-addr",
+        "spec_version": "2.1",
+        "id": "ipv4-addr--11111111-1111-5111-8111-111111111111",
+    }
+    store = Store.open(store_url)
+    with store.writing() as w:
+        pk = w.add_objects([sco], [orjson.dumps(sco).decode()])[(sco["id"], "")]
+        assert w.add_members(COLLECTION, [(pk, sco["id"], "ipv4-addr", "")] * 2) == 1
+    with store.writing() as w:
+        assert w.add_members(COLLECTION, [(pk, sco["id"], "ipv4-addr", "")]) == 0
+    assert [m.stix_id for m in store.page(COLLECTION, after=None, limit=10)] == [sco["id"]]
+    store.close()
