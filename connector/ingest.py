@@ -482,7 +482,7 @@ class _BatchWriter:
         self.new_versions: set[tuple[str, str]] = set()
         self.first_ids: set[str] = set()
         self._shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self.misp_members: list[dict[str, Any]] = []
+        self.misp_members: list[tuple[str, str, str]] = []  # (recipient, event_uuid, key)
         self.misp_events: dict[tuple[str, str], str] = {}
         self.members: dict[str, dict[tuple[str, str], None]] = {}
 
@@ -584,7 +584,7 @@ class _BatchWriter:
             if channel is None:
                 continue
             uuid, label = misp_event_of(rid, n, channel.group_by)
-            self.misp_members.append({"recipient": rid, "event_uuid": uuid, "notification_key": key})
+            self.misp_members.append((rid, uuid, key))
             self.misp_events[(rid, uuid)] = label
 
     def _shared_refs(self, partner: str, tlp: str) -> list[tuple[str, str]]:

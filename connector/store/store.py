@@ -555,16 +555,6 @@ class Writer:
             sql = self._sql(statement.replace("{in}", marks))
             yield from self.conn.exec_driver_sql(sql, (*params, *chunk))
 
-    def _insert_ignore(self, table: Any, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            self.conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-        else:
-            self.conn.execute(insert(table).prefix_with("OR IGNORE"), rows)
-
     # notifications
 
     def notification_states(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -577,10 +567,7 @@ class Writer:
         return {(row[0], int(row[1])) for row in self._rows_in(statement, keys)}
 
     def add_observations(self, rows: list[tuple[str, int]]) -> None:
-        conflict = " ON CONFLICT DO NOTHING"
-        self._many(
-            "INSERT INTO observations (notification_key, observed_at) VALUES (?, ?)" + conflict, sorted(rows)
-        )
+        self._insert("observations", ("notification_key", "observed_at"), sorted(rows), skip_present=True)
 
     def save_notifications(self, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
         names = _NOTIFICATION_COLUMNS
@@ -715,26 +702,31 @@ class Writer:
         return added + self._insert("collection_objects", self._MEMBER_COLUMNS, [tuple(r) for r in rows])
 
 
-def enqueue_misp(writer: Writer, members: list[dict[str, Any]], events: dict[tuple[str, str], str]) -> None:
-    """Record MISP deliveries in the outbox (inside the ingest transaction): nothing is lost."""
-    writer._insert_ignore(t.misp_event_members, members)
+def enqueue_misp(
+    writer: Writer, members: list[tuple[str, str, str]], events: dict[tuple[str, str], str]
+) -> None:
+    """Record MISP deliveries in the outbox (inside the ingest transaction): nothing is lost.
+    `members` are (recipient, event_uuid, notification_key)."""
+    member_columns = ("recipient", "event_uuid", "notification_key")
+    writer._insert("misp_event_members", member_columns, sorted(members), skip_present=True)
     now = now_us()
     stamp = us_to_timestamp(now)
+    columns = (
+        "recipient",
+        "event_uuid",
+        "group_label",
+        "status",
+        "attempts",
+        "next_attempt",
+        "last_error",
+        "pushed_hash",
+        "updated_at",
+    )
     rows = [
-        {
-            "recipient": rid,
-            "event_uuid": uuid,
-            "group_label": label,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt": now,
-            "last_error": None,
-            "pushed_hash": None,
-            "updated_at": stamp,
-        }
+        (rid, uuid, label, "pending", 0, now, None, None, stamp)
         for (rid, uuid), label in sorted(events.items())
     ]
-    writer._insert_ignore(t.misp_outbox, rows)
+    writer._insert("misp_outbox", columns, rows, skip_present=True)
     ob = t.misp_outbox
     for rid, uuid in sorted(events):  # one lock order for every writer of the outbox: no deadlock
         writer.conn.execute(
