@@ -9,16 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, event, text
 
 from connector.misp.convert import _latest
 from connector.store import Store, VersionFilter
 from connector.store.schema import metadata
-from connector.store.store import _MIGRATIONS
+from connector.store.store import run_migrations
 from tests.conftest import _drop_pg_database, _fresh_pg_database
 from tests.test_store import COLLECTION, add, indicator
 
@@ -27,14 +25,10 @@ MEMBER_COLUMNS = "collection_id, object_pk, stix_id, type, version, date_added, 
 
 
 def alembic(url: str, action: str, revision: str) -> None:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, action)(cfg, revision)
-            conn.commit()
+            run_migrations(conn, action, revision)
     finally:
         engine.dispose()
 

@@ -228,6 +228,16 @@ def _make_engine(url: str) -> tuple[Engine, Engine]:
     return sqlite_engine("BEGIN"), sqlite_engine("BEGIN IMMEDIATE")
 
 
+def run_migrations(conn: Connection, action: str = "upgrade", revision: str = "head") -> None:
+    """Alembic `upgrade` or `downgrade` to `revision` on this connection, committed (the
+    store's own migrations; env.py takes the connection handed over here)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    getattr(command, action)(cfg, revision)
+    conn.commit()
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -247,12 +257,8 @@ class Store:
     # --- schema ---------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self._write_engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            conn.commit()
+            run_migrations(conn)
 
     # --- writing --------------------------------------------------------------------------
 
