@@ -510,12 +510,17 @@ def test_real_sample_rows_now_ingested(tmp_path: Path, mappings, report_type: st
         stix2.parse(obj, allow_custom=False)
 
 
-@needs_samples
-def test_real_scan_rdp_rows_map_as_if_padded_by_hand(tmp_path: Path, mappings) -> None:
+def sample_objects(tmp_path: Path, mappings: Any, report_type: str) -> list[dict[str, Any]]:
+    """Every object stored from the real sample of this report type, in a fresh store."""
     config = shadowserver_config()
     store = open_store(tmp_path / "s.db", config)
-    ingest(store, config, mappings, SAMPLES / "scan_rdp.csv")
-    found = sightings(stored_objects(store), "shadowserver-scan_rdp")
+    ingest(store, config, mappings, SAMPLES / f"{report_type}.csv")
+    return stored_objects(store)
+
+
+@needs_samples
+def test_real_scan_rdp_rows_map_as_if_padded_by_hand(tmp_path: Path, mappings) -> None:
+    found = sightings(sample_objects(tmp_path, mappings, "scan_rdp"), "shadowserver-scan_rdp")
     assert len(found) == 2
     for s in found:
         assert ext(s)["classification"]["identifier"] == "open-rdp"
@@ -525,10 +530,7 @@ def test_real_scan_rdp_rows_map_as_if_padded_by_hand(tmp_path: Path, mappings) -
 
 @needs_samples
 def test_real_scan_exchange_webshells_are_compromised_hosts(tmp_path: Path, mappings) -> None:
-    config = shadowserver_config()
-    store = open_store(tmp_path / "s.db", config)
-    ingest(store, config, mappings, SAMPLES / "scan_exchange.csv")
-    objects = stored_objects(store)
+    objects = sample_objects(tmp_path, mappings, "scan_exchange")
     by_id = {o["id"]: o for o in objects}
     webshells = [
         s for s in sightings(objects) if ext(s)["classification"]["identifier"] == "exchange-webshell"
@@ -549,10 +551,7 @@ def test_real_scan_exchange_webshells_are_compromised_hosts(tmp_path: Path, mapp
 
 @needs_samples
 def test_real_blocklist_network_row(tmp_path: Path, mappings) -> None:
-    config = shadowserver_config()
-    store = open_store(tmp_path / "s.db", config)
-    ingest(store, config, mappings, SAMPLES / "blocklist.csv")
-    objects = stored_objects(store)
+    objects = sample_objects(tmp_path, mappings, "blocklist")
     assert "198.123.245.0/24" in {o["value"] for o in objects if o["type"] == "ipv4-addr"}
     patterns = {o["pattern"] for o in objects if o["type"] == "indicator"}
     assert "[ipv4-addr:value ISSUBSET '198.123.245.0/24']" in patterns
