@@ -754,6 +754,25 @@ def test_limit_with_a_non_ascii_digit_is_400_not_500(taxii: RunningServer) -> No
     assert_taxii_error(resp, 400)
 
 
+def test_values_python_cannot_hold_are_never_a_500(taxii: RunningServer) -> None:
+    """Well-formed values whose meaning falls outside what Python represents. A version
+    timestamp whose offset carries it past year 9999 or before year 1 in UTC is the client's
+    error (400); a limit of more digits than int() converts (4300) is a limit above the maximum
+    (capped, like any other). Never a 500 in text/plain, on any endpoint that takes them."""
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    base = taxii.collection_url(cid)
+    some_id = next(iter(manifest_dates(s, taxii, cid)))
+    by_id = (f"objects/{some_id}/", f"objects/{some_id}/versions/")
+    for version in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):  # years 10000 and 0 in UTC
+        for endpoint in ("objects/", "manifest/", by_id[0]):
+            assert_taxii_error(s.get(base + endpoint, params={"match[version]": version}), 400)
+    for endpoint in ("objects/", "manifest/", *by_id):
+        resp = s.get(base + endpoint, params={"limit": "9" * 5000})
+        assert resp.status_code == 200, (endpoint, resp.status_code, resp.text[:200])
+        assert resp.headers["Content-Type"] == TAXII_MEDIA_TYPE
+
+
 @contextmanager
 def serving(config: Config, taxii: RunningServer) -> Iterator[RunningServer]:
     """A second server on the same store with another configuration."""

@@ -65,7 +65,7 @@ def _versions(value: str | None) -> VersionFilter | None:
         else:
             try:
                 exact.append(us_to_timestamp(timestamp_to_us(part)))  # strict: user input
-            except ValueError:
+            except (ValueError, OverflowError):  # Overflow: an offset carries it past 1..9999 in UTC
                 raise TaxiiError(
                     400, "Invalid match[version]", f"{part!r} is not last, first, all or a timestamp."
                 ) from None
@@ -91,9 +91,12 @@ def object_query(
             raise TaxiiError(400, "Invalid added_after", str(exc)) from None
     size = min(server.page_size_default, server.page_size_max)
     if limit is not None:
-        if not (limit.strip().isascii() and limit.strip().isdecimal()) or int(limit) < 1:
-            raise TaxiiError(400, "Invalid limit", f"limit must be a positive integer, not {limit!r}.")
-        size = min(int(limit), server.page_size_max)
+        text = limit.strip()
+        digits = text.lstrip("0")
+        if not (text.isascii() and text.isdecimal()) or not digits:
+            raise TaxiiError(400, "Invalid limit", f"limit must be a positive integer, not {limit[:40]!r}.")
+        # Any long number is over the maximum; int() would refuse one of over 4300 digits (a 500).
+        size = server.page_size_max if len(digits) > 18 else min(int(digits), server.page_size_max)
     return ObjectQuery(
         after,
         size,
