@@ -320,6 +320,23 @@ def test_only_operators_delete_and_only_from_the_collection_named(taxii: Running
     assert_taxii_error(operator.delete(taxii.collection_url(str(uuid.uuid4())) + f"objects/{victim}/"), 404)
 
 
+def test_delete_deletes_only_what_match_spec_version_selects(taxii: RunningServer) -> None:
+    """DELETE takes match[spec_version] as well as match[version] (TAXII 2.1 5.7): only the
+    versions of the object with that STIX version go. Every object here is STIX 2.1, so asking
+    to delete the 2.0 versions deletes nothing (404, as GET answers with nothing for 2.0), and
+    the object stays in the collection."""
+    zcert = recipient_collection_id("zcert")
+    held = ids_in(session_for("zcert-poller"), taxii, zcert)
+    victim = sorted(i for i in held if i.startswith("sighting--"))[0]
+    object_url = recipient(taxii, "zcert") + f"objects/{victim}/"
+    operator = session_for(OPERATOR)
+    for params in ({"match[spec_version]": "2.0"}, {"match[spec_version]": "2.0", "match[version]": "all"}):
+        assert_taxii_error(operator.delete(object_url, params=params), 404)
+        assert victim in ids_in(session_for("zcert-poller"), taxii, zcert), params
+    assert operator.delete(object_url, params={"match[spec_version]": "2.0,2.1"}).status_code == 200
+    assert victim not in ids_in(session_for("zcert-poller"), taxii, zcert)
+
+
 # ==============================================================================================
 # Bearer API tokens
 # ==============================================================================================

@@ -132,7 +132,10 @@ def delete_object(
     if not who.operator:
         raise TaxiiError(403, "Forbidden", "Only operators may delete objects.")
     versions = q.versions or VersionFilter(all=True)  # spec: without match[version], every version
-    removed = state(request).store.remove_members(collection_id, object_id, versions)
+    # match[spec_version] selects too (5.7): every stored object is STIX 2.1, so a filter
+    # without 2.1 selects nothing, as it does for GET; ignoring it would delete every version.
+    spec_matches = not q.spec_versions or "2.1" in q.spec_versions
+    removed = state(request).store.remove_members(collection_id, object_id, versions) if spec_matches else 0
     if not removed:
         raise not_found("object")
     state(request).store.audit(
