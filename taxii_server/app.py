@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.collections import collection_rows
 from connector.config import Config
 from connector.store import CollectionRow, Store
-from taxii_server.auth import Authenticator, Principal
+from taxii_server.auth import AuthenticationFailed, Authenticator, Principal
 from taxii_server.errors import (
     TaxiiError,
     handle_http_error,
@@ -40,18 +42,28 @@ def state(request: Request) -> ServerState:
     return request.app.state.meldpunt  # type: ignore[no-any-return]
 
 
-def authenticated(request: Request) -> Principal:
+async def authenticated(request: Request) -> Principal:
+    """argon2 in a worker thread; the back-off after a failure asleep on the event loop, so
+    that a client failing on many connections at once does not hold every worker thread and
+    keep all other users waiting."""
     client = request.client.host if request.client else "unknown"
-    return state(request).authenticator.authenticate(request.headers.get("authorization"), client)
+    authenticator = state(request).authenticator
+    try:
+        return await run_in_threadpool(
+            authenticator.authenticate, request.headers.get("authorization"), client
+        )
+    except AuthenticationFailed as failure:
+        await asyncio.sleep(failure.delay)
+        raise
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """Every TAXII route depends on this: negotiation first, then authentication."""
     if not accepts_taxii(request.headers.get("accept")):
         raise TaxiiError(
             406, "Not acceptable", "This server answers with application/taxii+json;version=2.1 only."
         )
-    return authenticated(request)
+    return await authenticated(request)
 
 
 def _token_secret(config: Config) -> bytes | None:

@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -46,8 +45,20 @@ def principal_for(user: UserConfig, all_collections: Iterable[str]) -> Principal
     return Principal(user.username, frozenset(readable), frozenset(writable), user.operator, user.inbox)
 
 
+class AuthenticationFailed(TaxiiError):
+    """A 401 to answer only after `delay` seconds (the back-off for this client and account)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(401, "Authentication failed", "Unknown user or wrong credentials.", _CHALLENGE)
+        self.delay = delay
+
+
 class Authenticator:
-    """Checks credentials, with a back-off on repeated failures per client address."""
+    """Checks credentials, with a back-off on repeated failures per client address.
+
+    `authenticate` does not sleep: it raises AuthenticationFailed with the back-off, and the
+    caller waits it out without holding a worker thread (see taxii_server.app.authenticated).
+    """
 
     def __init__(
         self,
@@ -103,8 +114,8 @@ class Authenticator:
         username, token_hash = entry
         return username, self._cache.verify(token_hash, parsed[1])
 
-    def _failure(self, username: str, client: str, key: str) -> TaxiiError:
-        """Log, slow the client down, and give the error to raise."""
+    def _failure(self, username: str, client: str, key: str) -> AuthenticationFailed:
+        """Log, and give the error to raise with this client's back-off."""
         with self._lock:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
@@ -113,8 +124,7 @@ class Authenticator:
         log.warning(
             "authentication failed", extra={"username": username, "client": client, "failures": failures}
         )
-        time.sleep(min(self._max_delay, self._failure_delay * 2 ** (failures - 1)))
-        return TaxiiError(401, "Authentication failed", "Unknown user or wrong credentials.", _CHALLENGE)
+        return AuthenticationFailed(min(self._max_delay, self._failure_delay * 2 ** (failures - 1)))
 
 
 def _parse_basic(authorization: str | None) -> tuple[str, str]:
