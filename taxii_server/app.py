@@ -20,6 +20,7 @@ from taxii_server.errors import (
     TaxiiError,
     handle_http_error,
     handle_taxii_error,
+    handle_unexpected_error,
     handle_validation_error,
 )
 from taxii_server.media import accepts_taxii
@@ -100,6 +101,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.add_exception_handler(TaxiiError, handle_taxii_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)
     taxii = [Depends(principal)]  # authentication on by default for every TAXII route
     app.include_router(discovery.router, dependencies=taxii)
     app.include_router(collections.router, dependencies=taxii)

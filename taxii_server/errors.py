@@ -55,3 +55,11 @@ async def handle_validation_error(_request: Request, exc: Exception) -> Response
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     err = TaxiiError(400, "Bad request", detail)
     return taxii_response(err.body(), status=400)
+
+
+async def handle_unexpected_error(_request: Request, exc: Exception) -> Response:
+    """Any other exception (a database lost, a lock not granted in time): a TAXII error
+    message (TAXII 2.1 3.6) rather than Starlette's text/plain, without the exception's text,
+    which may name hosts or credentials. The traceback still reaches the server's log: Starlette
+    re-raises after this response is sent."""
+    return taxii_response(TaxiiError(500, "Internal server error").body(), status=500)

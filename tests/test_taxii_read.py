@@ -885,6 +885,23 @@ def test_content_negotiation(taxii: RunningServer) -> None:
         assert resp.status_code == 200 and resp.headers["Content-Type"] == TAXII_MEDIA_TYPE
 
 
+def test_an_unexpected_failure_is_a_500_taxii_error_message(
+    taxii: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TAXII 2.1 3.6: an error status comes with an error message in the TAXII media type,
+    the 500s of a failing database included (a connection lost, a lock not granted in time),
+    not Starlette's text/plain "Internal Server Error"; and nothing of the failure's detail."""
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("database gone: postgresql://secret@db")
+
+    monkeypatch.setattr(taxii.store, "page", broken)
+    u, cid = _largest_reader(taxii)
+    resp = session_for(u.username).get(taxii.collection_url(cid) + "objects/")
+    assert_taxii_error(resp, 500)
+    assert "secret" not in resp.text and "Traceback" not in resp.text
+
+
 # ==============================================================================================
 # 9. Re-ingesting the same file
 # ==============================================================================================
