@@ -464,13 +464,13 @@ class Submissions:
             match = self._match(kind, value)
             if match is not None:
                 found[match.owner] = match
+        # The refusals name no recipient: partners never learn who the recipients are, and
+        # with names an address paired with a known one would tell whose it is.
         if len(found) > 1:
-            names = ", ".join(sorted(found))
             return (
                 None,
                 [],
-                f"its observables belong to different recipients ({names}); "
-                "submit one object per organisation",
+                "its observables belong to different recipients; submit one object per organisation",
             )
         if not found:
             return None, [], None
@@ -478,14 +478,10 @@ class Submissions:
         closure = self._closure(obj, by_id)
         foreign = self._foreign_owners(closure, owner)
         if foreign:
-            names = ", ".join(sorted(foreign))
             return (
                 None,
                 [],
-                (
-                    f"it references observables of other recipients ({names}) besides {owner}'s; "
-                    "submit one object per organisation"
-                ),
+                "it references observables of more than one recipient; submit one object per organisation",
             )
         return found[owner], closure, None
 
