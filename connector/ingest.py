@@ -30,6 +30,7 @@ from connector.adapters.registry import (
     CODE_ADAPTERS,
     Adapter,
     AdapterContext,
+    RecordOutcome,
     load_code_adapters,
     record_outcome,
 )
@@ -126,6 +127,31 @@ COUNT_NAMES = (
     "opted_out",
     "discarded",
 )
+
+
+# The notification row's text columns that adapters fill from their input, and their widths.
+# SQLite would store a longer value and PostgreSQL refuse it, failing the whole transaction (a
+# phishing URL or a MISP event's `info` easily runs past them): checked before a row is batched.
+_CHECKED_COLUMNS = {name: t.notifications.c[name].type.length for name in ("identifier", "observable")}
+
+
+def storage_problem(n: Notification) -> str | None:
+    """Why the store cannot hold this notification (None when it can), naming no value: a
+    value too long for its column, a NUL character (PostgreSQL text cannot hold one), evidence
+    that cannot be serialised (nested deeper than orjson writes). Found here, the record is
+    quarantined; found when the batch is written, it would fail every row of the batch."""
+    values = {"identifier": n.classification.identifier, "observable": n.observable}
+    for name, value in values.items():
+        limit = _CHECKED_COLUMNS[name]
+        if limit is not None and len(value) > limit:
+            return f"{name}: {len(value)} characters, more than the {limit} the store keeps"
+        if "\x00" in value:
+            return f"{name}: contains a NUL character"
+    try:
+        orjson.dumps(n.evidence)
+    except orjson.JSONEncodeError as exc:
+        return f"evidence: cannot be stored as JSON ({exc})"
+    return None
 
 
 def notification_key(n: Notification) -> str:
@@ -358,7 +384,9 @@ class Ingestor:
                     raise RowSkipped(row.reason)
                 raise RowRejected(row.reason)
             outcome = record_outcome(adapter, row)
-            batch.extend(outcome.notifications)
+            storable, faults = _storable(outcome.notifications)
+            batch.extend(storable)
+            outcome = RecordOutcome(storable, [*outcome.faults, *faults], outcome.skipped)
             # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
             # never with the raw record (it holds their values).
             summary.counts["attributes_quarantined"] += len(outcome.faults)
@@ -393,6 +421,19 @@ class Ingestor:
             groups.setdefault(notification_key(n), []).append(n)
         summary.counts["notifications"] += len(batch)
         _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+
+
+def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:
+    """The notifications the store can hold, and a fault for each other one; RowRejected when
+    none of them is storable (the record is then quarantined whole, like any faulty record)."""
+    problems = [(n, storage_problem(n)) for n in notifications]
+    bad = [problem for _n, problem in problems if problem is not None]
+    if not bad:
+        return notifications, []
+    if len(bad) == len(notifications):
+        raise RowRejected("; ".join(dict.fromkeys(bad)))
+    faults = [f"one of the record's notifications not made: {problem}" for problem in bad]
+    return [n for n, problem in problems if problem is None], faults
 
 
 # A notification's distinct observation times are its `count`. Up to two of them are its

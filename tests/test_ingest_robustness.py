@@ -1,0 +1,110 @@
+"""Bad input never crashes an ingest run, on either engine: each test feeds a real sample with
+one fault planted beside good rows and checks the fault is quarantined with its line and reason
+while the good rows become notifications."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.adapters.mapping import load_mappings
+from connector.config import Config, parse_config
+from connector.ingest import Ingestor, RunSummary
+from connector.store import Store
+from connector.yamlfile import load_yaml
+from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+
+SHADOWSERVER = SHARED_DATA / "shadowserver"
+MISP_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The example deployment plus partners delivering Shadowserver reports and MISP events."""
+    raw = load_yaml(SAMPLE_CONFIG)
+    raw["partners"] += [
+        {"id": "shadowserver", "name": "Shadowserver Foundation", "formats": ["shadowserver"]},
+        {"id": "connect2trust", "name": "Connect2Trust", "formats": ["misp-event"]},
+    ]
+    return parse_config(raw, source="example config + shadowserver, connect2trust")
+
+
+def ingest(store: Store, config: Config, partner: str, fmt: str, path: Path) -> RunSummary:
+    return Ingestor(config, store, load_mappings()).run(partner, fmt, [path])
+
+
+def run_rows(store: Store, summary: RunSummary) -> list[dict[str, Any]]:
+    return [r for r in store.run_rows(summary.run_id) if r["kind"] == "quarantined"]
+
+
+def report_with(tmp_path: Path, report: str, row: int, old: str, new: str) -> Path:
+    """A copy of a Shadowserver sample (under a Shadowserver file name) with one row changed."""
+    lines = (SHADOWSERVER / f"{report}.csv").read_text(encoding="utf-8").splitlines()
+    assert old in lines[row]
+    lines[row] = lines[row].replace(old, new)
+    path = tmp_path / f"2024-06-01-{report}-nl.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("report", "old", "new", "reason"),
+    [
+        # Phishing URLs run long; the natural key's observable column is 300 characters wide.
+        ("phish_url", "/Postal-/acec6/", "/Postal-/acec6/" + "x" * 400, "observable: 449 characters"),
+        ("special", "cyclops-blink", "cyclops-blink" + "y" * 200, "identifier: 213 characters"),
+    ],
+)
+def test_a_value_the_store_cannot_hold_is_quarantined_beside_good_rows(
+    tmp_path: Path, store: Store, config: Config, report: str, old: str, new: str, reason: str
+) -> None:
+    """PostgreSQL refused the row (value too long for its column, NUL in text) and failed the
+    whole run with a traceback; SQLite stored it. Now both quarantine it."""
+    path = report_with(tmp_path, report, 1, old, new)
+    good = len((SHADOWSERVER / f"{report}.csv").read_text(encoding="utf-8").splitlines()) - 2
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert summary.counts["quarantined"] == 1
+    assert summary.counts["notifications"] == good
+    [row] = run_rows(store, summary)
+    assert row["line"] == 2 and row["reason"].startswith(reason)
+
+
+def test_a_misp_event_whose_info_is_too_long_for_an_identifier_is_quarantined(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    event = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
+    body = event.get("Event", event)
+    body["info"] = "OSINT - " + "a long description of the campaign " * 8
+    good = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(event) + "\n" + json.dumps(good) + "\n", encoding="utf-8")
+    summary = ingest(store, config, "connect2trust", "misp-event", path)
+    assert summary.counts["quarantined"] == 1 and summary.counts["notifications"] > 0
+    [row] = run_rows(store, summary)
+    assert row["line"] == 1 and row["reason"].startswith("identifier: ")
+
+
+def test_evidence_nested_too_deeply_to_store_is_quarantined(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """A DIVD finding whose `matched-at` is a 300-deep object: orjson refused it when the batch
+    was written, failing the run."""
+    sample = SHARED_DATA / "divd" / "DIVD-2024-00012.nuclei.jsonl"
+    lines = sample.read_text(encoding="utf-8").splitlines()
+    finding = json.loads(next(line for line in lines if '"matched-at"' in line and "CVE-" in line))
+    finding |= {
+        "ip": "192.0.2.99",
+        "host": "192.0.2.99",
+        "matched-at": json.loads('{"a":' * 300 + "1" + "}" * 300),
+    }
+    path = tmp_path / sample.name
+    path.write_text("\n".join([*lines, json.dumps(finding)]) + "\n", encoding="utf-8")
+    (tmp_path / "DIVD-2024-00012.yaml").write_bytes((sample.parent / "DIVD-2024-00012.yaml").read_bytes())
+    summary = ingest(store, config, "divd", "divd-nuclei", path)
+    assert summary.ok
+    deep = [r for r in run_rows(store, summary) if r["line"] == len(lines) + 1]
+    assert deep and deep[0]["reason"].startswith("evidence: cannot be stored as JSON")
+    assert summary.counts["notifications"] > 0
