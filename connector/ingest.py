@@ -57,6 +57,7 @@ COMMIT_EVERY = 25_000
 COMMIT_SECONDS = 2.0
 STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
+REASON_MAX = 2000  # a quarantine reason is a sentence: one quoting a 10 MB value is cut here
 Clock = Callable[[], datetime]
 
 
@@ -406,7 +407,14 @@ class Ingestor:
         if not rows:
             return
         values = [
-            {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
+            {
+                "run_id": run_id,
+                "input": f,
+                "line": line,
+                "kind": kind,
+                "reason": _storable_text(reason, REASON_MAX),
+                "raw": None if raw is None else _storable_text(raw, RAW_EXCERPT),
+            }
             for f, line, kind, reason, raw in rows
         ]
         if writer is not None:
@@ -421,6 +429,15 @@ class Ingestor:
             groups.setdefault(notification_key(n), []).append(n)
         summary.counts["notifications"] += len(batch)
         _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+
+
+def _storable_text(text: str, limit: int) -> str:
+    """A run row's text as the store can hold it: at most `limit` characters, NUL written as
+    `\\x00` (PostgreSQL text cannot hold a NUL, and refusing the row would fail the run over
+    the very fault it records)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\x00", "\\x00")
 
 
 def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:

@@ -56,6 +56,7 @@ def report_with(tmp_path: Path, report: str, row: int, old: str, new: str) -> Pa
         # Phishing URLs run long; the natural key's observable column is 300 characters wide.
         ("phish_url", "/Postal-/acec6/", "/Postal-/acec6/" + "x" * 400, "observable: 449 characters"),
         ("special", "cyclops-blink", "cyclops-blink" + "y" * 200, "identifier: 213 characters"),
+        ("special", "cyclops-blink", "cyclops\x00-blink", "identifier: contains a NUL character"),
     ],
 )
 def test_a_value_the_store_cannot_hold_is_quarantined_beside_good_rows(
@@ -108,3 +109,29 @@ def test_evidence_nested_too_deeply_to_store_is_quarantined(
     deep = [r for r in run_rows(store, summary) if r["line"] == len(lines) + 1]
     assert deep and deep[0]["reason"].startswith("evidence: cannot be stored as JSON")
     assert summary.counts["notifications"] > 0
+
+
+def test_a_quarantined_row_holding_a_nul_byte_is_recorded(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """The raw line of a row quarantined for its NUL-bearing host name: PostgreSQL refused the
+    run row itself, so recording the fault failed the run."""
+    path = report_with(tmp_path, "scan_http", 1, "c-75-74-78-113", "c-75\x00-74-78-113")
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert summary.counts["quarantined"] == 1 and summary.counts["notifications"] == 1
+    [row] = run_rows(store, summary)
+    assert "\x00" not in row["raw"] and "c-75\\x00-74" in row["raw"]
+
+
+def test_a_quarantine_reason_quoting_a_huge_value_is_cut(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """A STIX object with a 1 MB id: the validator's message quotes it several times, and the
+    run row held all of it (70 MB for a 10 MB id)."""
+    bundle = json.loads((Path(__file__).parent / "data" / "stix" / "researcher-1.bundle.json").read_text())
+    bundle["objects"].insert(0, {"type": "identity", "id": "identity--" + "z" * 1_000_000})
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    summary = Ingestor(config, store, load_mappings()).run("researcher-1", "stix", [path])
+    huge = [r for r in run_rows(store, summary) if r["line"] == 1]
+    assert huge and len(huge[0]["reason"]) <= 2000
