@@ -12,6 +12,7 @@ import hashlib
 import logging
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -226,7 +227,11 @@ class Ingestor:
                     mapping = self._mapping_for(fmt, path, summary)
                     self._ingest_file(summary, mapping, partner, path, context_file, progress)
                 summary.checkpoint()  # every write of this input is committed
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt (Ctrl-C) too: the run must not stay `running`
+            # Ctrl-C inside a driver call leaves that call's cursor referenced from the
+            # traceback's frames; SQLite keeps the connection (and its write lock) until the
+            # cursor goes, so recording the run below would wait for the lock and fail.
+            traceback.clear_frames(exc.__traceback__)
             # What the store holds: the counts as of the last commit (the rest was rolled back).
             committed = summary.committed or RunSummary(run_id)
             self.store.finish_run(
