@@ -135,3 +135,40 @@ def test_a_quarantine_reason_quoting_a_huge_value_is_cut(
     summary = Ingestor(config, store, load_mappings()).run("researcher-1", "stix", [path])
     huge = [r for r in run_rows(store, summary) if r["line"] == 1]
     assert huge and len(huge[0]["reason"]) <= 2000
+
+
+def test_a_json_document_nested_too_deeply_is_quarantined_not_a_crash(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """An X-ARF array with a 100,000-deep value: the json module's RecursionError escaped the
+    reader and failed the run with a traceback, losing the good report read before it."""
+    raw = load_yaml(SAMPLE_CONFIG)
+    raw["partners"].append({"id": "nbip", "name": "NBIP CleanNetworks", "formats": ["xarf"]})
+    nbip = parse_config(raw, source="example config + nbip")
+    report = (SHARED_DATA / "xarf" / "samples" / "connection-port-scan.json").read_text(encoding="utf-8")
+    path = tmp_path / "reports.json"
+    path.write_text("[" + report + "," + "[" * 100_000 + "]" * 100_000 + "]", encoding="utf-8")
+    summary = ingest(store, nbip, "nbip", "xarf", path)
+    assert summary.counts["notifications"] == 1 and summary.counts["quarantined"] == 1
+    assert "nested too deeply" in run_rows(store, summary)[0]["reason"]
+
+
+def test_a_misp_event_nested_too_deeply_in_a_list_is_quarantined_not_a_crash(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """orjson writes 255 levels at most: the reader's excerpt of a deeper event raised a
+    TypeError that failed the run."""
+    good = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
+    deep = {
+        "Event": {
+            "uuid": "5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e09",
+            "info": "x",
+            "x": json.loads("[" * 300 + "]" * 300),
+        }
+    }
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([good, deep]), encoding="utf-8")
+    summary = ingest(store, config, "connect2trust", "misp-event", path)
+    assert summary.counts["notifications"] > 0 and summary.counts["quarantined"] == 1
+    [row] = run_rows(store, summary)
+    assert row["line"] == 2
