@@ -132,6 +132,12 @@ def ingest(
             summary = ingestor.run(partner, fmt, paths, context_file=case, progress=advance)
         except IngestError as exc:
             raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail(
+                "interrupted: what was committed stays (the run is recorded as failed); "
+                "ingest the same input again to complete it",
+                130,
+            ) from None
     print_summary(store, summary)
     if not summary.ok:
         raise typer.Exit(1)

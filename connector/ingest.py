@@ -12,6 +12,7 @@ import hashlib
 import logging
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -30,6 +31,7 @@ from connector.adapters.registry import (
     CODE_ADAPTERS,
     Adapter,
     AdapterContext,
+    RecordOutcome,
     load_code_adapters,
     record_outcome,
 )
@@ -56,6 +58,7 @@ COMMIT_EVERY = 25_000
 COMMIT_SECONDS = 2.0
 STIX_FORMAT = "stix"  # built in: STIX needs no mapping
 RAW_EXCERPT = 2000
+REASON_MAX = 2000  # a quarantine reason is a sentence: one quoting a 10 MB value is cut here
 Clock = Callable[[], datetime]
 
 
@@ -126,6 +129,31 @@ COUNT_NAMES = (
     "opted_out",
     "discarded",
 )
+
+
+# The notification row's text columns that adapters fill from their input, and their widths.
+# SQLite would store a longer value and PostgreSQL refuse it, failing the whole transaction (a
+# phishing URL or a MISP event's `info` easily runs past them): checked before a row is batched.
+_CHECKED_COLUMNS = {name: t.notifications.c[name].type.length for name in ("identifier", "observable")}
+
+
+def storage_problem(n: Notification) -> str | None:
+    """Why the store cannot hold this notification (None when it can), naming no value: a
+    value too long for its column, a NUL character (PostgreSQL text cannot hold one), evidence
+    that cannot be serialised (nested deeper than orjson writes). Found here, the record is
+    quarantined; found when the batch is written, it would fail every row of the batch."""
+    values = {"identifier": n.classification.identifier, "observable": n.observable}
+    for name, value in values.items():
+        limit = _CHECKED_COLUMNS[name]
+        if limit is not None and len(value) > limit:
+            return f"{name}: {len(value)} characters, more than the {limit} the store keeps"
+        if "\x00" in value:
+            return f"{name}: contains a NUL character"
+    try:
+        orjson.dumps(n.evidence)
+    except orjson.JSONEncodeError as exc:
+        return f"evidence: cannot be stored as JSON ({exc})"
+    return None
 
 
 def notification_key(n: Notification) -> str:
@@ -199,7 +227,11 @@ class Ingestor:
                     mapping = self._mapping_for(fmt, path, summary)
                     self._ingest_file(summary, mapping, partner, path, context_file, progress)
                 summary.checkpoint()  # every write of this input is committed
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt (Ctrl-C) too: the run must not stay `running`
+            # Ctrl-C inside a driver call leaves that call's cursor referenced from the
+            # traceback's frames; SQLite keeps the connection (and its write lock) until the
+            # cursor goes, so recording the run below would wait for the lock and fail.
+            traceback.clear_frames(exc.__traceback__)
             # What the store holds: the counts as of the last commit (the rest was rolled back).
             committed = summary.committed or RunSummary(run_id)
             self.store.finish_run(
@@ -358,7 +390,9 @@ class Ingestor:
                     raise RowSkipped(row.reason)
                 raise RowRejected(row.reason)
             outcome = record_outcome(adapter, row)
-            batch.extend(outcome.notifications)
+            storable, faults = _storable(outcome.notifications)
+            batch.extend(storable)
+            outcome = RecordOutcome(storable, [*outcome.faults, *faults], outcome.skipped)
             # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
             # never with the raw record (it holds their values).
             summary.counts["attributes_quarantined"] += len(outcome.faults)
@@ -378,7 +412,14 @@ class Ingestor:
         if not rows:
             return
         values = [
-            {"run_id": run_id, "input": f, "line": line, "kind": kind, "reason": reason, "raw": raw}
+            {
+                "run_id": run_id,
+                "input": f,
+                "line": line,
+                "kind": kind,
+                "reason": _storable_text(reason, REASON_MAX),
+                "raw": None if raw is None else _storable_text(raw, RAW_EXCERPT),
+            }
             for f, line, kind, reason, raw in rows
         ]
         if writer is not None:
@@ -393,6 +434,28 @@ class Ingestor:
             groups.setdefault(notification_key(n), []).append(n)
         summary.counts["notifications"] += len(batch)
         _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+
+
+def _storable_text(text: str, limit: int) -> str:
+    """A run row's text as the store can hold it: at most `limit` characters, NUL written as
+    `\\x00` (PostgreSQL text cannot hold a NUL, and refusing the row would fail the run over
+    the very fault it records)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\x00", "\\x00")
+
+
+def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:
+    """The notifications the store can hold, and a fault for each other one; RowRejected when
+    none of them is storable (the record is then quarantined whole, like any faulty record)."""
+    problems = [(n, storage_problem(n)) for n in notifications]
+    bad = [problem for _n, problem in problems if problem is not None]
+    if not bad:
+        return notifications, []
+    if len(bad) == len(notifications):
+        raise RowRejected("; ".join(dict.fromkeys(bad)))
+    faults = [f"one of the record's notifications not made: {problem}" for problem in bad]
+    return [n for n, problem in problems if problem is None], faults
 
 
 # A notification's distinct observation times are its `count`. Up to two of them are its

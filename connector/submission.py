@@ -43,6 +43,8 @@ from connector.store.store import object_version_key
 from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
 
 _OPTIONS = ValidationOptions(version="2.1")
+_TYPE_MAX = t.stix_objects.c.type.type.length or 0
+_ID_MAX = t.stix_objects.c.stix_id.type.length or 0
 _TLP_BY_MARKING = {v: k for k, v in TLP2_MARKING_IDS.items()} | TLP1_MARKING_IDS
 _OFFICIAL_MARKINGS = set(_TLP_BY_MARKING)
 _SCO_TYPES = {
@@ -115,6 +117,14 @@ def validate(item: Any) -> str | None:
         return "not a STIX object: it must be a JSON object with string 'type' and 'id'"
     if item.get("type") == "bundle":
         return "a bundle cannot be an object of a submission"
+    if len(item["type"]) > _TYPE_MAX or len(item["id"]) > _ID_MAX:
+        # The spec allows types of 250 characters; the store's columns are narrower, and
+        # PostgreSQL refusing the row would fail the whole submission.
+        return f"type or id too long: the store keeps types of {_TYPE_MAX} and ids of {_ID_MAX} characters"
+    if item.get("spec_version", "2.1") != "2.1":
+        # The 2.1 validator accepts "2.0" (its schemas' enum), but such an object is neither
+        # 2.1 nor 2.0 (2.0 objects have no spec_version) and stix2.parse refuses it.
+        return f"spec_version {item.get('spec_version')!r}: only STIX 2.1 objects are accepted"
     try:
         result = validate_instance(item, _OPTIONS)
     except ValidatorInputError as exc:

@@ -473,7 +473,7 @@ def _pw(tag: str) -> str:
 def faulty_file(directory: Path) -> tuple[Path, dict[str, str], dict[int, tuple[str, ...]], list[int]]:
     """Sample-shaped rows, each carrying a unique searchable password: (path, passwords,
     expected reason fragments by quarantined line, lines that must be routed)."""
-    pw = {k: _pw(k) for k in ("A", "B", "C", "D", "E", "F1", "F2", "G", "H", "I")}
+    pw = {k: _pw(k) for k in ("A", "B", "C", "D", "E", "F1", "F2", "G", "H", "I", "J1", "J2")}
     pw["C"] = pw["C"].lower()
     flags = ",".join("0" for _ in FLAGS)
     ts, leaked = "2024-09-20T10:00:00Z", "2024-08-30"
@@ -498,6 +498,9 @@ def faulty_file(directory: Path) -> tuple[Path, dict[str, str], dict[int, tuple[
         f'user37@example.nl,"{pw["H"]},""q",https://portal.example.nl/login,{ts},{leaked},{flags},',
         # 10: the password where the username belongs.
         f"{pw['I']},{pw['I']},https://portal.example.nl/login,{ts},{leaked},{flags},",
+        # 11: an unquoted comma in the password of a row without its trailing empty cell: the
+        # header's width, every cell shifted, the URL with the password where ts_found belongs.
+        f"user38@example.nl,{pw['J1']},{pw['J2']},https://user38:{pw['J1']}@portal.example.nl/,{ts},{leaked},{flags}",
     ]
     buffer.write("\n" + "\n".join(lines) + "\n")
     path = directory / "DIVD-2024-00099.credentials.csv"
@@ -507,10 +510,11 @@ def faulty_file(directory: Path) -> tuple[Path, dict[str, str], dict[int, tuple[
         3: ("email:", "withheld"),
         4: ("email:", "withheld"),
         5: ("observed_at: missing",),
-        6: ("observed_at:", "yesterday"),
+        6: ("observed_at:", "withheld"),
         7: ("fields where the header has",),
         8: ("evidence url:", "withheld"),
         10: ("email:", "withheld"),
+        11: ("observed_at:", "withheld"),
     }
     return path, pw, reasons, [2, 9]
 

@@ -177,6 +177,38 @@ def test_a_failed_run_records_what_was_committed(
     assert invariants(store) == []
 
 
+def test_an_interrupted_run_records_what_was_committed(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) mid-run: the run stayed `running` with no counts forever,
+    though its first commits were in the store."""
+    rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(700)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    interrupted = ingestor(
+        store, sample_config, mappings, batch_size=100, commit_every=300, commit_seconds=10**6
+    )
+    route, calls = interrupted.router.route, 0
+
+    def route_until_550(n: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 550:
+            raise KeyboardInterrupt
+        return route(n)
+
+    monkeypatch.setattr(interrupted.router, "route", route_until_550)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(PARTNER, "shadowserver", [path])
+    with store.engine.connect() as conn:
+        run_id = conn.execute(text("SELECT max(id) FROM ingest_runs")).scalar_one()
+    run = store.run(run_id)
+    assert run is not None and run["status"] == "failed"
+    assert run["counts"]["new"] == 300 and "KeyboardInterrupt" in run["error"]
+    again = ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+    assert (again.counts["new"], again.counts["unchanged"]) == (400, 300)
+    assert invariants(store) == []
+
+
 def test_store_fixture_is_synced(store: Store, sample_config: Config) -> None:
     """The conftest store fixture builds on this module's configuration."""
     ids = {row.id for row in collection_rows(sample_config)}

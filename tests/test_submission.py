@@ -343,6 +343,43 @@ def test_type_confused_objects_are_rejected_not_raised(
     assert receivers_of(store, good["id"]) == {"gemeente-voorbeeld"}
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"spec_version": "2.0"}, "only STIX 2.1 objects"),
+        (
+            {"type": "x-" + "a" * 70, "id": "x-" + "a" * 70 + "--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f"},
+            "too long",
+        ),
+        (
+            {"type": "x-" + "a" * 100, "id": "x-" + "a" * 100 + "--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f"},
+            "too long",
+        ),
+    ],
+    ids=["spec-version-2.0", "type-over-64", "id-over-128"],
+)
+def test_objects_the_store_or_stix2_cannot_take_are_rejected(
+    store: Store, sample_config: Config, changes: Json, message: str
+) -> None:
+    """A `spec_version: "2.0"` SDO passed the 2.1 validator and was served though stix2.parse
+    refuses it; a custom type or id longer than the store's columns passed too and PostgreSQL
+    then refused the insert, losing the whole submission."""
+    item = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": f"identity--{uuid.uuid4()}",
+        "created": "2024-09-01T00:00:00.000Z",
+        "modified": "2024-09-01T00:00:00.000Z",
+        "name": "x",
+        "identity_class": "individual",
+    } | changes
+    good = indicator("198.51.100.33")
+    result = submit(store, sample_config, [item, good])
+    assert [o.ok for o in result.outcomes] == [False, True]
+    assert message in (result.outcomes[0].message or "")
+    assert receivers_of(store, good["id"]) == {"gemeente-voorbeeld"}
+
+
 # ==============================================================================================
 # Routing by observables
 # ==============================================================================================

@@ -156,6 +156,10 @@ class MappedAdapter:
     def _compile(self, name: str, spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
         """One field's value from a record: converted, None when absent, RowRejected when wrong."""
         paths = spec.paths()
+        # A mapping whose raw lines may not be kept (they hold personal data) quotes no value
+        # in a reason either, secret or not: a password with an unquoted comma shifts the row's
+        # cells, so any column may hold password text or a `user:password@` URL.
+        withhold = spec.secret or not self.mapping.keep_raw_in_quarantine
         if spec.value is not None or spec.context is not None:
             if spec.value is not None:
                 raw, where = spec.value, name
@@ -164,8 +168,8 @@ class MappedAdapter:
                     self.context.values.get(spec.context, MISSING),
                     f"case metadata {spec.context!r}",
                 )
-            return _constant_field(_finisher(name, spec, where), raw, where)
-        finish = _finisher(name, spec, name)
+            return _constant_field(_finisher(name, spec, where, withhold), raw, where)
+        finish = _finisher(name, spec, name, withhold)
         if len(paths) == 1:
             path = paths[0]
             return lambda data: finish(lookup(data, path), path)
@@ -180,8 +184,9 @@ class MappedAdapter:
         return first_present
 
 
-def _finisher(name: str, spec: FieldSpec, where_absent: str) -> Callable[[Any, str], Any]:
-    """Checks presence and converts: the part of every field that is the same for any source."""
+def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> Callable[[Any, str], Any]:
+    """Checks presence and converts: the part of every field that is the same for any source.
+    With `withhold`, a reason names the fault but never quotes the value."""
     convert = CONVERTERS[spec.convert] if spec.convert is not None else None
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
@@ -197,7 +202,7 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str) -> Callable[[Any, s
         except ValueError as exc:
             # A value that is present but wrong is a fault even where the field is optional:
             # dropping it silently would turn a bad row into a misleading notification.
-            detail = "not usable (value withheld: personal data)" if spec.secret else str(exc)
+            detail = "not usable (value withheld: personal data)" if withhold else str(exc)
             raise RowRejected(f"{name}: {detail} (from {where})") from None
 
     return finish

@@ -173,7 +173,10 @@ def _events(items: list[Any], line: int | None = None) -> Iterator[Row]:
     """Events of a list: numbered by position, or all by the one line that held them."""
     for position, item in enumerate(items, start=1):
         number = position if line is None else line
-        raw = orjson.dumps(item)[:RAW_KEEP].decode("utf-8", errors="replace")
+        try:
+            raw = orjson.dumps(item)[:RAW_KEEP].decode("utf-8", errors="replace")
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: PyMISP's load says so
+            raw = ""
         if isinstance(item, dict):
             yield RawRecord(number, item, raw)
         else:

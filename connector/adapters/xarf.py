@@ -528,6 +528,9 @@ class _Document:
         except json.JSONDecodeError as exc:
             yield RowError(exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})", self.text[pos:])
             return None
+        except RecursionError:  # the json module's decoder recurses per level of nesting
+            yield RowError(self.line(pos), "not readable JSON: nested too deeply", "")
+            return None
         raw = self.text[pos:end]
         if isinstance(value, dict):
             yield RawRecord(self.line(pos), value, raw)
