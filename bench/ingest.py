@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from itertools import islice, pairwise
+from itertools import islice
 from pathlib import Path
 
 import orjson
@@ -51,6 +51,7 @@ from connector.routing import Router
 from connector.stix.build import NotificationState, notification_objects, notification_objects_and_own_ids
 from connector.stix.ids import timestamp
 from connector.store import Store
+from connector.store.store import Writer
 
 COLUMNS = [
     "timestamp",
@@ -152,17 +153,62 @@ def naive_objects(record: dict[str, str]) -> list[str]:
 
 def growth(marks: list[tuple[float, int]], size: int, rows: int) -> str:
     """Rows per second in each tenth of the input (by bytes read, rows being of one size); the
-    last tenth ends with the final commit."""
-    times = [0.0]
-    for k in range(1, 10):
-        times.append(next((t for t, done in marks if done >= size * k / 10), marks[-1][0]))
-    times.append(marks[-1][0])
-    # "-": the tenth ended inside the same batch as the one before (a small input)
-    rates = [f"{rows / 10 / (b - a):,.0f}" if b > a else "-" for a, b in pairwise(times)]
+    tenth that ends with the last batch ends with the final commit. "-": the tenth ended inside
+    the same batch as the one before (a small input), so it has no time of its own."""
+    last = len(marks) - 1
+    ends = [
+        next((i for i, (_, done) in enumerate(marks) if done >= size * k / 10), last) for k in range(1, 11)
+    ]
+    rates, before, at = [], -1, 0.0
+    for end in ends:
+        if end == before:
+            rates.append("-")
+            continue
+        moment = marks[last][0] if end == ends[-1] else marks[end][0]
+        rates.append(f"{rows / 10 / (moment - at):,.0f}")
+        before, at = end, moment
     return " | ".join(rates) + " rows/s"
 
 
 TARGET_RATE = 20_000  # rows/s end to end
+
+
+class StoreTimer:
+    """Seconds an ingest spends inside the store's statements and commits, measured in the same
+    run as the end-to-end figure: what is left is Python (reading, mapping, routing, STIX, the
+    writer's own bookkeeping). It wraps the writer's statement helpers (the outermost call only:
+    `_insert` calls `_many` on SQLite) and the dialect's commit; the few other statements an
+    ingest makes (the run's own rows, the clock) are not counted, so the share is a floor."""
+
+    def __init__(self, store: Store) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+        self._undo: list[Callable[[], None]] = []
+        for name in ("_insert", "_many", "_rows_in"):
+            self._wrap(Writer, name, getattr(Writer, name))
+        dialect = store._write_engine.dialect
+        self._wrap(dialect, "do_commit", dialect.do_commit)
+
+    def _wrap(self, owner: object, name: str, original: Callable[..., object]) -> None:
+        materialise = name == "_rows_in"  # a generator: its statements run while it is iterated
+
+        def timed(*args: object, **kwargs: object) -> object:
+            self._depth += 1
+            started = time.perf_counter()
+            try:
+                result = original(*args, **kwargs)
+                return list(result) if materialise else result  # type: ignore[call-overload]
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - started
+
+        setattr(owner, name, timed)
+        self._undo.append(lambda: setattr(owner, name, original) if owner is Writer else delattr(owner, name))
+
+    def close(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
 
 
 def notifications_of(adapter: MappedAdapter, rows: Iterable[Row]) -> Iterator[Notification]:
@@ -289,6 +335,7 @@ def main() -> None:
     store.sync_collections(collection_rows(config))
     size = report.stat().st_size
     marks: list[tuple[float, int]] = []  # (seconds, bytes read) after each batch
+    store_time = StoreTimer(store)
     started = time.perf_counter()
     summary = Ingestor(
         config,
@@ -304,11 +351,18 @@ def main() -> None:
         progress=lambda done: marks.append((time.perf_counter() - started, done)),
     )
     elapsed = time.perf_counter() - started
+    store_time.close()
     rate = args.rows / elapsed
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"end to end: {args.rows:,} rows in {elapsed:.1f} s = {rate:,.0f} rows/s; peak RSS {peak:.0f} MiB")
     print("counts:", json.dumps({k: summary.counts[k] for k in sorted(summary.counts)}))
     print("as the store grows:", growth(marks, size, args.rows))
+    per_row, in_store = elapsed / args.rows * 1e6, store_time.seconds / args.rows * 1e6
+    print(
+        f"of the {per_row:.1f} µs/row: {in_store:.1f} in the store's statements and commits "
+        f"({store_time.seconds / elapsed:.0%}), {per_row - in_store:.1f} in Python; the "
+        f"{TARGET_RATE:,} rows/s target allows {1e6 / TARGET_RATE:.0f} µs/row for both together"
+    )
 
     # The same rows' STIX objects, our way (mapping + dict building + serialising) and naively.
     mapping, _ = family_mapping(mappings, "shadowserver", report.name)
