@@ -131,22 +131,12 @@ COUNT_NAMES = (
 )
 
 
-# The notification row's text columns that adapters fill from their input, and their widths.
-# SQLite would store a longer value and PostgreSQL refuse it, failing the whole transaction (a
-# phishing URL or a MISP event's `info` easily runs past them): checked before a row is batched.
-_CHECKED_COLUMNS = {name: t.notifications.c[name].type.length for name in ("identifier", "observable")}
-
-
 def storage_problem(n: Notification) -> str | None:
-    """Why the store cannot hold this notification (None when it can), naming no value: a
-    value too long for its column, a NUL character (PostgreSQL text cannot hold one), evidence
-    that cannot be serialised (nested deeper than orjson writes). Found here, the record is
+    """Why the store cannot hold this notification (None when it can), naming no value: a NUL
+    character in its identifier or observable (PostgreSQL text cannot hold one), evidence that
+    cannot be serialised (nested deeper than orjson writes). Found here, the record is
     quarantined; found when the batch is written, it would fail every row of the batch."""
-    values = {"identifier": n.classification.identifier, "observable": n.observable}
-    for name, value in values.items():
-        limit = _CHECKED_COLUMNS[name]
-        if limit is not None and len(value) > limit:
-            return f"{name}: {len(value)} characters, more than the {limit} the store keeps"
+    for name, value in (("identifier", n.classification.identifier), ("observable", n.observable)):
         if "\x00" in value:
             return f"{name}: contains a NUL character"
     try:

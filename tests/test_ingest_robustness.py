@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, func, or_, select
 
 from connector.adapters.mapping import load_mappings
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor, RunSummary
 from connector.store import Store
+from connector.store import schema as t
 from connector.yamlfile import load_yaml
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+from tests.test_membership_layout import alembic
 
 SHADOWSERVER = SHARED_DATA / "shadowserver"
 MISP_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
@@ -50,42 +53,61 @@ def report_with(tmp_path: Path, report: str, row: int, old: str, new: str) -> Pa
     return path
 
 
-@pytest.mark.parametrize(
-    ("report", "old", "new", "reason"),
-    [
-        # Phishing URLs run long; the natural key's observable column is 300 characters wide.
-        ("phish_url", "/Postal-/acec6/", "/Postal-/acec6/" + "x" * 400, "observable: 449 characters"),
-        ("special", "cyclops-blink", "cyclops-blink" + "y" * 200, "identifier: 213 characters"),
-        ("special", "cyclops-blink", "cyclops\x00-blink", "identifier: contains a NUL character"),
-    ],
-)
-def test_a_value_the_store_cannot_hold_is_quarantined_beside_good_rows(
-    tmp_path: Path, store: Store, config: Config, report: str, old: str, new: str, reason: str
+def test_a_nul_character_the_store_cannot_hold_is_quarantined_beside_good_rows(
+    tmp_path: Path, store: Store, config: Config
 ) -> None:
-    """PostgreSQL refused the row (value too long for its column, NUL in text) and failed the
-    whole run with a traceback; SQLite stored it. Now both quarantine it."""
-    path = report_with(tmp_path, report, 1, old, new)
-    good = len((SHADOWSERVER / f"{report}.csv").read_text(encoding="utf-8").splitlines()) - 2
+    """PostgreSQL text cannot hold a NUL: the row failed the whole run with a traceback, while
+    SQLite stored it. Now both quarantine it, and the rows beside it go in."""
+    path = report_with(tmp_path, "special", 1, "cyclops-blink", "cyclops\x00-blink")
+    good = len((SHADOWSERVER / "special.csv").read_text(encoding="utf-8").splitlines()) - 2
     summary = ingest(store, config, "shadowserver", "shadowserver", path)
     assert summary.counts["quarantined"] == 1
     assert summary.counts["notifications"] == good
     [row] = run_rows(store, summary)
-    assert row["line"] == 2 and row["reason"].startswith(reason)
+    assert row["line"] == 2 and row["reason"] == "identifier: contains a NUL character"
 
 
-def test_a_misp_event_whose_info_is_too_long_for_an_identifier_is_quarantined(
-    tmp_path: Path, store: Store, config: Config
+@pytest.mark.parametrize(
+    ("report", "old", "new"),
+    [
+        # Phishing URLs run long (these columns were 300 and 128 characters wide: migration 0005).
+        ("phish_url", "/Postal-/acec6/", "/Postal-/acec6/" + "x" * 4000),
+        ("special", "cyclops-blink", "cyclops-blink" + "y" * 1000),
+    ],
+)
+def test_long_observables_and_identifiers_are_stored_whole(
+    tmp_path: Path, store: Store, config: Config, report: str, old: str, new: str
 ) -> None:
+    """PostgreSQL refused them (varchar) and failed the run; a valid notification must not be
+    lost for its length, so it is stored whole, on both engines, and ingesting it again
+    changes nothing."""
+    path = report_with(tmp_path, report, 1, old, new)
+    rows = len((SHADOWSERVER / f"{report}.csv").read_text(encoding="utf-8").splitlines()) - 1
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert summary.counts["quarantined"] == 0 and summary.counts["notifications"] == rows
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            select(t.notifications.c.observable, t.notifications.c.identifier).where(
+                or_(t.notifications.c.observable.contains(new), t.notifications.c.identifier == new)
+            )
+        ).all()
+    assert len(stored) == 1
+    again = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert again.counts["new"] == 0 and again.counts["updated"] == 0
+
+
+def test_a_misp_event_with_a_long_info_is_stored(tmp_path: Path, store: Store, config: Config) -> None:
+    """A MISP event's `info` becomes identifiers; past 128 characters PostgreSQL refused it."""
     event = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
     body = event.get("Event", event)
     body["info"] = "OSINT - " + "a long description of the campaign " * 8
-    good = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
     path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(event) + "\n" + json.dumps(good) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(event) + "\n", encoding="utf-8")
     summary = ingest(store, config, "connect2trust", "misp-event", path)
-    assert summary.counts["quarantined"] == 1 and summary.counts["notifications"] > 0
-    [row] = run_rows(store, summary)
-    assert row["line"] == 1 and row["reason"].startswith("identifier: ")
+    assert summary.counts["quarantined"] == 0 and summary.counts["notifications"] > 0
+    with store.engine.connect() as conn:
+        longest = conn.execute(select(func.max(func.length(t.notifications.c.identifier)))).scalar_one()
+    assert longest > 128
 
 
 def test_evidence_nested_too_deeply_to_store_is_quarantined(
@@ -172,3 +194,44 @@ def test_a_misp_event_nested_too_deeply_in_a_list_is_quarantined_not_a_crash(
     assert summary.counts["notifications"] > 0 and summary.counts["quarantined"] == 1
     [row] = run_rows(store, summary)
     assert row["line"] == 2
+
+
+def test_migration_0005_keeps_notifications_both_ways(store_url: str) -> None:
+    """The widening (0005) carries a store's notifications over and back unchanged; SQLite
+    rebuilds the table to do it."""
+    alembic(store_url, "upgrade", "0004")
+    row = {
+        "key": "k" * 64,
+        "partner": "shadowserver",
+        "feed": "shadowserver-special",
+        "classification": "vulnerable/vulnerable-system",
+        "identifier": "cyclops-blink",
+        "observable": "192.0.2.1:443",
+        "day": "2024-06-01",
+        "tlp": "amber",
+        "sighting_id": "sighting--00000000-0000-5000-8000-000000000000",
+        "first_seen": 1,
+        "last_seen": 2,
+        "count": 2,
+        "created": "2024-06-01T00:00:00.000Z",
+        "modified": "2024-06-01T00:00:00.000Z",
+        "recipients": '["zcert"]',
+        "first_run": 1,
+        "last_run": 1,
+    }
+
+    def stored() -> list[dict[str, Any]]:
+        engine = create_engine(store_url)
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(select(t.notifications))]
+        engine.dispose()
+        return rows
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(t.notifications.insert(), row)
+    engine.dispose()
+    Store.open(store_url).close()  # migrates to the head
+    assert stored() == [row]
+    alembic(store_url, "downgrade", "0004")
+    assert stored() == [row]

@@ -88,8 +88,9 @@ notifications = Table(
     Column("partner", String(64), nullable=False),
     Column("feed", String(64), nullable=False),
     Column("classification", String(128), nullable=False),
-    Column("identifier", String(128), nullable=False),
-    Column("observable", String(300), nullable=False),
+    # From partners' input, unbounded (a phishing URL, a MISP event's info): migration 0005.
+    Column("identifier", Text, nullable=False),
+    Column("observable", Text, nullable=False),
     Column("day", String(10), nullable=False),
     Column("tlp", String(16), nullable=False),
     Column("sighting_id", String(128), nullable=False),
