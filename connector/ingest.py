@@ -26,7 +26,7 @@ from sqlalchemy import insert
 
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping, families, family_mapping
-from connector.adapters.readers import RawRecord, RowError
+from connector.adapters.readers import RawRecord, RowError, readable
 from connector.adapters.registry import (
     CODE_ADAPTERS,
     Adapter,
@@ -429,10 +429,10 @@ class Ingestor:
 def _storable_text(text: str, limit: int) -> str:
     """A run row's text as the store can hold it: at most `limit` characters, NUL written as
     `\\x00` (PostgreSQL text cannot hold a NUL, and refusing the row would fail the run over
-    the very fault it records)."""
+    the very fault it records), and any byte a reader could not decode as U+FFFD."""
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return text.replace("\x00", "\\x00")
+    return readable(text).replace("\x00", "\\x00")
 
 
 def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:

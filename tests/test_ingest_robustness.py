@@ -4,6 +4,7 @@ while the good rows become notifications."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,97 @@ def test_migration_0005_keeps_notifications_both_ways(store_url: str) -> None:
     assert stored() == [row]
     alembic(store_url, "downgrade", "0004")
     assert stored() == [row]
+
+
+def latin1_report(tmp_path: Path, report: str, row: int, old: str, new: str) -> Path:
+    """A copy of a Shadowserver sample whose one row has a value in Latin-1 bytes."""
+    lines = (SHADOWSERVER / f"{report}.csv").read_bytes().splitlines()
+    assert old.encode() in lines[row]
+    lines[row] = lines[row].replace(old.encode(), new.encode("latin-1"))
+    path = tmp_path / f"2024-06-01-{report}-nl.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_a_csv_row_that_is_not_utf8_is_quarantined_not_altered(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """It was read with each bad byte as U+FFFD and stored so, silently: `café.example.nl`
+    in Latin-1 became a host name nobody has. Now the row is quarantined, naming the column,
+    and the rows beside it go in."""
+    path = latin1_report(tmp_path, "compromised_website", 1, '"example.com"', '"café.example.com"')
+    rows = len((SHADOWSERVER / "compromised_website.csv").read_bytes().splitlines()) - 1
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert summary.counts["quarantined"] == 1 and summary.counts["notifications"] == rows - 1
+    [row] = run_rows(store, summary)
+    assert row["line"] == 2
+    assert row["reason"].startswith("not valid UTF-8") and "hostname" in row["reason"]
+    assert "caf\ufffd.example.com" in row["raw"]  # the excerpt shows where, and can be stored
+    with store.engine.connect() as conn:
+        observables = conn.execute(select(t.notifications.c.observable)).scalars().all()
+    assert not any("\ufffd" in o for o in observables)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("utf-16", "unreadable header: not valid UTF-8"),
+        ("duplicate", "unreadable header: column(s) named more than once: ip"),
+    ],
+)
+def test_a_csv_whose_header_cannot_be_used_is_one_clear_fault(
+    tmp_path: Path, store: Store, config: Config, content: str, reason: str
+) -> None:
+    """A UTF-16 file gave one "N fields where the header has M" per row; a header naming `ip`
+    twice kept the second cell silently. Either is one fault at line 1 saying what is wrong."""
+    text = (SHADOWSERVER / "compromised_website.csv").read_text(encoding="utf-8")
+    path = tmp_path / "2024-06-01-compromised_website-nl.csv"
+    if content == "utf-16":
+        path.write_bytes(text.encode("utf-16"))
+    else:
+        header, rest = text.split("\n", 1)
+        path.write_text(header.replace('"port"', '"ip"') + "\n" + rest, encoding="utf-8")
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert summary.counts["notifications"] == 0
+    [row] = run_rows(store, summary)
+    assert row["line"] == 1 and row["reason"].startswith(reason)
+
+
+def test_a_password_that_is_not_utf8_is_quarantined_without_its_value(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """A leaked-credentials row in Latin-1: quarantined naming the column, no raw line kept."""
+    sample = next((SHARED_DATA / "credentials").glob("*.csv"))
+    lines = sample.read_bytes().splitlines()
+    header = lines[0].decode().split(",")
+    column = next(i for i, name in enumerate(header) if "password" in name)
+    cells = lines[1].split(b",")
+    cells[column] = "geheim-é-wachtwoord".encode("latin-1")
+    lines[1] = b",".join(cells)
+    path = tmp_path / sample.name
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    for sidecar in sample.parent.glob("*.yaml"):
+        (tmp_path / sidecar.name).write_bytes(sidecar.read_bytes())
+    summary = ingest(store, config, "divd", "divd-credentials", path)
+    [row] = [r for r in run_rows(store, summary) if r["line"] == 2]
+    assert row["reason"].startswith("not valid UTF-8") and header[column] in row["reason"]
+    assert row["raw"] is None
+    assert "geheim" not in repr(store.run_rows(summary.run_id))
+
+
+def test_jsonl_and_xarf_reports_that_are_not_utf8_are_quarantined(tmp_path: Path) -> None:
+    """JSON lines said "not valid JSON (truncated line?)"; a document's report was altered."""
+    from connector.adapters import xarf
+    from connector.adapters.readers import NOT_UTF8, read_jsonl
+
+    report = json.loads((SHARED_DATA / "xarf" / "samples" / "connection-port-scan.json").read_text())
+    good = json.dumps(report).encode()
+    bad = json.dumps(report | {"description": "caf\udce9"}, ensure_ascii=False).encode(
+        "utf-8", "surrogateescape"
+    )
+    rows = list(read_jsonl(io.BytesIO(good + b"\n" + bad + b"\n")))
+    assert [type(r).__name__ for r in rows] == ["RawRecord", "RowError"] and rows[1].reason == NOT_UTF8
+    document = b"[" + good + b",\n" + bad + b",\n" + good + b"]"
+    rows = list(xarf.read_reports(io.BytesIO(document)))
+    assert [type(r).__name__ for r in rows] == ["RawRecord", "RowError", "RawRecord"]
+    assert rows[1].reason == NOT_UTF8 and rows[1].line == 2 and "caf\ufffd" in rows[1].raw

@@ -29,7 +29,7 @@ import orjson
 from connector.adapters import converters
 from connector.adapters.engine import RowRejected
 from connector.adapters.paths import MISSING, lookup
-from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
+from connector.adapters.readers import NOT_UTF8, RawRecord, Row, RowError, read_jsonl, readable, utf8_fault
 from connector.adapters.registry import TABLES_DIR, AdapterContext, AdapterInfo, register
 from connector.normalize import canonical_domain, canonical_ip, is_ip
 from connector.notification import Classification, Notification, SourceRef
@@ -491,6 +491,9 @@ def _is_json_lines(stream: BinaryIO) -> bool:
         stream.seek(start)
 
 
+_RAW_KEEP = 10_000  # of an unreadable rest of a document: the ingest keeps 2,000 characters
+
+
 class _Document:
     """One JSON document: objects (one after another) or arrays of them, with line numbers."""
 
@@ -526,12 +529,16 @@ class _Document:
         try:
             value, end = self.decoder.raw_decode(self.text, pos)
         except json.JSONDecodeError as exc:
-            yield RowError(exc.lineno, f"not valid JSON: {exc.msg} (column {exc.colno})", self.text[pos:])
+            reason = f"not valid JSON: {exc.msg} (column {exc.colno})"
+            yield RowError(exc.lineno, reason, readable(self.text[pos : pos + _RAW_KEEP]))
             return None
         except RecursionError:  # the json module's decoder recurses per level of nesting
             yield RowError(self.line(pos), "not readable JSON: nested too deeply", "")
             return None
         raw = self.text[pos:end]
+        if utf8_fault(raw):  # the JSON is whole: the next report can be read
+            yield RowError(self.line(pos), NOT_UTF8, readable(raw))
+            return end
         if isinstance(value, dict):
             yield RawRecord(self.line(pos), value, raw)
         else:
@@ -566,7 +573,7 @@ def read_reports(stream: BinaryIO) -> Iterator[Row]:
         reason = f"a single JSON document over {MAX_DOCUMENT // 2**20} MiB: deliver JSON lines instead"
         yield RowError(1, reason, "")
         return
-    yield from _Document(data.decode("utf-8-sig", errors="replace")).rows()
+    yield from _Document(data.decode("utf-8-sig", errors="surrogateescape")).rows()
 
 
 # --- the adapter -------------------------------------------------------------------------------
