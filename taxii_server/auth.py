@@ -23,6 +23,9 @@ from taxii_server.errors import TaxiiError
 log = logging.getLogger("meldpunt.taxii.auth")
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="Security Meldpunt TAXII", charset="UTF-8"'}
+# Failures a client address may have across all accounts before its back-off counts them all:
+# guessing one password per account (password spraying) never fails twice for one account.
+SPRAY_ALLOWANCE = 5
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class Authenticator:
         self._principals = {u.username: principal_for(u, collections) for u in config.users}
         self._tokens = {tok.id: (u.username, tok.hash) for u in config.users for tok in u.tokens}
         self._cache = VerifiedCache()
-        self._failures: dict[str, int] = {}
+        self._failures: dict[str, int] = {}  # by client and username
+        self._client_failures: dict[str, int] = {}  # by client, across usernames
         self._lock = threading.Lock()
         self._failure_delay = failure_delay
         self._max_delay = max_delay
@@ -115,16 +119,25 @@ class Authenticator:
         return username, self._cache.verify(token_hash, parsed[1])
 
     def _failure(self, username: str, client: str, key: str) -> AuthenticationFailed:
-        """Log, and give the error to raise with this client's back-off."""
+        """Log, and give the error to raise with this client's back-off: by its failures for
+        this account, or, past SPRAY_ALLOWANCE, by its failures for any account. A success
+        clears the first count only, so that one valid account cannot wash the other away.
+        Only failing requests wait: colleagues behind the same address who log in correctly
+        never do."""
         with self._lock:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-            if len(self._failures) > 100_000:
-                self._failures.clear()
+            spread = self._client_failures.get(client, 0) + 1
+            self._client_failures[client] = spread
+            for counts in (self._failures, self._client_failures):
+                if len(counts) > 100_000:
+                    counts.clear()
         log.warning(
-            "authentication failed", extra={"username": username, "client": client, "failures": failures}
+            "authentication failed",
+            extra={"username": username, "client": client, "failures": failures, "client_failures": spread},
         )
-        return AuthenticationFailed(min(self._max_delay, self._failure_delay * 2 ** (failures - 1)))
+        counted = min(max(failures, spread - SPRAY_ALLOWANCE), 64)  # 2.0**1024 overflows a float
+        return AuthenticationFailed(min(self._max_delay, self._failure_delay * 2.0 ** (counted - 1)))
 
 
 def _parse_basic(authorization: str | None) -> tuple[str, str]:
