@@ -16,7 +16,7 @@ from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_
 from connector.collections import collection_rows
 from connector.config import Config, ConfigError, load_config, parse_config
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
-from connector.logs import setup_logging
+from connector.logs import LogLevelError, setup_logging
 from connector.passwords import hash_password, new_token
 from connector.store import Store
 
@@ -65,7 +65,10 @@ def _open_store(config: Config) -> Store:
 def main(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning (default), error.")] = None,
 ) -> None:
-    setup_logging(log_level)
+    try:
+        setup_logging(log_level)
+    except LogLevelError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("hash-password")

@@ -29,9 +29,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(event, default=str).decode()
 
 
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class LogLevelError(ValueError):
+    """The log level given (option or environment) is not one of LEVELS."""
+
+
 def setup_logging(level: str | None = None) -> None:
+    """JSON lines on stderr at `level`, else $MELDPUNT_LOG_LEVEL, else warning.
+
+    An unknown level is refused with a message naming where it came from: logging's own
+    ValueError would otherwise surface as a traceback before any command runs.
+    """
+    source = "--log-level" if level else "MELDPUNT_LOG_LEVEL"
+    name = (level or os.environ.get("MELDPUNT_LOG_LEVEL") or "warning").lower()
+    if name not in LEVELS:
+        raise LogLevelError(f"{source}: unknown log level {name!r} (one of {', '.join(LEVELS)})")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("MELDPUNT_LOG_LEVEL") or "WARNING").upper())
+    root.setLevel(name.upper())

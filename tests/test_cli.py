@@ -603,3 +603,20 @@ def test_demo_does_not_delete_an_existing_directory(tmp_path: Path) -> None:
         "demo", "--no-serve", "--workdir", str(workdir), "--port", str(free_port()), cwd=tmp_path
     )
     assert precious.exists(), f"demo deleted {workdir} with everything in it\n{explain(result)}"
+
+
+# --- operator mistakes and broken surroundings: an error naming the problem, never a traceback
+
+
+def test_unknown_log_level_is_an_error_not_a_traceback(tmp_path: Path, fresh_config: Path) -> None:
+    result = run_cli(
+        "--log-level", "bogus", "export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config
+    )
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert "'bogus'" in result.stderr and "--log-level" in result.stderr
+    env = {**cli_env(fresh_config), "MELDPUNT_LOG_LEVEL": "loud"}
+    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path, env=env)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert "'loud'" in result.stderr and "MELDPUNT_LOG_LEVEL" in result.stderr
