@@ -56,8 +56,19 @@ def _mappings(config: Config) -> dict:  # type: ignore[type-arg]
 
 
 def _open_store(config: Config) -> Store:
-    store = Store.open(config.database)
-    store.sync_collections(collection_rows(config))
+    """Open (and migrate) the store; a store that cannot be reached or used is an error message
+    naming it (password hidden) and why, never a driver traceback."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = Store.open(config.database)
+        store.sync_collections(collection_rows(config))
+    except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = make_url(config.database).render_as_string(hide_password=True)
+        raise _fail(f"cannot open the store {where}: {reason}", code=1) from None
     return store
 
 

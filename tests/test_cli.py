@@ -620,3 +620,49 @@ def test_unknown_log_level_is_an_error_not_a_traceback(tmp_path: Path, fresh_con
     assert result.returncode == 2, explain(result)
     assert "Traceback" not in result.stderr
     assert "'loud'" in result.stderr and "MELDPUNT_LOG_LEVEL" in result.stderr
+
+
+def _with_database(directory: Path, url: str) -> Path:
+    raw = example_raw()
+    path = write_config(directory, raw)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["database"] = url
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("where", "fragment"),
+    [
+        ("not-a-directory", "a-file"),
+        ("unreachable-postgresql", "Connection refused"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_an_error_not_a_traceback(
+    tmp_path: Path, where: str, fragment: str
+) -> None:
+    if where == "not-a-directory":
+        (tmp_path / "a-file").write_text("", encoding="utf-8")
+        url = f"sqlite:///{tmp_path / 'a-file' / 'meldpunt.db'}"
+    else:
+        url = f"postgresql+psycopg://meldpunt:s3cret-pw@127.0.0.1:{free_port()}/meldpunt"
+    config = _with_database(tmp_path, url)
+    for command in (["export", "--recipient", "zcert"], [*INGEST_DIVD, str(DIVD_SCAN)], ["misp", "status"]):
+        result = run_cli(*command, cwd=tmp_path, config=config)
+        assert result.returncode != 0, explain(result)
+        assert "Traceback" not in result.stderr, explain(result)
+        assert "cannot open the store" in result.stderr and fragment in result.stderr, explain(result)
+        assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_a_store_of_a_newer_schema_is_an_error_not_a_traceback(tmp_path: Path, fresh_config: Path) -> None:
+    """A store migrated by a newer release: say so instead of an Alembic traceback."""
+    assert run_cli("export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config).returncode == 0
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    store.close()
+    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "cannot open the store" in result.stderr and "9999" in result.stderr, explain(result)
