@@ -413,8 +413,11 @@ def export(
     if out_file is None:
         count = write_bundle(store, recipient, sys.stdout.buffer)
     else:
-        with out_file.open("wb") as fh:
-            count = write_bundle(store, recipient, fh)
+        try:
+            with out_file.open("wb") as fh:
+                count = write_bundle(store, recipient, fh)
+        except OSError as exc:
+            raise _fail(f"cannot write {out_file}: {exc.strerror or exc}", code=1) from None
     console.print(f"{count} objects exported for {recipient}")
 
 

@@ -666,3 +666,14 @@ def test_a_store_of_a_newer_schema_is_an_error_not_a_traceback(tmp_path: Path, f
     assert result.returncode != 0, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     assert "cannot open the store" in result.stderr and "9999" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_export_to_an_unwritable_path_is_an_error_not_a_traceback(
+    tmp_path: Path, fresh_config: Path, where: str
+) -> None:
+    out = tmp_path / "absent" / "zcert.json" if where == "missing-directory" else tmp_path
+    result = run_cli("export", "--recipient", "zcert", "--out", str(out), cwd=tmp_path, config=fresh_config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "cannot write" in result.stderr and str(out) in result.stderr, explain(result)
