@@ -381,7 +381,8 @@ def misp_export_feed(
 def serve(
     config_path: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+    # Bounded: the OS would take 70000 as 70000 % 65536 and listen somewhere unexpected.
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: server.port).")] = None,
 ) -> None:
     """Serve the TAXII 2.1 API."""
     import uvicorn
@@ -391,7 +392,10 @@ def serve(
     config = _load(config_path)
     application = create_app(config, _open_store(config))
     uvicorn.run(
-        application, host=host or config.server.host, port=port or config.server.port, log_level="warning"
+        application,
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
+        log_level="warning",
     )
 
 
@@ -426,7 +430,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Directory for the demo's fresh SQLite store.")] = Path(
         "meldpunt-demo"
     ),
-    port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1).")] = 6100,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on (127.0.0.1).")] = 6100,
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Keep serving after the self-check.")
     ] = True,

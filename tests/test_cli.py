@@ -677,3 +677,15 @@ def test_export_to_an_unwritable_path_is_an_error_not_a_traceback(
     assert result.returncode != 0, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     assert "cannot write" in result.stderr and str(out) in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_a_port_out_of_range_is_refused_before_serving(
+    tmp_path: Path, fresh_config: Path, command: str, port: str
+) -> None:
+    """The OS takes 70000 as 70000 % 65536 = 4464: the server would listen somewhere else."""
+    result = run_cli(command, "--port", port, cwd=tmp_path, config=fresh_config)
+    assert result.returncode == 2, explain(result)
+    assert "Invalid value for '--port'" in result.stderr, explain(result)
+    assert not (tmp_path / "meldpunt.db").exists()
