@@ -396,6 +396,7 @@ def serve(
         host=host or config.server.host,
         port=config.server.port if port is None else port,
         log_level="warning",
+        log_config=None,  # uvicorn's own lines go through our JSON handler too, one line each
     )
 
 

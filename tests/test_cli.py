@@ -689,3 +689,21 @@ def test_a_port_out_of_range_is_refused_before_serving(
     assert result.returncode == 2, explain(result)
     assert "Invalid value for '--port'" in result.stderr, explain(result)
     assert not (tmp_path / "meldpunt.db").exists()
+
+
+def test_serve_on_a_port_in_use_fails_with_a_structured_log_line(tmp_path: Path, fresh_config: Path) -> None:
+    """Logs are one JSON object per line, the server's own (uvicorn's) included."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(
+            "serve", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path, config=fresh_config
+        )
+    assert result.returncode != 0, explain(result)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, explain(result)
+    events = [json.loads(line) for line in lines]  # every line is one JSON event
+    assert any("address already in use" in e["event"] for e in events if e["level"] == "error"), explain(
+        result
+    )
