@@ -13,8 +13,36 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+_SECRETS: set[str] = set()
+REDACTED = "[redacted]"
+
+
+def redact(secret: str | None) -> None:
+    """Never let `secret` reach the log output, whoever logs it.
+
+    Libraries log what they send: PyMISP writes every request's headers, the API key among
+    them, at debug level. The code that takes a secret out of the environment registers it
+    here, and every line is scrubbed of it as written (at any level, in any field).
+    """
+    if secret and len(secret) >= 8:  # shorter values would redact ordinary words
+        _SECRETS.add(secret)
+
+
+def _scrub(line: str) -> str:
+    for secret in _SECRETS:
+        if secret in line:
+            line = line.replace(secret, REDACTED)
+        escaped = orjson.dumps(secret).decode()[1:-1]  # as it appears inside a JSON string
+        if escaped != secret and escaped in line:
+            line = line.replace(escaped, REDACTED)
+    return line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return _scrub(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname.lower(),

@@ -184,3 +184,34 @@ def test_connect2trust_event_round_trip_keeps_attribute_uuids_types_values_and_t
     for f in fakes:
         for e in f.events.values():
             assert "tlp:amber" in {t["name"] for t in e["Tag"]}
+
+
+@pytest.fixture
+def json_logs(monkeypatch):  # type: ignore[no-untyped-def]
+    """The CLI's JSON logging at debug level into a buffer; the root logger restored after."""
+    import io
+    import logging
+    import sys
+
+    from connector.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    setup_logging("debug")
+    yield buffer.getvalue
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+def test_the_api_key_never_appears_in_the_logs_even_at_debug(tmp_path, fakes, monkeypatch, json_logs) -> None:  # type: ignore[no-untyped-def]
+    """PyMISP logs every request's headers at debug level, the Authorization key among them."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    fakes[0].fail_next(1, "500")
+    MispSync(config, store).run()
+    logged = json_logs()
+    assert '"logger":"pymisp"' in logged  # the debug lines were there to leak it
+    for fake in fakes:
+        assert fake.key not in logged

@@ -23,6 +23,7 @@ from pymisp.exceptions import MISPServerError, PyMISPError
 from sqlalchemy import and_, select, update
 
 from connector.config import Config, MispChannel
+from connector.logs import redact
 from connector.misp.convert import build_event
 from connector.store import Store
 from connector.store import schema as t
@@ -58,6 +59,7 @@ def default_client(recipient: str, channel: MispChannel) -> PyMISP:
     key = os.environ.get(channel.key_env or "")
     if not key:
         raise Refused(f"environment variable {channel.key_env} (the MISP API key of {recipient}) is not set")
+    redact(key)  # PyMISP logs its request headers at debug level, this key among them
     ssl: bool | str = str(channel.ca_bundle) if channel.ca_bundle else channel.verify_tls
     return PyMISP(channel.url or "", key, ssl=ssl, timeout=(10, 120), tool="meldpunt-connector")
 
