@@ -13,6 +13,7 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+_OWN_KEYS = {"ts", "level", "logger", "event", "exception"}
 _SECRETS: set[str] = set()
 REDACTED = "[redacted]"
 
@@ -51,7 +52,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                event[key] = value
+                # An extra named like one of the line's own keys must not replace it (an
+                # `event` extra once replaced what happened with a MISP event's UUID).
+                event[f"{key}_" if key in _OWN_KEYS else key] = value
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(event, default=str).decode()

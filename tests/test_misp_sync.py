@@ -215,3 +215,17 @@ def test_the_api_key_never_appears_in_the_logs_even_at_debug(tmp_path, fakes, mo
     assert '"logger":"pymisp"' in logged  # the debug lines were there to leak it
     for fake in fakes:
         assert fake.key not in logged
+
+
+def test_a_deferred_push_is_logged_as_what_happened_with_the_event_beside_it(
+    tmp_path, fakes, monkeypatch, json_logs
+) -> None:  # type: ignore[no-untyped-def]
+    """The log line's `event` says what happened; the MISP event's UUID must not replace it."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    fakes[0].fail_next(1000, "500")
+    MispSync(config, store).run("zcert")
+    lines = [json.loads(line) for line in json_logs().splitlines()]
+    ours = [e for e in lines if e["logger"] == "meldpunt.misp"]
+    assert ours and {e["event"] for e in ours} == {"misp push deferred"}
+    assert all(e["recipient"] == "zcert" and e["misp_event"] for e in ours)

@@ -140,7 +140,7 @@ class MispSync:
                 )
                 summary.add(rid, "retry-later")
             log.warning(
-                "misp push deferred", extra={"recipient": rid, "event": event_uuid, "error": str(exc)}
+                "misp push deferred", extra={"recipient": rid, "misp_event": event_uuid, "error": str(exc)}
             )
             return
         except Exception as exc:
@@ -148,7 +148,9 @@ class MispSync:
             self._mark(entry, status="failed", attempts=entry["attempts"] + 1, error=message)
             summary.add(rid, "failed")
             summary.errors.append(f"{rid} {event_uuid}: {message}")
-            log.error("misp delivery failed", extra={"recipient": rid, "event": event_uuid, "error": message})
+            log.error(
+                "misp delivery failed", extra={"recipient": rid, "misp_event": event_uuid, "error": message}
+            )
             return
         self._mark(entry, status="done", pushed_hash=built.content_hash)
         summary.add(rid, outcome)
