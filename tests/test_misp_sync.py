@@ -229,3 +229,18 @@ def test_a_deferred_push_is_logged_as_what_happened_with_the_event_beside_it(
     ours = [e for e in lines if e["logger"] == "meldpunt.misp"]
     assert ours and {e["event"] for e in ours} == {"misp push deferred"}
     assert all(e["recipient"] == "zcert" and e["misp_event"] for e in ours)
+
+
+def test_entries_of_a_recipient_removed_from_the_configuration_do_not_stop_the_others(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """An operator removes a recipient with entries still queued: the rest is still delivered."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    with store.engine.begin() as conn:  # 'a-removed-cert' sorts before ibd: it comes first
+        conn.exec_driver_sql("UPDATE misp_outbox SET recipient = 'a-removed-cert' WHERE recipient = 'zcert'")
+    summary = MispSync(config, store).run()
+    assert summary.per_recipient["ibd"]["added"] == len(fakes[1].events) > 0
+    assert summary.per_recipient["a-removed-cert"]["failed"] > 0
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert "no longer in the configuration" in status["a-removed-cert"]["last_error"]

@@ -102,7 +102,19 @@ class MispSync:
 
     def _deliver(self, entry: dict[str, Any], summary: SyncSummary) -> None:
         rid, event_uuid = entry["recipient"], entry["event_uuid"]
-        channel = self.config.recipient(rid).misp
+        try:
+            channel = self.config.recipient(rid).misp
+        except KeyError:
+            # Removed from the configuration with entries still queued: fail them visibly (a
+            # `misp retry` after adding it back sends them) instead of stopping the whole sync.
+            message = f"recipient {rid!r} is no longer in the configuration"
+            self._mark(entry, status="failed", attempts=entry["attempts"], error=message)
+            summary.add(rid, "failed")
+            summary.errors.append(f"{rid} {event_uuid}: {message}")
+            log.error(
+                "misp delivery failed", extra={"recipient": rid, "misp_event": event_uuid, "error": message}
+            )
+            return
         if channel is None or not channel.url:
             self._mark(entry, status="done")  # feed-only: the recipient pulls
             summary.add(rid, "feed-only")
