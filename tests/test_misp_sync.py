@@ -244,3 +244,50 @@ def test_entries_of_a_recipient_removed_from_the_configuration_do_not_stop_the_o
     assert summary.per_recipient["a-removed-cert"]["failed"] > 0
     status = {r["recipient"]: r for r in MispSync(config, store).status()}
     assert "no longer in the configuration" in status["a-removed-cert"]["last_error"]
+
+
+def test_an_unreachable_instance_is_tried_once_per_sync_not_once_per_entry(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Each try at an instance that does not answer costs the connect timeout (10 s), or the
+    read timeout (120 s) when it hangs: a backlog of thousands must not cost that thousands of
+    times. The rest of that recipient's entries wait for the next sync, with the same error."""
+    import requests
+
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    tries: list[str] = []
+
+    def unreachable(recipient: str, channel):  # type: ignore[no-untyped-def]
+        tries.append(recipient)
+        raise requests.ConnectTimeout(f"connect to {channel.url} timed out")
+
+    summary = MispSync(config, store, client_factory=unreachable).run()
+    assert summary.per_recipient["zcert"]["retry-later"] > 1
+    assert sorted(tries) == ["ibd", "zcert"]
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert status["zcert"]["failed"] == 0 and "timed out" in status["zcert"]["last_error"]
+
+
+def test_an_instance_that_stops_answering_mid_sync_is_not_tried_again_in_that_sync(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import requests
+    from pymisp import PyMISP
+
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    calls: list[str] = []
+
+    class Hanging:
+        def event_exists(self, uuid: str) -> bool:
+            calls.append(uuid)
+            raise requests.ReadTimeout("read timed out (120 s)")
+
+    def factory(recipient: str, channel):  # type: ignore[no-untyped-def]
+        return Hanging() if recipient == "zcert" else PyMISP(channel.url, fakes[1].key, ssl=False)
+
+    summary = MispSync(config, store, client_factory=factory).run()
+    assert summary.per_recipient["zcert"]["retry-later"] > 1
+    assert len(calls) == 1
+    assert summary.per_recipient["ibd"]["added"] > 0

@@ -40,6 +40,10 @@ class Retryable(Exception):
     """The MISP could not take it now (down, overloaded, rate limiting): try again later."""
 
 
+class Unreachable(Retryable):
+    """The MISP did not answer at all (refused, timed out): its other entries wait too."""
+
+
 class Refused(Exception):
     """The MISP refused the content itself: retrying the same will not help."""
 
@@ -75,6 +79,9 @@ class MispSync:
         self.client_factory = client_factory
         self._clients: dict[str, Any] = {}
         self._groups: dict[str, int] = {}
+        # Recipients whose MISP did not answer in this run, with why. Each try costs the
+        # connect or read timeout; their other entries are deferred without one.
+        self._unreachable: dict[str, str] = {}
 
     def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
         ob = t.misp_outbox
@@ -136,6 +143,8 @@ class MispSync:
             client = self._client(rid, channel)
             outcome = push_event(client, built.event, publish=channel.publish)
         except Retryable as exc:
+            if isinstance(exc, Unreachable):
+                self._unreachable[rid] = str(exc)
             attempts = entry["attempts"] + 1
             if attempts >= channel.max_attempts:
                 self._mark(entry, status="failed", attempts=attempts, error=str(exc))
@@ -189,10 +198,16 @@ class MispSync:
         return self._groups[rid]
 
     def _client(self, rid: str, channel: MispChannel) -> Any:
+        if rid in self._unreachable:
+            raise Unreachable(self._unreachable[rid])
         if rid not in self._clients:
             try:
                 self._clients[rid] = self.client_factory(rid, channel)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise Unreachable(f"cannot connect to {channel.url}: {exc}") from None
             except (requests.RequestException, MISPServerError, PyMISPError) as exc:
+                if isinstance(exc.__cause__ or exc.__context__, requests.ConnectionError | requests.Timeout):
+                    raise Unreachable(f"cannot connect to {channel.url}: {exc}") from None
                 raise Retryable(f"cannot connect to {channel.url}: {exc}") from None
         return self._clients[rid]
 
@@ -286,7 +301,7 @@ def push_event(client: Any, event: Any, *, publish: bool) -> str:
             response = client.add_event(event)
             outcome = "added"
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Retryable(f"connection failed: {exc}") from None
+        raise Unreachable(f"connection failed: {exc}") from None
     except MISPServerError as exc:
         raise Retryable(f"server error: {str(exc)[:300]}") from None
     errors = response.get("errors") if isinstance(response, dict) else None
