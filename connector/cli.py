@@ -120,7 +120,10 @@ def ingest(
     """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
     config = _load(config_path)
     store = _open_store(config)
-    ingestor = Ingestor(config, store, _mappings(config))
+    try:
+        ingestor = Ingestor(config, store, _mappings(config))
+    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+        raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths)
     done_before = 0
     with Progress(

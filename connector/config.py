@@ -258,6 +258,14 @@ class Config(_Strict):
 
     _check_database = field_validator("database")(_database_url)
 
+    @field_validator("asn_table")
+    @classmethod
+    def _asn_table_exists(cls, value: Path | None) -> Path | None:
+        # Read only when routing starts: a missing file would surface there as a traceback.
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
+
     def recipient(self, recipient_id: str) -> RecipientConfig:
         for r in self.recipients:
             if r.id == recipient_id:

@@ -707,3 +707,30 @@ def test_serve_on_a_port_in_use_fails_with_a_structured_log_line(tmp_path: Path,
     assert any("address already in use" in e["event"] for e in events if e["level"] == "error"), explain(
         result
     )
+
+
+def _with_asn_table(directory: Path, table: str) -> Path:
+    path = write_config(directory)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["asn_table"] = table
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_missing_asn_table_is_a_config_error(tmp_path: Path) -> None:
+    config = _with_asn_table(tmp_path, "absent-ipasn.dat")
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "asn_table" in result.stderr and "absent-ipasn.dat" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["ingest"])
+def test_a_malformed_asn_table_is_an_error_naming_its_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "ipasn.dat").write_text("203.0.113.0/24\t64500\nnot a line\n", encoding="utf-8")
+    config = _with_asn_table(tmp_path, "ipasn.dat")
+    args = [*INGEST_DIVD, str(DIVD_SCAN)] if command == "ingest" else ["serve", "--port", str(free_port())]
+    result = run_cli(*args, cwd=tmp_path, config=config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "ipasn.dat:2" in result.stderr, explain(result)
