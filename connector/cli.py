@@ -393,7 +393,11 @@ def serve(
     from taxii_server import create_app
 
     config = _load(config_path)
-    application = create_app(config, _open_store(config))
+    store = _open_store(config)
+    try:
+        application = create_app(config, store)
+    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+        raise _fail(str(exc)) from None
     uvicorn.run(
         application,
         host=host or config.server.host,

@@ -725,7 +725,7 @@ def test_a_missing_asn_table_is_a_config_error(tmp_path: Path) -> None:
     assert "asn_table" in result.stderr and "absent-ipasn.dat" in result.stderr, explain(result)
 
 
-@pytest.mark.parametrize("command", ["ingest"])
+@pytest.mark.parametrize("command", ["ingest", "serve"])
 def test_a_malformed_asn_table_is_an_error_naming_its_line(tmp_path: Path, command: str) -> None:
     (tmp_path / "ipasn.dat").write_text("203.0.113.0/24\t64500\nnot a line\n", encoding="utf-8")
     config = _with_asn_table(tmp_path, "ipasn.dat")
