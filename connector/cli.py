@@ -55,6 +55,15 @@ def _mappings(config: Config) -> dict:  # type: ignore[type-arg]
         raise _fail(str(exc)) from None
 
 
+def _known_recipient(config: Config, recipient: str | None) -> None:
+    """A mistyped --recipient must fail, not look like a recipient with nothing to do."""
+    if recipient is not None:
+        try:
+            config.recipient(recipient)
+        except KeyError:
+            raise _fail(f"unknown recipient {recipient!r}") from None
+
+
 def _open_store(config: Config) -> Store:
     """Open (and migrate) the store; a store that cannot be reached or used is an error message
     naming it (password hidden) and why, never a driver traceback."""
@@ -301,6 +310,7 @@ def misp_sync(
     from connector.misp.sync import MispSync
 
     config = _load(config_path)
+    _known_recipient(config, recipient)
     sync = MispSync(config, _open_store(config))
     with Progress(
         TextColumn("{task.description}"),
@@ -334,6 +344,7 @@ def misp_retry(
     from connector.misp.sync import MispSync
 
     config = _load(config_path)
+    _known_recipient(config, recipient)
     count = MispSync(config, _open_store(config)).retry_failed(recipient)
     out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`")
 

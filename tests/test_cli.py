@@ -734,3 +734,11 @@ def test_a_malformed_asn_table_is_an_error_naming_its_line(tmp_path: Path, comma
     assert result.returncode != 0, explain(result)
     assert "Traceback" not in result.stderr, explain(result)
     assert "ipasn.dat:2" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["sync", "retry"])
+def test_misp_commands_refuse_an_unknown_recipient(tmp_path: Path, fresh_config: Path, command: str) -> None:
+    """A typo must not read as 'nothing due' / '0 queued again' with success."""
+    result = run_cli("misp", command, "--recipient", "zcret", cwd=tmp_path, config=fresh_config)
+    assert result.returncode == 2, explain(result)
+    assert "unknown recipient 'zcret'" in result.stderr, explain(result)
