@@ -16,7 +16,7 @@ from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_
 from connector.collections import collection_rows
 from connector.config import Config, ConfigError, load_config, parse_config
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
-from connector.logs import setup_logging
+from connector.logs import LogLevelError, setup_logging
 from connector.passwords import hash_password, new_token
 from connector.store import Store
 
@@ -55,9 +55,29 @@ def _mappings(config: Config) -> dict:  # type: ignore[type-arg]
         raise _fail(str(exc)) from None
 
 
+def _known_recipient(config: Config, recipient: str | None) -> None:
+    """A mistyped --recipient must fail, not look like a recipient with nothing to do."""
+    if recipient is not None:
+        try:
+            config.recipient(recipient)
+        except KeyError:
+            raise _fail(f"unknown recipient {recipient!r}") from None
+
+
 def _open_store(config: Config) -> Store:
-    store = Store.open(config.database)
-    store.sync_collections(collection_rows(config))
+    """Open (and migrate) the store; a store that cannot be reached or used is an error message
+    naming it (password hidden) and why, never a driver traceback."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store = Store.open(config.database)
+        store.sync_collections(collection_rows(config))
+    except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = make_url(config.database).render_as_string(hide_password=True)
+        raise _fail(f"cannot open the store {where}: {reason}", code=1) from None
     return store
 
 
@@ -65,7 +85,10 @@ def _open_store(config: Config) -> Store:
 def main(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning (default), error.")] = None,
 ) -> None:
-    setup_logging(log_level)
+    try:
+        setup_logging(log_level)
+    except LogLevelError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("hash-password")
@@ -106,7 +129,10 @@ def ingest(
     """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
     config = _load(config_path)
     store = _open_store(config)
-    ingestor = Ingestor(config, store, _mappings(config))
+    try:
+        ingestor = Ingestor(config, store, _mappings(config))
+    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+        raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths)
     done_before = 0
     with Progress(
@@ -290,6 +316,7 @@ def misp_sync(
     from connector.misp.sync import MispSync
 
     config = _load(config_path)
+    _known_recipient(config, recipient)
     sync = MispSync(config, _open_store(config))
     with Progress(
         TextColumn("{task.description}"),
@@ -323,6 +350,7 @@ def misp_retry(
     from connector.misp.sync import MispSync
 
     config = _load(config_path)
+    _known_recipient(config, recipient)
     count = MispSync(config, _open_store(config)).retry_failed(recipient)
     out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`")
 
@@ -373,7 +401,8 @@ def misp_export_feed(
 def serve(
     config_path: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
+    # Bounded: the OS would take 70000 as 70000 % 65536 and listen somewhere unexpected.
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: server.port).")] = None,
 ) -> None:
     """Serve the TAXII 2.1 API."""
     import uvicorn
@@ -381,9 +410,17 @@ def serve(
     from taxii_server import create_app
 
     config = _load(config_path)
-    application = create_app(config, _open_store(config))
+    store = _open_store(config)
+    try:
+        application = create_app(config, store)
+    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+        raise _fail(str(exc)) from None
     uvicorn.run(
-        application, host=host or config.server.host, port=port or config.server.port, log_level="warning"
+        application,
+        host=host or config.server.host,
+        port=config.server.port if port is None else port,
+        log_level="warning",
+        log_config=None,  # uvicorn's own lines go through our JSON handler too, one line each
     )
 
 
@@ -405,8 +442,11 @@ def export(
     if out_file is None:
         count = write_bundle(store, recipient, sys.stdout.buffer)
     else:
-        with out_file.open("wb") as fh:
-            count = write_bundle(store, recipient, fh)
+        try:
+            with out_file.open("wb") as fh:
+                count = write_bundle(store, recipient, fh)
+        except OSError as exc:
+            raise _fail(f"cannot write {out_file}: {exc.strerror or exc}", code=1) from None
     console.print(f"{count} objects exported for {recipient}")
 
 
@@ -415,7 +455,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Directory for the demo's fresh SQLite store.")] = Path(
         "meldpunt-demo"
     ),
-    port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1).")] = 6100,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on (127.0.0.1).")] = 6100,
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Keep serving after the self-check.")
     ] = True,

@@ -219,6 +219,30 @@ class UserConfig(_Strict):
         return None if value is None else _argon2_hash(value)
 
 
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _database_url(value: str) -> str:
+    # Checked here so a typo stops the load naming the key, instead of surfacing as an
+    # SQLAlchemy or driver traceback from the first command that opens the store. The URL
+    # itself is never echoed: it may hold a password.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL (sqlite:///path.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in DATABASE_BACKENDS:
+        raise ValueError(f"unsupported database {backend!r} (one of {', '.join(DATABASE_BACKENDS)})")
+    if backend == "postgresql" and not url.database:
+        raise ValueError("the PostgreSQL URL names no database (postgresql+psycopg://user@host/db)")
+    return value
+
+
 class Config(_Strict):
     database: str = "sqlite:///meldpunt.db"
     server: ServerConfig = ServerConfig()
@@ -231,6 +255,16 @@ class Config(_Strict):
     asn_table: Path | None = None
     opt_out: OptOut = OptOut()
     users: list[UserConfig] = []
+
+    _check_database = field_validator("database")(_database_url)
+
+    @field_validator("asn_table")
+    @classmethod
+    def _asn_table_exists(cls, value: Path | None) -> Path | None:
+        # Read only when routing starts: a missing file would surface there as a traceback.
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
 
     def recipient(self, recipient_id: str) -> RecipientConfig:
         for r in self.recipients:
@@ -266,13 +300,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(str(source), ["top level must be a mapping of keys"])
-    if os.environ.get(DATABASE_ENV):
+    from_env = bool(os.environ.get(DATABASE_ENV))
+    if from_env:
         raw["database"] = os.environ[DATABASE_ENV]
     _resolve_paths(raw, source.parent)
     problems = _add_recipient_files(raw)
     if problems:
         raise ConfigError(str(source), problems)
-    return parse_config(raw, source=str(source))
+    try:
+        return parse_config(raw, source=str(source))
+    except ConfigError as exc:
+        if not from_env:
+            raise
+        # The file's own `database` key is not where the operator should look.
+        env_key = f"database (from ${DATABASE_ENV}):"
+        problems = [
+            env_key + p.removeprefix("database:") if p.startswith("database:") else p for p in exc.problems
+        ]
+        raise ConfigError(exc.source, problems) from None
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

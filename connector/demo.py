@@ -77,7 +77,9 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
         ok = ok and summary.ok
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(config, store), host="127.0.0.1", port=port, log_level="warning", log_config=None
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.collections import collection_rows
 from connector.config import Config
+from connector.routing import Router
 from connector.store import CollectionRow, Store
 from taxii_server.auth import AuthenticationFailed, Authenticator, Principal
 from taxii_server.errors import (
@@ -37,6 +38,9 @@ class ServerState:
     authenticator: Authenticator
     tokens: TokenCodec
     collections: dict[str, CollectionRow]
+    # Built once here: the IP-to-ASN table alone takes about a second to load, which every
+    # inbox POST paid on the event loop when each built its own.
+    router: Router
 
 
 def state(request: Request) -> ServerState:
@@ -97,6 +101,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
         authenticator=Authenticator(config, [r.id for r in rows]),
         tokens=TokenCodec(_token_secret(config)),
         collections={r.id: r for r in rows},
+        router=Router(config),
     )
     app.add_exception_handler(TaxiiError, handle_taxii_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)

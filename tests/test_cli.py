@@ -603,3 +603,142 @@ def test_demo_does_not_delete_an_existing_directory(tmp_path: Path) -> None:
         "demo", "--no-serve", "--workdir", str(workdir), "--port", str(free_port()), cwd=tmp_path
     )
     assert precious.exists(), f"demo deleted {workdir} with everything in it\n{explain(result)}"
+
+
+# --- operator mistakes and broken surroundings: an error naming the problem, never a traceback
+
+
+def test_unknown_log_level_is_an_error_not_a_traceback(tmp_path: Path, fresh_config: Path) -> None:
+    result = run_cli(
+        "--log-level", "bogus", "export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config
+    )
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert "'bogus'" in result.stderr and "--log-level" in result.stderr
+    env = {**cli_env(fresh_config), "MELDPUNT_LOG_LEVEL": "loud"}
+    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path, env=env)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert "'loud'" in result.stderr and "MELDPUNT_LOG_LEVEL" in result.stderr
+
+
+def _with_database(directory: Path, url: str) -> Path:
+    raw = example_raw()
+    path = write_config(directory, raw)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["database"] = url
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("where", "fragment"),
+    [
+        ("not-a-directory", "a-file"),
+        ("unreachable-postgresql", "Connection refused"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_an_error_not_a_traceback(
+    tmp_path: Path, where: str, fragment: str
+) -> None:
+    if where == "not-a-directory":
+        (tmp_path / "a-file").write_text("", encoding="utf-8")
+        url = f"sqlite:///{tmp_path / 'a-file' / 'meldpunt.db'}"
+    else:
+        url = f"postgresql+psycopg://meldpunt:s3cret-pw@127.0.0.1:{free_port()}/meldpunt"
+    config = _with_database(tmp_path, url)
+    for command in (["export", "--recipient", "zcert"], [*INGEST_DIVD, str(DIVD_SCAN)], ["misp", "status"]):
+        result = run_cli(*command, cwd=tmp_path, config=config)
+        assert result.returncode != 0, explain(result)
+        assert "Traceback" not in result.stderr, explain(result)
+        assert "cannot open the store" in result.stderr and fragment in result.stderr, explain(result)
+        assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_a_store_of_a_newer_schema_is_an_error_not_a_traceback(tmp_path: Path, fresh_config: Path) -> None:
+    """A store migrated by a newer release: say so instead of an Alembic traceback."""
+    assert run_cli("export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config).returncode == 0
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    store.close()
+    result = run_cli("export", "--recipient", "zcert", cwd=tmp_path, config=fresh_config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "cannot open the store" in result.stderr and "9999" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_export_to_an_unwritable_path_is_an_error_not_a_traceback(
+    tmp_path: Path, fresh_config: Path, where: str
+) -> None:
+    out = tmp_path / "absent" / "zcert.json" if where == "missing-directory" else tmp_path
+    result = run_cli("export", "--recipient", "zcert", "--out", str(out), cwd=tmp_path, config=fresh_config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "cannot write" in result.stderr and str(out) in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_a_port_out_of_range_is_refused_before_serving(
+    tmp_path: Path, fresh_config: Path, command: str, port: str
+) -> None:
+    """The OS takes 70000 as 70000 % 65536 = 4464: the server would listen somewhere else."""
+    result = run_cli(command, "--port", port, cwd=tmp_path, config=fresh_config)
+    assert result.returncode == 2, explain(result)
+    assert "Invalid value for '--port'" in result.stderr, explain(result)
+    assert not (tmp_path / "meldpunt.db").exists()
+
+
+def test_serve_on_a_port_in_use_fails_with_a_structured_log_line(tmp_path: Path, fresh_config: Path) -> None:
+    """Logs are one JSON object per line, the server's own (uvicorn's) included."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(
+            "serve", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path, config=fresh_config
+        )
+    assert result.returncode != 0, explain(result)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, explain(result)
+    events = [json.loads(line) for line in lines]  # every line is one JSON event
+    assert any("address already in use" in e["event"] for e in events if e["level"] == "error"), explain(
+        result
+    )
+
+
+def _with_asn_table(directory: Path, table: str) -> Path:
+    path = write_config(directory)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["asn_table"] = table
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_missing_asn_table_is_a_config_error(tmp_path: Path) -> None:
+    config = _with_asn_table(tmp_path, "absent-ipasn.dat")
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "asn_table" in result.stderr and "absent-ipasn.dat" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["ingest", "serve"])
+def test_a_malformed_asn_table_is_an_error_naming_its_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "ipasn.dat").write_text("203.0.113.0/24\t64500\nnot a line\n", encoding="utf-8")
+    config = _with_asn_table(tmp_path, "ipasn.dat")
+    args = [*INGEST_DIVD, str(DIVD_SCAN)] if command == "ingest" else ["serve", "--port", str(free_port())]
+    result = run_cli(*args, cwd=tmp_path, config=config)
+    assert result.returncode != 0, explain(result)
+    assert "Traceback" not in result.stderr, explain(result)
+    assert "ipasn.dat:2" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize("command", ["sync", "retry"])
+def test_misp_commands_refuse_an_unknown_recipient(tmp_path: Path, fresh_config: Path, command: str) -> None:
+    """A typo must not read as 'nothing due' / '0 queued again' with success."""
+    result = run_cli("misp", command, "--recipient", "zcret", cwd=tmp_path, config=fresh_config)
+    assert result.returncode == 2, explain(result)
+    assert "unknown recipient 'zcret'" in result.stderr, explain(result)

@@ -549,3 +549,29 @@ def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_explicit_path_wins_over_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.yaml"))
     assert load_config(SAMPLE_CONFIG).database == _EXAMPLE["database"]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("notaurl", "not a database URL"),
+        ("mysql://user:pw@127.0.0.1/db", "'mysql'"),
+        ("postgresql+psycopg://", "names no database"),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_a_config_error(url: str, fragment: str) -> None:
+    """An unusable URL must stop the load naming the key, not fail later as a traceback."""
+    raw = example()
+    raw["database"] = url
+    problem = assert_problem(problems_of(raw), "database", fragment)
+    assert "pw" not in problem, "the URL's password must not be echoed"
+
+
+def test_a_bad_database_url_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, SAMPLE_CONFIG.read_text(encoding="utf-8"))
+    monkeypatch.setenv(DATABASE_ENV, "sqlite//forgot-the-colon.db")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert_problem(info.value.problems, f"database (from ${DATABASE_ENV})", "not a database URL")

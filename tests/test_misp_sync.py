@@ -184,3 +184,110 @@ def test_connect2trust_event_round_trip_keeps_attribute_uuids_types_values_and_t
     for f in fakes:
         for e in f.events.values():
             assert "tlp:amber" in {t["name"] for t in e["Tag"]}
+
+
+@pytest.fixture
+def json_logs(monkeypatch):  # type: ignore[no-untyped-def]
+    """The CLI's JSON logging at debug level into a buffer; the root logger restored after."""
+    import io
+    import logging
+    import sys
+
+    from connector.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    setup_logging("debug")
+    yield buffer.getvalue
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+def test_the_api_key_never_appears_in_the_logs_even_at_debug(tmp_path, fakes, monkeypatch, json_logs) -> None:  # type: ignore[no-untyped-def]
+    """PyMISP logs every request's headers at debug level, the Authorization key among them."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    fakes[0].fail_next(1, "500")
+    MispSync(config, store).run()
+    logged = json_logs()
+    assert '"logger":"pymisp"' in logged  # the debug lines were there to leak it
+    for fake in fakes:
+        assert fake.key not in logged
+
+
+def test_a_deferred_push_is_logged_as_what_happened_with_the_event_beside_it(
+    tmp_path, fakes, monkeypatch, json_logs
+) -> None:  # type: ignore[no-untyped-def]
+    """The log line's `event` says what happened; the MISP event's UUID must not replace it."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    fakes[0].fail_next(1000, "500")
+    MispSync(config, store).run("zcert")
+    lines = [json.loads(line) for line in json_logs().splitlines()]
+    ours = [e for e in lines if e["logger"] == "meldpunt.misp"]
+    assert ours and {e["event"] for e in ours} == {"misp push deferred"}
+    assert all(e["recipient"] == "zcert" and e["misp_event"] for e in ours)
+
+
+def test_entries_of_a_recipient_removed_from_the_configuration_do_not_stop_the_others(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """An operator removes a recipient with entries still queued: the rest is still delivered."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    with store.engine.begin() as conn:  # 'a-removed-cert' sorts before ibd: it comes first
+        conn.exec_driver_sql("UPDATE misp_outbox SET recipient = 'a-removed-cert' WHERE recipient = 'zcert'")
+    summary = MispSync(config, store).run()
+    assert summary.per_recipient["ibd"]["added"] == len(fakes[1].events) > 0
+    assert summary.per_recipient["a-removed-cert"]["failed"] > 0
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert "no longer in the configuration" in status["a-removed-cert"]["last_error"]
+
+
+def test_an_unreachable_instance_is_tried_once_per_sync_not_once_per_entry(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Each try at an instance that does not answer costs the connect timeout (10 s), or the
+    read timeout (120 s) when it hangs: a backlog of thousands must not cost that thousands of
+    times. The rest of that recipient's entries wait for the next sync, with the same error."""
+    import requests
+
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    tries: list[str] = []
+
+    def unreachable(recipient: str, channel):  # type: ignore[no-untyped-def]
+        tries.append(recipient)
+        raise requests.ConnectTimeout(f"connect to {channel.url} timed out")
+
+    summary = MispSync(config, store, client_factory=unreachable).run()
+    assert summary.per_recipient["zcert"]["retry-later"] > 1
+    assert sorted(tries) == ["ibd", "zcert"]
+    status = {r["recipient"]: r for r in MispSync(config, store).status()}
+    assert status["zcert"]["failed"] == 0 and "timed out" in status["zcert"]["last_error"]
+
+
+def test_an_instance_that_stops_answering_mid_sync_is_not_tried_again_in_that_sync(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import requests
+    from pymisp import PyMISP
+
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    calls: list[str] = []
+
+    class Hanging:
+        def event_exists(self, uuid: str) -> bool:
+            calls.append(uuid)
+            raise requests.ReadTimeout("read timed out (120 s)")
+
+    def factory(recipient: str, channel):  # type: ignore[no-untyped-def]
+        return Hanging() if recipient == "zcert" else PyMISP(channel.url, fakes[1].key, ssl=False)
+
+    summary = MispSync(config, store, client_factory=factory).run()
+    assert summary.per_recipient["zcert"]["retry-later"] > 1
+    assert len(calls) == 1
+    assert summary.per_recipient["ibd"]["added"] > 0

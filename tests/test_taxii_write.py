@@ -471,3 +471,30 @@ def test_the_openapi_document_is_public_at_taxii2_and_not_at_the_root(
         "$argon2",
     ]:
         assert secret not in resp.text, secret
+
+
+def test_posts_do_not_rebuild_the_routing_tables(
+    tmp_path, sample_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The routing tables (every recipient's networks, and the IP-to-ASN table: about a second
+    for a national one) are built once when the server starts, not on the event loop at every
+    POST, which stalled every other client meanwhile."""
+    from connector import routing
+    from connector.collections import collection_rows
+
+    built: list[int] = []
+    original = routing.Router.__init__
+
+    def counting(self, config):  # type: ignore[no-untyped-def]
+        built.append(1)
+        original(self, config)
+
+    monkeypatch.setattr(routing.Router, "__init__", counting)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    store.sync_collections(collection_rows(sample_config))
+    with serving(sample_config, store) as taxii:
+        at_start = len(built)
+        researcher = session_for(RESEARCHER)
+        for address in ("198.51.100.33", "198.51.100.34", "192.0.2.20"):
+            assert post(researcher, inbox(taxii), {"objects": [indicator(address)]}).status_code == 202
+        assert len(built) == at_start <= 1

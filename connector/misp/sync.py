@@ -23,6 +23,7 @@ from pymisp.exceptions import MISPServerError, PyMISPError
 from sqlalchemy import and_, select, update
 
 from connector.config import Config, MispChannel
+from connector.logs import redact
 from connector.misp.convert import build_event
 from connector.store import Store
 from connector.store import schema as t
@@ -37,6 +38,10 @@ ClientFactory = Callable[[str, MispChannel], Any]
 
 class Retryable(Exception):
     """The MISP could not take it now (down, overloaded, rate limiting): try again later."""
+
+
+class Unreachable(Retryable):
+    """The MISP did not answer at all (refused, timed out): its other entries wait too."""
 
 
 class Refused(Exception):
@@ -58,6 +63,7 @@ def default_client(recipient: str, channel: MispChannel) -> PyMISP:
     key = os.environ.get(channel.key_env or "")
     if not key:
         raise Refused(f"environment variable {channel.key_env} (the MISP API key of {recipient}) is not set")
+    redact(key)  # PyMISP logs its request headers at debug level, this key among them
     ssl: bool | str = str(channel.ca_bundle) if channel.ca_bundle else channel.verify_tls
     return PyMISP(channel.url or "", key, ssl=ssl, timeout=(10, 120), tool="meldpunt-connector")
 
@@ -73,6 +79,9 @@ class MispSync:
         self.client_factory = client_factory
         self._clients: dict[str, Any] = {}
         self._groups: dict[str, int] = {}
+        # Recipients whose MISP did not answer in this run, with why. Each try costs the
+        # connect or read timeout; their other entries are deferred without one.
+        self._unreachable: dict[str, str] = {}
 
     def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
         ob = t.misp_outbox
@@ -100,7 +109,19 @@ class MispSync:
 
     def _deliver(self, entry: dict[str, Any], summary: SyncSummary) -> None:
         rid, event_uuid = entry["recipient"], entry["event_uuid"]
-        channel = self.config.recipient(rid).misp
+        try:
+            channel = self.config.recipient(rid).misp
+        except KeyError:
+            # Removed from the configuration with entries still queued: fail them visibly (a
+            # `misp retry` after adding it back sends them) instead of stopping the whole sync.
+            message = f"recipient {rid!r} is no longer in the configuration"
+            self._mark(entry, status="failed", attempts=entry["attempts"], error=message)
+            summary.add(rid, "failed")
+            summary.errors.append(f"{rid} {event_uuid}: {message}")
+            log.error(
+                "misp delivery failed", extra={"recipient": rid, "misp_event": event_uuid, "error": message}
+            )
+            return
         if channel is None or not channel.url:
             self._mark(entry, status="done")  # feed-only: the recipient pulls
             summary.add(rid, "feed-only")
@@ -122,6 +143,8 @@ class MispSync:
             client = self._client(rid, channel)
             outcome = push_event(client, built.event, publish=channel.publish)
         except Retryable as exc:
+            if isinstance(exc, Unreachable):
+                self._unreachable[rid] = str(exc)
             attempts = entry["attempts"] + 1
             if attempts >= channel.max_attempts:
                 self._mark(entry, status="failed", attempts=attempts, error=str(exc))
@@ -138,7 +161,7 @@ class MispSync:
                 )
                 summary.add(rid, "retry-later")
             log.warning(
-                "misp push deferred", extra={"recipient": rid, "event": event_uuid, "error": str(exc)}
+                "misp push deferred", extra={"recipient": rid, "misp_event": event_uuid, "error": str(exc)}
             )
             return
         except Exception as exc:
@@ -146,7 +169,9 @@ class MispSync:
             self._mark(entry, status="failed", attempts=entry["attempts"] + 1, error=message)
             summary.add(rid, "failed")
             summary.errors.append(f"{rid} {event_uuid}: {message}")
-            log.error("misp delivery failed", extra={"recipient": rid, "event": event_uuid, "error": message})
+            log.error(
+                "misp delivery failed", extra={"recipient": rid, "misp_event": event_uuid, "error": message}
+            )
             return
         self._mark(entry, status="done", pushed_hash=built.content_hash)
         summary.add(rid, outcome)
@@ -173,10 +198,16 @@ class MispSync:
         return self._groups[rid]
 
     def _client(self, rid: str, channel: MispChannel) -> Any:
+        if rid in self._unreachable:
+            raise Unreachable(self._unreachable[rid])
         if rid not in self._clients:
             try:
                 self._clients[rid] = self.client_factory(rid, channel)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise Unreachable(f"cannot connect to {channel.url}: {exc}") from None
             except (requests.RequestException, MISPServerError, PyMISPError) as exc:
+                if isinstance(exc.__cause__ or exc.__context__, requests.ConnectionError | requests.Timeout):
+                    raise Unreachable(f"cannot connect to {channel.url}: {exc}") from None
                 raise Retryable(f"cannot connect to {channel.url}: {exc}") from None
         return self._clients[rid]
 
@@ -270,7 +301,7 @@ def push_event(client: Any, event: Any, *, publish: bool) -> str:
             response = client.add_event(event)
             outcome = "added"
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise Retryable(f"connection failed: {exc}") from None
+        raise Unreachable(f"connection failed: {exc}") from None
     except MISPServerError as exc:
         raise Retryable(f"server error: {str(exc)[:300]}") from None
     errors = response.get("errors") if isinstance(response, dict) else None

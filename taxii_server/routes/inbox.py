@@ -98,7 +98,7 @@ async def add_objects(
     if not isinstance(envelope, dict) or not isinstance(envelope.get("objects", []), list):
         raise TaxiiError(400, "Not a TAXII envelope", 'Expected {"objects": [...]}.')
     objects = envelope.get("objects", [])
-    submissions = Submissions(s.config, s.store)
+    submissions = Submissions(s.config, s.store, router=s.router)
     result = await run_in_threadpool(
         submissions.submit,
         partner=who.partner,
