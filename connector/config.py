@@ -92,6 +92,16 @@ class Constituency(_Strict):
     def _networks_strict(cls, value: Any) -> Any:
         return _strict_networks(value)
 
+    @field_validator("asns", mode="before")
+    @classmethod
+    def _asns_not_booleans(cls, value: Any) -> Any:
+        # YAML reads `yes`/`true` as a boolean, and a boolean passes as the number 1 (AS1).
+        if isinstance(value, list):
+            flags = [f"item {i}: {item!r}" for i, item in enumerate(value) if isinstance(item, bool)]
+            if flags:
+                raise ValueError(f"AS numbers must be numbers, not yes/no ({'; '.join(flags)})")
+        return value
+
     @field_validator("domains")
     @classmethod
     def _domains_valid(cls, value: list[str]) -> list[str]:
@@ -102,12 +112,14 @@ def _strict_networks(value: Any) -> Any:
     # Host bits set ("192.0.2.1/24") is almost always a typo for another prefix: refuse it.
     if not isinstance(value, list):
         return value
-    out = []
-    for item in value:
+    out, faults = [], []
+    for index, item in enumerate(value):
         try:
             out.append(ipaddress.ip_network(str(item), strict=True))
-        except ValueError as exc:
-            raise ValueError(f"invalid network {item!r}: {exc}") from None
+        except ValueError as exc:  # every bad one at once: an operator fixes them in one go
+            faults.append(f"item {index}: invalid network {item!r}: {exc}")
+    if faults:
+        raise ValueError("; ".join(faults))
     return out
 
 

@@ -180,6 +180,26 @@ def test_bad_network_is_refused(network: str, fragment: str) -> None:
     )
 
 
+def test_every_bad_network_of_a_list_is_reported_at_once() -> None:
+    """Only the first was, without its place: an operator fixed one and met the next."""
+    raw = example()
+    i = index_of(raw, "recipients", "zcert")
+    raw["recipients"][i]["constituency"]["networks"] = ["192.0.2.0/25", "192.0.2.300/24", "198.51.100.1/24"]
+    [problem] = [p for p in problems_of(raw) if "constituency.networks" in p]
+    assert "item 1: invalid network '192.0.2.300/24'" in problem
+    assert "item 2: invalid network '198.51.100.1/24'" in problem
+
+
+def test_a_yes_no_is_not_an_as_number() -> None:
+    """YAML reads `yes` as a boolean, and pydantic took True for AS1."""
+    raw = example()
+    i = index_of(raw, "recipients", "zcert")
+    raw["recipients"][i]["constituency"]["asns"] = [64500, True]
+    assert_problem(
+        problems_of(raw), f"recipients[{i}](zcert).constituency.asns", "must be numbers, not yes/no", "item 1"
+    )
+
+
 def test_invalid_domain_is_refused() -> None:
     raw = example()
     i = index_of(raw, "recipients", "ibd")
