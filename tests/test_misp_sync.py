@@ -291,3 +291,20 @@ def test_an_instance_that_stops_answering_mid_sync_is_not_tried_again_in_that_sy
     assert summary.per_recipient["zcert"]["retry-later"] > 1
     assert len(calls) == 1
     assert summary.per_recipient["ibd"]["added"] > 0
+
+
+@pytest.mark.parametrize(
+    ("key_env", "named"),
+    [("MISP_KEY_MISSING", True), ("aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7d", False)],
+)
+def test_a_missing_key_names_the_variable_but_never_a_pasted_key(key_env: str, named: bool) -> None:
+    """An API key pasted into key_env instead of a variable's name went on into last_error,
+    the output and the logs through "environment variable <key> is not set"."""
+    from connector.config import MispChannel
+    from connector.misp.sync import Refused, default_client
+
+    channel = MispChannel(url="https://127.0.0.1:9/", key_env=key_env)
+    with pytest.raises(Refused) as refused:
+        default_client("zcert", channel)
+    assert (key_env in str(refused.value)) is named
+    assert "is not set" in str(refused.value)

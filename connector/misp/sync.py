@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,9 @@ log = logging.getLogger("meldpunt.misp")
 BACKOFF_BASE_S = 30.0
 BACKOFF_MAX_S = 6 * 3600.0
 ClientFactory = Callable[[str, MispChannel], Any]
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class Retryable(Exception):
@@ -62,7 +66,10 @@ class SyncSummary:
 def default_client(recipient: str, channel: MispChannel) -> PyMISP:
     key = os.environ.get(channel.key_env or "")
     if not key:
-        raise Refused(f"environment variable {channel.key_env} (the MISP API key of {recipient}) is not set")
+        # Named only when it reads as a variable name: an API key pasted into key_env by
+        # mistake (mixed case) must not go on into last_error, the output and the logs.
+        name = channel.key_env if _ENV_NAME.fullmatch(channel.key_env or "") else "named by misp.key_env"
+        raise Refused(f"environment variable {name} (the MISP API key of {recipient}) is not set")
     redact(key)  # PyMISP logs its request headers at debug level, this key among them
     ssl: bool | str = str(channel.ca_bundle) if channel.ca_bundle else channel.verify_tls
     return PyMISP(channel.url or "", key, ssl=ssl, timeout=(10, 120), tool="meldpunt-connector")
