@@ -14,7 +14,7 @@ from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, ConfigError, parse_config
 from connector.ingest import Ingestor
-from connector.normalize import canonical_ip, canonical_ip_or_network
+from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network
 from connector.notification import Classification, Notification
 from connector.routing import Router
 from connector.store import Store
@@ -245,3 +245,54 @@ def test_a_claim_on_ipv4_mapped_ipv6_addresses_is_refused() -> None:
                 | {"constituency": {"networks": ["::ffff:192.0.2.0/120"]}},
             ]
         )
+
+
+# --- internationalised domain names -------------------------------------------------------------
+
+
+IDN_CONFIG = {
+    "partners": [{"id": "divd", "name": "DIVD"}],
+    "recipients": [
+        # Two different registered domains: strasse.de and straße.de (xn--strae-oqa.de, IDNA 2008,
+        # as DENIC has registered it since 2010).
+        {"id": "strasse", "name": "S", "kind": "organisation", "constituency": {"domains": ["strasse.de"]}},
+        {"id": "strasze", "name": "SZ", "kind": "organisation"}
+        | {"constituency": {"domains": ["xn--strae-oqa.de"]}},
+        {"id": "buecher", "name": "B", "kind": "organisation"}
+        | {"constituency": {"domains": ["xn--bcher-kva.example"]}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "host,owner",
+    [
+        ("www.straße.de", "strasze"),
+        ("WWW.STRASSE.DE.", "strasse"),
+        ("www.xn--strae-oqa.de", "strasze"),
+        ("BÜCHER.example.", "buecher"),
+        ("mail.bücher.example", "buecher"),
+    ],
+)
+def test_an_idn_host_name_goes_to_the_owner_of_that_domain(host: str, owner: str) -> None:
+    # IDNA 2003 (Python's "idna" codec) maps ß to ss: www.straße.de would become www.strasse.de
+    # and go to another organisation. Registries use IDNA 2008, which keeps ß.
+    router = Router(parse_config(IDN_CONFIG))
+    decision = router.route(notification(None, hostname=canonical_domain(host)))
+    assert decision.recipients == [owner]
+
+
+def test_a_leaked_credential_at_an_idn_domain_reaches_only_its_owner(tmp_path: Path) -> None:
+    cfg = parse_config(IDN_CONFIG)
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    store.sync_collections(collection_rows(cfg))
+    leaks = tmp_path / "leak.credentials.csv"
+    leaks.write_text(
+        "username,password,url,ts_found,ts_leaked,has_name,has_dob,has_addr,has_phone,has_cc,"
+        "has_bankacc,has_ssn,has_ip,extra_data\n"
+        "Jan@Straße.DE,Zq7!wxyz0123,https://portal.example/,2024-09-17T10:00:00Z,2024-08-26,0,0,0,0,0,0,0,0,\n",
+        encoding="utf-8",
+    )
+    summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
+    assert dict(summary.per_recipient) == {"strasze": 1}
+    assert store.count_members(recipient_collection_id("strasse")) == 0
