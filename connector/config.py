@@ -115,9 +115,21 @@ def _strict_networks(value: Any) -> Any:
     out, faults = [], []
     for index, item in enumerate(value):
         try:
-            out.append(ipaddress.ip_network(str(item), strict=True))
+            network = ipaddress.ip_network(str(item), strict=True)
         except ValueError as exc:  # every bad one at once: an operator fixes them in one go
             faults.append(f"item {index}: invalid network {item!r}: {exc}")
+            continue
+        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        if mapped is not None and network.prefixlen >= 96:
+            # The router looks mapped addresses up as IPv4 (connector/routing.py): such a claim
+            # would never match, and beside 192.0.2.0/24 it would be a second, unnoticed claim.
+            ipv4 = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+            faults.append(
+                f"item {index}: invalid network {item!r}: an IPv4-mapped IPv6 network; its "
+                f"addresses are routed as IPv4, claim {ipv4.with_prefixlen} instead"
+            )
+            continue
+        out.append(network)
     if faults:
         raise ValueError("; ".join(faults))
     return out

@@ -6,6 +6,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+import idna
+
 # An IPv4 address already in canonical form (no leading zeros, each octet at most 255): the
 # common case in every feed, answered without building an ipaddress object.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -51,16 +53,34 @@ def canonical_ip_or_network(value: str) -> str:
 
 
 def canonical_domain(value: str) -> str:
+    """Lower-case ASCII (punycode) form of a host name, without a trailing dot.
+
+    Non-ASCII names are encoded by IDNA 2008 (UTS #46, non-transitional), as registries and
+    browsers do: Python's own "idna" codec is IDNA 2003, which maps ß to ss (and drops ZWJ/ZWNJ,
+    final sigma to sigma), so `straße.de` became `strasse.de`, another registered domain, and
+    its notifications (leaked credentials among them) went to that domain's owner. A name IDNA
+    2008 refuses (a symbol, an underscore label) is encoded as before.
+    """
     text = value.strip().rstrip(".").lower()
     if not text:
         raise ValueError("empty domain name")
     try:
-        text = text.encode("idna").decode("ascii")
+        text = _idna_ascii(text)
     except UnicodeError:
         raise ValueError(f"invalid domain name {value!r}") from None
     if len(text) > 253 or not all(_LABEL.match(label) for label in text.split(".")):
         raise ValueError(f"invalid domain name {value!r}")
     return text
+
+
+def _idna_ascii(text: str) -> str:
+    if text.isascii():
+        return text.encode("idna").decode("ascii")
+    try:
+        return idna.encode(text, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError:
+        # Only names IDNA 2008 has no form for: IDNA 2003 cannot map them onto another's.
+        return text.encode("idna").decode("ascii")
 
 
 def is_ip(value: str) -> bool:

@@ -11,10 +11,15 @@ then the host name: a domain claim covers the domain and its subdomains. The own
 personal data (`direct_owner_only`) never goes beyond the owner. Policy then removes
 recipients whose TLP ceiling is too low or who do not accept the category, and an opt-out of
 the observable suppresses delivery altogether.
+
+An IPv4-mapped IPv6 address (`::ffff:192.0.2.10`, how a dual-stack listener reports an IPv4
+client) is the IPv4 host it maps: it is looked up, in every tree, as that IPv4 address (a
+mapped network `::ffff:c000:200/120` as 192.0.2.0/24), so it reaches the IPv4 owner.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +103,8 @@ class Router:
     # --- claims ---------------------------------------------------------------------------
 
     def owner_of_ip(self, ip: str) -> Match | None:
-        tree = self._v6 if ":" in ip else self._v4
+        six, ip = family_key(ip)
+        tree = self._v6 if six else self._v4
         try:
             prefix = tree.get_key(ip)
         except ValueError:
@@ -109,8 +115,9 @@ class Router:
 
     def lookup_owner(self, ip: str) -> str | None:
         """The hot path: owner id of an address (no rule text), for bulk routing."""
+        six, ip = family_key(ip)
         try:
-            return (self._v6 if ":" in ip else self._v4).get(ip)  # type: ignore[no-any-return]
+            return (self._v6 if six else self._v4).get(ip)  # type: ignore[no-any-return]
         except ValueError:
             return None
 
@@ -125,13 +132,18 @@ class Router:
         is_v6 = [":" in ip for ip in ips]
         if not any(is_v6):
             return list(map(get4, ips))
+        # An IPv4-mapped address is looked up as its IPv4 address (rare: only IPv6 ones pay).
+        keyed = [family_key(ip) if six else (False, ip) for ip, six in zip(ips, is_v6, strict=True)]
+        is_v6 = [six for six, _ in keyed]
+        ips = [key for _, key in keyed]
         owners4 = iter(list(map(get4, [ip for ip, six in zip(ips, is_v6, strict=True) if not six])))
         owners6 = iter(list(map(get6, [ip for ip, six in zip(ips, is_v6, strict=True) if six])))
         return [next(owners6) if six else next(owners4) for six in is_v6]
 
     def asn_of_ip(self, ip: str) -> int | None:
+        six, ip = family_key(ip)
         try:
-            return (self._asn_v6 if ":" in ip else self._asn_v4).get(ip)  # type: ignore[no-any-return]
+            return (self._asn_v6 if six else self._asn_v4).get(ip)  # type: ignore[no-any-return]
         except ValueError:
             return None
 
@@ -169,9 +181,10 @@ class Router:
 
     def opt_out_rule(self, ip: str | None, hostname: str | None) -> str | None:
         if ip:
-            tree = self._optout_v6 if ":" in ip else self._optout_v4
+            six, key = family_key(ip)
+            tree = self._optout_v6 if six else self._optout_v4
             try:
-                prefix = tree.get_key(ip)
+                prefix = tree.get_key(key)
             except ValueError:
                 prefix = None
             if prefix is not None:
@@ -296,9 +309,10 @@ class Router:
         return lines or [f"domain {hostname}: no claim on it or a parent domain"]
 
     def _explain_ip(self, ip: str, found: Match | None) -> list[str]:
-        tree = self._v6 if ":" in ip else self._v4
+        six, key = family_key(ip)
+        tree = self._v6 if six else self._v4
         try:
-            prefix = tree.get_key(ip)
+            prefix = tree.get_key(key)
         except ValueError:
             return [f"address {ip}: not a valid IP address"]
         if prefix is None:
@@ -316,6 +330,36 @@ class Router:
             prefix = tree.parent(prefix)
             first = False
         return lines
+
+
+def family_key(ip: str) -> tuple[bool, str]:
+    """(whether to look in the IPv6 trees, the key to look up) for an address or network.
+
+    An IPv4-mapped IPv6 address or network (within ::ffff:0:0/96) is the IPv4 one it maps:
+    looked up in the IPv6 tree it would match no IPv4 claim and go unrouted, or to the owner of
+    some IPv6 range covering ::ffff:0:0/96 instead of the IPv4 address's owner.
+    """
+    if ":" not in ip:
+        return False, ip
+    if "ffff" in ip.lower():  # cheap test first: most IPv6 addresses are not mapped
+        mapped = ipv4_of_mapped(ip)
+        if mapped is not None:
+            return False, mapped
+    return True, ip
+
+
+def ipv4_of_mapped(ip: str) -> str | None:
+    """`::ffff:192.0.2.1` -> `192.0.2.1`, `::ffff:c000:200/120` -> `192.0.2.0/24`; else None."""
+    try:
+        network = ipaddress.IPv6Network(ip, strict=False)
+    except ValueError:
+        return None
+    mapped = network.network_address.ipv4_mapped
+    if mapped is None or network.prefixlen < 96:
+        return None
+    if network.prefixlen == 128 and "/" not in ip:
+        return str(mapped)
+    return ipaddress.IPv4Network((mapped, network.prefixlen - 96)).with_prefixlen
 
 
 def _explain_parent_stop(

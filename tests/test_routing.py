@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.config import Config, parse_config
+from connector.adapters.mapping import load_mappings
+from connector.collections import collection_rows, recipient_collection_id
+from connector.config import Config, ConfigError, parse_config
+from connector.ingest import Ingestor
+from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network
 from connector.notification import Classification, Notification
 from connector.routing import Router
+from connector.store import Store
 
 
 def config(recipients: list[dict]) -> Config:
@@ -32,6 +39,8 @@ def notification(ip: str | None = None, hostname: str | None = None, tlp: str = 
 
 def brute_force_owner(recipients: list[dict], ip: str) -> str | None:
     address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:a.b.c.d is the IPv4 host a.b.c.d
     best: tuple[int, str] | None = None
     for r in recipients:
         for net in r["constituency"]["networks"]:
@@ -170,3 +179,120 @@ def test_bulk_lookup_agrees_with_single_lookups(nets: list[str], probes: list[st
     router = Router(config(one_recipient_per_network(nets)))
     addresses = probes + [str(ipaddress.ip_network(n).network_address) for n in nets]
     assert router.lookup_owners(addresses) == [router.lookup_owner(ip) for ip in addresses]
+
+
+# --- IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address,owners",
+    [
+        ("::ffff:192.0.2.10", ["zcert"]),
+        ("::ffff:c000:211", ["ziekenhuis-noord", "zcert"]),  # 192.0.2.17, as Python < 3.13 prints it
+        ("::ffff:198.51.100.33", ["gemeente-voorbeeld"]),
+        ("::ffff:c000:210/124", ["ziekenhuis-noord", "zcert"]),  # the network 192.0.2.16/28
+        ("::ffff:203.0.113.5", []),
+    ],
+)
+def test_an_ipv4_mapped_ipv6_address_routes_by_its_ipv4_address(
+    sample_config: Config, address: str, owners: list[str]
+) -> None:
+    # A dual-stack listener reports an IPv4 client as ::ffff:a.b.c.d: it is the IPv4 host,
+    # and must reach the owner of that IPv4 address, not be left unrouted.
+    router = Router(sample_config)
+    ip = canonical_ip_or_network(address)
+    assert router.route(notification(ip)).recipients == owners
+    owner = owners[0] if owners else None
+    assert router.lookup_owner(ip) == owner
+    assert router.lookup_owners([ip, "2001:db8:10::1"]) == [owner, "zcert"]
+
+
+def test_an_ipv4_mapped_address_is_delivered_end_to_end(tmp_path: Path, sample_config: Config) -> None:
+    raw = sample_config.model_dump(mode="json")
+    raw["partners"].append({"id": "shadowserver", "name": "Shadowserver"})
+    cfg = parse_config(raw)
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    store.sync_collections(collection_rows(cfg))
+    report = tmp_path / "scan_http.csv"
+    report.write_text(
+        '"timestamp","ip","protocol","port","hostname","tag","asn"\n'
+        '"2024-06-12 01:00:00","::ffff:192.0.2.17","tcp",80,,"http",\n',
+        encoding="utf-8",
+    )
+    summary = Ingestor(cfg, store, load_mappings()).run("shadowserver", "shadowserver", [report])
+    assert summary.counts["routed"] == 1 and summary.counts["unrouted"] == 0
+    assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1, "zcert": 1}
+    for rid in ("ziekenhuis-noord", "zcert"):
+        assert store.count_members(recipient_collection_id(rid)) > 0
+    for rid in ("ibd", "gemeente-voorbeeld"):
+        assert store.count_members(recipient_collection_id(rid)) == 0
+
+
+def test_an_opt_out_covers_the_ipv4_mapped_form_of_its_addresses(sample_config: Config) -> None:
+    raw = sample_config.model_dump(mode="json")
+    raw["opt_out"] = {"networks": ["192.0.2.16/28"]}
+    decision = Router(parse_config(raw)).route(notification(canonical_ip("::ffff:192.0.2.17")))
+    assert decision.recipients == [] and decision.opted_out == "opt-out network 192.0.2.16/28"
+
+
+def test_a_claim_on_ipv4_mapped_ipv6_addresses_is_refused() -> None:
+    # The addresses are routed by their IPv4 form: claim that. Accepting both would let two
+    # recipients claim the same addresses (192.0.2.0/24 and ::ffff:192.0.2.0/120) unnoticed.
+    with pytest.raises(ConfigError, match="IPv4-mapped"):
+        config(
+            [
+                {"id": "x", "name": "X", "kind": "organisation"}
+                | {"constituency": {"networks": ["::ffff:192.0.2.0/120"]}},
+            ]
+        )
+
+
+# --- internationalised domain names -------------------------------------------------------------
+
+
+IDN_CONFIG = {
+    "partners": [{"id": "divd", "name": "DIVD"}],
+    "recipients": [
+        # Two different registered domains: strasse.de and straße.de (xn--strae-oqa.de, IDNA 2008,
+        # as DENIC has registered it since 2010).
+        {"id": "strasse", "name": "S", "kind": "organisation", "constituency": {"domains": ["strasse.de"]}},
+        {"id": "strasze", "name": "SZ", "kind": "organisation"}
+        | {"constituency": {"domains": ["xn--strae-oqa.de"]}},
+        {"id": "buecher", "name": "B", "kind": "organisation"}
+        | {"constituency": {"domains": ["xn--bcher-kva.example"]}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "host,owner",
+    [
+        ("www.straße.de", "strasze"),
+        ("WWW.STRASSE.DE.", "strasse"),
+        ("www.xn--strae-oqa.de", "strasze"),
+        ("BÜCHER.example.", "buecher"),
+        ("mail.bücher.example", "buecher"),
+    ],
+)
+def test_an_idn_host_name_goes_to_the_owner_of_that_domain(host: str, owner: str) -> None:
+    # IDNA 2003 (Python's "idna" codec) maps ß to ss: www.straße.de would become www.strasse.de
+    # and go to another organisation. Registries use IDNA 2008, which keeps ß.
+    router = Router(parse_config(IDN_CONFIG))
+    decision = router.route(notification(None, hostname=canonical_domain(host)))
+    assert decision.recipients == [owner]
+
+
+def test_a_leaked_credential_at_an_idn_domain_reaches_only_its_owner(tmp_path: Path) -> None:
+    cfg = parse_config(IDN_CONFIG)
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    store.sync_collections(collection_rows(cfg))
+    leaks = tmp_path / "leak.credentials.csv"
+    leaks.write_text(
+        "username,password,url,ts_found,ts_leaked,has_name,has_dob,has_addr,has_phone,has_cc,"
+        "has_bankacc,has_ssn,has_ip,extra_data\n"
+        "Jan@Straße.DE,Zq7!wxyz0123,https://portal.example/,2024-09-17T10:00:00Z,2024-08-26,0,0,0,0,0,0,0,0,\n",
+        encoding="utf-8",
+    )
+    summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
+    assert dict(summary.per_recipient) == {"strasze": 1}
+    assert store.count_members(recipient_collection_id("strasse")) == 0
