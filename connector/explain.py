@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from sqlalchemy import or_, select
 
@@ -62,19 +63,47 @@ def _explain_notification(router: Router, ident: str, store: Store | None) -> li
         )
     if row is None:
         raise ValueError(f"no notification {ident!r} in the store")
-    host = observable_host(row["observable"])
     taxonomy, _, type_ = row["classification"].partition("/")
-    policy = Policy(row["tlp"], taxonomy, type_)
     lines = [
         f"notification {row['key']} ({row['sighting_id']})",
         f"  {row['partner']} {row['classification']} {row['identifier']} on {row['observable']}, "
         f"day {row['day']}, TLP {row['tlp']}",
         f"  delivered at its last update to: {', '.join(json.loads(row['recipients'])) or 'nobody'}",
+    ]
+    if row["direct_owner_only"] is not None:  # what it was routed by (stored since migration 0006)
+        direct = bool(row["direct_owner_only"])
+        policy = Policy(row["tlp"], taxonomy, type_, direct)
+        given = [f"{name} {value}" for name, value in _routed_by(row) if value is not None]
+        lines.append(f"  routed by: {', '.join(given) or 'nothing routable'}")
+        if direct:
+            lines.append("  personal data: to its direct owner only, never to the owner's parents")
+        lines.append("routing today:")
+        asn = row["routed_asn"]
+        return lines + router.explain(
+            ip=row["routed_ip"],
+            asn=int(asn) if asn is not None else None,
+            hostname=row["routed_hostname"],
+            policy=policy,
+        )
+    lines += [
+        "  stored before its routing keys were kept (migration 0006): routed again by its "
+        "observable only, not by an AS number or host name, nor as personal data",
         "routing today:",
     ]
+    policy = Policy(row["tlp"], taxonomy, type_)
+    host = observable_host(row["observable"])
     if (address := _address(host)) is not None:
         return lines + router.explain(ip=address, policy=policy)
     return lines + router.explain(hostname=canonical_domain(host), policy=policy)
+
+
+def _routed_by(row: Any) -> list[tuple[str, Any]]:
+    asn = row["routed_asn"]
+    return [
+        ("address", row["routed_ip"]),
+        ("AS", f"AS{asn}" if asn is not None else None),
+        ("host name", row["routed_hostname"]),
+    ]
 
 
 def observable_host(observable: str) -> str:

@@ -39,7 +39,7 @@ from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
-from connector.routing import Decision, Router
+from connector.routing import Decision, Router, routing_keys
 from connector.stix.build import NotificationState, notification_objects_and_own_ids, reference_objects
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
@@ -611,6 +611,7 @@ class _BatchWriter:
                 for ref in (*shared, *kept):
                     refs[ref] = None
         c = n.classification
+        keys = routing_keys(n)
         return {
             "key": key,
             "partner": n.partner,
@@ -629,6 +630,10 @@ class _BatchWriter:
             "recipients": orjson.dumps(decision.recipients).decode(),
             "first_run": previous["first_run"] if previous else self.run_id,
             "last_run": self.run_id,
+            "routed_ip": keys["ip"],
+            "routed_asn": keys["asn"],
+            "routed_hostname": keys["hostname"],
+            "direct_owner_only": n.direct_owner_only,
         }
 
     def _queue_misp(self, key: str, n: Notification, recipients: list[str]) -> None:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import pytricia
 
 from connector.config import Config, RecipientConfig
-from connector.normalize import is_ip, url_host
+from connector.normalize import canonical_domain, is_ip, url_host
 from connector.notification import Notification
 from connector.tlp import allows
 
@@ -159,7 +160,7 @@ class Router:
         return None
 
     def match(self, n: Notification) -> Match | None:
-        return self.match_keys(ip=n.ip, asn=n.asn, hostname=n.hostname or _host_of(n))
+        return self.match_keys(**routing_keys(n))
 
     def match_keys(
         self, *, ip: str | None = None, asn: int | None = None, hostname: str | None = None
@@ -379,11 +380,31 @@ def _suffixes(name: str) -> list[str]:
     return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
 
+def routing_keys(n: Notification) -> RoutingKeys:
+    """What a notification is routed by: the keyword arguments of `Router.match_keys`. The
+    store keeps them with the notification, so that `route explain` routes it the same way."""
+    return {"ip": n.ip, "asn": n.asn, "hostname": n.hostname or _host_of(n)}
+
+
+class RoutingKeys(TypedDict):
+    ip: str | None
+    asn: int | None
+    hostname: str | None
+
+
 def _host_of(n: Notification) -> str | None:
-    """E-mail addresses route by their domain, URLs by their host (when not an address)."""
+    """E-mail addresses route by their domain, URLs by their host (when not an address), in
+    the form claims are kept in (lower-case punycode): a URL's host was taken as written, so a
+    Unicode host name matched no claim."""
     if n.email:
-        return n.email.rpartition("@")[2]
-    if n.url:
+        host: str | None = n.email.rpartition("@")[2]
+    elif n.url:
         host = url_host(n.url)
-        return host if host and not is_ip(host) else None
-    return None
+        if host is None or is_ip(host):
+            return None
+    else:
+        return None
+    try:
+        return canonical_domain(host) if host else None
+    except ValueError:
+        return host

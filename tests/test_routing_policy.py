@@ -338,11 +338,6 @@ def test_a_moved_network_routes_new_notifications_to_the_new_owner_only(
     assert store.count_members(recipient_collection_id("nieuw")) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store keeps no direct_owner_only flag per notification: explaining a stored "
-    "leaked credential routes it as if parents received it (reported, not fixed)",
-)
 def test_explaining_a_stored_leaked_credential_names_the_direct_owner_only(tmp_path: Path) -> None:
     from connector.explain import explain_target
     from connector.store import schema as t
@@ -367,11 +362,6 @@ def test_explaining_a_stored_leaked_credential_names_the_direct_owner_only(tmp_p
     assert lines[-1] == "result: delivered to ziekenhuis-noord"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stored notification keeps only its observable: explain re-routes it by the address "
-    "alone, not by the AS number or host name that routed it (reported, not fixed)",
-)
 @pytest.mark.parametrize("hostname,asn,owner", [("vpn.example.nl", "", "ibd"), ("", "64500", "zcert")])
 def test_explaining_a_stored_notification_routed_by_host_name_or_as(
     tmp_path: Path, hostname: str, asn: str, owner: str
@@ -395,3 +385,44 @@ def test_explaining_a_stored_notification_routed_by_host_name_or_as(
         key = conn.execute(t.notifications.select()).mappings().one()["key"]
     lines = explain_target(Router(cfg), key, Policy("amber"), store)
     assert lines[-1] == f"result: delivered to {owner}"
+
+
+def test_explaining_a_notification_stored_before_0006_says_what_it_cannot_know(tmp_path: Path) -> None:
+    """Rows from before migration 0006 have no routing keys: explain routes them by their
+    observable and says so, rather than passing that off as how they were routed."""
+    from sqlalchemy import update
+
+    from connector.explain import explain_target
+    from connector.store import schema as t
+
+    cfg = parse_config(example())
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    Ingestor(cfg, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(t.notifications).values(
+                routed_ip=None, routed_asn=None, routed_hostname=None, direct_owner_only=None
+            )
+        )
+        key = conn.execute(t.notifications.select()).mappings().first()["key"]
+    lines = explain_target(Router(cfg), key, Policy("amber"), store)
+    assert any("stored before its routing keys were kept" in line for line in lines)
+    assert lines[-1].startswith("result: ")
+
+
+def test_a_url_with_a_unicode_host_routes_to_the_punycode_claim() -> None:
+    """A URL's host was matched as written: `bücher.example` never met the claim on its
+    canonical (punycode) form `xn--bcher-kva.example`."""
+    raw = example()
+    zcert = next(r for r in raw["recipients"] if r["id"] == "zcert")
+    zcert["constituency"]["domains"] = [*zcert["constituency"].get("domains", []), "xn--bcher-kva.example"]
+    router = Router(parse_config(raw))
+    n = Notification(
+        partner="divd",
+        feed="test",
+        classification=Classification("fraud", "phishing", "phishing-url"),
+        observed_at=datetime(2024, 6, 12, tzinfo=UTC),
+        tlp="amber",
+        url="https://BÜCHER.example/login",
+    )
+    assert router.route(n).recipients == ["zcert"]

@@ -102,6 +102,12 @@ notifications = Table(
     Column("recipients", Text, nullable=False),  # JSON list, as routed at the last update
     Column("first_run", BigInteger, nullable=False),
     Column("last_run", BigInteger, nullable=False),
+    # What the router was given (migration 0006), so `route explain` can route it again as it
+    # was routed; NULL on rows stored before.
+    Column("routed_ip", Text, nullable=True),
+    Column("routed_asn", BigInteger, nullable=True),
+    Column("routed_hostname", Text, nullable=True),
+    Column("direct_owner_only", Boolean, nullable=True),
     Index("ix_notifications_last_run", "last_run"),
 )
 
