@@ -13,7 +13,10 @@ share of the time the store part takes (batching, look-ups, SQLite writes), and 
 for speed in Python or in the store.
 
     python bench/ingest.py [--rows 1000000] [--sample 2000] [--stage-rows 100000] [--batch-size N]
-        [--commit-every N] [--commit-seconds S] [--database URL] [--keep DIR]
+        [--commit-every N] [--commit-seconds S] [--database URL] [--keep DIR] [--compact]
+
+--compact also times, on the same rows, a prototype of the redesign the README's design section
+discusses (one compact row per notification, STIX rendered when read): the floor of that design.
 
 --database runs the same ingest on another store, an empty PostgreSQL database for instance
 (postgresql+psycopg://user@127.0.0.1:5432/bench); the default is a fresh SQLite file.
@@ -297,6 +300,70 @@ def print_stages(report: Path, rows: int, mapping: Mapping, config: Config, end_
     )
 
 
+COMPACT_SCHEMA = """
+CREATE TABLE notifications (key TEXT PRIMARY KEY, partner TEXT, feed TEXT, classification TEXT,
+    identifier TEXT, observable TEXT, day TEXT, tlp TEXT, first_seen INTEGER, last_seen INTEGER,
+    count INTEGER, evidence TEXT, recipients TEXT) WITHOUT ROWID;
+CREATE TABLE members (date_added INTEGER PRIMARY KEY, collection_id TEXT, key TEXT);
+CREATE INDEX members_page ON members (collection_id, date_added);
+"""
+
+
+def compact_floor(report: Path, rows: int, mapping: Mapping, config: Config, work: Path) -> float:
+    """Seconds for the redesign the README's design section discusses, as a prototype: rows
+    read, mapped, keyed and routed as now (stages 1-3), then stored as one compact row per
+    notification plus one membership row per recipient, with no STIX built or stored at
+    ingest (TAXII would render it when read). Same SQLite settings and batching as the store.
+    A floor for that design on this machine, not a product path: no look-up of what is
+    stored already (a notification seen again only counts up), no versions, no observation
+    times."""
+    import sqlite3
+
+    path = work / "compact.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536", "wal_autocheckpoint=10000"):
+        db.execute(f"PRAGMA {pragma}")
+    db.executescript(COMPACT_SCHEMA)
+    partner = config.partner("shadowserver")
+    adapter = MappedAdapter(mapping, partner.id, FileContext({}), report.name, partner.default_tlp)
+    router = Router(config)
+    batch: list[tuple[object, ...]] = []
+    members: list[tuple[object, ...]] = []
+    clock = 0
+    insert = (
+        "INSERT INTO notifications VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE "
+        "SET count = count + 1, last_seen = max(last_seen, excluded.last_seen)"  # seen again
+    )
+    with report.open("rb") as stream:
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        for done, n in enumerate(notifications_of(adapter, islice(adapter.rows(stream), rows)), start=1):
+            key = notification_key(n)
+            recipients = router.route(n).recipients
+            seen = int(n.observed_at.timestamp() * 1e6)
+            c = n.classification
+            batch.append(
+                (key, n.partner, n.feed, f"{c.taxonomy}/{c.type}", c.identifier, n.observable, n.day, n.tlp,
+                 seen, seen, 1, orjson.dumps(n.evidence).decode(), orjson.dumps(recipients).decode())
+            )  # fmt: skip
+            for rid in recipients:
+                clock += 1
+                members.append((clock, rid, key))
+            if len(batch) >= BATCH_SIZE:
+                db.executemany(insert, batch)
+                db.executemany("INSERT INTO members VALUES (?,?,?)", members)
+                batch, members = [], []
+                if done % COMMIT_EVERY == 0:
+                    db.execute("COMMIT")
+                    db.execute("BEGIN IMMEDIATE")
+        db.executemany(insert, batch)
+        db.executemany("INSERT INTO members VALUES (?,?,?)", members)
+        db.execute("COMMIT")
+        seconds = time.perf_counter() - started
+    db.close()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -314,6 +381,11 @@ def main() -> None:
     )
     parser.add_argument("--database", help="store URL (an empty database); default: a fresh SQLite file")
     parser.add_argument("--keep", type=Path, help="keep the report and database in this directory")
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="also time the compact-row redesign's floor on the same rows (a prototype, see compact_floor)",
+    )
     args = parser.parse_args()
     if args.stage_rows < 1:
         parser.error("--stage-rows must be at least 1")
@@ -392,6 +464,13 @@ def main() -> None:
     )
     stage_rows = min(args.stage_rows, args.rows)  # the report has exactly args.rows rows
     print_stages(report, stage_rows, mapping, config, elapsed / args.rows * 1e6)
+    if args.compact:
+        seconds = compact_floor(report, args.rows, mapping, config, work)
+        print(
+            f"redesign floor (prototype: stages 1-3, then one compact row per notification and one "
+            f"membership row per recipient, no STIX at ingest), {args.rows:,} rows: "
+            f"{args.rows / seconds:,.0f} rows/s, {seconds / args.rows * 1e6:.1f} µs/row"
+        )
     store.close()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
