@@ -308,3 +308,26 @@ def test_a_missing_key_names_the_variable_but_never_a_pasted_key(key_env: str, n
         default_client("zcert", channel)
     assert (key_env in str(refused.value)) is named
     assert "is not set" in str(refused.value)
+
+
+def test_an_event_holding_notifications_of_two_tlp_levels_carries_only_the_most_restrictive(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One Connect2Trust event whose attributes carry their own TLP (an attribute `tlp:green`
+    tag beside the event's `tlp:amber`) becomes one event for Z-CERT. It was tagged both
+    `tlp:amber` and `tlp:green`: TLP is an exclusive taxonomy in MISP, and a MISP sharing by tag
+    (a push rule or feed filter allowing `tlp:green`) would pass the amber data on."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    source = json.loads(C2T_EVENT.read_text())
+    for attribute in source["Event"]["Attribute"]:
+        if attribute["value"] == "2001:db8:10::99":
+            attribute["Tag"] = [*attribute.get("Tag", []), {"name": "tlp:green"}]
+    path = tmp_path / "connect2trust-event.json"
+    path.write_text(json.dumps(source), encoding="utf-8")
+    Ingestor(config, store, load_mappings()).run("connect2trust", "misp-event", [path])
+    MispSync(config, store).run()
+    events = list(fakes[0].events.values())
+    values = {a["value"] for e in events for a in e.get("Attribute", [])}
+    assert {"192.0.2.77", "2001:db8:10::99"} <= values  # both in Z-CERT's instance
+    for event in events:
+        assert [t["name"] for t in event["Tag"] if t["name"].startswith("tlp:")] == ["tlp:amber"]

@@ -24,7 +24,7 @@ from connector.stix.ids import project_uuid
 from connector.store import Store
 from connector.store import schema as t
 from connector.store.store import members_with_ids, timestamp_to_us
-from connector.tlp import TLP2_MARKING_IDS
+from connector.tlp import TLP2_MARKING_IDS, TLP_LEVELS
 
 _TLP_BY_ID = {v: k for k, v in TLP2_MARKING_IDS.items()}
 _THREAT_LEVEL = {"critical": 1, "high": 1, "medium": 2, "low": 3}
@@ -130,13 +130,14 @@ def build_event(
     else:
         event.distribution = 0  # this organisation only
     tags: set[str] = set()
+    levels: set[str] = set()
     count = 0
     for note in notes:
         row, sighting = note["row"], note["sighting"]
         tlp = next(
             (_TLP_BY_ID[m] for m in sighting.get("object_marking_refs", []) if m in _TLP_BY_ID), row["tlp"]
         )
-        tags.add(f"tlp:{tlp}")
+        levels.add(tlp)
         taxonomy, _, kind = row["classification"].partition("/")
         tags.add(f'rsit:{taxonomy}="{kind}"')
         original = _original_attribute(note, recipient)
@@ -148,6 +149,11 @@ def build_event(
             count += len(obj.attributes)
             event.add_object(obj)
     _add_provenance(event, event_uuid, notes, config, recipient)
+    if levels:
+        # One TLP tag, the most restrictive of the event's notifications: TLP is an exclusive
+        # taxonomy in MISP, and with `tlp:green` beside `tlp:amber` a MISP sharing by tag (push
+        # rules, feed filters) would pass the amber notifications on as green.
+        tags.add(f"tlp:{max(levels, key=TLP_LEVELS.__getitem__)}")
     for tag in sorted(tags):
         event.add_tag(tag)
     content = json.loads(event.to_json())  # to_dict is shallow: objects would hash as their names
