@@ -358,3 +358,20 @@ def test_tlp(raw: str, expected: str) -> None:
 def test_tlp_rejects_unknown_level() -> None:
     with pytest.raises(ValueError, match="unknown TLP level"):
         converters.tlp("purple")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://Bücher.Example/pfad", "http://xn--bcher-kva.example/pfad"),
+        ("http://xn--bcher-kva.example/pfad", "http://xn--bcher-kva.example/pfad"),
+        ("https://straße.de/", "https://xn--strae-oqa.de/"),  # IDNA 2008, not ss
+        ("HTTP://Example.NL./a", "http://example.nl/a"),
+        ("http://[2001:DB8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
+    ],
+)
+def test_url_host_is_the_canonical_host_name(raw: str, expected: str) -> None:
+    """The URL's host in the form canonical_domain gives every other host name: a Unicode host
+    made a url SCO (and a natural key) of its own beside its punycode spelling, and a url
+    value with a non-ASCII host is not the RFC 3986 URI STIX 2.1 requires of url:value."""
+    assert converters.url(raw) == expected
