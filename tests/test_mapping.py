@@ -375,3 +375,22 @@ def test_url_host_is_the_canonical_host_name(raw: str, expected: str) -> None:
     made a url SCO (and a natural key) of its own beside its punycode spelling, and a url
     value with a non-ASCII host is not the RFC 3986 URI STIX 2.1 requires of url:value."""
     assert converters.url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("::FFFF:192.0.2.10", "::ffff:192.0.2.10"),
+        ("::ffff:c000:20a", "::ffff:192.0.2.10"),
+        ("0:0:0:0:0:ffff:c000:20a", "::ffff:192.0.2.10"),
+        ("::ffff:c000:200/120", "::ffff:192.0.2.0/120"),
+    ],
+)
+def test_an_ipv4_mapped_address_has_one_text_whatever_the_python_version(raw: str, expected: str) -> None:
+    """str() of an IPv4-mapped IPv6 address is `::ffff:c000:20a` before Python 3.13 and
+    `::ffff:192.0.2.10` from 3.13 (gh-87799): the SCO id and the natural key changed with the
+    interpreter, so an upgrade made every such notification and address a second object.
+    The canonical text is RFC 5952's (section 5), the dotted form."""
+    assert converters.ip_or_network(raw) == expected
+    if "/" not in raw:
+        assert converters.ip_address(raw) == expected
