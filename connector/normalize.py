@@ -16,6 +16,14 @@ _CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
+def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address's RFC 5952 text; an IPv4-mapped one in its dotted form (`::ffff:192.0.2.10`,
+    section 5) on every Python: str() gives `::ffff:c000:20a` before 3.13 and the dotted form
+    from 3.13 (gh-87799), and this text is part of SCO ids and natural keys."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped is not None else str(address)
+
+
 def canonical_ip(value: str) -> str:
     """Canonical text of an IPv4/IPv6 address; raises ValueError naming the bad value."""
     text = value.strip()
@@ -24,7 +32,7 @@ def canonical_ip(value: str) -> str:
     if not text:
         raise ValueError("empty IP address")
     try:
-        return str(ipaddress.ip_address(text))
+        return _address_text(ipaddress.ip_address(text))
     except ValueError:
         raise ValueError(f"invalid IP address {value!r}") from None
 
@@ -48,8 +56,8 @@ def canonical_ip_or_network(value: str) -> str:
     if network.network_address != ipaddress.ip_address(text.partition("/")[0]):
         raise ValueError(f"IP network {value!r} has host bits set (the network is {network.with_prefixlen})")
     if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return network.with_prefixlen
+        return _address_text(network.network_address)
+    return f"{_address_text(network.network_address)}/{network.prefixlen}"
 
 
 def canonical_domain(value: str) -> str:

@@ -358,3 +358,39 @@ def test_tlp(raw: str, expected: str) -> None:
 def test_tlp_rejects_unknown_level() -> None:
     with pytest.raises(ValueError, match="unknown TLP level"):
         converters.tlp("purple")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("http://Bücher.Example/pfad", "http://xn--bcher-kva.example/pfad"),
+        ("http://xn--bcher-kva.example/pfad", "http://xn--bcher-kva.example/pfad"),
+        ("https://straße.de/", "https://xn--strae-oqa.de/"),  # IDNA 2008, not ss
+        ("HTTP://Example.NL./a", "http://example.nl/a"),
+        ("http://[2001:DB8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
+    ],
+)
+def test_url_host_is_the_canonical_host_name(raw: str, expected: str) -> None:
+    """The URL's host in the form canonical_domain gives every other host name: a Unicode host
+    made a url SCO (and a natural key) of its own beside its punycode spelling, and a url
+    value with a non-ASCII host is not the RFC 3986 URI STIX 2.1 requires of url:value."""
+    assert converters.url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("::FFFF:192.0.2.10", "::ffff:192.0.2.10"),
+        ("::ffff:c000:20a", "::ffff:192.0.2.10"),
+        ("0:0:0:0:0:ffff:c000:20a", "::ffff:192.0.2.10"),
+        ("::ffff:c000:200/120", "::ffff:192.0.2.0/120"),
+    ],
+)
+def test_an_ipv4_mapped_address_has_one_text_whatever_the_python_version(raw: str, expected: str) -> None:
+    """str() of an IPv4-mapped IPv6 address is `::ffff:c000:20a` before Python 3.13 and
+    `::ffff:192.0.2.10` from 3.13 (gh-87799): the SCO id and the natural key changed with the
+    interpreter, so an upgrade made every such notification and address a second object.
+    The canonical text is RFC 5952's (section 5), the dotted form."""
+    assert converters.ip_or_network(raw) == expected
+    if "/" not in raw:
+        assert converters.ip_address(raw) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import requests
@@ -123,3 +124,16 @@ def test_events_name_the_source_and_case_and_link_back_to_the_collection(tmp_pat
             link.startswith(f"https://meldpunt.example/meldpunt/collections/{collection}/objects/sighting--")
             for link in links
         )
+
+
+def test_feed_bytes_do_not_depend_on_the_time_of_export(tmp_path: Path) -> None:
+    """PyMISP fills an unset publish_timestamp with the current time, so every event file (and
+    its ETag) changed every second though nothing changed, and told when it was fetched."""
+    config, store = ingested(tmp_path)
+    first = feed_files(config, store, "zcert")
+    time.sleep(1.1)
+    assert feed_files(config, store, "zcert") == first
+    for name, body in first.items():
+        if name.endswith(".json") and name != "manifest.json":
+            event = json.loads(body)["Event"]
+            assert event["publish_timestamp"] == event["timestamp"]

@@ -308,3 +308,55 @@ def test_a_missing_key_names_the_variable_but_never_a_pasted_key(key_env: str, n
         default_client("zcert", channel)
     assert (key_env in str(refused.value)) is named
     assert "is not set" in str(refused.value)
+
+
+def test_an_event_holding_notifications_of_two_tlp_levels_carries_only_the_most_restrictive(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One Connect2Trust event whose attributes carry their own TLP (an attribute `tlp:green`
+    tag beside the event's `tlp:amber`) becomes one event for Z-CERT. It was tagged both
+    `tlp:amber` and `tlp:green`: TLP is an exclusive taxonomy in MISP, and a MISP sharing by tag
+    (a push rule or feed filter allowing `tlp:green`) would pass the amber data on."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    source = json.loads(C2T_EVENT.read_text())
+    for attribute in source["Event"]["Attribute"]:
+        if attribute["value"] == "2001:db8:10::99":
+            attribute["Tag"] = [*attribute.get("Tag", []), {"name": "tlp:green"}]
+    path = tmp_path / "connect2trust-event.json"
+    path.write_text(json.dumps(source), encoding="utf-8")
+    Ingestor(config, store, load_mappings()).run("connect2trust", "misp-event", [path])
+    MispSync(config, store).run()
+    events = list(fakes[0].events.values())
+    values = {a["value"] for e in events for a in e.get("Attribute", [])}
+    assert {"192.0.2.77", "2001:db8:10::99"} <= values  # both in Z-CERT's instance
+    for event in events:
+        assert [t["name"] for t in event["Tag"] if t["name"].startswith("tlp:")] == ["tlp:amber"]
+
+
+def test_a_misp_attribute_seen_again_on_a_later_day_is_not_sent_twice_with_its_uuid(
+    tmp_path, fakes, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Connect2Trust exports its event again after editing its attributes (MISP bumps an
+    attribute's timestamp, which dates the observation): the later day is another
+    notification, in another event, with the same original attribute UUID. MISP refuses an
+    attribute UUID already used in another event (real MISP drops the attribute silently), so
+    the later day's event was refused (or lost those attributes)."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    source = json.loads(C2T_EVENT.read_text())
+    for day, stamp in (("2024-10-02", 1727863200), ("2024-10-05", 1728122400)):
+        for attribute in source["Event"]["Attribute"]:
+            attribute["timestamp"] = str(stamp)
+        path = tmp_path / f"connect2trust-{day}.json"
+        path.write_text(json.dumps(source), encoding="utf-8")
+        Ingestor(config, store, load_mappings()).run("connect2trust", "misp-event", [path])
+        summary = MispSync(config, store).run()
+        assert not summary.errors, summary.errors
+    uuids = [a["uuid"] for f in fakes for e in f.events.values() for a in e.get("Attribute", [])]
+    assert len(uuids) == len(set(uuids))
+    days = {}
+    for event in fakes[0].events.values():
+        values = {a["value"] for a in event.get("Attribute", [])}
+        values |= {a["value"] for o in event.get("Object", []) for a in o["Attribute"]}
+        days[event["date"]] = values
+    assert set(days) == {"2024-10-02", "2024-10-05"}
+    assert all("192.0.2.77" in values for values in days.values())  # in both, once as itself

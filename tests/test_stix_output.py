@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import stix2
 from stix2validator import ValidationOptions, validate_parsed_json
 
+from connector.adapters import converters
 from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config
 from connector.export import iter_collection
 from connector.ingest import Ingestor
-from connector.stix.build import EXTENSION_ID, partner_identity_id
+from connector.notification import Classification, Notification
+from connector.stix.build import EXTENSION_ID, observables, partner_identity_id
 from connector.store import Store, VersionFilter
 from connector.tlp import TLP2_MARKING_IDS
 from tests.conftest import DIVD_SCAN
@@ -144,3 +148,68 @@ def test_export_bundle_is_what_the_collection_holds(ingested, sample_config: Con
         allow_custom=False,
     )
     assert len(bundle.objects) == len(bodies) == store.count_members(recipient_collection_id("zcert"))
+
+
+# --- SCO ids against the stix2 library, over many generated values -----------------------------
+
+
+def _generated_values() -> list[dict[str, object]]:
+    """Notification observables as the converters make them: IPv4, IPv6 (compressed, mapped,
+    networks), IDN host names, odd URLs (ports, IPv6 literals, queries, fragments, non-ASCII
+    paths), e-mail addresses; with and without ports and protocols."""
+    rng = random.Random(20240615)
+    out: list[dict[str, object]] = []
+    ips = ["192.0.2.1", "2001:DB8::0:1", "2001:db8:0:0:1:0:0:1", "::1", "::", "fe80::1", "198.51.100.0/24"]
+    ips += ["2001:db8:10::/48", "::ffff:192.0.2.10", "0:0:0:0:0:ffff:c000:20a"]
+    ips += [
+        f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+        for _ in range(40)
+    ]
+    ips += [":".join(f"{rng.randrange(0x10000):x}" for _ in range(8)) for _ in range(40)]
+    hosts = ["Example.NL", "straße.de", "bücher.example", "xn--bcher-kva.example", "пример.рф", "例え.テスト"]
+    hosts += ["a_b.example.org", "Mail30.EXAMPLE.nl.", "ümlaut-ß.example"]
+    urls = [
+        "HTTPS://Mail30.Example.NL:8443/owa?x=1&y='2'#frag",
+        "http://[2001:DB8::1]:8080/a\\b",
+        "http://example.nl/%7Efoo/ä?q=ü",
+        "ftp://user:secret@example.org/pub/",
+        "http://bücher.example/pfad",
+        "https://example.com/path with space",
+        "https://example.com/" + "x" * 3000,
+        "http://192.0.2.1/\u2028",
+    ]
+    emails = ["User@Example.NL", "first.last+tag@bücher.example", "o'brien@example.org"]
+    for ip in ips:
+        out.append({"ip": converters.ip_or_network(ip)})
+        if "/" not in ip:
+            out.append({"ip": converters.ip_address(ip), "port": rng.randrange(1, 65536), "protocol": "udp"})
+    for host in hosts:
+        out.append({"hostname": converters.domain(host)})
+    for url in urls:
+        out.append({"url": converters.url(url)})
+    for address in emails:
+        out.append({"email": converters.email(address)})
+    return out
+
+
+def test_sco_ids_of_generated_values_equal_the_stix2_librarys() -> None:
+    """Every SCO `observables` makes (ipv4-addr, ipv6-addr, domain-name, url, email-addr,
+    network-traffic over dst_ref, dst_port and protocols) has the id the stix2 library
+    computes for the same content (STIX 2.1 section 2.9), and validates."""
+    classification = Classification("vulnerable", "vulnerable-system", "CVE-2024-4577")
+    seen = 0
+    for fields in _generated_values():
+        n = Notification(
+            partner="divd",
+            feed="divd-nuclei",
+            classification=classification,
+            observed_at=datetime(2024, 6, 15, tzinfo=UTC),
+            tlp="amber",
+            **fields,  # type: ignore[arg-type]
+        )
+        for obj in observables(n):
+            cls = stix2.v21.OBJ_MAP_OBSERVABLE[obj["type"]]
+            rebuilt = cls(**{k: v for k, v in obj.items() if k != "id"}, allow_custom=False)
+            assert rebuilt.id == obj["id"], obj
+            seen += 1
+    assert seen > 200

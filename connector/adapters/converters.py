@@ -7,6 +7,7 @@ ValueError with a message fit for the quarantine record.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -126,12 +127,19 @@ def email(value: Any) -> str:
 
 
 def url(value: Any) -> str:
-    """A URL with a host: scheme and host lower-cased, user info (credentials) removed."""
+    """A URL with a host: scheme lower-cased, user info (credentials) removed, and the host in
+    the form every other host name takes (canonical_domain: lower-case, IDNA 2008 punycode, no
+    trailing dot). A Unicode host made a second url object (and notification) beside its
+    punycode spelling, and a url value must be an RFC 3986 URI, which is ASCII. A host name
+    canonical_domain refuses is kept lower-cased, as before: the URL is still the evidence."""
     text = _text(value).strip()
     parts = urlsplit(text)
     if not parts.scheme or not parts.hostname:
         raise ValueError(f"not a URL with a host: {value!r}")
     host = parts.hostname
+    if not is_ip(host):
+        with contextlib.suppress(ValueError):
+            host = canonical_domain(host)
     port = f":{parts.port}" if parts.port else ""  # a bad port raises ValueError here
     netloc = (f"[{host}]" if ":" in host else host) + port
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))

@@ -24,7 +24,7 @@ from connector.stix.ids import project_uuid
 from connector.store import Store
 from connector.store import schema as t
 from connector.store.store import members_with_ids, timestamp_to_us
-from connector.tlp import TLP2_MARKING_IDS
+from connector.tlp import TLP2_MARKING_IDS, TLP_LEVELS
 
 _TLP_BY_ID = {v: k for k, v in TLP2_MARKING_IDS.items()}
 _THREAT_LEVEL = {"critical": 1, "high": 1, "medium": 2, "low": 3}
@@ -98,6 +98,42 @@ def load_notifications(store: Store, keys: list[str], recipient: str) -> list[di
     return out
 
 
+def _sent_on_an_earlier_day(
+    store: Store, recipient: str, event_uuid: str, notes: list[dict[str, Any]]
+) -> set[str]:
+    """Keys of the notes from a MISP attribute whose occurrence (the same partner,
+    classification, identifier and observable) is in another, earlier day's event of the
+    recipient. That event holds the attribute under its original UUID, and MISP refuses one
+    attribute UUID in two events: a partner that edits an attribute moves its timestamp, and
+    so its observation, to a later day, which is another notification in another event."""
+    keys = [n["row"]["key"] for n in notes if _evidence(n).get("misp_attribute_uuid")]
+    if not keys:
+        return set()
+    mine, other, m = t.notifications.alias("mine"), t.notifications.alias("other"), t.misp_event_members
+    earlier = (
+        select(other.c.key)
+        .select_from(other.join(m, m.c.notification_key == other.c.key))
+        .where(
+            and_(
+                m.c.recipient == recipient,
+                m.c.event_uuid != event_uuid,
+                other.c.partner == mine.c.partner,
+                other.c.classification == mine.c.classification,
+                other.c.identifier == mine.c.identifier,
+                other.c.observable == mine.c.observable,
+                other.c.day < mine.c.day,
+            )
+        )
+        .exists()
+    )
+    with store.engine.connect() as conn:
+        return {r[0] for r in conn.execute(select(mine.c.key).where(and_(mine.c.key.in_(keys), earlier)))}
+
+
+def _evidence(note: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(note["sighting"].get("extensions", {}).values()), {}).get("evidence", {})
+
+
 def _uuid(event_uuid: str, *parts: str) -> str:
     return str(uuid.uuid5(uuid.UUID(event_uuid), "\x1f".join(parts)))
 
@@ -129,17 +165,19 @@ def build_event(
         event.sharing_group_id = sharing_group_id
     else:
         event.distribution = 0  # this organisation only
+    repeated = _sent_on_an_earlier_day(store, recipient, event_uuid, notes)
     tags: set[str] = set()
+    levels: set[str] = set()
     count = 0
     for note in notes:
         row, sighting = note["row"], note["sighting"]
         tlp = next(
             (_TLP_BY_ID[m] for m in sighting.get("object_marking_refs", []) if m in _TLP_BY_ID), row["tlp"]
         )
-        tags.add(f"tlp:{tlp}")
+        levels.add(tlp)
         taxonomy, _, kind = row["classification"].partition("/")
         tags.add(f'rsit:{taxonomy}="{kind}"')
-        original = _original_attribute(note, recipient)
+        original = None if row["key"] in repeated else _original_attribute(note, recipient)
         if original is not None:
             event.add_attribute(**original)
             count += 1
@@ -148,6 +186,11 @@ def build_event(
             count += len(obj.attributes)
             event.add_object(obj)
     _add_provenance(event, event_uuid, notes, config, recipient)
+    if levels:
+        # One TLP tag, the most restrictive of the event's notifications: TLP is an exclusive
+        # taxonomy in MISP, and with `tlp:green` beside `tlp:amber` a MISP sharing by tag (push
+        # rules, feed filters) would pass the amber notifications on as green.
+        tags.add(f"tlp:{max(levels, key=TLP_LEVELS.__getitem__)}")
     for tag in sorted(tags):
         event.add_tag(tag)
     content = json.loads(event.to_json())  # to_dict is shallow: objects would hash as their names

@@ -37,6 +37,8 @@ def feed_events(
         # Stable timestamps (the newest notification version), so the feed's bytes change, and
         # MISP pulls again, only when something changed.
         event.timestamp = built.last_change
+        # Unset, PyMISP fills in the time of export: the bytes would change every second.
+        event.publish_timestamp = built.last_change
         for obj in event.objects:
             obj.timestamp = built.last_change
             for attribute in obj.attributes:
