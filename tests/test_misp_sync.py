@@ -360,3 +360,46 @@ def test_a_misp_attribute_seen_again_on_a_later_day_is_not_sent_twice_with_its_u
         days[event["date"]] = values
     assert set(days) == {"2024-10-02", "2024-10-05"}
     assert all("192.0.2.77" in values for values in days.values())  # in both, once as itself
+
+
+def test_two_syncs_at_once_push_each_event_once(tmp_path, fakes, monkeypatch, postgres_url) -> None:  # type: ignore[no-untyped-def]
+    """Two `misp sync` processes sharing one PostgreSQL store (a cron overlapping a manual
+    run, two hosts): each event goes to its MISP once, not once per sync (both read the same
+    due entries; the second add, or an edit, and with `publish` a second publication)."""
+    import threading
+
+    from tests.conftest import _drop_pg_database, _fresh_pg_database
+
+    url, name = _fresh_pg_database(postgres_url)
+    try:
+        config, sqlite_store = deployment(tmp_path, fakes, monkeypatch)
+        sqlite_store.close()
+        store = Store.open(url)
+        store.sync_collections(collection_rows(config))
+        Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+        for fake in fakes:
+            fake.fail_next(4, "slow", seconds=0.5)  # both syncs are then mid-push together
+        barrier = threading.Barrier(2)
+        summaries = []
+
+        def sync() -> None:
+            syncer = MispSync(config, store)
+            barrier.wait()
+            summaries.append(syncer.run())
+
+        threads = [threading.Thread(target=sync) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(not s.errors for s in summaries)
+        for fake in fakes:
+            pushes = [r.path for r in fake.mutations if "publish" not in r.path]
+            assert len(pushes) == len(fake.events) > 0, pushes
+        with store.engine.connect() as conn:
+            assert (
+                conn.exec_driver_sql("SELECT count(*) FROM misp_outbox WHERE status <> 'done'").scalar() == 0
+            )
+        store.close()
+    finally:
+        _drop_pg_database(postgres_url, name)

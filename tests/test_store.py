@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -52,6 +57,40 @@ def test_migrations_create_exactly_the_declared_schema(store_url: str) -> None:
 def test_migrate_twice_is_harmless(store_url: str) -> None:
     store = Store.open(store_url)
     store.migrate()
+    store.close()
+
+
+_OPEN_STORE = """
+import sys, time
+from connector.store import CollectionRow, Store
+store = Store(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all processes begin together
+store.migrate()
+store.sync_collections(
+    [CollectionRow(f"{n:08d}-0000-4000-8000-000000000000", "recipient", f"r{n}", "t", "") for n in range(50)]
+)
+store.close()
+"""
+
+
+def test_processes_opening_an_empty_store_at_once_all_succeed(store_url: str) -> None:
+    """Ingest and server processes started together on a new (or older) database all migrate
+    it and sync the collections at once: none may fail on another's CREATE TABLE or collection
+    row (PostgreSQL: a duplicate key in pg_type, in collections_pkey). Processes, not threads:
+    Alembic's `context` is one per process."""
+    at = str(time.time() + 3)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STORE, store_url, at], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    failures = [err for err in (p.communicate(timeout=120)[1] for p in procs) if "Error" in err]
+    assert [p.returncode for p in procs] == [0, 0, 0], failures[0][-600:]
+    store = Store(store_url)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM collections").scalar() == 50
     store.close()
 
 

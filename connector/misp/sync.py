@@ -14,7 +14,8 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,10 +110,55 @@ class MispSync:
         summary = SyncSummary()
         entries = self.due(recipient, include_later=include_later)
         for done, entry in enumerate(entries, start=1):
-            self._deliver(entry, summary)
+            with self._claimed(entry, include_later) as current:
+                if current is not None:
+                    self._deliver(current, summary)
             if progress:
                 progress(done, len(entries))
         return summary
+
+    @contextmanager
+    def _claimed(self, entry: dict[str, Any], include_later: bool) -> Iterator[dict[str, Any] | None]:
+        """The entry as it is now, while this sync alone delivers it; None: leave it alone.
+
+        Syncs in several processes (a cron run overlapping a manual one, two hosts) read the
+        same due entries: each would push every event, adding or editing it twice at once (and
+        publishing it twice). On PostgreSQL a session advisory lock on the entry, held while it
+        is delivered, lets one of them through; the others skip it, or find it delivered once
+        they get the lock (it is read again). SQLite stores serve one host: not locked there."""
+        if self.store.dialect != "postgresql":
+            yield entry
+            return
+        ob = t.misp_outbox
+        key = f"misp-outbox\x1f{entry['recipient']}\x1f{entry['event_uuid']}"
+        with self.store.engine.connect() as conn:
+            got = conn.exec_driver_sql(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
+            ).scalar()
+            conn.commit()
+            if not got:
+                log.info(
+                    "misp entry being delivered by another sync",
+                    extra={"recipient": entry["recipient"], "misp_event": entry["event_uuid"]},
+                )
+                yield None
+                return
+            try:
+                row = (
+                    conn.execute(
+                        select(ob).where(
+                            and_(ob.c.recipient == entry["recipient"], ob.c.event_uuid == entry["event_uuid"])
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                conn.commit()
+                due = row is not None and row["status"] == "pending"
+                yield dict(row) if due and (include_later or row["next_attempt"] <= now_us()) else None
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                conn.commit()
 
     def _deliver(self, entry: dict[str, Any], summary: SyncSummary) -> None:
         rid, event_uuid = entry["recipient"], entry["event_uuid"]

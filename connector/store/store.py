@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ from connector.store import schema as t
 
 _CHUNK = 500
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL advisory lock key serialising schema migration and collection sync (Store._lock_schema).
+_SCHEMA_LOCK = 0x6D656C64_70756E74 >> 1  # "meldpunt", as a positive bigint
 
 
 def now_us() -> int:
@@ -208,7 +211,7 @@ def _make_engine(url: str) -> tuple[Engine, Engine]:
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # transactions are begun below, explicitly
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=60000")
@@ -226,6 +229,24 @@ def _make_engine(url: str) -> tuple[Engine, Engine]:
         return engine
 
     return sqlite_engine("BEGIN"), sqlite_engine("BEGIN IMMEDIATE")
+
+
+def _set_wal(cursor: Any, timeout: float = 60.0) -> None:
+    """PRAGMA journal_mode=WAL, retried while the database is locked.
+
+    Switching a new database file to WAL takes an exclusive lock, and SQLite answers "database
+    is locked" at once instead of waiting the busy timeout: processes started together on a new
+    store (an ingest and the server) would otherwise fail. Once the file is in WAL mode (it
+    stays so) the pragma takes no lock and this returns at the first try."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def run_migrations(conn: Connection, action: str = "upgrade", revision: str = "head") -> None:
@@ -258,7 +279,24 @@ class Store:
 
     def migrate(self) -> None:
         with self._write_engine.connect() as conn:
+            # One transaction for the whole upgrade, begun here: Alembic then runs every step
+            # in it (on SQLite too, where it would otherwise commit each step on its own and
+            # read the version before taking any lock), and the lock is held to the commit.
+            conn.begin()  # SQLite: BEGIN IMMEDIATE, the write lock
+            self._lock_schema(conn)
             run_migrations(conn)
+
+    def _lock_schema(self, conn: Connection) -> None:
+        """PostgreSQL: take the store's schema lock for the rest of this transaction.
+
+        Every ingest and server process migrates the store and syncs the collections when it
+        opens it. Processes started together on a new (or older) database would otherwise run
+        the same CREATE TABLE or insert the same collection at once, and all but one fail on a
+        duplicate key (pg_type's for a table, collections_pkey for a collection). Holding this
+        lock, one does the work and the others then find it done. On SQLite the writer's
+        BEGIN IMMEDIATE already serialises them."""
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
     # --- writing --------------------------------------------------------------------------
 
@@ -284,6 +322,7 @@ class Store:
         """Make the collections table match the configuration (ids are stable)."""
         wanted = {r.id: r for r in rows}
         with self._write_engine.begin() as conn:
+            self._lock_schema(conn)  # other processes starting now sync the same rows
             have = {row.id for row in conn.execute(select(t.collections.c.id))}
             for row in wanted.values():
                 values = {
