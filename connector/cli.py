@@ -228,6 +228,8 @@ misp_app = typer.Typer(
 app.add_typer(misp_app, name="misp")
 app.add_typer(route_app, name="route")
 app.add_typer(recipients_app, name="recipients")
+runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 
 @route_app.command("explain")
@@ -464,6 +466,50 @@ def demo(
     from connector.demo import run_demo
 
     raise typer.Exit(run_demo(workdir=workdir, port=port, serve=serve_after, out=out, console=console))
+
+
+_RUN_COUNTS = ("read", "new", "updated", "quarantined")
+
+
+@runs_app.command("list")
+def runs_list(
+    config_path: ConfigOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 20,
+) -> None:
+    """The latest ingest runs: status, times, counts. A run still `running` whose process is
+    gone (killed, its host lost) stays so: `meldpunt runs mark-failed ID` ends it."""
+    config = _load(config_path)
+    table = Table("run", "partner", "format", "status", "started", "finished", "counts", title="Ingest runs")
+    for run in _open_store(config).runs(limit):
+        counts = run["counts"]
+        shown = ", ".join(f"{k} {counts[k]}" for k in _RUN_COUNTS if k in counts)
+        table.add_row(
+            str(run["id"]),
+            run["partner"],
+            run["format"],
+            run["status"],
+            run["started_at"],
+            run["finished_at"] or "-",
+            shown or "-",
+        )
+    out.print(table)
+
+
+@runs_app.command("mark-failed")
+def runs_mark_failed(
+    run_id: Annotated[int, typer.Argument(help="The run's number (meldpunt runs list).")],
+    config_path: ConfigOption = None,
+) -> None:
+    """End a run left `running` by a process that is gone. What it committed stays; ingest the
+    same input again to complete it (nothing is stored twice)."""
+    config = _load(config_path)
+    store = _open_store(config)
+    reason = "marked failed by an operator: its process was gone; ingest the same input again to complete it"
+    if not store.mark_run_failed(run_id, reason):
+        run = store.run(run_id)
+        state = "does not exist" if run is None else f"is not running ({run['status']})"
+        raise _fail(f"run {run_id} {state}")
+    out.print(f"run {run_id} marked failed; ingest its input again to complete it")
 
 
 if __name__ == "__main__":  # pragma: no cover

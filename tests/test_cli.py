@@ -742,3 +742,34 @@ def test_misp_commands_refuse_an_unknown_recipient(tmp_path: Path, fresh_config:
     result = run_cli("misp", command, "--recipient", "zcret", cwd=tmp_path, config=fresh_config)
     assert result.returncode == 2, explain(result)
     assert "unknown recipient 'zcret'" in result.stderr, explain(result)
+
+
+def test_runs_list_and_mark_failed_end_a_run_whose_process_is_gone(tmp_path: Path) -> None:
+    """A killed ingest (SIGKILL, a lost host) leaves its run `running` for ever; an operator
+    needed SQL to see or end it."""
+    config = write_config(tmp_path)
+    ingest = ("ingest", "--partner", "divd", "--format", "divd-nuclei", str(DIVD_SCAN))
+    done = run_cli(*ingest, cwd=tmp_path, config=config)
+    assert done.returncode == 0, explain(done)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    killed = store.start_run("divd", "divd-nuclei", ["killed.jsonl"])  # as a process killed mid-run leaves it
+    store.close()
+
+    listed = run_cli("runs", "list", cwd=tmp_path, config=config)
+    assert listed.returncode == 0, explain(listed)
+    lines = {line.split()[1]: line for line in listed.stdout.splitlines() if re.match(r"^\W*\d+ ", line)}
+    assert "running" in lines[str(killed)] and "done" in lines[str(killed - 1)]
+
+    marked = run_cli("runs", "mark-failed", str(killed), cwd=tmp_path, config=config)
+    assert marked.returncode == 0, explain(marked)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    run = store.run(killed)
+    finished = store.run(killed - 1)
+    store.close()
+    assert run is not None and run["status"] == "failed" and "ingest the same input again" in run["error"]
+    assert finished is not None and finished["status"] == "done"  # only the one named
+
+    again = run_cli("runs", "mark-failed", str(killed), cwd=tmp_path, config=config)
+    assert again.returncode == 2 and "is not running (failed)" in again.stderr, explain(again)
+    unknown = run_cli("runs", "mark-failed", "999", cwd=tmp_path, config=config)
+    assert unknown.returncode == 2 and "does not exist" in unknown.stderr, explain(unknown)

@@ -375,6 +375,28 @@ class Store:
         out["inputs"] = json.loads(out["inputs"])
         return out
 
+    def runs(self, limit: int) -> list[dict[str, Any]]:
+        """The latest `limit` runs, newest first (counts and inputs decoded)."""
+        query = select(t.ingest_runs).order_by(t.ingest_runs.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["counts"], row["inputs"] = json.loads(row["counts"]), json.loads(row["inputs"])
+        return rows
+
+    def mark_run_failed(self, run_id: int, reason: str) -> bool:
+        """A run left `running` by a process that is gone (killed, its host lost): failed, with
+        `reason`. Only a running run changes: True when it did. What the process committed
+        stays; ingesting the same input again completes it."""
+        ir = t.ingest_runs
+        with self._write_engine.begin() as conn:
+            result = conn.execute(
+                update(ir)
+                .where(and_(ir.c.id == run_id, ir.c.status == "running"))
+                .values(finished_at=us_to_timestamp(now_us()), status="failed", error=reason)
+            )
+        return bool(result.rowcount)
+
     def run_rows(self, run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         query = select(t.run_rows).where(t.run_rows.c.run_id == run_id)
         if kind:
