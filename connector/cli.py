@@ -436,10 +436,7 @@ def export(
     from connector.export import write_bundle
 
     config = _load(config_path)
-    try:
-        config.recipient(recipient)
-    except KeyError:
-        raise _fail(f"unknown recipient {recipient!r}") from None
+    _known_recipient(config, recipient)
     store = _open_store(config)
     if out_file is None:
         count = write_bundle(store, recipient, sys.stdout.buffer)
