@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connector.normalize import mapped_ipv4_network
 from connector.publicsuffix import is_public_suffix
 from connector.rsit import check_category
 from connector.tlp import TLP_LEVELS, Tlp
@@ -119,11 +120,10 @@ def _strict_networks(value: Any) -> Any:
         except ValueError as exc:  # every bad one at once: an operator fixes them in one go
             faults.append(f"item {index}: invalid network {item!r}: {exc}")
             continue
-        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
-        if mapped is not None and network.prefixlen >= 96:
+        ipv4 = mapped_ipv4_network(network) if isinstance(network, ipaddress.IPv6Network) else None
+        if ipv4 is not None:
             # The router looks mapped addresses up as IPv4 (connector/routing.py): such a claim
             # would never match, and beside 192.0.2.0/24 it would be a second, unnoticed claim.
-            ipv4 = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
             faults.append(
                 f"item {index}: invalid network {item!r}: an IPv4-mapped IPv6 network; its "
                 f"addresses are routed as IPv4, claim {ipv4.with_prefixlen} instead"

@@ -39,7 +39,7 @@ from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
-from connector.routing import Decision, Router, routing_keys
+from connector.routing import Decision, Router
 from connector.stix.build import NotificationState, notification_objects_and_own_ids, reference_objects
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
@@ -611,7 +611,8 @@ class _BatchWriter:
                 for ref in (*shared, *kept):
                     refs[ref] = None
         c = n.classification
-        keys = routing_keys(n)
+        keys = decision.keys
+        assert keys is not None  # Router.route sets them
         return {
             "key": key,
             "partner": n.partner,

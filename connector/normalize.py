@@ -24,6 +24,15 @@ def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
     return f"::ffff:{mapped}" if mapped is not None else str(address)
 
 
+def mapped_ipv4_network(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 network an IPv4-mapped IPv6 network (within ::ffff:0:0/96) stands for, as
+    routing looks it up: `::ffff:c000:200/120` -> 192.0.2.0/24. None for any other network."""
+    mapped = network.network_address.ipv4_mapped
+    if mapped is None or network.prefixlen < 96:
+        return None
+    return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+
+
 def canonical_ip(value: str) -> str:
     """Canonical text of an IPv4/IPv6 address; raises ValueError naming the bad value."""
     text = value.strip()

@@ -27,7 +27,7 @@ from typing import TypedDict
 import pytricia
 
 from connector.config import Config, RecipientConfig
-from connector.normalize import canonical_domain, is_ip, url_host
+from connector.normalize import canonical_domain, is_ip, mapped_ipv4_network, url_host
 from connector.notification import Notification
 from connector.tlp import allows
 
@@ -40,6 +40,14 @@ class Match:
     rule: str  # e.g. "network 192.0.2.0/25", "asn AS64500", "domain example.nl"
 
 
+class RoutingKeys(TypedDict):
+    """What a notification is routed by: the keyword arguments of `Router.match_keys`."""
+
+    ip: str | None
+    asn: int | None
+    hostname: str | None
+
+
 @dataclass(slots=True)
 class Decision:
     match: Match | None
@@ -47,6 +55,7 @@ class Decision:
     suppressed_tlp: list[str] = field(default_factory=list)
     suppressed_category: list[str] = field(default_factory=list)
     opted_out: str | None = None  # the opt-out rule that suppressed delivery
+    keys: RoutingKeys | None = None  # what the notification was routed by (Router.route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +143,7 @@ class Router:
         if not any(is_v6):
             return list(map(get4, ips))
         # An IPv4-mapped address is looked up as its IPv4 address (rare: only IPv6 ones pay).
-        keyed = [family_key(ip) if six else (False, ip) for ip, six in zip(ips, is_v6, strict=True)]
+        keyed = list(map(family_key, ips))
         is_v6 = [six for six, _ in keyed]
         ips = [key for _, key in keyed]
         owners4 = iter(list(map(get4, [ip for ip, six in zip(ips, is_v6, strict=True) if not six])))
@@ -158,9 +167,6 @@ class Router:
             if owner is not None:
                 return Match(owner, f"domain {candidate}")
         return None
-
-    def match(self, n: Notification) -> Match | None:
-        return self.match_keys(**routing_keys(n))
 
     def match_keys(
         self, *, ip: str | None = None, asn: int | None = None, hostname: str | None = None
@@ -212,9 +218,11 @@ class Router:
 
     def route(self, n: Notification) -> Decision:
         policy = Policy(n.tlp, n.classification.taxonomy, n.classification.type, n.direct_owner_only)
-        decision = self.decide(self.match(n), policy)
+        keys = routing_keys(n)  # once: the match, the opt-out and the store all use them
+        decision = self.decide(self.match_keys(**keys), policy)
+        decision.keys = keys
         if decision.recipients:
-            decision.opted_out = self.opt_out_rule(n.ip, n.hostname or _host_of(n))
+            decision.opted_out = self.opt_out_rule(keys["ip"], keys["hostname"])
             if decision.opted_out:
                 decision.recipients = []
         return decision
@@ -352,15 +360,12 @@ def family_key(ip: str) -> tuple[bool, str]:
 def ipv4_of_mapped(ip: str) -> str | None:
     """`::ffff:192.0.2.1` -> `192.0.2.1`, `::ffff:c000:200/120` -> `192.0.2.0/24`; else None."""
     try:
-        network = ipaddress.IPv6Network(ip, strict=False)
+        network = mapped_ipv4_network(ipaddress.IPv6Network(ip, strict=False))
     except ValueError:
         return None
-    mapped = network.network_address.ipv4_mapped
-    if mapped is None or network.prefixlen < 96:
+    if network is None:
         return None
-    if network.prefixlen == 128 and "/" not in ip:
-        return str(mapped)
-    return ipaddress.IPv4Network((mapped, network.prefixlen - 96)).with_prefixlen
+    return str(network.network_address) if "/" not in ip else network.with_prefixlen
 
 
 def _explain_parent_stop(
@@ -381,15 +386,9 @@ def _suffixes(name: str) -> list[str]:
 
 
 def routing_keys(n: Notification) -> RoutingKeys:
-    """What a notification is routed by: the keyword arguments of `Router.match_keys`. The
-    store keeps them with the notification, so that `route explain` routes it the same way."""
+    """What a notification is routed by. The store keeps them with the notification (from
+    Decision.keys), so that `route explain` routes it the same way."""
     return {"ip": n.ip, "asn": n.asn, "hostname": n.hostname or _host_of(n)}
-
-
-class RoutingKeys(TypedDict):
-    ip: str | None
-    asn: int | None
-    hostname: str | None
 
 
 def _host_of(n: Notification) -> str | None:
