@@ -27,15 +27,13 @@ def redact(secret: str | None) -> None:
     """
     if secret and len(secret) >= 8:  # shorter values would redact ordinary words
         _SECRETS.add(secret)
+        _SECRETS.add(orjson.dumps(secret).decode()[1:-1])  # as it appears inside a JSON string
 
 
 def _scrub(line: str) -> str:
     for secret in _SECRETS:
         if secret in line:
             line = line.replace(secret, REDACTED)
-        escaped = orjson.dumps(secret).decode()[1:-1]  # as it appears inside a JSON string
-        if escaped != secret and escaped in line:
-            line = line.replace(escaped, REDACTED)
     return line
 
 

@@ -403,3 +403,18 @@ def test_two_syncs_at_once_push_each_event_once(tmp_path, fakes, monkeypatch, po
         store.close()
     finally:
         _drop_pg_database(postgres_url, name)
+
+
+def test_a_registered_secret_is_scrubbed_raw_and_as_json_escapes_it() -> None:
+    """A key holding a quote or backslash appears escaped inside the JSON line's strings."""
+    import logging
+
+    from connector.logs import REDACTED, JsonFormatter, redact
+
+    secret = 'k3y"with\\odd-chars'
+    redact(secret)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "sent %s", (secret,), None)
+    record.header = {"Authorization": secret}
+    line = JsonFormatter().format(record)
+    assert secret not in line and json.dumps(secret)[1:-1] not in line
+    assert line.count(REDACTED) == 2

@@ -22,7 +22,7 @@ from typing import Any
 import requests
 from pymisp import PyMISP
 from pymisp.exceptions import MISPServerError, PyMISPError
-from sqlalchemy import and_, select, update
+from sqlalchemy import Select, and_, select, update
 
 from connector.config import Config, MispChannel
 from connector.logs import redact
@@ -39,6 +39,14 @@ ClientFactory = Callable[[str, MispChannel], Any]
 
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def _due(include_later: bool) -> Select[Any]:
+    """Outbox entries a sync delivers: pending, and their next attempt come (any pending one
+    with `include_later`)."""
+    ob = t.misp_outbox
+    query = select(ob).where(ob.c.status == "pending")
+    return query if include_later else query.where(ob.c.next_attempt <= now_us())
 
 
 class Retryable(Exception):
@@ -93,9 +101,7 @@ class MispSync:
 
     def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
         ob = t.misp_outbox
-        query = select(ob).where(ob.c.status == "pending")
-        if not include_later:
-            query = query.where(ob.c.next_attempt <= now_us())
+        query = _due(include_later)
         if recipient:
             query = query.where(ob.c.recipient == recipient)
         with self.store.engine.connect() as conn:
@@ -144,18 +150,10 @@ class MispSync:
                 yield None
                 return
             try:
-                row = (
-                    conn.execute(
-                        select(ob).where(
-                            and_(ob.c.recipient == entry["recipient"], ob.c.event_uuid == entry["event_uuid"])
-                        )
-                    )
-                    .mappings()
-                    .first()
-                )
+                this = and_(ob.c.recipient == entry["recipient"], ob.c.event_uuid == entry["event_uuid"])
+                row = conn.execute(_due(include_later).where(this)).mappings().first()
                 conn.commit()
-                due = row is not None and row["status"] == "pending"
-                yield dict(row) if due and (include_later or row["next_attempt"] <= now_us()) else None
+                yield dict(row) if row is not None else None
             finally:
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
                 conn.commit()
