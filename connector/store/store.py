@@ -249,6 +249,11 @@ def _set_wal(cursor: Any, timeout: float = 60.0) -> None:
             time.sleep(0.05)
 
 
+def _run(row: Any) -> dict[str, Any]:
+    """An ingest_runs row with its JSON columns (counts, inputs) decoded."""
+    return dict(row) | {"counts": json.loads(row["counts"]), "inputs": json.loads(row["inputs"])}
+
+
 def run_migrations(conn: Connection, action: str = "upgrade", revision: str = "head") -> None:
     """Alembic `upgrade` or `downgrade` to `revision` on this connection, committed (the
     store's own migrations; env.py takes the connection handed over here)."""
@@ -368,21 +373,13 @@ class Store:
     def run(self, run_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.ingest_runs).where(t.ingest_runs.c.id == run_id)).mappings().first()
-        if row is None:
-            return None
-        out = dict(row)
-        out["counts"] = json.loads(out["counts"])
-        out["inputs"] = json.loads(out["inputs"])
-        return out
+        return None if row is None else _run(row)
 
     def runs(self, limit: int) -> list[dict[str, Any]]:
         """The latest `limit` runs, newest first (counts and inputs decoded)."""
         query = select(t.ingest_runs).order_by(t.ingest_runs.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(query).mappings()]
-        for row in rows:
-            row["counts"], row["inputs"] = json.loads(row["counts"]), json.loads(row["inputs"])
-        return rows
+            return [_run(row) for row in conn.execute(query).mappings()]
 
     def mark_run_failed(self, run_id: int, reason: str) -> bool:
         """A run left `running` by a process that is gone (killed, its host lost): failed, with

@@ -132,10 +132,10 @@ def delete_object(
     if not who.operator:
         raise TaxiiError(403, "Forbidden", "Only operators may delete objects.")
     versions = q.versions or VersionFilter(all=True)  # spec: without match[version], every version
-    # match[spec_version] selects too (5.7): every stored object is STIX 2.1, so a filter
-    # without 2.1 selects nothing, as it does for GET; ignoring it would delete every version.
-    spec_matches = not q.spec_versions or "2.1" in q.spec_versions
-    removed = state(request).store.remove_members(collection_id, object_id, versions) if spec_matches else 0
+    # match[spec_version] selects too (5.7); ignoring it would delete every version.
+    removed = 0
+    if q.spec_version_matches:
+        removed = state(request).store.remove_members(collection_id, object_id, versions)
     if not removed:
         raise not_found("object")
     state(request).store.audit(

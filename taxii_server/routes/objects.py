@@ -34,6 +34,12 @@ class ObjectQuery:
     versions: VersionFilter | None
     spec_versions: tuple[str, ...]
 
+    @property
+    def spec_version_matches(self) -> bool:
+        """Whether match[spec_version] admits what the store holds: every stored object is STIX
+        2.1, so a filter without 2.1 selects nothing (for GET and DELETE alike)."""
+        return not self.spec_versions or "2.1" in self.spec_versions
+
     def fingerprint_parts(self) -> tuple[object, ...]:
         v = self.versions or VersionFilter()
         return (self.added_after, self.types, self.ids, v.last, v.first, v.all, v.exact, self.spec_versions)
@@ -141,7 +147,7 @@ def fetch_page(
     after = q.added_after
     if q.next:
         after = s.tokens.decode(q.next, who.username, collection_id, fingerprint)
-    if q.spec_versions and "2.1" not in q.spec_versions:
+    if not q.spec_version_matches:
         members: list[Member] = []
     else:
         members = s.store.page(
