@@ -145,22 +145,27 @@ def test_a_transaction_open_too_long_is_committed(
     assert len(transactions) >= 6  # one per batch: each found the transaction open long enough
 
 
+def break_routing_at(monkeypatch: pytest.MonkeyPatch, ing: Ingestor, call: int, error: BaseException) -> None:
+    """Routing raises `error` at its `call`-th notification: a fault, or Ctrl-C, mid-run."""
+    route, calls = ing.router.route, 0
+
+    def breaking(n: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise error
+        return route(n)
+
+    monkeypatch.setattr(ing.router, "route", breaking)
+
+
 def test_a_failed_run_records_what_was_committed(
     store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(700)]
     path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
     failing = ingestor(store, sample_config, mappings, batch_size=100, commit_every=300, commit_seconds=10**6)
-    route, calls = failing.router.route, 0
-
-    def route_until_550(n: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 550:
-            raise RuntimeError("routing broke")
-        return route(n)
-
-    monkeypatch.setattr(failing.router, "route", route_until_550)
+    break_routing_at(monkeypatch, failing, 550, RuntimeError("routing broke"))
     with pytest.raises(RuntimeError):
         failing.run(PARTNER, "shadowserver", [path])
     with store.engine.connect() as conn:
@@ -187,16 +192,7 @@ def test_an_interrupted_run_records_what_was_committed(
     interrupted = ingestor(
         store, sample_config, mappings, batch_size=100, commit_every=300, commit_seconds=10**6
     )
-    route, calls = interrupted.router.route, 0
-
-    def route_until_550(n: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 550:
-            raise KeyboardInterrupt
-        return route(n)
-
-    monkeypatch.setattr(interrupted.router, "route", route_until_550)
+    break_routing_at(monkeypatch, interrupted, 550, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         interrupted.run(PARTNER, "shadowserver", [path])
     with store.engine.connect() as conn:

@@ -215,18 +215,35 @@ def test_an_ipv4_mapped_ipv6_address_routes_by_its_ipv4_address(
     assert router.lookup_owners([ip, "2001:db8:10::1"]) == [owner, "zcert"]
 
 
+def scan_http_row(path: Path, ip: str, *, port: int = 443, hostname: str = "", asn: str = "") -> Path:
+    """A one-row Shadowserver scan_http report: an address, and what else routes it."""
+    host = f'"{hostname}"' if hostname else ""
+    path.write_text(
+        '"timestamp","ip","protocol","port","hostname","tag","asn"\n'
+        f'"2024-06-12 01:00:00","{ip}","tcp",{port},{host},"http",{asn}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def leaked_credential(path: Path, username: str) -> Path:
+    """A one-row DIVD leaked-credentials file for `username` (an e-mail address)."""
+    path.write_text(
+        "username,password,url,ts_found,ts_leaked,has_name,has_dob,has_addr,has_phone,has_cc,"
+        "has_bankacc,has_ssn,has_ip,extra_data\n"
+        f"{username},Zq7!wxyz0123,https://portal.example/,2024-09-17T10:00:00Z,2024-08-26,0,0,0,0,0,0,0,0,\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def test_an_ipv4_mapped_address_is_delivered_end_to_end(tmp_path: Path, sample_config: Config) -> None:
     raw = sample_config.model_dump(mode="json")
     raw["partners"].append({"id": "shadowserver", "name": "Shadowserver"})
     cfg = parse_config(raw)
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     store.sync_collections(collection_rows(cfg))
-    report = tmp_path / "scan_http.csv"
-    report.write_text(
-        '"timestamp","ip","protocol","port","hostname","tag","asn"\n'
-        '"2024-06-12 01:00:00","::ffff:192.0.2.17","tcp",80,,"http",\n',
-        encoding="utf-8",
-    )
+    report = scan_http_row(tmp_path / "scan_http.csv", "::ffff:192.0.2.17", port=80)
     summary = Ingestor(cfg, store, load_mappings()).run("shadowserver", "shadowserver", [report])
     assert summary.counts["routed"] == 1 and summary.counts["unrouted"] == 0
     assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1, "zcert": 1}
@@ -294,13 +311,7 @@ def test_a_leaked_credential_at_an_idn_domain_reaches_only_its_owner(tmp_path: P
     cfg = parse_config(IDN_CONFIG)
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     store.sync_collections(collection_rows(cfg))
-    leaks = tmp_path / "leak.credentials.csv"
-    leaks.write_text(
-        "username,password,url,ts_found,ts_leaked,has_name,has_dob,has_addr,has_phone,has_cc,"
-        "has_bankacc,has_ssn,has_ip,extra_data\n"
-        "Jan@Straße.DE,Zq7!wxyz0123,https://portal.example/,2024-09-17T10:00:00Z,2024-08-26,0,0,0,0,0,0,0,0,\n",
-        encoding="utf-8",
-    )
+    leaks = leaked_credential(tmp_path / "leak.credentials.csv", "Jan@Straße.DE")
     summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
     assert dict(summary.per_recipient) == {"strasze": 1}
     assert store.count_members(recipient_collection_id("strasse")) == 0

@@ -20,6 +20,7 @@ from connector.notification import Classification, Notification
 from connector.routing import Policy, Router
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG
+from tests.test_routing import leaked_credential, scan_http_row
 
 VULN = Classification("vulnerable", "vulnerable-system", "CVE-2024-4577")
 LEAK = Classification("information-content-security", "data-leak", "leaked-credential")
@@ -347,13 +348,7 @@ def test_explaining_a_stored_leaked_credential_names_the_direct_owner_only(tmp_p
     noord["constituency"]["domains"] = ["noord.example.org"]  # inside Z-CERT's example.org
     cfg = parse_config(raw)
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
-    leaks = tmp_path / "leak.credentials.csv"
-    leaks.write_text(
-        "username,password,url,ts_found,ts_leaked,has_name,has_dob,has_addr,has_phone,has_cc,"
-        "has_bankacc,has_ssn,has_ip,extra_data\n"
-        "arts@noord.example.org,Zq7!wxyz0123,https://portal.example/,2024-09-17T10:00:00Z,2024-08-26,0,0,0,0,0,0,0,0,\n",
-        encoding="utf-8",
-    )
+    leaks = leaked_credential(tmp_path / "leak.credentials.csv", "arts@noord.example.org")
     summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
     assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1}  # personal data: not to zcert
     with store.engine.connect() as conn:
@@ -373,12 +368,7 @@ def test_explaining_a_stored_notification_routed_by_host_name_or_as(
     raw["partners"].append({"id": "shadowserver", "name": "Shadowserver"})
     cfg = parse_config(raw)
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
-    report = tmp_path / "scan_http.csv"
-    report.write_text(
-        '"timestamp","ip","protocol","port","hostname","tag","asn"\n'
-        f'"2024-06-12 01:00:00","203.0.113.5","tcp",443,"{hostname}","http",{asn}\n',
-        encoding="utf-8",
-    )
+    report = scan_http_row(tmp_path / "scan_http.csv", "203.0.113.5", hostname=hostname, asn=asn)
     summary = Ingestor(cfg, store, load_mappings()).run("shadowserver", "shadowserver", [report])
     assert dict(summary.per_recipient) == {owner: 1}
     with store.engine.connect() as conn:
