@@ -24,8 +24,8 @@ from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.convert import build_event
 from connector.misp.sync import MispSync
+from connector.render.misp import build_event
 from connector.store import Store
 from tests.misp_fake import MispFake
 

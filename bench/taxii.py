@@ -244,7 +244,7 @@ def bulk_load(db_url: str, count: int, password: str, chunk: int = 50_000) -> tu
     from connector.collections import collection_rows
     from connector.store import Store
     from connector.store import schema as t
-    from connector.store.store import now_us, version_key
+    from connector.store.times import now_us, version_key
     from tests.medallion_peer import our_config
 
     config = our_config(db_url, username=USERNAME, password=password)
@@ -349,7 +349,7 @@ def by_id_latency(peer: Peer, big: int, repeats: int, params: dict[str, str], la
 
 def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None:
     """`count` threads, each a requests.Session, paging with next from random starting points."""
-    from connector.store.store import us_to_timestamp
+    from connector.store.times import us_to_timestamp
 
     url = peer.collection_url + "objects/"
     deadline = time.monotonic() + seconds
@@ -396,7 +396,7 @@ def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None
 
 
 def part_b(big: int, n_pollers: int, seconds: float, repeats: int, workdir: Path) -> None:
-    from connector.store.store import us_to_timestamp
+    from connector.store.times import us_to_timestamp
 
     print(f"\n== (b) ours alone: {big:,} indicators in one collection (SQLite), limit={PAGE_B} ==")
     if big <= 4 * PAGE_B:  # the middle page and the one after it are full, with more after them

@@ -361,7 +361,7 @@ def misp_retry(
 def misp_status(config_path: ConfigOption = None) -> None:
     """The MISP outbox per recipient: pending, done, failed, next attempt, last error."""
     from connector.misp.sync import MispSync
-    from connector.store.store import us_to_timestamp
+    from connector.store.times import us_to_timestamp
 
     config = _load(config_path)
     table = Table("recipient", "pending", "done", "failed", "next attempt", "last error", title="MISP outbox")

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from sqlalchemy import or_, select
-
 from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
-from connector.routing import Policy, Router
+from connector.render.stix import notification_of, shape
+from connector.routing import Policy, Router, RoutingKeys, routing_keys
+from connector.stix.build import notification_ids
 from connector.store import Store
-from connector.store import schema as t
+from connector.store.records import Kind, NotificationRecord, digest
 
 _ASN = re.compile(r"^(?:AS)?(\d{1,10})$", re.IGNORECASE)
-_KEY = re.compile(r"^[0-9a-f]{64}$")
+_OWN_ID = re.compile(r"^(sighting|observed-data|indicator)--[0-9a-f-]{36}$")
 
 
 def explain_target(router: Router, target: str, policy: Policy, store: Store | None = None) -> list[str]:
     """Lines of explanation for an IP, AS number, domain, e-mail address, URL or notification."""
     text = target.strip()
-    if text.startswith("sighting--") or _KEY.match(text):
+    if _OWN_ID.match(text):
         return _explain_notification(router, text, store)
     if (address := _address(text)) is not None:  # a network: the claim covering all of it
         return router.explain(ip=address, policy=policy)
@@ -56,53 +55,47 @@ def _address(text: str) -> str | None:
 def _explain_notification(router: Router, ident: str, store: Store | None) -> list[str]:
     if store is None:
         raise ValueError("explaining a notification needs the store")
-    n = t.notifications
-    with store.engine.connect() as conn:
-        row = (
-            conn.execute(select(n).where(or_(n.c.key == ident, n.c.sighting_id == ident))).mappings().first()
-        )
-    if row is None:
+    found = _notification_owning(store, ident)
+    if found is None:
         raise ValueError(f"no notification {ident!r} in the store")
-    taxonomy, _, type_ = row["classification"].partition("/")
+    record, kind, recipients = found
+    n = notification_of(record, kind, {})
     lines = [
-        f"notification {row['key']} ({row['sighting_id']})",
-        f"  {row['partner']} {row['classification']} {row['identifier']} on {row['observable']}, "
-        f"day {row['day']}, TLP {row['tlp']}",
-        f"  delivered at its last update to: {', '.join(json.loads(row['recipients'])) or 'nobody'}",
+        f"notification {record.pk} ({notification_ids(n.natural_key())[0]})",
+        f"  {kind.partner} {kind.classification} {record.identifier} on {record.observable}, "
+        f"day {n.day}, TLP {kind.tlp}",
+        f"  delivered at its last update to: {', '.join(recipients) or 'nobody'}",
     ]
-    if row["direct_owner_only"] is not None:  # what it was routed by (stored since migration 0006)
-        direct = bool(row["direct_owner_only"])
-        policy = Policy(row["tlp"], taxonomy, type_, direct)
-        given = [f"{name} {value}" for name, value in _routed_by(row) if value is not None]
-        lines.append(f"  routed by: {', '.join(given) or 'nothing routable'}")
-        if direct:
-            lines.append("  personal data: to its direct owner only, never to the owner's parents")
-        lines.append("routing today:")
-        asn = row["routed_asn"]
-        return lines + router.explain(
-            ip=row["routed_ip"],
-            asn=int(asn) if asn is not None else None,
-            hostname=row["routed_hostname"],
-            policy=policy,
-        )
-    lines += [
-        "  stored before its routing keys were kept (migration 0006): routed again by its "
-        "observable only, not by an AS number or host name, nor as personal data",
-        "routing today:",
-    ]
-    policy = Policy(row["tlp"], taxonomy, type_)
-    host = observable_host(row["observable"])
-    if (address := _address(host)) is not None:
-        return lines + router.explain(ip=address, policy=policy)
-    return lines + router.explain(hostname=canonical_domain(host), policy=policy)
+    policy = Policy(kind.tlp, kind.taxonomy, kind.type, kind.direct_owner_only)
+    keys = routing_keys(n)
+    given = [f"{name} {value}" for name, value in _routed_by(keys) if value is not None]
+    lines.append(f"  routed by: {', '.join(given) or 'nothing routable'}")
+    if kind.direct_owner_only:
+        lines.append("  personal data: to its direct owner only, never to the owner's parents")
+    lines.append("routing today:")
+    return lines + router.explain(ip=keys["ip"], asn=keys["asn"], hostname=keys["hostname"], policy=policy)
 
 
-def _routed_by(row: Any) -> list[tuple[str, Any]]:
-    asn = row["routed_asn"]
+def _notification_owning(store: Store, ident: str) -> tuple[NotificationRecord, Kind, list[str]] | None:
+    """The notification owning this object id (its sighting, observed-data or indicator), with
+    its latest version's kind and recipients."""
+    owners = store.collection_owners()
+    with store.reading() as reader:
+        pks = reader.notification_pks_by_id([ident]).get(digest(ident), [])
+        for record in reader.notifications(pks).values():
+            latest = reader.versions([record.latest])[record.latest]
+            kind = reader.kinds([latest.kind_of(record)])[latest.kind_of(record)]
+            if ident in shape(notification_of(record, kind, {})).own:
+                return record, kind, [owners[number] for number in latest.recipients]
+    return None
+
+
+def _routed_by(keys: RoutingKeys) -> list[tuple[str, Any]]:
+    asn = keys["asn"]
     return [
-        ("address", row["routed_ip"]),
+        ("address", keys["ip"]),
         ("AS", f"AS{asn}" if asn is not None else None),
-        ("host name", row["routed_hostname"]),
+        ("host name", keys["hostname"]),
     ]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import orjson
 
 from connector.collections import recipient_collection_id
+from connector.render.collection import CollectionView
 from connector.stix.ids import project_id
 from connector.store import Store
 
@@ -16,8 +17,9 @@ PAGE = 5000
 def iter_collection(store: Store, collection_id: str) -> Iterator[str]:
     """Stored JSON of every current object version in the collection, in date_added order."""
     after = None
+    view = CollectionView(store)
     while True:
-        page = store.page(collection_id, after=after, limit=PAGE)
+        page = view.page(collection_id, after=after, limit=PAGE)
         yield from (m.body for m in page)
         if len(page) < PAGE:
             return

@@ -8,7 +8,6 @@ or a run row (quarantined with line and reason, or skipped with the rule's reaso
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import sys
 import time
@@ -17,12 +16,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
 
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping, families, family_mapping
@@ -35,16 +33,12 @@ from connector.adapters.registry import (
     load_code_adapters,
     record_outcome,
 )
-from connector.collections import inbox_collection_id, recipient_collection_id
+from connector.collections import collection_rows, inbox_collection_id
 from connector.config import Config
-from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
+from connector.recording import BatchRecorder, RecordingCache
 from connector.routing import Decision, Router
-from connector.stix.build import NotificationState, notification_objects_and_own_ids, reference_objects
-from connector.stix.ids import timestamp
 from connector.store import Store, Writer
-from connector.store import schema as t
-from connector.store.store import enqueue_misp, object_row, object_version_key, timestamp_to_us
 
 log = logging.getLogger("meldpunt.ingest")
 
@@ -76,6 +70,10 @@ class RunSummary:
     input_errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     committed: RunSummary | None = None  # a copy as of the last commit
+    stamps: tuple[int, int] | None = None  # first and last stamp of the versions written
+
+    def saw_stamp(self, stamp: int) -> None:
+        self.stamps = (stamp, stamp) if self.stamps is None else (self.stamps[0], stamp)
 
     def checkpoint(self) -> None:
         """Everything counted so far is committed: remember it, for a run that fails later."""
@@ -118,6 +116,7 @@ COUNT_NAMES = (
     "new",
     "updated",
     "unchanged",
+    "repeated",
     "quarantined",
     "skipped",
     "attributes_quarantined",
@@ -146,26 +145,6 @@ def storage_problem(n: Notification) -> str | None:
     return None
 
 
-def notification_key(n: Notification) -> str:
-    return hashlib.sha256("\x1f".join(n.natural_key()).encode()).hexdigest()
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _us(moment: datetime) -> int:
-    """Microseconds since the epoch at the millisecond precision STIX timestamps carry here:
-    `timestamp_to_us(timestamp(moment))`, by arithmetic rather than through text."""
-    if moment.tzinfo is None:
-        return timestamp_to_us(timestamp(moment))  # naive: as timestamp() reads it
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds // 1000 * 1000
-
-
-def _ts_from_us(value: int) -> str:
-    return timestamp(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value))
-
-
 class Ingestor:
     def __init__(
         self,
@@ -185,7 +164,8 @@ class Ingestor:
         self.store = store
         self.mappings = mappings
         self.router = Router(config)
-        self.misp_channels = {r.id: r.misp for r in config.recipients if r.misp is not None}
+        self.misp_group_by = {r.id: r.misp.group_by for r in config.recipients if r.misp is not None}
+        self.cache = RecordingCache()
         load_code_adapters()
         self.clock = clock or (lambda: datetime.now(UTC))
 
@@ -200,6 +180,7 @@ class Ingestor:
     ) -> RunSummary:
         paths = list(paths)
         self._check(partner, fmt)
+        self.store.sync_collections(collection_rows(self.config))  # deliveries need their numbers
         run_id = self.store.start_run(partner, fmt, [str(p) for p in paths])
         summary = RunSummary(run_id)
         try:
@@ -230,11 +211,16 @@ class Ingestor:
                 committed.as_dict(),
                 error=f"{exc!r}; counts are those committed before the failure, "
                 "the rest was rolled back (ingest the input again to complete it)",
+                stamps=committed.stamps,
             )
             raise
         status = "done" if summary.ok else "failed"
         self.store.finish_run(
-            run_id, status, summary.as_dict(), error="; ".join(summary.input_errors) or None
+            run_id,
+            status,
+            summary.as_dict(),
+            error="; ".join(summary.input_errors) or None,
+            stamps=summary.stamps,
         )
         log.info("ingest run finished", extra={"run": run_id, "status": status, **summary.counts})
         return summary
@@ -402,28 +388,30 @@ class Ingestor:
         if not rows:
             return
         values = [
-            {
-                "run_id": run_id,
-                "input": f,
-                "line": line,
-                "kind": kind,
-                "reason": _storable_text(reason, REASON_MAX),
-                "raw": None if raw is None else _storable_text(raw, RAW_EXCERPT),
-            }
+            (
+                run_id,
+                f,
+                line,
+                kind,
+                _storable_text(reason, REASON_MAX),
+                None if raw is None else _storable_text(raw, RAW_EXCERPT),
+            )
             for f, line, kind, reason, raw in rows
         ]
-        if writer is not None:
-            writer.conn.execute(insert(t.run_rows), values)
-            return
-        with self.store.engine.begin() as conn:
-            conn.execute(insert(t.run_rows), values)
+        self.store.record_rows(values, writer)
 
     def _flush(self, summary: RunSummary, batch: list[Notification], writer: Writer) -> None:
-        groups: dict[str, list[Notification]] = {}
-        for n in batch:
-            groups.setdefault(notification_key(n), []).append(n)
         summary.counts["notifications"] += len(batch)
-        _BatchWriter(self, writer, summary, summary.run_id).write(groups)
+        BatchRecorder(
+            config=self.config,
+            store=self.store,
+            router=self.router,
+            writer=writer,
+            summary=summary,
+            cache=self.cache,
+            now=self.clock(),
+            misp_group_by=self.misp_group_by,
+        ).record(batch)
 
 
 def _storable_text(text: str, limit: int) -> str:
@@ -446,22 +434,6 @@ def _storable(notifications: list[Notification]) -> tuple[list[Notification], li
         raise RowRejected("; ".join(dict.fromkeys(bad)))
     faults = [f"one of the record's notifications not made: {problem}" for problem in bad]
     return [n for n, problem in problems if problem is None], faults
-
-
-# A notification's distinct observation times are its `count`. Up to two of them are its
-# first_seen and last_seen, so the observations table lists the times only of notifications
-# seen more often (all their times, once there are three): most notifications are seen once,
-# and this spares each of them a row in an index keyed by a random hash.
-OBSERVATIONS_IMPLIED = 2
-
-
-def _observed(key: str, at: int, previous: dict[str, Any] | None, listed: set[tuple[str, int]]) -> bool:
-    """Whether the stored notification already counts an observation at `at`."""
-    if previous is None:
-        return False
-    if previous["count"] <= OBSERVATIONS_IMPLIED:
-        return at in (previous["first_seen"], previous["last_seen"])
-    return (key, at) in listed
 
 
 # A large ingest refreshes the store's statistics (PostgreSQL) once its first rows are in, and
@@ -517,147 +489,3 @@ class _Transaction:
             return False
         context.__exit__(*exc_info)  # commits, or rolls back when given the exception
         return True
-
-
-class _BatchWriter:
-    """Writes one batch of grouped notifications inside one exclusive transaction."""
-
-    def __init__(self, ingestor: Ingestor, writer: Writer, summary: RunSummary, run_id: int):
-        self.ingestor = ingestor
-        self.writer = writer
-        self.summary = summary
-        self.run_id = run_id
-        self.now = ingestor.clock()
-        # Every object version of the batch as its store row, by (id, version).
-        self.objects: dict[tuple[str, str], tuple[str, str, str, str, str]] = {}
-        # A notification's own objects (sighting, observed-data, indicator): every version
-        # written is new, and a new notification's objects are in no collection yet.
-        self.new_versions: set[tuple[str, str]] = set()
-        self.first_ids: set[str] = set()
-        self._shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self.misp_members: list[tuple[str, str, str]] = []  # (recipient, event_uuid, key)
-        self.misp_events: dict[tuple[str, str], str] = {}
-        self.members: dict[str, dict[tuple[str, str], None]] = {}
-
-    def write(self, groups: dict[str, list[Notification]]) -> None:
-        states = self.writer.notification_states(list(groups))
-        listed = [key for key, state in states.items() if state["count"] > OBSERVATIONS_IMPLIED]
-        known = self.writer.known_observations(listed)
-        new_rows: list[dict[str, Any]] = []
-        changed_rows: list[dict[str, Any]] = []
-        observations: list[tuple[str, int]] = []
-        for key, group in groups.items():
-            times = sorted({_us(n.observed_at) for n in group})
-            previous = states.get(key)
-            fresh = [at for at in times if not _observed(key, at, previous, known)]
-            if previous is not None and not fresh:
-                self.summary.counts["unchanged"] += 1
-                continue
-            row = self._notification(key, group[0], previous, fresh)
-            if row is None:
-                continue
-            if row["count"] > OBSERVATIONS_IMPLIED:
-                if previous is not None and previous["count"] <= OBSERVATIONS_IMPLIED:
-                    fresh = [previous["first_seen"], previous["last_seen"], *fresh]  # listed from now on
-                observations += [(key, at) for at in dict.fromkeys(fresh)]
-            (changed_rows if previous else new_rows).append(row)
-            self.summary.counts["updated" if previous else "new"] += 1
-        pks = self.writer.add_object_rows(self.objects.values(), new_versions=self.new_versions)
-        for collection_id, refs in self.members.items():
-            entries = [(pks[ref], ref[0], self.objects[ref][2], ref[1]) for ref in refs]
-            self.writer.add_members(collection_id, entries, first_ids=self.first_ids)
-        self.writer.add_observations(observations)
-        self.writer.save_notifications(new_rows, changed_rows)
-        if self.misp_events:
-            enqueue_misp(self.writer, self.misp_members, self.misp_events)
-
-    def _notification(
-        self, key: str, n: Notification, previous: dict[str, Any] | None, fresh: list[int]
-    ) -> dict[str, Any] | None:
-        """The notification's new row (its objects kept for storing); None when discarded."""
-        decision = self.ingestor.router.route(n)
-        self.summary.count_decision(decision)
-        if n.discard_unrouted and not decision.recipients:
-            self.summary.counts["discarded"] += 1
-            return None  # personal data nobody is entitled to: counted, never stored
-        first, last = fresh[0], fresh[-1]
-        created = timestamp(self.now)
-        modified = created
-        count = len(fresh)
-        if previous is not None:
-            first, last = min(first, previous["first_seen"]), max(last, previous["last_seen"])
-            count += previous["count"]
-            created = previous["created"]
-            if timestamp_to_us(modified) <= timestamp_to_us(previous["modified"]):
-                modified = _ts_from_us(timestamp_to_us(previous["modified"]) + 1000)
-        first_text = _ts_from_us(first)
-        last_text = first_text if last == first else _ts_from_us(last)
-        state = NotificationState(first_text, last_text, count, created, modified)
-        objects, own_ids = notification_objects_and_own_ids(n, state)
-        if decision.match is None:
-            log.info("notification unrouted", extra={"key": key})
-        kept = [self._keep(obj) for obj in objects]  # stored even when unrouted: routing can be replayed
-        for obj, ref in zip(objects, kept, strict=True):
-            if obj["id"] in own_ids:
-                self.new_versions.add(ref)
-                if previous is None:
-                    self.first_ids.add(ref[0])
-        self._queue_misp(key, n, decision.recipients)
-        if decision.recipients:
-            shared = self._shared_refs(n.partner, n.tlp)
-            for rid in decision.recipients:
-                self.summary.per_recipient[rid] += 1
-                refs = self.members.setdefault(recipient_collection_id(rid), {})
-                for ref in (*shared, *kept):
-                    refs[ref] = None
-        c = n.classification
-        keys = decision.keys
-        assert keys is not None  # Router.route sets them
-        return {
-            "key": key,
-            "partner": n.partner,
-            "feed": n.feed,
-            "classification": f"{c.taxonomy}/{c.type}",
-            "identifier": c.identifier,
-            "observable": n.observable,
-            "day": n.day,
-            "tlp": n.tlp,
-            "sighting_id": objects[-1]["id"],
-            "first_seen": first,
-            "last_seen": last,
-            "count": count,
-            "created": created,
-            "modified": modified,
-            "recipients": orjson.dumps(decision.recipients).decode(),
-            "first_run": previous["first_run"] if previous else self.run_id,
-            "last_run": self.run_id,
-            "routed_ip": keys["ip"],
-            "routed_asn": keys["asn"],
-            "routed_hostname": keys["hostname"],
-            "direct_owner_only": n.direct_owner_only,
-        }
-
-    def _queue_misp(self, key: str, n: Notification, recipients: list[str]) -> None:
-        for rid in recipients:
-            channel = self.ingestor.misp_channels.get(rid)
-            if channel is None:
-                continue
-            uuid, label = misp_event_of(rid, n, channel.group_by)
-            self.misp_members.append((rid, uuid, key))
-            self.misp_events[(rid, uuid)] = label
-
-    def _shared_refs(self, partner: str, tlp: str) -> list[tuple[str, str]]:
-        """The reference objects a collection needs, built once per batch, not per notification."""
-        key = (partner, tlp)
-        refs = self._shared.get(key)
-        if refs is None:
-            partner_name = self.ingestor.config.partner(partner).name
-            refs = [self._keep(obj) for obj in reference_objects(partner, partner_name, tlp)]
-            self._shared[key] = refs
-        return refs
-
-    def _keep(self, obj: dict[str, Any]) -> tuple[str, str]:
-        ref = (obj["id"], object_version_key(obj))
-        if ref not in self.objects:
-            self.objects[ref] = object_row(obj, orjson.dumps(obj).decode())
-        return ref

@@ -27,7 +27,6 @@ from typing import Any
 
 import orjson
 import stix2
-from sqlalchemy import insert, select
 from stix2patterns.v21.pattern import Pattern
 from stix2validator import ValidationOptions, validate_instance
 from stix2validator.errors import ValidationError as ValidatorInputError
@@ -38,8 +37,12 @@ from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_
 from connector.routing import Match, Policy, Router
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
+from connector.store import objects as stored
 from connector.store import schema as t
-from connector.store.store import object_version_key
+from connector.store.notifications import notification_pks_by_id
+from connector.store.objects import SCO_TYPES as _SCO_TYPES
+from connector.store.objects import object_version_key
+from connector.store.records import digest
 from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
 
 _OPTIONS = ValidationOptions(version="2.1")
@@ -47,26 +50,6 @@ _TYPE_MAX = t.stix_objects.c.type.type.length or 0
 _ID_MAX = t.stix_objects.c.stix_id.type.length or 0
 _TLP_BY_MARKING = {v: k for k, v in TLP2_MARKING_IDS.items()} | TLP1_MARKING_IDS
 _OFFICIAL_MARKINGS = set(_TLP_BY_MARKING)
-_SCO_TYPES = {
-    "artifact",
-    "autonomous-system",
-    "directory",
-    "domain-name",
-    "email-addr",
-    "email-message",
-    "file",
-    "ipv4-addr",
-    "ipv6-addr",
-    "mac-addr",
-    "mutex",
-    "network-traffic",
-    "process",
-    "software",
-    "url",
-    "user-account",
-    "windows-registry-key",
-    "x509-certificate",
-}
 _ROUTABLE_PATTERN_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"}
 _PATTERN_VALUE = re.compile(
     r"\b(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
@@ -307,8 +290,11 @@ class Submissions:
             )
 
         with self.store.writing() as writer:
-            owners = self._owners(writer.conn, [o["id"] for o in valid])
-            existing = self._existing_ids(writer.conn, [o["id"] for o in valid])
+            ids = [o["id"] for o in valid]
+            owners = stored.owners(writer.conn, ids)
+            existing = {i for i, _ in stored.stored_versions(writer.conn, ids)}
+            owned = notification_pks_by_id(writer.conn, ids)  # the clearinghouse's own objects
+            existing |= {i for i in ids if digest(i) in owned}
             accepted: list[dict[str, Any]] = []
             for obj in valid:
                 problem = self._ownership_problem(obj, partner, owners, existing)
@@ -324,13 +310,14 @@ class Submissions:
             if accepted:
                 self._persist(writer, accepted, deliveries, inbox_collection)
                 now = timestamp(self.clock())
-                new_owned = [
-                    {"stix_id": o["id"], "source": partner, "username": username, "first_seen": now}
-                    for o in {o["id"]: o for o in accepted}.values()
-                    if o["type"] not in _SCO_TYPES and o["id"] not in owners
-                ]
-                if new_owned:
-                    writer.conn.execute(insert(t.object_sources), new_owned)
+                stored.add_owners(
+                    writer,
+                    [
+                        {"stix_id": o["id"], "source": partner, "username": username, "first_seen": now}
+                        for o in {o["id"]: o for o in accepted}.values()
+                        if o["type"] not in _SCO_TYPES and o["id"] not in owners
+                    ],
+                )
         return result
 
     @staticmethod
@@ -357,18 +344,20 @@ class Submissions:
             valid.append(item)
         return valid, seen
 
-    @staticmethod
     def _persist(
+        self,
         writer: Writer,
         accepted: list[dict[str, Any]],
         deliveries: dict[str, list[dict[str, Any]]],
         inbox_collection: str | None,
     ) -> None:
-        stored = {(o["id"], object_version(o)): o for o in accepted}
+        every = {(o["id"], object_version(o)): o for o in accepted}
         for objs in deliveries.values():
-            stored.update({(o["id"], object_version(o)): o for o in objs})
-        to_store = list(stored.values())
-        pks = writer.add_objects(to_store, [orjson.dumps(o).decode() for o in to_store])
+            every.update({(o["id"], object_version(o)): o for o in objs})
+        to_store = list(every.values())
+        pks = stored.add_object_rows(
+            writer, [stored.object_row(o, orjson.dumps(o).decode()) for o in to_store]
+        )
 
         def entries(objs: Iterable[dict[str, Any]]) -> list[tuple[int, str, str, str]]:
             out = []
@@ -377,32 +366,12 @@ class Submissions:
                 out.append((pks[key], o["id"], o["type"], key[1]))
             return out
 
+        numbers = self.store.collection_numbers()
         if inbox_collection:
-            writer.add_members(inbox_collection, entries(accepted))
+            stored.add_members(writer, inbox_collection, numbers[inbox_collection], entries(accepted))
         for rid, objs in deliveries.items():
-            writer.add_members(recipient_collection_id(rid), entries(objs))
-
-    @staticmethod
-    def _owners(conn: Any, ids: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = conn.execute(
-                select(t.object_sources.c.stix_id, t.object_sources.c.source).where(
-                    t.object_sources.c.stix_id.in_(chunk)
-                )
-            )
-            out.update({r[0]: r[1] for r in rows})
-        return out
-
-    @staticmethod
-    def _existing_ids(conn: Any, ids: list[str]) -> set[str]:
-        out: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = conn.execute(select(t.stix_objects.c.stix_id).where(t.stix_objects.c.stix_id.in_(chunk)))
-            out.update(r[0] for r in rows)
-        return out
+            collection_id = recipient_collection_id(rid)
+            stored.add_members(writer, collection_id, numbers[collection_id], entries(objs))
 
     @staticmethod
     def _ownership_problem(

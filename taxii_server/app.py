@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connector.collections import collection_rows
 from connector.config import Config
+from connector.render.collection import CollectionView
 from connector.routing import Router
 from connector.store import CollectionRow, Store
 from taxii_server.auth import AuthenticationFailed, Authenticator, Principal
@@ -38,6 +39,7 @@ class ServerState:
     authenticator: Authenticator
     tokens: TokenCodec
     collections: dict[str, CollectionRow]
+    view: CollectionView
     # Built once here: the IP-to-ASN table alone takes about a second to load, which every
     # inbox POST paid on the event loop when each built its own.
     router: Router
@@ -101,6 +103,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
         authenticator=Authenticator(config, [r.id for r in rows]),
         tokens=TokenCodec(_token_secret(config)),
         collections={r.id: r for r in rows},
+        view=CollectionView(store),
         router=Router(config),
     )
     app.add_exception_handler(TaxiiError, handle_taxii_error)

@@ -49,6 +49,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from connector.render.collection import CollectionView
+
 TAXII_MEDIA_TYPE = "application/taxii+json;version=2.1"
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
 DEFAULT_API_ROOT = "meldpunt"
@@ -418,35 +420,19 @@ def add_to_store(
     store: Any, collection_id: str, objects: Sequence[dict[str, Any]], chunk: int = 2000
 ) -> None:
     """Add objects to a collection through the store (date_added assigned in the given order)."""
-    import orjson
-
-    from connector.store.store import version_key
-
     for start in range(0, len(objects), chunk):
-        part = list(objects[start : start + chunk])
-        with store.writing() as w:
-            pks = w.add_objects(part, [orjson.dumps(o).decode() for o in part])
-            w.add_members(
-                collection_id,
-                [
-                    (
-                        pks[(o["id"], version_key(o.get("modified")))],
-                        o["id"],
-                        o["type"],
-                        version_key(o.get("modified")),
-                    )
-                    for o in part
-                ],
-            )
+        store.store_objects(collection_id, list(objects[start : start + chunk]))
 
 
 def stored_date_added(store: Any, collection_id: str, objects: Iterable[dict[str, Any]]) -> list[str]:
     """date_added of each given object version in the collection, as TAXII shows it."""
     from connector.store import VersionFilter
-    from connector.store.store import us_to_timestamp, version_key
+    from connector.store.times import us_to_timestamp, version_key
 
     wanted = list(objects)
-    members = store.page(collection_id, after=None, limit=len(wanted) + 1, versions=VersionFilter(all=True))
+    members = CollectionView(store).page(
+        collection_id, after=None, limit=len(wanted) + 1, versions=VersionFilter(all=True)
+    )
     by_key = {(m.stix_id, m.version): us_to_timestamp(m.date_added) for m in members}
     return [by_key[(o["id"], version_key(o.get("modified")))] for o in wanted]
 

@@ -31,6 +31,7 @@ import yaml
 from connector.collections import recipient_collection_id
 from connector.ingest import COUNT_NAMES
 from connector.passwords import hash_password, verify_password
+from connector.render.collection import CollectionView
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for
 
@@ -517,7 +518,7 @@ def test_export_writes_the_recipients_collection(deployment: Deployment) -> None
 
     store = Store.open(deployment.database)
     try:
-        members = store.page(recipient_collection_id("zcert"), after=None, limit=1_000_000)
+        members = CollectionView(store).page(recipient_collection_id("zcert"), after=None, limit=1_000_000)
     finally:
         store.close()
     assert members, "the ingest put nothing in zcert's collection"

@@ -32,9 +32,11 @@ from connector.adapters.mapping import Mapping, MappingError, load_mapping, load
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor, RunSummary
+from connector.render.collection import CollectionView
 from connector.routing import Match, Policy, Router
 from connector.store import Store, VersionFilter
 from tests.conftest import REPO, SAMPLE_CONFIG, SHARED_DATA
+from tests.record_view import all_objects, notification_rows
 
 MAPPING_FILE = REPO / "mappings" / "divd-credentials.yaml"
 FORMAT = "divd-credentials"
@@ -230,12 +232,11 @@ def found(passwords: Iterable[str], haystack: str | bytes) -> list[str]:
 
 
 def stored_objects(store: Store) -> list[dict[str, Any]]:
-    with store.engine.connect() as conn:
-        return [json.loads(body) for (body,) in conn.exec_driver_sql("SELECT body FROM stix_objects")]
+    return all_objects(store)
 
 
 def collection(store: Store, recipient: str) -> list[dict[str, Any]]:
-    members = store.page(
+    members = CollectionView(store).page(
         recipient_collection_id(recipient), after=None, limit=100_000, versions=VersionFilter(all=True)
     )
     return [json.loads(m.body) for m in members]
@@ -322,8 +323,7 @@ def test_addresses_are_trimmed_and_lower_cased(cstore: Store, config: Config) ->
     assert summary.ok
     objects = stored_objects(cstore)
     assert emails_in(objects) == {r.email for r in ROUTED}
-    with cstore.engine.connect() as conn:
-        observables = {o for (o,) in conn.exec_driver_sql("SELECT observable FROM notifications")}
+    observables = {r["observable"] for r in notification_rows(cstore)}
     assert observables == {r.email for r in ROUTED}
     indicators = [o for o in objects if o["type"] == "indicator"]
     assert sorted(o["pattern"] for o in indicators) == sorted(
@@ -440,9 +440,8 @@ def test_routed_by_mail_domain_to_the_owner_never_to_its_parent(cstore: Store, c
     # The parents hold nothing of it (ibd owns example.nl, so it holds exactly those).
     for parent in ("onderwijs-cert", "zcert"):
         assert collection(cstore, parent) == [], parent
-    with cstore.engine.connect() as conn:
-        routed = dict(conn.exec_driver_sql("SELECT observable, recipients FROM notifications").fetchall())
-    assert {email: json.loads(r) for email, r in routed.items()} == {r.email: [r.owner] for r in ROUTED}
+    routed = {r["observable"]: r["recipients"] for r in notification_rows(cstore)}
+    assert routed == {r.email: [r.owner] for r in ROUTED}
 
 
 # --- (d) unowned addresses are discarded -------------------------------------------------------
@@ -458,9 +457,7 @@ def test_addresses_nobody_owns_are_counted_and_stored_nowhere(cstore: Store, con
     assert CONSUMER_DOMAIN not in everything
     for row in UNOWNED:
         assert row.email.partition("@")[0] + "@" not in everything, row.line
-    with cstore.engine.connect() as conn:
-        (notifications,) = conn.exec_driver_sql("SELECT count(*) FROM notifications").one()
-    assert notifications == len(ROUTED)
+    assert len(notification_rows(cstore)) == len(ROUTED)
 
 
 # --- (e) faulty rows ---------------------------------------------------------------------------

@@ -12,11 +12,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.ingest import _us
 from connector.normalize import canonical_ip
 from connector.notification import Classification, Notification
 from connector.stix.ids import PROJECT_NAMESPACE, SCO_NAMESPACE, canonical_json, timestamp, uuid5_text
-from connector.store.store import timestamp_to_us
+from connector.store.times import moment_ms, ms_to_timestamp, timestamp_to_us
 
 
 def _reference_json(value: object) -> str:
@@ -102,6 +101,8 @@ def test_notification_day_is_the_utc_date_as_strftime_writes_it(moment: datetime
     st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)),
     st.integers(-14 * 60, 14 * 60),
 )
-def test_observation_microseconds_match_the_stored_timestamp(moment: datetime, offset_minutes: int) -> None:
+def test_observation_milliseconds_match_the_stored_timestamp(moment: datetime, offset_minutes: int) -> None:
+    """The record keeps times as milliseconds; rendered back they are the timestamp STIX had."""
     zoned = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
-    assert _us(zoned) == timestamp_to_us(timestamp(zoned))
+    assert moment_ms(zoned) * 1000 == timestamp_to_us(timestamp(zoned))
+    assert ms_to_timestamp(moment_ms(zoned)) == timestamp(zoned)

@@ -23,8 +23,10 @@ from sqlalchemy import text
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
+from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from tests.conftest import SAMPLE_CONFIG, _drop_pg_database, _fresh_pg_database
+from tests.record_view import notification_rows
 
 PARTNER = "shadowserver"
 HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "geo"]
@@ -49,23 +51,29 @@ def report(path: Path, rows: list[tuple[str, str, int]]) -> Path:
 
 
 def invariants(store: Store) -> list[str]:
-    """Every way the collection_objects table can be wrong, as readable lines (none: fine)."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT collection_id, stix_id, version, is_latest, date_added FROM collection_objects")
-        ).all()
+    """Every way a collection can be wrong as TAXII serves it, as readable lines (none: fine):
+    a date_added given twice, an object without exactly one latest version, or whose latest is
+    not its highest."""
     problems = []
-    stamps = Counter(r.date_added for r in rows)
-    problems += [f"date_added {d} used {n} times" for d, n in stamps.items() if n > 1]
-    by_object: dict[tuple[str, str], list[Any]] = {}
-    for r in rows:
-        by_object.setdefault((r.collection_id, r.stix_id), []).append(r)
-    for (collection, stix_id), versions in by_object.items():
-        latest = [v for v in versions if v.is_latest]
-        if len(latest) != 1:
-            problems.append(f"{collection} {stix_id}: {len(latest)} latest rows")
-        elif latest[0].version != max(v.version for v in versions):
-            problems.append(f"{collection} {stix_id}: latest is not the highest version")
+    view = CollectionView(store)
+    for collection in store.collection_numbers():
+        every = view.page(collection, after=None, limit=1_000_000, versions=VersionFilter(all=True))
+        latest = view.page(collection, after=None, limit=1_000_000)
+        stamps = Counter(m.date_added for m in every)
+        problems += [f"date_added {d} used {n} times" for d, n in stamps.items() if n > 1]
+        if [m.date_added for m in every] != sorted(stamps):
+            problems.append(f"{collection}: not in date_added order")
+        versions: dict[str, list[str]] = {}
+        for m in every:
+            versions.setdefault(m.stix_id, []).append(m.version)
+        current: dict[str, list[str]] = {}
+        for m in latest:
+            current.setdefault(m.stix_id, []).append(m.version)
+        for stix_id, held in versions.items():
+            if len(current.get(stix_id, [])) != 1:
+                problems.append(f"{collection} {stix_id}: {len(current.get(stix_id, []))} latest versions")
+            elif current[stix_id][0] != max(held):
+                problems.append(f"{collection} {stix_id}: latest is not the highest version")
     return problems
 
 
@@ -93,15 +101,19 @@ def test_batches_in_one_transaction_keep_the_invariants(
     # The hospital's sightings go to it and to Z-CERT: delete one's latest version from Z-CERT.
     zcert = recipient_collection_id("zcert")
     sighting = next(
-        m.stix_id for m in store.page(zcert, after=None, limit=1000) if m.stix_id.startswith("sighting--")
+        m.stix_id
+        for m in CollectionView(store).page(zcert, after=None, limit=1000)
+        if m.stix_id.startswith("sighting--")
     )
-    assert store.remove_members(zcert, sighting, VersionFilter()) == 1
+    assert CollectionView(store).remove(zcert, sighting, VersionFilter()) == 1
     assert invariants(store) == []
 
     later = report(tmp_path / "2024-06-01-scan_http-later.csv", [("2024-06-01 23:00:00", "192.0.2.16", 443)])
     ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [later])
     assert invariants(store) == []
-    versions = [m for m in store.page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))]
+    versions = [
+        m for m in CollectionView(store).page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))
+    ]
     assert len({m.version for m in versions if m.stix_id == sighting}) >= 2
 
 
@@ -214,17 +226,16 @@ def test_store_fixture_is_synced(store: Store, sample_config: Config) -> None:
 
 
 def notification_state(store: Store) -> tuple[int, int, int, list[int]]:
-    """(count, first_seen, last_seen, listed observation times) of the store's one notification."""
+    """(count, first_seen, last_seen, listed observation times), in microseconds, of the store's
+    one notification."""
+    [row] = notification_rows(store)
     with store.engine.connect() as conn:
-        (key, count, first, last), *others = conn.execute(
-            text("SELECT key, count, first_seen, last_seen FROM notifications")
-        ).all()
-        assert not others
         listed = conn.execute(
-            text("SELECT observed_at FROM observations WHERE notification_key = :k ORDER BY observed_at"),
-            {"k": key},
+            text("SELECT observed_at FROM observations WHERE notification = :k ORDER BY observed_at"),
+            {"k": row["pk"]},
         )
-        return int(count), int(first), int(last), [int(r[0]) for r in listed]
+        times = [int(r[0]) * 1000 for r in listed]
+    return row["count"], row["first_seen"] * 1000, row["last_seen"] * 1000, times
 
 
 @pytest.mark.parametrize("batch_size", [1, 5000])
@@ -272,35 +283,6 @@ def test_three_times_in_one_input_are_listed_at_once(
     assert again.counts["unchanged"] == 1 and notification_state(store)[0] == 3
 
 
-def test_a_downgrade_lists_the_implied_observation_times_again(
-    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
-) -> None:
-    """Before 0004, ingest counted every time not listed in observations as new: the times 0004
-    leaves implied by first_seen and last_seen must be listed again by its downgrade."""
-    from tests.test_membership_layout import alembic
-
-    rows = [("2024-06-01 10:00:00", "192.0.2.10", 443)]  # seen once
-    rows += [("2024-06-01 08:00:00", "192.0.2.11", 443), ("2024-06-01 10:00:00", "192.0.2.11", 443)]
-    rows += [(f"2024-06-01 {h:02d}:00:00", "192.0.2.12", 443) for h in (8, 9, 10)]  # listed already
-    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
-    ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
-    alembic(store.url, "downgrade", "0003")
-    with store.engine.connect() as conn:
-        notes = conn.execute(text("SELECT key, count, first_seen, last_seen FROM notifications")).all()
-        listed = {
-            key: sorted(
-                int(r[0])
-                for r in conn.execute(
-                    text("SELECT observed_at FROM observations WHERE notification_key = :k"), {"k": key}
-                )
-            )
-            for key, *_ in notes
-        }
-    assert sorted(int(count) for _, count, _, _ in notes) == [1, 2, 3]
-    for key, count, first, last in notes:
-        assert len(listed[key]) == count and listed[key][0] == first and listed[key][-1] == last
-
-
 def test_a_large_ingest_refreshes_postgresql_statistics(
     postgres_url: str, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -331,5 +313,5 @@ def test_a_large_ingest_refreshes_postgresql_statistics(
         store.close()
         _drop_pg_database(postgres_url, name)
     assert len(analysed) == 3  # after 30, then 90 and 150 notifications
-    assert {"stix_objects", "collection_objects", "notifications", "observations"} <= set(seen)
+    assert {"notifications", "notification_versions", "notification_ids", "collection_shared"} <= set(seen)
     assert seen["notifications"] == 150  # analysed after the last commit, all rows in

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from connector.collections import recipient_collection_id
 from connector.ingest import Ingestor
+from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from tests.conftest import DIVD_SCAN
+from tests.record_view import notification_rows
 
 CASE = DIVD_SCAN.parent / "DIVD-2024-00012.yaml"
 
@@ -75,11 +77,11 @@ def test_unrouted_are_listed_not_dropped(ingestor: Ingestor, store: Store) -> No
 def test_reingesting_the_same_file_adds_nothing(ingestor: Ingestor, store: Store) -> None:
     ingestor.run("divd", "divd-nuclei", [DIVD_SCAN])
     zcert = recipient_collection_id("zcert")
-    before = store.page(zcert, after=None, limit=10_000, versions=VersionFilter(all=True))
+    before = CollectionView(store).page(zcert, after=None, limit=10_000, versions=VersionFilter(all=True))
     again = ingestor.run("divd", "divd-nuclei", [DIVD_SCAN])
     assert again.counts["new"] == again.counts["updated"] == 0
     assert again.counts["unchanged"] == again.counts["notifications"]
-    after = store.page(zcert, after=None, limit=10_000, versions=VersionFilter(all=True))
+    after = CollectionView(store).page(zcert, after=None, limit=10_000, versions=VersionFilter(all=True))
     assert after == before
 
 
@@ -94,7 +96,7 @@ def test_a_new_observation_updates_count_and_versions_the_sighting(
     zcert = recipient_collection_id("zcert")
     all_versions = [
         json.loads(m.body)
-        for m in store.page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))
+        for m in CollectionView(store).page(zcert, after=None, limit=1000, versions=VersionFilter(all=True))
         if m.body.startswith('{"type":"sighting"')
     ]
     assert len(all_versions) == 2
@@ -103,16 +105,52 @@ def test_a_new_observation_updates_count_and_versions_the_sighting(
     assert (old["count"], new["count"]) == (1, 2)
     assert new["last_seen"] == "2024-06-12T07:00:00.000Z"
     assert new["first_seen"] == old["first_seen"] == "2024-06-12T02:48:41.491Z"
-    latest = [json.loads(m.body) for m in store.page(zcert, after=None, limit=1000, types=("sighting",))]
+    latest = [
+        json.loads(m.body)
+        for m in CollectionView(store).page(zcert, after=None, limit=1000, types=("sighting",))
+    ]
     assert [s["count"] for s in latest] == [2]
 
 
-def test_a_different_day_is_a_new_notification(ingestor: Ingestor, tmp_path: Path) -> None:
+def test_a_later_day_is_a_new_version_of_the_same_notification(
+    ingestor: Ingestor, store: Store, tmp_path: Path
+) -> None:
+    """The same host seen again by the next day's scan is the same occurrence, seen again: one
+    sighting whose count, last_seen and modified move on, not a second notification (and a
+    second copy of its evidence) per day. Its id keeps the day it was first seen."""
     first = DIVD_SCAN.read_text().splitlines()[0]
     ingestor.run("divd", "divd-nuclei", [copy_case(tmp_path, [first])])
+    [before] = notification_rows(store)
     next_day = first.replace("2024-06-12T04:48:41", "2024-06-13T04:48:41")
     summary = ingestor.run("divd", "divd-nuclei", [copy_case(tmp_path, [next_day])])
-    assert summary.counts["new"] == 1
+    assert (summary.counts["new"], summary.counts["updated"]) == (0, 1)
+    [after] = notification_rows(store)
+    assert (after["pk"], after["sighting_id"], after["day"]) == (
+        before["pk"],
+        before["sighting_id"],
+        "2024-06-12",
+    )
+    assert (after["count"], after["last_seen"] - after["first_seen"]) == (2, 86_400_000)
+    view = CollectionView(store)
+    [sighting] = [
+        m
+        for m in view.page(
+            recipient_collection_id(before["recipients"][0]),
+            after=None,
+            limit=100,
+            ids=(before["sighting_id"],),
+        )
+    ]
+    body = json.loads(sighting.body)
+    assert (body["count"], body["first_seen"][:10], body["last_seen"][:10]) == (2, "2024-06-12", "2024-06-13")
+    every = view.page(
+        recipient_collection_id(before["recipients"][0]),
+        after=None,
+        limit=100,
+        ids=(before["sighting_id"],),
+        versions=VersionFilter(all=True),
+    )
+    assert [json.loads(m.body)["count"] for m in every] == [1, 2]
 
 
 def test_missing_case_file_fails_the_input_not_the_run(

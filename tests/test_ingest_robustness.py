@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, or_, select
+from sqlalchemy import create_engine, text
 
 from connector.adapters.mapping import load_mappings
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor, RunSummary
 from connector.store import Store
-from connector.store import schema as t
 from connector.yamlfile import load_yaml
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+from tests.record_view import notification_rows
 from tests.test_membership_layout import alembic
 
 SHADOWSERVER = SHARED_DATA / "shadowserver"
@@ -86,12 +86,7 @@ def test_long_observables_and_identifiers_are_stored_whole(
     rows = len((SHADOWSERVER / f"{report}.csv").read_text(encoding="utf-8").splitlines()) - 1
     summary = ingest(store, config, "shadowserver", "shadowserver", path)
     assert summary.counts["quarantined"] == 0 and summary.counts["notifications"] == rows
-    with store.engine.connect() as conn:
-        stored = conn.execute(
-            select(t.notifications.c.observable, t.notifications.c.identifier).where(
-                or_(t.notifications.c.observable.contains(new), t.notifications.c.identifier == new)
-            )
-        ).all()
+    stored = [r for r in notification_rows(store) if new in r["observable"] or r["identifier"] == new]
     assert len(stored) == 1
     again = ingest(store, config, "shadowserver", "shadowserver", path)
     assert again.counts["new"] == 0 and again.counts["updated"] == 0
@@ -106,8 +101,7 @@ def test_a_misp_event_with_a_long_info_is_stored(tmp_path: Path, store: Store, c
     path.write_text(json.dumps(event) + "\n", encoding="utf-8")
     summary = ingest(store, config, "connect2trust", "misp-event", path)
     assert summary.counts["quarantined"] == 0 and summary.counts["notifications"] > 0
-    with store.engine.connect() as conn:
-        longest = conn.execute(select(func.max(func.length(t.notifications.c.identifier)))).scalar_one()
+    longest = max(len(r["identifier"]) for r in notification_rows(store))
     assert longest > 128
 
 
@@ -221,21 +215,35 @@ def test_migration_0005_keeps_notifications_both_ways(store_url: str) -> None:
         "last_run": 1,
     }
 
+    columns = ", ".join(row)
+
     def stored() -> list[dict[str, Any]]:
         engine = create_engine(store_url)
         with engine.connect() as conn:  # the columns 0005 knows (0006 adds more)
-            rows = [dict(r._mapping) for r in conn.execute(select(*(t.notifications.c[k] for k in row)))]
+            rows = [dict(r._mapping) for r in conn.execute(text(f"SELECT {columns} FROM notifications"))]
         engine.dispose()
         return rows
 
     engine = create_engine(store_url)
     with engine.begin() as conn:
-        conn.execute(t.notifications.insert(), row)
+        conn.execute(
+            text(f"INSERT INTO notifications ({columns}) VALUES ({', '.join(':' + k for k in row)})"), row
+        )
     engine.dispose()
-    Store.open(store_url).close()  # migrates to the head
+    alembic(store_url, "upgrade", "0006")
     assert stored() == [row]
     alembic(store_url, "downgrade", "0004")
     assert stored() == [row]
+    Store.open(store_url).close()  # and on to the record (0007): the notification is kept
+    store = Store.open(store_url)
+    [kept] = notification_rows(store)
+    store.close()
+    assert (kept["observable"], kept["identifier"], kept["count"], kept["legacy"]) == (
+        "192.0.2.1:443",
+        "cyclops-blink",
+        2,
+        True,
+    )
 
 
 def latin1_report(tmp_path: Path, report: str, row: int, old: str, new: str) -> Path:
@@ -262,8 +270,7 @@ def test_a_csv_row_that_is_not_utf8_is_quarantined_not_altered(
     assert row["line"] == 2
     assert row["reason"].startswith("not valid UTF-8") and "hostname" in row["reason"]
     assert "caf\ufffd.example.com" in row["raw"]  # the excerpt shows where, and can be stored
-    with store.engine.connect() as conn:
-        observables = conn.execute(select(t.notifications.c.observable)).scalars().all()
+    observables = [r["observable"] for r in notification_rows(store)]
     assert not any("\ufffd" in o for o in observables)
 
 

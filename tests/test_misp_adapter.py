@@ -29,6 +29,7 @@ from connector.config import Config, parse_config
 from connector.export import write_bundle
 from connector.ingest import Ingestor
 from connector.notification import Notification
+from connector.render.collection import CollectionView
 from connector.stix.ids import project_id
 from connector.store import Store, VersionFilter
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
@@ -130,7 +131,7 @@ def write_jsonl(path: Path, lines: list[Any]) -> Path:
 
 
 def collection_objects(store: Store, recipient: str) -> list[dict[str, Any]]:
-    page = store.page(
+    page = CollectionView(store).page(
         recipient_collection_id(recipient), after=None, limit=100_000, versions=VersionFilter(all=True)
     )
     return [json.loads(m.body) for m in page]

@@ -15,13 +15,15 @@ from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, inbox_collection_id, recipient_collection_id
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.convert import load_notifications
 from connector.notification import Classification, Notification
+from connector.render.collection import CollectionView
+from connector.render.misp import load_notes
 from connector.routing import Router
 from connector.stix.build import vulnerability
 from connector.store import Store, VersionFilter
 from connector.submission import Submissions
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for, start_server
+from tests.record_view import notification_rows
 
 T0 = "2024-01-01T00:00:00.000Z"
 
@@ -136,7 +138,9 @@ def test_delete_with_match_version_last_removes_only_the_last(tmp_path: Path, sa
         scan.write_text(line.replace("04:48:41", moment) + "\n")
         ingestor.run("divd", "divd-nuclei", [scan])
     zcert = recipient_collection_id("zcert")
-    sighting = next(m.stix_id for m in store.page(zcert, after=None, limit=100, types=("sighting",)))
+    sighting = next(
+        m.stix_id for m in CollectionView(store).page(zcert, after=None, limit=100, types=("sighting",))
+    )
     running, server, thread = start_server(sample_config, store)
     try:
         url = f"{running.collection_url(zcert)}objects/{sighting}/"
@@ -148,9 +152,14 @@ def test_delete_with_match_version_last_removes_only_the_last(tmp_path: Path, sa
             ).status_code
             == 200
         )
-        left = store.page(zcert, after=None, limit=10, ids=(sighting,), versions=VersionFilter(all=True))
+        left = CollectionView(store).page(
+            zcert, after=None, limit=10, ids=(sighting,), versions=VersionFilter(all=True)
+        )
         assert len(left) == 1  # the first version stays, and is the latest again
-        assert store.page(zcert, after=None, limit=10, ids=(sighting,))[0].version == left[0].version
+        assert (
+            CollectionView(store).page(zcert, after=None, limit=10, ids=(sighting,))[0].version
+            == left[0].version
+        )
         ancient = requests.get(
             f"{running.collection_url(zcert)}objects/",
             headers=headers,
@@ -168,13 +177,15 @@ def test_misp_events_hold_what_the_recipient_was_given(tmp_path: Path, sample_co
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     store.sync_collections(collection_rows(sample_config))
     Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
-    keys = [r[0] for r in store.engine.connect().exec_driver_sql("SELECT key FROM notifications").all()]
-    held = {n["row"]["observable"] for n in load_notifications(store, keys, "ibd")}
+    keys = [row["pk"] for row in notification_rows(store)]
+    held = {n.record.observable for n in load_notes(store, keys, "ibd")}
     assert held == {"198.51.100.30:443", "198.51.100.31:443"}  # not the municipality's, not zcert's
     zcert = recipient_collection_id("zcert")
-    some = next(m.stix_id for m in store.page(zcert, after=None, limit=100, types=("sighting",)))
-    store.remove_members(zcert, some, VersionFilter(all=True))
-    assert some not in {n["sighting"]["id"] for n in load_notifications(store, keys, "zcert")}
+    some = next(
+        m.stix_id for m in CollectionView(store).page(zcert, after=None, limit=100, types=("sighting",))
+    )
+    CollectionView(store).remove(zcert, some, VersionFilter(all=True))
+    assert some not in {n.sighting_id for n in load_notes(store, keys, "zcert")}
 
 
 def test_two_spellings_of_one_version_are_the_same_version(store, sample_config) -> None:  # type: ignore[no-untyped-def]

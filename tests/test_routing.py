@@ -16,6 +16,7 @@ from connector.config import Config, ConfigError, parse_config
 from connector.ingest import Ingestor
 from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network
 from connector.notification import Classification, Notification
+from connector.render.collection import CollectionView
 from connector.routing import Router
 from connector.store import Store
 
@@ -248,9 +249,9 @@ def test_an_ipv4_mapped_address_is_delivered_end_to_end(tmp_path: Path, sample_c
     assert summary.counts["routed"] == 1 and summary.counts["unrouted"] == 0
     assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1, "zcert": 1}
     for rid in ("ziekenhuis-noord", "zcert"):
-        assert store.count_members(recipient_collection_id(rid)) > 0
+        assert CollectionView(store).count(recipient_collection_id(rid)) > 0
     for rid in ("ibd", "gemeente-voorbeeld"):
-        assert store.count_members(recipient_collection_id(rid)) == 0
+        assert CollectionView(store).count(recipient_collection_id(rid)) == 0
 
 
 def test_an_opt_out_covers_the_ipv4_mapped_form_of_its_addresses(sample_config: Config) -> None:
@@ -314,4 +315,4 @@ def test_a_leaked_credential_at_an_idn_domain_reaches_only_its_owner(tmp_path: P
     leaks = leaked_credential(tmp_path / "leak.credentials.csv", "Jan@Straße.DE")
     summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
     assert dict(summary.per_recipient) == {"strasze": 1}
-    assert store.count_members(recipient_collection_id("strasse")) == 0
+    assert CollectionView(store).count(recipient_collection_id("strasse")) == 0

@@ -17,9 +17,11 @@ from connector.collections import recipient_collection_id
 from connector.config import ConfigError, load_config, parse_config
 from connector.ingest import Ingestor
 from connector.notification import Classification, Notification
+from connector.render.collection import CollectionView
 from connector.routing import Policy, Router
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG
+from tests.record_view import notification_rows
 from tests.test_routing import leaked_credential, scan_http_row
 
 VULN = Classification("vulnerable", "vulnerable-system", "CVE-2024-4577")
@@ -297,7 +299,7 @@ def test_explain_a_stored_notification(tmp_path: Path, sample_config) -> None:
     Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
     sighting = next(
         m.stix_id
-        for m in store.page(
+        for m in CollectionView(store).page(
             recipient_collection_id("gemeente-voorbeeld"), after=None, limit=100, types=("sighting",)
         )
     )
@@ -314,7 +316,10 @@ def test_a_moved_network_routes_new_notifications_to_the_new_owner_only(
 ) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
     Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
-    before = {m.stix_id for m in store.page(recipient_collection_id("zcert"), after=None, limit=10_000)}
+    before = {
+        m.stix_id
+        for m in CollectionView(store).page(recipient_collection_id("zcert"), after=None, limit=10_000)
+    }
     raw = copy.deepcopy(sample_config.model_dump(mode="json"))
     raw["recipients"].append(
         {
@@ -334,14 +339,16 @@ def test_a_moved_network_routes_new_notifications_to_the_new_owner_only(
     (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
     summary = Ingestor(moved, store, load_mappings()).run("divd", "divd-nuclei", [later])
     assert summary.per_recipient == {"nieuw": 1}
-    after = {m.stix_id for m in store.page(recipient_collection_id("zcert"), after=None, limit=10_000)}
+    after = {
+        m.stix_id
+        for m in CollectionView(store).page(recipient_collection_id("zcert"), after=None, limit=10_000)
+    }
     assert after == before  # what Z-CERT had stays; the new day went to the new owner only
-    assert store.count_members(recipient_collection_id("nieuw")) > 0
+    assert CollectionView(store).count(recipient_collection_id("nieuw")) > 0
 
 
 def test_explaining_a_stored_leaked_credential_names_the_direct_owner_only(tmp_path: Path) -> None:
     from connector.explain import explain_target
-    from connector.store import schema as t
 
     raw = example()
     noord = next(r for r in raw["recipients"] if r["id"] == "ziekenhuis-noord")
@@ -351,9 +358,8 @@ def test_explaining_a_stored_leaked_credential_names_the_direct_owner_only(tmp_p
     leaks = leaked_credential(tmp_path / "leak.credentials.csv", "arts@noord.example.org")
     summary = Ingestor(cfg, store, load_mappings()).run("divd", "divd-credentials", [leaks])
     assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1}  # personal data: not to zcert
-    with store.engine.connect() as conn:
-        key = conn.execute(t.notifications.select()).mappings().one()["key"]
-    lines = explain_target(Router(cfg), key, Policy("amber"), store)
+    [row] = notification_rows(store)
+    lines = explain_target(Router(cfg), row["sighting_id"], Policy("amber"), store)
     assert lines[-1] == "result: delivered to ziekenhuis-noord"
 
 
@@ -362,7 +368,6 @@ def test_explaining_a_stored_notification_routed_by_host_name_or_as(
     tmp_path: Path, hostname: str, asn: str, owner: str
 ) -> None:
     from connector.explain import explain_target
-    from connector.store import schema as t
 
     raw = example()
     raw["partners"].append({"id": "shadowserver", "name": "Shadowserver"})
@@ -371,33 +376,9 @@ def test_explaining_a_stored_notification_routed_by_host_name_or_as(
     report = scan_http_row(tmp_path / "scan_http.csv", "203.0.113.5", hostname=hostname, asn=asn)
     summary = Ingestor(cfg, store, load_mappings()).run("shadowserver", "shadowserver", [report])
     assert dict(summary.per_recipient) == {owner: 1}
-    with store.engine.connect() as conn:
-        key = conn.execute(t.notifications.select()).mappings().one()["key"]
-    lines = explain_target(Router(cfg), key, Policy("amber"), store)
+    [row] = notification_rows(store)
+    lines = explain_target(Router(cfg), row["sighting_id"], Policy("amber"), store)
     assert lines[-1] == f"result: delivered to {owner}"
-
-
-def test_explaining_a_notification_stored_before_0006_says_what_it_cannot_know(tmp_path: Path) -> None:
-    """Rows from before migration 0006 have no routing keys: explain routes them by their
-    observable and says so, rather than passing that off as how they were routed."""
-    from sqlalchemy import update
-
-    from connector.explain import explain_target
-    from connector.store import schema as t
-
-    cfg = parse_config(example())
-    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
-    Ingestor(cfg, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
-    with store.engine.begin() as conn:
-        conn.execute(
-            update(t.notifications).values(
-                routed_ip=None, routed_asn=None, routed_hostname=None, direct_owner_only=None
-            )
-        )
-        key = conn.execute(t.notifications.select()).mappings().first()["key"]
-    lines = explain_target(Router(cfg), key, Policy("amber"), store)
-    assert any("stored before its routing keys were kept" in line for line in lines)
-    assert lines[-1].startswith("result: ")
 
 
 def test_a_url_with_a_unicode_host_routes_to_the_punycode_claim() -> None:

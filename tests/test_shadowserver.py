@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import stix2
 import yaml
-from sqlalchemy import select
 from stix2validator import ValidationOptions, validate_parsed_json
 
 from connector.adapters.mapping import Mapping, family_mapping
@@ -29,9 +28,9 @@ from connector.config import Config, parse_config
 from connector.ingest import Ingestor, RunSummary
 from connector.stix.build import EXTENSION_ID
 from connector.store import Store
-from connector.store import schema as t
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
 from tests.golden_files import assert_golden, recipient_bundle
+from tests.record_view import all_objects
 
 SAMPLES = SHARED_DATA / "shadowserver"
 SYNTHETIC = Path(__file__).parent / "data" / "shadowserver"
@@ -132,9 +131,8 @@ def ingest(
 
 
 def stored_objects(store: Store) -> list[dict[str, Any]]:
-    """Every object version stored, routed or not."""
-    with store.engine.connect() as conn:
-        return [json.loads(body) for (body,) in conn.execute(select(t.stix_objects.c.body))]
+    """Every object version the record renders, routed or not."""
+    return all_objects(store)
 
 
 def sightings(objects: list[dict[str, Any]], feed: str | None = None) -> list[dict[str, Any]]:

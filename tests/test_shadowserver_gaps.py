@@ -11,7 +11,6 @@ Synthetic rows use documentation addresses; the real samples are read in place w
 from __future__ import annotations
 
 import io
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 import pytest
 import stix2
 import yaml
-from sqlalchemy import select
 from stix2validator import ValidationOptions, validate_parsed_json
 
 from connector.adapters import converters
@@ -31,9 +29,8 @@ from connector.explain import explain_target
 from connector.notification import Classification, Notification
 from connector.routing import Policy, Router
 from connector.stix.build import NotificationState, notification_objects, pattern_of
-from connector.store import Store
-from connector.store import schema as t
 from tests.conftest import SAMPLE_CONFIG
+from tests.record_view import notification_rows
 from tests.test_shadowserver import (
     SAMPLES,
     ext,
@@ -475,18 +472,13 @@ def test_blocklist_networks_end_to_end(tmp_path: Path, mappings) -> None:
     addresses = {o["value"] for o in objects if o["type"] == "ipv4-addr"}
     assert addresses == {"192.0.2.16/28", "192.0.2.0/26", "192.0.2.0/24", "192.0.2.17"}
     assert validation_errors(objects) == []
-    got = {row["observable"]: json.loads(row["recipients"]) for row in store_notifications(store)}
+    got = {row["observable"]: row["recipients"] for row in notification_rows(store)}
     assert got == {
         "192.0.2.16/28": ["ziekenhuis-noord", "zcert"],
         "192.0.2.0/26": ["zcert"],
         "192.0.2.0/24": [],
         "192.0.2.17": ["ziekenhuis-noord", "zcert"],
     }
-
-
-def store_notifications(store: Store) -> list[dict[str, Any]]:
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(t.notifications)).mappings()]
 
 
 # --- the real samples ------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from connector.store import Store, VersionFilter
+from connector.render.collection import CollectionView
+from connector.store import CollectionRow, Store, VersionFilter
 from connector.store.schema import metadata
-from connector.store.store import timestamp_to_us, us_to_timestamp, version_key
+from connector.store.times import timestamp_to_us, us_to_timestamp, version_key
 
 COLLECTION = "11111111-1111-4111-8111-111111111111"
 
@@ -34,16 +35,15 @@ def indicator(n: int, modified: str = "2024-01-01T00:00:00.000Z") -> dict:
     }
 
 
-def add(store: Store, objects: list[dict]) -> None:
-    with store.writing() as w:
-        pks = w.add_objects(objects, [orjson.dumps(o).decode() for o in objects])
-        w.add_members(
-            COLLECTION,
-            [
-                (pks[(o["id"], version_key(o["modified"]))], o["id"], o["type"], version_key(o["modified"]))
-                for o in objects
-            ],
-        )
+def opened(url: str) -> Store:
+    """A store with the one collection these tests write to."""
+    store = Store.open(url)
+    store.sync_collections([CollectionRow(COLLECTION, "recipient", "test", "Test", "")])
+    return store
+
+
+def add(store: Store, objects: list[dict]) -> int:
+    return store.store_objects(COLLECTION, objects)
 
 
 def test_migrations_create_exactly_the_declared_schema(store_url: str) -> None:
@@ -95,7 +95,7 @@ def test_processes_opening_an_empty_store_at_once_all_succeed(store_url: str) ->
 
 
 def test_date_added_strictly_increases_across_concurrent_writers(store_url: str) -> None:
-    store = Store.open(store_url)
+    store = opened(store_url)
     errors: list[BaseException] = []
 
     def writer(offset: int) -> None:
@@ -111,28 +111,32 @@ def test_date_added_strictly_increases_across_concurrent_writers(store_url: str)
     for t in threads:
         t.join()
     assert not errors
-    members = store.page(COLLECTION, after=None, limit=10_000)
+    members = CollectionView(store).page(COLLECTION, after=None, limit=10_000)
     stamps = [m.date_added for m in members]
     assert len(stamps) == 4 * 20 * 3
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     # Keyset paging from any point returns exactly the rest.
     middle = stamps[100]
-    assert [m.date_added for m in store.page(COLLECTION, after=middle, limit=10_000)] == stamps[101:]
+    assert [
+        m.date_added for m in CollectionView(store).page(COLLECTION, after=middle, limit=10_000)
+    ] == stamps[101:]
     store.close()
 
 
 def test_latest_version_wins_even_when_added_out_of_order(store_url: str) -> None:
-    store = Store.open(store_url)
+    store = opened(store_url)
     add(store, [indicator(1, "2024-03-01T00:00:00.000Z")])
     add(store, [indicator(1, "2024-01-01T00:00:00.000Z")])  # an older version arrives later
     add(store, [indicator(1, "2024-02-01T00:00:00Z")])
-    latest = store.page(COLLECTION, after=None, limit=10)
+    latest = CollectionView(store).page(COLLECTION, after=None, limit=10)
     assert [m.version for m in latest] == [version_key("2024-03-01T00:00:00Z")]
-    every = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))
+    every = CollectionView(store).page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))
     assert len(every) == 3
-    first = store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(last=False, first=True))
+    first = CollectionView(store).page(
+        COLLECTION, after=None, limit=10, versions=VersionFilter(last=False, first=True)
+    )
     assert [m.version for m in first] == [version_key("2024-01-01T00:00:00Z")]
-    exact = store.page(
+    exact = CollectionView(store).page(
         COLLECTION,
         after=None,
         limit=10,
@@ -140,7 +144,10 @@ def test_latest_version_wins_even_when_added_out_of_order(store_url: str) -> Non
     )
     assert len(exact) == 1
     add(store, [indicator(1, "2024-03-01T00:00:00.000Z")])  # the same version again: no new member
-    assert len(store.page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True))) == 3
+    assert (
+        len(CollectionView(store).page(COLLECTION, after=None, limit=10, versions=VersionFilter(all=True)))
+        == 3
+    )
     store.close()
 
 
@@ -170,17 +177,10 @@ def test_rows_go_in_byte_for_byte_whatever_they_hold(store_url: str) -> None:
     awkward = "tab\there, newline\nthere, backslash \\ and \\N, quote \" ' , nul-free ü 中 \U0001f600 \r"
     objects = [indicator(n) for n in range(3)]
     bodies = [orjson.dumps({**o, "description": awkward}).decode() + awkward for o in objects]
-    store = Store.open(store_url)
-    with store.writing() as w:
-        pks = w.add_objects(objects, bodies)
-        entries = [
-            (pks[(o["id"], version_key(o["modified"]))], o["id"], o["type"], version_key(o["modified"]))
-            for o in objects
-        ]
-        assert w.add_members(COLLECTION, entries) == 3
-    with store.writing() as w:  # again: every membership is there already
-        assert w.add_members(COLLECTION, entries) == 0
-    members = store.page(COLLECTION, after=None, limit=10)
+    store = opened(store_url)
+    assert store.store_objects(COLLECTION, objects, bodies) == 3
+    assert store.store_objects(COLLECTION, objects, bodies) == 0  # every membership is there already
+    members = CollectionView(store).page(COLLECTION, after=None, limit=10)
     store.close()
     assert [m.body for m in members] == bodies
 
@@ -193,11 +193,8 @@ def test_an_object_without_versions_given_twice_in_one_call_is_one_member(store_
         "spec_version": "2.1",
         "id": "ipv4-addr--11111111-1111-5111-8111-111111111111",
     }
-    store = Store.open(store_url)
-    with store.writing() as w:
-        pk = w.add_objects([sco], [orjson.dumps(sco).decode()])[(sco["id"], "")]
-        assert w.add_members(COLLECTION, [(pk, sco["id"], "ipv4-addr", "")] * 2) == 1
-    with store.writing() as w:
-        assert w.add_members(COLLECTION, [(pk, sco["id"], "ipv4-addr", "")]) == 0
-    assert [m.stix_id for m in store.page(COLLECTION, after=None, limit=10)] == [sco["id"]]
+    store = opened(store_url)
+    assert store.store_objects(COLLECTION, [sco, sco]) == 1
+    assert store.store_objects(COLLECTION, [sco]) == 0
+    assert [m.stix_id for m in CollectionView(store).page(COLLECTION, after=None, limit=10)] == [sco["id"]]
     store.close()

@@ -26,10 +26,12 @@ from stix2validator import ValidationOptions, validate_instance
 from connector.collections import collection_rows, inbox_collection_id, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
+from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from connector.store import schema as t
 from connector.submission import SubmissionResult, Submissions
 from tests.conftest import DIVD_SCAN
+from tests.record_view import all_objects
 
 Json = dict[str, Any]
 
@@ -153,7 +155,9 @@ def submit(store: Store, config: Config, objects: list[Any], partner: str = PART
 
 
 def collection(store: Store, collection_id: str) -> dict[str, Json]:
-    members = store.page(collection_id, after=None, limit=100_000, versions=VersionFilter(all=True))
+    members = CollectionView(store).page(
+        collection_id, after=None, limit=100_000, versions=VersionFilter(all=True)
+    )
     out: dict[str, Json] = {}
     for m in members:
         out.setdefault(m.stix_id, json.loads(m.body))
@@ -170,10 +174,9 @@ def receivers_of(store: Store, stix_id: str) -> set[str]:
 
 
 def stored_bodies(store: Store, stix_id: str) -> list[Json]:
-    so = t.stix_objects
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(so.c.body).where(so.c.stix_id == stix_id).order_by(so.c.modified))
-        return [json.loads(r[0]) for r in rows]
+    """Every version of the object the store holds, rendered from the record or stored."""
+    found = [o for o in all_objects(store) if o["id"] == stix_id]
+    return sorted(found, key=lambda o: o.get("modified", ""))
 
 
 def count_stored(store: Store) -> int:
@@ -724,13 +727,9 @@ def test_a_clearinghouse_object_cannot_be_replaced_but_equal_scos_are_accepted(
     store: Store, sample_config: Config, ingestor: Ingestor
 ) -> None:
     assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    so = t.stix_objects
-    with store.engine.connect() as conn:
-        body = conn.execute(select(so.c.body).where(so.c.type == "sighting").limit(1)).scalar_one()
-        address = json.loads(
-            conn.execute(select(so.c.body).where(so.c.type == "ipv4-addr").limit(1)).scalar_one()
-        )
-    original = json.loads(body)
+    objects = all_objects(store)
+    original = next(o for o in objects if o["type"] == "sighting")
+    address = next(o for o in objects if o["type"] == "ipv4-addr")
     before = stored_bodies(store, original["id"])
     later = dict(original, modified="2099-01-01T00:00:00.000Z", count=999)
     sco = ipv4(address["value"])

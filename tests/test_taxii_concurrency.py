@@ -13,6 +13,7 @@ import requests
 
 from connector.collections import recipient_collection_id
 from connector.ingest import Ingestor
+from connector.render.collection import CollectionView
 from tests.conftest import DIVD_SCAN, password_for, start_server
 
 HEADERS = {"Accept": "application/taxii+json;version=2.1"}
@@ -83,7 +84,10 @@ def test_poller_gets_every_object_exactly_once_during_ingest(
         writing.join()
         server.should_exit = True
         thread.join(timeout=10)
-    final = {m.stix_id for m in store.page(recipient_collection_id("zcert"), after=None, limit=100_000)}
+    final = {
+        m.stix_id
+        for m in CollectionView(store).page(recipient_collection_id("zcert"), after=None, limit=100_000)
+    }
     assert len(seen) == len(set(seen)), "an object was delivered twice"
     assert set(seen) == final, "an object was missed"
     assert sum(1 for i in seen if i.startswith("sighting--")) == 12 * 15

@@ -847,7 +847,7 @@ def test_an_unexpected_failure_is_a_500_taxii_error_message(
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("database gone: postgresql://secret@db")
 
-    monkeypatch.setattr(taxii.store, "page", broken)
+    monkeypatch.setattr(taxii.store, "reading", broken)
     u, cid = _largest_reader(taxii)
     resp = session_for(u.username).get(taxii.collection_url(cid) + "objects/")
     assert_taxii_error(resp, 500)

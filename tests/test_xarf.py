@@ -18,7 +18,6 @@ import stix2
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
-from sqlalchemy import select
 from stix2validator import ValidationOptions, validate_parsed_json
 
 from connector.adapters import xarf
@@ -29,14 +28,15 @@ from connector.adapters.registry import CODE_ADAPTERS, AdapterContext, load_code
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor, RunSummary
+from connector.render.collection import CollectionView
 from connector.rsit import RSIT
 from connector.stix.build import EXTENSION_ID
 from connector.store import Store
-from connector.store import schema as t
 from connector.tlp import TLP2_MARKING_IDS
 from connector.yamlfile import load_yaml
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
 from tests.golden_files import assert_golden, recipient_bundle
+from tests.record_view import all_objects
 
 SAMPLES = SHARED_DATA / "xarf" / "samples"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
@@ -429,8 +429,7 @@ def test_every_produced_object_passes_the_validator_and_parses(tmp_path: Path, n
     store = sqlite_store(tmp_path, nbip_config)
     path = write_jsonl(tmp_path / "all.jsonl", [json.loads(p.read_text()) for p in SAMPLE_FILES])
     ingest(nbip_config, store, path)
-    with store.engine.connect() as conn:
-        objects = [json.loads(body) for (body,) in conn.execute(select(t.stix_objects.c.body))]
+    objects = all_objects(store)
     types = {o["type"] for o in objects}
     assert {
         "sighting",
@@ -491,7 +490,9 @@ def test_reports_reach_the_recipient_of_their_address(tmp_path: Path, nbip_confi
         "gemeente-voorbeeld": {r["report_id"] for r in reports["gemeente-voorbeeld"]},
     }
     for recipient, report_ids in expected.items():
-        page = store.page(recipient_collection_id(recipient), after=None, limit=1000, types=("sighting",))
+        page = CollectionView(store).page(
+            recipient_collection_id(recipient), after=None, limit=1000, types=("sighting",)
+        )
         sightings = [json.loads(m.body) for m in page]
         got = {s["extensions"][EXTENSION_ID]["evidence"]["report_id"] for s in sightings}
         assert got == report_ids, recipient

@@ -11,12 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from connector.config import Config, MispChannel
-from connector.misp.convert import build_event
+from connector.render.misp import build_event
 from connector.store import Store
-from connector.store import schema as t
 
 
 def feed_events(
@@ -24,14 +21,8 @@ def feed_events(
 ) -> list[dict[str, Any]]:
     """Every event of the recipient (or just the one with UUID `only`) as MISP JSON, in uuid order."""
     channel = config.recipient(recipient).misp or MispChannel(feed=True)
-    ob = t.misp_outbox
-    query = select(ob.c.event_uuid, ob.c.group_label).where(ob.c.recipient == recipient)
-    if only is not None:
-        query = query.where(ob.c.event_uuid == only)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query.order_by(ob.c.event_uuid)).all()
     out = []
-    for event_uuid, label in rows:
+    for event_uuid, label in store.misp_events(recipient, only):
         built = build_event(config, store, recipient, event_uuid, label, channel, None)
         event = built.event
         # Stable timestamps (the newest notification version), so the feed's bytes change, and

@@ -14,22 +14,19 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from pymisp import PyMISP
 from pymisp.exceptions import MISPServerError, PyMISPError
-from sqlalchemy import Select, and_, select, update
 
 from connector.config import Config, MispChannel
 from connector.logs import redact
-from connector.misp.convert import build_event
+from connector.render.misp import build_event
 from connector.store import Store
-from connector.store import schema as t
-from connector.store.store import now_us, us_to_timestamp
+from connector.store.times import now_us
 
 log = logging.getLogger("meldpunt.misp")
 
@@ -39,14 +36,6 @@ ClientFactory = Callable[[str, MispChannel], Any]
 
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-
-
-def _due(include_later: bool) -> Select[Any]:
-    """Outbox entries a sync delivers: pending, and their next attempt come (any pending one
-    with `include_later`)."""
-    ob = t.misp_outbox
-    query = select(ob).where(ob.c.status == "pending")
-    return query if include_later else query.where(ob.c.next_attempt <= now_us())
 
 
 class Retryable(Exception):
@@ -100,12 +89,7 @@ class MispSync:
         self._unreachable: dict[str, str] = {}
 
     def due(self, recipient: str | None = None, *, include_later: bool = False) -> list[dict[str, Any]]:
-        ob = t.misp_outbox
-        query = _due(include_later)
-        if recipient:
-            query = query.where(ob.c.recipient == recipient)
-        with self.store.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query.order_by(ob.c.recipient, ob.c.event_uuid)).mappings()]
+        return self.store.misp_due(recipient, include_later)
 
     def run(
         self,
@@ -123,40 +107,11 @@ class MispSync:
                 progress(done, len(entries))
         return summary
 
-    @contextmanager
-    def _claimed(self, entry: dict[str, Any], include_later: bool) -> Iterator[dict[str, Any] | None]:
-        """The entry as it is now, while this sync alone delivers it; None: leave it alone.
-
-        Syncs in several processes (a cron run overlapping a manual one, two hosts) read the
-        same due entries: each would push every event, adding or editing it twice at once (and
-        publishing it twice). On PostgreSQL a session advisory lock on the entry, held while it
-        is delivered, lets one of them through; the others skip it, or find it delivered once
-        they get the lock (it is read again). SQLite stores serve one host: not locked there."""
-        if self.store.dialect != "postgresql":
-            yield entry
-            return
-        ob = t.misp_outbox
-        key = f"misp-outbox\x1f{entry['recipient']}\x1f{entry['event_uuid']}"
-        with self.store.engine.connect() as conn:
-            got = conn.exec_driver_sql(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
-            ).scalar()
-            conn.commit()
-            if not got:
-                log.info(
-                    "misp entry being delivered by another sync",
-                    extra={"recipient": entry["recipient"], "misp_event": entry["event_uuid"]},
-                )
-                yield None
-                return
-            try:
-                this = and_(ob.c.recipient == entry["recipient"], ob.c.event_uuid == entry["event_uuid"])
-                row = conn.execute(_due(include_later).where(this)).mappings().first()
-                conn.commit()
-                yield dict(row) if row is not None else None
-            finally:
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-                conn.commit()
+    def _claimed(self, entry: dict[str, Any], include_later: bool) -> Any:
+        """The entry as it is now, while this sync alone delivers it (None: another sync has it;
+        see connector/store/outbox.py)."""
+        claim = self.store.misp_claimed(entry, include_later)
+        return _Logged(claim, entry)
 
     def _deliver(self, entry: dict[str, Any], summary: SyncSummary) -> None:
         rid, event_uuid = entry["recipient"], entry["event_uuid"]
@@ -272,12 +227,7 @@ class MispSync:
         next_attempt: int | None = None,
         pushed_hash: str | None = None,
     ) -> None:
-        ob = t.misp_outbox
-        values: dict[str, Any] = {
-            "status": status,
-            "updated_at": us_to_timestamp(now_us()),
-            "last_error": error,
-        }
+        values: dict[str, Any] = {"status": status, "last_error": error}
         if attempts is not None:
             values["attempts"] = attempts
         if next_attempt is not None:
@@ -285,40 +235,15 @@ class MispSync:
         if pushed_hash is not None:
             values["pushed_hash"] = pushed_hash
             values["attempts"] = 0
-        with self.store.engine.begin() as conn:
-            # Only if nothing changed it meanwhile: an ingest may have re-queued it.
-            conn.execute(
-                update(ob)
-                .where(
-                    and_(
-                        ob.c.recipient == entry["recipient"],
-                        ob.c.event_uuid == entry["event_uuid"],
-                        ob.c.updated_at == entry["updated_at"],
-                    )
-                )
-                .values(**values)
-            )
+        self.store.misp_mark(entry, values)
 
     def retry_failed(self, recipient: str | None = None) -> int:
         """Put failed entries back in the queue (after an outage longer than the retries)."""
-        ob = t.misp_outbox
-        query = update(ob).where(ob.c.status == "failed")
-        if recipient:
-            query = query.where(ob.c.recipient == recipient)
-        with self.store.engine.begin() as conn:
-            result = conn.execute(
-                query.values(
-                    status="pending", attempts=0, next_attempt=now_us(), updated_at=us_to_timestamp(now_us())
-                )
-            )
-        return int(result.rowcount or 0)
+        return self.store.misp_retry_failed(recipient)
 
     def status(self) -> list[dict[str, Any]]:
-        ob = t.misp_outbox
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(ob.c.recipient, ob.c.status, ob.c.next_attempt, ob.c.last_error)).all()
         out: dict[str, dict[str, Any]] = {}
-        for rid, status, next_attempt, error in rows:
+        for rid, status, next_attempt, error in self.store.misp_entries():
             entry = out.setdefault(
                 rid,
                 {
@@ -338,6 +263,26 @@ class MispSync:
             if error and status != "done":
                 entry["last_error"] = error
         return [out[k] for k in sorted(out)]
+
+
+class _Logged:
+    """A claim that logs when another sync holds the entry."""
+
+    def __init__(self, claim: Any, entry: dict[str, Any]) -> None:
+        self._claim = claim
+        self._entry = entry
+
+    def __enter__(self) -> dict[str, Any] | None:
+        current: dict[str, Any] | None = self._claim.__enter__()
+        if current is None:
+            log.info(
+                "misp entry being delivered by another sync",
+                extra={"recipient": self._entry["recipient"], "misp_event": self._entry["event_uuid"]},
+            )
+        return current
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._claim.__exit__(*exc_info)
 
 
 def push_event(client: Any, event: Any, *, publish: bool) -> str:

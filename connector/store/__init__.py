@@ -1,5 +1,9 @@
-"""Persistent state: objects and versions, collections, notifications, runs, audit."""
+"""Persistent state: the notification record and its deliveries, stored objects, runs, outbox, audit.
 
-from connector.store.store import CollectionRow, Member, Store, VersionFilter, Writer
+Every SQL statement of the product lives in this package."""
 
-__all__ = ["CollectionRow", "Member", "Store", "VersionFilter", "Writer"]
+from connector.store.objects import Member, VersionFilter
+from connector.store.store import CollectionRow, Reader, Store
+from connector.store.writer import Writer
+
+__all__ = ["CollectionRow", "Member", "Reader", "Store", "VersionFilter", "Writer"]

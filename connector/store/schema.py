@@ -1,7 +1,19 @@
 """The store's tables (SQLAlchemy Core), the same on SQLite and PostgreSQL.
 
+The notification is the record: one row per notification with typed fields, one row per
+version of it (what changed when it was seen again), and a delivery log per collection that
+says which version reached which recipient when. STIX objects and MISP events are rendered from
+these rows when they are read (connector/render/). Researchers' STIX, which has no notification
+form, is stored verbatim (`stix_objects`, `collection_objects`), as are the objects of stores
+written before the record existed (migration 0007).
+
 The migrations under `migrations/versions/` create exactly these tables; a test compares the
 migrated database with this metadata so the two cannot drift apart.
+
+Sizes matter here: a national feed is millions of rows a day. Times of the record are
+milliseconds since the epoch (the precision STIX timestamps carry), repeated text is stored once
+(`notification_kinds`, `evidence`), versions point at the version before them instead of being
+indexed by notification, and deliveries are appended in blocks rather than a row each.
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -24,6 +38,176 @@ from sqlalchemy import (
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
+
+# --- the record ------------------------------------------------------------------------------
+
+# What many notifications have in common, stored once: partner, feed, classification, TLP, case,
+# CVE, severity and the personal-data policy. `digest` (sha256 over those) finds a kind again.
+notification_kinds = Table(
+    "notification_kinds",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("partner", String(64), nullable=False),
+    Column("feed", String(64), nullable=False),
+    Column("taxonomy", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("tlp", String(16), nullable=False),
+    Column("vulnerability", Text, nullable=True),
+    Column("severity", Text, nullable=True),
+    Column("case_id", Text, nullable=True),
+    Column("direct_owner_only", Boolean, nullable=False),
+    Column("discard_unrouted", Boolean, nullable=False),
+)
+
+# Evidence (feed-specific fields kept from the input) as JSON, stored once per distinct content:
+# a host seen again with the same answer adds no second copy. `digest` is a 64-bit hash of the
+# body; two bodies with one digest are told apart by comparing them.
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("digest", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_evidence_digest", "digest"),
+)
+
+# A partner's name as the clearinghouse first published it (its STIX identity): rendering must
+# not change with the configuration, so a renamed partner keeps its published identity.
+partner_names = Table(
+    "partner_names",
+    metadata,
+    Column("partner", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+)
+
+# One row per notification. Its natural key is (partner, classification, identifier,
+# observable, day); `day` is the day it was first seen, and a later sighting of the same
+# (partner, classification, identifier, observable), its `subject`, is a new version of it.
+# Immutable once written, but for `latest`.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("subject", BigInteger, nullable=False),  # 64-bit digest of the key without the day
+    Column("kind", Integer, nullable=False),  # notification_kinds.pk
+    Column("identifier", Text, nullable=False),
+    Column("day", Integer, nullable=False),  # days since 1970-01-01 (UTC)
+    Column("ip", Text, nullable=True),
+    Column("port", Integer, nullable=True),
+    Column("protocol", String(16), nullable=True),
+    Column("hostname", Text, nullable=True),
+    Column("url", Text, nullable=True),
+    Column("email", Text, nullable=True),
+    Column("asn", BigInteger, nullable=True),
+    Column("evidence", BigInteger, nullable=False),  # evidence.pk of its first version
+    Column("first_seen", BigInteger, nullable=False),  # ms, of its first version
+    Column("created", BigInteger, nullable=False),  # ms
+    Column("latest", BigInteger, nullable=False),  # stamp of its latest version
+    Column("first_run", BigInteger, nullable=False),
+    # Migrated from a store of the old layout: its versions up to `latest` were stored as STIX
+    # objects (collection_objects), not rendered. NULL for every other notification.
+    Column("legacy", Boolean, nullable=True),
+    Index("ix_notifications_subject", "subject"),
+)
+
+# One row per version of a notification, keyed by its stamp: the date_added its objects get in
+# every collection it is delivered to (stamp + the object's slot, 0..15). Versions of one
+# notification are a chain through `previous`; NULL columns mean "as the notification".
+notification_versions = Table(
+    "notification_versions",
+    metadata,
+    Column("stamp", BigId, primary_key=True, autoincrement=False),
+    Column("notification", BigInteger, nullable=False),
+    Column("previous", BigInteger, nullable=True),  # the version before (its stamp)
+    Column("renderer", SmallInteger, nullable=False),  # 0: stored objects (legacy); 1...: renderer
+    Column("modified", BigInteger, nullable=False),  # ms
+    Column("first_seen", BigInteger, nullable=True),  # ms; NULL: the notification's first_seen
+    Column("last_seen", BigInteger, nullable=False),  # ms after first_seen
+    Column("count", Integer, nullable=False),
+    Column("kind", Integer, nullable=True),  # when TLP, severity or case changed
+    Column("evidence", BigInteger, nullable=True),  # when the evidence changed
+    Column("recipients", Text, nullable=False),  # collection numbers it was delivered to, " "-separated
+    Column("run", BigInteger, nullable=False),
+)
+
+# Object ids a notification owns (its sighting, observed-data, indicator), by a 64-bit digest of
+# the id: how TAXII's match[id] and `route explain` find a notification.
+notification_ids = Table(
+    "notification_ids",
+    metadata,
+    Column("digest", BigInteger, primary_key=True, autoincrement=False),
+    Column("notification", BigInteger, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+# Distinct observation times (ms) of a notification: re-ingesting a file changes nothing while a
+# new sighting counts. Listed only for notifications seen more than twice (then all times): up
+# to two are its first_seen and last_seen.
+observations = Table(
+    "observations",
+    metadata,
+    Column("notification", BigInteger, primary_key=True, autoincrement=False),
+    Column("observed_at", BigInteger, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+# --- delivery ----------------------------------------------------------------------------------
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # recipient | inbox
+    Column("owner", String(64), nullable=False),  # recipient id or partner id
+    Column("title", String(256), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("number", Integer, nullable=False, unique=True),  # short key of the delivery tables
+)
+
+# The delivery log of notification versions, per collection, in blocks: each entry is a version
+# stamp with its flags (connector/store/deliveries.py has the encoding). `last` is the highest
+# date_added the block covers, so a page is one index range from `added_after` on.
+delivery_blocks = Table(
+    "delivery_blocks",
+    metadata,
+    Column("collection", Integer, primary_key=True, autoincrement=False),
+    Column("last", BigInteger, primary_key=True, autoincrement=False),
+    Column("first", BigInteger, nullable=False),
+    Column("entries", LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Objects a collection shares between deliveries (SCOs, identities, markings, vulnerabilities):
+# each is in a collection once, at the date_added it first arrived. `stored`: it arrived as a
+# stored object (collection_objects) rather than rendered with a notification version.
+collection_shared = Table(
+    "collection_shared",
+    metadata,
+    Column("collection", Integer, primary_key=True, autoincrement=False),
+    Column("digest", BigInteger, primary_key=True, autoincrement=False),
+    Column("date_added", BigInteger, nullable=False),
+    Column("stored", Boolean, nullable=True),
+    sqlite_with_rowid=False,
+)
+
+# Objects of delivered versions that were taken out of a collection (TAXII DELETE).
+removed_objects = Table(
+    "removed_objects",
+    metadata,
+    Column("collection", Integer, primary_key=True, autoincrement=False),
+    Column("date_added", BigInteger, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+clock = Table(
+    "clock",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_date_added", BigInteger, nullable=False),
+)
+
+# --- stored objects: researchers' STIX, and objects of the old layout ----------------------------
 
 # One row per STIX object version. `modified` is '' for objects without versions (SCOs and
 # marking definitions); (stix_id, modified) identifies a version.
@@ -39,25 +223,9 @@ stix_objects = Table(
     UniqueConstraint("stix_id", "modified", name="uq_stix_objects_version"),
 )
 
-collections = Table(
-    "collections",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("kind", String(16), nullable=False),  # recipient | inbox
-    Column("owner", String(64), nullable=False),  # recipient id or partner id
-    Column("title", String(256), nullable=False),
-    Column("description", Text, nullable=False),
-)
-
-# Collection membership of object versions. `date_added` (microseconds since the epoch) is
-# assigned by the store under a lock on `clock`, so it strictly increases in commit order:
-# a poller using added_after can never miss a row committed later with a smaller value. It is
-# also the row's key, so the table itself is stored in the order rows arrive.
-#
-# Every index here grows at its end (or at one end per collection): an ingest adds millions of
-# rows, and an index keyed by random ids costs several times an appended one once it outgrows
-# the cache. Look-ups by STIX id therefore go through stix_objects' (stix_id, modified) index to
-# the pks, then through (object_pk, collection_id), never through a stix_id index here.
+# Collection membership of stored object versions, keyed by date_added (from the same clock as
+# the delivery log). Look-ups by STIX id go through stix_objects' (stix_id, modified) index to
+# the pks, then through (object_pk, collection_id).
 collection_objects = Table(
     "collection_objects",
     metadata,
@@ -73,54 +241,18 @@ collection_objects = Table(
     Index("ix_collection_objects_page", "collection_id", "date_added"),
 )
 
-clock = Table(
-    "clock",
+# Who first submitted each STIX id through an inbox or a STIX file: the id belongs to that
+# source, so nobody else can publish a "newer version" of somebody else's object.
+object_sources = Table(
+    "object_sources",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("last_date_added", BigInteger, nullable=False),
+    Column("stix_id", String(128), primary_key=True),
+    Column("source", String(64), nullable=False),  # partner id
+    Column("username", String(128), nullable=True),  # TAXII user, when posted
+    Column("first_seen", String(32), nullable=False),
 )
 
-# One row per notification (natural key), with its aggregate state and current STIX ids.
-notifications = Table(
-    "notifications",
-    metadata,
-    Column("key", String(64), primary_key=True),  # sha256 of the natural key
-    Column("partner", String(64), nullable=False),
-    Column("feed", String(64), nullable=False),
-    Column("classification", String(128), nullable=False),
-    # From partners' input, unbounded (a phishing URL, a MISP event's info): migration 0005.
-    Column("identifier", Text, nullable=False),
-    Column("observable", Text, nullable=False),
-    Column("day", String(10), nullable=False),
-    Column("tlp", String(16), nullable=False),
-    Column("sighting_id", String(128), nullable=False),
-    Column("first_seen", BigInteger, nullable=False),
-    Column("last_seen", BigInteger, nullable=False),
-    Column("count", Integer, nullable=False),
-    Column("created", String(32), nullable=False),
-    Column("modified", String(32), nullable=False),
-    Column("recipients", Text, nullable=False),  # JSON list, as routed at the last update
-    Column("first_run", BigInteger, nullable=False),
-    Column("last_run", BigInteger, nullable=False),
-    # What the router was given (migration 0006), so `route explain` can route it again as it
-    # was routed; NULL on rows stored before.
-    Column("routed_ip", Text, nullable=True),
-    Column("routed_asn", BigInteger, nullable=True),
-    Column("routed_hostname", Text, nullable=True),
-    Column("direct_owner_only", Boolean, nullable=True),
-    Index("ix_notifications_last_run", "last_run"),
-)
-
-# Distinct observation times per notification: makes re-ingesting a file a no-op while a
-# genuinely new sighting of the same occurrence increments the count. Listed only for
-# notifications with more than two (then all of them): up to two are first_seen and last_seen
-# (see OBSERVATIONS_IMPLIED in connector/ingest.py).
-observations = Table(
-    "observations",
-    metadata,
-    Column("notification_key", String(64), primary_key=True),
-    Column("observed_at", BigInteger, primary_key=True),
-)
+# --- runs, audit, statuses ------------------------------------------------------------------------
 
 ingest_runs = Table(
     "ingest_runs",
@@ -134,6 +266,10 @@ ingest_runs = Table(
     Column("status", String(16), nullable=False),  # running | done | failed
     Column("counts", Text, nullable=False),  # JSON object
     Column("error", Text, nullable=True),
+    # The stamps of the notification versions the run wrote lie within these (its versions are
+    # then found by a range of notification_versions' key, without an index by run).
+    Column("first_stamp", BigInteger, nullable=True),
+    Column("last_stamp", BigInteger, nullable=True),
 )
 
 # Rows of a run that did not become notifications: quarantined faults and skipped records.
@@ -162,17 +298,6 @@ audit_log = Table(
     Column("status", Integer, nullable=False),
 )
 
-# Who first submitted each STIX id through an inbox or a STIX file: the id belongs to that
-# source, so nobody else can publish a "newer version" of somebody else's object.
-object_sources = Table(
-    "object_sources",
-    metadata,
-    Column("stix_id", String(128), primary_key=True),
-    Column("source", String(64), nullable=False),  # partner id
-    Column("username", String(128), nullable=True),  # TAXII user, when posted
-    Column("first_seen", String(32), nullable=False),
-)
-
 # TAXII status resources of inbox POSTs; readable only by the user who posted.
 statuses = Table(
     "statuses",
@@ -185,13 +310,15 @@ statuses = Table(
     Column("body", Text, nullable=False),  # the status resource as JSON
 )
 
-# MISP delivery: which notifications make up which event for a recipient...
+# --- MISP ----------------------------------------------------------------------------------------
+
+# Which notifications make up which event for a recipient...
 misp_event_members = Table(
     "misp_event_members",
     metadata,
     Column("recipient", String(64), primary_key=True),
     Column("event_uuid", String(36), primary_key=True),
-    Column("notification_key", String(64), primary_key=True),
+    Column("notification", BigInteger, primary_key=True, autoincrement=False),
 )
 
 # ...and the durable outbox: an event is recorded here before any attempt to push it, and a

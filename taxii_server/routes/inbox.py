@@ -135,7 +135,7 @@ def delete_object(
     # match[spec_version] selects too (5.7); ignoring it would delete every version.
     removed = 0
     if q.spec_version_matches:
-        removed = state(request).store.remove_members(collection_id, object_id, versions)
+        removed = state(request).view.remove(collection_id, object_id, versions)
     if not removed:
         raise not_found("object")
     state(request).store.audit(

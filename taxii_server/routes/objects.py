@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from connector.store import Member, VersionFilter
-from connector.store.store import timestamp_to_us, us_to_timestamp
+from connector.store.times import timestamp_to_us, us_to_timestamp
 from taxii_server.app import principal, state
 from taxii_server.auth import Principal
 from taxii_server.errors import TaxiiError, not_found
@@ -150,7 +150,7 @@ def fetch_page(
     if not q.spec_version_matches:
         members: list[Member] = []
     else:
-        members = s.store.page(
+        members = s.view.page(
             collection_id, after=after, limit=q.limit + 1, types=q.types, ids=ids, versions=q.versions
         )
     more = len(members) > q.limit
@@ -175,7 +175,7 @@ def _envelope(page: Page) -> Response:
 
 
 def _require_exists(request: Request, collection_id: str, object_id: str) -> None:
-    if not state(request).store.page(
+    if not state(request).view.page(
         collection_id, after=None, limit=1, ids=(object_id,), versions=VersionFilter(all=True)
     ):
         raise not_found("object")

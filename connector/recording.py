@@ -1,0 +1,462 @@
+"""Recording a batch of notifications: versions of the record, routed, with their deliveries.
+
+One batch, inside one write transaction:
+1. the batch's notifications grouped by subject (partner, classification, identifier,
+   observable); the stored notification of each subject looked up with its latest version;
+2. per subject: the observation times it does not count yet. None: unchanged. Else a new
+   version (a new notification when the subject is new), routed now;
+3. per collection: one delivery entry per version, the shared objects it is first to bring
+   there, and the previous version there marked superseded;
+4. everything written in a few bulk statements, each sorted by its table's key.
+
+Nothing is rendered here: a version is a row of a few numbers (what changed), and the STIX and
+MISP renderings are made when they are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from connector.collections import recipient_collection_id
+from connector.misp.grouping import misp_event_of
+from connector.notification import Notification
+from connector.render.stix import CURRENT, Shape, notification_of, shape
+from connector.routing import Decision, Router
+from connector.store import Writer, deliveries, notifications, outbox
+from connector.store.deliveries import EARLIER, SUPERSEDED
+from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
+from connector.store.times import day_number, moment_ms
+
+if TYPE_CHECKING:
+    from connector.config import Config
+    from connector.ingest import RunSummary
+    from connector.store import Store
+
+log = logging.getLogger("meldpunt.ingest")
+
+# A notification's distinct observation times are its `count`. Up to two of them are its
+# first_seen and last_seen, so the observations table lists the times only of notifications
+# seen more often (all their times, once there are three): most notifications are seen once,
+# and this spares each of them a row in an index.
+OBSERVATIONS_IMPLIED = 2
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def subject_key(n: Notification) -> tuple[str, str, str, str]:
+    """(partner, classification, identifier, observable): a notification without its day."""
+    c = n.classification
+    return (n.partner, f"{c.taxonomy}/{c.type}", c.identifier, n.observable)
+
+
+def subject_digest(key: tuple[str, str, str, str]) -> int:
+    return digest("\x1f".join(key))
+
+
+def kind_values(n: Notification) -> tuple[Any, ...]:
+    c = n.classification
+    return (
+        n.partner,
+        n.feed,
+        c.taxonomy,
+        c.type,
+        n.tlp,
+        n.vulnerability,
+        n.severity,
+        n.case_id,
+        n.direct_owner_only,
+        n.discard_unrouted,
+    )
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    """A small LRU map: caches of an ingest must not grow with the input."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+@dataclass
+class RecordingCache:
+    """What an ingest keeps between batches (bounded): kinds, evidence bodies, partner names."""
+
+    kinds: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    kind_records: dict[int, Kind] = field(default_factory=dict)
+    evidence: _Bounded = field(default_factory=lambda: _Bounded(20_000))
+    partners: set[str] = field(default_factory=set)
+    loaded: bool = False
+
+
+@dataclass
+class _Stored:
+    """A subject's stored notification and its latest version."""
+
+    record: NotificationRecord
+    latest: VersionRecord
+
+
+@dataclass
+class _Delivery:
+    stamp: int
+    notification: int
+    shared: tuple[tuple[int, str], ...]  # (slot, id)
+    bits: int = 0
+
+
+class BatchRecorder:
+    """Writes one batch of notifications into the record (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        router: Router,
+        writer: Writer,
+        summary: RunSummary,
+        cache: RecordingCache,
+        now: datetime,
+        misp_group_by: dict[str, str],
+        on_unrouted: Callable[[Notification], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.router = router
+        self.w = writer
+        self.summary = summary
+        self.cache = cache
+        self.now_ms = moment_ms(now)
+        self.misp_group_by = misp_group_by
+        self.numbers = store.collection_numbers()
+        self.new_rows: list[tuple[Any, ...]] = []
+        self.id_rows: list[tuple[int, int]] = []
+        self.versions: list[tuple[Any, ...]] = []
+        self.latest: list[tuple[int, int]] = []
+        self.observations: list[tuple[int, int]] = []
+        self.deliveries: dict[int, list[_Delivery]] = {}
+        self.superseded: dict[int, dict[int, tuple[int, int]]] = {}
+        self.legacy_supersede: dict[str, list[str]] = {}
+        self.misp_members: list[tuple[str, str, int]] = []
+        self.misp_events: dict[tuple[str, str], str] = {}
+        self.known_versions: dict[int, VersionRecord] = {}
+
+    # --- the batch ---------------------------------------------------------------------------
+
+    def record(self, batch: list[Notification]) -> None:
+        self._load_cache()
+        groups: dict[tuple[str, str, str, str], list[Notification]] = {}
+        for n in batch:
+            groups.setdefault(subject_key(n), []).append(n)
+        self.summary.counts["repeated"] += len(batch) - len(groups)
+        stored = self._stored(groups)
+        listed = notifications.listed_observations(
+            self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
+        )
+        evidence = self._evidence_pks([group[0] for group in groups.values()])
+        for key, group in groups.items():
+            self._one(key, group, stored.get(key), listed, evidence)
+        self._write()
+
+    def _load_cache(self) -> None:
+        if not self.cache.loaded:
+            self.cache.kind_records = notifications.kinds(self.w.conn)
+            self.cache.kinds = {dataclasses.astuple(k)[1:]: pk for pk, k in self.cache.kind_records.items()}
+            self.cache.loaded = True
+
+    def _stored(self, groups: dict[tuple[str, str, str, str], list[Notification]]) -> dict[Any, _Stored]:
+        """The stored notification of each subject (the newest, if a digest finds several)."""
+        digests = {subject_digest(key): key for key in groups}
+        found: dict[Any, NotificationRecord] = {}
+        for record in notifications.notifications_by_subject(self.w.conn, digests):
+            key = digests.get(record.subject)
+            kind = self._kind(record.kind)
+            if (
+                key is None
+                or (kind.partner, kind.classification, record.identifier, record.observable) != key
+            ):
+                continue  # another subject with the same digest
+            if key not in found or record.pk > found[key].pk:
+                found[key] = record
+        latest = notifications.versions_by_stamp(self.w.conn, [r.latest for r in found.values()])
+        self.known_versions.update(latest)
+        return {key: _Stored(record, latest[record.latest]) for key, record in found.items()}
+
+    def _kind(self, pk: int) -> Kind:
+        kind = self.cache.kind_records.get(pk)
+        if kind is None:
+            kind = notifications.kinds(self.w.conn, [pk])[pk]
+            self.cache.kind_records[pk] = kind
+        return kind
+
+    def _kind_pk(self, n: Notification) -> int:
+        values = kind_values(n)
+        pk = self.cache.kinds.get(values)
+        if pk is None:
+            pk = notifications.add_kind(self.w, values)
+            self.cache.kinds[values] = pk
+            self.cache.kind_records[pk] = Kind(pk, *values)
+        return pk
+
+    def _evidence_pks(self, batch: list[Notification]) -> dict[str, int | None]:
+        """Evidence body -> its stored pk for every body of the batch (None: not stored yet;
+        stored by _evidence_pk only when a notification that keeps it is recorded: evidence of
+        a discarded notification must never reach the store)."""
+        bodies = {orjson.dumps(n.evidence).decode() for n in batch}
+        out: dict[str, int | None] = {b: self.cache.evidence.get(b) for b in bodies}
+        unknown = [b for b, pk in out.items() if pk is None]
+        if unknown:
+            found = notifications.evidence_by_digest(self.w.conn, [digest(b) for b in unknown])
+            for body in unknown:
+                out[body] = next((pk for pk, stored in found.get(digest(body), []) if stored == body), None)
+        return out
+
+    def _evidence_pk(self, body: str, known: dict[str, int | None]) -> int:
+        pk = known.get(body)
+        if pk is None:
+            pk = known[body] = self.w.allocate("evidence", 1)
+            notifications.add_evidence(self.w, [(pk, digest(body), body)])
+        self.cache.evidence.put(body, pk)
+        return pk
+
+    # --- one subject ---------------------------------------------------------------------------
+
+    def _one(
+        self,
+        key: tuple[str, str, str, str],
+        group: list[Notification],
+        stored: _Stored | None,
+        listed: set[tuple[int, int]],
+        evidence: dict[str, int | None],
+    ) -> None:
+        times = sorted({moment_ms(n.observed_at) for n in group})
+        fresh = times if stored is None else [at for at in times if not _observed(stored, at, listed)]
+        if not fresh:
+            self.summary.counts["unchanged"] += 1
+            return
+        n = group[0]
+        decision = self.router.route(n)
+        self.summary.count_decision(decision)
+        if n.discard_unrouted and not decision.recipients:
+            self.summary.counts["discarded"] += 1
+            return  # personal data nobody is entitled to: counted, never stored
+        if decision.match is None:
+            log.info("notification unrouted", extra={"observable": key[3], "classification": key[1]})
+        stamp = self.w.next_stamp()
+        self.summary.saw_stamp(stamp)
+        evidence_pk = self._evidence_pk(orjson.dumps(n.evidence).decode(), evidence)
+        if stored is None:
+            record, version, representative = self._new(n, times, fresh, stamp, evidence_pk, decision)
+        else:
+            record, version, representative = self._next(n, stored, fresh, stamp, evidence_pk, decision)
+        self.summary.counts["updated" if stored else "new"] += 1
+        self.versions.append(dataclasses.astuple(version))
+        if version.count > OBSERVATIONS_IMPLIED:
+            listed_now = fresh
+            if stored is not None and stored.latest.count <= OBSERVATIONS_IMPLIED:
+                # from now on every time is listed, the implied ones too
+                listed_now = [
+                    stored.latest.first_seen_of(stored.record),
+                    stored.latest.last_seen_of(stored.record),
+                    *fresh,
+                ]
+            self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
+        self._deliver(record, version, stored, shape(representative), decision.recipients)
+        self._queue_misp(record.pk, representative, decision.recipients)
+
+    def _new(
+        self,
+        n: Notification,
+        times: list[int],
+        fresh: list[int],
+        stamp: int,
+        evidence_pk: int,
+        decision: Decision,
+    ) -> tuple[NotificationRecord, VersionRecord, Notification]:
+        first = times[0]
+        # The key's day is the day it was first seen, whichever row of the group came first.
+        representative = dataclasses.replace(n, observed_at=_EPOCH + timedelta(milliseconds=first))
+        kind = self._kind_pk(n)
+        pk = self.w.allocate("notifications", 1)
+        record = NotificationRecord(
+            pk=pk,
+            subject=subject_digest(subject_key(n)),
+            kind=kind,
+            identifier=n.classification.identifier,
+            day=day_number(representative.day),
+            ip=n.ip,
+            port=n.port,
+            protocol=n.protocol,
+            hostname=n.hostname,
+            url=n.url,
+            email=n.email,
+            asn=n.asn,
+            evidence=evidence_pk,
+            first_seen=first,
+            created=self.now_ms,
+            latest=stamp,
+            first_run=self.summary.run_id,
+            legacy=False,
+        )
+        row = list(dataclasses.astuple(record))
+        row[-1] = None  # legacy: NULL, not False
+        self.new_rows.append(tuple(row))
+        version = VersionRecord(
+            stamp=stamp,
+            notification=pk,
+            previous=None,
+            renderer=CURRENT,
+            modified=self.now_ms,
+            first_seen=None,
+            last_seen=fresh[-1] - first,
+            count=len(fresh),
+            kind=None,
+            evidence=None,
+            recipients=self._numbers(decision.recipients),
+            run=self.summary.run_id,
+        )
+        self.id_rows += [(digest(i), pk) for i in shape(representative).own]
+        if n.partner not in self.cache.partners:
+            notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
+            self.cache.partners.add(n.partner)
+        return record, version, representative
+
+    def _next(
+        self,
+        n: Notification,
+        stored: _Stored,
+        fresh: list[int],
+        stamp: int,
+        evidence_pk: int,
+        decision: Decision,
+    ) -> tuple[NotificationRecord, VersionRecord, Notification]:
+        record, previous = stored.record, stored.latest
+        first_before = previous.first_seen_of(record)
+        first = min(fresh[0], first_before)
+        last = max(fresh[-1], previous.last_seen_of(record))
+        kind = self._kind_pk(n)
+        version = VersionRecord(
+            stamp=stamp,
+            notification=record.pk,
+            previous=previous.stamp,
+            renderer=CURRENT,
+            modified=max(self.now_ms, previous.modified + 1),
+            first_seen=None if first == record.first_seen else first,
+            last_seen=last - first,
+            count=previous.count + len(fresh),
+            kind=None if kind == record.kind else kind,
+            evidence=None if evidence_pk == record.evidence else evidence_pk,
+            recipients=self._numbers(decision.recipients),
+            run=self.summary.run_id,
+        )
+        self.latest.append((record.pk, stamp))
+        self.known_versions[stamp] = version
+        # Rendered from what is stored, with this version's kind (its TLP marking, say).
+        representative = notification_of(record, self._kind(kind), {})
+        return record, version, representative
+
+    def _numbers(self, recipients: list[str]) -> tuple[int, ...]:
+        return tuple(self.numbers[recipient_collection_id(r)] for r in recipients)
+
+    # --- deliveries ----------------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        record: NotificationRecord,
+        version: VersionRecord,
+        stored: _Stored | None,
+        version_shape: Shape,
+        recipients: list[str],
+    ) -> None:
+        for rid, number in zip(recipients, version.recipients, strict=True):
+            self.summary.per_recipient[rid] += 1
+            bits = 0
+            if stored is not None and version.previous is not None:
+                before, earlier = self._delivered_before(number, version.previous)
+                if earlier:
+                    bits |= EARLIER
+                if before is not None:
+                    self.superseded.setdefault(number, {})[before] = (SUPERSEDED, 0)
+                if record.legacy:
+                    self.legacy_supersede.setdefault(recipient_collection_id(rid), []).extend(
+                        version_shape.own
+                    )
+            self.deliveries.setdefault(number, []).append(
+                _Delivery(version.stamp, record.pk, version_shape.shared, bits)
+            )
+
+    def _delivered_before(self, number: int, stamp: int | None) -> tuple[int | None, bool]:
+        """(the stamp of the latest version at or before `stamp` delivered to the collection as
+        an entry, whether any version was delivered there before), walking the versions down.
+        The versions of a notification migrated from the old layout end in one of renderer 0:
+        its objects are stored, not entries."""
+        while stamp is not None:
+            version = self.known_versions.get(stamp)
+            if version is None:
+                version = notifications.versions_by_stamp(self.w.conn, [stamp])[stamp]
+                self.known_versions[stamp] = version
+            if number in version.recipients:
+                return (None if version.renderer == 0 else stamp), True
+            stamp = version.previous
+        return None, False
+
+    def _queue_misp(self, pk: int, representative: Notification, recipients: list[str]) -> None:
+        for rid in recipients:
+            group_by = self.misp_group_by.get(rid)
+            if group_by is None:
+                continue
+            uuid, label = misp_event_of(rid, representative, group_by)
+            self.misp_members.append((rid, uuid, pk))
+            self.misp_events[(rid, uuid)] = label
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        w = self.w
+        notifications.add_notifications(w, self.new_rows, self.id_rows)
+        notifications.add_versions(w, self.versions)
+        notifications.set_latest(w, self.latest)
+        notifications.add_observations(w, self.observations)
+        shared_rows: list[tuple[int, int, int, bool | None]] = []
+        for number, entries in self.deliveries.items():
+            wanted = {digest(i) for entry in entries for _slot, i in entry.shared}
+            held = set(deliveries.shared_rows(w.conn, number, wanted))
+            for entry in entries:
+                for slot, ident in entry.shared:
+                    key = digest(ident)
+                    if key not in held:
+                        held.add(key)
+                        entry.bits |= 1 << slot
+                        shared_rows.append((number, key, entry.stamp + slot, None))
+            deliveries.change_bits(w, number, self.superseded.pop(number, {}))
+            deliveries.append(w, number, [(e.stamp, e.bits) for e in entries])
+        for number, changes in self.superseded.items():  # collections without a new entry
+            deliveries.change_bits(w, number, changes)
+        deliveries.add_shared(w, shared_rows)
+        if self.legacy_supersede:
+            from connector.store import objects
+
+            for collection_id, ids in self.legacy_supersede.items():
+                objects.supersede(w, collection_id, sorted(set(ids)))
+        if self.misp_events:
+            outbox.enqueue(w, self.misp_members, self.misp_events)
+
+
+def _observed(stored: _Stored, at: int, listed: set[tuple[int, int]]) -> bool:
+    """Whether the stored notification already counts an observation at `at` (ms)."""
+    latest, record = stored.latest, stored.record
+    if latest.count <= OBSERVATIONS_IMPLIED:
+        return at in (latest.first_seen_of(record), latest.last_seen_of(record))
+    return (record.pk, at) in listed

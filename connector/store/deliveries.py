@@ -1,0 +1,209 @@
+"""SQL of delivery: which notification version reached which collection when, what a collection
+holds of the objects versions share, and what was taken out of it again.
+
+The delivery log is kept in blocks (`delivery_blocks`), one row per collection and write batch
+of up to BLOCK entries, because a row per delivery was most of a re-observation's cost in
+storage. An entry is a version stamp and 16 bits:
+
+    bits 0-11   the shared objects (by slot) this entry brought into the collection
+    SUPERSEDED  a later version of the notification was delivered to this collection
+    EARLIER     an earlier version of the notification had been delivered to this collection
+    RECHECK     objects of the notification were removed from this collection (TAXII DELETE):
+                the flags above no longer say which version is the latest or the first there;
+                the reader works it out from the versions
+
+Encoded as the stamp's distance from the entry before it (in SLOTS, a varint) and the bits as
+two bytes, so changing flags never changes a block's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from connector.store.writer import SLOTS, Writer, rows_in
+
+BLOCK = 256
+SHARED_BITS = 0x0FFF
+SUPERSEDED = 1 << 12
+EARLIER = 1 << 13
+RECHECK = 1 << 14
+_SHIFT = SLOTS.bit_length() - 1  # stamps are multiples of SLOTS
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    collection: int
+    last: int
+    first: int
+    entries: list[tuple[int, int]]  # (stamp, bits)
+
+
+def encode(entries: Sequence[tuple[int, int]]) -> bytes:
+    out = bytearray()
+    previous = entries[0][0] if entries else 0
+    for stamp, bits in entries:
+        step = (stamp - previous) >> _SHIFT
+        previous = stamp
+        while step >= 0x80:
+            out.append((step & 0x7F) | 0x80)
+            step >>= 7
+        out.append(step)
+        out += bits.to_bytes(2, "little")
+    return bytes(out)
+
+
+def decode(first: int, data: bytes) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    stamp, i, size = first, 0, len(data)
+    while i < size:
+        step = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            step |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        stamp += step << _SHIFT
+        out.append((stamp, data[i] | data[i + 1] << 8))
+        i += 2
+    return out
+
+
+def _block(row: Sequence[object]) -> Block:
+    collection, last, first, data = row
+    return Block(int(collection), int(last), int(first), decode(int(first), bytes(data)))  # type: ignore[call-overload,arg-type]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def blocks_after(conn: Connection, collection: int, after: int | None, limit: int) -> list[Block]:
+    """Up to `limit` blocks of the collection holding a date_added above `after`, in order."""
+    statement = "SELECT collection, last, first, entries FROM delivery_blocks WHERE collection = ?"
+    params: tuple[int, ...] = (collection,)
+    if after is not None:
+        statement += " AND last > ?"
+        params += (after,)
+    statement += " ORDER BY last LIMIT ?"
+    sql = statement.replace("?", "%s") if conn.dialect.name == "postgresql" else statement
+    return [_block(row) for row in conn.exec_driver_sql(sql, (*params, limit))]
+
+
+def iter_entries(
+    conn: Connection, collection: int, after: int | None, batch: int = 8
+) -> Iterator[tuple[int, int]]:
+    """Every entry of the collection whose objects may lie above `after`, in order."""
+    while True:
+        blocks = blocks_after(conn, collection, after, batch)
+        for block in blocks:
+            for stamp, bits in block.entries:
+                if after is None or stamp + SLOTS - 1 > after:
+                    yield stamp, bits
+        if len(blocks) < batch:
+            return
+        after = blocks[-1].last
+
+
+def entry_bits(conn: Connection, collection: int, stamps: Iterable[int]) -> dict[int, int]:
+    """The bits of the entries of these stamps in the collection (absent: not delivered there)."""
+    wanted = set(stamps)
+    out: dict[int, int] = {}
+    for block in _blocks_holding(conn, collection, sorted(wanted)):
+        out.update((stamp, bits) for stamp, bits in block.entries if stamp in wanted)
+    return out
+
+
+def _blocks_holding(conn: Connection, collection: int, stamps: list[int]) -> Iterator[Block]:
+    """The blocks holding these stamps (sorted), each once."""
+    sql = (
+        "SELECT collection, last, first, entries FROM delivery_blocks "
+        "WHERE collection = ? AND last >= ? ORDER BY last LIMIT 1"
+    )
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    current: Block | None = None
+    for stamp in stamps:
+        if current is not None and current.first <= stamp <= current.last:
+            continue
+        row = conn.exec_driver_sql(sql, (collection, stamp)).first()
+        if row is None:
+            return
+        current = _block(row)
+        if current.first <= stamp:
+            yield current
+
+
+def shared_rows(conn: Connection, collection: int, digests: Iterable[int]) -> dict[int, tuple[int, bool]]:
+    """digest -> (date_added, stored) of the shared objects the collection holds among these."""
+    statement = (
+        "SELECT digest, date_added, stored FROM collection_shared WHERE collection = ? AND digest IN ({in})"
+    )
+    return {
+        int(d): (int(at), bool(stored))
+        for d, at, stored in rows_in(conn, statement, sorted(set(digests)), collection)
+    }
+
+
+def removed_between(conn: Connection, collection: int, low: int, high: int) -> set[int]:
+    """date_added values taken out of the collection within [low, high]."""
+    sql = "SELECT date_added FROM removed_objects WHERE collection = ? AND date_added BETWEEN ? AND ?"
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    return {int(r[0]) for r in conn.exec_driver_sql(sql, (collection, low, high))}
+
+
+def removed_in(conn: Connection, collection: int, values: Iterable[int]) -> set[int]:
+    statement = "SELECT date_added FROM removed_objects WHERE collection = ? AND date_added IN ({in})"
+    return {int(r[0]) for r in rows_in(conn, statement, sorted(set(values)), collection)}
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def append(w: Writer, collection: int, entries: list[tuple[int, int]]) -> None:
+    """Entries (stamp, bits) of one collection, in stamp order, as new blocks."""
+    rows = []
+    for start in range(0, len(entries), BLOCK):
+        part = entries[start : start + BLOCK]
+        rows.append((collection, part[-1][0] + SLOTS - 1, part[0][0], encode(part)))
+    w.insert("delivery_blocks", ("collection", "last", "first", "entries"), rows)
+
+
+def change_bits(w: Writer, collection: int, changes: dict[int, tuple[int, int]]) -> None:
+    """stamp -> (bits to set, bits to clear) for entries already stored in the collection."""
+    if not changes:
+        return
+    updates = []
+    for block in _blocks_holding(w.conn, collection, sorted(changes)):
+        entries = [
+            (stamp, (bits | changes[stamp][0]) & ~changes[stamp][1]) if stamp in changes else (stamp, bits)
+            for stamp, bits in block.entries
+        ]
+        if entries != block.entries:
+            updates.append((encode(entries), block.collection, block.last))
+    w.many("UPDATE delivery_blocks SET entries = ? WHERE collection = ? AND last = ?", updates)
+
+
+def add_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> None:
+    """(collection, digest, date_added, stored) of shared objects new to their collections."""
+    w.insert("collection_shared", ("collection", "digest", "date_added", "stored"), sorted(rows))
+
+
+def remove(w: Writer, collection: int, date_added: Iterable[int]) -> None:
+    w.insert(
+        "removed_objects",
+        ("collection", "date_added"),
+        [(collection, d) for d in sorted(set(date_added))],
+        skip_present=True,
+    )
+
+
+def drop_shared(w: Writer, collection: int, digests: Iterable[int]) -> None:
+    w.many(
+        "DELETE FROM collection_shared WHERE collection = ? AND digest = ?",
+        [(collection, d) for d in sorted(set(digests))],
+    )

@@ -1,0 +1,242 @@
+"""SQL of the record: notifications, their versions, kinds, evidence, ids and observation times.
+
+Reads take any connection; writes take the Writer of an exclusive transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from connector.store.records import (
+    Kind,
+    NotificationRecord,
+    VersionRecord,
+    digest,
+    recipients_of,
+    recipients_text,
+)
+from connector.store.writer import Writer, rows_in
+
+NOTIFICATION_COLUMNS = (
+    "pk",
+    "subject",
+    "kind",
+    "identifier",
+    "day",
+    "ip",
+    "port",
+    "protocol",
+    "hostname",
+    "url",
+    "email",
+    "asn",
+    "evidence",
+    "first_seen",
+    "created",
+    "latest",
+    "first_run",
+    "legacy",
+)
+VERSION_COLUMNS = (
+    "stamp",
+    "notification",
+    "previous",
+    "renderer",
+    "modified",
+    "first_seen",
+    "last_seen",
+    "count",
+    "kind",
+    "evidence",
+    "recipients",
+    "run",
+)
+KIND_FIELDS = (
+    "partner",
+    "feed",
+    "taxonomy",
+    "type",
+    "tlp",
+    "vulnerability",
+    "severity",
+    "case_id",
+    "direct_owner_only",
+    "discard_unrouted",
+)
+_N = ", ".join(NOTIFICATION_COLUMNS)
+_V = ", ".join(VERSION_COLUMNS)
+
+
+def notification_record(row: Sequence[Any]) -> NotificationRecord:
+    values = list(row)
+    values[-1] = bool(values[-1])  # legacy: NULL for all but migrated notifications
+    return NotificationRecord(*values)
+
+
+def version_record(row: Sequence[Any]) -> VersionRecord:
+    values = list(row)
+    values[10] = recipients_of(values[10])
+    return VersionRecord(*values)
+
+
+def kind_digest(values: tuple[Any, ...]) -> str:
+    return hashlib.sha256(orjson.dumps(list(values))).hexdigest()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def notifications_by_pk(conn: Connection, pks: Iterable[int]) -> dict[int, NotificationRecord]:
+    rows = rows_in(conn, f"SELECT {_N} FROM notifications WHERE pk IN ({{in}})", sorted(set(pks)))
+    return {row[0]: notification_record(row) for row in rows}
+
+
+def notifications_by_subject(conn: Connection, subjects: Iterable[int]) -> list[NotificationRecord]:
+    rows = rows_in(conn, f"SELECT {_N} FROM notifications WHERE subject IN ({{in}})", sorted(set(subjects)))
+    return [notification_record(row) for row in rows]
+
+
+def notification_pks_by_id(conn: Connection, ids: Iterable[str]) -> dict[int, list[int]]:
+    """Digest of each id -> the notifications that may own it (a digest can be shared)."""
+    out: dict[int, list[int]] = {}
+    statement = "SELECT digest, notification FROM notification_ids WHERE digest IN ({in})"
+    for found, pk in rows_in(conn, statement, sorted({digest(i) for i in ids})):
+        out.setdefault(found, []).append(pk)
+    return out
+
+
+def versions_by_stamp(conn: Connection, stamps: Iterable[int]) -> dict[int, VersionRecord]:
+    rows = rows_in(
+        conn, f"SELECT {_V} FROM notification_versions WHERE stamp IN ({{in}})", sorted(set(stamps))
+    )
+    return {row[0]: version_record(row) for row in rows}
+
+
+def version_chain(
+    conn: Connection, latest: int, known: dict[int, VersionRecord] | None = None
+) -> list[VersionRecord]:
+    """Every version of a notification, newest first, from its latest stamp down `previous`."""
+    out: list[VersionRecord] = []
+    stamp: int | None = latest
+    known = known if known is not None else {}
+    while stamp is not None:
+        version = known.get(stamp)
+        if version is None:
+            version = versions_by_stamp(conn, [stamp]).get(stamp)
+            if version is None:
+                raise LookupError(f"notification version {stamp} is missing from the store")
+            known[stamp] = version
+        out.append(version)
+        stamp = version.previous
+    return out
+
+
+def kinds(conn: Connection, pks: Iterable[int] | None = None) -> dict[int, Kind]:
+    names = ", ".join(KIND_FIELDS)
+    if pks is None:
+        rows: Iterable[Any] = conn.exec_driver_sql(f"SELECT pk, {names} FROM notification_kinds")
+    else:
+        rows = rows_in(
+            conn, f"SELECT pk, {names} FROM notification_kinds WHERE pk IN ({{in}})", sorted(set(pks))
+        )
+    return {row[0]: Kind(*row[:9], bool(row[9]), bool(row[10])) for row in rows}
+
+
+def evidence_bodies(conn: Connection, pks: Iterable[int]) -> dict[int, str]:
+    return dict(rows_in(conn, "SELECT pk, body FROM evidence WHERE pk IN ({in})", sorted(set(pks))))
+
+
+def partner_names(conn: Connection) -> dict[str, str]:
+    return dict(conn.exec_driver_sql("SELECT partner, name FROM partner_names").all())
+
+
+def listed_observations(conn: Connection, pks: Sequence[int]) -> set[tuple[int, int]]:
+    statement = "SELECT notification, observed_at FROM observations WHERE notification IN ({in})"
+    return {(int(a), int(b)) for a, b in rows_in(conn, statement, pks)}
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def add_kind(w: Writer, values: tuple[Any, ...]) -> int:
+    """The pk of the kind with these KIND_FIELDS values, inserted when new."""
+    key = kind_digest(values)
+    found = w.conn.exec_driver_sql(
+        w.sql("SELECT pk FROM notification_kinds WHERE digest = ?"), (key,)
+    ).scalar()
+    if found is not None:
+        return int(found)
+    pk = w.allocate("notification_kinds", 1)
+    names = ", ".join(KIND_FIELDS)
+    w.many(
+        f"INSERT INTO notification_kinds (pk, digest, {names}) VALUES (?, ?{', ?' * len(KIND_FIELDS)})",
+        [(pk, key, *values)],
+    )
+    return pk
+
+
+def evidence_by_digest(conn: Connection, digests: Iterable[int]) -> dict[int, list[tuple[int, str]]]:
+    """Digest -> the (pk, body) of every stored evidence with it (almost always one)."""
+    out: dict[int, list[tuple[int, str]]] = {}
+    for pk, key, body in rows_in(
+        conn, "SELECT pk, digest, body FROM evidence WHERE digest IN ({in})", sorted(set(digests))
+    ):
+        out.setdefault(int(key), []).append((int(pk), body))
+    return out
+
+
+def add_evidence(w: Writer, rows: list[tuple[int, int, str]]) -> None:
+    """New evidence rows: (pk from w.allocate, digest, body)."""
+    w.insert("evidence", ("pk", "digest", "body"), rows)
+
+
+def add_partner_name(w: Writer, partner: str, name: str) -> None:
+    w.insert("partner_names", ("partner", "name"), [(partner, name)], skip_present=True)
+
+
+def add_notifications(w: Writer, rows: list[tuple[Any, ...]], ids: list[tuple[int, int]]) -> None:
+    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate) and their id digests."""
+    w.insert("notifications", NOTIFICATION_COLUMNS, rows)
+    w.insert("notification_ids", ("digest", "notification"), sorted(set(ids)))
+
+
+def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
+    """New version rows (VERSION_COLUMNS with recipients as a tuple of collection numbers)."""
+    w.insert(
+        "notification_versions",
+        VERSION_COLUMNS,
+        [(*row[:10], recipients_text(row[10]), row[11]) for row in rows],
+    )
+
+
+def set_latest(w: Writer, latest: list[tuple[int, int]]) -> None:
+    """(pk, stamp) pairs: the notifications' latest versions."""
+    w.many("UPDATE notifications SET latest = ? WHERE pk = ?", [(stamp, pk) for pk, stamp in sorted(latest)])
+
+
+def add_observations(w: Writer, rows: list[tuple[int, int]]) -> None:
+    w.insert("observations", ("notification", "observed_at"), sorted(set(rows)), skip_present=True)
+
+
+def run_versions_without_recipients(conn: Connection, run_id: int, first: int, last: int) -> dict[int, int]:
+    """stamp -> notification of the run's versions that went to nobody (within its stamps)."""
+    sql = (
+        "SELECT stamp, notification FROM notification_versions "
+        "WHERE stamp BETWEEN ? AND ? AND run = ? AND recipients = ''"
+    )
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    return {int(s): int(n) for s, n in conn.exec_driver_sql(sql, (first, last, run_id))}
+
+
+def notifications_after(conn: Connection, after: int, limit: int) -> list[NotificationRecord]:
+    """Up to `limit` notifications with pk above `after`, in pk order."""
+    sql = f"SELECT {_N} FROM notifications WHERE pk > ? ORDER BY pk LIMIT ?"
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    return [notification_record(row) for row in conn.exec_driver_sql(sql, (after, limit))]

@@ -1,0 +1,100 @@
+"""The record as the store hands it out: a notification, its kind, and its versions."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+def digest(text: str) -> int:
+    """A 64-bit signed digest of a key or STIX id (what the store's look-up indexes hold): half
+    the size of a UUID in every index entry. Two texts with one digest are possible and are
+    told apart by the rows the digest finds."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What many notifications share (notification_kinds)."""
+
+    pk: int
+    partner: str
+    feed: str
+    taxonomy: str
+    type: str
+    tlp: str
+    vulnerability: str | None
+    severity: str | None
+    case_id: str | None
+    direct_owner_only: bool
+    discard_unrouted: bool
+
+    @property
+    def classification(self) -> str:
+        return f"{self.taxonomy}/{self.type}"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    pk: int
+    subject: int
+    kind: int
+    identifier: str
+    day: int  # days since 1970-01-01
+    ip: str | None
+    port: int | None
+    protocol: str | None
+    hostname: str | None
+    url: str | None
+    email: str | None
+    asn: int | None
+    evidence: int
+    first_seen: int  # ms
+    created: int  # ms
+    latest: int  # stamp of the latest version
+    first_run: int
+    legacy: bool
+
+    @property
+    def observable(self) -> str:
+        """As Notification.observable: the thing the notification is about, in its natural key."""
+        host = self.url or self.email or self.ip or self.hostname or ""
+        if self.port is None:
+            return host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    stamp: int
+    notification: int
+    previous: int | None
+    renderer: int
+    modified: int  # ms
+    first_seen: int | None  # ms; None: the notification's
+    last_seen: int  # ms after first_seen
+    count: int
+    kind: int | None  # None: the notification's
+    evidence: int | None  # None: the notification's
+    recipients: tuple[int, ...]  # collection numbers
+    run: int
+
+    def first_seen_of(self, n: NotificationRecord) -> int:
+        return n.first_seen if self.first_seen is None else self.first_seen
+
+    def last_seen_of(self, n: NotificationRecord) -> int:
+        return self.first_seen_of(n) + self.last_seen
+
+    def kind_of(self, n: NotificationRecord) -> int:
+        return n.kind if self.kind is None else self.kind
+
+    def evidence_of(self, n: NotificationRecord) -> int:
+        return n.evidence if self.evidence is None else self.evidence
+
+
+def recipients_text(numbers: tuple[int, ...] | list[int]) -> str:
+    return " ".join(map(str, numbers))
+
+
+def recipients_of(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split()) if text else ()
