@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from connector.adapters.converters import CONVERTERS
+from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
 from connector.adapters.mapping import FieldSpec, Mapping
 from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, RowError, reader_with_options
@@ -143,7 +143,7 @@ class MappedAdapter:
             if convert is not None:
                 try:
                     value = convert(value)
-                except ValueError:
+                except CONVERSION_ERRORS:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
@@ -199,7 +199,7 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> 
             return raw
         try:
             return convert(raw)
-        except ValueError as exc:
+        except CONVERSION_ERRORS as exc:
             # A value that is present but wrong is a fault even where the field is optional:
             # dropping it silently would turn a bad row into a misleading notification.
             detail = "not usable (value withheld: personal data)" if withhold else str(exc)

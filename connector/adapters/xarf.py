@@ -393,7 +393,7 @@ def _field(name: str, paths: tuple[str, ...], report: dict[str, Any]) -> Any:
             continue
         try:
             value = FIELD_CONVERTERS[name](raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             raise RowRejected(f"{name}: {exc} (from {path})") from None
         if value is not None:
             return value
@@ -661,7 +661,7 @@ class XarfAdapter:
                 continue
             try:
                 return converters.tlp(value)
-            except ValueError as exc:
+            except converters.CONVERSION_ERRORS as exc:
                 raise RowRejected(f"tlp: {exc} (from {where})") from None
         return None
 
@@ -675,7 +675,7 @@ def _field_required(
             continue
         try:
             return convert(raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             raise RowRejected(f"{name}: {exc} (from {path})") from None
     raise RowRejected(f"{name}: missing ({' or '.join(paths)} absent or empty)")
 
@@ -689,7 +689,7 @@ def _identifier(spec: IdentifierSpec, report: dict[str, Any]) -> str:
             continue
         try:
             return spec.prefix + IDENTIFIER_CONVERTERS[spec.convert](raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             if spec.default is None:
                 raise RowRejected(f"identifier: {exc} (from {path})") from None
     if spec.default is not None:

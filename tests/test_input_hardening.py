@@ -1,0 +1,289 @@
+"""Input hardening (issue #14): faults of the partners' files that aborted a run or slipped
+through. Each test plants one fault beside good rows of a real (or realistic) sample and checks
+that the fault is quarantined with its line and reason, or read as the issue says, while the
+rows beside it become notifications as before.
+
+Real samples are read in place from the shared data directory (or written, changed, to a
+temporary directory); synthetic rows use documentation addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.adapters.mapping import load_mappings
+from connector.config import Config, parse_config
+from connector.ingest import Ingestor, RunSummary
+from connector.store import Store
+from connector.yamlfile import load_yaml
+from tests.conftest import SAMPLE_CONFIG, SHARED_DATA
+
+SHADOWSERVER = SHARED_DATA / "shadowserver"
+DIVD = SHARED_DATA / "divd"
+CREDENTIALS = SHARED_DATA / "credentials" / "DIVD-2024-00037.credentials.csv"
+XARF_SAMPLES = SHARED_DATA / "xarf" / "samples"
+MISP_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The example deployment plus the partners of every format, and a recipient for the
+    addresses nobody else claims (so that routing is visible in every test)."""
+    raw = load_yaml(SAMPLE_CONFIG)
+    raw["partners"] += [
+        {"id": "shadowserver", "name": "Shadowserver Foundation", "formats": ["shadowserver"]},
+        {"id": "connect2trust", "name": "Connect2Trust", "formats": ["misp-event"]},
+        {"id": "nbip", "name": "NBIP CleanNetworks", "formats": ["xarf"]},
+    ]
+    return parse_config(raw, source="example config + shadowserver, connect2trust, nbip")
+
+
+def ingest(store: Store, config: Config, partner: str, fmt: str, path: Path) -> RunSummary:
+    return Ingestor(config, store, load_mappings()).run(partner, fmt, [path])
+
+
+def quarantined(store: Store, summary: RunSummary) -> list[dict[str, Any]]:
+    return [r for r in store.run_rows(summary.run_id) if r["kind"] == "quarantined"]
+
+
+# --- 7: out-of-range timestamps ----------------------------------------------------------------
+
+# Two that have no UTC form (datetime overflows converting them), and the placeholders feeds
+# write for "no time": Go's zero time (nuclei is written in Go), the Unix epoch, the last second.
+OVERFLOWING = ["0001-01-01 00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+PLACEHOLDERS = ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]
+
+
+def shadowserver_with_time(tmp_path: Path, moment: str) -> tuple[Path, int]:
+    """scan_http with its first row's timestamp replaced; the number of good rows."""
+    lines = (SHADOWSERVER / "scan_http.csv").read_text(encoding="utf-8").splitlines()
+    assert '"2018-04-19 00:02:26"' in lines[1]
+    lines[1] = lines[1].replace('"2018-04-19 00:02:26"', f'"{moment}"')
+    path = tmp_path / "2024-06-01-scan_http-nl.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, len(lines) - 2
+
+
+def credentials_with_time(tmp_path: Path, moment: str) -> tuple[Path, int]:
+    lines = CREDENTIALS.read_text(encoding="utf-8").splitlines()
+    assert "2024-09-17T10:00:00Z" in lines[1]
+    lines[1] = lines[1].replace("2024-09-17T10:00:00Z", moment)
+    path = tmp_path / CREDENTIALS.name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, len(lines) - 2
+
+
+def nuclei_with_time(tmp_path: Path, moment: str) -> Path:
+    lines = (DIVD / "DIVD-2024-00012.nuclei.jsonl").read_text(encoding="utf-8").splitlines()
+    finding = json.loads(lines[0])
+    finding["timestamp"] = moment
+    lines[0] = json.dumps(finding)
+    path = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy(DIVD / "DIVD-2024-00012.yaml", tmp_path)
+    return path
+
+
+def xarf_with_time(tmp_path: Path, moment: str) -> Path:
+    """Two reports as JSON lines: the first with the timestamp, the second unchanged."""
+    report = json.loads((XARF_SAMPLES / "connection-port-scan.json").read_text(encoding="utf-8"))
+    bad = {**report, "timestamp": moment, "report_id": "5d1c0a4e-9d1b-4c1e-8f0a-2b3c4d5e6f70"}
+    path = tmp_path / "reports.jsonl"
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(report) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("moment", OVERFLOWING + PLACEHOLDERS)
+def test_a_timestamp_out_of_range_quarantines_its_shadowserver_row(
+    tmp_path: Path, store: Store, config: Config, moment: str
+) -> None:
+    """One such timestamp aborted the whole file with an OverflowError (and again when run
+    again); a placeholder time was stored as an observation of the year 1 or 9999."""
+    path, good = shadowserver_with_time(tmp_path, moment)
+    for _ in range(2):  # a run again quarantines it again; nothing else changes
+        summary = ingest(store, config, "shadowserver", "shadowserver", path)
+        assert summary.counts["quarantined"] == 1
+        assert summary.counts["notifications"] == good
+        [row] = quarantined(store, summary)
+        assert row["line"] == 2
+        assert row["reason"].startswith("observed_at: timestamp ")
+        assert "out of range" in row["reason"] or "not an observation time" in row["reason"]
+
+
+@pytest.mark.parametrize("moment", OVERFLOWING + PLACEHOLDERS[:1])
+def test_a_timestamp_out_of_range_quarantines_its_row_in_every_mapped_format(
+    tmp_path: Path, store: Store, config: Config, moment: str
+) -> None:
+    """divd-credentials (CSV, personal data: the reason quotes no value) and divd-nuclei
+    (JSON lines): the row is quarantined, the rest of the file goes in."""
+    path, good = credentials_with_time(tmp_path, moment)
+    summary = ingest(store, config, "divd", "divd-credentials", path)
+    assert summary.counts["notifications"] == good - 1  # the sample has one faulty row already
+    row = next(r for r in quarantined(store, summary) if r["line"] == 2)
+    assert row["reason"] == "observed_at: not usable (value withheld: personal data) (from ts_found)"
+
+    path = nuclei_with_time(tmp_path, moment)
+    baseline = ingest(store, config, "divd", "divd-nuclei", DIVD / "DIVD-2024-00012.nuclei.jsonl")
+    summary = ingest(store, config, "divd", "divd-nuclei", path)
+    assert summary.counts["quarantined"] == baseline.counts["quarantined"] + 1
+    assert summary.counts["notifications"] == baseline.counts["notifications"] - 1
+    row = next(r for r in quarantined(store, summary) if r["line"] == 1)
+    assert row["reason"].startswith("observed_at: timestamp ")
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_timestamp_out_of_range_quarantines_its_xarf_report(
+    tmp_path: Path, store: Store, config: Config, moment: str
+) -> None:
+    """X-ARF's schema takes both as RFC 3339 date-times; converting them aborted the file."""
+    path = xarf_with_time(tmp_path, moment)
+    for _ in range(2):
+        summary = ingest(store, config, "nbip", "xarf", path)
+        assert (summary.counts["quarantined"], summary.counts["notifications"]) == (1, 1)
+        [row] = quarantined(store, summary)
+        assert row["line"] == 1
+        assert row["reason"].startswith("observed_at: timestamp ") and "(from timestamp)" in row["reason"]
+
+
+# MISP: PyMISP reads these times into datetimes (or, for an epoch number it cannot convert,
+# drops the value with a log line): the adapter's conversion to UTC then aborted the file, or
+# the notification silently took the next time (the attribute's timestamp, the event's date).
+MISP_ATTRIBUTE = "11111111-2222-4333-8444-555555555503"  # the sample's ip-dst 192.0.2.77
+MISP_OBJECT = "11111111-2222-4333-8444-555555555505"  # its ip-port object (198.51.100.42:3389)
+MISP_FIRST_SEEN = "f56d545e-303e-4d8c-80eb-e14f4fa58eba"  # that object's first-seen attribute
+MISP_OBJECT_IP = "c61e49dc-f11d-41b0-b112-794e3d6a409d"
+
+
+def misp_event(change: Any = None) -> dict[str, Any]:
+    """The Connect2Trust sample event, changed in place by `change(event body)`."""
+    event = json.loads(MISP_EVENT.read_text(encoding="utf-8"))
+    if change is not None:
+        change(event["Event"])
+    return event
+
+
+def misp_outcome(event: dict[str, Any]) -> Any:
+    from connector.adapters.misp import MispAdapter
+    from connector.adapters.readers import RawRecord
+    from connector.adapters.registry import AdapterContext
+
+    adapter = MispAdapter(AdapterContext("connect2trust", "amber", "event.json", Path("event.json")))
+    return adapter.outcome(RawRecord(1, event, json.dumps(event)))
+
+
+def attribute(body: dict[str, Any], uuid: str) -> dict[str, Any]:
+    everything = body["Attribute"] + [a for o in body["Object"] for a in o["Attribute"]]
+    return next(a for a in everything if a["uuid"] == uuid)
+
+
+def made_for(outcome: Any) -> set[str]:
+    return {n.evidence["misp_attribute_uuid"] for n in outcome.notifications}
+
+
+SAMPLE_ATTRIBUTES = {
+    "11111111-2222-4333-8444-555555555501",
+    "11111111-2222-4333-8444-555555555502",
+    MISP_ATTRIBUTE,
+    "11111111-2222-4333-8444-555555555504",
+    MISP_OBJECT_IP,
+}
+
+
+@pytest.mark.parametrize(
+    "first_seen",
+    [*OVERFLOWING, "0001-01-01T00:00:00Z", 99999999999999, -99999999999999, 1e20],
+)
+def test_a_misp_attribute_first_seen_out_of_range_is_a_fault_of_that_attribute(first_seen: Any) -> None:
+    """Its own notification is withheld (it would be dated by another time); the event's other
+    attributes keep theirs. The reason names the attribute, never the value."""
+    event = misp_event(lambda body: attribute(body, MISP_ATTRIBUTE).update(first_seen=first_seen))
+    outcome = misp_outcome(event)
+    assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_ATTRIBUTE}
+    [fault] = outcome.faults
+    assert fault == (
+        "MISP event 5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e01 attribute "
+        f"{MISP_ATTRIBUTE} (ip-dst): not a usable first_seen (value withheld)"
+    )
+
+
+@pytest.mark.parametrize("first_seen", OVERFLOWING)
+def test_a_misp_object_time_out_of_range_withholds_the_notifications_that_take_it(first_seen: str) -> None:
+    # The object's first-seen attribute (a `datetime`, which PyMISP parses).
+    event = misp_event(lambda body: attribute(body, MISP_FIRST_SEEN).update(value=first_seen))
+    outcome = misp_outcome(event)
+    assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_OBJECT_IP}
+    [fault] = outcome.faults
+    assert f"attribute {MISP_FIRST_SEEN} (datetime, in object ip-port {MISP_OBJECT})" in fault
+    assert "not a usable first-seen of its object (value withheld)" in fault
+    assert fault.endswith(f"withheld the notification of attribute {MISP_OBJECT_IP} (ip-dst)")
+
+    # The object's own first_seen field, which decides before its first-seen attribute.
+    event = misp_event(lambda body: body["Object"][0].update(first_seen=first_seen))
+    outcome = misp_outcome(event)
+    assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_OBJECT_IP}
+    [fault] = outcome.faults
+    assert fault == (
+        f"MISP event 5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e01 object ip-port {MISP_OBJECT}: "
+        "not a usable first_seen (value withheld); "
+        f"withheld the notification of attribute {MISP_OBJECT_IP} (ip-dst)"
+    )
+
+
+def test_a_misp_event_date_out_of_range_withholds_the_notifications_dated_by_it() -> None:
+    """The sample's top-level attributes have no time of their own: the event's date dates
+    them. The object's attribute is dated by the object's first-seen and is kept."""
+    outcome = misp_outcome(misp_event(lambda body: body.update(date="0001-01-01")))
+    assert made_for(outcome) == {MISP_OBJECT_IP}
+    [fault] = outcome.faults
+    assert fault.startswith(
+        "MISP event 5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e01: not a usable date (value withheld); "
+        "withheld the notification of attribute 11111111-2222-4333-8444-555555555501 (url), "
+    )
+
+
+def test_a_misp_file_with_times_out_of_range_is_ingested_and_again(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """End to end: no OverflowError, one run row per fault on the event's line, twice."""
+
+    def change(body: dict[str, Any]) -> None:
+        attribute(body, MISP_ATTRIBUTE)["first_seen"] = OVERFLOWING[0]
+        attribute(body, MISP_FIRST_SEEN)["value"] = OVERFLOWING[1]
+
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(misp_event(change)), encoding="utf-8")
+    for _ in range(2):
+        summary = ingest(store, config, "connect2trust", "misp-event", path)
+        assert summary.counts["attributes_quarantined"] == 2
+        assert summary.counts["notifications"] == len(SAMPLE_ATTRIBUTES) - 2
+        rows = quarantined(store, summary)
+        assert [r["line"] for r in rows] == [1, 1]
+        assert not any(value in r["reason"] for r in rows for value in OVERFLOWING)
+
+
+# --- 25 (second part): a MISP first_seen PyMISP cannot read -----------------------------------
+
+
+@pytest.mark.parametrize("first_seen", ["yesterday evening", "2024-13-45", "1718000000"])
+def test_an_invalid_misp_first_seen_is_a_fault_not_replaced_by_another_time(first_seen: str) -> None:
+    """PyMISP drops a first_seen it cannot parse with a log line; the notification was then
+    dated by the event's date instead, silently. It is the attribute's fault now (README: a
+    present but invalid value is a fault), as for the object's first_seen."""
+    event = misp_event(lambda body: attribute(body, MISP_ATTRIBUTE).update(first_seen=first_seen))
+    outcome = misp_outcome(event)
+    assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_ATTRIBUTE}
+    assert outcome.faults == [
+        "MISP event 5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e01 attribute "
+        f"{MISP_ATTRIBUTE} (ip-dst): not a usable first_seen (value withheld)"
+    ]
+
+    event = misp_event(lambda body: body["Object"][0].update(first_seen=first_seen))
+    outcome = misp_outcome(event)
+    assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_OBJECT_IP}
+    [fault] = outcome.faults
+    assert f"object ip-port {MISP_OBJECT}: not a usable first_seen (value withheld)" in fault
