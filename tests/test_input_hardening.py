@@ -287,3 +287,78 @@ def test_an_invalid_misp_first_seen_is_a_fault_not_replaced_by_another_time(firs
     assert made_for(outcome) == SAMPLE_ATTRIBUTES - {MISP_OBJECT_IP}
     [fault] = outcome.faults
     assert f"object ip-port {MISP_OBJECT}: not a usable first_seen (value withheld)" in fault
+
+
+# --- 8: scoped IPv6 addresses -------------------------------------------------------------------
+
+# A zone (RFC 4007: `%eth0`, in a URL `%25eth0`) names an interface of the host that wrote the
+# address: it means nothing to anybody else, is not part of a STIX ipv6-addr value, and made
+# the address match no claim. Every normaliser drops it; the address routes as itself.
+ZONED = "2001:db8:10::5%eth0"  # in zcert's 2001:db8:10::/48
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        (ZONED, "2001:db8:10::5"),
+        ("2001:DB8:10:0:0:0:0:5%25eth0", "2001:db8:10::5"),
+        ("fe80::1%3", "fe80::1"),
+        ("::ffff:192.0.2.17%eth0", "::ffff:192.0.2.17"),
+    ],
+)
+def test_every_normaliser_drops_an_ipv6_zone(given: str, canonical: str) -> None:
+    from connector.adapters import converters
+    from connector.adapters.xarf import ip_or_none
+    from connector.normalize import canonical_ip, canonical_ip_or_network, url_host
+
+    assert canonical_ip(given) == canonical
+    assert canonical_ip_or_network(given) == canonical
+    assert converters.ip_address(given) == canonical
+    assert ip_or_none(given) == canonical
+    # In a URL the zone is written %25<zone> (RFC 6874).
+    zone = given.partition("%")[2].removeprefix("25")
+    url = f"http://[{given.partition('%')[0]}%25{zone}]:8080/login?x=1"
+    assert url_host(url) == canonical
+    assert converters.url(url) == f"http://[{canonical}]:8080/login?x=1"
+
+
+def test_a_zone_on_a_network_is_dropped_and_the_network_kept() -> None:
+    from connector.normalize import canonical_ip_or_network
+
+    assert canonical_ip_or_network("2001:db8:10::%eth0/64") == "2001:db8:10::/64"
+    with pytest.raises(ValueError, match="host bits set"):
+        canonical_ip_or_network("2001:db8:10::5%eth0/64")
+
+
+@pytest.mark.parametrize("bad", ["2001:db8:10::5%", "192.0.2.1%eth0", "2001:db8:10::5%eth0%1"])
+def test_a_malformed_zone_or_a_zone_on_ipv4_is_still_refused(bad: str) -> None:
+    from connector.normalize import canonical_ip
+
+    with pytest.raises(ValueError, match="invalid IP address"):
+        canonical_ip(bad)
+
+
+def test_a_scoped_address_is_routed_by_the_address(tmp_path: Path, store: Store, config: Config) -> None:
+    """End to end, as a Shadowserver row, a MISP attribute and an X-ARF report deliver it."""
+    report = tmp_path / "2024-06-12-scan_http-nl.csv"
+    report.write_text(
+        '"timestamp","ip","protocol","port","hostname","tag","asn"\n'
+        f'"2024-06-12 01:00:00","{ZONED}","tcp",443,,"http",\n',
+        encoding="utf-8",
+    )
+    summary = ingest(store, config, "shadowserver", "shadowserver", report)
+    assert (summary.counts["routed"], summary.counts["unrouted"]) == (1, 0)
+    assert dict(summary.per_recipient) == {"zcert": 1}
+
+    event = misp_event(lambda body: attribute(body, MISP_ATTRIBUTE).update(value=ZONED))
+    [n] = [
+        n for n in misp_outcome(event).notifications if n.evidence["misp_attribute_uuid"] == MISP_ATTRIBUTE
+    ]
+    assert n.ip == "2001:db8:10::5"
+
+    path = tmp_path / "reports.jsonl"
+    xarf = json.loads((XARF_SAMPLES / "connection-port-scan.json").read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**xarf, "source_identifier": ZONED}) + "\n", encoding="utf-8")
+    summary = ingest(store, config, "nbip", "xarf", path)
+    assert (summary.counts["routed"], summary.counts["quarantined"]) == (1, 0)
+    assert dict(summary.per_recipient) == {"zcert": 1}

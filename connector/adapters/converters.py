@@ -167,7 +167,9 @@ def url(value: Any) -> str:
     if not parts.scheme or not parts.hostname:
         raise ValueError(f"not a URL with a host: {value!r}")
     host = parts.hostname
-    if not is_ip(host):
+    if is_ip(host):
+        host = url_host(text) or host  # an IPv6 literal without its zone (normalize._unscoped)
+    else:
         with contextlib.suppress(ValueError):
             host = canonical_domain(host)
     port = f":{parts.port}" if parts.port else ""  # a bad port raises ValueError here
