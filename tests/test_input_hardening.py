@@ -362,3 +362,104 @@ def test_a_scoped_address_is_routed_by_the_address(tmp_path: Path, store: Store,
     summary = ingest(store, config, "nbip", "xarf", path)
     assert (summary.counts["routed"], summary.counts["quarantined"]) == (1, 0)
     assert dict(summary.per_recipient) == {"zcert": 1}
+
+
+# --- 9: rows that lack only trailing empty cells ------------------------------------------------
+
+# Shadowserver omits trailing empty cells now and then: IntelMQ's own test files have such rows
+# (event4_microsoft_sinkhole, event4_honeypot_ddos, scan_rdp, scan_synfulknock). These rows
+# have the column layout of event4_microsoft_sinkhole; the third lacks its last, empty, cell.
+SINKHOLE_HEADER = (
+    '"timestamp","protocol","src_ip","src_port","src_asn","src_geo","src_region","src_city",'
+    '"src_hostname","src_naics","src_sector","device_vendor","device_type","device_model","dst_ip",'
+    '"dst_port","dst_asn","dst_geo","dst_region","dst_city","dst_hostname","dst_naics","dst_sector",'
+    '"public_source","infection","family","tag","application","version","event_id"'
+)
+SINKHOLE_ROWS = [
+    '"2024-06-07 00:00:00","tcp","192.0.2.21",52955,64500,"NL","UTRECHT","UTRECHT",,517311,,,,,'
+    '"198.51.100.179",16464,64501,"NL","UTRECHT","UTRECHT",,334111,"Information","MSDCU",'
+    '"b68-zeroaccess-2-32bit","zeroaccess","b68-zeroaccess-2-32bit",,,',
+    '"2024-06-07 00:00:01","tcp","192.0.2.22",60373,64500,"NL","UTRECHT","UTRECHT",,517311,,,,,'
+    '"198.51.100.5",16464,64501,"NL","UTRECHT","UTRECHT",,334111,"Information","MSDCU",'
+    '"b68-zeroaccess-2-32bit","zeroaccess","b68-zeroaccess-2-32bit",,,',
+    '"2024-06-07 00:00:02","tcp","192.0.2.23",50386,64500,"NL","UTRECHT","UTRECHT",,517311,,,,,'
+    '"198.51.100.165",16465,64501,"NL","UTRECHT","UTRECHT",,334111,"Information","MSDCU",'
+    '"b68-zeroaccess-2-64bit","zeroaccess","b68-zeroaccess-2-64bit",,',
+]
+
+
+def mapped_adapter(mapping_format: str, file_name: str) -> Any:
+    from connector.adapters.engine import FileContext, MappedAdapter
+    from connector.adapters.mapping import family_mapping
+
+    mappings = load_mappings()
+    mapping = (
+        mappings[mapping_format]
+        if mapping_format in mappings
+        else family_mapping(mappings, mapping_format, file_name)[0]
+    )
+    return MappedAdapter(mapping, "shadowserver", FileContext({}), file_name)
+
+
+def read_all(adapter: Any, content: str) -> tuple[list[Any], list[Any]]:
+    """(records' notifications, row errors) of the content read through the adapter."""
+    import io
+
+    from connector.adapters.engine import RowRejected
+    from connector.adapters.readers import RowError
+
+    made, faults = [], []
+    for row in adapter.rows(io.BytesIO(content.encode("utf-8"))):
+        if isinstance(row, RowError):
+            faults.append(row)
+            continue
+        try:
+            made += adapter.notifications(row)
+        except RowRejected as exc:
+            faults.append((row.line, str(exc)))
+    return made, faults
+
+
+def test_a_row_lacking_trailing_empty_cells_is_read_and_counted() -> None:
+    """The report type has no mapping: the fallback reads it. The short row was quarantined."""
+    from connector.adapters.registry import read_warnings
+
+    adapter = mapped_adapter("shadowserver", "2024-06-07-event4_microsoft_sinkhole-nl.csv")
+    made, faults = read_all(adapter, "\n".join([SINKHOLE_HEADER, *SINKHOLE_ROWS]) + "\n")
+    assert faults == []
+    assert [n.ip for n in made] == ["192.0.2.21", "192.0.2.22", "192.0.2.23"]
+    assert adapter.padded_rows == 1
+    assert read_warnings(adapter) == [
+        "1 row(s) lacked trailing fields (first at line 4): read with those cells empty"
+    ]
+    made, faults = read_all(adapter, "\n".join([SINKHOLE_HEADER, *SINKHOLE_ROWS[:2]]) + "\n")
+    assert (len(made), adapter.padded_rows, read_warnings(adapter)) == (2, 0, [])  # per input
+
+
+def test_every_shadowserver_mapping_reads_short_rows_and_other_csv_feeds_do_not() -> None:
+    """Shadowserver mappings, the fallback among them, pad short rows; DIVD's leaked-credential
+    CSV (personal data, one known layout) still quarantines them."""
+    mappings = load_mappings()
+    family = [m for m in mappings.values() if m.family == "shadowserver"]
+    assert len(family) > 10
+    assert {m.format: m.reader_options.pad_short_rows for m in family} == {m.format: True for m in family}
+    assert mappings["divd-credentials"].reader_options.pad_short_rows is False
+
+
+def test_a_short_last_line_without_a_line_break_is_a_cut_off_file_not_a_short_row() -> None:
+    """Padding is safe for a row that ends where the producer ended it; the last line of a file
+    that stops in mid-line is a truncated row whose last cell may be cut too."""
+    adapter = mapped_adapter("shadowserver", "2024-06-07-event4_microsoft_sinkhole-nl.csv")
+    cut = SINKHOLE_ROWS[0][: SINKHOLE_ROWS[0].index('"b68-zeroaccess') + 8]
+    made, faults = read_all(adapter, "\n".join([SINKHOLE_HEADER, SINKHOLE_ROWS[1], cut]))
+    assert [n.ip for n in made] == ["192.0.2.22"]
+    [fault] = faults
+    assert (fault.line, fault.reason) == (
+        3,
+        "25 fields where the header has 30, on the last line, which ends without a line break: "
+        "the file looks cut off",
+    )
+    assert adapter.padded_rows == 0
+    # The same short row ending with its line break is a short row, and padded.
+    made, faults = read_all(adapter, "\n".join([SINKHOLE_HEADER, SINKHOLE_ROWS[1], cut]) + "\n")
+    assert (len(made), faults, adapter.padded_rows) == (2, [], 1)

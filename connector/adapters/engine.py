@@ -12,7 +12,7 @@ import yaml
 from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
 from connector.adapters.mapping import FieldSpec, Mapping
 from connector.adapters.paths import MISSING, lookup
-from connector.adapters.readers import RawRecord, RowError, reader_with_options
+from connector.adapters.readers import RawRecord, ReadStats, RowError, reader_with_options
 from connector.adapters.rules import Classifier
 from connector.notification import Classification, Notification, SourceRef
 
@@ -88,6 +88,7 @@ class MappedAdapter:
         self.file_label = file_label
         self.default_tlp = default_tlp
         self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
+        self.read_stats = ReadStats()
         self._classify = Classifier(
             mapping, lambda specs: [(name, self._compile(name, spec)) for name, spec in specs.items()]
         )
@@ -101,7 +102,20 @@ class MappedAdapter:
         self._skip = [(rule.field, rule.equals, rule.reason) for rule in mapping.skip]
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
-        return self._reader(stream)
+        """The input's records, streaming; `padded_rows` and `read_warnings()` tell what the
+        reader noticed once they are all read."""
+        self.read_stats = ReadStats()
+        return self._reader(stream, stats=self.read_stats)
+
+    @property
+    def padded_rows(self) -> int:
+        """Rows of the last input read with missing trailing cells taken as empty (complete
+        once `rows` is exhausted): for the run's counts."""
+        return self.read_stats.padded_rows
+
+    def read_warnings(self) -> list[str]:
+        """What the reader noticed about the last input, as sentences for the run's warnings."""
+        return self.read_stats.warnings()
 
     def notifications(self, record: RawRecord) -> list[Notification]:
         return [self.notification(record)]
