@@ -389,16 +389,14 @@ SINKHOLE_ROWS = [
 
 
 def mapped_adapter(mapping_format: str, file_name: str) -> Any:
-    from connector.adapters.engine import FileContext, MappedAdapter
+    from connector.adapters.engine import FileContext, MappedAdapter, load_context
     from connector.adapters.mapping import family_mapping
 
     mappings = load_mappings()
-    mapping = (
-        mappings[mapping_format]
-        if mapping_format in mappings
-        else family_mapping(mappings, mapping_format, file_name)[0]
-    )
-    return MappedAdapter(mapping, "shadowserver", FileContext({}), file_name)
+    if mapping_format in mappings:
+        return MappedAdapter(mappings[mapping_format], "shadowserver", FileContext({}), file_name)
+    mapping = family_mapping(mappings, mapping_format, file_name)[0]
+    return MappedAdapter(mapping, "shadowserver", load_context(mapping, Path(file_name)), file_name)
 
 
 def read_all(adapter: Any, content: str) -> tuple[list[Any], list[Any]]:
@@ -463,3 +461,92 @@ def test_a_short_last_line_without_a_line_break_is_a_cut_off_file_not_a_short_ro
     # The same short row ending with its line break is a short row, and padded.
     made, faults = read_all(adapter, "\n".join([SINKHOLE_HEADER, SINKHOLE_ROWS[1], cut]) + "\n")
     assert (len(made), faults, adapter.padded_rows) == (2, [], 1)
+
+
+# --- 21: the fallback's notifications keep report types and protocols apart --------------------
+
+# Two reports of types without a mapping, in Shadowserver's column layout (scan_ldap_tcp and
+# scan_ldap_udp, shortened): the same LDAP server, port 389, on one day, over TCP and UDP (an
+# amplifier). The UDP finding was merged into the TCP notification as a second observation.
+LDAP_HEADER = '"timestamp","ip","protocol","port","hostname","tag","asn","geo","region","city","size"'
+
+
+def ldap_report(tmp_path: Path, protocol: str) -> Path:
+    path = tmp_path / f"2024-06-12-scan_ldap_{protocol}-nl.csv"
+    path.write_text(
+        f"{LDAP_HEADER}\n"
+        f'"2024-06-12 08:04:41","192.0.2.40","{protocol}",389,"dc1.example.org","ldap-{protocol}",'
+        '64500,"NL","UTRECHT","UTRECHT",3038\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_fallback_reports_of_two_types_are_two_notifications(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    tcp = ingest(store, config, "shadowserver", "shadowserver", ldap_report(tmp_path, "tcp"))
+    udp = ingest(store, config, "shadowserver", "shadowserver", ldap_report(tmp_path, "udp"))
+    assert (tcp.counts["new"], udp.counts["new"], udp.counts["updated"]) == (1, 1, 0)
+    assert udp.counts["routed"] == 1
+    adapter = mapped_adapter("shadowserver", "2024-06-12-scan_ldap_udp-nl.csv")
+    made, _ = read_all(adapter, ldap_report(tmp_path, "udp").read_text(encoding="utf-8"))
+    [n] = made
+    assert n.classification.identifier == "scan_ldap_udp"
+    assert n.natural_key()[3] == "192.0.2.40:389/udp"
+    # Within one report, too, the same port over TCP and UDP is two findings.
+    rows = [ldap_report(tmp_path, p).read_text(encoding="utf-8").splitlines()[1] for p in ("tcp", "udp")]
+    made, _ = read_all(adapter, "\n".join([LDAP_HEADER, *rows]) + "\n")
+    assert len({n.natural_key() for n in made}) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "report_type"),
+    [
+        ("2024-06-12-scan_ldap_udp-nl.csv", "scan_ldap_udp"),
+        ("scan_ldap_udp.csv", "scan_ldap_udp"),
+        ("event4_honeypot_brute_force-2024-06-12.csv", "event4_honeypot_brute_force"),
+        ("2024-06-12-Blocklist-NL-geo.csv", "blocklist"),
+    ],
+)
+def test_the_report_type_is_read_from_the_file_name(name: str, report_type: str) -> None:
+    from connector.adapters.mapping import report_type_of
+
+    assert report_type_of(name) == report_type
+
+
+def test_a_fallback_file_whose_name_names_no_report_type_is_an_input_error(tmp_path: Path) -> None:
+    from connector.adapters.engine import InputError, load_context
+    from connector.adapters.mapping import family_mapping
+
+    mapping, fallback = family_mapping(load_mappings(), "shadowserver", "2024-06-12.csv")
+    assert fallback
+    with pytest.raises(InputError, match="report type"):
+        load_context(mapping, tmp_path / "2024-06-12.csv")
+
+
+def test_the_protocol_is_part_of_the_observable_where_a_port_is_given() -> None:
+    """Backwards compatible: without a protocol, or with tcp, the observable (and every id
+    derived from the natural key) is what it was; another protocol is written after the port."""
+    from datetime import UTC, datetime
+
+    from connector.notification import Classification, Notification
+
+    def observable(ip: str, port: int | None, protocol: str | None) -> str:
+        n = Notification(
+            partner="shadowserver",
+            feed="shadowserver-common",
+            classification=Classification("other", "undetermined", "x"),
+            observed_at=datetime(2024, 6, 12, tzinfo=UTC),
+            tlp="amber",
+            ip=ip,
+            port=port,
+            protocol=protocol,
+        )
+        return n.natural_key()[3]
+
+    assert observable("192.0.2.40", 389, None) == "192.0.2.40:389"
+    assert observable("192.0.2.40", 389, "tcp") == "192.0.2.40:389"
+    assert observable("192.0.2.40", 389, "udp") == "192.0.2.40:389/udp"
+    assert observable("2001:db8:10::40", 389, "udp") == "[2001:db8:10::40]:389/udp"
+    assert observable("192.0.2.40", None, "udp") == "192.0.2.40"  # no port: the host itself

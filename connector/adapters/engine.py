@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
-from connector.adapters.mapping import FieldSpec, Mapping
+from connector.adapters.mapping import FieldSpec, Mapping, report_type_of
 from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, ReadStats, RowError, reader_with_options
 from connector.adapters.rules import Classifier
@@ -42,8 +42,11 @@ class FileContext:
 
 
 def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> FileContext:
+    """The file's context: what its family and its name give (family_context), and the values
+    of its sidecar file where the mapping declares one."""
+    facts = family_context(mapping, path)
     if mapping.context is None:
-        return FileContext({})
+        return FileContext(facts)
     prefix = path.name.split(".", 1)[0]
     sidecar = explicit or path.with_name(mapping.context.sidecar.format(prefix=prefix))
     try:
@@ -64,7 +67,27 @@ def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> 
     missing = [k for k in mapping.context.required if _empty(values.get(k, MISSING))]
     if missing:
         raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}")
-    return FileContext(values, str(sidecar))
+    return FileContext({**facts, **values}, str(sidecar))
+
+
+def family_context(mapping: Mapping, path: Path) -> dict[str, Any]:
+    """`report_type` for a file of a report family (mapping.FAMILY_CONTEXT): the mapping's own,
+    or for the family's fallback the one the file's name gives. The fallback's notifications
+    are told apart by it (their identifier): without it, reports of two types about the same
+    host and port on one day (scan_ldap_tcp, scan_ldap_udp) became one notification. A
+    fallback file whose name gives no report type cannot be read: InputError."""
+    if mapping.family is None:
+        return {}
+    if mapping.report_type != "*":
+        return {"report_type": mapping.report_type}
+    found = report_type_of(path.name, mapping.family)
+    if found is None:
+        raise InputError(
+            f"{path}: the file name gives no report type (name it as {mapping.family} does: "
+            f"2024-06-01-<report_type>-nl.csv); the {mapping.format} fallback needs it to keep "
+            "report types apart"
+        )
+    return {"report_type": found}
 
 
 class MappedAdapter:

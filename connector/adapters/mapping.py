@@ -284,9 +284,12 @@ class Mapping(_Strict):
     @model_validator(mode="after")
     def _context_keys_declared(self) -> Mapping:
         rules = [(f"classify.{i}.fields", rule.fields) for i, rule in enumerate(self.classify)]
+        built_in = FAMILY_CONTEXT if self.family is not None else set()
         for where, specs in [("fields", self.fields), *rules]:
             for name, spec in specs.items():
-                if spec is not None and spec.context is not None and self.context is None:
+                if spec is None or spec.context is None or spec.context in built_in:
+                    continue
+                if self.context is None:
                     raise ValueError(f"{where}.{name}: uses `context` but the mapping declares none")
         return self
 
@@ -321,6 +324,24 @@ def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
             raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])
         mappings[mapping.format] = mapping
     return mappings
+
+
+# Context every file of a family has without a sidecar: `report_type`, the mapping's own, or
+# for the fallback (`report_type: "*"`) the one the file's name gives (report_type_of).
+FAMILY_CONTEXT = {"report_type"}
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def report_type_of(file_name: str, family: str | None = None) -> str | None:
+    """The report type a file's name gives: its first word (letters, digits and `_`, starting
+    with a letter) that is not part of a date or the family's name. `2024-06-01-scan_ldap_udp-
+    nl.csv`, `scan_ldap_udp.csv` and `scan_ldap_udp-2024-06-01.csv` give `scan_ldap_udp`, as
+    Shadowserver names its files; None when the name gives none (`2024-06-01.csv`)."""
+    stem = _DATE.sub(" ", file_name.lower().split(".", 1)[0])
+    for token in re.split(r"[^a-z0-9_]+", stem):
+        if token and token[0].isalpha() and token != family:
+            return token
+    return None
 
 
 def family_mapping(mappings: dict[str, Mapping], family: str, file_name: str) -> tuple[Mapping, bool]:
