@@ -550,3 +550,130 @@ def test_the_protocol_is_part_of_the_observable_where_a_port_is_given() -> None:
     assert observable("192.0.2.40", 389, "udp") == "192.0.2.40:389/udp"
     assert observable("2001:db8:10::40", 389, "udp") == "[2001:db8:10::40]:389/udp"
     assert observable("192.0.2.40", None, "udp") == "192.0.2.40"  # no port: the host itself
+
+
+# --- 11: credentials in a report type without a mapping ----------------------------------------
+
+# The layout of Shadowserver's event4_honeypot_brute_force report (no mapping here): the
+# username and password an attacker tried on a honeypot. The fallback kept every column in
+# evidence.unmapped, so the password was stored and served verbatim, to parents too.
+BRUTE_FORCE_HEADER = (
+    '"timestamp","protocol","src_ip","src_port","src_asn","src_geo","src_region","src_city",'
+    '"src_hostname","src_naics","src_sector","device_vendor","device_type","device_model","dst_ip",'
+    '"dst_port","dst_asn","dst_geo","dst_region","dst_city","dst_hostname","dst_naics","dst_sector",'
+    '"public_source","infection","family","tag","application","version","event_id","service",'
+    '"start_time","end_time","client_version","username","password","payload_url","payload_md5"'
+)
+PASSWORDS = ["Winter2024!secret", "hunter2-Example-Pw", "Qx9#unrouted-pass", "s3cr3t-fault-row"]
+
+
+def brute_force_row(src_ip: str, password: str, timestamp: str = "2024-06-12 00:00:00") -> str:
+    return (
+        f'"{timestamp}","tcp","{src_ip}",30123,64510,"NL","UTRECHT","UTRECHT",,,,,,,'
+        '"198.51.100.250",22,64501,"NL","UTRECHT","UTRECHT",,,,"CAPRICA-EU","ssh-brute-force",,,'
+        '"ssh",,,,"2024-06-12T00:00:00.52Z","2024-06-12T00:00:01.71Z","SSH-2.0-Go",'
+        f'"admin","{password}",,'
+    )
+
+
+def brute_force_report(tmp_path: Path) -> Path:
+    path = tmp_path / "2024-06-12-event4_honeypot_brute_force-nl.csv"
+    rows = [
+        brute_force_row("192.0.2.20", PASSWORDS[0]),  # ziekenhuis-noord, whose parent is zcert
+        brute_force_row("198.51.100.10", PASSWORDS[1]),  # ibd
+        brute_force_row("203.0.113.5", PASSWORDS[2]),  # nobody's
+        brute_force_row("192.0.2.21", PASSWORDS[3], timestamp="yesterday"),  # faulty
+        brute_force_row("192.0.2.22", PASSWORDS[3]) + ",an extra cell",  # one field too many
+    ]
+    path.write_text("\n".join([BRUTE_FORCE_HEADER, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "secret"),
+    [
+        ("password", True),
+        ("Password", True),
+        ("user_pass", True),
+        ("passwd", True),
+        ("PWD", True),
+        ("api_key", True),
+        ("apiKey", True),
+        ("API-KEY", True),
+        ("auth_token", True),
+        ("client_secret", True),
+        ("password_hash", True),
+        ("ntlm_hash", True),
+        ("private_key", True),
+        ("credentials", True),
+        ("session_id", True),
+        ("bypass", False),
+        ("passed_checks", False),
+        ("set_cookie", False),
+        ("payload_md5", False),
+        ("key_size", False),
+        ("sha256_fingerprint", False),
+        ("www_authenticate", False),
+        ("username", False),
+        ("tag", False),
+    ],
+)
+def test_the_fallback_knows_credential_columns_by_name(column: str, secret: bool) -> None:
+    from connector.adapters.mapping import secret_column
+
+    words = load_mappings()["shadowserver-common"].secret_columns
+    assert secret_column(column, words) is secret
+
+
+def test_a_fallback_report_with_a_password_column_keeps_no_password_and_is_personal_data(
+    tmp_path: Path, store: Store, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.test_credentials import dump_text, found, log_text
+
+    caplog.set_level("DEBUG")
+    summary = ingest(store, config, "shadowserver", "shadowserver", brute_force_report(tmp_path))
+    # Personal data: to the direct owner only (not zcert, ziekenhuis-noord's parent), and
+    # discarded when nobody owns it.
+    assert dict(summary.per_recipient) == {"ziekenhuis-noord": 1, "ibd": 1}
+    assert (summary.counts["routed"], summary.counts["unrouted"], summary.counts["discarded"]) == (2, 1, 1)
+    rows = quarantined(store, summary)
+    assert [(r["line"], r["raw"] or "") for r in rows] == [(5, ""), (6, "")]  # no raw line kept
+    assert rows[0]["reason"] == "observed_at: not usable (value withheld: personal data) (from timestamp)"
+    # The passwords are nowhere: not in any table, quarantine reason or log line.
+    assert found(PASSWORDS, dump_text(store)) == []
+    assert found(PASSWORDS, " ".join(r["reason"] for r in rows)) == []
+    assert found(PASSWORDS, log_text(caplog.records) + caplog.text) == []
+    # What a recipient gets: the other columns, and which were withheld (by name).
+    from tests.test_credentials import collection
+
+    [sighting] = [o for o in collection(store, "ibd") if o["type"] == "sighting"]
+    (extension,) = sighting["extensions"].values()
+    assert extension["evidence"]["columns_withheld"] == ["password"]
+    assert extension["evidence"]["unmapped"]["username"] == "admin"
+    assert "password" not in extension["evidence"]["unmapped"]
+    assert [o for o in collection(store, "zcert") if o["type"] == "sighting"] == []
+
+
+def test_a_fallback_report_without_credential_columns_is_unchanged(tmp_path: Path) -> None:
+    """No credential column: not personal data, every column kept (the sinkhole report)."""
+    adapter = mapped_adapter("shadowserver", "2024-06-07-event4_microsoft_sinkhole-nl.csv")
+    made, _ = read_all(adapter, "\n".join([SINKHOLE_HEADER, *SINKHOLE_ROWS]) + "\n")
+    for n in made:
+        assert (n.direct_owner_only, n.discard_unrouted) == (False, False)
+        assert "columns_withheld" not in n.evidence
+        assert n.evidence["unmapped"]["family"] == "zeroaccess"
+
+
+def test_a_mapping_may_not_read_a_secret_column_unmasked(tmp_path: Path) -> None:
+    import yaml
+
+    from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mapping
+
+    raw = yaml.safe_load((DEFAULT_MAPPINGS_DIR / "shadowserver" / "_common.yaml").read_text(encoding="utf-8"))
+    raw["evidence"]["login_password"] = "login_password"
+    path = tmp_path / "common.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(
+        MappingError, match=r"evidence\.login_password: column 'login_password' holds credentials"
+    ):
+        load_mapping(path)

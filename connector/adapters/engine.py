@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
-from connector.adapters.mapping import FieldSpec, Mapping, report_type_of
+from connector.adapters.mapping import FieldSpec, Mapping, report_type_of, secret_column
 from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, ReadStats, RowError, reader_with_options
 from connector.adapters.rules import Classifier
@@ -115,6 +115,19 @@ class MappedAdapter:
         self._classify = Classifier(
             mapping, lambda specs: [(name, self._compile(name, spec)) for name, spec in specs.items()]
         )
+        # Records with credential columns (mapping.secret_columns) are read by fields that
+        # quote no value in a reason: in such a report any cell may hold a password fragment.
+        self._secret_words = frozenset(mapping.secret_columns)
+        self._secret: dict[str, bool] = {}  # column name -> holds credentials
+        self._header_secrets: tuple[list[str], list[str]] | None = None
+        self._classify_personal = (
+            Classifier(
+                mapping,
+                lambda specs: [(name, self._compile(name, spec, True)) for name, spec in specs.items()],
+            )
+            if self._secret_words
+            else self._classify
+        )
         named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = frozenset(named | set(mapping.drop))
@@ -128,7 +141,42 @@ class MappedAdapter:
         """The input's records, streaming; `padded_rows` and `read_warnings()` tell what the
         reader noticed once they are all read."""
         self.read_stats = ReadStats()
-        return self._reader(stream, stats=self.read_stats)
+        rows = self._reader(stream, stats=self.read_stats)
+        return self._raw_withheld(rows) if self._secret_words else rows
+
+    def _raw_withheld(self, rows: Iterator[RawRecord | RowError]) -> Iterator[RawRecord | RowError]:
+        """The rows, with the raw line withheld ("") wherever it may hold credentials: a record
+        with a credential column, and a faulty row of such an input (or of one whose columns
+        are not known: a JSON line)."""
+        for row in rows:
+            if isinstance(row, RawRecord):
+                personal = bool(self._secrets_in(row.data))
+            else:
+                header = self.read_stats.header
+                personal = header is None or bool(self._secrets_in(dict.fromkeys(header)))
+            yield replace(row, raw="") if personal and row.raw else row
+
+    def _secrets_in(self, data: dict[str, Any]) -> list[str]:
+        """The record's columns that hold credentials by their names (sorted); [] without any,
+        and for a mapping that names no secret_columns. Worked out once per CSV header."""
+        if not self._secret_words:
+            return []
+        header = self.read_stats.header
+        if header is not None and len(data) == len(header):
+            if self._header_secrets is None or self._header_secrets[0] is not header:
+                self._header_secrets = (header, self._secret_names(header))
+            return self._header_secrets[1]
+        return self._secret_names(data)
+
+    def _secret_names(self, names: Iterable[str]) -> list[str]:
+        found = []
+        for name in names:
+            secret = self._secret.get(name)
+            if secret is None:
+                secret = self._secret[name] = secret_column(name, self._secret_words)
+            if secret:
+                found.append(name)
+        return sorted(found)
 
     @property
     def padded_rows(self) -> int:
@@ -149,14 +197,16 @@ class MappedAdapter:
         for path, equals, reason in self._skip:
             if lookup(data, path) in equals:
                 raise RowSkipped(reason)
-        c, fields = self._classify(data)
+        secrets = self._secrets_in(data)
+        c, fields = (self._classify_personal if secrets else self._classify)(data)
         values = {name: field(data) for name, field in fields}
         for needed in ("identifier", "observed_at"):
             if values.get(needed) is None:
                 raise RowRejected(f"{needed}: missing")
         if not (values.get("ip") or values.get("url") or values.get("email") or values.get("hostname")):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
-        evidence = self._evidence_of(data)
+        evidence = self._evidence_of(data, secrets)
+        personal = bool(secrets)
         return Notification(
             partner=self.partner,
             feed=self.mapping.format,
@@ -165,13 +215,14 @@ class MappedAdapter:
             tlp=values.pop("tlp", None) or self.default_tlp,
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
-            direct_owner_only=self.mapping.direct_owner_only,
-            discard_unrouted=self.mapping.discard_unrouted,
+            direct_owner_only=self.mapping.direct_owner_only or personal,
+            discard_unrouted=self.mapping.discard_unrouted or personal,
             **values,
         )
 
-    def _evidence_of(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept."""
+    def _evidence_of(self, data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept,
+        never a credential column: those are named in `columns_withheld`, their values left out."""
         evidence = {}
         for name, path, convert in self._evidence:
             value = lookup(data, path)
@@ -184,19 +235,23 @@ class MappedAdapter:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
-            skip = self._not_unmapped
+            skip = self._not_unmapped.union(secrets) if secrets else self._not_unmapped
             unmapped = {k: v for k, v in data.items() if k not in skip and not _empty(v)}
             if unmapped:
                 evidence["unmapped"] = unmapped
+        if secrets:
+            evidence["columns_withheld"] = secrets
         return evidence
 
-    def _compile(self, name: str, spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
-        """One field's value from a record: converted, None when absent, RowRejected when wrong."""
+    def _compile(self, name: str, spec: FieldSpec, personal: bool = False) -> Callable[[dict[str, Any]], Any]:
+        """One field's value from a record: converted, None when absent, RowRejected when wrong.
+        `personal`: for records with credential columns (mapping.secret_columns)."""
         paths = spec.paths()
         # A mapping whose raw lines may not be kept (they hold personal data) quotes no value
         # in a reason either, secret or not: a password with an unquoted comma shifts the row's
-        # cells, so any column may hold password text or a `user:password@` URL.
-        withhold = spec.secret or not self.mapping.keep_raw_in_quarantine
+        # cells, so any column may hold password text or a `user:password@` URL. So does a
+        # record with a credential column.
+        withhold = spec.secret or not self.mapping.keep_raw_in_quarantine or personal
         if spec.value is not None or spec.context is not None:
             if spec.value is not None:
                 raw, where = spec.value, name

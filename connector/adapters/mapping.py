@@ -7,8 +7,9 @@ in `engine.py` and knows no feed.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,23 @@ TARGET_FIELDS = (
     "case_id",
     "tlp",
 )
+
+
+_CAMEL_CASE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def column_words(name: str) -> set[str]:
+    """The words of a column name, lower-cased: split at anything not a letter or digit and
+    at camelCase humps, plus each two neighbours joined (`api_key`, `apiKey`, `API-KEY` all
+    give `apikey`)."""
+    tokens = [t for t in re.split(r"[^a-z0-9]+", _CAMEL_CASE.sub("_", name).lower()) if t]
+    return set(tokens) | {a + b for a, b in itertools.pairwise(tokens)}
+
+
+def secret_column(name: str, words: Iterable[str]) -> bool:
+    """Whether a column holds credentials by its name: one of its words is one of `words`
+    (a mapping's `secret_columns`). Words, not substrings: `bypass` is no `pass`."""
+    return not column_words(name).isdisjoint(words)
 
 
 class MappingError(Exception):
@@ -226,6 +244,11 @@ class Mapping(_Strict):
     keep_unmapped: bool = False
     # ...except these, which are never kept anywhere (a raw password, say).
     drop: list[str] = []
+    # Columns whose names hold one of these words hold credentials (secret_column): never kept,
+    # and a record that has one is personal data (direct owner only, discarded when unrouted,
+    # no raw line and no value in a quarantine reason). For layouts nobody has checked: the
+    # Shadowserver fallback.
+    secret_columns: list[str] = []
     keep_raw_in_quarantine: bool = True
     # Notifications nobody claims are counted and discarded, not stored (personal data).
     discard_unrouted: bool = False
@@ -279,6 +302,40 @@ class Mapping(_Strict):
             masked = not isinstance(spec, str) and spec.convert == "mask_secret"
             if (path in secret_sources or path in self.drop) and not masked:
                 raise ValueError(f"evidence.{name}: column {path!r} is secret; only mask_secret may read it")
+        return self
+
+    @field_validator("secret_columns")
+    @classmethod
+    def _words(cls, value: list[str]) -> list[str]:
+        bad = [w for w in value if not re.fullmatch(r"[a-z0-9]+", w)]
+        if bad:
+            raise ValueError(f"words are lower-case letters and digits (apikey, not api_key): {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_columns_unread(self) -> Mapping:
+        """A column that holds credentials by its name is read only as a secret field, or as
+        evidence through mask_secret."""
+        if not self.secret_columns:
+            return self
+        fields = [(f"fields.{n}", s) for n, s in self.fields.items()]
+        fields += [
+            (f"classify.{i}.fields.{n}", s) for i, r in enumerate(self.classify) for n, s in r.fields.items()
+        ]
+        for where, spec in fields:
+            for path in spec.paths() if spec is not None and not spec.secret else []:
+                if secret_column(path.split(".", 1)[0], self.secret_columns):
+                    raise ValueError(
+                        f"{where}: column {path!r} holds credentials (secret_columns); mark it secret"
+                    )
+        for name, evidence in self.evidence.items():
+            path = evidence if isinstance(evidence, str) else evidence.source
+            masked = not isinstance(evidence, str) and evidence.convert == "mask_secret"
+            if not masked and secret_column(path.split(".", 1)[0], self.secret_columns):
+                raise ValueError(
+                    f"evidence.{name}: column {path!r} holds credentials (secret_columns); "
+                    "only mask_secret may read it"
+                )
         return self
 
     @model_validator(mode="after")

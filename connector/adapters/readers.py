@@ -38,10 +38,12 @@ Row = RawRecord | RowError
 class ReadStats:
     """What a reader noticed beside its rows, for the run's warnings: complete once the rows
     are read. `padded_rows`: rows read with missing trailing cells taken as empty (csv with
-    pad_short_rows), the first of them at `first_padded_line`."""
+    pad_short_rows), the first of them at `first_padded_line`. `header`: the input's column
+    names (csv), once read."""
 
     padded_rows: int = 0
     first_padded_line: int | None = None
+    header: list[str] | None = None
 
     def padded(self, line: int) -> None:
         self.padded_rows += 1
@@ -131,6 +133,7 @@ def read_csv(
     if fault is not None:  # the rows cannot be read without their header: nothing after it is
         yield RowError(1, f"unreadable header: {fault}", readable(",".join(header)))
         return
+    stats.header = header
     width = len(header)
     line = reader.line_num
     while True:
