@@ -677,3 +677,98 @@ def test_a_mapping_may_not_read_a_secret_column_unmasked(tmp_path: Path) -> None
         MappingError, match=r"evidence\.login_password: column 'login_password' holds credentials"
     ):
         load_mapping(path)
+
+
+# --- 22: X-ARF source identifiers that are URLs or host:port -----------------------------------
+
+
+def xarf_report(sample: str, **changes: Any) -> dict[str, Any]:
+    report = json.loads((XARF_SAMPLES / sample).read_text(encoding="utf-8"))
+    return {**report, **changes}
+
+
+def xarf_notification(report: dict[str, Any]) -> Any:
+    from connector.adapters.readers import RawRecord
+    from connector.adapters.registry import AdapterContext
+    from connector.adapters.xarf import XarfAdapter
+
+    adapter = XarfAdapter(AdapterContext("nbip", "amber", "reports.json", Path("reports.json")))
+    [n] = adapter.notifications(RawRecord(1, report, json.dumps(report)))
+    return n
+
+
+@pytest.mark.parametrize(
+    ("source", "ip"),
+    [
+        # xarf-python's v3 converter copies Report.Source.URL of a v3 content report here.
+        ("https://login-update.example.nl:8443/secure/", None),
+        ("http://login-update.example.nl/secure/", None),
+        ("login-update.example.nl:8080", None),
+        ("192.0.2.50:8080", "192.0.2.50"),
+        ("[2001:db8:10::7]:443", "2001:db8:10::7"),
+        ("http://[2001:db8:10::7]:8080/x", "2001:db8:10::7"),
+    ],
+)
+def test_a_content_report_whose_source_is_a_url_or_host_port_is_read(source: str, ip: str | None) -> None:
+    """Valid by the schema (a string), and what converters produce: it was quarantined as
+    an invalid IP address. The host routes it; the identifier as given, port and all, is kept."""
+    url = "https://login-update.example.nl/secure/owa/"
+    report = xarf_report("content-phishing.json", source_identifier=source, url=url)
+    n = xarf_notification(report)
+    assert (n.ip, n.hostname, n.url) == (ip, "login-update.example.nl", url)
+    assert n.port is None  # the content's URL is the observable; the port stays evidence
+    assert n.evidence["source_identifier"] == source
+
+
+def test_a_source_port_is_the_service_port_only_where_the_category_says_so() -> None:
+    # An open service: the port in the identifier is the service's (no service_port given).
+    report = xarf_report("vulnerability-open-service.json", source_identifier="192.0.2.60:11211")
+    del report["service_port"], report["source_port"]
+    n = xarf_notification(report)
+    assert (n.ip, n.port) == ("192.0.2.60", 11211)
+    # A scanning host: the port is its client port, evidence only (as source_port is).
+    n = xarf_notification(xarf_report("connection-port-scan.json", source_identifier="192.0.2.61:51234"))
+    assert (n.ip, n.port, n.evidence["source_identifier"]) == ("192.0.2.61", None, "192.0.2.61:51234")
+    # A plain address is kept as before: no extra evidence.
+    n = xarf_notification(xarf_report("connection-port-scan.json"))
+    assert "source_identifier" not in n.evidence
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("999.1.1.1:80", "ip: invalid IP address '999.1.1.1:80' (from source_identifier)"),
+        ("login-update.example.nl:99999", "ip: invalid port '99999' (from source_identifier)"),
+        (
+            "https://login-update.example.nl:0/",
+            "ip: invalid port in URL 'https://login-update.example.nl:0/' (from source_identifier)",
+        ),
+    ],
+)
+def test_a_malformed_source_identifier_is_still_quarantined(source: str, reason: str) -> None:
+    from connector.adapters.engine import RowRejected
+
+    with pytest.raises(RowRejected) as info:
+        xarf_notification(xarf_report("connection-port-scan.json", source_identifier=source))
+    assert str(info.value) == reason
+
+
+def test_content_reports_with_url_sources_are_ingested_and_routed(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    reports = [
+        xarf_report(
+            "content-phishing.json",
+            source_identifier=source,
+            url="https://login-update.example.nl/secure/owa/",
+            report_id=f"1a5ec293-0849-40a4-9eba-d5926262ff0{i}",
+        )
+        for i, source in enumerate(
+            ["https://login-update.example.nl/secure/owa/", "login-update.example.nl:443"]
+        )
+    ]
+    path = tmp_path / "reports.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reports), encoding="utf-8")
+    summary = ingest(store, config, "nbip", "xarf", path)
+    assert (summary.counts["quarantined"], summary.counts["notifications"]) == (0, 2)
+    assert dict(summary.per_recipient) == {"ibd": 1}  # one notification: the same URL, twice
