@@ -772,3 +772,86 @@ def test_content_reports_with_url_sources_are_ingested_and_routed(
     summary = ingest(store, config, "nbip", "xarf", path)
     assert (summary.counts["quarantined"], summary.counts["notifications"]) == (0, 2)
     assert dict(summary.per_recipient) == {"ibd": 1}  # one notification: the same URL, twice
+
+
+# --- 23: DIVD's public case files -------------------------------------------------------------
+
+# A public DIVD case file, unchanged (DIVD-NL/web-csirt, MIT: see its .license file). Like every
+# one of them, its front matter has neither `id` nor `tlp`.
+CASE_FILE = Path(__file__).parent / "data" / "divd" / "DIVD-2023-00033.md"
+
+
+def case_scan(directory: Path, case: str = "DIVD-2023-00033") -> Path:
+    """Three findings of the DIVD sample as that case's scan output (CVE-2023-3519)."""
+    lines = (DIVD / "DIVD-2024-00012.nuclei.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    findings = [json.loads(line) for line in lines]
+    for finding in findings:
+        finding["template-id"] = "CVE-2023-3519"
+        finding["info"]["classification"]["cve-id"] = ["cve-2023-3519"]
+    path = directory / f"{case}.nuclei.jsonl"
+    path.write_text("".join(json.dumps(f) + "\n" for f in findings), encoding="utf-8")
+    return path
+
+
+def front_matter(text: str) -> str:
+    return text.split("---\n")[1]
+
+
+@pytest.mark.parametrize("form", ["case file", "front matter as yaml", "explicit case file"])
+def test_a_public_divd_case_file_gives_the_case_id_by_its_name_and_the_partner_tlp(
+    tmp_path: Path, store: Store, config: Config, form: str
+) -> None:
+    scan = case_scan(tmp_path)
+    context_file = None
+    if form == "case file":
+        shutil.copy(CASE_FILE, tmp_path)
+    elif form == "front matter as yaml":
+        text = front_matter(CASE_FILE.read_text(encoding="utf-8"))
+        (tmp_path / "DIVD-2023-00033.yaml").write_text(text, encoding="utf-8")
+    else:
+        elsewhere = tmp_path / "cases"
+        elsewhere.mkdir()
+        context_file = Path(shutil.copy(CASE_FILE, elsewhere))
+    summary = Ingestor(config, store, load_mappings()).run(
+        "divd", "divd-nuclei", [scan], context_file=context_file
+    )
+    assert summary.input_errors == []
+    assert (summary.counts["notifications"], summary.counts["quarantined"]) == (3, 0)
+
+    from connector.adapters.engine import MappedAdapter, load_context
+
+    mapping = load_mappings()["divd-nuclei"]
+    context = load_context(mapping, scan, context_file)
+    assert context.values["id"] == "DIVD-2023-00033"
+    assert context.values["cves"] == ["CVE-2023-3519"]
+    adapter = MappedAdapter(mapping, "divd", context, scan.name, default_tlp="green")
+    made, faults = read_all_jsonl(adapter, scan)
+    assert faults == []
+    assert {(n.case_id, n.tlp, n.vulnerability) for n in made} == {
+        ("DIVD-2023-00033", "green", "CVE-2023-3519")
+    }
+
+
+def read_all_jsonl(adapter: Any, path: Path) -> tuple[list[Any], list[Any]]:
+    return read_all(adapter, path.read_text(encoding="utf-8"))
+
+
+def test_a_case_file_that_names_its_id_and_tlp_still_decides(tmp_path: Path) -> None:
+    """The shared sample names both: they win over the file name and the partner default."""
+    from connector.adapters.engine import load_context
+
+    scan = case_scan(tmp_path, "DIVD-2024-00099")
+    sample = (DIVD / "DIVD-2024-00012.yaml").read_text(encoding="utf-8").replace("tlp: amber", "tlp: red")
+    (tmp_path / "DIVD-2024-00099.yaml").write_text(sample, encoding="utf-8")
+    context = load_context(load_mappings()["divd-nuclei"], scan)
+    assert (context.values["id"], context.values["tlp"]) == ("DIVD-2024-00012", "red")
+
+
+def test_a_case_file_without_an_id_whose_name_is_no_case_id_is_an_input_error(tmp_path: Path) -> None:
+    from connector.adapters.engine import InputError, load_context
+
+    scan = case_scan(tmp_path)
+    case = tmp_path / "case.md"
+    shutil.copy(CASE_FILE, case)
+    with pytest.raises(InputError, match=r"case\.md: required key\(s\) missing: id \(not in the file"):
+        load_context(load_mappings()["divd-nuclei"], scan, case)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,31 +44,62 @@ class FileContext:
 
 def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> FileContext:
     """The file's context: what its family and its name give (family_context), and the values
-    of its sidecar file where the mapping declares one."""
+    of its sidecar file where the mapping declares one (`explicit`: the one the operator
+    named), completed from the sidecar's name (ContextSpec.from_file_name)."""
     facts = family_context(mapping, path)
-    if mapping.context is None:
+    spec = mapping.context
+    if spec is None:
         return FileContext(facts)
-    prefix = path.name.split(".", 1)[0]
-    sidecar = explicit or path.with_name(mapping.context.sidecar.format(prefix=prefix))
+    sidecar = explicit or _sidecar_beside(mapping, path)
     try:
-        values = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+        values = yaml.safe_load(front_matter(sidecar.read_text(encoding="utf-8")))
     except OSError:
-        where = (
-            f"{sidecar} was not found"
-            if explicit
-            else f"its metadata file {sidecar.name} was not found beside it"
-        )
         raise InputError(
-            f"{path}: {where} (the {mapping.format} format needs it for TLP and case id)"
+            f"{path}: {sidecar} was not found (the {mapping.format} format needs its case metadata)"
         ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{sidecar}: not valid UTF-8") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{sidecar}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise InputError(f"{sidecar}: must be a mapping of keys")
-    missing = [k for k in mapping.context.required if _empty(values.get(k, MISSING))]
+    for key, pattern in spec.from_file_name.items():
+        match = re.match(pattern, sidecar.name)
+        if _empty(values.get(key, MISSING)) and match:
+            values[key] = match.group(1 if match.re.groups else 0)
+    missing = [k for k in spec.required if _empty(values.get(k, MISSING))]
     if missing:
-        raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}")
+        named = " (not in the file, nor in its name)" if set(missing) & set(spec.from_file_name) else ""
+        raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}{named}")
     return FileContext({**facts, **values}, str(sidecar))
+
+
+def _sidecar_beside(mapping: Mapping, path: Path) -> Path:
+    """The first of the mapping's sidecar names that exists beside the input; InputError
+    naming them when none does."""
+    assert mapping.context is not None
+    prefix = path.name.split(".", 1)[0]
+    candidates = [path.with_name(p.format(prefix=prefix)) for p in mapping.context.sidecars()]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    others = f" (nor {', '.join(c.name for c in candidates[1:])})" if len(candidates) > 1 else ""
+    raise InputError(
+        f"{path}: its metadata file {candidates[0].name} was not found beside it{others} "
+        f"(the {mapping.format} format needs its case metadata; --case FILE names one elsewhere)"
+    )
+
+
+def front_matter(text: str) -> str:
+    """The YAML front matter of a Markdown file (between its first two `---` lines, as Jekyll
+    and DIVD's public case files have it); any other text whole (a YAML file)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return text
+    for number, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            return "".join(lines[1:number])
+    return text
 
 
 def family_context(mapping: Mapping, path: Path) -> dict[str, Any]:

@@ -142,10 +142,32 @@ class SkipRule(_Strict):
 
 
 class ContextSpec(_Strict):
-    """Metadata that applies to a whole input file, read from a sidecar file beside it."""
+    """Metadata that applies to a whole input file, read from a sidecar file beside it: YAML,
+    or the YAML front matter of a Markdown file (between its first two `---` lines, as DIVD
+    publishes its case files).
 
-    sidecar: str = Field(description="file name pattern; {prefix} is the input name up to its first dot")
+    `from_file_name`: keys the sidecar's own file name gives where the file has no value for
+    them (key -> a regular expression matched at the start of the name; its first group, or
+    the whole match)."""
+
+    sidecar: str | list[str] = Field(
+        description="file name pattern(s), tried in order; {prefix} is the input name up to its first dot"
+    )
     required: list[str] = []
+    from_file_name: dict[str, str] = {}
+
+    @field_validator("from_file_name")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{key}: not a valid regular expression: {exc}") from None
+        return value
+
+    def sidecars(self) -> list[str]:
+        return [self.sidecar] if isinstance(self.sidecar, str) else list(self.sidecar)
 
 
 class ClassificationSpec(_Strict):
