@@ -855,3 +855,76 @@ def test_a_case_file_without_an_id_whose_name_is_no_case_id_is_an_input_error(tm
     shutil.copy(CASE_FILE, case)
     with pytest.raises(InputError, match=r"case\.md: required key\(s\) missing: id \(not in the file"):
         load_context(load_mappings()["divd-nuclei"], scan, case)
+
+
+# --- 25 (first part): MISP url values without a scheme ---------------------------------------
+
+MISP_URL = "11111111-2222-4333-8444-555555555501"  # the sample's url attribute
+
+
+@pytest.mark.parametrize(
+    ("value", "url", "host", "ip"),
+    [
+        ("www.example.nl/login/owa", "http://www.example.nl/login/owa", "www.example.nl", None),
+        (
+            "Login.Example.NL:8443/secure?x=1",
+            "http://login.example.nl:8443/secure?x=1",
+            "login.example.nl",
+            None,
+        ),
+        ("www.example.nl", "http://www.example.nl", "www.example.nl", None),
+        ("192.0.2.30/admin/", "http://192.0.2.30/admin/", None, "192.0.2.30"),
+        ("[2001:db8:10::30]:8080/x", "http://[2001:db8:10::30]:8080/x", None, "2001:db8:10::30"),
+    ],
+)
+def test_a_misp_url_without_a_scheme_is_routed_by_its_host(
+    value: str, url: str, host: str | None, ip: str | None
+) -> None:
+    """MISP takes `www.example.com/path` as a url; it was an unusable value (a fault). It is
+    read as http:// (what a browser assumes), so that the url is a URI as STIX requires, and
+    the value as given is kept beside it."""
+    outcome = misp_outcome(misp_event(lambda body: attribute(body, MISP_URL).update(value=value)))
+    assert outcome.faults == []
+    [n] = [n for n in outcome.notifications if n.evidence["misp_attribute_uuid"] == MISP_URL]
+    assert (n.url, n.hostname, n.ip) == (url, host, ip)
+    assert n.evidence["misp_url_as_given"] == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a url",
+        "/relative/path",
+        "mailto:abuse@example.nl",
+        "javascript:alert(1)",
+        "user:pw@www.example.nl/x",
+    ],
+)
+def test_a_misp_url_that_is_neither_a_url_nor_host_and_path_is_still_a_fault(value: str) -> None:
+    outcome = misp_outcome(misp_event(lambda body: attribute(body, MISP_URL).update(value=value)))
+    assert outcome.faults == [
+        f"MISP event 5b8c6f3e-2f1a-4d0e-9a51-6a3c2b1d9e01 attribute {MISP_URL} (url): "
+        "not a usable url value (value withheld)"
+    ]
+
+
+def test_a_misp_url_with_a_scheme_is_unchanged() -> None:
+    outcome = misp_outcome(misp_event())
+    [n] = [n for n in outcome.notifications if n.evidence["misp_attribute_uuid"] == MISP_URL]
+    assert n.url == "https://login-update.example.nl/secure/owa/"
+    assert "misp_url_as_given" not in n.evidence
+
+
+def test_a_schemeless_misp_url_is_delivered_to_the_owner_of_its_host(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    event = misp_event(lambda body: attribute(body, MISP_URL).update(value="www.example.nl/login/owa"))
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event), encoding="utf-8")
+    summary = ingest(store, config, "connect2trust", "misp-event", path)
+    assert summary.counts["attributes_quarantined"] == 0
+    assert summary.counts["notifications"] == len(SAMPLE_ATTRIBUTES)
+    from tests.test_credentials import collection
+
+    urls = [o["value"] for o in collection(store, "ibd") if o["type"] == "url"]
+    assert "http://www.example.nl/login/owa" in urls

@@ -177,6 +177,34 @@ def url(value: Any) -> str:
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
 
 
+# A URL without its scheme: a host (name, IPv4 address or bracketed IPv6 address), an optional
+# port, then nothing or a path, query or fragment. No user info: `user:pw@host/x` is refused.
+_SCHEMELESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%]+\]|[^\s/?#@:\[\]]+)(?::[0-9]+)?(?:[/?#]\S*)?$")
+
+
+def url_or_schemeless(value: Any) -> str:
+    """A URL as `url` gives it; one written without a scheme (`www.example.com/login`, as MISP
+    takes a url) is read as http://, the scheme a browser assumes, so that it is an absolute
+    URI as a STIX url value must be. Only a dotted host name or an address may start one:
+    `mailto:...`, `/relative` or free text is not a URL at all."""
+    text = _text(value).strip()
+    if "://" in text:
+        return url(text)
+    match = _SCHEMELESS.match(text)
+    host = match.group("host").strip("[]") if match else ""
+    if not host or not (is_ip(host) or ("." in host and _is_domain(host))):
+        raise ValueError(f"not a URL with a host: {value!r}")
+    return url(f"http://{text}")
+
+
+def _is_domain(text: str) -> bool:
+    try:
+        canonical_domain(text)
+    except ValueError:
+        return False
+    return True
+
+
 def url_without_query(value: Any) -> str:
     """A URL as `url` gives it, without query and fragment (they carry tokens and passwords)."""
     parts = urlsplit(url(value))
@@ -211,6 +239,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "mask_secret": mask_secret,
     "email": email,
     "url": url,
+    "url_or_schemeless": url_or_schemeless,
     "url_without_query": url_without_query,
     "cve_in_text": cve_in_text,
 }

@@ -16,11 +16,14 @@ notification:
 | `domain`, `hostname` | hostname |
 | `hostname|port` | hostname, port |
 | `domain|ip` | hostname, ip (routed by the address) |
-| `url` | url, plus its host as hostname (or ip, for an IP literal) to route by |
+| `url` | url, plus its host as hostname (or ip, for an IP literal) to route by (**) |
 | `email`, `email-src`, `email-dst`, `email-reply-to` | email (routed by its domain) (*) |
 
 (*) e-mail addresses are personal data: direct owner only, discarded when unrouted, and an
 unusable one is reported without its value.
+(**) MISP takes a url without a scheme (`www.example.com/path`): it is read as http://, the
+scheme a browser assumes, since a STIX url value must be an absolute URI; the value as given is
+kept in evidence (`misp_url_as_given`). Only a dotted host name or an address may start one.
 
 Inside a MISP object (`ip-port`, `domain-ip` ...) an address or host name takes the object's
 single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port is the client's).
@@ -84,7 +87,7 @@ from connector.adapters.converters import (
     observation_time,
     port,
     timestamp,
-    url,
+    url_or_schemeless,
 )
 from connector.adapters.engine import RowRejected, RowSkipped
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
@@ -280,7 +283,7 @@ def routable_fields(misp_type: str, value: Any) -> dict[str, Any]:
         host, _, address = text.partition("|")
         return {"hostname": domain(host), "ip": ip_address(address)}
     if misp_type == "url":
-        clean = url(text)
+        clean = url_or_schemeless(text)  # MISP takes `www.example.com/path` as a url
         host = url_host(clean) or ""
         return {
             "url": clean,
@@ -550,6 +553,8 @@ class _EventMapping:
         evidence["misp_tlp_from"] = (
             "attribute tag" if attribute_tlp else "event tag" if self.tlp else "partner default"
         )
+        if misp_type == "url" and "://" not in str(attribute.value):
+            evidence["misp_url_as_given"] = str(attribute.value).strip()  # the scheme was assumed
         return Notification(
             partner=self.context.partner,
             feed=FORMAT,
