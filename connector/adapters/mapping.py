@@ -340,7 +340,7 @@ class Mapping(_Strict):
         evidence through mask_secret."""
         if not self.secret_columns:
             return self
-        fields = [(f"fields.{n}", s) for n, s in self.fields.items()]
+        fields: list[tuple[str, FieldSpec | None]] = [(f"fields.{n}", s) for n, s in self.fields.items()]
         fields += [
             (f"classify.{i}.fields.{n}", s) for i, r in enumerate(self.classify) for n, s in r.fields.items()
         ]

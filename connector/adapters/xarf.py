@@ -377,8 +377,8 @@ def endpoint(value: str) -> Endpoint:
             raise ValueError(f"invalid IP address {value!r}")
         return Endpoint(host, converters.port(rest[1:]) if rest else None)
     if text.count(":") == 1:  # host:port; an IPv6 address has two colons or more
-        host, _, port = text.partition(":")
-        return Endpoint(host, converters.port(port))
+        host, _, number = text.partition(":")
+        return Endpoint(host, converters.port(number))
     return Endpoint(text)
 
 
