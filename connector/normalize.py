@@ -33,32 +33,51 @@ def mapped_ipv4_network(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network
     return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
 
 
+def _unscoped(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address without its IPv6 zone (RFC 4007: `fe80::1%eth0`; `%25eth0` in a URL).
+
+    A zone names an interface of the host that wrote the address down (a scanner's `eth0`):
+    it means nothing to anybody else, a STIX ipv6-addr value cannot hold it, and the address
+    with it matched no recipient's claim. The address alone is what the report is about, so
+    it is kept and routed; the zone is dropped, not the row (a global address with a zone is
+    still that address; a link-local one is routed as such: nobody claims fe80::/10)."""
+    if getattr(address, "scope_id", None) is None:
+        return address
+    return ipaddress.IPv6Address(int(address))
+
+
 def canonical_ip(value: str) -> str:
-    """Canonical text of an IPv4/IPv6 address; raises ValueError naming the bad value."""
+    """Canonical text of an IPv4/IPv6 address, without an IPv6 zone (_unscoped); raises
+    ValueError naming the bad value."""
     text = value.strip()
     if _CANONICAL_IPV4.fullmatch(text):
         return text
     if not text:
         raise ValueError("empty IP address")
     try:
-        return _address_text(ipaddress.ip_address(text))
+        return _address_text(_unscoped(ipaddress.ip_address(text)))
     except ValueError:
         raise ValueError(f"invalid IP address {value!r}") from None
 
 
-_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+/[0-9]{1,3}$")
+_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+(%[^%/]+)?/[0-9]{1,3}$")
 
 
 def canonical_ip_or_network(value: str) -> str:
     """An address (canonical_ip), or a network in CIDR notation as `address/length` with the
     canonical address; a /32 (IPv6 /128) is its address. Strict: a network with host bits set
-    (`192.0.2.1/24`) is an error naming the network it may have meant."""
+    (`192.0.2.1/24`) is an error naming the network it may have meant. An IPv6 zone is dropped
+    (_unscoped)."""
     text = value.strip()
     if "/" not in text:
         return canonical_ip(text)
     if not _NETWORK.match(text):
         raise ValueError(f"invalid IP network {value!r} (expected address/prefix-length)")
+    address, _, length = text.partition("/")
     try:
+        text = f"{_address_text(_unscoped(ipaddress.ip_address(address)))}/{length}"
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"invalid IP network {value!r}") from None
@@ -109,9 +128,23 @@ def is_ip(value: str) -> bool:
 
 
 def url_host(value: str) -> str | None:
-    """Host part of a URL (or a bare host), lower-cased; None when there is none."""
+    """Host part of a URL (or a bare host), lower-cased, an IPv6 literal without its zone
+    (`[fe80::1%25eth0]`: see _unscoped); None when there is none."""
     text = value.strip()
     if not text:
         return None
     parts = urlsplit(text if "://" in text else f"//{text}")
-    return parts.hostname.lower() if parts.hostname else None
+    if not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    return _without_zone(host) if "%" in host else host
+
+
+def _without_zone(host: str) -> str:
+    """An IPv6 literal host without its zone (as written in a URL: `%25eth0`); any other host
+    as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return _address_text(_unscoped(address)) if address.version == 6 else host

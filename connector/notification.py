@@ -54,12 +54,20 @@ class Notification:
 
     @property
     def observable(self) -> str:
-        """The thing the notification is about, as it appears in the natural key."""
+        """The thing the notification is about, as it appears in the natural key.
+
+        With a port, a protocol other than TCP follows it (`192.0.2.1:389/udp`): an open UDP
+        service (an amplifier) and a TCP service on the same port are two findings. Without a
+        protocol, or with TCP, the observable is what it always was (`192.0.2.1:389`), so the
+        ids of the notifications stored before (all derived from the natural key) stay valid;
+        the network-traffic object took a missing protocol for TCP already."""
         # The most specific first: two phishing URLs on one shared-hosting address are two.
         host = self.url or self.email or self.ip or self.hostname or ""
         if self.port is None:
             return host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        endpoint = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        protocol = (self.protocol or "tcp").lower()
+        return endpoint if protocol == "tcp" else f"{endpoint}/{protocol}"
 
     @property
     def day(self) -> str:

@@ -92,8 +92,10 @@ def test_divd_mapping_content() -> None:
     divd = load_mappings()["divd-nuclei"]
     assert divd.reader == "jsonl"
     assert divd.context is not None
-    assert divd.context.sidecar == "{prefix}.yaml"
-    assert {"id", "tlp"} <= set(divd.context.required)
+    assert divd.context.sidecars() == ["{prefix}.yaml", "{prefix}.md"]
+    # DIVD's public case files name neither: the id comes from the case file's name and the
+    # TLP from the partner's default (issue #14 item 23).
+    assert divd.context.required == ["id"] and "id" in divd.context.from_file_name
     assert {"observed_at", "identifier", "tlp"} <= set(divd.fields)
     assert divd.fields["identifier"].paths() == ["info.classification.cve-id", "template-id"]
     assert divd.fields["tlp"].context == "tlp"

@@ -407,7 +407,7 @@ def test_unknown_report_type_goes_through_common_with_a_warning(
         assert ext(s)["classification"] == {
             "taxonomy": "other",
             "type": "undetermined",
-            "identifier": "shadowserver-unclassified",
+            "identifier": "scan_unknownthing",  # the report type, from the file name (issue #14)
         }
         evidence = ext(s)["evidence"]
         assert evidence["tag"] == "http"

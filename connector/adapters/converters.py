@@ -50,16 +50,46 @@ def port(value: Any) -> int:
     return int(text)
 
 
+# What a converter raises for a value it cannot use: ValueError by contract. OverflowError is
+# the same fault reached through datetime or int arithmetic (`0001-01-01T00:00:00+01:00` has no
+# UTC form); callers catch both, so no single value can abort an input.
+CONVERSION_ERRORS = (ValueError, OverflowError)
+
+# The times an observation may carry. Outside them a time is a placeholder for "unknown" (Go's
+# zero time 0001-01-01T00:00:00Z, which nuclei writes; the Unix epoch; 9999-12-31 "never"), a
+# typing error, or has no UTC form at all: it would date the notification to a day that means
+# nothing and, as its last_seen, keep every later observation from updating it. No partner
+# feed reports occurrences from before 1990.
+EARLIEST_OBSERVATION = datetime(1990, 1, 1, tzinfo=UTC)
+LATEST_OBSERVATION = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def observation_time(moment: datetime, given: Any = None) -> datetime:
+    """`moment` in UTC (naive: taken as UTC, as feeds without an offset report it), if it can
+    be an observation time; else ValueError quoting `given` (the input value, or `moment`)."""
+    shown = repr(moment.isoformat() if given is None else given)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {shown} is out of range (no UTC time has that date)") from None
+    if not EARLIEST_OBSERVATION <= moment < LATEST_OBSERVATION:
+        raise ValueError(
+            f"timestamp {shown} is not an observation time (outside {EARLIEST_OBSERVATION:%Y}-"
+            f"{LATEST_OBSERVATION.year - 1} UTC: a placeholder for an unknown time?)"
+        )
+    return moment
+
+
 def timestamp(value: Any) -> datetime:
+    """An ISO 8601 / RFC 3339 time in UTC, within the observation window (observation_time)."""
     text = _text(value).strip()
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"invalid timestamp {value!r}") from None
-    if moment.tzinfo is None:
-        # Feeds without an offset (Shadowserver) report UTC.
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    return observation_time(moment, value)
 
 
 def cve_id(value: Any) -> str:
@@ -137,12 +167,42 @@ def url(value: Any) -> str:
     if not parts.scheme or not parts.hostname:
         raise ValueError(f"not a URL with a host: {value!r}")
     host = parts.hostname
-    if not is_ip(host):
+    if is_ip(host):
+        host = url_host(text) or host  # an IPv6 literal without its zone (normalize._unscoped)
+    else:
         with contextlib.suppress(ValueError):
             host = canonical_domain(host)
     port = f":{parts.port}" if parts.port else ""  # a bad port raises ValueError here
     netloc = (f"[{host}]" if ":" in host else host) + port
     return urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+
+
+# A URL without its scheme: a host (name, IPv4 address or bracketed IPv6 address), an optional
+# port, then nothing or a path, query or fragment. No user info: `user:pw@host/x` is refused.
+_SCHEMELESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.%]+\]|[^\s/?#@:\[\]]+)(?::[0-9]+)?(?:[/?#]\S*)?$")
+
+
+def url_or_schemeless(value: Any) -> str:
+    """A URL as `url` gives it; one written without a scheme (`www.example.com/login`, as MISP
+    takes a url) is read as http://, the scheme a browser assumes, so that it is an absolute
+    URI as a STIX url value must be. Only a dotted host name or an address may start one:
+    `mailto:...`, `/relative` or free text is not a URL at all."""
+    text = _text(value).strip()
+    if "://" in text:
+        return url(text)
+    match = _SCHEMELESS.match(text)
+    host = match.group("host").strip("[]") if match else ""
+    if not host or not (is_ip(host) or ("." in host and _is_domain(host))):
+        raise ValueError(f"not a URL with a host: {value!r}")
+    return url(f"http://{text}")
+
+
+def _is_domain(text: str) -> bool:
+    try:
+        canonical_domain(text)
+    except ValueError:
+        return False
+    return True
 
 
 def url_without_query(value: Any) -> str:
@@ -179,6 +239,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "mask_secret": mask_secret,
     "email": email,
     "url": url,
+    "url_or_schemeless": url_or_schemeless,
     "url_without_query": url_without_query,
     "cve_in_text": cve_in_text,
 }

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from connector.adapters.converters import CONVERTERS
-from connector.adapters.mapping import FieldSpec, Mapping
+from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
+from connector.adapters.mapping import FieldSpec, Mapping, report_type_of, secret_column
 from connector.adapters.paths import MISSING, lookup
-from connector.adapters.readers import RawRecord, RowError, reader_with_options
+from connector.adapters.readers import RawRecord, ReadStats, RowError, reader_with_options
 from connector.adapters.rules import Classifier
 from connector.notification import Classification, Notification, SourceRef
 
@@ -42,29 +43,83 @@ class FileContext:
 
 
 def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> FileContext:
-    if mapping.context is None:
-        return FileContext({})
-    prefix = path.name.split(".", 1)[0]
-    sidecar = explicit or path.with_name(mapping.context.sidecar.format(prefix=prefix))
+    """The file's context: what its family and its name give (family_context), and the values
+    of its sidecar file where the mapping declares one (`explicit`: the one the operator
+    named), completed from the sidecar's name (ContextSpec.from_file_name)."""
+    facts = family_context(mapping, path)
+    spec = mapping.context
+    if spec is None:
+        return FileContext(facts)
+    sidecar = explicit or _sidecar_beside(mapping, path)
     try:
-        values = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+        values = yaml.safe_load(front_matter(sidecar.read_text(encoding="utf-8")))
     except OSError:
-        where = (
-            f"{sidecar} was not found"
-            if explicit
-            else f"its metadata file {sidecar.name} was not found beside it"
-        )
         raise InputError(
-            f"{path}: {where} (the {mapping.format} format needs it for TLP and case id)"
+            f"{path}: {sidecar} was not found (the {mapping.format} format needs its case metadata)"
         ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{sidecar}: not valid UTF-8") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{sidecar}: not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise InputError(f"{sidecar}: must be a mapping of keys")
-    missing = [k for k in mapping.context.required if _empty(values.get(k, MISSING))]
+    for key, pattern in spec.from_file_name.items():
+        match = re.match(pattern, sidecar.name)
+        if _empty(values.get(key, MISSING)) and match:
+            values[key] = match.group(1 if match.re.groups else 0)
+    missing = [k for k in spec.required if _empty(values.get(k, MISSING))]
     if missing:
-        raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}")
-    return FileContext(values, str(sidecar))
+        named = " (not in the file, nor in its name)" if set(missing) & set(spec.from_file_name) else ""
+        raise InputError(f"{sidecar}: required key(s) missing: {', '.join(missing)}{named}")
+    return FileContext({**facts, **values}, str(sidecar))
+
+
+def _sidecar_beside(mapping: Mapping, path: Path) -> Path:
+    """The first of the mapping's sidecar names that exists beside the input; InputError
+    naming them when none does."""
+    assert mapping.context is not None
+    prefix = path.name.split(".", 1)[0]
+    candidates = [path.with_name(p.format(prefix=prefix)) for p in mapping.context.sidecars()]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    others = f" (nor {', '.join(c.name for c in candidates[1:])})" if len(candidates) > 1 else ""
+    raise InputError(
+        f"{path}: its metadata file {candidates[0].name} was not found beside it{others} "
+        f"(the {mapping.format} format needs its case metadata; --case FILE names one elsewhere)"
+    )
+
+
+def front_matter(text: str) -> str:
+    """The YAML front matter of a Markdown file (between its first two `---` lines, as Jekyll
+    and DIVD's public case files have it); any other text whole (a YAML file)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return text
+    for number, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            return "".join(lines[1:number])
+    return text
+
+
+def family_context(mapping: Mapping, path: Path) -> dict[str, Any]:
+    """`report_type` for a file of a report family (mapping.FAMILY_CONTEXT): the mapping's own,
+    or for the family's fallback the one the file's name gives. The fallback's notifications
+    are told apart by it (their identifier): without it, reports of two types about the same
+    host and port on one day (scan_ldap_tcp, scan_ldap_udp) became one notification. A
+    fallback file whose name gives no report type cannot be read: InputError."""
+    if mapping.family is None:
+        return {}
+    if mapping.report_type != "*":
+        return {"report_type": mapping.report_type}
+    found = report_type_of(path.name, mapping.family)
+    if found is None:
+        raise InputError(
+            f"{path}: the file name gives no report type (name it as {mapping.family} does: "
+            f"2024-06-01-<report_type>-nl.csv); the {mapping.format} fallback needs it to keep "
+            "report types apart"
+        )
+    return {"report_type": found}
 
 
 class MappedAdapter:
@@ -88,8 +143,22 @@ class MappedAdapter:
         self.file_label = file_label
         self.default_tlp = default_tlp
         self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
+        self.read_stats = ReadStats()
         self._classify = Classifier(
             mapping, lambda specs: [(name, self._compile(name, spec)) for name, spec in specs.items()]
+        )
+        # Records with credential columns (mapping.secret_columns) are read by fields that
+        # quote no value in a reason: in such a report any cell may hold a password fragment.
+        self._secret_words = frozenset(mapping.secret_columns)
+        self._secret: dict[str, bool] = {}  # column name -> holds credentials
+        self._header_secrets: tuple[list[str], list[str]] | None = None
+        self._classify_personal = (
+            Classifier(
+                mapping,
+                lambda specs: [(name, self._compile(name, spec, True)) for name, spec in specs.items()],
+            )
+            if self._secret_words
+            else self._classify
         )
         named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
@@ -101,7 +170,55 @@ class MappedAdapter:
         self._skip = [(rule.field, rule.equals, rule.reason) for rule in mapping.skip]
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
-        return self._reader(stream)
+        """The input's records, streaming; `padded_rows` and `read_warnings()` tell what the
+        reader noticed once they are all read."""
+        self.read_stats = ReadStats()
+        rows = self._reader(stream, stats=self.read_stats)
+        return self._raw_withheld(rows) if self._secret_words else rows
+
+    def _raw_withheld(self, rows: Iterator[RawRecord | RowError]) -> Iterator[RawRecord | RowError]:
+        """The rows, with the raw line withheld ("") wherever it may hold credentials: a record
+        with a credential column, and a faulty row of such an input (or of one whose columns
+        are not known: a JSON line)."""
+        for row in rows:
+            if isinstance(row, RawRecord):
+                personal = bool(self._secrets_in(row.data))
+            else:
+                header = self.read_stats.header
+                personal = header is None or bool(self._secrets_in(dict.fromkeys(header)))
+            yield replace(row, raw="") if personal and row.raw else row
+
+    def _secrets_in(self, data: dict[str, Any]) -> list[str]:
+        """The record's columns that hold credentials by their names (sorted); [] without any,
+        and for a mapping that names no secret_columns. Worked out once per CSV header."""
+        if not self._secret_words:
+            return []
+        header = self.read_stats.header
+        if header is not None and len(data) == len(header):
+            if self._header_secrets is None or self._header_secrets[0] is not header:
+                self._header_secrets = (header, self._secret_names(header))
+            return self._header_secrets[1]
+        return self._secret_names(data)
+
+    def _secret_names(self, names: Iterable[str]) -> list[str]:
+        found = []
+        for name in names:
+            secret = self._secret.get(name)
+            if secret is None:
+                secret = self._secret[name] = secret_column(name, self._secret_words)
+            if secret:
+                found.append(name)
+        return sorted(found)
+
+    @property
+    def padded_rows(self) -> int:
+        """Rows of the last input read with missing trailing cells taken as empty (complete
+        once `rows` is exhausted): for the run's counts."""
+        return self.read_stats.padded_rows
+
+    def read_warnings(self) -> list[str]:
+        """What the reader noticed about the last input, as sentences for the run's warnings."""
+        return self.read_stats.warnings()
 
     def notifications(self, record: RawRecord) -> list[Notification]:
         return [self.notification(record)]
@@ -112,14 +229,16 @@ class MappedAdapter:
         for path, equals, reason in self._skip:
             if lookup(data, path) in equals:
                 raise RowSkipped(reason)
-        c, fields = self._classify(data)
+        secrets = self._secrets_in(data)
+        c, fields = (self._classify_personal if secrets else self._classify)(data)
         values = {name: field(data) for name, field in fields}
         for needed in ("identifier", "observed_at"):
             if values.get(needed) is None:
                 raise RowRejected(f"{needed}: missing")
         if not (values.get("ip") or values.get("url") or values.get("email") or values.get("hostname")):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
-        evidence = self._evidence_of(data)
+        evidence = self._evidence_of(data, secrets)
+        personal = bool(secrets)
         return Notification(
             partner=self.partner,
             feed=self.mapping.format,
@@ -128,13 +247,14 @@ class MappedAdapter:
             tlp=values.pop("tlp", None) or self.default_tlp,
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
-            direct_owner_only=self.mapping.direct_owner_only,
-            discard_unrouted=self.mapping.discard_unrouted,
+            direct_owner_only=self.mapping.direct_owner_only or personal,
+            discard_unrouted=self.mapping.discard_unrouted or personal,
             **values,
         )
 
-    def _evidence_of(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept."""
+    def _evidence_of(self, data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept,
+        never a credential column: those are named in `columns_withheld`, their values left out."""
         evidence = {}
         for name, path, convert in self._evidence:
             value = lookup(data, path)
@@ -143,23 +263,27 @@ class MappedAdapter:
             if convert is not None:
                 try:
                     value = convert(value)
-                except ValueError:
+                except CONVERSION_ERRORS:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
-            skip = self._not_unmapped
+            skip = self._not_unmapped.union(secrets) if secrets else self._not_unmapped
             unmapped = {k: v for k, v in data.items() if k not in skip and not _empty(v)}
             if unmapped:
                 evidence["unmapped"] = unmapped
+        if secrets:
+            evidence["columns_withheld"] = secrets
         return evidence
 
-    def _compile(self, name: str, spec: FieldSpec) -> Callable[[dict[str, Any]], Any]:
-        """One field's value from a record: converted, None when absent, RowRejected when wrong."""
+    def _compile(self, name: str, spec: FieldSpec, personal: bool = False) -> Callable[[dict[str, Any]], Any]:
+        """One field's value from a record: converted, None when absent, RowRejected when wrong.
+        `personal`: for records with credential columns (mapping.secret_columns)."""
         paths = spec.paths()
         # A mapping whose raw lines may not be kept (they hold personal data) quotes no value
         # in a reason either, secret or not: a password with an unquoted comma shifts the row's
-        # cells, so any column may hold password text or a `user:password@` URL.
-        withhold = spec.secret or not self.mapping.keep_raw_in_quarantine
+        # cells, so any column may hold password text or a `user:password@` URL. So does a
+        # record with a credential column.
+        withhold = spec.secret or not self.mapping.keep_raw_in_quarantine or personal
         if spec.value is not None or spec.context is not None:
             if spec.value is not None:
                 raw, where = spec.value, name
@@ -199,7 +323,7 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> 
             return raw
         try:
             return convert(raw)
-        except ValueError as exc:
+        except CONVERSION_ERRORS as exc:
             # A value that is present but wrong is a fault even where the field is optional:
             # dropping it silently would turn a bad row into a misleading notification.
             detail = "not usable (value withheld: personal data)" if withhold else str(exc)

@@ -26,7 +26,11 @@ def feeds_table(mappings: dict[str, Mapping]) -> str:
         )
     for name in sorted(mappings):
         m = mappings[name]
-        sidecar = f"`{m.context.sidecar}` beside the input" if m.context else "-"
+        sidecar = (
+            " or ".join(f"`{name}`" for name in m.context.sidecars()) + " beside the input"
+            if m.context
+            else "-"
+        )
         classes = [f"{m.classification.taxonomy}/{m.classification.type}"]
         classes += [f"{r.classification.taxonomy}/{r.classification.type}" for r in m.classify]
         shown = f"`{classes[0]}`" + (

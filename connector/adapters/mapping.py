@@ -7,8 +7,9 @@ in `engine.py` and knows no feed.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,23 @@ TARGET_FIELDS = (
     "case_id",
     "tlp",
 )
+
+
+_CAMEL_CASE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def column_words(name: str) -> set[str]:
+    """The words of a column name, lower-cased: split at anything not a letter or digit and
+    at camelCase humps, plus each two neighbours joined (`api_key`, `apiKey`, `API-KEY` all
+    give `apikey`)."""
+    tokens = [t for t in re.split(r"[^a-z0-9]+", _CAMEL_CASE.sub("_", name).lower()) if t]
+    return set(tokens) | {a + b for a, b in itertools.pairwise(tokens)}
+
+
+def secret_column(name: str, words: Iterable[str]) -> bool:
+    """Whether a column holds credentials by its name: one of its words is one of `words`
+    (a mapping's `secret_columns`). Words, not substrings: `bypass` is no `pass`."""
+    return not column_words(name).isdisjoint(words)
 
 
 class MappingError(Exception):
@@ -124,10 +142,32 @@ class SkipRule(_Strict):
 
 
 class ContextSpec(_Strict):
-    """Metadata that applies to a whole input file, read from a sidecar file beside it."""
+    """Metadata that applies to a whole input file, read from a sidecar file beside it: YAML,
+    or the YAML front matter of a Markdown file (between its first two `---` lines, as DIVD
+    publishes its case files).
 
-    sidecar: str = Field(description="file name pattern; {prefix} is the input name up to its first dot")
+    `from_file_name`: keys the sidecar's own file name gives where the file has no value for
+    them (key -> a regular expression matched at the start of the name; its first group, or
+    the whole match)."""
+
+    sidecar: str | list[str] = Field(
+        description="file name pattern(s), tried in order; {prefix} is the input name up to its first dot"
+    )
     required: list[str] = []
+    from_file_name: dict[str, str] = {}
+
+    @field_validator("from_file_name")
+    @classmethod
+    def _compiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{key}: not a valid regular expression: {exc}") from None
+        return value
+
+    def sidecars(self) -> list[str]:
+        return [self.sidecar] if isinstance(self.sidecar, str) else list(self.sidecar)
 
 
 class ClassificationSpec(_Strict):
@@ -226,6 +266,11 @@ class Mapping(_Strict):
     keep_unmapped: bool = False
     # ...except these, which are never kept anywhere (a raw password, say).
     drop: list[str] = []
+    # Columns whose names hold one of these words hold credentials (secret_column): never kept,
+    # and a record that has one is personal data (direct owner only, discarded when unrouted,
+    # no raw line and no value in a quarantine reason). For layouts nobody has checked: the
+    # Shadowserver fallback.
+    secret_columns: list[str] = []
     keep_raw_in_quarantine: bool = True
     # Notifications nobody claims are counted and discarded, not stored (personal data).
     discard_unrouted: bool = False
@@ -281,12 +326,49 @@ class Mapping(_Strict):
                 raise ValueError(f"evidence.{name}: column {path!r} is secret; only mask_secret may read it")
         return self
 
+    @field_validator("secret_columns")
+    @classmethod
+    def _words(cls, value: list[str]) -> list[str]:
+        bad = [w for w in value if not re.fullmatch(r"[a-z0-9]+", w)]
+        if bad:
+            raise ValueError(f"words are lower-case letters and digits (apikey, not api_key): {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_columns_unread(self) -> Mapping:
+        """A column that holds credentials by its name is read only as a secret field, or as
+        evidence through mask_secret."""
+        if not self.secret_columns:
+            return self
+        fields: list[tuple[str, FieldSpec | None]] = [(f"fields.{n}", s) for n, s in self.fields.items()]
+        fields += [
+            (f"classify.{i}.fields.{n}", s) for i, r in enumerate(self.classify) for n, s in r.fields.items()
+        ]
+        for where, spec in fields:
+            for path in spec.paths() if spec is not None and not spec.secret else []:
+                if secret_column(path.split(".", 1)[0], self.secret_columns):
+                    raise ValueError(
+                        f"{where}: column {path!r} holds credentials (secret_columns); mark it secret"
+                    )
+        for name, evidence in self.evidence.items():
+            path = evidence if isinstance(evidence, str) else evidence.source
+            masked = not isinstance(evidence, str) and evidence.convert == "mask_secret"
+            if not masked and secret_column(path.split(".", 1)[0], self.secret_columns):
+                raise ValueError(
+                    f"evidence.{name}: column {path!r} holds credentials (secret_columns); "
+                    "only mask_secret may read it"
+                )
+        return self
+
     @model_validator(mode="after")
     def _context_keys_declared(self) -> Mapping:
         rules = [(f"classify.{i}.fields", rule.fields) for i, rule in enumerate(self.classify)]
+        built_in = FAMILY_CONTEXT if self.family is not None else set()
         for where, specs in [("fields", self.fields), *rules]:
             for name, spec in specs.items():
-                if spec is not None and spec.context is not None and self.context is None:
+                if spec is None or spec.context is None or spec.context in built_in:
+                    continue
+                if self.context is None:
                     raise ValueError(f"{where}.{name}: uses `context` but the mapping declares none")
         return self
 
@@ -321,6 +403,24 @@ def load_mappings(directory: Path | None = None) -> dict[str, Mapping]:
             raise MappingError(str(path), [f"format: {mapping.format!r} is defined twice"])
         mappings[mapping.format] = mapping
     return mappings
+
+
+# Context every file of a family has without a sidecar: `report_type`, the mapping's own, or
+# for the fallback (`report_type: "*"`) the one the file's name gives (report_type_of).
+FAMILY_CONTEXT = {"report_type"}
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def report_type_of(file_name: str, family: str | None = None) -> str | None:
+    """The report type a file's name gives: its first word (letters, digits and `_`, starting
+    with a letter) that is not part of a date or the family's name. `2024-06-01-scan_ldap_udp-
+    nl.csv`, `scan_ldap_udp.csv` and `scan_ldap_udp-2024-06-01.csv` give `scan_ldap_udp`, as
+    Shadowserver names its files; None when the name gives none (`2024-06-01.csv`)."""
+    stem = _DATE.sub(" ", file_name.lower().split(".", 1)[0])
+    for token in re.split(r"[^a-z0-9_]+", stem):
+        if token and token[0].isalpha() and token != family:
+            return token
+    return None
 
 
 def family_mapping(mappings: dict[str, Mapping], family: str, file_name: str) -> tuple[Mapping, bool]:

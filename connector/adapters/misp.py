@@ -16,11 +16,14 @@ notification:
 | `domain`, `hostname` | hostname |
 | `hostname|port` | hostname, port |
 | `domain|ip` | hostname, ip (routed by the address) |
-| `url` | url, plus its host as hostname (or ip, for an IP literal) to route by |
+| `url` | url, plus its host as hostname (or ip, for an IP literal) to route by (**) |
 | `email`, `email-src`, `email-dst`, `email-reply-to` | email (routed by its domain) (*) |
 
 (*) e-mail addresses are personal data: direct owner only, discarded when unrouted, and an
 unusable one is reported without its value.
+(**) MISP takes a url without a scheme (`www.example.com/path`): it is read as http://, the
+scheme a browser assumes, since a STIX url value must be an absolute URI; the value as given is
+kept in evidence (`misp_url_as_given`). Only a dotted host name or an address may start one.
 
 Inside a MISP object (`ip-port`, `domain-ip` ...) an address or host name takes the object's
 single `dst-port` (and `protocol`) as its port; an `ip-src` does not (its port is the client's).
@@ -40,6 +43,11 @@ notification: it is not made without the port or with another time (see `_from_o
 - observed_at: the attribute's first_seen, the object's first_seen (or its `first-seen`
   attribute), the attribute's timestamp (its last change in MISP), else the event's date
   (midnight UTC): the first one present decides. An event without any of these is quarantined.
+  A deciding time that is present but unusable (no time, out of range or a placeholder:
+  converters.observation_time; or a first_seen PyMISP dropped because it could not parse it)
+  is never passed over for the next one: the notification is withheld. The attribute's own
+  first_seen or timestamp is that attribute's fault; the object's, or the event's date, is one
+  fault naming the notifications it withheld.
 - evidence: event and attribute UUIDs, MISP type, category, object name/UUID/relation,
   comments, to_ids, the creating organisation, where classification and TLP came from, and
   per event the count (by type) of attributes that gave no notification (text, hashes,
@@ -64,13 +72,23 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any, BinaryIO
 
 import orjson
 from pymisp import MISPAttribute, MISPEvent, MISPObject, PyMISP
 
-from connector.adapters.converters import domain, email, ip_address, port, timestamp, url
+from connector.adapters.converters import (
+    CONVERSION_ERRORS,
+    domain,
+    email,
+    ip_address,
+    observation_time,
+    port,
+    timestamp,
+    url_or_schemeless,
+)
 from connector.adapters.engine import RowRejected, RowSkipped
 from connector.adapters.readers import RawRecord, Row, RowError, read_jsonl
 from connector.adapters.registry import AdapterContext, AdapterInfo, RecordOutcome, register
@@ -265,7 +283,7 @@ def routable_fields(misp_type: str, value: Any) -> dict[str, Any]:
         host, _, address = text.partition("|")
         return {"hostname": domain(host), "ip": ip_address(address)}
     if misp_type == "url":
-        clean = url(text)
+        clean = url_or_schemeless(text)  # MISP takes `www.example.com/path` as a url
         host = url_host(clean) or ""
         return {
             "url": clean,
@@ -277,11 +295,76 @@ def routable_fields(misp_type: str, value: Any) -> dict[str, Any]:
 
 
 def _as_utc(value: Any) -> datetime:
+    """A time PyMISP parsed (or a `first-seen` attribute's text) as an observation time in
+    UTC; ValueError when it is none (out of range, a placeholder, not a time)."""
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return observation_time(value)
     if isinstance(value, date):
-        return datetime.combine(value, time(), UTC)
+        return observation_time(datetime.combine(value, time(), UTC))
     return timestamp(value)
+
+
+# A time the input gave that PyMISP did not keep: it drops a first_seen it cannot parse (an
+# epoch number out of range, a text that is no time) with only a log line.
+DROPPED: Any = object()
+
+
+def _dropped_first_seen(data: dict[str, Any], event: MISPEvent) -> set[int]:
+    """The attributes and objects (by id()) whose input has a first_seen that PyMISP dropped.
+
+    PyMISP loads an event's attributes and objects in the input's order, so they are paired by
+    position; a list whose length PyMISP changed is paired by UUID instead."""
+    body = data.get("Event", data)
+    pairs = _paired(body.get("Attribute"), event.attributes)
+    for raw_object, obj in _paired(body.get("Object"), event.objects):
+        pairs += [(raw_object, obj), *_paired(raw_object.get("Attribute"), obj.attributes)]
+    return {
+        id(entity)
+        for raw, entity in pairs
+        if raw.get("first_seen") not in (None, "") and entity.get("first_seen") is None
+    }
+
+
+def _paired(raw: Any, loaded: list[Any]) -> list[tuple[dict[str, Any], Any]]:
+    items = raw if isinstance(raw, list) else []
+    if len(items) == len(loaded) and all(isinstance(i, dict) for i in items):
+        return list(zip(items, loaded, strict=True))
+    by_uuid = {str(i.get("uuid")): i for i in items if isinstance(i, dict) and i.get("uuid")}
+    return [(by_uuid[str(e.uuid)], e) for e in loaded if str(getattr(e, "uuid", None)) in by_uuid]
+
+
+def _holder_key(bad: _Unusable) -> int:
+    """What an unusable value's fault is counted by: the attribute holding it, the object (its
+    own first_seen), or the event (its date, for every attribute it would date)."""
+    if not isinstance(bad, _TimeSource):
+        return id(bad)
+    if bad.attribute is not None:
+        return id(bad.attribute)
+    return id(bad.obj)  # id(None) for the event's date: one key for the event
+
+
+@dataclass(frozen=True)
+class _TimeSource:
+    """The value that decides a notification's time, and what holds it: the attribute itself
+    (its first_seen or timestamp), the object (its first_seen), the object's `first-seen`
+    attribute, or the event (its date). An unusable value is the holder's fault."""
+
+    value: Any
+    field: str
+    attribute: MISPAttribute | None = None  # the attribute, or the object's first-seen attribute
+    obj: MISPObject | None = None  # the object, for its own first_seen
+
+    @property
+    def own(self) -> bool:
+        """Whether the value is one of the notification's attribute's own fields."""
+        return self.field in ("first_seen", "timestamp") and self.attribute is not None
+
+
+# An unusable value other attributes' notifications take: an object's attribute (its dst-port,
+# protocol), or a time source (an object's first_seen or first-seen, the event's date).
+_Unusable = MISPAttribute | _TimeSource
+# What one attribute's notification is made of: it, its object, its fields, its time.
+_Found = tuple[MISPAttribute, MISPObject | None, dict[str, Any], datetime]
 
 
 def _object_attributes(obj: MISPObject, relation: str) -> list[MISPAttribute]:
@@ -361,6 +444,7 @@ class _EventMapping:
             | {c for o in event.objects for c in self._cves(o.attributes)}
         )
         self.given_uuids = _input_uuids(record.data)  # PyMISP invents a random uuid where none was given
+        self.dropped = _dropped_first_seen(record.data, event)
         self.without_notification: Counter[str] = Counter()
         self.unusable: list[dict[str, str]] = []
         self.faults: list[str] = []  # one quarantine reason per unusable attribute
@@ -380,51 +464,23 @@ class _EventMapping:
         return RecordOutcome(notifications, self.faults, self.not_routable)
 
     def notifications(self) -> list[Notification]:
-        found: list[tuple[MISPAttribute, MISPObject | None, dict[str, Any]]] = []
-        # An unusable object value -> (it, its object, the attributes whose notifications it withholds)
-        withheld: dict[int, tuple[MISPAttribute, MISPObject, list[MISPAttribute]]] = {}
+        found: list[_Found] = []
+        # An unusable value of an object or the event -> (what holds it, the attributes whose
+        # notifications it withholds)
+        withheld: dict[int, tuple[_Unusable, MISPObject | None, list[MISPAttribute]]] = {}
         for attribute, obj in self.attributes():
             if attribute.get("deleted"):
                 continue
-            misp_type = str(attribute.get("type"))
-            if misp_type not in ROUTABLE_TYPES:
-                self.without_notification[misp_type] += 1
-                self.not_routable += 1
-                continue
-            try:
-                fields = routable_fields(misp_type, attribute.value)
-            except ValueError as exc:
-                self.without_notification[misp_type] += 1
-                # Never the value: it may be another recipient's host or hold a password.
-                reason = f"not a usable {misp_type} value (value withheld)"
-                del exc
-                self.unusable.append(
-                    {"uuid": self._given(attribute.uuid) or "(none)", "type": misp_type, "reason": reason}
-                )
-                self.faults.append(f"{self.where} {self._named(attribute, obj)}: {reason}")
-                continue
-            if obj is not None:
-                unusable = self._from_object(attribute, obj, fields)
-                if unusable:
-                    self.without_notification[misp_type] += 1
-                    for bad in unusable:
-                        withheld.setdefault(id(bad), (bad, obj, []))[2].append(attribute)
-                    continue
-            found.append((attribute, obj, fields))
+            taken = self._take(attribute, obj)
+            if isinstance(taken, list):
+                for bad in taken:
+                    withheld.setdefault(_holder_key(bad), (bad, obj, []))[2].append(attribute)
+            elif taken is not None:
+                found.append(taken)
         for bad, obj, held in withheld.values():
-            self._object_fault(bad, obj, held)
+            self._withheld_fault(bad, obj, held)
         if not found:
-            if self.unusable:
-                listed = self.unusable[:UNUSABLE_LISTED]
-                reasons = "; ".join(f"{u['uuid']} ({u['type']}): {u['reason']}" for u in listed)
-                more = (
-                    f" (and {len(self.unusable) - len(listed)} more)"
-                    if len(self.unusable) > len(listed)
-                    else ""
-                )
-                raise RowRejected(f"{self.where}: no usable routable attribute: {reasons}{more}")
-            types = ", ".join(f"{t} x{n}" for t, n in sorted(self.without_notification.items())) or "none"
-            raise RowSkipped(f"{self.where}: no routable attribute (attributes: {types})")
+            self._nothing_usable()
         if self.without_notification or self.unusable:
             log.info(
                 "MISP attributes without notification",
@@ -434,10 +490,51 @@ class _EventMapping:
                     "unusable": self.unusable,
                 },
             )
-        return [self.notification(attribute, obj, fields) for attribute, obj, fields in found]
+        return [self.notification(*item) for item in found]
+
+    def _take(self, attribute: MISPAttribute, obj: MISPObject | None) -> _Found | list[_Unusable] | None:
+        """One attribute: what its notification is made of; or the unusable values of its
+        object or event that withhold it; or None (context, or a fault of its own, recorded)."""
+        misp_type = str(attribute.get("type"))
+        if misp_type not in ROUTABLE_TYPES:
+            self.without_notification[misp_type] += 1
+            self.not_routable += 1
+            return None
+        try:
+            fields = routable_fields(misp_type, attribute.value)
+        except CONVERSION_ERRORS:
+            # Never the value: it may be another recipient's host or hold a password.
+            self._attribute_fault(attribute, obj, f"not a usable {misp_type} value (value withheld)")
+            return None
+        unusable: list[_Unusable] = self._from_object(attribute, obj, fields) if obj is not None else []
+        source = self._time_source(attribute, obj)
+        observed_at = self._time_of(source)
+        if observed_at is None and source.own:
+            self._attribute_fault(attribute, obj, f"not a usable {source.field} (value withheld)")
+            return None
+        if observed_at is None:
+            unusable.append(source)
+        if unusable:
+            self.without_notification[misp_type] += 1
+            return unusable
+        assert observed_at is not None
+        return attribute, obj, fields, observed_at
+
+    def _nothing_usable(self) -> None:
+        """No notification of the event: RowRejected when routable attributes were unusable
+        (the event is quarantined whole, every one named), else RowSkipped."""
+        if self.unusable:
+            listed = self.unusable[:UNUSABLE_LISTED]
+            reasons = "; ".join(f"{u['uuid']} ({u['type']}): {u['reason']}" for u in listed)
+            more = (
+                f" (and {len(self.unusable) - len(listed)} more)" if len(self.unusable) > len(listed) else ""
+            )
+            raise RowRejected(f"{self.where}: no usable routable attribute: {reasons}{more}")
+        types = ", ".join(f"{t} x{n}" for t, n in sorted(self.without_notification.items())) or "none"
+        raise RowSkipped(f"{self.where}: no routable attribute (attributes: {types})")
 
     def notification(
-        self, attribute: MISPAttribute, obj: MISPObject | None, fields: dict[str, Any]
+        self, attribute: MISPAttribute, obj: MISPObject | None, fields: dict[str, Any], observed_at: datetime
     ) -> Notification:
         misp_type = str(attribute.type)
         where = f"{self.where} attribute {attribute.uuid}"
@@ -456,11 +553,13 @@ class _EventMapping:
         evidence["misp_tlp_from"] = (
             "attribute tag" if attribute_tlp else "event tag" if self.tlp else "partner default"
         )
+        if misp_type == "url" and "://" not in str(attribute.value):
+            evidence["misp_url_as_given"] = str(attribute.value).strip()  # the scheme was assumed
         return Notification(
             partner=self.context.partner,
             feed=FORMAT,
             classification=Classification(taxonomy, type_, identifier),
-            observed_at=self._observed_at(attribute, obj, where),
+            observed_at=observed_at,
             tlp=attribute_tlp or self.tlp or self.context.default_tlp,
             vulnerability=vulnerability,
             evidence=evidence,
@@ -472,7 +571,7 @@ class _EventMapping:
 
     def _from_object(
         self, attribute: MISPAttribute, obj: MISPObject, fields: dict[str, Any]
-    ) -> list[MISPAttribute]:
+    ) -> list[_Unusable]:
         """Fill in what the attribute's notification takes from its object (port, protocol);
         return the object's attributes it would take whose value is unusable (then: withheld).
 
@@ -498,14 +597,14 @@ class _EventMapping:
         Values the adapter does not read (`last-seen`, `src-port`, several `dst-port`s) stay
         context, as before.
         """
-        unusable: list[MISPAttribute] = []
+        unusable: list[_Unusable] = []
         taken: dict[str, Any] = {}
         if str(attribute.type) in _TAKES_OBJECT_PORT and "port" not in fields:
             ports = _object_attributes(obj, "dst-port")
             if len(ports) == 1:
                 try:
                     taken["port"] = port(ports[0].value)
-                except ValueError:
+                except CONVERSION_ERRORS:
                     unusable.append(ports[0])
                 else:
                     protocols = _object_attributes(obj, "protocol")
@@ -515,23 +614,22 @@ class _EventMapping:
                             taken["protocol"] = protocol
                         else:
                             unusable.append(protocols[0])
-        time_source = self._time_source(attribute, obj)
-        if time_source is not None:
-            value, source = time_source
-            if source is not None:  # the object's `first-seen` attribute; PyMISP parsed the rest
-                try:
-                    _as_utc(value)
-                except ValueError:
-                    unusable.append(source)
         if not unusable:
             fields.update(taken)
         return unusable
 
-    def _object_fault(self, bad: MISPAttribute, obj: MISPObject, held: list[MISPAttribute]) -> None:
-        """One unusable object value: a fault naming it and the notifications it withheld."""
-        relation = str(bad.get("object_relation") or "")
-        if str(bad.type) not in ROUTABLE_TYPES:
-            self.not_routable -= 1  # counted as context before it turned out to be needed and unusable
+    def _attribute_fault(self, attribute: MISPAttribute, obj: MISPObject | None, reason: str) -> None:
+        """An attribute whose own value or time is unusable: no notification, one fault."""
+        misp_type = str(attribute.type)
+        self.without_notification[misp_type] += 1
+        self.unusable.append(
+            {"uuid": self._given(attribute.uuid) or "(none)", "type": misp_type, "reason": reason}
+        )
+        self.faults.append(f"{self.where} {self._named(attribute, obj)}: {reason}")
+
+    def _withheld_fault(self, bad: _Unusable, obj: MISPObject | None, held: list[MISPAttribute]) -> None:
+        """One unusable value that notifications of other attributes take (an object's port,
+        protocol or time, the event's date): a fault naming it and the notifications it withheld."""
         listed = [
             f"attribute {given} ({a.type})"
             if _UUID.match(given := self._given(a.uuid))
@@ -539,6 +637,29 @@ class _EventMapping:
             for a in held[:UNUSABLE_LISTED]
         ]
         more = f" and {len(held) - len(listed)} more" if len(held) > len(listed) else ""
+        withheld = f"withheld the notification of {', '.join(listed)}{more}"
+        if isinstance(bad, _TimeSource) and bad.attribute is not None:
+            bad = bad.attribute  # the object's first-seen attribute
+        if isinstance(bad, _TimeSource):  # the object's own first_seen, or the event's date
+            reason = f"not a usable {bad.field} (value withheld)"
+            uuid, kind = (
+                (self._given(bad.obj.uuid), f"object {bad.obj.name}")
+                if bad.obj is not None
+                else (str(self.event.uuid), "event")
+            )
+            self.unusable.append(
+                {
+                    "uuid": uuid or "(none)",
+                    "type": kind,
+                    "reason": f"{reason}: {len(held)} notification(s) withheld",
+                }
+            )
+            holder = f" {self._named_object(bad.obj)}" if bad.obj is not None else ""
+            self.faults.append(f"{self.where}{holder}: {reason}; {withheld}")
+            return
+        relation = str(bad.get("object_relation") or "")
+        if str(bad.type) not in ROUTABLE_TYPES:
+            self.not_routable -= 1  # counted as context before it turned out to be needed and unusable
         reason = f"not a usable {relation} of its object (value withheld)"
         self.unusable.append(
             {
@@ -547,34 +668,41 @@ class _EventMapping:
                 "reason": f"{reason}: {len(held)} notification(s) of the object withheld",
             }
         )
-        self.faults.append(
-            f"{self.where} {self._named(bad, obj, object_uuid=True)}: {reason}; "
-            f"withheld the notification of {', '.join(listed)}{more}"
-        )
+        self.faults.append(f"{self.where} {self._named(bad, obj, object_uuid=True)}: {reason}; {withheld}")
 
-    def _time_source(
-        self, attribute: MISPAttribute, obj: MISPObject | None
-    ) -> tuple[Any, MISPAttribute | None] | None:
-        """The value that decides the notification's time, with the object attribute holding it
-        (None for the attribute's and object's own fields, the timestamp and the event date)."""
-        candidates: list[tuple[Any, MISPAttribute | None]] = [(attribute.get("first_seen"), None)]
+    def _time_source(self, attribute: MISPAttribute, obj: MISPObject | None) -> _TimeSource:
+        """The value that decides the notification's time: the first present of the attribute's
+        first_seen, the object's first_seen, the object's `first-seen` attribute, the
+        attribute's timestamp and the event's date. A value the input gave and PyMISP dropped
+        is present (DROPPED): it is not passed over for the next one."""
+        candidates = [_TimeSource(self._first_seen(attribute), "first_seen", attribute)]
         if obj is not None:
             seen = _single(_object_attributes(obj, "first-seen"))
-            candidates += [(obj.get("first_seen"), None), (seen.value if seen is not None else None, seen)]
-        candidates += [(attribute.get("timestamp"), None), (self.day, None)]
-        for value, source in candidates:
-            if value is not None and value != "":
-                return value, source
-        return None
+            candidates.append(_TimeSource(self._first_seen(obj), "first_seen", obj=obj))
+            if seen is not None:
+                candidates.append(_TimeSource(seen.value, "first-seen", seen))
+        candidates += [
+            _TimeSource(attribute.get("timestamp"), "timestamp", attribute),
+            _TimeSource(self.day, "date"),
+        ]
+        for candidate in candidates:
+            if candidate.value is not None and candidate.value != "":
+                return candidate
+        return candidates[-1]
 
-    def _observed_at(self, attribute: MISPAttribute, obj: MISPObject | None, where: str) -> datetime:
-        time_source = self._time_source(attribute, obj)
-        if time_source is None:
-            raise RowRejected(f"{where}: no observation time (first_seen, timestamp or event date)")
+    def _first_seen(self, entity: MISPAttribute | MISPObject) -> Any:
+        return DROPPED if id(entity) in self.dropped else entity.get("first_seen")
+
+    def _time_of(self, source: _TimeSource) -> datetime | None:
+        """The source's value as an observation time; None when it is unusable."""
+        if source.value is DROPPED:
+            return None
+        if source.value is None or source.value == "":
+            raise RowRejected(f"{self.where}: no observation time (first_seen, timestamp or event date)")
         try:
-            return _as_utc(time_source[0])
-        except ValueError:  # an unusable object `first-seen` withheld the notification before this
-            raise RowRejected(f"{where}: not a usable observation time (value withheld)") from None
+            return _as_utc(source.value)
+        except CONVERSION_ERRORS:
+            return None
 
     def _identifier(self, taxonomy: str, type_: str, cve: str | None, attribute_tags: list[str]) -> str:
         if cve:
@@ -613,6 +741,12 @@ class _EventMapping:
             if (object_uuid or not named) and _UUID.match(given_object):
                 context += f" {given_object}"
         return f"{f'attribute {given}' if named else 'attribute without a valid uuid'} ({context})"
+
+    def _named_object(self, obj: MISPObject) -> str:
+        """The object as a quarantine reason names it: `object <name> <uuid>`, each where usable."""
+        name = str(obj.name) if _OBJECT_NAME.match(str(obj.name)) else "(unnamed)"
+        given = self._given(obj.uuid)
+        return f"object {name}" + (f" {given}" if _UUID.match(given) else " without a valid uuid")
 
     def _given(self, value: Any) -> str:
         """A UUID from the input; "" (left out of evidence) for one PyMISP made up."""

@@ -62,6 +62,15 @@ def record_outcome(adapter: Adapter, record: RawRecord) -> RecordOutcome:
     return RecordOutcome(adapter.notifications(record))
 
 
+def read_warnings(adapter: Adapter) -> list[str]:
+    """What the adapter's reader noticed about the input it read last, as sentences for the
+    run's warnings (a mapped CSV feed: rows read with missing trailing cells empty, counted in
+    `MappedAdapter.padded_rows`); [] for adapters that note nothing. Call it once the adapter's
+    rows are all read: they are streamed."""
+    warnings = getattr(adapter, "read_warnings", None)
+    return list(warnings()) if warnings is not None else []
+
+
 AdapterFactory = Callable[[AdapterContext], Adapter]
 CODE_ADAPTERS: dict[str, AdapterFactory] = {}
 

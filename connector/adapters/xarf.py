@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -339,38 +340,91 @@ def _empty(value: Any) -> bool:
     return value is MISSING or value is None or value == "" or value == [] or value == {}
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """What an identifier names: a host (address or name), and the port and URL form it was
+    given in. `source_identifier` is "IP address, domain, or other identifier" (the schema
+    takes any string): senders write `192.0.2.1`, `2001:db8::1`, `host.example`, and also
+    `host.example:8080`, `192.0.2.1:25`, `[2001:db8::1]:443` or a URL (xarf-python's v3
+    converter copies a v3 content report's Source URL there)."""
+
+    host: str
+    port: int | None = None
+    url: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Just a host: nothing more than the address or host name is given."""
+        return self.port is None and not self.url
+
+
+def endpoint(value: str) -> Endpoint:
+    """The identifier split into host, port and form; ValueError for a port that is not one
+    (`host:99999`) or brackets that do not close."""
+    text = value.strip()
+    if "://" in text:
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"invalid port in URL {value!r}") from None
+        if port == 0:
+            raise ValueError(f"invalid port in URL {value!r}")
+        return Endpoint(parts.hostname or "", port, url=True)
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid IP address {value!r}")
+        return Endpoint(host, converters.port(rest[1:]) if rest else None)
+    if text.count(":") == 1:  # host:port; an IPv6 address has two colons or more
+        host, _, number = text.partition(":")
+        return Endpoint(host, converters.port(number))
+    return Endpoint(text)
+
+
 def ip_or_none(value: Any) -> str | None:
-    """An IP address; None for a host name or other identifier; ValueError for a malformed
-    address (`999.12.1.4`), which must not pass as a host name."""
+    """An IP address (of an identifier in any form `endpoint` reads); None for a host name or
+    other identifier; ValueError for a malformed address (`999.12.1.4`), which must not pass
+    as a host name, or a malformed port."""
     if not isinstance(value, str):
         return None
-    text = value.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if is_ip(text):
-        return canonical_ip(text)
-    if ":" in text or _IPV4_LIKE.match(text):
+    host = endpoint(value).host
+    if is_ip(host):
+        return canonical_ip(host)
+    if ":" in host or _IPV4_LIKE.match(host):
         raise ValueError(f"invalid IP address {value!r}")
     return None
 
 
 def host_or_none(value: Any) -> str | None:
-    """A host name (lower-case, IDNA), from a bare name or a URL; None for an IP address or
-    anything that is not a dotted name (an e-mail address, an AS number)."""
+    """A host name (lower-case, IDNA), from a bare name, `name:port` or a URL; None for an IP
+    address or anything that is not a dotted name (an e-mail address, an AS number)."""
     if not isinstance(value, str):
         return None
     text = value.strip()
     if "://" in text:
         return converters.url_host_name(text)
+    try:
+        host = endpoint(text).host
+    except ValueError:
+        return None  # not a host name: the address field says what is wrong with it
     if (
-        "." not in text
-        or ":" in text
-        or "@" in text
-        or _IPV4_LIKE.match(text)
-        or any(c.isspace() for c in text)
+        "." not in host
+        or ":" in host
+        or "@" in host
+        or _IPV4_LIKE.match(host)
+        or any(c.isspace() for c in host)
     ):
         return None
-    return canonical_domain(text)
+    return canonical_domain(host)
+
+
+def port_or_none(value: Any) -> int | None:
+    """A port: a number, or the port an identifier names (`host:8080`, a URL with a port);
+    None for an identifier without one."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        return endpoint(value).port
+    return converters.port(value)
 
 
 FIELD_CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -378,7 +432,7 @@ FIELD_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "hostname": host_or_none,
     "url": converters.url,
     "email": converters.email,
-    "port": converters.port,
+    "port": port_or_none,
     "asn": converters.asn,
     "severity": converters.lower,
     "vulnerability": converters.cve_id,
@@ -393,7 +447,7 @@ def _field(name: str, paths: tuple[str, ...], report: dict[str, Any]) -> Any:
             continue
         try:
             value = FIELD_CONVERTERS[name](raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             raise RowRejected(f"{name}: {exc} (from {path})") from None
         if value is not None:
             return value
@@ -619,6 +673,7 @@ class XarfAdapter:
             )
         observed_at = _field_required("observed_at", self.table.observed_at, report, converters.timestamp)
         evidence = {name: _evidence(spec, report) for name, spec in rule.evidence.items()}
+        evidence["source_identifier"] = _source_given(report)
         return Notification(
             partner=self.context.partner,
             feed=FORMAT,
@@ -661,9 +716,21 @@ class XarfAdapter:
                 continue
             try:
                 return converters.tlp(value)
-            except ValueError as exc:
+            except converters.CONVERSION_ERRORS as exc:
                 raise RowRejected(f"tlp: {exc} (from {where})") from None
         return None
+
+
+def _source_given(report: dict[str, Any]) -> Any:
+    """The source identifier as given, where it says more than the host the notification is
+    routed by (its port, its URL): kept, not lost. MISSING (not kept) for a plain one."""
+    value = report.get("source_identifier")
+    if not isinstance(value, str):
+        return MISSING
+    try:
+        return MISSING if endpoint(value).plain else value
+    except ValueError:
+        return MISSING
 
 
 def _field_required(
@@ -675,7 +742,7 @@ def _field_required(
             continue
         try:
             return convert(raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             raise RowRejected(f"{name}: {exc} (from {path})") from None
     raise RowRejected(f"{name}: missing ({' or '.join(paths)} absent or empty)")
 
@@ -689,7 +756,7 @@ def _identifier(spec: IdentifierSpec, report: dict[str, Any]) -> str:
             continue
         try:
             return spec.prefix + IDENTIFIER_CONVERTERS[spec.convert](raw)
-        except ValueError as exc:
+        except converters.CONVERSION_ERRORS as exc:
             if spec.default is None:
                 raise RowRejected(f"identifier: {exc} (from {path})") from None
     if spec.default is not None:
