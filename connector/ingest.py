@@ -31,6 +31,7 @@ from connector.adapters.registry import (
     AdapterContext,
     RecordOutcome,
     load_code_adapters,
+    read_warnings,
     record_outcome,
 )
 from connector.collections import collection_rows, inbox_collection_id
@@ -118,6 +119,7 @@ COUNT_NAMES = (
     "unchanged",
     "repeated",
     "quarantined",
+    "padded",
     "skipped",
     "attributes_quarantined",
     "attributes_skipped",
@@ -342,6 +344,8 @@ class Ingestor:
                     self._flush(summary, batch, transaction.writer())
                 if rows:
                     self._record_rows(summary.run_id, rows, transaction.writer())
+            summary.counts["padded"] += getattr(adapter, "padded_rows", 0)
+            summary.warnings += read_warnings(adapter)
         except BaseException:
             transaction.abort()
             raise

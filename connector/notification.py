@@ -30,6 +30,24 @@ class SourceRef:
     line: int
 
 
+def observable_of(
+    url: str | None,
+    email: str | None,
+    ip: str | None,
+    hostname: str | None,
+    port: int | None,
+    protocol: str | None,
+) -> str:
+    """Notification.observable from its fields (the stored record has them too)."""
+    # The most specific first: two phishing URLs on one shared-hosting address are two.
+    host = url or email or ip or hostname or ""
+    if port is None:
+        return host
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    protocol = (protocol or "tcp").lower()
+    return endpoint if protocol == "tcp" else f"{endpoint}/{protocol}"
+
+
 @dataclass(slots=True)
 class Notification:
     partner: str
@@ -61,13 +79,7 @@ class Notification:
         protocol, or with TCP, the observable is what it always was (`192.0.2.1:389`), so the
         ids of the notifications stored before (all derived from the natural key) stay valid;
         the network-traffic object took a missing protocol for TCP already."""
-        # The most specific first: two phishing URLs on one shared-hosting address are two.
-        host = self.url or self.email or self.ip or self.hostname or ""
-        if self.port is None:
-            return host
-        endpoint = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        protocol = (self.protocol or "tcp").lower()
-        return endpoint if protocol == "tcp" else f"{endpoint}/{protocol}"
+        return observable_of(self.url, self.email, self.ip, self.hostname, self.port, self.protocol)
 
     @property
     def day(self) -> str:

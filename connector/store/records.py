@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from connector.notification import observable_of
+
 
 def digest(text: str) -> int:
     """A 64-bit signed digest of a key or STIX id (what the store's look-up indexes hold): half
@@ -58,10 +60,7 @@ class NotificationRecord:
     @property
     def observable(self) -> str:
         """As Notification.observable: the thing the notification is about, in its natural key."""
-        host = self.url or self.email or self.ip or self.hostname or ""
-        if self.port is None:
-            return host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return observable_of(self.url, self.email, self.ip, self.hostname, self.port, self.protocol)
 
 
 @dataclass(frozen=True, slots=True)
