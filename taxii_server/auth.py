@@ -2,8 +2,9 @@
 
 A user's rights come from the configuration alone: `recipient: X` reads X's collection,
 `inbox: P` writes partner P's inbox, `operator: true` reads everything and may delete.
-Everything else does not exist for that user. Credentials: HTTP Basic (password) or a bearer
-API token (`mpt_<id>_<secret>`), both checked against argon2 hashes.
+Everything else does not exist for that user. Credentials: HTTP Basic (password) or an API
+token (`mpt_<id>_<secret>`, as `Bearer` or, as taxii2-client's TokenAuth sends it, `Token`),
+both checked against argon2 hashes.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, client: str) -> Principal:
         scheme, _, credentials = (authorization or "").partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
+        # `Token` is how taxii2-client's TokenAuth (and so OpenCTI) sends the same thing.
+        if scheme.lower() in ("bearer", "token") and credentials.strip():
             username, ok = self._check_token(credentials.strip())
         else:
             username, password = _parse_basic(authorization)

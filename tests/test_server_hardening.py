@@ -1,0 +1,72 @@
+"""Hardening of the TAXII server's edges (issue #14): trusted proxies, values PostgreSQL text
+cannot hold, HEAD, over-long request heads, `next` without `added_after`, `Token` auth.
+
+Servers started "like `meldpunt serve`" go through the serve command itself, with uvicorn.run
+replaced by a server on a socket of 127.0.0.1 that this test bound: what is checked is the
+settings the command really gives uvicorn, not a copy of them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from taxii2client.common import TokenAuth
+from taxii2client.v21 import Collection
+
+from connector.collections import recipient_collection_id
+from connector.config import ApiToken, Config
+from connector.passwords import new_token
+from tests.conftest import RunningServer, start_server
+from tests.test_taxii_read import (
+    TAXII_MEDIA_TYPE,
+    assert_taxii_error,
+)
+
+# --- 17. Authorization: Token <key> ---------------------------------------------------------------
+
+
+@pytest.fixture
+def token_server(sample_config: Config, tmp_path: Path) -> Iterator[tuple[RunningServer, str]]:
+    from connector.store import Store
+
+    token, token_id, token_hash = new_token()
+    users = [
+        u.model_copy(update={"tokens": [ApiToken(id=token_id, hash=token_hash)]})
+        if u.username == "zcert-poller"
+        else u
+        for u in sample_config.users
+    ]
+    config = sample_config.model_copy(update={"users": users})
+    store = Store.open(f"sqlite:///{tmp_path / 'tokens.db'}")
+    running, server, thread = start_server(config, store)
+    try:
+        yield running, token
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+        store.close()
+
+
+def test_token_scheme_is_a_synonym_of_bearer(token_server: tuple[RunningServer, str]) -> None:
+    """taxii2-client's TokenAuth (OpenCTI's) sends `Authorization: Token <key>`."""
+    running, token = token_server
+    cid = recipient_collection_id("zcert")
+    with Collection(running.collection_url(cid), auth=TokenAuth(token)) as coll:
+        assert coll.can_read is True
+        assert coll.get_objects()["more"] is False
+    for scheme in ("Token", "token", "Bearer"):
+        resp = requests.get(
+            running.api_root + "collections/",
+            headers={"Authorization": f"{scheme} {token}", "Accept": TAXII_MEDIA_TYPE},
+            timeout=30,
+        )
+        assert resp.status_code == 200, (scheme, resp.text)
+    wrong = requests.get(
+        running.api_root + "collections/",
+        headers={"Authorization": f"Token {token[:-2]}xx", "Accept": TAXII_MEDIA_TYPE},
+        timeout=30,
+    )
+    assert_taxii_error(wrong, 401)
