@@ -22,8 +22,43 @@ from connector.passwords import new_token
 from tests.conftest import RunningServer, start_server
 from tests.test_taxii_read import (
     TAXII_MEDIA_TYPE,
+    _largest_reader,
     assert_taxii_error,
+    session_for,
 )
+
+# --- 16. next without added_after (OpenCTI) ------------------------------------------------------
+
+
+def test_next_is_accepted_without_repeating_added_after(taxii: RunningServer) -> None:
+    """OpenCTI's taxii2 connector sends `next` alone after a first page asked with
+    added_after; the cursor implies the position, so the token is good without it. With an
+    added_after other than its own, or another filter, it is still refused."""
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    url = taxii.collection_url(cid) + "objects/"
+    everything = s.get(url, params={"limit": 1000}).json()["objects"]
+    start = s.get(url, params={"limit": 3}).headers["X-TAXII-Date-Added-Last"]
+    first = s.get(url, params={"limit": 3, "added_after": start})
+    assert first.status_code == 200, first.text
+    token = first.json()["next"]
+    with_it = s.get(url, params={"limit": 3, "added_after": start, "next": token})
+    without = s.get(url, params={"limit": 3, "next": token})
+    assert without.status_code == 200, without.text
+    assert without.json()["objects"] == with_it.json()["objects"] == everything[6:9]
+    assert_taxii_error(
+        s.get(url, params={"limit": 3, "added_after": "2000-01-01T00:00:00Z", "next": token}), 400
+    )
+    assert_taxii_error(s.get(url, params={"limit": 3, "next": token, "match[type]": "sighting"}), 400)
+    other = next(x for x in taxii.config.users if x.recipient and x.recipient != u.recipient)
+    assert_taxii_error(
+        session_for(other.username).get(
+            taxii.collection_url(recipient_collection_id(other.recipient or "")) + "objects/",
+            params={"limit": 3, "next": token},
+        ),
+        400,
+    )
+
 
 # --- 17. Authorization: Token <key> ---------------------------------------------------------------
 
