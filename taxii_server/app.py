@@ -23,10 +23,12 @@ from taxii_server.errors import (
     handle_taxii_error,
     handle_unexpected_error,
     handle_validation_error,
+    not_found,
 )
 from taxii_server.media import accepts_taxii
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec
+from taxii_server.params import storable
 
 log = logging.getLogger("meldpunt.taxii")
 
@@ -62,13 +64,28 @@ async def authenticated(request: Request) -> Principal:
         raise
 
 
+_PATH_NAMES = {
+    "api_root": "API root",
+    "collection_id": "collection",
+    "object_id": "object",
+    "status_id": "status",
+}
+
+
 async def principal(request: Request) -> Principal:
-    """Every TAXII route depends on this: negotiation first, then authentication."""
+    """Every TAXII route depends on this: negotiation first, then authentication, then the
+    path's identifiers: one that holds what no stored identifier can (a NUL) names nothing,
+    and is answered "not found" before it reaches a query (taxii_server.params)."""
     if not accepts_taxii(request.headers.get("accept")):
         raise TaxiiError(
             406, "Not acceptable", "This server answers with application/taxii+json;version=2.1 only."
         )
-    return await authenticated(request)
+    who = await authenticated(request)
+    for name, what in _PATH_NAMES.items():
+        value = request.path_params.get(name)
+        if isinstance(value, str) and not storable(value):
+            raise not_found(what)
+    return who
 
 
 def _token_secret(config: Config) -> bytes | None:

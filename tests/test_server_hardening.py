@@ -24,8 +24,45 @@ from tests.test_taxii_read import (
     TAXII_MEDIA_TYPE,
     _largest_reader,
     assert_taxii_error,
+    manifest_dates,
     session_for,
 )
+
+# --- 5. values PostgreSQL text cannot hold ------------------------------------------------------
+
+
+def test_nul_characters_are_400_or_404_on_both_engines(taxii: RunningServer) -> None:
+    """psycopg refuses a NUL in a query parameter, so these were 500s on PostgreSQL (and quiet
+    empty answers on SQLite). A filter, token or timestamp holding one is a bad request (400);
+    an id holding one names nothing that can exist (404), whichever resource it is."""
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    base = taxii.collection_url(cid)
+    some_id = next(iter(manifest_dates(s, taxii, cid)))
+    for endpoint in ("objects/", "manifest/", f"objects/{some_id}/"):
+        for name, value in (
+            ("match[id]", some_id + "\x00"),
+            ("match[id]", f"{some_id},x\x00y"),
+            ("match[type]", "sighting\x00"),
+            ("match[version]", "last\x00"),
+            ("match[spec_version]", "2.1\x00"),
+            ("added_after", "2024-01-01T00:00:00Z\x00"),
+            ("next", "abc\x00def"),
+        ):
+            assert_taxii_error(s.get(base + endpoint, params={name: value}), 400)
+    nul_id = "sighting--%00"
+    assert_taxii_error(s.get(base + f"objects/{nul_id}/"), 404)
+    assert_taxii_error(s.get(base + f"objects/{nul_id}/versions/"), 404)
+    assert_taxii_error(s.get(base + f"objects/{some_id}%00/"), 404)
+    assert_taxii_error(s.get(taxii.api_root + "collections/%00/"), 404)
+    assert_taxii_error(s.get(taxii.api_root + "collections/%00/objects/"), 404)
+    assert_taxii_error(s.get(taxii.api_root + "status/%00/"), 404)
+    assert_taxii_error(s.get(taxii.api_root + f"status/{'0' * 8}%00/"), 404)
+    operator = session_for("operator-1")
+    assert_taxii_error(operator.delete(base + f"objects/{nul_id}/"), 404)
+    assert_taxii_error(operator.get(base + "objects/", params={"match[id]": "\x00"}), 400)
+    assert s.get(base + "objects/", params={"limit": 1}).status_code == 200  # still serving
+
 
 # --- 16. next without added_after (OpenCTI) ------------------------------------------------------
 

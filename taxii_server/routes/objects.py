@@ -19,6 +19,7 @@ from taxii_server.app import principal, state
 from taxii_server.auth import Principal
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import STIX_MEDIA_TYPE, raw_envelope_response, taxii_response
+from taxii_server.params import storable
 from taxii_server.routes.collections import visible_collection
 
 router = APIRouter()
@@ -89,6 +90,17 @@ def object_query(
     match_spec_version: str | None = Query(None, alias="match[spec_version]"),
 ) -> ObjectQuery:
     server = state(request).config.server
+    for name, value in (
+        ("added_after", added_after),
+        ("limit", limit),
+        ("next", next_token),
+        ("match[type]", match_type),
+        ("match[id]", match_id),
+        ("match[version]", match_version),
+        ("match[spec_version]", match_spec_version),
+    ):
+        if value is not None and not storable(value):
+            raise TaxiiError(400, f"Invalid {name}", f"{name} holds a NUL or another character no value has.")
     after = None
     if added_after is not None:
         try:
