@@ -66,6 +66,9 @@ class ServerConfig(_Strict):
     # processes behind one address must share it; unset, a random per-process key is used.
     token_secret_env: str = "MELDPUNT_TOKEN_SECRET"
 
+    # Largest request line plus headers accepted (bytes); beyond it 414 or 431.
+    max_request_head_bytes: int = Field(16 * 1024, ge=4096, le=1024 * 1024)
+
     @model_validator(mode="after")
     def _default_within_max(self) -> ServerConfig:
         if self.page_size_default > self.page_size_max:

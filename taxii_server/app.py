@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connector.collections import collection_rows
 from connector.config import Config
@@ -25,7 +26,7 @@ from taxii_server.errors import (
     handle_validation_error,
     not_found,
 )
-from taxii_server.media import accepts_taxii
+from taxii_server.media import accepts_taxii, taxii_response
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec
 from taxii_server.params import storable
@@ -99,6 +100,57 @@ def _token_secret(config: Config) -> bytes | None:
     return None
 
 
+class HeadAsGet:
+    """HEAD on every GET resource: the GET's status and headers (Content-Length included),
+    without the body. FastAPI's GET routes answer HEAD with 405; Starlette's own routes do
+    this same thing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class RequestHeadLimit:
+    """414 for a request line over `limit` bytes, 431 for a request head over it, as TAXII
+    errors. h11 stops reading a head that grows past the limit unfinished (see
+    taxii_server.server), but one that arrives whole in one read passes it at any size."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {"Connection": "close"}
+        await taxii_response(refusal.body(), status=refusal.status, headers=headers)(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> TaxiiError | None:
+        query = scope.get("query_string") or b""
+        target = len(scope.get("raw_path") or scope["path"].encode()) + (len(query) + 1 if query else 0)
+        line = len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n")
+        head = line + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) + 2
+        limit = f"The limit is {self.limit} bytes."
+        if line > self.limit:
+            return TaxiiError(414, "Request line too long", limit)
+        if head > self.limit:
+            return TaxiiError(431, "Request header fields too large", limit)
+        return None
+
+
 def create_app(config: Config, store: Store) -> FastAPI:
     from taxii_server.routes import collections, discovery, inbox, misp_feed, objects, status
 
@@ -131,5 +183,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.include_router(inbox.router, dependencies=taxii)
     app.include_router(status.router, dependencies=taxii)
     app.include_router(misp_feed.router, dependencies=[Depends(authenticated)])  # MISP, not TAXII
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(RequestHeadLimit, limit=config.server.max_request_head_bytes)  # outermost
     app.openapi = lambda: taxii_openapi(app)  # type: ignore[method-assign]
     return app

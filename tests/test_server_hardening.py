@@ -8,18 +8,26 @@ settings the command really gives uvicorn, not a copy of them here.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import uvicorn
+import yaml
+from argon2 import PasswordHasher
 from taxii2client.common import TokenAuth
 from taxii2client.v21 import Collection
 
 from connector.collections import recipient_collection_id
 from connector.config import ApiToken, Config
 from connector.passwords import new_token
-from tests.conftest import RunningServer, start_server
+from tests.conftest import SAMPLE_CONFIG, RunningServer, password_for, start_server
 from tests.test_taxii_read import (
     TAXII_MEDIA_TYPE,
     _largest_reader,
@@ -27,6 +35,56 @@ from tests.test_taxii_read import (
     manifest_dates,
     session_for,
 )
+
+# --- a server started by the serve command ---------------------------------------------------
+
+
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def write_config(tmp_path: Path, server: dict[str, Any] | None = None) -> Path:
+    """The example deployment with cheap hashes of the test passwords, on a SQLite file."""
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text(encoding="utf-8"))
+    for user in raw["users"]:
+        user["password_hash"] = CHEAP.hash(password_for(user["username"]))
+    raw["database"] = f"sqlite:///{tmp_path / 'served.db'}"
+    raw["server"] = {**raw.get("server", {}), **(server or {})}
+    path = tmp_path / "meldpunt.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def served_by_cli(monkeypatch: pytest.MonkeyPatch, config_path: Path) -> Iterator[str]:
+    """`meldpunt serve --config PATH`, with the uvicorn settings the command chooses, on a port
+    of 127.0.0.1 bound here. Yields the base URL."""
+    from connector import cli
+
+    started: dict[str, Any] = {}
+
+    def run(app: Any, **options: Any) -> None:
+        options.pop("host", None)
+        options.pop("port", None)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        started.update(server=server, thread=thread, port=sock.getsockname()[1])
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    cli.serve(config_path=config_path, host=None, port=None)
+    server, thread = started["server"], started["thread"]
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{started['port']}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
 
 # --- 5. values PostgreSQL text cannot hold ------------------------------------------------------
 
@@ -62,6 +120,79 @@ def test_nul_characters_are_400_or_404_on_both_engines(taxii: RunningServer) -> 
     assert_taxii_error(operator.delete(base + f"objects/{nul_id}/"), 404)
     assert_taxii_error(operator.get(base + "objects/", params={"match[id]": "\x00"}), 400)
     assert s.get(base + "objects/", params={"limit": 1}).status_code == 200  # still serving
+
+
+# --- 10. HEAD, and over-long request heads ----------------------------------------------------------
+
+
+def test_head_on_every_get_resource_answers_the_get_headers_without_a_body(taxii: RunningServer) -> None:
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    base = taxii.collection_url(cid)
+    some_id = next(iter(manifest_dates(s, taxii, cid)))
+    urls = [
+        f"{taxii.url}/taxii2/",
+        taxii.api_root,
+        taxii.api_root + "collections/",
+        base,
+        base + "objects/?limit=2",
+        base + f"objects/{some_id}/",
+        base + f"objects/{some_id}/versions/",
+        base + "manifest/?limit=2",
+        taxii.api_root + "status/no-such-status/",  # 404: the same error headers
+        base + "objects/?match[version]=bogus",  # 400
+    ]
+    for url in urls:
+        got, head = s.get(url), s.head(url)
+        assert head.status_code == got.status_code, (url, head.status_code, got.status_code)
+        assert head.content == b"", url
+        for name in ("Content-Type", "Content-Length", "X-TAXII-Date-Added-First", "X-TAXII-Date-Added-Last"):
+            assert head.headers.get(name) == got.headers.get(name), (url, name)
+    anonymous = session_for(None).head(taxii.api_root + "collections/")
+    assert anonymous.status_code == 401 and anonymous.content == b""
+    assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def _raw_exchange(port: int, *parts: bytes) -> tuple[bytes, bytes]:
+    """Send `parts` (pausing between them, so the server sees each as it arrives) and read
+    the answer until the server closes: (status line and headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        for part in parts:
+            raw.sendall(part)
+            time.sleep(0.2)
+        chunks = []
+        while chunk := raw.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return head, body
+
+
+def _assert_raw_taxii_error(head: bytes, body: bytes, status: int) -> None:
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"content-type: application/taxii+json;version=2.1" in head.lower(), head
+    assert f'"http_status":"{status}"'.encode() in body, body
+
+
+def test_over_long_request_heads_answer_taxii_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn answered a request head over h11's limit with a text/plain 400, and let one
+    through when it happened to arrive whole. A request line over server.max_request_head_bytes
+    is 414, a head over it 431, an unparsable request 400: each a TAXII error message, whether
+    the head arrived whole (the application checks) or is still arriving (h11 stops reading)."""
+    with served_by_cli(monkeypatch, write_config(tmp_path)) as base:  # the default: 16 KiB
+        port = int(base.rsplit(":", 1)[1])
+        s = session_for("zcert-poller")
+        url = f"{base}/meldpunt/collections/"
+        assert s.get(url, params={"match[id]": "x" * 15_000}).status_code == 200
+        assert_taxii_error(s.get(url, params={"match[id]": "x" * 17_000}), 414)
+        assert_taxii_error(s.get(url, headers={"X-Padding": "y" * 17_000}), 431)
+        assert_taxii_error(s.get(url, headers={f"X-Pad-{i}": "z" * 100 for i in range(170)}), 431)
+        # Still arriving: the request line, then a header, grow past the limit unfinished.
+        _assert_raw_taxii_error(*_raw_exchange(port, b"GET /" + b"a" * 17_000), 414)
+        _assert_raw_taxii_error(*_raw_exchange(port, b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 17_000), 431)
+        _assert_raw_taxii_error(
+            *_raw_exchange(port, b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"), 400
+        )
+        assert s.get(url).status_code == 200
 
 
 # --- 16. next without added_after (OpenCTI) ------------------------------------------------------
