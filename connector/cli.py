@@ -422,7 +422,8 @@ def serve(
         application,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
-        **uvicorn_options(config),  # TAXII errors for bad request heads
+        # No proxy headers (server.trusted_proxies decides), TAXII errors for bad request heads.
+        **uvicorn_options(config),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from taxii_server.pagination import TokenCodec
 from taxii_server.params import storable
 
 log = logging.getLogger("meldpunt.taxii")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass
@@ -50,15 +52,53 @@ def state(request: Request) -> ServerState:
     return request.app.state.meldpunt  # type: ignore[no-any-return]
 
 
+def _address(text: str) -> IPAddress | None:
+    """An address as a peer or an X-Forwarded-For entry gives it ("[2001:db8::1]:443",
+    "192.0.2.1:443" and IPv4-mapped IPv6 included), or None when it is none."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(request: Request) -> str:
+    """Who the back-off counts against: the connecting address, unless that is one of
+    `server.trusted_proxies`; then the nearest X-Forwarded-For entry that is not itself a
+    trusted proxy (entries further left are the client's own word). An entry that is not an
+    address stops the walk at the trusted hop that passed it on."""
+    peer = request.client.host if request.client else "unknown"
+    trusted = state(request).config.server.trusted_proxies
+    hop = _address(peer)
+    if not trusted or hop is None or not any(hop in net for net in trusted):
+        return peer
+    current = str(hop)
+    entries = [e for value in request.headers.getlist("x-forwarded-for") for e in value.split(",")]
+    for entry in reversed(entries):
+        hop = _address(entry)
+        if hop is None:
+            return current
+        current = str(hop)
+        if not any(hop in net for net in trusted):
+            return current
+    return current
+
+
 async def authenticated(request: Request) -> Principal:
     """argon2 in a worker thread; the back-off after a failure asleep on the event loop, so
     that a client failing on many connections at once does not hold every worker thread and
     keep all other users waiting."""
-    client = request.client.host if request.client else "unknown"
     authenticator = state(request).authenticator
     try:
         return await run_in_threadpool(
-            authenticator.authenticate, request.headers.get("authorization"), client
+            authenticator.authenticate, request.headers.get("authorization"), client_address(request)
         )
     except AuthenticationFailed as failure:
         await asyncio.sleep(failure.delay)

@@ -1,9 +1,14 @@
 """How uvicorn is to run the TAXII application: the settings `meldpunt serve` passes it.
 
-One of uvicorn's defaults does not fit this server: a request head h11 cannot parse, or one
-that grows past the limit unfinished, is answered by uvicorn itself with a text/plain 400.
-`TaxiiH11Protocol` answers it with a TAXII error message: 414 for a request line too long,
-431 for too many header bytes, else 400.
+Two of uvicorn's defaults do not fit this server:
+
+- `proxy_headers` on, trusting 127.0.0.1: any local process could then name itself any
+  client address with X-Forwarded-For, and so never reach a login back-off. The application
+  decides from `server.trusted_proxies` instead (taxii_server.app.client_address), so
+  uvicorn's own handling is off.
+- A request head h11 cannot parse, or one that grows past the limit unfinished, is answered
+  by uvicorn itself with a text/plain 400. `TaxiiH11Protocol` answers it with a TAXII error
+  message: 414 for a request line too long, 431 for too many header bytes, else 400.
 
 What stays text/plain: uvicorn's 503 when `limit_concurrency` is exceeded (not set here), its
 500 when the application fails before it could answer at all (the application's own handler
@@ -61,6 +66,7 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
     """Keyword arguments for uvicorn.run / uvicorn.Config besides the app, host and port."""
     return {
         "http": TaxiiH11Protocol,
+        "proxy_headers": False,
         "h11_max_incomplete_event_size": config.server.max_request_head_bytes,
         "log_level": "warning",
         "log_config": None,  # uvicorn's own lines go through our JSON handler too, one line each

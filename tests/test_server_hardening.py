@@ -8,6 +8,7 @@ settings the command really gives uvicorn, not a copy of them here.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -37,6 +38,28 @@ from tests.test_taxii_read import (
 )
 
 # --- a server started by the serve command ---------------------------------------------------
+
+
+class Records(logging.Handler):
+    """The log records of one logger, for assertions on what the server decided."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def auth_log() -> Iterator[Records]:
+    logger = logging.getLogger("meldpunt.taxii.auth")
+    handler = Records()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -84,6 +107,53 @@ def served_by_cli(monkeypatch: pytest.MonkeyPatch, config_path: Path) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _wrong_login(base: str, forwarded_for: str) -> None:
+    s = session_for(None)
+    s.auth = ("zcert-poller", "wrong")
+    resp = s.get(f"{base}/meldpunt/collections/", headers={"X-Forwarded-For": forwarded_for}, timeout=30)
+    assert resp.status_code in (401, 429), resp.text
+
+
+# --- 4. X-Forwarded-For is trusted only from configured proxies -------------------------------
+
+
+def test_x_forwarded_for_from_loopback_is_ignored_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local client sending a new X-Forwarded-For with every guess looked like a new client
+    each time, and so never accumulated a back-off. Without server.trusted_proxies the header
+    is ignored: every guess counts against 127.0.0.1."""
+    with served_by_cli(monkeypatch, write_config(tmp_path)) as base, auth_log() as log:
+        for i in range(3):
+            _wrong_login(base, f"203.0.113.{i + 1}")
+    failures = [r for r in log.records if r.getMessage() == "authentication failed"]
+    assert [r.client for r in failures] == ["127.0.0.1"] * 3  # type: ignore[attr-defined]
+    assert [r.client_failures for r in failures] == [1, 2, 3]  # type: ignore[attr-defined]
+
+
+def test_x_forwarded_for_is_used_from_a_configured_proxy_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a trusted proxy the client is the nearest address the proxies did not add: the
+    rightmost entry that is not itself a trusted proxy. What the client wrote at the left of
+    the header (a spoofed address) does not count."""
+    config = write_config(tmp_path, {"trusted_proxies": ["127.0.0.0/8", "192.0.2.0/24"]})
+    with served_by_cli(monkeypatch, config) as base, auth_log() as log:
+        _wrong_login(base, "203.0.113.7")
+        _wrong_login(base, "198.51.100.66, 203.0.113.8, 192.0.2.10")  # client spoofs the left
+        _wrong_login(base, "not-an-address")  # the proxy's own peer then counts
+    failures = [r for r in log.records if r.getMessage() == "authentication failed"]
+    assert [r.client for r in failures] == ["203.0.113.7", "203.0.113.8", "127.0.0.1"]  # type: ignore[attr-defined]
+
+
+def test_trusted_proxies_must_be_networks(tmp_path: Path) -> None:
+    from connector.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(tmp_path, {"trusted_proxies": ["proxy.example.nl"]}))
+    assert "server.trusted_proxies" in refused.value.render()
 
 
 # --- 5. values PostgreSQL text cannot hold ------------------------------------------------------
