@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connector.collections import collection_rows
 from connector.config import Config
+from connector.logs import redact
 from connector.routing import Router
+from connector.settings_store import token_secret
 from connector.store import CollectionRow, Store
 from taxii_server.auth import AuthenticationFailed, Authenticator, Principal
 from taxii_server.errors import (
@@ -129,15 +131,20 @@ async def principal(request: Request) -> Principal:
     return who
 
 
-def _token_secret(config: Config) -> bytes | None:
+def _token_secret(config: Config, store: Store) -> bytes:
+    """The environment's key when set (every process must then get the same one), else the
+    one kept in the database, generated on first start: cursors survive restarts and work
+    on every process sharing the store. The key itself is never logged."""
     value = os.environ.get(config.server.token_secret_env)
     if value:
         return value.encode()
-    log.warning(
-        "no shared token secret set; next tokens are valid on this process only",
+    secret = token_secret(store)
+    redact(secret.decode())
+    log.info(
+        "next tokens are signed with the key kept in the database",
         extra={"env": config.server.token_secret_env},
     )
-    return None
+    return secret
 
 
 class HeadAsGet:
@@ -208,7 +215,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
         config=config,
         store=store,
         authenticator=Authenticator(config, [r.id for r in rows]),
-        tokens=TokenCodec(_token_secret(config)),
+        tokens=TokenCodec(_token_secret(config, store)),
         collections={r.id: r for r in rows},
         router=Router(config),
     )
