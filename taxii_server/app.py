@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,7 +19,7 @@ from connector.logs import redact
 from connector.routing import Router
 from connector.settings_store import token_secret
 from connector.store import CollectionRow, Store
-from taxii_server.auth import AuthenticationFailed, Authenticator, Principal
+from taxii_server.auth import AuthenticationFailed, Authenticator, Principal, TooManyAttempts
 from taxii_server.errors import (
     TaxiiError,
     handle_http_error,
@@ -94,17 +93,28 @@ def client_address(request: Request) -> str:
 
 
 async def authenticated(request: Request) -> Principal:
-    """argon2 in a worker thread; the back-off after a failure asleep on the event loop, so
-    that a client failing on many connections at once does not hold every worker thread and
-    keep all other users waiting."""
+    """The cheap checks on the event loop (back-off, the cache of recent successes, a free
+    verification slot), argon2 in the authenticator's own threads (not the worker threads
+    requests are served in), and the back-off after a failure or a refusal asleep on the
+    event loop: a client failing on many connections at once holds at most its share of the
+    bounded verification slots, never the worker threads everybody else needs, and gets its
+    answers no faster than its back-off allows."""
     authenticator = state(request).authenticator
     try:
-        return await run_in_threadpool(
-            authenticator.authenticate, request.headers.get("authorization"), client_address(request)
-        )
+        outcome = authenticator.begin(request.headers.get("authorization"), client_address(request))
+    except TooManyAttempts as refusal:
+        await asyncio.sleep(refusal.delay)
+        raise
+    if isinstance(outcome, Principal):
+        return outcome
+    try:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(authenticator.executor, authenticator.verify, outcome)
     except AuthenticationFailed as failure:
         await asyncio.sleep(failure.delay)
         raise
+    finally:
+        authenticator.release(outcome)
 
 
 _PATH_NAMES = {
