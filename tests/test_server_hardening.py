@@ -343,3 +343,14 @@ def test_token_scheme_is_a_synonym_of_bearer(token_server: tuple[RunningServer, 
         timeout=30,
     )
     assert_taxii_error(wrong, 401)
+
+
+def test_the_readme_documents_every_server_key() -> None:
+    """Every `server.*` key the configuration accepts has a row in the README's table."""
+    from connector.config import ServerConfig
+    from tests.conftest import REPO
+
+    table = (REPO / "README.md").read_text(encoding="utf-8").split("## Configuration", 1)[1]
+    table = table.split("\n## ", 1)[0]
+    missing = [name for name in ServerConfig.model_fields if f"`server.{name}`" not in table]
+    assert missing == []
