@@ -410,6 +410,7 @@ def serve(
     import uvicorn
 
     from taxii_server import create_app
+    from taxii_server.server import uvicorn_options
 
     config = _load(config_path)
     store = _open_store(config)
@@ -421,8 +422,8 @@ def serve(
         application,
         host=host or config.server.host,
         port=config.server.port if port is None else port,
-        log_level="warning",
-        log_config=None,  # uvicorn's own lines go through our JSON handler too, one line each
+        # No proxy headers (server.trusted_proxies decides), TAXII errors for bad request heads.
+        **uvicorn_options(config),
     )
 
 

@@ -66,6 +66,21 @@ class ServerConfig(_Strict):
     # processes behind one address must share it; unset, a random per-process key is used.
     token_secret_env: str = "MELDPUNT_TOKEN_SECRET"
 
+    # Proxies whose X-Forwarded-For is believed (networks). Empty: the header is ignored and
+    # the client is the connecting address, whoever it is (loopback included).
+    trusted_proxies: list[Network] = []
+    # Largest request line plus headers accepted (bytes); beyond it 414 or 431.
+    max_request_head_bytes: int = Field(16 * 1024, ge=4096, le=1024 * 1024)
+    # Password and token verifications (argon2, 64 MiB each) running at once, in all and per
+    # client address; a request beyond either bound is refused (429) before anything is hashed.
+    max_concurrent_verifications: int = Field(4, ge=1, le=64)
+    max_concurrent_verifications_per_client: int = Field(2, ge=1, le=64)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        return _strict_networks(value)
+
     @model_validator(mode="after")
     def _default_within_max(self) -> ServerConfig:
         if self.page_size_default > self.page_size_max:

@@ -47,13 +47,19 @@ class VerifiedCache:
         msg = password_hash.encode() + b"\0" + password.encode()
         return hmac.new(self._key, msg, hashlib.sha256).digest()
 
-    def verify(self, password_hash: str, password: str) -> bool:
+    def known(self, password_hash: str, password: str) -> bool:
+        """Whether these credentials verified recently: an HMAC, never argon2, so a caller can
+        ask it on the event loop before deciding whether a verification may run at all."""
         digest = self._digest(password_hash, password)
-        now = time.monotonic()
         with self._lock:
             expires = self._entries.get(digest)
-            if expires is not None and expires > now:
-                return True
+        return expires is not None and expires > time.monotonic()
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        if self.known(password_hash, password):
+            return True
+        digest = self._digest(password_hash, password)
+        now = time.monotonic()
         if not verify_password(password_hash, password):
             return False
         with self._lock:

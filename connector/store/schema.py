@@ -310,6 +310,15 @@ statuses = Table(
     Column("body", Text, nullable=False),  # the status resource as JSON
 )
 
+# Values the deployment generates once and keeps (the key that signs TAXII `next` tokens), so
+# that every process on this database, and each after a restart, uses the same.
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 # --- MISP ----------------------------------------------------------------------------------------
 
 # Which notifications make up which event for a recipient...

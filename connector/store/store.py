@@ -9,14 +9,14 @@ statement each.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
-from connector.store import audit, deliveries, notifications, objects, outbox, runs
+from connector.store import audit, deliveries, notifications, objects, outbox, runs, settings
 from connector.store import schema as t
 from connector.store.engine import head_revision, lock_schema, make_engines, run_migrations
 from connector.store.records import Kind, NotificationRecord, VersionRecord
@@ -245,6 +245,12 @@ class Store:
         observable."""
         with self.reading() as reader:
             return reader.unrouted(run_id)
+
+    # --- settings ----------------------------------------------------------------------------------
+
+    def setting(self, name: str, make: Callable[[], str]) -> str:
+        """The value kept under `name`, made by `make()` and kept the first time it is asked for."""
+        return settings.get_or_create(self._write_engine, self.engine, name, make)
 
     # --- audit and statuses ----------------------------------------------------------------------
 

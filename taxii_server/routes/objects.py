@@ -7,7 +7,7 @@ an object however many share a second.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,6 +19,7 @@ from taxii_server.app import principal, state
 from taxii_server.auth import Principal
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import STIX_MEDIA_TYPE, raw_envelope_response, taxii_response
+from taxii_server.params import storable
 from taxii_server.routes.collections import visible_collection
 
 router = APIRouter()
@@ -89,6 +90,17 @@ def object_query(
     match_spec_version: str | None = Query(None, alias="match[spec_version]"),
 ) -> ObjectQuery:
     server = state(request).config.server
+    for name, value in (
+        ("added_after", added_after),
+        ("limit", limit),
+        ("next", next_token),
+        ("match[type]", match_type),
+        ("match[id]", match_id),
+        ("match[version]", match_version),
+        ("match[spec_version]", match_spec_version),
+    ):
+        if value is not None and not storable(value):
+            raise TaxiiError(400, f"Invalid {name}", f"{name} holds a NUL or another character no value has.")
     after = None
     if added_after is not None:
         try:
@@ -143,10 +155,12 @@ def fetch_page(
     if collection_id not in who.readable:
         raise TaxiiError(403, "Forbidden", "This user may write to this collection but not read it.")
     ids = (object_id,) if object_id else q.ids
-    fingerprint = s.tokens.query_fingerprint(endpoint, object_id, *q.fingerprint_parts())
+    # Bound to every filter but added_after, which the token carries apart (pagination.py).
+    filters = replace(q, added_after=None).fingerprint_parts()
+    fingerprint = s.tokens.query_fingerprint(endpoint, object_id, *filters)
     after = q.added_after
     if q.next:
-        after = s.tokens.decode(q.next, who.username, collection_id, fingerprint)
+        after = s.tokens.decode(q.next, who.username, collection_id, fingerprint, q.added_after)
     if not q.spec_version_matches:
         members: list[Member] = []
     else:
@@ -156,7 +170,9 @@ def fetch_page(
     more = len(members) > q.limit
     members = members[: q.limit]
     token = (
-        s.tokens.encode(who.username, collection_id, fingerprint, members[-1].date_added) if more else None
+        s.tokens.encode(who.username, collection_id, fingerprint, members[-1].date_added, q.added_after)
+        if more
+        else None
     )
     s.store.audit(
         username=who.username, action=endpoint, collection_id=collection_id, objects=len(members), status=200

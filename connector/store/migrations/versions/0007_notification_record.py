@@ -190,6 +190,11 @@ def _create_tables() -> None:
         sqlite_with_rowid=False,
     )
     op.create_table(
+        "settings",
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+    )
+    op.create_table(
         "misp_event_members",
         sa.Column("recipient", sa.String(64), primary_key=True),
         sa.Column("event_uuid", sa.String(36), primary_key=True),
