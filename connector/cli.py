@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
 from connector.collections import collection_rows
@@ -36,8 +37,20 @@ ConfigOption = Annotated[
 ]
 
 
+def _labelled(label: str, style: str, message: str) -> Text:
+    """A message with a coloured label. The message is plain text, never rich markup: it holds
+    values from the command line, the configuration, partners' files and the store, and
+    markup would swallow any of their square brackets (`[red]zz` printed as `zz`)."""
+    return Text.assemble((label, style), " ", message)
+
+
+def plain_cells(*values: object) -> list[Text]:
+    """Table cells as plain text, for the same reason: cell strings are parsed as markup."""
+    return [v if isinstance(v, Text) else Text(str(v)) for v in values]
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(_labelled("error:", "bold red", message))
     return typer.Exit(code)
 
 
@@ -109,9 +122,9 @@ def hash_password_cmd() -> None:
 def create_token(user: Annotated[str, typer.Option(help="Username the token is for.")]) -> None:
     """Make a bearer API token: print the token (give it to the client, once) and the config entry."""
     token, token_id, token_hash = new_token()
-    console.print(f"token for {user} (shown once; store it in the client's secret store):")
+    console.print(f"token for {user} (shown once; store it in the client's secret store):", markup=False)
     typer.echo(token)
-    console.print(f"add under users[] -> username: {user} -> tokens:")
+    console.print(f"add under users[] -> username: {user} -> tokens:", markup=False)
     typer.echo(f'  - {{id: "{token_id}", hash: "{token_hash}"}}')
 
 
@@ -172,24 +185,26 @@ def ingest(
 def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
     counts = Table(title=f"ingest run {summary.run_id}", show_header=False)
     for name in COUNT_NAMES:
-        counts.add_row(name, str(summary.counts.get(name, 0)))
+        counts.add_row(*plain_cells(name, summary.counts.get(name, 0)))
     out.print(counts)
     involved = set(summary.per_recipient) | set(summary.suppressed_tlp) | set(summary.suppressed_category)
     if involved:
         table = Table("recipient", "delivered", "suppressed (TLP)", "suppressed (category)")
         for rid in sorted(involved):
             table.add_row(
-                rid,
-                str(summary.per_recipient[rid]),
-                str(summary.suppressed_tlp[rid]),
-                str(summary.suppressed_category[rid]),
+                *plain_cells(
+                    rid,
+                    summary.per_recipient[rid],
+                    summary.suppressed_tlp[rid],
+                    summary.suppressed_category[rid],
+                )
             )
         out.print(table)
     _print_rows(store, summary, limit)
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(_labelled("warning:", "yellow", warning))
     for err in summary.input_errors:
-        console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
+        console.print(_labelled("input not ingested:", "bold red", err))
 
 
 def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
@@ -199,14 +214,17 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
     if bad:
         table = Table("input", "line", "kind", "reason", title="not ingested")
         for r in bad[:limit]:
-            table.add_row(r["input"], str(r["line"]), r["kind"], r["reason"])
+            table.add_row(*plain_cells(r["input"], r["line"], r["kind"], r["reason"]))
         out.print(table)
         if len(bad) > limit:
-            out.print(f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})")
+            out.print(
+                f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})", markup=False
+            )
     skipped = len(rows) - len(bad)
     if skipped:
         out.print(
-            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)"
+            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)",
+            markup=False,
         )
     unrouted = store.unrouted(summary.run_id)
     if unrouted:
@@ -214,10 +232,10 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
             "observable", "classification", "identifier", title="unrouted (no recipient claims these)"
         )
         for n in unrouted[:limit]:
-            table.add_row(n["observable"], n["classification"], n["identifier"])
+            table.add_row(*plain_cells(n["observable"], n["classification"], n["identifier"]))
         out.print(table)
         if len(unrouted) > limit:
-            out.print(f"... and {len(unrouted) - limit} more")
+            out.print(f"... and {len(unrouted) - limit} more", markup=False)
 
 
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
@@ -291,10 +309,10 @@ def recipients_import(
         problems = [*problems, *exc.problems]
     if problems:
         for problem in problems:
-            console.print(f"[red]{problem}[/]", highlight=False)
+            console.print(Text(problem, style="red"))
         raise _fail(f"{csv_file}: {len(problems)} problem(s); nothing imported", code=1)
     if dry_run:
-        out.print(f"{len(rows)} recipient(s) valid; nothing written (--dry-run)")
+        out.print(f"{len(rows)} recipient(s) valid; nothing written (--dry-run)", markup=False)
         return
     if not config.recipient_files:
         raise _fail(
@@ -303,7 +321,7 @@ def recipients_import(
         )
     target = config.recipient_files[0]
     append_rows(target, rows)
-    out.print(f"{len(rows)} recipient(s) imported into {target}")
+    out.print(f"{len(rows)} recipient(s) imported into {target}", markup=False)
 
 
 @misp_app.command("sync")
@@ -335,10 +353,10 @@ def misp_sync(
         )
     table = Table("recipient", *sorted(summary.counts), title="MISP sync")
     for rid, counts in sorted(summary.per_recipient.items()):
-        table.add_row(rid, *[str(counts[k]) for k in sorted(summary.counts)])
+        table.add_row(*plain_cells(rid, *[counts[k] for k in sorted(summary.counts)]))
     out.print(table if summary.counts else "nothing due")
     for error in summary.errors:
-        console.print(f"[red]{error}[/]", highlight=False)
+        console.print(Text(error, style="red"))
     if summary.counts.get("failed"):
         raise typer.Exit(1)
 
@@ -354,7 +372,7 @@ def misp_retry(
     config = _load(config_path)
     _known_recipient(config, recipient)
     count = MispSync(config, _open_store(config)).retry_failed(recipient)
-    out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`")
+    out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`", markup=False)
 
 
 @misp_app.command("status")
@@ -368,12 +386,14 @@ def misp_status(config_path: ConfigOption = None) -> None:
     for row in MispSync(config, _open_store(config)).status():
         nxt = us_to_timestamp(row["next_attempt"]) if row["next_attempt"] else "-"
         table.add_row(
-            row["recipient"],
-            str(row["pending"]),
-            str(row["done"]),
-            str(row["failed"]),
-            nxt,
-            (row["last_error"] or "")[:80],
+            *plain_cells(
+                row["recipient"],
+                row["pending"],
+                row["done"],
+                row["failed"],
+                nxt,
+                (row["last_error"] or "")[:80],
+            )
         )
     out.print(table)
 
@@ -396,7 +416,7 @@ def misp_export_feed(
         raise _fail(f"recipient {recipient!r} has no MISP feed (misp.feed: true)")
     for r in chosen:
         count = export_feed(config, store, r.id, directory / r.id)
-        out.print(f"{r.id}: {count} event(s) in {directory / r.id}")
+        out.print(f"{r.id}: {count} event(s) in {directory / r.id}", markup=False)
 
 
 @app.command()
@@ -446,7 +466,7 @@ def export(
                 count = write_bundle(store, recipient, fh)
         except OSError as exc:
             raise _fail(f"cannot write {out_file}: {exc.strerror or exc}", code=1) from None
-    console.print(f"{count} objects exported for {recipient}")
+    console.print(f"{count} objects exported for {recipient}", markup=False)
 
 
 @app.command()
@@ -481,13 +501,15 @@ def runs_list(
         counts = run["counts"]
         shown = ", ".join(f"{k} {counts[k]}" for k in _RUN_COUNTS if k in counts)
         table.add_row(
-            str(run["id"]),
-            run["partner"],
-            run["format"],
-            run["status"],
-            run["started_at"],
-            run["finished_at"] or "-",
-            shown or "-",
+            *plain_cells(
+                run["id"],
+                run["partner"],
+                run["format"],
+                run["status"],
+                run["started_at"],
+                run["finished_at"] or "-",
+                shown or "-",
+            )
         )
     out.print(table)
 
@@ -506,7 +528,7 @@ def runs_mark_failed(
         run = store.run(run_id)
         state = "does not exist" if run is None else f"is not running ({run['status']})"
         raise _fail(f"run {run_id} {state}")
-    out.print(f"run {run_id} marked failed; ingest its input again to complete it")
+    out.print(f"run {run_id} marked failed; ingest its input again to complete it", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,135 @@
+"""The command line tells the truth (operations issue #15, item 5).
+
+Every message shows the text it was given, square brackets included; the store a command reads
+is the one its configuration names, wherever the command runs; arguments that name nothing
+(an impossible address, a 40-bit AS number, an unknown category, user or recipient) are refused
+instead of being answered for something else; exit codes say what happened; errors name the
+file they are about. Each command runs as a real process, as in tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import DIVD_SCAN, REPO
+from tests.test_cli import (
+    CASE_YAML,
+    INGEST_DIVD,
+    explain,
+    run_cli,
+    write_config,
+)
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def divd_input(directory: Path, lines: list[dict[str, Any] | str], name: str = "DIVD-2024-00012") -> Path:
+    """A DIVD scan of the given lines (objects become JSON lines) with the sample case file
+    beside it, so every row is judged on its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    scan = directory / f"{name}.nuclei.jsonl"
+    scan.write_text(
+        "".join((json.dumps(line) if isinstance(line, dict) else line) + "\n" for line in lines),
+        encoding="utf-8",
+    )
+    shutil.copy(CASE_YAML, directory / f"{name}.yaml")
+    return scan
+
+
+def sample_finding(**changes: Any) -> dict[str, Any]:
+    """The first CVE finding of the DIVD sample, with `changes` applied."""
+    for line in DIVD_SCAN.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        severity = data.get("info", {}).get("severity") if isinstance(data, dict) else None
+        if severity not in (None, "info") and data.get("ip"):
+            return {**data, **changes}
+    raise AssertionError("no CVE finding in the DIVD sample")
+
+
+def ingested(directory: Path) -> Path:
+    """A deployment in `directory` with the DIVD sample ingested; its config path."""
+    config = write_config(directory)
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=directory, config=config)
+    assert result.returncode == 0, explain(result)
+    return config
+
+
+def edit_config(path: Path, change: Any) -> Path:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --- a. square brackets are text, not markup -------------------------------------------------
+
+
+def test_recipients_import_without_recipient_files_names_the_key_to_add(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    incoming = tmp_path / "incoming.csv"
+    incoming.write_text("id,name,kind\nnew-org,New,organisation\n", encoding="utf-8")
+    result = run_cli("recipients", "import", str(incoming), cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "`recipient_files: [recipients.csv]`" in result.stderr, explain(result)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--recipient"],
+        ["misp", "sync", "--recipient"],
+        ["misp", "retry", "--recipient"],
+    ],
+)
+def test_an_unknown_recipient_is_shown_as_typed(tmp_path: Path, command: list[str]) -> None:
+    config = ingested(tmp_path)
+    result = run_cli(*command, "[red]zz", cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "unknown recipient '[red]zz'" in result.stderr, explain(result)
+
+
+def test_bracketed_values_in_quarantine_reasons_and_file_names_are_printed_whole(tmp_path: Path) -> None:
+    """Data-derived text (a partner's value in a reason, an input's name) reaches the tables
+    as it is: `[b]` must not turn into bold and vanish."""
+    config = write_config(tmp_path)
+    scan = divd_input(
+        tmp_path / "in[put]",
+        [sample_finding(), sample_finding(ip="[b]192.0.2.999")],
+        name="DIVD-2024-00012",
+    )
+    result = run_cli(*INGEST_DIVD, str(scan), cwd=tmp_path, config=config)
+    assert result.returncode == 0, explain(result)
+    assert "'[b]192.0.2.999'" in result.stdout, explain(result)
+
+
+def test_no_console_message_interpolates_text_into_markup() -> None:
+    """The class of the bug above, for every message in cli.py and demo.py: a rich `print` of
+    an f-string with values in it parses those values as markup. Messages are built as `Text`
+    (or printed with markup=False); table cells go through `plain_cells`."""
+    offenders = []
+    for module in ("connector/cli.py", "connector/demo.py"):
+        tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name = node.func.attr
+            plain = any(k.arg == "markup" and getattr(k.value, "value", None) is False for k in node.keywords)
+            if name == "print" and not plain:
+                for arg in node.args:
+                    if isinstance(arg, ast.JoinedStr) and any(
+                        isinstance(v, ast.FormattedValue) for v in arg.values
+                    ):
+                        offenders.append(f"{module}:{node.lineno}: print of an f-string")
+            if name == "add_row" and not (len(node.args) == 1 and isinstance(node.args[0], ast.Starred)):
+                offenders.append(f"{module}:{node.lineno}: add_row without plain_cells")
+    assert not offenders, "\n".join(offenders)
