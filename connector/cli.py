@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -77,13 +78,51 @@ def _known_recipient(config: Config, recipient: str | None) -> None:
             raise _fail(f"unknown recipient {recipient!r}") from None
 
 
-def _open_store(config: Config) -> Store:
+def _missing_sqlite_file(database: str) -> Path | None:
+    """The SQLite file `database` names, when it does not exist (else None: it exists, or the
+    URL is not a SQLite file: PostgreSQL, in-memory, a `file:` URI)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database)
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return None
+    if name.startswith("file:") or url.query.get("uri"):
+        return None
+    path = Path(name)
+    return None if path.exists() else path.absolute()
+
+
+def _open_store(config: Config, config_path: Path | None = None, *, create: bool = False) -> Store:
     """Open (and migrate) the store; a store that cannot be reached or used is an error message
-    naming it (password hidden) and why, never a driver traceback."""
+    naming it (password hidden) and why, never a driver traceback.
+
+    Only commands that write what they are given (`ingest`, `serve`) may create a SQLite store.
+    For the others a missing file means the configuration points somewhere else than the
+    operator thinks: opening it would create an empty store and answer "0 objects" with
+    success. (The existence check is here, not in Store: opening is how Store creates one.)
+    """
     from alembic.util.exc import CommandError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    from connector.config import DATABASE_ENV
+    from connector.config import config_path as resolve_config_path
+
+    missing = None if create else _missing_sqlite_file(config.database)
+    if missing is not None:
+        if os.environ.get(DATABASE_ENV):
+            look = f"${DATABASE_ENV} (a relative SQLite path there is relative to the working directory)"
+        else:
+            look = (
+                f"`database` in {resolve_config_path(config_path)} (a relative SQLite path is "
+                "relative to the configuration file)"
+            )
+        raise _fail(
+            f"cannot open the store: the store {missing} does not exist (this command does not "
+            f"create one); check {look}; `meldpunt ingest` creates the store",
+            code=1,
+        )
     try:
         store = Store.open(config.database)
         store.sync_collections(collection_rows(config))
@@ -141,7 +180,7 @@ def ingest(
 ) -> None:
     """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, create=True)
     try:
         ingestor = Ingestor(config, store, _mappings(config))
     except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
@@ -274,7 +313,9 @@ def route_explain(
         taxonomy, _, type_ = (category or "").partition("/")
         policy = Policy(parse_tlp(tlp), taxonomy or None, type_ or None)
         needs_store = target.startswith("sighting--") or len(target) == 64
-        lines = explain_target(Router(config), target, policy, _open_store(config) if needs_store else None)
+        lines = explain_target(
+            Router(config), target, policy, _open_store(config, config_path) if needs_store else None
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from None
     for line in lines:
@@ -337,7 +378,7 @@ def misp_sync(
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    sync = MispSync(config, _open_store(config))
+    sync = MispSync(config, _open_store(config, config_path))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -371,7 +412,7 @@ def misp_retry(
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    count = MispSync(config, _open_store(config)).retry_failed(recipient)
+    count = MispSync(config, _open_store(config, config_path)).retry_failed(recipient)
     out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`", markup=False)
 
 
@@ -383,7 +424,7 @@ def misp_status(config_path: ConfigOption = None) -> None:
 
     config = _load(config_path)
     table = Table("recipient", "pending", "done", "failed", "next attempt", "last error", title="MISP outbox")
-    for row in MispSync(config, _open_store(config)).status():
+    for row in MispSync(config, _open_store(config, config_path)).status():
         nxt = us_to_timestamp(row["next_attempt"]) if row["next_attempt"] else "-"
         table.add_row(
             *plain_cells(
@@ -408,7 +449,7 @@ def misp_export_feed(
     from connector.misp.feed import export_feed
 
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, config_path)
     chosen = [
         r for r in config.recipients if (r.misp and r.misp.feed) and (recipient is None or r.id == recipient)
     ]
@@ -432,7 +473,7 @@ def serve(
     from taxii_server import create_app
 
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, create=True)
     try:
         application = create_app(config, store)
     except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
@@ -457,7 +498,7 @@ def export(
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    store = _open_store(config)
+    store = _open_store(config, config_path)
     if out_file is None:
         count = write_bundle(store, recipient, sys.stdout.buffer)
     else:
@@ -497,7 +538,7 @@ def runs_list(
     gone (killed, its host lost) stays so: `meldpunt runs mark-failed ID` ends it."""
     config = _load(config_path)
     table = Table("run", "partner", "format", "status", "started", "finished", "counts", title="Ingest runs")
-    for run in _open_store(config).runs(limit):
+    for run in _open_store(config, config_path).runs(limit):
         counts = run["counts"]
         shown = ", ".join(f"{k} {counts[k]}" for k in _RUN_COUNTS if k in counts)
         table.add_row(
@@ -522,7 +563,7 @@ def runs_mark_failed(
     """End a run left `running` by a process that is gone. What it committed stays; ingest the
     same input again to complete it (nothing is stored twice)."""
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, config_path)
     reason = "marked failed by an operator: its process was gone; ingest the same input again to complete it"
     if not store.mark_run_failed(run_id, reason):
         run = store.run(run_id)

@@ -26,6 +26,7 @@ from connector.yamlfile import YamlFileError, load_yaml
 DEFAULT_CONFIG_PATH = Path("config/meldpunt.yaml")
 CONFIG_ENV = "MELDPUNT_CONFIG"
 DATABASE_ENV = "MELDPUNT_DATABASE_URL"
+DEFAULT_DATABASE = "sqlite:///meldpunt.db"
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -268,7 +269,8 @@ def _database_url(value: str) -> str:
 
 
 class Config(_Strict):
-    database: str = "sqlite:///meldpunt.db"
+    # A relative SQLite path is relative to the config file (load_config resolves it).
+    database: str = DEFAULT_DATABASE
     server: ServerConfig = ServerConfig()
     mappings_dir: Path | None = None
     partners: list[PartnerConfig] = []
@@ -326,7 +328,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(str(source), ["top level must be a mapping of keys"])
     from_env = bool(os.environ.get(DATABASE_ENV))
     if from_env:
+        # The variable belongs to the shell it was set in: a relative SQLite path in it stays
+        # relative to the working directory, as SQLAlchemy takes it.
         raw["database"] = os.environ[DATABASE_ENV]
+    else:
+        raw.setdefault("database", DEFAULT_DATABASE)
+        if isinstance(raw["database"], str):
+            raw["database"] = sqlite_url_relative_to(raw["database"], source.parent)
     _resolve_paths(raw, source.parent)
     problems = _add_recipient_files(raw)
     if problems:
@@ -342,6 +350,30 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             env_key + p.removeprefix("database:") if p.startswith("database:") else p for p in exc.problems
         ]
         raise ConfigError(exc.source, problems) from None
+
+
+def sqlite_url_relative_to(url: str, base: Path) -> str:
+    """A SQLite URL whose relative file path is taken relative to `base` (made absolute).
+
+    Relative to the working directory, `cd elsewhere && meldpunt export -c ../meldpunt.yaml`
+    opened a new, empty store in `elsewhere` and exported nothing, successfully. Other URLs,
+    in-memory and `file:` URI databases are returned as they are; a URL that does not parse is
+    left to the `database` check to report.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or parsed.query.get("uri") or Path(database).is_absolute():
+        return url
+    resolved = parsed.set(database=os.path.abspath(base / database))
+    return resolved.render_as_string(hide_password=False)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -22,6 +22,7 @@ from tests.conftest import DIVD_SCAN, REPO
 from tests.test_cli import (
     CASE_YAML,
     INGEST_DIVD,
+    cli_env,
     explain,
     run_cli,
     write_config,
@@ -133,3 +134,86 @@ def test_no_console_message_interpolates_text_into_markup() -> None:
             if name == "add_row" and not (len(node.args) == 1 and isinstance(node.args[0], ast.Starred)):
                 offenders.append(f"{module}:{node.lineno}: add_row without plain_cells")
     assert not offenders, "\n".join(offenders)
+
+
+# --- b. the store is the one the configuration names, and read-only commands never make one ---
+
+
+def relative_store_config(directory: Path, database: str | None = "sqlite:///meldpunt.db") -> Path:
+    """The example deployment in `directory` with a relative SQLite path (or none at all)."""
+    config = write_config(directory)
+
+    def relative(raw: dict[str, Any]) -> None:
+        if database is None:
+            del raw["database"]
+        else:
+            raw["database"] = database
+
+    return edit_config(config, relative)
+
+
+@pytest.mark.parametrize("database", ["sqlite:///meldpunt.db", "sqlite:///data/../meldpunt.db", None])
+def test_a_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path, database: str | None) -> None:
+    """`cd elsewhere && meldpunt export -c ../deployment/meldpunt.yaml` read (and created) an
+    empty store in `elsewhere` and exported 0 objects, with success. The default store (no
+    `database` key) is beside the config file too."""
+    deployment, elsewhere = tmp_path / "deployment", tmp_path / "elsewhere"
+    deployment.mkdir()
+    (deployment / "data").mkdir()
+    elsewhere.mkdir()
+    config = relative_store_config(deployment, database)
+    done = run_cli(*INGEST_DIVD, str(DIVD_SCAN), "-c", str(config), cwd=elsewhere, config=None)
+    assert done.returncode == 0, explain(done)
+    assert (deployment / "meldpunt.db").exists()
+    assert not (elsewhere / "meldpunt.db").exists()
+
+    result = run_cli(
+        "export", "--recipient", "zcert", "-c", "../deployment/meldpunt.yaml", cwd=elsewhere, config=None
+    )
+    assert result.returncode == 0, explain(result)
+    bundle = json.loads(result.stdout)
+    assert any(o["type"] == "sighting" for o in bundle["objects"]), explain(result)
+    assert not (elsewhere / "meldpunt.db").exists()
+
+
+def test_a_relative_sqlite_path_in_the_environment_is_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """$MELDPUNT_DATABASE_URL belongs to the shell it is set in, not to the file (README)."""
+    deployment, work = tmp_path / "deployment", tmp_path / "work"
+    deployment.mkdir()
+    work.mkdir()
+    config = write_config(deployment)
+    env = {**cli_env(config), "MELDPUNT_DATABASE_URL": "sqlite:///from-env.db"}
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=work, env=env)
+    assert result.returncode == 0, explain(result)
+    assert (work / "from-env.db").exists()
+    assert not (deployment / "from-env.db").exists()
+
+
+READ_ONLY_COMMANDS = {
+    "export": ["export", "--recipient", "zcert"],
+    "route explain": ["route", "explain", "sighting--00000000-0000-5000-8000-000000000000"],
+    "runs list": ["runs", "list"],
+    "runs mark-failed": ["runs", "mark-failed", "1"],
+    "misp status": ["misp", "status"],
+    "misp sync": ["misp", "sync"],
+    "misp retry": ["misp", "retry"],
+    "misp export-feed": ["misp", "export-feed", "feeds"],
+}
+
+
+def with_feed(raw: dict[str, Any]) -> None:
+    """zcert gets a MISP feed (no push), so `misp export-feed` has something to export."""
+    next(r for r in raw["recipients"] if r["id"] == "zcert")["misp"] = {"feed": True}
+
+
+@pytest.mark.parametrize("command", sorted(READ_ONLY_COMMANDS))
+def test_commands_that_read_a_store_refuse_one_that_does_not_exist(tmp_path: Path, command: str) -> None:
+    config = edit_config(write_config(tmp_path), with_feed)
+    result = run_cli(*READ_ONLY_COMMANDS[command], cwd=tmp_path, config=config)
+    assert result.returncode == 1, explain(result)
+    store = tmp_path / "meldpunt.db"
+    assert f"the store {store} does not exist" in result.stderr, explain(result)
+    assert "meldpunt ingest" in result.stderr and "relative to the configuration file" in result.stderr
+    assert not store.exists(), f"{command} created an empty store"
