@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,9 @@ from connector.collections import collection_rows
 from connector.config import Config, ConfigError, load_config, parse_config
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
 from connector.logs import LogLevelError, setup_logging
+from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
+from connector.rsit import RSIT, check_category
 from connector.store import Store
 
 app = typer.Typer(
@@ -289,6 +292,79 @@ runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_h
 app.add_typer(runs_app, name="runs")
 
 
+AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)
+_AS_NUMBER = re.compile(r"^(?:AS)?(\d+)$", re.IGNORECASE)
+_NOTIFICATION_KEY = re.compile(r"^[0-9a-f]{64}$")
+# Meant as an address or network: digits and dots (no top-level domain is numeric), or a colon
+# (no host name has one).
+_ADDRESS_LIKE = re.compile(r"^(?:[0-9.]+(?:/\S*)?|.*:.*)$")
+
+
+def route_target_problem(target: str) -> str | None:
+    """Why `target` is no IP address, network, AS number, domain, e-mail address or URL; None
+    when it is one (or a notification's id or key).
+
+    explain_target takes whatever is not an address or AS number for a domain name, so a typo
+    (`192.0.2.999`, an 11-digit AS number) got an answer about a domain nobody can own. What is
+    checked here is what cannot be meant as a domain: text of digits and dots or with a colon
+    (an address), digits with or without `AS` (an AS number), a name without a dot or with a
+    numeric last label.
+    """
+    text = target.strip()
+    if text.startswith("sighting--") or _NOTIFICATION_KEY.match(text):
+        return None
+    if match := _AS_NUMBER.match(text):
+        if not 1 <= int(match.group(1)) <= AS_NUMBER_MAX:
+            return (
+                f"{target!r} is not an AS number: AS numbers are 32-bit, "
+                f"AS1 to AS{AS_NUMBER_MAX} (AS0 is reserved)"
+            )
+        return None
+    if "://" in text:
+        try:
+            host = url_host(text)
+        except ValueError:
+            return None  # explain_target names what is wrong with the URL
+        problem = _host_problem(host, part=True) if host else None
+        return f"URL {target!r}: its host {problem}" if problem else None
+    if "@" in text:
+        problem = _host_problem(text.rpartition("@")[2], part=True)
+        return f"e-mail address {target!r}: its domain {problem}" if problem else None
+    return _host_problem(text)
+
+
+def _host_problem(host: str, *, part: bool = False) -> str | None:
+    """Why `host` is neither an IP address (or network) nor a domain name; None if it is one.
+    `part`: the host of a URL or e-mail address, which cannot be an AS number either."""
+    bare = host.strip().removeprefix("[").removesuffix("]")
+    if _ADDRESS_LIKE.match(bare):
+        try:
+            canonical_ip_or_network(bare)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    labels = bare.rstrip(".").split(".")
+    if len(labels) < 2:
+        what = "neither an IP address nor" if part else "not an IP address, an AS number (AS64500) or"
+        return f"{host!r} is {what} a domain name (a domain name has at least two labels: example.nl)"
+    if labels[-1].isdigit():
+        return f"{host!r} is neither an IP address nor a domain name: no top-level domain is numeric"
+    return None
+
+
+def route_category(category: str) -> tuple[str, str]:
+    """`--category` as (taxonomy, type) of the RSIT taxonomy, both: a notification has both,
+    and a taxonomy alone would be checked against type-level recipient categories as
+    `taxonomy/None`. ValueError naming the known values."""
+    taxonomy, _, type_ = category.partition("/")
+    check_category(category)
+    if not type_:
+        raise ValueError(
+            f"{category!r} names no type: give taxonomy/type, e.g. {taxonomy}/{RSIT[taxonomy][0]}"
+        )
+    return taxonomy, type_
+
+
 @route_app.command("explain")
 def route_explain(
     target: Annotated[
@@ -309,9 +385,17 @@ def route_explain(
     from connector.tlp import parse_tlp
 
     config = _load(config_path)
+    if problem := route_target_problem(target):
+        raise _fail(problem)
+    taxonomy: str | None = None
+    type_: str | None = None
+    if category is not None:
+        try:
+            taxonomy, type_ = route_category(category)
+        except ValueError as exc:
+            raise _fail(f"--category: {exc}") from None
     try:
-        taxonomy, _, type_ = (category or "").partition("/")
-        policy = Policy(parse_tlp(tlp), taxonomy or None, type_ or None)
+        policy = Policy(parse_tlp(tlp), taxonomy, type_)
         needs_store = target.startswith("sighting--") or len(target) == 64
         lines = explain_target(
             Router(config), target, policy, _open_store(config, config_path) if needs_store else None

@@ -217,3 +217,93 @@ def test_commands_that_read_a_store_refuse_one_that_does_not_exist(tmp_path: Pat
     assert f"the store {store} does not exist" in result.stderr, explain(result)
     assert "meldpunt ingest" in result.stderr and "relative to the configuration file" in result.stderr
     assert not store.exists(), f"{command} created an empty store"
+
+
+# --- c. route explain answers for what was asked, or refuses ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ("192.0.2.999", "invalid IP address '192.0.2.999'"),
+        ("1.2", "invalid IP address '1.2'"),
+        ("2001:db8::zz", "invalid IP address '2001:db8::zz'"),
+        ("192.0.2.1/24", "has host bits set"),
+        ("192.0.2.0/33", "invalid IP network '192.0.2.0/33'"),
+        ("AS99999999999", "AS numbers are 32-bit"),
+        ("AS4294967296", "AS numbers are 32-bit"),
+        ("4294967296", "AS numbers are 32-bit"),
+        ("AS0", "AS numbers are 32-bit"),
+        ("https://192.0.2.999/login", "invalid IP address '192.0.2.999'"),
+        ("ciso@192.0.2.999", "invalid IP address '192.0.2.999'"),
+        ("www.example.123", "no top-level domain is numeric"),
+        ("AS-FOO", "a domain name has at least two labels"),
+    ],
+)
+def test_route_explain_refuses_what_is_no_address_as_number_or_domain(
+    tmp_path: Path, target: str, fragment: str
+) -> None:
+    """`192.0.2.999` and `AS99999999999` were explained as domain names ("no claim on it"),
+    `AS4294967296` as an AS number nobody claims: answers about something that cannot exist."""
+    config = write_config(tmp_path)
+    result = run_cli("route", "explain", target, cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert fragment in result.stderr, explain(result)
+    assert "no claim" not in result.stdout and "claimed by nobody" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "line"),
+    [
+        ("AS4294967295", "asn AS4294967295: claimed by nobody"),
+        ("as64500", "asn AS64500: claimed by zcert"),
+        ("64500", "asn AS64500: claimed by zcert"),
+        ("198.51.100.0/24", "network 198.51.100.0/24: claimed by ibd"),
+        ("[2001:db8:10::1]", "claimed by zcert"),
+        ("Example.NL.", "domain example.nl: claimed by ibd"),
+        ("https://x.example.nl/", "url: routes by its host x.example.nl"),
+        ("ciso@example.nl", "e-mail address: routes by its domain example.nl"),
+    ],
+)
+def test_route_explain_still_explains_valid_targets(tmp_path: Path, target: str, line: str) -> None:
+    config = write_config(tmp_path)
+    result = run_cli("route", "explain", target, cwd=tmp_path, config=config)
+    assert result.returncode == 0, explain(result)
+    assert line in result.stdout, explain(result)
+
+
+@pytest.mark.parametrize(
+    ("category", "fragment"),
+    [
+        ("vulnerable/no-such-type", "unknown RSIT type 'no-such-type' in vulnerable"),
+        ("nonsense/vulnerable-system", "unknown RSIT taxonomy 'nonsense'"),
+        ("vulnerable", "taxonomy/type"),
+    ],
+)
+def test_route_explain_refuses_an_unknown_category(tmp_path: Path, category: str, fragment: str) -> None:
+    config = write_config(tmp_path)
+    result = run_cli("route", "explain", "192.0.2.17", "--category", category, cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert fragment in result.stderr and "--category" in result.stderr, explain(result)
+
+
+def test_route_explain_applies_a_known_category(tmp_path: Path) -> None:
+    """A recipient that accepts only another category is named as suppressed by it."""
+
+    def zcert_takes_phishing_only(raw: dict[str, Any]) -> None:
+        next(r for r in raw["recipients"] if r["id"] == "zcert")["categories"] = ["fraud/phishing"]
+
+    config = edit_config(write_config(tmp_path), zcert_takes_phishing_only)
+    result = run_cli(
+        "route",
+        "explain",
+        "192.0.2.1",
+        "--category",
+        "vulnerable/vulnerable-system",
+        cwd=tmp_path,
+        config=config,
+    )
+    assert result.returncode == 0, explain(result)
+    assert "policy: zcert not delivered: category vulnerable/vulnerable-system" in result.stdout, explain(
+        result
+    )
