@@ -6,8 +6,10 @@ import getpass
 import os
 import re
 import sys
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,13 +19,17 @@ from rich.text import Text
 
 from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
 from connector.collections import collection_rows
-from connector.config import Config, ConfigError, load_config, parse_config
+from connector.config import DATABASE_ENV, Config, ConfigError, load_config, parse_config
+from connector.config import config_path as resolve_config_path
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
 from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
 from connector.rsit import RSIT, check_category
 from connector.store import Store
+
+if TYPE_CHECKING:
+    from connector.misp.sync import MispSync
 
 app = typer.Typer(
     help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
@@ -109,9 +115,6 @@ def _open_store(config: Config, config_path: Path | None = None, *, create: bool
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from connector.config import DATABASE_ENV
-    from connector.config import config_path as resolve_config_path
-
     missing = None if create else _missing_sqlite_file(config.database)
     if missing is not None:
         if os.environ.get(DATABASE_ENV):
@@ -161,8 +164,22 @@ def hash_password_cmd() -> None:
 
 
 @app.command("create-token")
-def create_token(user: Annotated[str, typer.Option(help="Username the token is for.")]) -> None:
-    """Make a bearer API token: print the token (give it to the client, once) and the config entry."""
+def create_token(
+    user: Annotated[str, typer.Option(help="Username the token is for (a users[] entry).")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Make a bearer API token: print the token (give it to the client, once) and the config entry.
+
+    The user must be in the configuration: the entry printed goes under that user, and a token
+    for a name nobody configured would be handed out and then never work."""
+    config = _load(config_path)
+    known = [u.username for u in config.users]
+    if user not in known:
+        shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        raise _fail(
+            f"unknown user {user!r} in {resolve_config_path(config_path)} (known: {shown or 'none'}); "
+            "add it under users[] with what it may do (recipient, inbox or operator) first"
+        )
     token, token_id, token_hash = new_token()
     console.print(f"token for {user} (shown once; store it in the client's secret store):", markup=False)
     typer.echo(token)
@@ -172,7 +189,9 @@ def create_token(user: Annotated[str, typer.Option(help="Username the token is f
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Input files.", exists=True, dir_okay=False)],
+    # Checked by _readable_inputs, not typer: typer's check exits 2, the code for a wrong
+    # command or configuration, where an input that cannot be read is 1 (README).
+    paths: Annotated[list[Path], typer.Argument(help="Input files.")],
     partner: Annotated[str, typer.Option(help="Partner id from the configuration.")],
     fmt: Annotated[str, typer.Option("--format", help="Input format (a mapping under mappings/).")],
     case: Annotated[
@@ -181,8 +200,13 @@ def ingest(
     ] = None,
     config_path: ConfigOption = None,
 ) -> None:
-    """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
+    """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts.
+
+    Exit 1 when an input cannot be read, or when rows were quarantined and none became a
+    notification (a wrong --format, a broken export); 2 on a configuration error or an unknown
+    partner or format."""
     config = _load(config_path)
+    _readable_inputs(paths)
     store = _open_store(config, create=True)
     try:
         ingestor = Ingestor(config, store, _mappings(config))
@@ -222,6 +246,36 @@ def ingest(
     print_summary(store, summary)
     if not summary.ok:
         raise typer.Exit(1)
+    if problem := nothing_usable(summary.counts, fmt):
+        raise _fail(problem, code=1)
+
+
+def _readable_inputs(paths: list[Path]) -> None:
+    """Refuse the whole ingest when an input is missing or not a file: a mistyped path is fixed
+    and the same command run again, rather than half the inputs ingested."""
+    problems = []
+    for path in paths:
+        if not path.exists():
+            problems.append(f"input {path} does not exist")
+        elif not path.is_file():
+            problems.append(f"input {path} is not a file")
+    if problems:
+        raise _fail("; ".join(problems) + "; nothing was ingested", code=1)
+
+
+def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
+    """Why an ingest that ran to its end still failed: rows were quarantined and not one became
+    a notification, which is what a wrong --format or a broken export looks like. Rows skipped
+    by design (blank lines, informational findings) are no fault: an input of only those
+    succeeds, as does an empty one."""
+    bad = counts.get("quarantined", 0) + counts.get("attributes_quarantined", 0)
+    if counts.get("notifications", 0) or not bad:
+        return None
+    return (
+        f"no notification: all {bad} quarantined ({counts.get('read', 0)} row(s) read, "
+        f"{counts.get('skipped', 0)} skipped); the reasons are listed above: is --format {fmt} "
+        "right for this input?"
+    )
 
 
 def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
@@ -419,7 +473,6 @@ def recipients_import(
     config_path: ConfigOption = None,
 ) -> None:
     """Validate recipients from CSV against the configuration; append them to its recipient file."""
-    from connector.config import config_path as resolve_config_path
     from connector.recipients_csv import append_rows, read_recipient_rows
 
     config = _load(config_path)
@@ -457,12 +510,31 @@ def misp_sync(
     ] = False,
     config_path: ConfigOption = None,
 ) -> None:
-    """Push due outbox entries to the recipients' MISP instances; print what happened."""
-    from connector.misp.sync import MispSync
+    """Push due outbox entries to the recipients' MISP instances; print what happened.
+
+    Exit 1 when a delivery failed, 2 when a recipient's entries were left queued because its
+    MISP API key is not set."""
+    from connector.misp.sync import MispSync, SyncSummary
 
     config = _load(config_path)
     _known_recipient(config, recipient)
     sync = MispSync(config, _open_store(config, config_path))
+    due = Counter(e["recipient"] for e in sync.due(recipient, include_later=now))
+    keyless = _misp_keys_missing(config, recipient)
+    for rid, variable in sorted(keyless.items()):
+        if due[rid]:
+            console.print(
+                _labelled(
+                    "error:",
+                    "bold red",
+                    f"{rid}: {due[rid]} MISP delivery(ies) not attempted: {variable} (its MISP API "
+                    "key) is not set; set it and run `meldpunt misp sync` again (they stay queued)",
+                )
+            )
+        else:
+            console.print(_labelled("warning:", "yellow", f"{rid}: {variable} (its MISP API key) is not set"))
+    runnable = [rid for rid in sorted(due) if rid not in keyless]
+    summary = SyncSummary()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -470,20 +542,74 @@ def misp_sync(
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("pushing", total=None)
-        summary = sync.run(
-            recipient,
-            lambda done, total: progress.update(task, completed=done, total=total),
-            include_later=now,
-        )
+        task = progress.add_task("pushing", total=sum(due[rid] for rid in runnable))
+        offset = 0
+        for rid in runnable:
+            # One recipient at a time, so that those without a key are left out (MispSync
+            # would mark each of their entries failed for good: see _misp_keys_missing).
+            part = sync.run(
+                rid,
+                lambda done, _total, base=offset: progress.update(task, completed=base + done),
+                include_later=now,
+            )
+            offset += due[rid]
+            summary.counts.update(part.counts)
+            summary.per_recipient.update(part.per_recipient)
+            summary.errors.extend(part.errors)
     table = Table("recipient", *sorted(summary.counts), title="MISP sync")
     for rid, counts in sorted(summary.per_recipient.items()):
         table.add_row(*plain_cells(rid, *[counts[k] for k in sorted(summary.counts)]))
     out.print(table if summary.counts else "nothing due")
     for error in summary.errors:
         console.print(Text(error, style="red"))
+    _tell_failed_entries(sync, recipient)
     if summary.counts.get("failed"):
         raise typer.Exit(1)
+    if any(due[rid] for rid in keyless):
+        raise typer.Exit(2)
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def _misp_keys_missing(config: Config, recipient: str | None) -> dict[str, str]:
+    """Recipients (all, or the one asked for) that push to a MISP whose API key variable is
+    not set, each with the variable as it may be named.
+
+    MispSync marks an entry it has no key for `failed`, and failed entries wait for
+    `meldpunt misp retry`: set the key afterwards and the next sync said "nothing due". A key
+    that is not there is the operator's to fix, not the event's fault, so the sync leaves
+    those recipients' entries queued and says why. A variable name that does not look like one
+    (an API key pasted into key_env) is not printed."""
+    missing = {}
+    for r in config.recipients:
+        channel = r.misp
+        if recipient not in (None, r.id) or channel is None or not channel.url:
+            continue
+        if not os.environ.get(channel.key_env or ""):
+            name = channel.key_env or ""
+            shown = (
+                f"environment variable {name}"
+                if _ENV_NAME.fullmatch(name)
+                else "the variable named by misp.key_env"
+            )
+            missing[r.id] = shown
+    return missing
+
+
+def _tell_failed_entries(sync: MispSync, recipient: str | None) -> None:
+    """Failed entries are not retried by a sync: say so, or "nothing due" reads as all done."""
+    for row in sync.status():
+        if row["failed"] and recipient in (None, row["recipient"]):
+            console.print(
+                _labelled(
+                    "warning:",
+                    "yellow",
+                    f"{row['recipient']}: {row['failed']} failed MISP delivery(ies) wait for "
+                    f"`meldpunt misp retry --recipient {row['recipient']}` once the cause is fixed "
+                    f"(last error: {row['last_error'] or 'none recorded'})",
+                )
+            )
 
 
 @misp_app.command("retry")
@@ -533,12 +659,18 @@ def misp_export_feed(
     from connector.misp.feed import export_feed
 
     config = _load(config_path)
-    store = _open_store(config, config_path)
+    _known_recipient(config, recipient)
     chosen = [
         r for r in config.recipients if (r.misp and r.misp.feed) and (recipient is None or r.id == recipient)
     ]
+    where = resolve_config_path(config_path)
     if recipient and not chosen:
-        raise _fail(f"recipient {recipient!r} has no MISP feed (misp.feed: true)")
+        raise _fail(f"recipient {recipient!r} has no MISP feed: set misp.feed: true for it in {where}")
+    if not chosen:
+        raise _fail(
+            f"no recipient has a MISP feed, nothing to export: set misp.feed: true for a recipient in {where}"
+        )
+    store = _open_store(config, config_path)
     for r in chosen:
         count = export_feed(config, store, r.id, directory / r.id)
         out.print(f"{r.id}: {count} event(s) in {directory / r.id}", markup=False)

@@ -23,6 +23,7 @@ from tests.test_cli import (
     CASE_YAML,
     INGEST_DIVD,
     cli_env,
+    counts_of,
     explain,
     run_cli,
     write_config,
@@ -307,3 +308,161 @@ def test_route_explain_applies_a_known_category(tmp_path: Path) -> None:
     assert "policy: zcert not delivered: category vulnerable/vulnerable-system" in result.stdout, explain(
         result
     )
+
+
+# --- d. exit codes say what happened ---------------------------------------------------------
+
+
+def test_an_ingest_whose_every_row_is_quarantined_fails(tmp_path: Path) -> None:
+    """A wrong format or a broken export gives nothing but quarantined rows: that is no success."""
+    config = write_config(tmp_path)
+    scan = divd_input(tmp_path / "in", [sample_finding(ip="192.0.2.999"), "log noise", sample_finding(ip="")])
+    result = run_cli(*INGEST_DIVD, str(scan), cwd=tmp_path, config=config)
+    assert result.returncode == 1, explain(result)
+    counts = counts_of(result.stdout)
+    assert counts["notifications"] == 0 and counts["quarantined"] == 3
+    assert "no notification" in result.stderr and "all 3 quarantined" in result.stderr, explain(result)
+
+
+def test_an_ingest_of_only_informational_findings_succeeds(tmp_path: Path) -> None:
+    """Rows that are not notifications by design (skipped) are no failure: nothing was wrong."""
+    config = write_config(tmp_path)
+    info = sample_finding(info={**sample_finding()["info"], "severity": "info"})
+    scan = divd_input(tmp_path / "in", [info, ""])
+    result = run_cli(*INGEST_DIVD, str(scan), cwd=tmp_path, config=config)
+    assert result.returncode == 0, explain(result)
+    counts = counts_of(result.stdout)
+    assert counts["notifications"] == 0 and counts["skipped"] == 2
+
+
+def test_an_ingest_with_some_rows_quarantined_succeeds(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    scan = divd_input(tmp_path / "in", [sample_finding(), "log noise"])
+    result = run_cli(*INGEST_DIVD, str(scan), cwd=tmp_path, config=config)
+    assert result.returncode == 0, explain(result)
+    assert counts_of(result.stdout)["quarantined"] == 1
+
+
+@pytest.mark.parametrize("where", ["absent", "a-directory"])
+def test_an_input_that_cannot_be_read_exits_1_as_documented(tmp_path: Path, where: str) -> None:
+    """README: exit 1 when an input could not be read; 2 is for configuration errors."""
+    config = write_config(tmp_path)
+    missing = tmp_path / "absent.nuclei.jsonl"
+    if where == "a-directory":
+        missing.mkdir()
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), str(missing), cwd=tmp_path, config=config)
+    assert result.returncode == 1, explain(result)
+    assert str(missing) in result.stderr, explain(result)
+    assert "Traceback" not in result.stderr and "Usage:" not in result.stderr, explain(result)
+
+
+def test_misp_export_feed_without_a_feed_recipient_says_so(tmp_path: Path) -> None:
+    config = ingested(tmp_path)
+    result = run_cli("misp", "export-feed", str(tmp_path / "feeds"), cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "no recipient has a MISP feed" in result.stderr and "misp.feed: true" in result.stderr
+
+
+def test_misp_export_feed_refuses_an_unknown_recipient_and_one_without_a_feed(tmp_path: Path) -> None:
+    config = ingested(tmp_path)
+    edit_config(config, with_feed)
+    typo = run_cli("misp", "export-feed", "feeds", "--recipient", "zcrt", cwd=tmp_path, config=config)
+    assert typo.returncode == 2, explain(typo)
+    assert "unknown recipient 'zcrt'" in typo.stderr, explain(typo)
+    no_feed = run_cli("misp", "export-feed", "feeds", "--recipient", "ibd", cwd=tmp_path, config=config)
+    assert no_feed.returncode == 2, explain(no_feed)
+    assert "recipient 'ibd' has no MISP feed" in no_feed.stderr, explain(no_feed)
+    done = run_cli("misp", "export-feed", "feeds", "--recipient", "zcert", cwd=tmp_path, config=config)
+    assert done.returncode == 0, explain(done)
+    assert (tmp_path / "feeds" / "zcert" / "manifest.json").exists()
+
+
+def test_create_token_refuses_an_unknown_user(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = run_cli("create-token", "--user", "nobody", cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "unknown user 'nobody'" in result.stderr and "zcert-poller" in result.stderr, explain(result)
+    assert "$argon2" not in result.stdout
+    known = run_cli("create-token", "--user", "zcert-poller", cwd=tmp_path, config=config)
+    assert known.returncode == 0, explain(known)
+    assert 'hash: "$argon2' in known.stdout
+
+
+MISP_KEY_ENV = "MELDPUNT_TEST_MISP_KEY"  # cli_env drops MELDPUNT_*: never the developer's own
+
+
+def misp_deployment(directory: Path, fake: Any) -> Path:
+    """The example deployment with zcert pushing to `fake`, the DIVD sample ingested."""
+
+    def zcert_pushes(raw: dict[str, Any]) -> None:
+        zcert = next(r for r in raw["recipients"] if r["id"] == "zcert")
+        zcert["misp"] = {"url": fake.url, "key_env": MISP_KEY_ENV, "verify_tls": False}
+
+    config = edit_config(write_config(directory), zcert_pushes)
+    done = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=directory, config=config)
+    assert done.returncode == 0, explain(done)
+    return config
+
+
+@pytest.fixture
+def misp_instance():  # type: ignore[no-untyped-def]
+    from tests.misp_fake import MispFake
+
+    fake = MispFake().start()
+    yield fake
+    fake.stop()
+
+
+def test_a_misp_key_set_after_a_sync_without_it_is_used_by_the_next_sync(
+    tmp_path: Path, misp_instance
+) -> None:  # type: ignore[no-untyped-def]
+    """A sync without the key marked every entry failed for good, and after the operator set
+    the key the next sync said "nothing due". Now the sync refuses to start for that recipient,
+    naming the variable, and leaves its entries queued for the sync that has the key."""
+
+    config = misp_deployment(tmp_path, misp_instance)
+
+    without = run_cli("misp", "sync", cwd=tmp_path, config=config)
+    assert without.returncode == 2, explain(without)
+    assert MISP_KEY_ENV in without.stderr and "zcert" in without.stderr, explain(without)
+    assert not misp_instance.events
+
+    env = {**cli_env(config), MISP_KEY_ENV: misp_instance.key}
+    with_key = run_cli("misp", "sync", cwd=tmp_path, env=env)
+    assert with_key.returncode == 0, explain(with_key)
+    assert "nothing due" not in with_key.stdout, explain(with_key)
+    assert misp_instance.events, explain(with_key)
+
+
+def test_nothing_due_names_the_failed_deliveries_that_wait_for_retry(
+    tmp_path: Path,
+    misp_instance,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Entries failed earlier (here: by the library's sync without a key, as the command did
+    before) are not retried by a sync. "nothing due" alone read as "all delivered"."""
+    from connector.config import load_config
+    from connector.misp.sync import MispSync
+    from connector.store import Store
+
+    config = misp_deployment(tmp_path, misp_instance)
+    monkeypatch.delenv(MISP_KEY_ENV, raising=False)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    try:
+        failed = MispSync(load_config(config), store).run()
+    finally:
+        store.close()
+    assert failed.counts["failed"] > 0
+
+    env = {**cli_env(config), MISP_KEY_ENV: misp_instance.key}
+    result = run_cli("misp", "sync", cwd=tmp_path, env=env)
+    assert result.returncode == 0, explain(result)
+    assert "nothing due" in result.stdout, explain(result)
+    waiting = f"zcert: {failed.counts['failed']} failed MISP delivery(ies) wait for `meldpunt misp retry"
+    assert waiting in result.stderr and "is not set" in result.stderr, explain(result)
+
+    retry = run_cli("misp", "retry", "--recipient", "zcert", cwd=tmp_path, env=env)
+    assert retry.returncode == 0, explain(retry)
+    again = run_cli("misp", "sync", cwd=tmp_path, env=env)
+    assert again.returncode == 0, explain(again)
+    assert misp_instance.events and "failed MISP delivery" not in again.stderr, explain(again)
