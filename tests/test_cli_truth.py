@@ -466,3 +466,27 @@ def test_nothing_due_names_the_failed_deliveries_that_wait_for_retry(
     again = run_cli("misp", "sync", cwd=tmp_path, env=env)
     assert again.returncode == 0, explain(again)
     assert misp_instance.events and "failed MISP delivery" not in again.stderr, explain(again)
+
+
+# --- e. errors name their file; `runs list` is whole when piped, and JSON on request ----------
+
+
+def test_a_yaml_syntax_error_in_the_config_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "meldpunt.yaml"
+    config.write_text("partners: [unclosed\nserver: {}\n", encoding="utf-8")
+    result = run_cli("runs", "list", cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert f'in "{config}", line 1, column 11' in result.stderr, explain(result)
+    assert "<unicode string>" not in result.stderr, explain(result)
+
+
+def test_a_duplicate_key_in_a_mapping_file_names_the_file(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", mappings)
+    broken = mappings / "divd-nuclei.yaml"
+    broken.write_text(broken.read_text(encoding="utf-8") + "\nformat: again\n", encoding="utf-8")
+    config = edit_config(write_config(tmp_path), lambda raw: raw.update(mappings_dir=str(mappings)))
+    result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=tmp_path, config=config)
+    assert result.returncode == 2, explain(result)
+    assert "duplicate key 'format'" in result.stderr and f'in "{broken}"' in result.stderr, explain(result)
+    assert "<unicode string>" not in result.stderr, explain(result)
