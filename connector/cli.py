@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -57,6 +59,27 @@ def _labelled(label: str, style: str, message: str) -> Text:
 def plain_cells(*values: object) -> list[Text]:
     """Table cells as plain text, for the same reason: cell strings are parsed as markup."""
     return [v if isinstance(v, Text) else Text(str(v)) for v in values]
+
+
+def print_table(target: Console, table: Table) -> None:
+    """Print a table without losing any of its text.
+
+    rich fits a table to the console's width, cutting cells (`2026-12-0…`) or folding them over
+    several lines; piped, that width is 80 columns (or $COLUMNS). Piped output is read by grep
+    and scripts, so there the table takes the width it needs, one line per row. On a terminal
+    it fits the screen, with cells folded rather than cut."""
+    if target.is_terminal:
+        for column in table.columns:
+            column.overflow = "fold"
+        target.print(table)
+        return
+    needed = Measurement.get(target, target.options.update_width(1_000_000), table).maximum
+    width = target.width
+    target.width = max(width, needed)
+    try:
+        target.print(table)
+    finally:
+        target.width = width
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -282,7 +305,7 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
     counts = Table(title=f"ingest run {summary.run_id}", show_header=False)
     for name in COUNT_NAMES:
         counts.add_row(*plain_cells(name, summary.counts.get(name, 0)))
-    out.print(counts)
+    print_table(out, counts)
     involved = set(summary.per_recipient) | set(summary.suppressed_tlp) | set(summary.suppressed_category)
     if involved:
         table = Table("recipient", "delivered", "suppressed (TLP)", "suppressed (category)")
@@ -295,7 +318,7 @@ def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
                     summary.suppressed_category[rid],
                 )
             )
-        out.print(table)
+        print_table(out, table)
     _print_rows(store, summary, limit)
     for warning in summary.warnings:
         console.print(_labelled("warning:", "yellow", warning))
@@ -311,7 +334,7 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
         table = Table("input", "line", "kind", "reason", title="not ingested")
         for r in bad[:limit]:
             table.add_row(*plain_cells(r["input"], r["line"], r["kind"], r["reason"]))
-        out.print(table)
+        print_table(out, table)
         if len(bad) > limit:
             out.print(
                 f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})", markup=False
@@ -329,7 +352,7 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
         )
         for n in unrouted[:limit]:
             table.add_row(*plain_cells(n["observable"], n["classification"], n["identifier"]))
-        out.print(table)
+        print_table(out, table)
         if len(unrouted) > limit:
             out.print(f"... and {len(unrouted) - limit} more", markup=False)
 
@@ -559,7 +582,10 @@ def misp_sync(
     table = Table("recipient", *sorted(summary.counts), title="MISP sync")
     for rid, counts in sorted(summary.per_recipient.items()):
         table.add_row(*plain_cells(rid, *[counts[k] for k in sorted(summary.counts)]))
-    out.print(table if summary.counts else "nothing due")
+    if summary.counts:
+        print_table(out, table)
+    else:
+        out.print("nothing due")
     for error in summary.errors:
         console.print(Text(error, style="red"))
     _tell_failed_entries(sync, recipient)
@@ -643,10 +669,10 @@ def misp_status(config_path: ConfigOption = None) -> None:
                 row["done"],
                 row["failed"],
                 nxt,
-                (row["last_error"] or "")[:80],
+                row["last_error"] or "",
             )
         )
-    out.print(table)
+    print_table(out, table)
 
 
 @misp_app.command("export-feed")
@@ -745,16 +771,26 @@ def demo(
 _RUN_COUNTS = ("read", "new", "updated", "quarantined")
 
 
+RUN_FIELDS = ("id", "partner", "format", "status", "started_at", "finished_at", "inputs", "counts", "error")
+
+
 @runs_app.command("list")
 def runs_list(
     config_path: ConfigOption = None,
     limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array of the runs, with all their counts, for scripts.")
+    ] = False,
 ) -> None:
     """The latest ingest runs: status, times, counts. A run still `running` whose process is
     gone (killed, its host lost) stays so: `meldpunt runs mark-failed ID` ends it."""
     config = _load(config_path)
+    runs = _open_store(config, config_path).runs(limit)
+    if as_json:
+        typer.echo(json.dumps([{k: run.get(k) for k in RUN_FIELDS} for run in runs], indent=2, default=str))
+        return
     table = Table("run", "partner", "format", "status", "started", "finished", "counts", title="Ingest runs")
-    for run in _open_store(config, config_path).runs(limit):
+    for run in runs:
         counts = run["counts"]
         shown = ", ".join(f"{k} {counts[k]}" for k in _RUN_COUNTS if k in counts)
         table.add_row(
@@ -768,7 +804,7 @@ def runs_list(
                 shown or "-",
             )
         )
-    out.print(table)
+    print_table(out, table)
 
 
 @runs_app.command("mark-failed")

@@ -119,7 +119,7 @@ def _self_check(config: Config, passwords: dict[str, str], base: str, out: Conso
     """Poll every recipient's collection as its own user with taxii2-client."""
     from taxii2client.v21 import Collection, as_pages
 
-    from connector.cli import plain_cells
+    from connector.cli import plain_cells, print_table
 
     table = Table("user", "recipient", "objects", "sightings", "hosts", title="polled with taxii2-client")
     hosts_total = 0
@@ -136,7 +136,7 @@ def _self_check(config: Config, passwords: dict[str, str], base: str, out: Conso
         shown = ", ".join(hosts[:3]) + (f" (+{len(hosts) - 3})" if len(hosts) > 3 else "")
         table.add_row(*plain_cells(user.username, user.recipient, len(objects), len(sightings), shown or "-"))
         hosts_total += len(hosts)
-    out.print(table)
+    print_table(out, table)
     return hosts_total > 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from connector.store import Store
 from tests.conftest import DIVD_SCAN, REPO
 from tests.test_cli import (
     CASE_YAML,
@@ -117,10 +118,25 @@ def test_bracketed_values_in_quarantine_reasons_and_file_names_are_printed_whole
 def test_no_console_message_interpolates_text_into_markup() -> None:
     """The class of the bug above, for every message in cli.py and demo.py: a rich `print` of
     an f-string with values in it parses those values as markup. Messages are built as `Text`
-    (or printed with markup=False); table cells go through `plain_cells`."""
+    (or printed with markup=False); table cells go through `plain_cells`, and tables through
+    `print_table`, which never cuts a cell (see test_runs_list_is_whole_when_piped)."""
     offenders = []
     for module in ("connector/cli.py", "connector/demo.py"):
         tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
+        tables = {  # names bound to a Table(...) anywhere in the module
+            t.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) == "Table"
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+        exempt = [
+            (node.lineno, node.end_lineno or node.lineno)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == "print_table"
+        ]
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
@@ -134,6 +150,10 @@ def test_no_console_message_interpolates_text_into_markup() -> None:
                         offenders.append(f"{module}:{node.lineno}: print of an f-string")
             if name == "add_row" and not (len(node.args) == 1 and isinstance(node.args[0], ast.Starred)):
                 offenders.append(f"{module}:{node.lineno}: add_row without plain_cells")
+            inside_print_table = any(start <= node.lineno <= end for start, end in exempt)
+            tabled = any(isinstance(a, ast.Name) and a.id in tables for a in node.args)
+            if name == "print" and tabled and not inside_print_table:
+                offenders.append(f"{module}:{node.lineno}: a table printed without print_table")
     assert not offenders, "\n".join(offenders)
 
 
@@ -443,7 +463,6 @@ def test_nothing_due_names_the_failed_deliveries_that_wait_for_retry(
     before) are not retried by a sync. "nothing due" alone read as "all delivered"."""
     from connector.config import load_config
     from connector.misp.sync import MispSync
-    from connector.store import Store
 
     config = misp_deployment(tmp_path, misp_instance)
     monkeypatch.delenv(MISP_KEY_ENV, raising=False)
@@ -490,3 +509,72 @@ def test_a_duplicate_key_in_a_mapping_file_names_the_file(tmp_path: Path) -> Non
     assert result.returncode == 2, explain(result)
     assert "duplicate key 'format'" in result.stderr and f'in "{broken}"' in result.stderr, explain(result)
     assert "<unicode string>" not in result.stderr, explain(result)
+
+
+def runs_deployment(directory: Path) -> tuple[Path, int]:
+    """A store with one finished DIVD run and one long-named run left running; (config, its id)."""
+    config = ingested(directory)
+    store = Store.open(f"sqlite:///{directory / 'meldpunt.db'}")
+    try:
+        long_one = store.start_run("divd", "shadowserver-scan_http_vulnerable", ["a-long-input-name.csv"])
+    finally:
+        store.close()
+    return config, long_one
+
+
+def test_runs_list_is_whole_when_piped(tmp_path: Path) -> None:
+    """Piped (no terminal, no COLUMNS: 80 columns), rich cut the cells to fit: `2026-12-0…`,
+    `quarantin…`. Every value must be there, each run on one line, to be grepped."""
+    config, long_one = runs_deployment(tmp_path)
+    result = run_cli("runs", "list", cwd=tmp_path, env=cli_env(config, columns=None))
+    assert result.returncode == 0, explain(result)
+    assert "…" not in result.stdout, explain(result)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    try:
+        runs = {run["id"]: run for run in store.runs(10)}
+    finally:
+        store.close()
+    lines = {
+        line.split()[1]: line
+        for line in result.stdout.splitlines()
+        if line.split()[1:2] and line.split()[1].isdigit()
+    }
+    assert set(lines) == {str(i) for i in runs}, explain(result)
+    for run_id, run in runs.items():
+        line = lines[str(run_id)]
+        for value in (run["partner"], run["format"], run["status"], run["started_at"]):
+            assert value in line, f"{value!r} not whole in {line!r}"
+    done = lines[str(long_one - 1)]
+    counts = runs[long_one - 1]["counts"]
+    assert f"quarantined {counts['quarantined']}" in done and runs[long_one - 1]["finished_at"] in done
+
+
+def test_runs_list_json(tmp_path: Path) -> None:
+    config, long_one = runs_deployment(tmp_path)
+    result = run_cli("runs", "list", "--json", "--limit", "5", cwd=tmp_path, config=config)
+    assert result.returncode == 0, explain(result)
+    listed = json.loads(result.stdout)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    try:
+        expected = store.runs(5)
+    finally:
+        store.close()
+    assert [r["id"] for r in listed] == [r["id"] for r in expected] == [long_one, long_one - 1]
+    keys = ("id", "partner", "format", "status", "started_at", "finished_at", "inputs", "counts", "error")
+    for got, want in zip(listed, expected, strict=True):
+        assert set(got) == set(keys)
+        assert {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    assert listed[1]["counts"]["read"] == 36 and listed[0]["finished_at"] is None
+
+
+def test_ingest_tables_are_whole_when_piped(tmp_path: Path) -> None:
+    """The same for every table: a quarantine reason longer than 80 columns stays whole."""
+    config = write_config(tmp_path)
+    long_ip = "192.0.2." + "9" * 90
+    scan = divd_input(tmp_path / "in", [sample_finding(), sample_finding(ip=long_ip)])
+    result = run_cli(*INGEST_DIVD, str(scan), cwd=tmp_path, env=cli_env(config, columns=None))
+    assert result.returncode == 0, explain(result)
+    assert "…" not in result.stdout, explain(result)
+    assert any(f"invalid IP address '{long_ip}'" in line for line in result.stdout.splitlines()), explain(
+        result
+    )
