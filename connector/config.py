@@ -182,6 +182,14 @@ class MispChannel(_Strict):
     max_attempts: int = Field(8, ge=1)
     feed: bool = False  # serve the recipient's events as a MISP feed
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        # Read only at the first push, where it would be a TLS error on every entry.
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> MispChannel:
         if self.distribution == "sharing-group" and not self.sharing_group:
@@ -292,6 +300,14 @@ class Config(_Strict):
             raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
         return value
 
+    @field_validator("mappings_dir")
+    @classmethod
+    def _mappings_dir_exists(cls, value: Path | None) -> Path | None:
+        # A directory that is not there held no mappings: every format was "unknown".
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory {str(value)!r} (paths are relative to the config file)")
+        return value
+
     def recipient(self, recipient_id: str) -> RecipientConfig:
         for r in self.recipients:
             if r.id == recipient_id:
@@ -377,9 +393,16 @@ def sqlite_url_relative_to(url: str, base: Path) -> str:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """File references in the config are relative to the config file, not the working directory."""
-    if isinstance(raw.get("asn_table"), str):
-        raw["asn_table"] = str(base / raw["asn_table"])
+    """File references in the config are relative to the config file, not the working directory:
+    the same file must mean the same deployment wherever a command runs (an absolute path is
+    kept: `base / "/abs"` is `/abs`)."""
+    for key in ("asn_table", "mappings_dir"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(base / raw[key])
+    for recipient in raw.get("recipients") or []:
+        misp = recipient.get("misp") if isinstance(recipient, dict) else None
+        if isinstance(misp, dict) and isinstance(misp.get("ca_bundle"), str):
+            misp["ca_bundle"] = str(base / misp["ca_bundle"])
     if isinstance(raw.get("recipient_files"), list):
         raw["recipient_files"] = [str(base / f) if isinstance(f, str) else f for f in raw["recipient_files"]]
 

@@ -578,3 +578,43 @@ def test_ingest_tables_are_whole_when_piped(tmp_path: Path) -> None:
     assert any(f"invalid IP address '{long_ip}'" in line for line in result.stdout.splitlines()), explain(
         result
     )
+
+
+@pytest.mark.parametrize("key", ["mappings_dir", "misp.ca_bundle"])
+def test_every_file_the_config_names_is_relative_to_the_config_file(tmp_path: Path, key: str) -> None:
+    """As `recipient_files`, `asn_table` and a SQLite `database` are: run from elsewhere, the
+    same configuration must mean the same files."""
+    from connector.config import load_config
+
+    deployment, elsewhere = tmp_path / "deployment", tmp_path / "elsewhere"
+    deployment.mkdir()
+    elsewhere.mkdir()
+    config = write_config(deployment)
+    if key == "mappings_dir":
+        shutil.copytree(REPO / "mappings", deployment / "feeds")
+        edit_config(config, lambda raw: raw.update(mappings_dir="feeds"))
+        result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=elsewhere, config=config)
+        assert result.returncode == 0, explain(result)
+        assert counts_of(result.stdout)["notifications"] > 0
+        # One that does not exist is a configuration error, not "unknown format" for every format.
+        edit_config(config, lambda raw: raw.update(mappings_dir="absent"))
+        result = run_cli(*INGEST_DIVD, str(DIVD_SCAN), cwd=elsewhere, config=config)
+        assert result.returncode == 2, explain(result)
+        assert "mappings_dir: no such directory" in result.stderr and "absent" in result.stderr, explain(
+            result
+        )
+    else:
+        (deployment / "ca.pem").write_text("", encoding="utf-8")
+
+        def with_ca(raw: dict[str, Any]) -> None:
+            zcert = next(r for r in raw["recipients"] if r["id"] == "zcert")
+            zcert["misp"] = {"url": "https://misp.example.org", "key_env": "K", "ca_bundle": "ca.pem"}
+
+        edit_config(config, with_ca)
+        loaded = load_config(config)
+        ca_bundle = loaded.recipient("zcert").misp.ca_bundle  # type: ignore[union-attr]
+        assert ca_bundle is not None and ca_bundle.resolve() == (deployment / "ca.pem").resolve()
+        (deployment / "ca.pem").unlink()
+        result = run_cli("misp", "status", cwd=elsewhere, config=config)
+        assert result.returncode == 2, explain(result)
+        assert "misp.ca_bundle: no such file" in result.stderr, explain(result)
