@@ -1,6 +1,7 @@
 """`meldpunt demo`: the whole path on the sample config and feeds, checked with a real client.
 
-It ingests the DIVD sample into a fresh SQLite store, serves TAXII 2.1 on 127.0.0.1, polls
+It ingests the samples (DIVD scan, Shadowserver report, a researcher's STIX bundle: the
+files the README's usage lines name) into a fresh SQLite store, serves TAXII 2.1 on 127.0.0.1, polls
 every recipient's collection with taxii2-client under fresh demo passwords (printed, never
 stored), and keeps serving so you can poll it yourself.
 """
@@ -27,7 +28,12 @@ from connector.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIG = REPO / "config" / "meldpunt.yaml"
-SAMPLE_FEEDS = [("divd", "divd-nuclei", sorted((REPO / "samples" / "divd").glob("*.nuclei.jsonl")))]
+SAMPLES = REPO / "samples"
+SAMPLE_FEEDS = [
+    ("divd", "divd-nuclei", sorted((SAMPLES / "divd").glob("*.nuclei.jsonl"))),
+    ("shadowserver", "shadowserver", sorted((SAMPLES / "shadowserver").glob("*.csv"))),
+    ("researcher-1", "stix", sorted((SAMPLES / "stix").glob("*.json"))),
+]
 
 
 def demo_config(workdir: Path, port: int) -> tuple[Config, dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from connector.collections import recipient_collection_id
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, REPO
 from tests.test_cli import (
@@ -378,6 +380,12 @@ def test_an_input_that_cannot_be_read_exits_1_as_documented(tmp_path: Path, wher
 
 def test_misp_export_feed_without_a_feed_recipient_says_so(tmp_path: Path) -> None:
     config = ingested(tmp_path)
+
+    def no_feeds(raw: dict[str, Any]) -> None:
+        for r in raw["recipients"]:
+            r.pop("misp", None)
+
+    edit_config(config, no_feeds)
     result = run_cli("misp", "export-feed", str(tmp_path / "feeds"), cwd=tmp_path, config=config)
     assert result.returncode == 2, explain(result)
     assert "no recipient has a MISP feed" in result.stderr and "misp.feed: true" in result.stderr
@@ -618,3 +626,81 @@ def test_every_file_the_config_names_is_relative_to_the_config_file(tmp_path: Pa
         result = run_cli("misp", "status", cwd=elsewhere, config=config)
         assert result.returncode == 2, explain(result)
         assert "misp.ca_bundle: no such file" in result.stderr, explain(result)
+
+
+# --- f. the README's usage lines work on the shipped configuration and samples ----------------
+
+# Lines that do not end by themselves; each is covered elsewhere (test_cli: demo --no-serve,
+# a serve that fails to bind; the TAXII tests serve the same app).
+LONG_RUNNING = ("meldpunt serve", "meldpunt demo")
+
+
+def usage_lines() -> list[str]:
+    """The commands of the README's Usage block, comments removed."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Usage\n") :]
+    block = block[block.index("```sh\n") + 6 : block.index("\n```", block.index("```sh\n"))]
+    return [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_usage_lines_work_on_the_shipped_files(tmp_path: Path) -> None:
+    """Each line runs, in order, from a copy of the checkout's config/ and samples/ (as from
+    the checkout's root); optional parts ([...]) left out, every alternative (a | b) run,
+    placeholders filled: ID a recipient, DIR a folder, RUN a run left running, FILE.csv the
+    sample organisations with recipient_files named first (as the line's comment says),
+    `sighting--...` a stored sighting, COMMAND `runs list`."""
+    shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("*.db*"))
+    shutil.copytree(REPO / "samples", tmp_path / "samples")
+    config = tmp_path / "config" / "meldpunt.yaml"
+    database = f"sqlite:///{tmp_path / 'config' / 'meldpunt.db'}"
+    env = cli_env(None)
+    ran = []
+    for line in usage_lines():
+        assert line.startswith("meldpunt "), line
+        if line.startswith(LONG_RUNNING):
+            continue
+        stdin = None
+        if "< " in line:
+            line, _, _ = line.partition("< ")
+            stdin = "a demo password\n"
+        line = re.sub(r"\s*\[[^]]*\]", "", line).strip()
+        if "FILE.csv" in line:
+            edit_config(config, lambda raw: raw.update(recipient_files=["recipients.csv"]))
+            (tmp_path / "config" / "recipients.csv").write_text("id,name,kind\n", encoding="utf-8")
+            line = line.replace("FILE.csv", "samples/recipients/organisations.csv")
+        if "RUN" in line.split():
+            store = Store.open(database)
+            try:
+                run_id = store.start_run(
+                    "divd", "divd-nuclei", ["killed.jsonl"]
+                )  # as a killed process leaves it
+            finally:
+                store.close()
+            line = line.replace("RUN", str(run_id))
+        if "sighting--..." in line:
+            store = Store.open(database)
+            try:
+                sighting = next(
+                    o.stix_id
+                    for o in store.page(
+                        recipient_collection_id("zcert"), after=None, limit=1, types=("sighting",)
+                    )
+                )
+            finally:
+                store.close()
+            line = line.replace("sighting--...", sighting)
+        line = line.replace("COMMAND ...", "runs list").replace(" DIR", " feeds").replace(" ID", " zcert")
+        head, _, alternatives = line.partition("route explain ")
+        commands = (
+            [head + "route explain " + a for a in alternatives.split(" | ")] if alternatives else [line]
+        )
+        for command in commands:
+            args = command.split()[1:]
+            result = run_cli(*args, cwd=tmp_path, env=env, stdin=stdin)
+            assert result.returncode == 0, f"README line `{command}`:\n{explain(result)}"
+            ran.append(command)
+    assert any("shadowserver" in c for c in ran) and any("export-feed" in c for c in ran), ran
+    from connector.config import load_config
+
+    imported = {r.id for r in load_config(config).recipients}
+    assert {"waterschap-voorbeeld", "ziekenhuis-zuid"} <= imported
