@@ -31,7 +31,7 @@ SAMPLE_CONFIG = REPO / "config" / "meldpunt.yaml"
 SAMPLES = REPO / "samples"
 SAMPLE_FEEDS = [
     ("divd", "divd-nuclei", sorted((SAMPLES / "divd").glob("*.nuclei.jsonl"))),
-    ("shadowserver", "shadowserver", sorted((SAMPLES / "shadowserver").glob("*.csv"))),
+    ("shadowserver-foundation", "shadowserver", sorted((SAMPLES / "shadowserver").glob("*.csv"))),
     ("researcher-1", "stix", sorted((SAMPLES / "stix").glob("*.json"))),
 ]
 

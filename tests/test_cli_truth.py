@@ -647,8 +647,9 @@ def test_readme_usage_lines_work_on_the_shipped_files(tmp_path: Path) -> None:
     """Each line runs, in order, from a copy of the checkout's config/ and samples/ (as from
     the checkout's root); optional parts ([...]) left out, every alternative (a | b) run,
     placeholders filled: ID a recipient, DIR a folder, RUN a run left running, FILE.csv the
-    sample organisations with recipient_files named first (as the line's comment says),
-    `sighting--...` a stored sighting, COMMAND `runs list`."""
+    sample organisations, `sighting--...` a stored sighting, COMMAND `runs list`. The two lines
+    whose comment names something to add to the example configuration first (recipient_files,
+    a MISP feed) get it added first."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("*.db*"))
     shutil.copytree(REPO / "samples", tmp_path / "samples")
     config = tmp_path / "config" / "meldpunt.yaml"
@@ -664,6 +665,8 @@ def test_readme_usage_lines_work_on_the_shipped_files(tmp_path: Path) -> None:
             line, _, _ = line.partition("< ")
             stdin = "a demo password\n"
         line = re.sub(r"\s*\[[^]]*\]", "", line).strip()
+        if "export-feed" in line:  # its comment: add `misp: {feed: true}` to a recipient first
+            edit_config(config, with_feed)
         if "FILE.csv" in line:
             edit_config(config, lambda raw: raw.update(recipient_files=["recipients.csv"]))
             (tmp_path / "config" / "recipients.csv").write_text("id,name,kind\n", encoding="utf-8")

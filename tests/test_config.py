@@ -117,7 +117,7 @@ def test_example_config_loads() -> None:
     config = load_config(SAMPLE_CONFIG)
     assert isinstance(config, Config)
     assert {r.id for r in config.recipients} == {"zcert", "ziekenhuis-noord", "ibd", "gemeente-voorbeeld"}
-    assert [p.id for p in config.partners] == ["divd", "researcher-1", "shadowserver"]
+    assert [p.id for p in config.partners] == ["divd", "researcher-1", "shadowserver-foundation"]
     assert config.recipient("ziekenhuis-noord").parent == "zcert"
     assert config.database == beside(SAMPLE_CONFIG, _EXAMPLE["database"])
     assert all(u.password_hash.startswith("$argon2") for u in config.users)
