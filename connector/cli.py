@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import getpass
+import json
+import os
+import re
 import sys
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
 from connector.collections import collection_rows
-from connector.config import Config, ConfigError, load_config, parse_config
+from connector.config import DATABASE_ENV, Config, ConfigError, load_config, parse_config
+from connector.config import config_path as resolve_config_path
 from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
 from connector.logs import LogLevelError, setup_logging
+from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
+from connector.rsit import RSIT, check_category
 from connector.store import Store
+
+if TYPE_CHECKING:
+    from connector.misp.sync import MispSync
 
 app = typer.Typer(
     help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
@@ -36,8 +49,41 @@ ConfigOption = Annotated[
 ]
 
 
+def _labelled(label: str, style: str, message: str) -> Text:
+    """A message with a coloured label. The message is plain text, never rich markup: it holds
+    values from the command line, the configuration, partners' files and the store, and
+    markup would swallow any of their square brackets (`[red]zz` printed as `zz`)."""
+    return Text.assemble((label, style), " ", message)
+
+
+def plain_cells(*values: object) -> list[Text]:
+    """Table cells as plain text, for the same reason: cell strings are parsed as markup."""
+    return [v if isinstance(v, Text) else Text(str(v)) for v in values]
+
+
+def print_table(target: Console, table: Table) -> None:
+    """Print a table without losing any of its text.
+
+    rich fits a table to the console's width, cutting cells (`2026-12-0…`) or folding them over
+    several lines; piped, that width is 80 columns (or $COLUMNS). Piped output is read by grep
+    and scripts, so there the table takes the width it needs, one line per row. On a terminal
+    it fits the screen, with cells folded rather than cut."""
+    if target.is_terminal:
+        for column in table.columns:
+            column.overflow = "fold"
+        target.print(table)
+        return
+    needed = Measurement.get(target, target.options.update_width(1_000_000), table).maximum
+    width = target.width
+    target.width = max(width, needed)
+    try:
+        target.print(table)
+    finally:
+        target.width = width
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(_labelled("error:", "bold red", message))
     return typer.Exit(code)
 
 
@@ -64,13 +110,48 @@ def _known_recipient(config: Config, recipient: str | None) -> None:
             raise _fail(f"unknown recipient {recipient!r}") from None
 
 
-def _open_store(config: Config) -> Store:
+def _missing_sqlite_file(database: str) -> Path | None:
+    """The SQLite file `database` names, when it does not exist (else None: it exists, or the
+    URL is not a SQLite file: PostgreSQL, in-memory, a `file:` URI)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database)
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return None
+    if name.startswith("file:") or url.query.get("uri"):
+        return None
+    path = Path(name)
+    return None if path.exists() else path.absolute()
+
+
+def _open_store(config: Config, config_path: Path | None = None, *, create: bool = False) -> Store:
     """Open (and migrate) the store; a store that cannot be reached or used is an error message
-    naming it (password hidden) and why, never a driver traceback."""
+    naming it (password hidden) and why, never a driver traceback.
+
+    Only commands that write what they are given (`ingest`, `serve`) may create a SQLite store.
+    For the others a missing file means the configuration points somewhere else than the
+    operator thinks: opening it would create an empty store and answer "0 objects" with
+    success. (The existence check is here, not in Store: opening is how Store creates one.)
+    """
     from alembic.util.exc import CommandError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    missing = None if create else _missing_sqlite_file(config.database)
+    if missing is not None:
+        if os.environ.get(DATABASE_ENV):
+            look = f"${DATABASE_ENV} (a relative SQLite path there is relative to the working directory)"
+        else:
+            look = (
+                f"`database` in {resolve_config_path(config_path)} (a relative SQLite path is "
+                "relative to the configuration file)"
+            )
+        raise _fail(
+            f"cannot open the store: the store {missing} does not exist (this command does not "
+            f"create one); check {look}; `meldpunt ingest` creates the store",
+            code=1,
+        )
     try:
         store = Store.open(config.database)
         store.sync_collections(collection_rows(config))
@@ -106,18 +187,34 @@ def hash_password_cmd() -> None:
 
 
 @app.command("create-token")
-def create_token(user: Annotated[str, typer.Option(help="Username the token is for.")]) -> None:
-    """Make a bearer API token: print the token (give it to the client, once) and the config entry."""
+def create_token(
+    user: Annotated[str, typer.Option(help="Username the token is for (a users[] entry).")],
+    config_path: ConfigOption = None,
+) -> None:
+    """Make a bearer API token: print the token (give it to the client, once) and the config entry.
+
+    The user must be in the configuration: the entry printed goes under that user, and a token
+    for a name nobody configured would be handed out and then never work."""
+    config = _load(config_path)
+    known = [u.username for u in config.users]
+    if user not in known:
+        shown = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "")
+        raise _fail(
+            f"unknown user {user!r} in {resolve_config_path(config_path)} (known: {shown or 'none'}); "
+            "add it under users[] with what it may do (recipient, inbox or operator) first"
+        )
     token, token_id, token_hash = new_token()
-    console.print(f"token for {user} (shown once; store it in the client's secret store):")
+    console.print(f"token for {user} (shown once; store it in the client's secret store):", markup=False)
     typer.echo(token)
-    console.print(f"add under users[] -> username: {user} -> tokens:")
+    console.print(f"add under users[] -> username: {user} -> tokens:", markup=False)
     typer.echo(f'  - {{id: "{token_id}", hash: "{token_hash}"}}')
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Input files.", exists=True, dir_okay=False)],
+    # Checked by _readable_inputs, not typer: typer's check exits 2, the code for a wrong
+    # command or configuration, where an input that cannot be read is 1 (README).
+    paths: Annotated[list[Path], typer.Argument(help="Input files.")],
     partner: Annotated[str, typer.Option(help="Partner id from the configuration.")],
     fmt: Annotated[str, typer.Option("--format", help="Input format (a mapping under mappings/).")],
     case: Annotated[
@@ -126,9 +223,14 @@ def ingest(
     ] = None,
     config_path: ConfigOption = None,
 ) -> None:
-    """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts."""
+    """Ingest partner files: parse, quarantine bad rows, build STIX, route, store; print counts.
+
+    Exit 1 when an input cannot be read, or when rows were quarantined and none became a
+    notification (a wrong --format, a broken export); 2 on a configuration error or an unknown
+    partner or format."""
     config = _load(config_path)
-    store = _open_store(config)
+    _readable_inputs(paths)
+    store = _open_store(config, create=True)
     try:
         ingestor = Ingestor(config, store, _mappings(config))
     except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
@@ -167,29 +269,61 @@ def ingest(
     print_summary(store, summary)
     if not summary.ok:
         raise typer.Exit(1)
+    if problem := nothing_usable(summary.counts, fmt):
+        raise _fail(problem, code=1)
+
+
+def _readable_inputs(paths: list[Path]) -> None:
+    """Refuse the whole ingest when an input is missing or not a file: a mistyped path is fixed
+    and the same command run again, rather than half the inputs ingested."""
+    problems = []
+    for path in paths:
+        if not path.exists():
+            problems.append(f"input {path} does not exist")
+        elif not path.is_file():
+            problems.append(f"input {path} is not a file")
+    if problems:
+        raise _fail("; ".join(problems) + "; nothing was ingested", code=1)
+
+
+def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
+    """Why an ingest that ran to its end still failed: rows were quarantined and not one became
+    a notification, which is what a wrong --format or a broken export looks like. Rows skipped
+    by design (blank lines, informational findings) are no fault: an input of only those
+    succeeds, as does an empty one."""
+    bad = counts.get("quarantined", 0) + counts.get("attributes_quarantined", 0)
+    if counts.get("notifications", 0) or not bad:
+        return None
+    return (
+        f"no notification: all {bad} quarantined ({counts.get('read', 0)} row(s) read, "
+        f"{counts.get('skipped', 0)} skipped); the reasons are listed above: is --format {fmt} "
+        "right for this input?"
+    )
 
 
 def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
     counts = Table(title=f"ingest run {summary.run_id}", show_header=False)
     for name in COUNT_NAMES:
-        counts.add_row(name, str(summary.counts.get(name, 0)))
-    out.print(counts)
+        counts.add_row(*plain_cells(name, summary.counts.get(name, 0)))
+    print_table(out, counts)
     involved = set(summary.per_recipient) | set(summary.suppressed_tlp) | set(summary.suppressed_category)
     if involved:
         table = Table("recipient", "delivered", "suppressed (TLP)", "suppressed (category)")
         for rid in sorted(involved):
             table.add_row(
-                rid,
-                str(summary.per_recipient[rid]),
-                str(summary.suppressed_tlp[rid]),
-                str(summary.suppressed_category[rid]),
+                *plain_cells(
+                    rid,
+                    summary.per_recipient[rid],
+                    summary.suppressed_tlp[rid],
+                    summary.suppressed_category[rid],
+                )
             )
-        out.print(table)
+        print_table(out, table)
     _print_rows(store, summary, limit)
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(_labelled("warning:", "yellow", warning))
     for err in summary.input_errors:
-        console.print(f"[bold red]input not ingested:[/] {err}", highlight=False)
+        console.print(_labelled("input not ingested:", "bold red", err))
 
 
 def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
@@ -199,14 +333,17 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
     if bad:
         table = Table("input", "line", "kind", "reason", title="not ingested")
         for r in bad[:limit]:
-            table.add_row(r["input"], str(r["line"]), r["kind"], r["reason"])
-        out.print(table)
+            table.add_row(*plain_cells(r["input"], r["line"], r["kind"], r["reason"]))
+        print_table(out, table)
         if len(bad) > limit:
-            out.print(f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})")
+            out.print(
+                f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})", markup=False
+            )
     skipped = len(rows) - len(bad)
     if skipped:
         out.print(
-            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)"
+            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)",
+            markup=False,
         )
     unrouted = store.unrouted(summary.run_id)
     if unrouted:
@@ -214,10 +351,10 @@ def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
             "observable", "classification", "identifier", title="unrouted (no recipient claims these)"
         )
         for n in unrouted[:limit]:
-            table.add_row(n["observable"], n["classification"], n["identifier"])
-        out.print(table)
+            table.add_row(*plain_cells(n["observable"], n["classification"], n["identifier"]))
+        print_table(out, table)
         if len(unrouted) > limit:
-            out.print(f"... and {len(unrouted) - limit} more")
+            out.print(f"... and {len(unrouted) - limit} more", markup=False)
 
 
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
@@ -230,6 +367,79 @@ app.add_typer(route_app, name="route")
 app.add_typer(recipients_app, name="recipients")
 runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+
+
+AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)
+_AS_NUMBER = re.compile(r"^(?:AS)?(\d+)$", re.IGNORECASE)
+_NOTIFICATION_KEY = re.compile(r"^[0-9a-f]{64}$")
+# Meant as an address or network: digits and dots (no top-level domain is numeric), or a colon
+# (no host name has one).
+_ADDRESS_LIKE = re.compile(r"^(?:[0-9.]+(?:/\S*)?|.*:.*)$")
+
+
+def route_target_problem(target: str) -> str | None:
+    """Why `target` is no IP address, network, AS number, domain, e-mail address or URL; None
+    when it is one (or a notification's id or key).
+
+    explain_target takes whatever is not an address or AS number for a domain name, so a typo
+    (`192.0.2.999`, an 11-digit AS number) got an answer about a domain nobody can own. What is
+    checked here is what cannot be meant as a domain: text of digits and dots or with a colon
+    (an address), digits with or without `AS` (an AS number), a name without a dot or with a
+    numeric last label.
+    """
+    text = target.strip()
+    if text.startswith("sighting--") or _NOTIFICATION_KEY.match(text):
+        return None
+    if match := _AS_NUMBER.match(text):
+        if not 1 <= int(match.group(1)) <= AS_NUMBER_MAX:
+            return (
+                f"{target!r} is not an AS number: AS numbers are 32-bit, "
+                f"AS1 to AS{AS_NUMBER_MAX} (AS0 is reserved)"
+            )
+        return None
+    if "://" in text:
+        try:
+            host = url_host(text)
+        except ValueError:
+            return None  # explain_target names what is wrong with the URL
+        problem = _host_problem(host, part=True) if host else None
+        return f"URL {target!r}: its host {problem}" if problem else None
+    if "@" in text:
+        problem = _host_problem(text.rpartition("@")[2], part=True)
+        return f"e-mail address {target!r}: its domain {problem}" if problem else None
+    return _host_problem(text)
+
+
+def _host_problem(host: str, *, part: bool = False) -> str | None:
+    """Why `host` is neither an IP address (or network) nor a domain name; None if it is one.
+    `part`: the host of a URL or e-mail address, which cannot be an AS number either."""
+    bare = host.strip().removeprefix("[").removesuffix("]")
+    if _ADDRESS_LIKE.match(bare):
+        try:
+            canonical_ip_or_network(bare)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    labels = bare.rstrip(".").split(".")
+    if len(labels) < 2:
+        what = "neither an IP address nor" if part else "not an IP address, an AS number (AS64500) or"
+        return f"{host!r} is {what} a domain name (a domain name has at least two labels: example.nl)"
+    if labels[-1].isdigit():
+        return f"{host!r} is neither an IP address nor a domain name: no top-level domain is numeric"
+    return None
+
+
+def route_category(category: str) -> tuple[str, str]:
+    """`--category` as (taxonomy, type) of the RSIT taxonomy, both: a notification has both,
+    and a taxonomy alone would be checked against type-level recipient categories as
+    `taxonomy/None`. ValueError naming the known values."""
+    taxonomy, _, type_ = category.partition("/")
+    check_category(category)
+    if not type_:
+        raise ValueError(
+            f"{category!r} names no type: give taxonomy/type, e.g. {taxonomy}/{RSIT[taxonomy][0]}"
+        )
+    return taxonomy, type_
 
 
 @route_app.command("explain")
@@ -252,11 +462,21 @@ def route_explain(
     from connector.tlp import parse_tlp
 
     config = _load(config_path)
+    if problem := route_target_problem(target):
+        raise _fail(problem)
+    taxonomy: str | None = None
+    type_: str | None = None
+    if category is not None:
+        try:
+            taxonomy, type_ = route_category(category)
+        except ValueError as exc:
+            raise _fail(f"--category: {exc}") from None
     try:
-        taxonomy, _, type_ = (category or "").partition("/")
-        policy = Policy(parse_tlp(tlp), taxonomy or None, type_ or None)
+        policy = Policy(parse_tlp(tlp), taxonomy, type_)
         needs_store = target.startswith("sighting--") or len(target) == 64
-        lines = explain_target(Router(config), target, policy, _open_store(config) if needs_store else None)
+        lines = explain_target(
+            Router(config), target, policy, _open_store(config, config_path) if needs_store else None
+        )
     except ValueError as exc:
         raise _fail(str(exc)) from None
     for line in lines:
@@ -276,7 +496,6 @@ def recipients_import(
     config_path: ConfigOption = None,
 ) -> None:
     """Validate recipients from CSV against the configuration; append them to its recipient file."""
-    from connector.config import config_path as resolve_config_path
     from connector.recipients_csv import append_rows, read_recipient_rows
 
     config = _load(config_path)
@@ -291,10 +510,10 @@ def recipients_import(
         problems = [*problems, *exc.problems]
     if problems:
         for problem in problems:
-            console.print(f"[red]{problem}[/]", highlight=False)
+            console.print(Text(problem, style="red"))
         raise _fail(f"{csv_file}: {len(problems)} problem(s); nothing imported", code=1)
     if dry_run:
-        out.print(f"{len(rows)} recipient(s) valid; nothing written (--dry-run)")
+        out.print(f"{len(rows)} recipient(s) valid; nothing written (--dry-run)", markup=False)
         return
     if not config.recipient_files:
         raise _fail(
@@ -303,7 +522,7 @@ def recipients_import(
         )
     target = config.recipient_files[0]
     append_rows(target, rows)
-    out.print(f"{len(rows)} recipient(s) imported into {target}")
+    out.print(f"{len(rows)} recipient(s) imported into {target}", markup=False)
 
 
 @misp_app.command("sync")
@@ -314,12 +533,31 @@ def misp_sync(
     ] = False,
     config_path: ConfigOption = None,
 ) -> None:
-    """Push due outbox entries to the recipients' MISP instances; print what happened."""
-    from connector.misp.sync import MispSync
+    """Push due outbox entries to the recipients' MISP instances; print what happened.
+
+    Exit 1 when a delivery failed, 2 when a recipient's entries were left queued because its
+    MISP API key is not set."""
+    from connector.misp.sync import MispSync, SyncSummary
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    sync = MispSync(config, _open_store(config))
+    sync = MispSync(config, _open_store(config, config_path))
+    due = Counter(e["recipient"] for e in sync.due(recipient, include_later=now))
+    keyless = _misp_keys_missing(config, recipient)
+    for rid, variable in sorted(keyless.items()):
+        if due[rid]:
+            console.print(
+                _labelled(
+                    "error:",
+                    "bold red",
+                    f"{rid}: {due[rid]} MISP delivery(ies) not attempted: {variable} (its MISP API "
+                    "key) is not set; set it and run `meldpunt misp sync` again (they stay queued)",
+                )
+            )
+        else:
+            console.print(_labelled("warning:", "yellow", f"{rid}: {variable} (its MISP API key) is not set"))
+    runnable = [rid for rid in sorted(due) if rid not in keyless]
+    summary = SyncSummary()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -327,20 +565,77 @@ def misp_sync(
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("pushing", total=None)
-        summary = sync.run(
-            recipient,
-            lambda done, total: progress.update(task, completed=done, total=total),
-            include_later=now,
-        )
+        task = progress.add_task("pushing", total=sum(due[rid] for rid in runnable))
+        offset = 0
+        for rid in runnable:
+            # One recipient at a time, so that those without a key are left out (MispSync
+            # would mark each of their entries failed for good: see _misp_keys_missing).
+            part = sync.run(
+                rid,
+                lambda done, _total, base=offset: progress.update(task, completed=base + done),
+                include_later=now,
+            )
+            offset += due[rid]
+            summary.counts.update(part.counts)
+            summary.per_recipient.update(part.per_recipient)
+            summary.errors.extend(part.errors)
     table = Table("recipient", *sorted(summary.counts), title="MISP sync")
     for rid, counts in sorted(summary.per_recipient.items()):
-        table.add_row(rid, *[str(counts[k]) for k in sorted(summary.counts)])
-    out.print(table if summary.counts else "nothing due")
+        table.add_row(*plain_cells(rid, *[counts[k] for k in sorted(summary.counts)]))
+    if summary.counts:
+        print_table(out, table)
+    else:
+        out.print("nothing due")
     for error in summary.errors:
-        console.print(f"[red]{error}[/]", highlight=False)
+        console.print(Text(error, style="red"))
+    _tell_failed_entries(sync, recipient)
     if summary.counts.get("failed"):
         raise typer.Exit(1)
+    if any(due[rid] for rid in keyless):
+        raise typer.Exit(2)
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def _misp_keys_missing(config: Config, recipient: str | None) -> dict[str, str]:
+    """Recipients (all, or the one asked for) that push to a MISP whose API key variable is
+    not set, each with the variable as it may be named.
+
+    MispSync marks an entry it has no key for `failed`, and failed entries wait for
+    `meldpunt misp retry`: set the key afterwards and the next sync said "nothing due". A key
+    that is not there is the operator's to fix, not the event's fault, so the sync leaves
+    those recipients' entries queued and says why. A variable name that does not look like one
+    (an API key pasted into key_env) is not printed."""
+    missing = {}
+    for r in config.recipients:
+        channel = r.misp
+        if recipient not in (None, r.id) or channel is None or not channel.url:
+            continue
+        if not os.environ.get(channel.key_env or ""):
+            name = channel.key_env or ""
+            shown = (
+                f"environment variable {name}"
+                if _ENV_NAME.fullmatch(name)
+                else "the variable named by misp.key_env"
+            )
+            missing[r.id] = shown
+    return missing
+
+
+def _tell_failed_entries(sync: MispSync, recipient: str | None) -> None:
+    """Failed entries are not retried by a sync: say so, or "nothing due" reads as all done."""
+    for row in sync.status():
+        if row["failed"] and recipient in (None, row["recipient"]):
+            console.print(
+                _labelled(
+                    "warning:",
+                    "yellow",
+                    f"{row['recipient']}: {row['failed']} failed MISP delivery(ies) wait for "
+                    f"`meldpunt misp retry --recipient {row['recipient']}` once the cause is fixed "
+                    f"(last error: {row['last_error'] or 'none recorded'})",
+                )
+            )
 
 
 @misp_app.command("retry")
@@ -353,8 +648,8 @@ def misp_retry(
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    count = MispSync(config, _open_store(config)).retry_failed(recipient)
-    out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`")
+    count = MispSync(config, _open_store(config, config_path)).retry_failed(recipient)
+    out.print(f"{count} failed delivery(ies) queued again; run `meldpunt misp sync`", markup=False)
 
 
 @misp_app.command("status")
@@ -365,17 +660,19 @@ def misp_status(config_path: ConfigOption = None) -> None:
 
     config = _load(config_path)
     table = Table("recipient", "pending", "done", "failed", "next attempt", "last error", title="MISP outbox")
-    for row in MispSync(config, _open_store(config)).status():
+    for row in MispSync(config, _open_store(config, config_path)).status():
         nxt = us_to_timestamp(row["next_attempt"]) if row["next_attempt"] else "-"
         table.add_row(
-            row["recipient"],
-            str(row["pending"]),
-            str(row["done"]),
-            str(row["failed"]),
-            nxt,
-            (row["last_error"] or "")[:80],
+            *plain_cells(
+                row["recipient"],
+                row["pending"],
+                row["done"],
+                row["failed"],
+                nxt,
+                row["last_error"] or "",
+            )
         )
-    out.print(table)
+    print_table(out, table)
 
 
 @misp_app.command("export-feed")
@@ -388,15 +685,21 @@ def misp_export_feed(
     from connector.misp.feed import export_feed
 
     config = _load(config_path)
-    store = _open_store(config)
+    _known_recipient(config, recipient)
     chosen = [
         r for r in config.recipients if (r.misp and r.misp.feed) and (recipient is None or r.id == recipient)
     ]
+    where = resolve_config_path(config_path)
     if recipient and not chosen:
-        raise _fail(f"recipient {recipient!r} has no MISP feed (misp.feed: true)")
+        raise _fail(f"recipient {recipient!r} has no MISP feed: set misp.feed: true for it in {where}")
+    if not chosen:
+        raise _fail(
+            f"no recipient has a MISP feed, nothing to export: set misp.feed: true for a recipient in {where}"
+        )
+    store = _open_store(config, config_path)
     for r in chosen:
         count = export_feed(config, store, r.id, directory / r.id)
-        out.print(f"{r.id}: {count} event(s) in {directory / r.id}")
+        out.print(f"{r.id}: {count} event(s) in {directory / r.id}", markup=False)
 
 
 @app.command()
@@ -413,7 +716,7 @@ def serve(
     from taxii_server.server import uvicorn_options
 
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, create=True)
     try:
         application = create_app(config, store)
     except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
@@ -438,7 +741,7 @@ def export(
 
     config = _load(config_path)
     _known_recipient(config, recipient)
-    store = _open_store(config)
+    store = _open_store(config, config_path)
     if out_file is None:
         count = write_bundle(store, recipient, sys.stdout.buffer)
     else:
@@ -447,7 +750,7 @@ def export(
                 count = write_bundle(store, recipient, fh)
         except OSError as exc:
             raise _fail(f"cannot write {out_file}: {exc.strerror or exc}", code=1) from None
-    console.print(f"{count} objects exported for {recipient}")
+    console.print(f"{count} objects exported for {recipient}", markup=False)
 
 
 @app.command()
@@ -469,28 +772,40 @@ def demo(
 _RUN_COUNTS = ("read", "new", "updated", "quarantined")
 
 
+RUN_FIELDS = ("id", "partner", "format", "status", "started_at", "finished_at", "inputs", "counts", "error")
+
+
 @runs_app.command("list")
 def runs_list(
     config_path: ConfigOption = None,
     limit: Annotated[int, typer.Option(min=1, help="How many of the latest runs.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array of the runs, with all their counts, for scripts.")
+    ] = False,
 ) -> None:
     """The latest ingest runs: status, times, counts. A run still `running` whose process is
     gone (killed, its host lost) stays so: `meldpunt runs mark-failed ID` ends it."""
     config = _load(config_path)
+    runs = _open_store(config, config_path).runs(limit)
+    if as_json:
+        typer.echo(json.dumps([{k: run.get(k) for k in RUN_FIELDS} for run in runs], indent=2, default=str))
+        return
     table = Table("run", "partner", "format", "status", "started", "finished", "counts", title="Ingest runs")
-    for run in _open_store(config).runs(limit):
+    for run in runs:
         counts = run["counts"]
         shown = ", ".join(f"{k} {counts[k]}" for k in _RUN_COUNTS if k in counts)
         table.add_row(
-            str(run["id"]),
-            run["partner"],
-            run["format"],
-            run["status"],
-            run["started_at"],
-            run["finished_at"] or "-",
-            shown or "-",
+            *plain_cells(
+                run["id"],
+                run["partner"],
+                run["format"],
+                run["status"],
+                run["started_at"],
+                run["finished_at"] or "-",
+                shown or "-",
+            )
         )
-    out.print(table)
+    print_table(out, table)
 
 
 @runs_app.command("mark-failed")
@@ -501,13 +816,13 @@ def runs_mark_failed(
     """End a run left `running` by a process that is gone. What it committed stays; ingest the
     same input again to complete it (nothing is stored twice)."""
     config = _load(config_path)
-    store = _open_store(config)
+    store = _open_store(config, config_path)
     reason = "marked failed by an operator: its process was gone; ingest the same input again to complete it"
     if not store.mark_run_failed(run_id, reason):
         run = store.run(run_id)
         state = "does not exist" if run is None else f"is not running ({run['status']})"
         raise _fail(f"run {run_id} {state}")
-    out.print(f"run {run_id} marked failed; ingest its input again to complete it")
+    out.print(f"run {run_id} marked failed; ingest its input again to complete it", markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

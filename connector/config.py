@@ -26,6 +26,7 @@ from connector.yamlfile import YamlFileError, load_yaml
 DEFAULT_CONFIG_PATH = Path("config/meldpunt.yaml")
 CONFIG_ENV = "MELDPUNT_CONFIG"
 DATABASE_ENV = "MELDPUNT_DATABASE_URL"
+DEFAULT_DATABASE = "sqlite:///meldpunt.db"
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -196,6 +197,14 @@ class MispChannel(_Strict):
     max_attempts: int = Field(8, ge=1)
     feed: bool = False  # serve the recipient's events as a MISP feed
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        # Read only at the first push, where it would be a TLS error on every entry.
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
+
     @model_validator(mode="after")
     def _complete(self) -> MispChannel:
         if self.distribution == "sharing-group" and not self.sharing_group:
@@ -283,7 +292,8 @@ def _database_url(value: str) -> str:
 
 
 class Config(_Strict):
-    database: str = "sqlite:///meldpunt.db"
+    # A relative SQLite path is relative to the config file (load_config resolves it).
+    database: str = DEFAULT_DATABASE
     server: ServerConfig = ServerConfig()
     mappings_dir: Path | None = None
     partners: list[PartnerConfig] = []
@@ -303,6 +313,14 @@ class Config(_Strict):
         # Read only when routing starts: a missing file would surface there as a traceback.
         if value is not None and not value.is_file():
             raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
+
+    @field_validator("mappings_dir")
+    @classmethod
+    def _mappings_dir_exists(cls, value: Path | None) -> Path | None:
+        # A directory that is not there held no mappings: every format was "unknown".
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory {str(value)!r} (paths are relative to the config file)")
         return value
 
     def recipient(self, recipient_id: str) -> RecipientConfig:
@@ -341,7 +359,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(str(source), ["top level must be a mapping of keys"])
     from_env = bool(os.environ.get(DATABASE_ENV))
     if from_env:
+        # The variable belongs to the shell it was set in: a relative SQLite path in it stays
+        # relative to the working directory, as SQLAlchemy takes it.
         raw["database"] = os.environ[DATABASE_ENV]
+    else:
+        raw.setdefault("database", DEFAULT_DATABASE)
+        if isinstance(raw["database"], str):
+            raw["database"] = sqlite_url_relative_to(raw["database"], source.parent)
     _resolve_paths(raw, source.parent)
     problems = _add_recipient_files(raw)
     if problems:
@@ -359,10 +383,41 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(exc.source, problems) from None
 
 
+def sqlite_url_relative_to(url: str, base: Path) -> str:
+    """A SQLite URL whose relative file path is taken relative to `base` (made absolute).
+
+    Relative to the working directory, `cd elsewhere && meldpunt export -c ../meldpunt.yaml`
+    opened a new, empty store in `elsewhere` and exported nothing, successfully. Other URLs,
+    in-memory and `file:` URI databases are returned as they are; a URL that does not parse is
+    left to the `database` check to report.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:") or parsed.query.get("uri") or Path(database).is_absolute():
+        return url
+    resolved = parsed.set(database=os.path.abspath(base / database))
+    return resolved.render_as_string(hide_password=False)
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """File references in the config are relative to the config file, not the working directory."""
-    if isinstance(raw.get("asn_table"), str):
-        raw["asn_table"] = str(base / raw["asn_table"])
+    """File references in the config are relative to the config file, not the working directory:
+    the same file must mean the same deployment wherever a command runs (an absolute path is
+    kept: `base / "/abs"` is `/abs`)."""
+    for key in ("asn_table", "mappings_dir"):
+        if isinstance(raw.get(key), str):
+            raw[key] = str(base / raw[key])
+    for recipient in raw.get("recipients") or []:
+        misp = recipient.get("misp") if isinstance(recipient, dict) else None
+        if isinstance(misp, dict) and isinstance(misp.get("ca_bundle"), str):
+            misp["ca_bundle"] = str(base / misp["ca_bundle"])
     if isinstance(raw.get("recipient_files"), list):
         raw["recipient_files"] = [str(base / f) if isinstance(f, str) else f for f in raw["recipient_files"]]
 

@@ -1,6 +1,7 @@
 """`meldpunt demo`: the whole path on the sample config and feeds, checked with a real client.
 
-It ingests the DIVD sample into a fresh SQLite store, serves TAXII 2.1 on 127.0.0.1, polls
+It ingests the samples (DIVD scan, Shadowserver report, a researcher's STIX bundle: the
+files the README's usage lines name) into a fresh SQLite store, serves TAXII 2.1 on 127.0.0.1, polls
 every recipient's collection with taxii2-client under fresh demo passwords (printed, never
 stored), and keeps serving so you can poll it yourself.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, recipient_collection_id
@@ -26,7 +28,12 @@ from connector.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIG = REPO / "config" / "meldpunt.yaml"
-SAMPLE_FEEDS = [("divd", "divd-nuclei", sorted((REPO / "samples" / "divd").glob("*.nuclei.jsonl")))]
+SAMPLES = REPO / "samples"
+SAMPLE_FEEDS = [
+    ("divd", "divd-nuclei", sorted((SAMPLES / "divd").glob("*.nuclei.jsonl"))),
+    ("shadowserver-foundation", "shadowserver", sorted((SAMPLES / "shadowserver").glob("*.csv"))),
+    ("researcher-1", "stix", sorted((SAMPLES / "stix").glob("*.json"))),
+]
 
 
 def demo_config(workdir: Path, port: int) -> tuple[Config, dict[str, str]]:
@@ -53,8 +60,11 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
     marker = workdir / ".meldpunt-demo"
     if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
         console.print(
-            f"[bold red]error:[/] {workdir} exists and is not a demo directory; "
-            "choose another --workdir (the demo starts from an empty one)"
+            Text.assemble(
+                ("error:", "bold red"),
+                f" {workdir} exists and is not a demo directory; "
+                "choose another --workdir (the demo starts from an empty one)",
+            )
         )
         return 2
     if workdir.exists():
@@ -71,7 +81,9 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
 
     ok = True
     for partner, fmt, paths in SAMPLE_FEEDS:
-        out.print(f"[bold]ingest[/] {partner} / {fmt}: {', '.join(p.name for p in paths)}")
+        out.print(
+            Text.assemble(("ingest", "bold"), f" {partner} / {fmt}: {', '.join(p.name for p in paths)}")
+        )
         summary = ingestor.run(partner, fmt, paths)
         print_summary(store, summary)
         ok = ok and summary.ok
@@ -86,7 +98,9 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
     deadline = time.monotonic() + 20
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            console.print(f"[bold red]error:[/] the TAXII server did not start on 127.0.0.1:{port}")
+            console.print(
+                Text.assemble(("error:", "bold red"), f" the TAXII server did not start on 127.0.0.1:{port}")
+            )
             return 1
         time.sleep(0.05)
 
@@ -97,7 +111,7 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
         server.should_exit = True
         thread.join(timeout=10)
         return 0 if ok else 1
-    out.print(f"serving TAXII 2.1 on {base}/taxii2/ (Ctrl-C to stop)")
+    out.print(f"serving TAXII 2.1 on {base}/taxii2/ (Ctrl-C to stop)", markup=False)
     try:
         while thread.is_alive():
             thread.join(timeout=0.5)
@@ -110,6 +124,8 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
 def _self_check(config: Config, passwords: dict[str, str], base: str, out: Console) -> bool:
     """Poll every recipient's collection as its own user with taxii2-client."""
     from taxii2client.v21 import Collection, as_pages
+
+    from connector.cli import plain_cells, print_table
 
     table = Table("user", "recipient", "objects", "sightings", "hosts", title="polled with taxii2-client")
     hosts_total = 0
@@ -124,9 +140,9 @@ def _self_check(config: Config, passwords: dict[str, str], base: str, out: Conso
         sightings = [o for o in objects if o["type"] == "sighting"]
         hosts = sorted({o["value"] for o in objects if o["type"] in ("ipv4-addr", "ipv6-addr")})
         shown = ", ".join(hosts[:3]) + (f" (+{len(hosts) - 3})" if len(hosts) > 3 else "")
-        table.add_row(user.username, user.recipient, str(len(objects)), str(len(sightings)), shown or "-")
+        table.add_row(*plain_cells(user.username, user.recipient, len(objects), len(sightings), shown or "-"))
         hosts_total += len(hosts)
-    out.print(table)
+    print_table(out, table)
     return hosts_total > 0
 
 
@@ -139,7 +155,7 @@ def _print_howto(config: Config, passwords: dict[str, str], base: str, out: Cons
         roles += [f"writes inbox {u.inbox}"] if u.inbox else []
         roles += ["operator: may delete from collections"] if u.operator else []
         role = "; ".join(roles)
-        out.print(f"  {u.username:18} {passwords[u.username]}   ({role})", highlight=False)
+        out.print(f"  {u.username:18} {passwords[u.username]}   ({role})", highlight=False, markup=False)
     out.print("\n[bold]poll it yourself[/] with taxii2-client:", highlight=False)
     out.print(
         "  python - <<'EOF'\n"
@@ -151,5 +167,6 @@ def _print_howto(config: Config, passwords: dict[str, str], base: str, out: Cons
         "          print(obj['type'], obj['id'])\n"
         "  EOF",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )

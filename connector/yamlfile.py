@@ -46,7 +46,14 @@ def load_yaml(path: Path) -> Any:
         raise YamlFileError(f"not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise YamlFileError(f"cannot read: {exc.strerror}") from None
+    # Read from the text (decoded and checked above), but with the file's path as the name
+    # PyYAML puts in its marks: given a string it says `in "<unicode string>", line 3`,
+    # which tells an operator with several YAML files nothing.
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise YamlFileError(f"not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ def _example_raw() -> Raw:
 
 
 _EXAMPLE = _example_raw()
+
+
+def beside(config_file: Path, sqlite_url: str) -> str:
+    """The URL load_config makes of a relative SQLite URL in `config_file`: the path taken
+    relative to the file's directory (README, Configuration), written out here by hand."""
+    relative = sqlite_url.removeprefix("sqlite:///")
+    assert relative != sqlite_url and not relative.startswith("/"), sqlite_url
+    return "sqlite:///" + os.path.abspath(config_file.parent / relative)
 
 
 def example() -> Raw:
@@ -108,9 +117,9 @@ def test_example_config_loads() -> None:
     config = load_config(SAMPLE_CONFIG)
     assert isinstance(config, Config)
     assert {r.id for r in config.recipients} == {"zcert", "ziekenhuis-noord", "ibd", "gemeente-voorbeeld"}
-    assert [p.id for p in config.partners] == ["divd", "researcher-1"]
+    assert [p.id for p in config.partners] == ["divd", "researcher-1", "shadowserver-foundation"]
     assert config.recipient("ziekenhuis-noord").parent == "zcert"
-    assert config.database == _EXAMPLE["database"]
+    assert config.database == beside(SAMPLE_CONFIG, _EXAMPLE["database"])
     assert all(u.password_hash.startswith("$argon2") for u in config.users)
 
 
@@ -125,7 +134,10 @@ def test_example_nests_a_more_specific_prefix() -> None:
 
 
 def test_parse_config_of_example_dict_is_equal_to_load_config() -> None:
-    assert parse_config(example()) == load_config(SAMPLE_CONFIG)
+    """Equal but for the store's path, which only a file has something to be relative to."""
+    raw = example()
+    raw["database"] = beside(SAMPLE_CONFIG, raw["database"])
+    assert parse_config(raw) == load_config(SAMPLE_CONFIG)
 
 
 # --- unknown keys ----------------------------------------------------------------------------
@@ -537,8 +549,9 @@ def test_invalid_yaml_syntax(tmp_path: Path) -> None:
 
 
 def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""))
-    assert config == Config()
+    path = write(tmp_path, "")
+    config = load_config(path)
+    assert config == Config(database=beside(path, "sqlite:///meldpunt.db"))
 
 
 def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
@@ -553,22 +566,26 @@ def test_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
 
 def test_database_env_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, SAMPLE_CONFIG.read_text(encoding="utf-8"))
-    assert load_config(path).database == _EXAMPLE["database"]
+    assert load_config(path).database == beside(path, _EXAMPLE["database"])
     url = f"sqlite:///{tmp_path / 'from-env.db'}"
     monkeypatch.setenv(DATABASE_ENV, url)
     assert load_config(path).database == url
+    # Relative in the environment: relative to the working directory, left as it is.
+    monkeypatch.setenv(DATABASE_ENV, "sqlite:///from-env.db")
+    assert load_config(path).database == "sqlite:///from-env.db"
 
 
 def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = example()
     raw["database"] = "sqlite:///elsewhere.db"
-    monkeypatch.setenv(CONFIG_ENV, str(write(tmp_path, yaml.safe_dump(raw))))
-    assert load_config().database == "sqlite:///elsewhere.db"
+    path = write(tmp_path, yaml.safe_dump(raw))
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    assert load_config().database == beside(path, "sqlite:///elsewhere.db")
 
 
 def test_explicit_path_wins_over_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "absent.yaml"))
-    assert load_config(SAMPLE_CONFIG).database == _EXAMPLE["database"]
+    assert load_config(SAMPLE_CONFIG).database == beside(SAMPLE_CONFIG, _EXAMPLE["database"])
 
 
 @pytest.mark.parametrize(
