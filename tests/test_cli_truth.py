@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from connector.collections import recipient_collection_id
+from connector.render.collection import CollectionView
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, REPO
 from tests.test_cli import (
@@ -685,7 +686,7 @@ def test_readme_usage_lines_work_on_the_shipped_files(tmp_path: Path) -> None:
             try:
                 sighting = next(
                     o.stix_id
-                    for o in store.page(
+                    for o in CollectionView(store).page(
                         recipient_collection_id("zcert"), after=None, limit=1, types=("sighting",)
                     )
                 )
