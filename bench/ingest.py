@@ -308,8 +308,11 @@ def store_bytes(store: Store, work: Path) -> int:
     if store.dialect == "postgresql":
         with store.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
-    with store._write_engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    import sqlite3
+
+    database = sqlite3.connect(work / "bench.db")
+    database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    database.close()
     return sum(p.stat().st_size for p in work.glob("bench.db*"))
 
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
-from connector.render.stix import notification_of, shape
+from connector.render.stix import notification_of, own_ids
 from connector.routing import Policy, Router, RoutingKeys, routing_keys
 from connector.stix.build import notification_ids
 from connector.store import Store
@@ -85,7 +85,7 @@ def _notification_owning(store: Store, ident: str) -> tuple[NotificationRecord, 
         for record in reader.notifications(pks).values():
             latest = reader.versions([record.latest])[record.latest]
             kind = reader.kinds([latest.kind_of(record)])[latest.kind_of(record)]
-            if ident in shape(notification_of(record, kind, {})).own:
+            if ident in own_ids(notification_of(record, kind, {})):
                 return record, kind, [owners[number] for number in latest.recipients]
     return None
 

@@ -20,7 +20,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,12 +28,12 @@ import orjson
 from connector.collections import recipient_collection_id
 from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
-from connector.render.stix import CURRENT, Shape, notification_of, shape
+from connector.render.stix import CURRENT, Shape, notification_of, own_ids, shape
 from connector.routing import Decision, Router
 from connector.store import Writer, deliveries, notifications, outbox
 from connector.store.deliveries import EARLIER, SUPERSEDED
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
-from connector.store.times import day_number, moment_ms
+from connector.store.times import day_text, moment_ms
 
 if TYPE_CHECKING:
     from connector.config import Config
@@ -112,7 +112,7 @@ class _Stored:
 class _Delivery:
     stamp: int
     notification: int
-    shared: tuple[tuple[int, str], ...]  # (slot, id)
+    shared: tuple[tuple[int, int], ...]  # (slot, digest of the id)
     bits: int = 0
 
 
@@ -258,11 +258,33 @@ class BatchRecorder:
         self.summary.saw_stamp(stamp)
         evidence_pk = self._evidence_pk(orjson.dumps(n.evidence).decode(), evidence)
         if stored is None:
-            record, version, representative = self._new(n, times, fresh, stamp, evidence_pk, decision)
+            record, version, day = self._new(n, times, fresh, stamp, evidence_pk, decision)
+            version_shape = shape(n, day)
+            self.id_rows += [(key, record.pk) for key in version_shape.own]
+            representative = n
         else:
-            record, version, representative = self._next(n, stored, fresh, stamp, evidence_pk, decision)
+            record, version = self._next(n, stored, fresh, stamp, evidence_pk, decision)
+            # Rendered from what is stored, with this version's kind (its TLP marking, say).
+            representative = notification_of(record, self._kind(version.kind_of(record)), {})
+            day = representative.day
+            version_shape = shape(representative)
         self.summary.counts["updated" if stored else "new"] += 1
-        self.versions.append(dataclasses.astuple(version))
+        self.versions.append(
+            (
+                version.stamp,
+                version.notification,
+                version.previous,
+                version.renderer,
+                version.modified,
+                version.first_seen,
+                version.last_seen,
+                version.count,
+                version.kind,
+                version.evidence,
+                version.recipients,
+                version.run,
+            )
+        )
         if version.count > OBSERVATIONS_IMPLIED:
             listed_now = fresh
             if stored is not None and stored.latest.count <= OBSERVATIONS_IMPLIED:
@@ -273,8 +295,8 @@ class BatchRecorder:
                     *fresh,
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
-        self._deliver(record, version, stored, shape(representative), decision.recipients)
-        self._queue_misp(record.pk, representative, decision.recipients)
+        self._deliver(record, version, stored, version_shape, decision.recipients)
+        self._queue_misp(record.pk, representative, day, decision.recipients)
 
     def _new(
         self,
@@ -284,54 +306,28 @@ class BatchRecorder:
         stamp: int,
         evidence_pk: int,
         decision: Decision,
-    ) -> tuple[NotificationRecord, VersionRecord, Notification]:
+    ) -> tuple[NotificationRecord, VersionRecord, str]:
+        """The new notification's row and first version, and its key's day: the day it was
+        first seen, whichever row of the group came first."""
         first = times[0]
-        # The key's day is the day it was first seen, whichever row of the group came first.
-        representative = dataclasses.replace(n, observed_at=_EPOCH + timedelta(milliseconds=first))
+        day = first // 86_400_000
         kind = self._kind_pk(n)
         pk = self.w.allocate("notifications", 1)
-        record = NotificationRecord(
-            pk=pk,
-            subject=subject_digest(subject_key(n)),
-            kind=kind,
-            identifier=n.classification.identifier,
-            day=day_number(representative.day),
-            ip=n.ip,
-            port=n.port,
-            protocol=n.protocol,
-            hostname=n.hostname,
-            url=n.url,
-            email=n.email,
-            asn=n.asn,
-            evidence=evidence_pk,
-            first_seen=first,
-            created=self.now_ms,
-            latest=stamp,
-            first_run=self.summary.run_id,
-            legacy=False,
-        )
-        row = list(dataclasses.astuple(record))
-        row[-1] = None  # legacy: NULL, not False
-        self.new_rows.append(tuple(row))
+        c = n.classification
+        row = (
+            pk, subject_digest(subject_key(n)), kind, c.identifier, day, n.ip, n.port, n.protocol,
+            n.hostname, n.url, n.email, n.asn, evidence_pk, first, self.now_ms, stamp, self.summary.run_id,
+        )  # fmt: skip
+        record = NotificationRecord(*row, False)
+        self.new_rows.append((*row, None))  # legacy: NULL
         version = VersionRecord(
-            stamp=stamp,
-            notification=pk,
-            previous=None,
-            renderer=CURRENT,
-            modified=self.now_ms,
-            first_seen=None,
-            last_seen=fresh[-1] - first,
-            count=len(fresh),
-            kind=None,
-            evidence=None,
-            recipients=self._numbers(decision.recipients),
-            run=self.summary.run_id,
-        )
-        self.id_rows += [(digest(i), pk) for i in shape(representative).own]
+            stamp, pk, None, CURRENT, self.now_ms, None, fresh[-1] - first, len(fresh), None, None,
+            self._numbers(decision.recipients), self.summary.run_id,
+        )  # fmt: skip
         if n.partner not in self.cache.partners:
             notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
             self.cache.partners.add(n.partner)
-        return record, version, representative
+        return record, version, day_text(day)
 
     def _next(
         self,
@@ -341,7 +337,7 @@ class BatchRecorder:
         stamp: int,
         evidence_pk: int,
         decision: Decision,
-    ) -> tuple[NotificationRecord, VersionRecord, Notification]:
+    ) -> tuple[NotificationRecord, VersionRecord]:
         record, previous = stored.record, stored.latest
         first_before = previous.first_seen_of(record)
         first = min(fresh[0], first_before)
@@ -363,9 +359,7 @@ class BatchRecorder:
         )
         self.latest.append((record.pk, stamp))
         self.known_versions[stamp] = version
-        # Rendered from what is stored, with this version's kind (its TLP marking, say).
-        representative = notification_of(record, self._kind(kind), {})
-        return record, version, representative
+        return record, version
 
     def _numbers(self, recipients: list[str]) -> tuple[int, ...]:
         return tuple(self.numbers[recipient_collection_id(r)] for r in recipients)
@@ -391,7 +385,7 @@ class BatchRecorder:
                     self.superseded.setdefault(number, {})[before] = (SUPERSEDED, 0)
                 if record.legacy:
                     self.legacy_supersede.setdefault(recipient_collection_id(rid), []).extend(
-                        version_shape.own
+                        own_ids(notification_of(record, self._kind(version.kind_of(record)), {}))
                     )
             self.deliveries.setdefault(number, []).append(
                 _Delivery(version.stamp, record.pk, version_shape.shared, bits)
@@ -412,12 +406,12 @@ class BatchRecorder:
             stamp = version.previous
         return None, False
 
-    def _queue_misp(self, pk: int, representative: Notification, recipients: list[str]) -> None:
+    def _queue_misp(self, pk: int, representative: Notification, day: str, recipients: list[str]) -> None:
         for rid in recipients:
             group_by = self.misp_group_by.get(rid)
             if group_by is None:
                 continue
-            uuid, label = misp_event_of(rid, representative, group_by)
+            uuid, label = misp_event_of(rid, representative, group_by, day)
             self.misp_members.append((rid, uuid, pk))
             self.misp_events[(rid, uuid)] = label
 
@@ -431,11 +425,10 @@ class BatchRecorder:
         notifications.add_observations(w, self.observations)
         shared_rows: list[tuple[int, int, int, bool | None]] = []
         for number, entries in self.deliveries.items():
-            wanted = {digest(i) for entry in entries for _slot, i in entry.shared}
+            wanted = {key for entry in entries for _slot, key in entry.shared}
             held = set(deliveries.shared_rows(w.conn, number, wanted))
             for entry in entries:
-                for slot, ident in entry.shared:
-                    key = digest(ident)
+                for slot, key in entry.shared:
                     if key not in held:
                         held.add(key)
                         entry.bits |= 1 << slot

@@ -28,12 +28,12 @@ from connector.stix.build import (
     NotificationState,
     notification_ids,
     notification_objects_and_own_ids,
-    observables,
     partner_identity_id,
     reference_objects,
 )
 from connector.stix.build import _reference_id as reference_id
-from connector.store.records import Kind, NotificationRecord, VersionRecord
+from connector.stix.ids import PROJECT_NAMESPACE, sco_uuid, uuid5_bytes, uuid_digest
+from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
 from connector.tlp import TLP2_MARKING_IDS
 
@@ -51,11 +51,11 @@ class Rendered:
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What a version will render to, without rendering it: the notification's own ids, and
-    the shared objects' ids in their slots (what ingest needs to record deliveries)."""
+    """What a version will render to, without rendering it: the digests of the notification's
+    own ids, and of the shared objects' ids in their slots (what ingest records)."""
 
-    own: tuple[str, ...]
-    shared: tuple[tuple[int, str], ...]
+    own: tuple[int, ...]
+    shared: tuple[tuple[int, int], ...]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,19 +119,72 @@ def reference_ids(partner: str, tlp: str) -> tuple[str, ...]:
     return (CLEARINGHOUSE_IDENTITY_ID, EXTENSION_ID, partner_identity_id(partner), TLP2_MARKING_IDS[tlp])
 
 
-def shape(notification: Notification) -> Shape:
-    """The ids render() will give this notification's versions, cheaply (no objects built but
-    the observables): tests/test_render.py holds the two to each other."""
-    sighting_id, observed_id, indicator_id = notification_ids(notification.natural_key())
+@lru_cache(maxsize=1024)
+def _reference_digests(partner: str, tlp: str) -> tuple[tuple[int, int], ...]:
+    return tuple((slot, digest(i)) for slot, i in enumerate(reference_ids(partner, tlp)))
+
+
+@lru_cache(maxsize=4096)
+def _sighted_digest(stix_type: str, name: str) -> int:
+    return digest(reference_id(stix_type, name))
+
+
+def _key(notification: Notification, day: str | None) -> tuple[str, ...]:
     c = notification.classification
-    shared: list[tuple[int, str]] = list(enumerate(reference_ids(notification.partner, notification.tlp)))
+    return (
+        notification.partner,
+        f"{c.taxonomy}/{c.type}",
+        c.identifier,
+        notification.observable,
+        day or notification.day,
+    )
+
+
+def _sighted_kind(notification: Notification) -> tuple[str, str] | None:
+    """What the sighting is of when it is a shared object: ("vulnerability" | "malware", name);
+    None: an indicator of the notification's own."""
+    c = notification.classification
     if c.taxonomy == "vulnerable":
-        shared.append((REFERENCES, reference_id("vulnerability", notification.vulnerability or c.identifier)))
-        own: tuple[str, ...] = (observed_id, sighting_id)
-    elif c.taxonomy == "malicious-code" and c.type == "infected-system":
-        shared.append((REFERENCES, reference_id("malware", c.identifier.lower())))
-        own = (observed_id, sighting_id)
-    else:
-        own = (indicator_id, observed_id, sighting_id)
-    shared += [(REFERENCES + 1 + i, o["id"]) for i, o in enumerate(observables(notification))]
+        return "vulnerability", notification.vulnerability or c.identifier
+    if c.taxonomy == "malicious-code" and c.type == "infected-system":
+        return "malware", c.identifier.lower()
+    return None
+
+
+def own_ids(notification: Notification, day: str | None = None) -> tuple[str, ...]:
+    """The ids of the objects the notification owns (indicator, observed-data, sighting)."""
+    sighting_id, observed_id, indicator_id = notification_ids(_key(notification, day))
+    if _sighted_kind(notification) is None:
+        return (indicator_id, observed_id, sighting_id)
+    return (observed_id, sighting_id)
+
+
+def shape(notification: Notification, day: str | None = None) -> Shape:
+    """The digests of the ids render() will give this notification's versions, worked out
+    without building any object (ingest's hot path), `day` the key's day if not that of its
+    observation: tests/test_render.py holds the two to each other."""
+    name = "\x1f" + "\x1f".join(_key(notification, day))
+    sighted = _sighted_kind(notification)
+    own_types = ("observed-data", "sighting") if sighted else ("indicator", "observed-data", "sighting")
+    own = tuple(uuid_digest(t, uuid5_bytes(PROJECT_NAMESPACE, t + name)) for t in own_types)
+    shared = list(_reference_digests(notification.partner, notification.tlp))
+    if sighted is not None:
+        shared.append((REFERENCES, _sighted_digest(*sighted)))
+    slot = REFERENCES + 1
+    n = notification
+    address = None
+    if n.ip:
+        ip_type = "ipv6-addr" if ":" in n.ip else "ipv4-addr"
+        raw = sco_uuid(ip_type, {"value": n.ip})
+        h = raw.hex()
+        address = f"{ip_type}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        shared.append((slot, uuid_digest(ip_type, raw)))
+        slot += 1
+    for sco_type, value in (("domain-name", n.hostname), ("url", n.url), ("email-addr", n.email)):
+        if value:
+            shared.append((slot, uuid_digest(sco_type, sco_uuid(sco_type, {"value": value}))))
+            slot += 1
+    if address and n.port is not None:
+        traffic = {"dst_ref": address, "dst_port": n.port, "protocols": [n.protocol or "tcp"]}
+        shared.append((slot, uuid_digest("network-traffic", sco_uuid("network-traffic", traffic))))
     return Shape(own, tuple(shared))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -67,6 +68,7 @@ def moment_ms(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+@lru_cache(maxsize=4096)
 def day_text(day: int) -> str:
     """Days since 1970-01-01 as the date the natural key holds (`2024-06-01`)."""
     moment = _EPOCH + timedelta(days=day)
