@@ -278,10 +278,13 @@ class Ingestor:
         )
         summary.counts["read"] += len(objects)
         summary.counts["notifications"] += len(result.accepted)
-        summary.counts["new"] += len(result.accepted)
+        summary.counts["new"] += result.new
+        summary.counts["updated"] += result.updated
+        summary.counts["unchanged"] += result.unchanged
         summary.counts["quarantined"] += len(result.rejected)
         summary.counts["routed"] += result.routed
         summary.counts["unrouted"] += result.unrouted
+        summary.counts["opted_out"] += result.opted_out
         summary.per_recipient.update(result.per_recipient)
         summary.suppressed_tlp.update(result.suppressed_tlp)
         self._record_rows(

@@ -76,6 +76,11 @@ class SubmissionResult:
     routed: int = 0
     unrouted: int = 0
     opted_out: int = 0
+    # Versioning as for every feed: a version the store holds already is unchanged (and is
+    # neither routed nor counted again); another version of a stored id is an update.
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
 
     @property
     def accepted(self) -> list[Outcome]:
@@ -292,7 +297,8 @@ class Submissions:
         with self.store.writing() as writer:
             ids = [o["id"] for o in valid]
             owners = stored.owners(writer.conn, ids)
-            existing = {i for i, _ in stored.stored_versions(writer.conn, ids)}
+            versions = stored.stored_versions(writer.conn, ids)
+            existing = {i for i, _ in versions}
             owned = notification_pks_by_id(writer.conn, ids)  # the clearinghouse's own objects
             existing |= {i for i in ids if digest(i) in owned}
             accepted: list[dict[str, Any]] = []
@@ -302,11 +308,19 @@ class Submissions:
                     result.outcomes.append(outcome(obj, problem))
                 else:
                     accepted.append(obj)
-            deliveries, refused = self._route(accepted, default_tlp, result)
+            unchanged = {o["id"] for o in accepted if (o["id"], object_version_key(o)) in versions}
+            deliveries, refused = self._route(accepted, default_tlp, result, unchanged)
             for obj in accepted:
                 result.outcomes.append(outcome(obj, refused.get(obj["id"])))
             accepted = [o for o in accepted if o["id"] not in refused]
             result.outcomes.sort(key=lambda o: o.index)
+            for obj in accepted:
+                if obj["id"] in unchanged:
+                    result.unchanged += 1
+                elif obj["id"] in existing:
+                    result.updated += 1
+                else:
+                    result.new += 1
             if accepted:
                 self._persist(writer, accepted, deliveries, inbox_collection)
                 now = timestamp(self.clock())
@@ -397,14 +411,22 @@ class Submissions:
         return None
 
     def _route(
-        self, objects: list[dict[str, Any]], default_tlp: str, result: SubmissionResult
+        self,
+        objects: list[dict[str, Any]],
+        default_tlp: str,
+        result: SubmissionResult,
+        unchanged: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
-        """Per recipient, the objects it receives; and the objects refused, with why."""
+        """Per recipient, the objects it receives; and the objects refused, with why. Objects
+        the store holds at this version already are delivered again (a no-op, or a recipient
+        that now owns them) but not counted again."""
         by_id = {o["id"]: o for o in objects}
         deliveries: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         refused: dict[str, str] = {}
         delivered_ids: set[str] = set()
+        opted_out: set[str] = set()
         for obj in objects:
+            counted = obj["id"] not in unchanged
             observed = list(observables_of(obj, by_id))
             match, closure, problem = self._owner_and_closure(obj, by_id, observed)
             if problem:
@@ -413,17 +435,17 @@ class Submissions:
             if match is None:
                 continue
             if self._opted_out(observed):
-                result.opted_out += 1
+                opted_out.add(obj["id"])
+                result.opted_out += int(counted)
                 continue
             # Accounts and e-mail addresses are personal data: to the direct owner only.
             personal = any(m["type"] in ("email-addr", "user-account") for m in closure)
             decision = self.router.decide(match, Policy(tlp_of(obj, default_tlp), direct_owner_only=personal))
-            for rid in decision.suppressed_tlp:
-                result.suppressed_tlp[rid] += 1
-            if decision.recipients:
-                result.routed += 1
+            if counted:
+                result.suppressed_tlp.update(decision.suppressed_tlp)
+                result.per_recipient.update(decision.recipients)
+                result.routed += bool(decision.recipients)
             for rid in decision.recipients:
-                result.per_recipient[rid] += 1
                 bucket = deliveries.setdefault(rid, {})
                 ceiling = self.config.recipient(rid).max_tlp
                 for member in closure:
@@ -431,7 +453,8 @@ class Submissions:
                     if official or TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
                         bucket[(member["id"], object_version(member))] = member
                         delivered_ids.add(member["id"])
-        result.unrouted = sum(1 for o in objects if o["id"] not in delivered_ids and o["id"] not in refused)
+        accounted = delivered_ids | refused.keys() | opted_out | unchanged
+        result.unrouted = sum(1 for o in objects if o["id"] not in accounted)
         return {rid: list(objs.values()) for rid, objs in deliveries.items()}, refused
 
     def _owner_and_closure(

@@ -23,6 +23,7 @@ import stix2
 from sqlalchemy import func, select
 from stix2validator import ValidationOptions, validate_instance
 
+from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, inbox_collection_id, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
@@ -800,6 +801,57 @@ def test_stix_file_ingest_records_counts_and_quarantined_rows(
     assert "not a STIX object" in rows[1]["reason"]
     assert receivers_of(store, routed["id"]) == {"gemeente-voorbeeld"}
     assert set(collection(store, inbox_collection_id(PARTNER))) == {routed["id"], unrouted["id"]}
+
+
+def test_a_stix_file_goes_through_the_same_versioning_and_counting_as_any_feed(
+    store: Store, sample_config: Config, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """Ingested again, a bundle's objects are unchanged, not new again, and routed nowhere anew;
+    a later version of one of them is an update."""
+    routed, unrouted = indicator("198.51.100.33"), ipv4("203.0.113.9")
+    path = tmp_path / "submission.json"
+    path.write_bytes(
+        orjson.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [routed, unrouted]})
+    )
+    first = ingestor.run(PARTNER, "stix", [path]).counts
+    assert (first["new"], first["updated"], first["unchanged"], first["routed"], first["unrouted"]) == (
+        2,
+        0,
+        0,
+        1,
+        1,
+    )
+    again = ingestor.run(PARTNER, "stix", [path])
+    counts = again.counts
+    assert (counts["new"], counts["updated"], counts["unchanged"], counts["routed"], counts["unrouted"]) == (
+        0,
+        0,
+        2,
+        0,
+        0,
+    )
+    assert again.per_recipient == {}
+    later = dict(routed, modified="2024-07-01T00:00:00.000Z")
+    path.write_bytes(orjson.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [later]}))
+    counts = ingestor.run(PARTNER, "stix", [path]).counts
+    assert (counts["new"], counts["updated"], counts["routed"]) == (0, 1, 1)
+
+
+def test_an_opt_out_covering_a_bundle_is_counted_as_opted_out_not_unrouted(
+    tmp_path: Path, sample_config: Config
+) -> None:
+    raw = sample_config.model_dump(mode="json")
+    raw["opt_out"] = {"networks": ["198.51.100.32/29"], "domains": []}
+    config = parse_config(raw)
+    store = Store.open(f"sqlite:///{tmp_path / 'o.db'}")
+    path = tmp_path / "submission.json"
+    path.write_bytes(
+        orjson.dumps(
+            {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [indicator("198.51.100.33")]}
+        )
+    )
+    counts = Ingestor(config, store, load_mappings()).run(PARTNER, "stix", [path]).counts
+    assert (counts["opted_out"], counts["unrouted"], counts["routed"]) == (1, 0, 0)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe garbage", b"42", b'{"type": "bundle"}'])
