@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.adapters.mapping import load_mappings
+from connector.channels.misp_sync import MispSync
 from connector.collections import collection_rows
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.sync import MispSync
 from connector.render.misp import build_event
 from connector.store import Store
 from tests.misp_fake import MispFake

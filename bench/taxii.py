@@ -2,17 +2,18 @@
 
     python bench/taxii.py [--objects 5000] [--big 1000000] [--pollers 8] [--seconds 10]
 
-(a) Both servers hold the same N indicators in one collection; a client pages through all of
-    them with limit=100 following `next`, counting requests and checking that every object id
-    is seen exactly once. medallion's memory backend is quadratic in the collection size (its
-    first page sorts and filters the whole collection with nested loops), so when a full pass
+(a) A scan_http report is ingested with the real pipeline into one recipient's collection of
+    about N objects, rendered when read; medallion gets the same objects (as our server
+    renders them) with the same date_added. A client pages through each with limit=100
+    following `next`, counting requests and checking that every object id is seen once.
+    medallion's memory backend is quadratic in the collection size (its first page sorts and
+    filters the whole collection with nested loops), so when a full pass
     would exceed --medallion-budget seconds the pass stops there and the rest is
     extrapolated from the measured per-page time; the output says so.
-(b) Our server alone with --big objects, inserted directly into the store's tables (not
-    through the ingest pipeline) with strictly increasing date_added: latency of a
-    limit=1000 page at the start, middle and end (added_after) and via a `next` token, of
-    getting one random object by id (latest and first version), and requests per second with
-    concurrent pollers.
+(b) Our server alone with about --big objects, ingested the same way (notifications, STIX
+    rendered at every read): latency of a limit=1000 page at the start, middle and end
+    (added_after) and via a `next` token, of getting one random object by id (latest and
+    first version), and requests per second with concurrent pollers.
 
 Each server runs in its own process bound to 127.0.0.1 only, so the client's threads and the
 server do not share an interpreter lock; peak RSS is each server process's VmHWM.
@@ -46,7 +47,6 @@ import requests  # noqa: E402
 
 from tests.medallion_peer import (  # noqa: E402
     Peer,
-    indicator,
     page_all,
     start_medallion,
     vm_hwm_kib,
@@ -161,15 +161,20 @@ def check_exactly_once(name: str, seen: list[str], expected: set[str], complete:
 
 
 def part_a(n: int, budget: float, workdir: Path) -> None:
-    print(f"\n== (a) {n} indicators, one collection, paging with limit={PAGE_A} and `next` ==")
-    objects = [indicator(i) for i in range(n)]
-    expected = {o["id"] for o in objects}
-    pages_needed = math.ceil(n / PAGE_A)
-    password = "bench-" + os.urandom(8).hex()
+    from connector.store.times import us_to_timestamp
 
+    print(
+        f"\n== (a) about {n} objects rendered from notifications, one collection, limit={PAGE_A}, `next` =="
+    )
+    password = "bench-" + os.urandom(8).hex()
+    db_url = f"sqlite:///{workdir / 'a.db'}"
     t0 = time.perf_counter()
-    ours = start_ours("load", f"sqlite:///{workdir / 'a.db'}", password, objects)
-    print(f"ours: loaded and started in {time.perf_counter() - t0:.1f} s at {ours.peer.url}")
+    members, _seconds = load_notifications(db_url, n, password, bodies=True)
+    objects = [orjson.loads(body) for _, _, body in members]
+    expected = {o["id"] for o in objects}
+    pages_needed = math.ceil(len(objects) / PAGE_A)
+    ours = start_ours("serve", db_url, password)
+    print(f"ours: {len(objects)} objects ingested, server started in {time.perf_counter() - t0:.1f} s")
     try:
         result = page_all(ours.peer, limit=PAGE_A)
         check_exactly_once("ours", result.ids, expected, result.complete)
@@ -184,7 +189,10 @@ def part_a(n: int, budget: float, workdir: Path) -> None:
 
     t0 = time.perf_counter()
     med = start_medallion(
-        objects, date_added=ours.peer.date_added, max_page_size=1000, session_timeout=int(budget) * 4 + 3600
+        objects,
+        date_added=[us_to_timestamp(d) for d, _, _ in members],
+        max_page_size=1000,
+        session_timeout=int(budget) * 4 + 3600,
     )
     print(f"medallion: started in {time.perf_counter() - t0:.1f} s at {med.url}")
     try:
@@ -235,65 +243,74 @@ def _medallion_pass(
 # --- (b) ours alone, big ------------------------------------------------------------------------
 
 
-def bulk_load(db_url: str, count: int, password: str, chunk: int = 50_000) -> tuple[str, int]:
-    """Insert `count` indicators straight into stix_objects and collection_objects of one
-    recipient collection, date_added strictly increasing by 1 µs. Returns (collection, first
-    date_added)."""
-    from sqlalchemy import func, insert, select, update
+SCAN_HTTP_HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "geo"]
 
-    from connector.collections import collection_rows
+
+def load_notifications(
+    db_url: str, objects: int, password: str, *, bodies: bool = False
+) -> tuple[list[tuple[int, str, str]], float]:
+    """Ingest a Shadowserver scan_http report (distinct hosts, one recipient owning them all)
+    with the real pipeline until the recipient's collection holds about `objects` objects
+    (each notification renders to five: address, host name, network-traffic, observed-data,
+    sighting). Returns the collection's (date_added, id, body or '') in order, and the ingest's
+    seconds."""
+    import csv
+
+    from connector.adapters.mapping import load_mappings
+    from connector.collections import collection_rows, recipient_collection_id
+    from connector.config import parse_config
+    from connector.ingest import Ingestor
+    from connector.passwords import hash_password
+    from connector.render.collection import CollectionView
     from connector.store import Store
-    from connector.store import schema as t
-    from connector.store.times import now_us, version_key
-    from tests.medallion_peer import our_config
+    from tests.medallion_peer import DEFAULT_RECIPIENT
 
-    config = our_config(db_url, username=USERNAME, password=password)
-    rows = collection_rows(config)
-    collection_id = rows[0].id
+    rows = max(1, (objects - 5) // 5)
+    config = parse_config(
+        {
+            "partners": [{"id": "shadowserver", "name": "Shadowserver"}],
+            "recipients": [
+                {
+                    "id": DEFAULT_RECIPIENT,
+                    "name": "Differential peer",
+                    "kind": "organisation",
+                    "constituency": {"networks": ["10.0.0.0/8"]},
+                }
+            ],
+            "users": [
+                {
+                    "username": USERNAME,
+                    "password_hash": hash_password(password),
+                    "recipient": DEFAULT_RECIPIENT,
+                }
+            ],
+        }
+    )
+    report = Path(db_url.removeprefix("sqlite:///")).with_name("2024-06-01-scan_http-nl.csv")
+    with report.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SCAN_HTTP_HEADER)
+        for i in range(rows):
+            ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            moment = f"2024-06-01 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}"
+            writer.writerow([moment, ip, "tcp", 443, f"host{i}.example.nl", "http", 64500, "NL"])
     store = Store.open(db_url)
     try:
-        store.sync_collections(rows)
-        with store.engine.connect() as conn:
-            last_pk = int(conn.execute(select(func.coalesce(func.max(t.stix_objects.c.pk), 0))).scalar_one())
-            clock = int(conn.execute(select(t.clock.c.last_date_added)).scalar_one())
-        base = max(clock + 1, now_us() - count - 1_000_000)
-        version = version_key(indicator(0)["modified"])
-        for start in range(0, count, chunk):
-            objects, members = [], []
-            for i in range(start, min(count, start + chunk)):
-                obj = indicator(i)
-                pk = last_pk + 1 + i
-                objects.append(
-                    {
-                        "pk": pk,
-                        "stix_id": obj["id"],
-                        "modified": version,
-                        "type": "indicator",
-                        "spec_version": "2.1",
-                        "body": orjson.dumps(obj).decode(),
-                    }
-                )
-                members.append(
-                    {
-                        "collection_id": collection_id,
-                        "object_pk": pk,
-                        "stix_id": obj["id"],
-                        "type": "indicator",
-                        "version": version,
-                        "date_added": base + i,
-                        "is_latest": True,
-                    }
-                )
-            with store.writing() as w:
-                w.conn.execute(insert(t.stix_objects), objects)
-                w.conn.execute(insert(t.collection_objects), members)
-                if start + chunk >= count:
-                    w.conn.execute(
-                        update(t.clock).where(t.clock.c.id == 1).values(last_date_added=base + count - 1)
-                    )
+        store.sync_collections(collection_rows(config))
+        started = time.perf_counter()
+        Ingestor(config, store, load_mappings()).run("shadowserver", "shadowserver", [report])
+        seconds = time.perf_counter() - started
+        view, members, after = CollectionView(store), [], None
+        collection = recipient_collection_id(DEFAULT_RECIPIENT)
+        while True:
+            page = view.page(collection, after=after, limit=50_000)
+            members += [(m.date_added, m.stix_id, m.body if bodies else "") for m in page]
+            if len(page) < 50_000:
+                return members, seconds
+            after = page[-1].date_added
     finally:
         store.close()
-    return collection_id, base
+        report.unlink()
 
 
 def timed_get(session: requests.Session, url: str, params: dict[str, str]) -> tuple[float, dict[str, Any]]:
@@ -307,7 +324,7 @@ def timed_get(session: requests.Session, url: str, params: dict[str, str]) -> tu
 
 
 def latency(
-    peer: Peer, label: str, params: dict[str, str], repeats: int, first_index: int, more: bool
+    peer: Peer, label: str, params: dict[str, str], repeats: int, first: str, more: bool
 ) -> dict[str, Any]:
     url = peer.collection_url + "objects/"
     times = []
@@ -318,7 +335,7 @@ def latency(
             elapsed, body = timed_get(s, url, params)
             times.append(elapsed)
     objects = body.get("objects", [])
-    if len(objects) != PAGE_B or objects[0]["id"] != indicator(first_index)["id"] or body["more"] is not more:
+    if len(objects) != PAGE_B or objects[0]["id"] != first or body["more"] is not more:
         raise SystemExit(f"{label}: unexpected page ({len(objects)} objects, more={body.get('more')})")
     print(
         f"  {label:<34} median {statistics.median(times) * 1000:7.1f} ms"
@@ -327,14 +344,13 @@ def latency(
     return body
 
 
-def by_id_latency(peer: Peer, big: int, repeats: int, params: dict[str, str], label: str) -> None:
-    """Get an Object (TAXII 2.1 5.6) for random objects of the big collection: the store finds an
-    id through stix_objects, never by walking the collection, so this must not grow with it."""
+def by_id_latency(peer: Peer, ids: list[str], repeats: int, params: dict[str, str], label: str) -> None:
+    """Get an Object (TAXII 2.1 5.6) for random objects of the big collection: found through the
+    id digests, never by walking the collection, so this must not grow with it."""
     rng = random.Random(11)
     times = []
     with peer.session() as s:
-        for n in [rng.randrange(big) for _ in range(repeats + 1)]:
-            wanted = indicator(n)["id"]
+        for wanted in [rng.choice(ids) for _ in range(repeats + 1)]:
             elapsed, body = timed_get(s, f"{peer.collection_url}objects/{wanted}/", params)
             objects = body.get("objects", [])
             if [o["id"] for o in objects] != [wanted]:
@@ -347,7 +363,7 @@ def by_id_latency(peer: Peer, big: int, repeats: int, params: dict[str, str], la
     )
 
 
-def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None:
+def pollers(peer: Peer, count: int, seconds: float, stamps: list[int]) -> None:
     """`count` threads, each a requests.Session, paging with next from random starting points."""
     from connector.store.times import us_to_timestamp
 
@@ -364,7 +380,7 @@ def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None
         with peer.session() as s:
             while time.monotonic() < deadline:
                 if token is None:
-                    query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + rng.randrange(big))}
+                    query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(rng.choice(stamps))}
                 resp = s.get(url, params={**query, "next": token} if token else query, timeout=120)
                 done += 1
                 if resp.status_code != 200:
@@ -398,45 +414,50 @@ def pollers(peer: Peer, count: int, seconds: float, big: int, base: int) -> None
 def part_b(big: int, n_pollers: int, seconds: float, repeats: int, workdir: Path) -> None:
     from connector.store.times import us_to_timestamp
 
-    print(f"\n== (b) ours alone: {big:,} indicators in one collection (SQLite), limit={PAGE_B} ==")
+    print(
+        f"\n== (b) ours alone: about {big:,} objects rendered from notifications (SQLite), limit={PAGE_B} =="
+    )
     if big <= 4 * PAGE_B:  # the middle page and the one after it are full, with more after them
         raise SystemExit(f"--big must be more than {4 * PAGE_B}")
     password = "bench-" + os.urandom(8).hex()
     db_url = f"sqlite:///{workdir / 'big.db'}"
-    t0 = time.perf_counter()
-    _, base = bulk_load(db_url, big, password)
+    members, ingest_s = load_notifications(db_url, big, password)
     size = (workdir / "big.db").stat().st_size
-    print(f"bulk insert: {time.perf_counter() - t0:.1f} s ({size / 2**20:.0f} MiB database)")
+    count = len(members)
+    print(f"ingest: {ingest_s:.1f} s ({size / 2**20:.0f} MiB database), {count:,} objects in the collection")
     t0 = time.perf_counter()
     ours = start_ours("serve", db_url, password)
     print(f"server started in {time.perf_counter() - t0:.1f} s at {ours.peer.url}")
     try:
         peer = ours.peer
-        latency(peer, "start (no added_after)", {"limit": str(PAGE_B)}, repeats, 0, True)
-        middle = big // 2
-        query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + middle - 1)}
-        body = latency(peer, f"middle (added_after #{middle - 1:,})", query, repeats, middle, True)
+        latency(peer, "start (no added_after)", {"limit": str(PAGE_B)}, repeats, members[0][1], True)
+        middle = count // 2
+        query = {"limit": str(PAGE_B), "added_after": us_to_timestamp(members[middle - 1][0])}
+        body = latency(
+            peer, f"middle (added_after #{middle - 1:,})", query, repeats, members[middle][1], True
+        )
         # `next` continues the same query, so it goes with the same added_after (TAXII 2.1 3.4).
         latency(
             peer,
             "middle + 1 page (next token)",
             {**query, "next": body["next"]},
             repeats,
-            middle + PAGE_B,
+            members[middle + PAGE_B][1],
             True,
         )
-        end = big - PAGE_B
+        end = count - PAGE_B
         latency(
             peer,
             f"end (added_after #{end - 1:,})",
-            {"limit": str(PAGE_B), "added_after": us_to_timestamp(base + end - 1)},
+            {"limit": str(PAGE_B), "added_after": us_to_timestamp(members[end - 1][0])},
             repeats,
-            end,
+            members[end][1],
             False,
         )
-        by_id_latency(peer, big, repeats, {}, "one object by id")
-        by_id_latency(peer, big, repeats, {"match[version]": "first"}, "one object by id, first version")
-        pollers(peer, n_pollers, seconds, big, base)
+        ids = [i for _, i, _ in members]
+        by_id_latency(peer, ids, repeats, {}, "one object by id")
+        by_id_latency(peer, ids, repeats, {"match[version]": "first"}, "one object by id, first version")
+        pollers(peer, n_pollers, seconds, [d for d, _, _ in members])
     finally:
         rss = ours.stop()
     print(f"server peak RSS: {mib(rss)}")

@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.measure import Measurement
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
 from connector.collections import collection_rows
-from connector.config import DATABASE_ENV, Config, ConfigError, load_config, parse_config
+from connector.config import DATABASE_ENV, Config, ConfigError, RecipientConfig, load_config, parse_config
 from connector.config import config_path as resolve_config_path
-from connector.ingest import COUNT_NAMES, IngestError, Ingestor, RunSummary
+from connector.console import console, labelled, out, plain_cells, print_summary, print_table
+from connector.ingest import IngestError, Ingestor
 from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
@@ -31,15 +30,13 @@ from connector.rsit import RSIT, check_category
 from connector.store import Store
 
 if TYPE_CHECKING:
-    from connector.misp.sync import MispSync
+    from connector.channels.misp_sync import MispSync
 
 app = typer.Typer(
     help="Security Meldpunt connector: partner feeds to STIX 2.1, routed, served over TAXII 2.1.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)  # messages are greppable: never wrapped
-out = Console()
 
 ConfigOption = Annotated[
     Path | None,
@@ -49,41 +46,8 @@ ConfigOption = Annotated[
 ]
 
 
-def _labelled(label: str, style: str, message: str) -> Text:
-    """A message with a coloured label. The message is plain text, never rich markup: it holds
-    values from the command line, the configuration, partners' files and the store, and
-    markup would swallow any of their square brackets (`[red]zz` printed as `zz`)."""
-    return Text.assemble((label, style), " ", message)
-
-
-def plain_cells(*values: object) -> list[Text]:
-    """Table cells as plain text, for the same reason: cell strings are parsed as markup."""
-    return [v if isinstance(v, Text) else Text(str(v)) for v in values]
-
-
-def print_table(target: Console, table: Table) -> None:
-    """Print a table without losing any of its text.
-
-    rich fits a table to the console's width, cutting cells (`2026-12-0…`) or folding them over
-    several lines; piped, that width is 80 columns (or $COLUMNS). Piped output is read by grep
-    and scripts, so there the table takes the width it needs, one line per row. On a terminal
-    it fits the screen, with cells folded rather than cut."""
-    if target.is_terminal:
-        for column in table.columns:
-            column.overflow = "fold"
-        target.print(table)
-        return
-    needed = Measurement.get(target, target.options.update_width(1_000_000), table).maximum
-    width = target.width
-    target.width = max(width, needed)
-    try:
-        target.print(table)
-    finally:
-        target.width = width
-
-
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(_labelled("error:", "bold red", message))
+    console.print(labelled("error:", "bold red", message))
     return typer.Exit(code)
 
 
@@ -301,62 +265,6 @@ def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
     )
 
 
-def print_summary(store: Store, summary: RunSummary, limit: int = 20) -> None:
-    counts = Table(title=f"ingest run {summary.run_id}", show_header=False)
-    for name in COUNT_NAMES:
-        counts.add_row(*plain_cells(name, summary.counts.get(name, 0)))
-    print_table(out, counts)
-    involved = set(summary.per_recipient) | set(summary.suppressed_tlp) | set(summary.suppressed_category)
-    if involved:
-        table = Table("recipient", "delivered", "suppressed (TLP)", "suppressed (category)")
-        for rid in sorted(involved):
-            table.add_row(
-                *plain_cells(
-                    rid,
-                    summary.per_recipient[rid],
-                    summary.suppressed_tlp[rid],
-                    summary.suppressed_category[rid],
-                )
-            )
-        print_table(out, table)
-    _print_rows(store, summary, limit)
-    for warning in summary.warnings:
-        console.print(_labelled("warning:", "yellow", warning))
-    for err in summary.input_errors:
-        console.print(_labelled("input not ingested:", "bold red", err))
-
-
-def _print_rows(store: Store, summary: RunSummary, limit: int) -> None:
-    """The rows that did not become notifications, and the notifications nobody claims."""
-    rows = store.run_rows(summary.run_id)
-    bad = [r for r in rows if r["kind"] != "skipped"]
-    if bad:
-        table = Table("input", "line", "kind", "reason", title="not ingested")
-        for r in bad[:limit]:
-            table.add_row(*plain_cells(r["input"], r["line"], r["kind"], r["reason"]))
-        print_table(out, table)
-        if len(bad) > limit:
-            out.print(
-                f"... and {len(bad) - limit} more (store table run_rows, run {summary.run_id})", markup=False
-            )
-    skipped = len(rows) - len(bad)
-    if skipped:
-        out.print(
-            f"skipped {skipped} row(s) that are not notifications (blank lines, informational findings)",
-            markup=False,
-        )
-    unrouted = store.unrouted(summary.run_id)
-    if unrouted:
-        table = Table(
-            "observable", "classification", "identifier", title="unrouted (no recipient claims these)"
-        )
-        for n in unrouted[:limit]:
-            table.add_row(*plain_cells(n["observable"], n["classification"], n["identifier"]))
-        print_table(out, table)
-        if len(unrouted) > limit:
-            out.print(f"... and {len(unrouted) - limit} more", markup=False)
-
-
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Recipients: import and check constituencies.", no_args_is_help=True)
 misp_app = typer.Typer(
@@ -499,7 +407,7 @@ def recipients_import(
     from connector.recipients_csv import append_rows, read_recipient_rows
 
     config = _load(config_path)
-    rows, problems = read_recipient_rows(csv_file)
+    rows, problems = read_recipient_rows(csv_file, RecipientConfig.model_validate)
     # The rows that are fine on their own are also checked against everything else.
     combined = config.model_dump(mode="json")
     combined["recipients"] = [*combined["recipients"], *rows]
@@ -537,7 +445,7 @@ def misp_sync(
 
     Exit 1 when a delivery failed, 2 when a recipient's entries were left queued because its
     MISP API key is not set."""
-    from connector.misp.sync import MispSync, SyncSummary
+    from connector.channels.misp_sync import MispSync, SyncSummary
 
     config = _load(config_path)
     _known_recipient(config, recipient)
@@ -547,7 +455,7 @@ def misp_sync(
     for rid, variable in sorted(keyless.items()):
         if due[rid]:
             console.print(
-                _labelled(
+                labelled(
                     "error:",
                     "bold red",
                     f"{rid}: {due[rid]} MISP delivery(ies) not attempted: {variable} (its MISP API "
@@ -555,7 +463,7 @@ def misp_sync(
                 )
             )
         else:
-            console.print(_labelled("warning:", "yellow", f"{rid}: {variable} (its MISP API key) is not set"))
+            console.print(labelled("warning:", "yellow", f"{rid}: {variable} (its MISP API key) is not set"))
     runnable = [rid for rid in sorted(due) if rid not in keyless]
     summary = SyncSummary()
     with Progress(
@@ -628,7 +536,7 @@ def _tell_failed_entries(sync: MispSync, recipient: str | None) -> None:
     for row in sync.status():
         if row["failed"] and recipient in (None, row["recipient"]):
             console.print(
-                _labelled(
+                labelled(
                     "warning:",
                     "yellow",
                     f"{row['recipient']}: {row['failed']} failed MISP delivery(ies) wait for "
@@ -644,7 +552,7 @@ def misp_retry(
     config_path: ConfigOption = None,
 ) -> None:
     """Queue failed MISP deliveries again (after an outage longer than the retries)."""
-    from connector.misp.sync import MispSync
+    from connector.channels.misp_sync import MispSync
 
     config = _load(config_path)
     _known_recipient(config, recipient)
@@ -655,7 +563,7 @@ def misp_retry(
 @misp_app.command("status")
 def misp_status(config_path: ConfigOption = None) -> None:
     """The MISP outbox per recipient: pending, done, failed, next attempt, last error."""
-    from connector.misp.sync import MispSync
+    from connector.channels.misp_sync import MispSync
     from connector.store.times import us_to_timestamp
 
     config = _load(config_path)
@@ -682,7 +590,7 @@ def misp_export_feed(
     config_path: ConfigOption = None,
 ) -> None:
     """Write MISP feeds (manifest.json, hashes.csv, <uuid>.json) for recipients with `misp.feed`."""
-    from connector.misp.feed import export_feed
+    from connector.channels.misp_feed import export_feed
 
     config = _load(config_path)
     _known_recipient(config, recipient)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connector.normalize import mapped_ipv4_network
 from connector.publicsuffix import is_public_suffix
+from connector.recipients_csv import read_recipient_rows
 from connector.rsit import check_category
 from connector.tlp import TLP_LEVELS, Tlp
 from connector.yamlfile import YamlFileError, load_yaml
@@ -423,7 +424,6 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _add_recipient_files(raw: dict[str, Any]) -> list[str]:
-    from connector.recipients_csv import read_recipient_rows  # it builds on this module
 
     files = raw.get("recipient_files")
     if not isinstance(files, list) or not files:
@@ -434,7 +434,7 @@ def _add_recipient_files(raw: dict[str, Any]) -> list[str]:
         return []
     problems: list[str] = []
     for name in files:
-        rows, found = read_recipient_rows(Path(str(name)))
+        rows, found = read_recipient_rows(Path(str(name)), RecipientConfig.model_validate)
         raw["recipients"].extend(rows)
         problems.extend(found)
     return problems

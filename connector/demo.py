@@ -77,7 +77,7 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
     store = Store.open(config.database)
     store.sync_collections(collection_rows(config))
     ingestor = Ingestor(config, store, load_mappings(config.mappings_dir))
-    from connector.cli import print_summary
+    from connector.console import print_summary
 
     ok = True
     for partner, fmt, paths in SAMPLE_FEEDS:
@@ -125,7 +125,7 @@ def _self_check(config: Config, passwords: dict[str, str], base: str, out: Conso
     """Poll every recipient's collection as its own user with taxii2-client."""
     from taxii2client.v21 import Collection, as_pages
 
-    from connector.cli import plain_cells, print_table
+    from connector.console import plain_cells, print_table
 
     table = Table("user", "recipient", "objects", "sightings", "hosts", title="polled with taxii2-client")
     hosts_total = 0

@@ -7,15 +7,12 @@ or a run row (quarantined with line and reason, or skipped with the rule's reaso
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +33,10 @@ from connector.adapters.registry import (
 )
 from connector.collections import collection_rows, inbox_collection_id
 from connector.config import Config
+from connector.counts import RunSummary
 from connector.notification import Notification
 from connector.recording import BatchRecorder, RecordingCache
-from connector.routing import Decision, Router
+from connector.routing import Router
 from connector.store import Store, Writer
 
 log = logging.getLogger("meldpunt.ingest")
@@ -59,77 +57,6 @@ Clock = Callable[[], datetime]
 
 class IngestError(Exception):
     """The run cannot start (unknown partner or format, a format the partner may not use)."""
-
-
-@dataclass
-class RunSummary:
-    run_id: int
-    counts: Counter[str] = field(default_factory=Counter)
-    per_recipient: Counter[str] = field(default_factory=Counter)
-    suppressed_tlp: Counter[str] = field(default_factory=Counter)
-    suppressed_category: Counter[str] = field(default_factory=Counter)
-    input_errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    committed: RunSummary | None = None  # a copy as of the last commit
-    stamps: tuple[int, int] | None = None  # first and last stamp of the versions written
-
-    def saw_stamp(self, stamp: int) -> None:
-        self.stamps = (stamp, stamp) if self.stamps is None else (self.stamps[0], stamp)
-
-    def checkpoint(self) -> None:
-        """Everything counted so far is committed: remember it, for a run that fails later."""
-        self.committed = None  # not copied into the copy
-        self.committed = copy.deepcopy(self)
-
-    def count_decision(self, decision: Decision) -> None:
-        """One notification's routing outcome: exactly one of the outcome counts, plus per recipient."""
-        if decision.match is None:
-            self.counts["unrouted"] += 1
-        elif decision.opted_out:
-            self.counts["opted_out"] += 1
-        elif decision.recipients:
-            self.counts["routed"] += 1
-        elif decision.suppressed_tlp:
-            self.counts["suppressed_tlp"] += 1
-        else:
-            self.counts["suppressed_category"] += 1
-        self.suppressed_tlp.update(decision.suppressed_tlp)
-        self.suppressed_category.update(decision.suppressed_category)
-
-    @property
-    def ok(self) -> bool:
-        return not self.input_errors
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **{k: self.counts.get(k, 0) for k in COUNT_NAMES},
-            "per_recipient": dict(sorted(self.per_recipient.items())),
-            "suppressed_tlp_per_recipient": dict(sorted(self.suppressed_tlp.items())),
-            "suppressed_category_per_recipient": dict(sorted(self.suppressed_category.items())),
-            "input_errors": self.input_errors,
-            "warnings": self.warnings,
-        }
-
-
-COUNT_NAMES = (
-    "read",
-    "notifications",
-    "new",
-    "updated",
-    "unchanged",
-    "repeated",
-    "quarantined",
-    "padded",
-    "skipped",
-    "attributes_quarantined",
-    "attributes_skipped",
-    "routed",
-    "unrouted",
-    "suppressed_tlp",
-    "suppressed_category",
-    "opted_out",
-    "discarded",
-)
 
 
 def storage_problem(n: Notification) -> str | None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from connector.config import RecipientConfig
+# A recipient's checks on its own (RecipientConfig.model_validate): given by the caller, since
+# the configuration builds on this module (its `recipient_files`), not the other way round.
+Validator = Callable[[dict[str, Any]], object]
 
 COLUMNS = (
     "id",
@@ -66,8 +69,9 @@ def row_to_recipient(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def read_recipient_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """(recipients as config dicts, problems as 'file:line: ...'); bad rows are not returned."""
+def read_recipient_rows(path: Path, validate: Validator) -> tuple[list[dict[str, Any]], list[str]]:
+    """(recipients as config dicts, problems as 'file:line: ...'); rows `validate` refuses (with
+    a ValueError) are not returned."""
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     try:
@@ -91,7 +95,7 @@ def read_recipient_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 line = reader.line_num
                 try:
                     candidate = row_to_recipient(row)
-                    RecipientConfig.model_validate(candidate)
+                    validate(candidate)
                 except ValueError as exc:
                     problems.extend(_describe(path, line, exc))
                     continue

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from connector.collections import recipient_collection_id
-from connector.misp.grouping import misp_event_of
 from connector.notification import Notification
+from connector.render.misp_grouping import misp_event_of
 from connector.render.stix import CURRENT, Shape, notification_of, own_ids, shape
 from connector.routing import Decision, Router
 from connector.store import Writer, deliveries, notifications, outbox
@@ -37,7 +37,7 @@ from connector.store.times import day_text, moment_ms
 
 if TYPE_CHECKING:
     from connector.config import Config
-    from connector.ingest import RunSummary
+    from connector.counts import RunSummary
     from connector.store import Store
 
 log = logging.getLogger("meldpunt.ingest")

@@ -29,7 +29,7 @@ import stix2
 import yaml
 
 from connector.collections import recipient_collection_id
-from connector.ingest import COUNT_NAMES
+from connector.counts import COUNT_NAMES
 from connector.passwords import hash_password, verify_password
 from connector.render.collection import CollectionView
 from connector.store import Store

@@ -470,8 +470,8 @@ def test_nothing_due_names_the_failed_deliveries_that_wait_for_retry(
 ) -> None:
     """Entries failed earlier (here: by the library's sync without a key, as the command did
     before) are not retried by a sync. "nothing due" alone read as "all delivered"."""
+    from connector.channels.misp_sync import MispSync
     from connector.config import load_config
-    from connector.misp.sync import MispSync
 
     config = misp_deployment(tmp_path, misp_instance)
     monkeypatch.delenv(MISP_KEY_ENV, raising=False)

@@ -31,7 +31,8 @@ from stix2validator import ValidationOptions, validate_parsed_json
 from connector.adapters.mapping import Mapping, MappingError, load_mapping, load_mappings
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
-from connector.ingest import Ingestor, RunSummary
+from connector.counts import RunSummary
+from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.routing import Match, Policy, Router
 from connector.store import Store, VersionFilter

@@ -18,7 +18,8 @@ import pytest
 
 from connector.adapters.mapping import load_mappings
 from connector.config import Config, parse_config
-from connector.ingest import Ingestor, RunSummary
+from connector.counts import RunSummary
+from connector.ingest import Ingestor
 from connector.store import Store
 from connector.yamlfile import load_yaml
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA

@@ -19,11 +19,11 @@ import yaml
 from sqlalchemy import Boolean, MetaData, Table, create_engine
 
 from connector.adapters.mapping import load_mappings
+from connector.channels.misp_feed import feed_files
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.explain import explain_target
 from connector.ingest import Ingestor
-from connector.misp.feed import feed_files
 from connector.render.collection import CollectionView
 from connector.routing import Policy, Router
 from connector.store import Store, VersionFilter

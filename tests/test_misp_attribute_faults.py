@@ -21,7 +21,8 @@ from connector.adapters.registry import AdapterContext, RecordOutcome, record_ou
 from connector.adapters.xarf import XarfAdapter
 from connector.cli import print_summary
 from connector.config import Config, parse_config
-from connector.ingest import COUNT_NAMES, Ingestor
+from connector.counts import COUNT_NAMES
+from connector.ingest import Ingestor
 from connector.notification import Notification
 from connector.store import Store
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA

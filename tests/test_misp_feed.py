@@ -13,10 +13,10 @@ import yaml
 from pymisp import MISPEvent
 
 from connector.adapters.mapping import load_mappings
+from connector.channels.misp_feed import export_feed, feed_files
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.feed import export_feed, feed_files
 from connector.passwords import hash_password
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for, start_server

@@ -16,10 +16,10 @@ import yaml
 from pymisp import PyMISP
 
 from connector.adapters.mapping import load_mappings
+from connector.channels.misp_sync import MispSync
 from connector.collections import collection_rows
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.sync import MispSync
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG
 from tests.misp_fake import MispFake

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from connector.adapters.mapping import load_mappings
+from connector.channels.misp_sync import MispSync
 from connector.collections import collection_rows
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.misp.sync import MispSync
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, SHARED_DATA
 from tests.misp_fake import MispFake
@@ -300,8 +300,8 @@ def test_an_instance_that_stops_answering_mid_sync_is_not_tried_again_in_that_sy
 def test_a_missing_key_names_the_variable_but_never_a_pasted_key(key_env: str, named: bool) -> None:
     """An API key pasted into key_env instead of a variable's name went on into last_error,
     the output and the logs through "environment variable <key> is not set"."""
+    from connector.channels.misp_sync import Refused, default_client
     from connector.config import MispChannel
-    from connector.misp.sync import Refused, default_client
 
     channel = MispChannel(url="https://127.0.0.1:9/", key_env=key_env)
     with pytest.raises(Refused) as refused:

@@ -25,7 +25,8 @@ from stix2validator import ValidationOptions, validate_parsed_json
 from connector.adapters.mapping import Mapping, family_mapping
 from connector.collections import collection_rows
 from connector.config import Config, parse_config
-from connector.ingest import Ingestor, RunSummary
+from connector.counts import RunSummary
+from connector.ingest import Ingestor
 from connector.stix.build import EXTENSION_ID
 from connector.store import Store
 from tests.conftest import SAMPLE_CONFIG, SHARED_DATA

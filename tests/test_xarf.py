@@ -27,7 +27,8 @@ from connector.adapters.readers import RawRecord, RowError
 from connector.adapters.registry import CODE_ADAPTERS, AdapterContext, load_code_adapters
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
-from connector.ingest import Ingestor, RunSummary
+from connector.counts import RunSummary
+from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.rsit import RSIT
 from connector.stix.build import EXTENSION_ID

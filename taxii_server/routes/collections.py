@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from connector.store import CollectionRow
-from taxii_server.app import principal, state
 from taxii_server.auth import Principal
+from taxii_server.context import principal, state
 from taxii_server.errors import not_found
 from taxii_server.media import STIX_MEDIA_TYPE, taxii_response
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from taxii_server.app import state
+from taxii_server.context import state
 from taxii_server.errors import not_found
 from taxii_server.media import MEDIA_TYPE, taxii_response
 

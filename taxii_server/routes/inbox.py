@@ -18,8 +18,8 @@ from starlette.responses import Response
 
 from connector.store import VersionFilter
 from connector.submission import Outcome, SubmissionResult, Submissions
-from taxii_server.app import principal, state
 from taxii_server.auth import Principal
+from taxii_server.context import principal, state
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import taxii_response
 from taxii_server.routes.collections import visible_collection

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from connector.channels.misp_feed import feed_file
 from connector.collections import recipient_collection_id
-from connector.misp.feed import feed_file
-from taxii_server.app import authenticated, state
 from taxii_server.auth import Principal
+from taxii_server.context import authenticated, state
 from taxii_server.errors import not_found
 
 router = APIRouter()

@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from connector.store import Member, VersionFilter
 from connector.store.times import timestamp_to_us, us_to_timestamp
-from taxii_server.app import principal, state
 from taxii_server.auth import Principal
+from taxii_server.context import principal, state
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import STIX_MEDIA_TYPE, raw_envelope_response, taxii_response
 from taxii_server.params import storable

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from taxii_server.app import principal, state
 from taxii_server.auth import Principal
+from taxii_server.context import principal, state
 from taxii_server.errors import not_found
 from taxii_server.media import taxii_response
 from taxii_server.routes.collections import check_api_root

@@ -1,1 +1,0 @@
-"""MISP delivery: notifications as MISP events, pushed through PyMISP or offered as a feed."""
