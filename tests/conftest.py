@@ -208,6 +208,9 @@ def start_server(config: Config, store: Store) -> tuple[RunningServer, object, t
     from taxii_server import create_app
 
     sock = socket.socket()
+    # Connections accepted on a socket handed to uvicorn do not get TCP_NODELAY (those of one it
+    # binds itself do): every small answer then waited 40 ms for the client's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(config, store), log_level="warning"))
