@@ -14,6 +14,9 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # Letters, digits, hyphens (and the underscore DNS allows in practice), 1 to 63 characters.
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_ASCII_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
 
 
 def _address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -98,6 +101,8 @@ def canonical_domain(value: str) -> str:
     2008 refuses (a symbol, an underscore label) is encoded as before.
     """
     text = value.strip().rstrip(".").lower()
+    if len(text) <= 253 and _ASCII_NAME.fullmatch(text):
+        return text  # ASCII labels: what the IDNA codec and the label check below give it back as
     if not text:
         raise ValueError("empty domain name")
     try:

@@ -161,13 +161,19 @@ class BatchRecorder:
         for n in batch:
             groups.setdefault(subject_key(n), []).append(n)
         self.summary.counts["repeated"] += len(batch) - len(groups)
-        stored = self._stored(groups)
+        digests = {key: subject_digest(key) for key in groups}
+        stored = self._stored(digests)
         listed = notifications.listed_observations(
             self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
         )
-        evidence = self._evidence_pks([group[0] for group in groups.values()])
+        bodies = {key: orjson.dumps(group[0].evidence).decode() for key, group in groups.items()}
+        evidence = self._evidence_pks(set(bodies.values()))
         for key, group in groups.items():
-            self._one(key, group, stored.get(key), listed, evidence)
+            found = stored.get(key)
+            if found is None:
+                self._new(key, group, digests[key], self._evidence_pk(bodies[key], evidence))
+            else:
+                self._one(key, group, found, listed, bodies[key], evidence)
         self._write()
 
     def _load_cache(self) -> None:
@@ -176,9 +182,9 @@ class BatchRecorder:
             self.cache.kinds = {dataclasses.astuple(k)[1:]: pk for pk, k in self.cache.kind_records.items()}
             self.cache.loaded = True
 
-    def _stored(self, groups: dict[tuple[str, str, str, str], list[Notification]]) -> dict[Any, _Stored]:
+    def _stored(self, subjects: dict[tuple[str, str, str, str], int]) -> dict[Any, _Stored]:
         """The stored notification of each subject (the newest, if a digest finds several)."""
-        digests = {subject_digest(key): key for key in groups}
+        digests = {digest: key for key, digest in subjects.items()}
         found: dict[Any, NotificationRecord] = {}
         for record in notifications.notifications_by_subject(self.w.conn, digests):
             key = digests.get(record.subject)
@@ -210,11 +216,10 @@ class BatchRecorder:
             self.cache.kind_records[pk] = Kind(pk, *values)
         return pk
 
-    def _evidence_pks(self, batch: list[Notification]) -> dict[str, int | None]:
+    def _evidence_pks(self, bodies: set[str]) -> dict[str, int | None]:
         """Evidence body -> its stored pk for every body of the batch (None: not stored yet;
         stored by _evidence_pk only when a notification that keeps it is recorded: evidence of
         a discarded notification must never reach the store)."""
-        bodies = {orjson.dumps(n.evidence).decode() for n in batch}
         out: dict[str, int | None] = {b: self.cache.evidence.get(b) for b in bodies}
         unknown = [b for b, pk in out.items() if pk is None]
         if unknown:
@@ -223,71 +228,122 @@ class BatchRecorder:
                 out[body] = next((pk for pk, stored in found.get(digest(body), []) if stored == body), None)
         return out
 
-    def _evidence_pk(self, body: str, known: dict[str, int | None]) -> int:
-        pk = known.get(body)
-        if pk is None:
-            pk = known[body] = self.w.allocate("evidence", 1)
-            notifications.add_evidence(self.w, [(pk, digest(body), body)])
-        self.cache.evidence.put(body, pk)
+    def _evidence_pk(self, body: str, known: dict[str, int | None]) -> Callable[[], int]:
+        """The pk of this body, stored when first asked for (see _evidence_pks)."""
+
+        def pk() -> int:
+            found = known.get(body)
+            if found is None:
+                found = known[body] = self.w.allocate("evidence", 1)
+                notifications.add_evidence(self.w, [(found, digest(body), body)])
+                self.cache.evidence.put(body, found)
+            return found
+
         return pk
 
     # --- one subject ---------------------------------------------------------------------------
+
+    def _route(self, key: tuple[str, str, str, str], n: Notification) -> Decision | None:
+        """The notification routed and counted; None when it is not to be stored (personal data
+        nobody is entitled to)."""
+        decision = self.router.route(n)
+        self.summary.count_decision(decision)
+        if n.discard_unrouted and not decision.recipients:
+            self.summary.counts["discarded"] += 1
+            return None  # counted, never stored
+        if decision.match is None:
+            log.info("notification unrouted", extra={"observable": key[3], "classification": key[1]})
+        return decision
+
+    def _new(
+        self,
+        key: tuple[str, str, str, str],
+        group: list[Notification],
+        subject: int,
+        evidence: Callable[[], int],
+    ) -> None:
+        """A new notification and its first version: the hot path of a first ingest, written with
+        tuples, not records. Its key's day is the day it was first seen, whichever row of the
+        group came first."""
+        n = group[0]
+        if len(group) == 1:
+            first = last = moment_ms(n.observed_at)
+            count = 1
+        else:
+            times = sorted({moment_ms(m.observed_at) for m in group})
+            first, last, count = times[0], times[-1], len(times)
+        decision = self._route(key, n)
+        if decision is None:
+            return
+        stamp = self.w.next_stamp()
+        self.summary.saw_stamp(stamp)
+        self.summary.counts["new"] += 1
+        day = first // 86_400_000
+        kind = self._kind_pk(n)
+        pk = self.w.allocate("notifications", 1)
+        run, now = self.summary.run_id, self.now_ms
+        recipients = decision.recipients
+        numbers = self._numbers(recipients)
+        self.new_rows.append(
+            (
+                pk, subject, kind, n.classification.identifier, day, n.ip, n.port, n.protocol, n.hostname,
+                n.url, n.email, n.asn, evidence(), first, now, stamp, run, None,
+            )
+        )  # fmt: skip
+        self.versions.append(
+            (stamp, pk, None, CURRENT, now, None, last - first, count, None, None, numbers, run)
+        )
+        if count > OBSERVATIONS_IMPLIED:
+            self.observations += [(pk, at) for at in times]
+        if n.partner not in self.cache.partners:
+            notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
+            self.cache.partners.add(n.partner)
+        version_shape = shape(n, day_text(day))
+        self.id_rows += [(own, pk) for own in version_shape.own]
+        shared = version_shape.shared
+        per_recipient = self.summary.per_recipient
+        for rid, number in zip(recipients, numbers, strict=True):
+            per_recipient[rid] += 1
+            self.deliveries.setdefault(number, []).append(_Delivery(stamp, pk, shared, 0))
+        if self.misp_group_by:
+            self._queue_misp(pk, n, day_text(day), recipients)
 
     def _one(
         self,
         key: tuple[str, str, str, str],
         group: list[Notification],
-        stored: _Stored | None,
+        stored: _Stored,
         listed: set[tuple[int, int]],
+        body: str,
         evidence: dict[str, int | None],
     ) -> None:
+        """A stored notification seen again: unchanged, or its next version."""
         times = sorted({moment_ms(n.observed_at) for n in group})
-        fresh = times if stored is None else [at for at in times if not _observed(stored, at, listed)]
+        fresh = [at for at in times if not _observed(stored, at, listed)]
         if not fresh:
             self.summary.counts["unchanged"] += 1
             return
         n = group[0]
-        decision = self.router.route(n)
-        self.summary.count_decision(decision)
-        if n.discard_unrouted and not decision.recipients:
-            self.summary.counts["discarded"] += 1
-            return  # personal data nobody is entitled to: counted, never stored
-        if decision.match is None:
-            log.info("notification unrouted", extra={"observable": key[3], "classification": key[1]})
+        decision = self._route(key, n)
+        if decision is None:
+            return
         stamp = self.w.next_stamp()
         self.summary.saw_stamp(stamp)
-        evidence_pk = self._evidence_pk(orjson.dumps(n.evidence).decode(), evidence)
-        if stored is None:
-            record, version, day = self._new(n, times, fresh, stamp, evidence_pk, decision)
-            version_shape = shape(n, day)
-            self.id_rows += [(key, record.pk) for key in version_shape.own]
-            representative = n
-        else:
-            record, version = self._next(n, stored, fresh, stamp, evidence_pk, decision)
-            # Rendered from what is stored, with this version's kind (its TLP marking, say).
-            representative = notification_of(record, self._kind(version.kind_of(record)), {})
-            day = representative.day
-            version_shape = shape(representative)
-        self.summary.counts["updated" if stored else "new"] += 1
+        evidence_pk = self._evidence_pk(body, evidence)()
+        record, version = self._next(n, stored, fresh, stamp, evidence_pk, decision)
+        # Rendered from what is stored, with this version's kind (its TLP marking, say).
+        representative = notification_of(record, self._kind(version.kind_of(record)), {})
+        self.summary.counts["updated"] += 1
         self.versions.append(
             (
-                version.stamp,
-                version.notification,
-                version.previous,
-                version.renderer,
-                version.modified,
-                version.first_seen,
-                version.last_seen,
-                version.count,
-                version.kind,
-                version.evidence,
-                version.recipients,
-                version.run,
+                version.stamp, version.notification, version.previous, version.renderer, version.modified,
+                version.first_seen, version.last_seen, version.count, version.kind, version.evidence,
+                version.recipients, version.run,
             )
-        )
+        )  # fmt: skip
         if version.count > OBSERVATIONS_IMPLIED:
             listed_now = fresh
-            if stored is not None and stored.latest.count <= OBSERVATIONS_IMPLIED:
+            if stored.latest.count <= OBSERVATIONS_IMPLIED:
                 # from now on every time is listed, the implied ones too
                 listed_now = [
                     stored.latest.first_seen_of(stored.record),
@@ -295,39 +351,8 @@ class BatchRecorder:
                     *fresh,
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
-        self._deliver(record, version, stored, version_shape, decision.recipients)
-        self._queue_misp(record.pk, representative, day, decision.recipients)
-
-    def _new(
-        self,
-        n: Notification,
-        times: list[int],
-        fresh: list[int],
-        stamp: int,
-        evidence_pk: int,
-        decision: Decision,
-    ) -> tuple[NotificationRecord, VersionRecord, str]:
-        """The new notification's row and first version, and its key's day: the day it was
-        first seen, whichever row of the group came first."""
-        first = times[0]
-        day = first // 86_400_000
-        kind = self._kind_pk(n)
-        pk = self.w.allocate("notifications", 1)
-        c = n.classification
-        row = (
-            pk, subject_digest(subject_key(n)), kind, c.identifier, day, n.ip, n.port, n.protocol,
-            n.hostname, n.url, n.email, n.asn, evidence_pk, first, self.now_ms, stamp, self.summary.run_id,
-        )  # fmt: skip
-        record = NotificationRecord(*row, False)
-        self.new_rows.append((*row, None))  # legacy: NULL
-        version = VersionRecord(
-            stamp, pk, None, CURRENT, self.now_ms, None, fresh[-1] - first, len(fresh), None, None,
-            self._numbers(decision.recipients), self.summary.run_id,
-        )  # fmt: skip
-        if n.partner not in self.cache.partners:
-            notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
-            self.cache.partners.add(n.partner)
-        return record, version, day_text(day)
+        self._deliver(record, version, shape(representative), decision.recipients)
+        self._queue_misp(record.pk, representative, representative.day, decision.recipients)
 
     def _next(
         self,
@@ -367,17 +392,13 @@ class BatchRecorder:
     # --- deliveries ----------------------------------------------------------------------------
 
     def _deliver(
-        self,
-        record: NotificationRecord,
-        version: VersionRecord,
-        stored: _Stored | None,
-        version_shape: Shape,
-        recipients: list[str],
+        self, record: NotificationRecord, version: VersionRecord, version_shape: Shape, recipients: list[str]
     ) -> None:
+        """A next version's deliveries: each supersedes the version its collection held."""
         for rid, number in zip(recipients, version.recipients, strict=True):
             self.summary.per_recipient[rid] += 1
             bits = 0
-            if stored is not None and version.previous is not None:
+            if version.previous is not None:
                 before, earlier = self._delivered_before(number, version.previous)
                 if earlier:
                     bits |= EARLIER

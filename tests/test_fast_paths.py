@@ -106,3 +106,30 @@ def test_observation_milliseconds_match_the_stored_timestamp(moment: datetime, o
     zoned = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
     assert moment_ms(zoned) * 1000 == timestamp_to_us(timestamp(zoned))
     assert ms_to_timestamp(moment_ms(zoned)) == timestamp(zoned)
+
+
+def _slow_domain(value: str) -> str | None:
+    """canonical_domain as it was before its ASCII fast path: the IDNA codec, then the labels."""
+    import re
+
+    text = value.strip().rstrip(".").lower()
+    try:
+        text = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    label = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+    if not text or len(text) > 253 or not all(label.match(p) for p in text.split(".")):
+        return None
+    return text
+
+
+@given(st.text(alphabet="abcXYZ019_-.", max_size=80) | st.from_regex(r"[a-z]{1,70}(\.[a-z0-9-]{0,70}){0,4}"))
+def test_canonical_domain_fast_path_agrees_with_the_idna_codec(value: str) -> None:
+    """ASCII host names skip the IDNA codec: the answer (a name, or a refusal) must not change."""
+    from connector.normalize import canonical_domain
+
+    try:
+        got: str | None = canonical_domain(value)
+    except ValueError:
+        got = None
+    assert got == _slow_domain(value)

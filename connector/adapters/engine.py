@@ -163,6 +163,7 @@ class MappedAdapter:
         named = {p.split(".", 1)[0] for spec in mapping.field_specs() for p in spec.paths()}
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = frozenset(named | set(mapping.drop))
+        self._header_unmapped: tuple[Any, list[str]] | None = None
         self._evidence = [
             (name, spec, None) if isinstance(spec, str) else (name, spec.source, CONVERTERS[spec.convert])
             for name, spec in mapping.evidence.items()
@@ -267,13 +268,23 @@ class MappedAdapter:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
-            skip = self._not_unmapped.union(secrets) if secrets else self._not_unmapped
-            unmapped = {k: v for k, v in data.items() if k not in skip and not _empty(v)}
+            unmapped = {k: data[k] for k in self._unmapped_columns(data, secrets) if not _empty(data[k])}
             if unmapped:
                 evidence["unmapped"] = unmapped
         if secrets:
             evidence["columns_withheld"] = secrets
         return evidence
+
+    def _unmapped_columns(self, data: dict[str, Any], secrets: list[str]) -> list[str]:
+        """The record's keys no field, evidence or drop rule names, nor a credential column:
+        worked out once per CSV header (most rows), else per record."""
+        header = self.read_stats.header
+        if header is not None and not secrets and len(data) == len(header):
+            if self._header_unmapped is None or self._header_unmapped[0] is not header:
+                self._header_unmapped = (header, [k for k in header if k not in self._not_unmapped])
+            return self._header_unmapped[1]
+        skip = self._not_unmapped.union(secrets) if secrets else self._not_unmapped
+        return [k for k in data if k not in skip]
 
     def _compile(self, name: str, spec: FieldSpec, personal: bool = False) -> Callable[[dict[str, Any]], Any]:
         """One field's value from a record: converted, None when absent, RowRejected when wrong.

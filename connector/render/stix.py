@@ -17,11 +17,14 @@ in RENDERERS, used for new versions only (tests/golden pins each renderer's outp
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from connector.notification import Classification, Notification
 from connector.stix.build import (
@@ -32,7 +35,7 @@ from connector.stix.build import (
     reference_objects,
 )
 from connector.stix.build import _reference_id as reference_id
-from connector.stix.ids import PROJECT_NAMESPACE, sco_uuid, uuid5_bytes, uuid_digest
+from connector.stix.ids import PROJECT_NAMESPACE, SCO_NAMESPACE, type_key, uuid5_bytes_from_sha1
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
 from connector.tlp import TLP2_MARKING_IDS
@@ -159,14 +162,34 @@ def own_ids(notification: Notification, day: str | None = None) -> tuple[str, ..
     return (observed_id, sighting_id)
 
 
+_PROJECT = PROJECT_NAMESPACE.bytes
+_SCO = SCO_NAMESPACE.bytes
+_VERSION_MASK = ~(0xF0 << 8)  # byte 6 of the UUID is the second-lowest of its first 64 bits
+_VERSION_5 = 0x50 << 8
+
+
+def _v5_digest(namespace: bytes, name: bytes, stix_type: str) -> tuple[int, bytes]:
+    """(digest of the id `stix_type--uuid5(namespace, name)`, the UUID's first 8 bytes'
+    hash before the version bits), as uuid_digest(uuid5_bytes(...)) gives it, with one hash
+    and no id text: shape() makes six a row."""
+    raw = hashlib.sha1(namespace + name, usedforsecurity=False).digest()
+    value = ((int.from_bytes(raw[:8], "big") & _VERSION_MASK) | _VERSION_5) ^ type_key(stix_type)
+    return (value - (1 << 64) if value >= 1 << 63 else value), raw
+
+
+def _value_name(value: str) -> bytes:
+    """The canonical JSON of {"value": value}: what the id of an SCO with only a value hashes."""
+    return b'{"value":' + orjson.dumps(value) + b"}"
+
+
 def shape(notification: Notification, day: str | None = None) -> Shape:
     """The digests of the ids render() will give this notification's versions, worked out
     without building any object (ingest's hot path), `day` the key's day if not that of its
     observation: tests/test_render.py holds the two to each other."""
-    name = "\x1f" + "\x1f".join(_key(notification, day))
+    name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
     sighted = _sighted_kind(notification)
     own_types = ("observed-data", "sighting") if sighted else ("indicator", "observed-data", "sighting")
-    own = tuple(uuid_digest(t, uuid5_bytes(PROJECT_NAMESPACE, t + name)) for t in own_types)
+    own = tuple(_v5_digest(_PROJECT, t.encode() + name, t)[0] for t in own_types)
     shared = list(_reference_digests(notification.partner, notification.tlp))
     if sighted is not None:
         shared.append((REFERENCES, _sighted_digest(*sighted)))
@@ -175,16 +198,18 @@ def shape(notification: Notification, day: str | None = None) -> Shape:
     address = None
     if n.ip:
         ip_type = "ipv6-addr" if ":" in n.ip else "ipv4-addr"
-        raw = sco_uuid(ip_type, {"value": n.ip})
-        h = raw.hex()
-        address = f"{ip_type}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-        shared.append((slot, uuid_digest(ip_type, raw)))
+        key, raw = _v5_digest(_SCO, _value_name(n.ip), ip_type)
+        shared.append((slot, key))
         slot += 1
+        if n.port is not None:
+            h = uuid5_bytes_from_sha1(raw).hex()
+            address = f"{ip_type}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     for sco_type, value in (("domain-name", n.hostname), ("url", n.url), ("email-addr", n.email)):
         if value:
-            shared.append((slot, uuid_digest(sco_type, sco_uuid(sco_type, {"value": value}))))
+            shared.append((slot, _v5_digest(_SCO, _value_name(value), sco_type)[0]))
             slot += 1
-    if address and n.port is not None:
+    if address is not None:
         traffic = {"dst_ref": address, "dst_port": n.port, "protocols": [n.protocol or "tcp"]}
-        shared.append((slot, uuid_digest("network-traffic", sco_uuid("network-traffic", traffic))))
+        name = orjson.dumps(traffic, option=orjson.OPT_SORT_KEYS)
+        shared.append((slot, _v5_digest(_SCO, name, "network-traffic")[0]))
     return Shape(own, tuple(shared))

@@ -30,13 +30,20 @@ def canonical_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def uuid5_bytes(namespace: uuid.UUID, name: str) -> bytes:
-    """`uuid.uuid5(namespace, name).bytes` without building UUID objects: ingest makes several
-    ids per row, and the standard library's objects were a large part of the cost."""
-    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest()[:16])
+def uuid5_bytes_from_sha1(sha1: bytes) -> bytes:
+    """The UUIDv5 whose name hashed to `sha1` (its first 16 bytes, version and variant set)."""
+    digest = bytearray(sha1[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     return bytes(digest)
+
+
+def uuid5_bytes(namespace: uuid.UUID, name: str) -> bytes:
+    """`uuid.uuid5(namespace, name).bytes` without building UUID objects: ingest makes several
+    ids per row, and the standard library's objects were a large part of the cost."""
+    return uuid5_bytes_from_sha1(
+        hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest()
+    )
 
 
 def uuid5_text(namespace: uuid.UUID, name: str) -> str:
@@ -65,11 +72,6 @@ def uuid_digest(stix_type: str, uuid_bytes: bytes) -> int:
     the UUID's first 64 bits, which for the UUIDv5 ids made here are hash bits already."""
     value = int.from_bytes(uuid_bytes[:8], "big") ^ type_key(stix_type)
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def sco_uuid(sco_type: str, contributing: dict[str, Any]) -> bytes:
-    present = {k: v for k, v in contributing.items() if v is not None}
-    return uuid5_bytes(SCO_NAMESPACE, canonical_json(present))
 
 
 def sco_id(sco_type: str, contributing: dict[str, Any]) -> str:
