@@ -444,21 +444,24 @@ class BatchRecorder:
         notifications.add_versions(w, self.versions)
         notifications.set_latest(w, self.latest)
         notifications.add_observations(w, self.observations)
-        shared_rows: list[tuple[int, int, int, bool | None]] = []
+        # Each shared object a version brings is claimed for its collection; the claims that
+        # went in (nobody held it there) are the objects this entry brings: its bits.
+        claims: list[tuple[int, int, int, bool | None]] = []
+        claimants: dict[tuple[int, int], tuple[_Delivery, int]] = {}
         for number, entries in self.deliveries.items():
-            wanted = {key for entry in entries for _slot, key in entry.shared}
-            held = set(deliveries.shared_rows(w.conn, number, wanted))
             for entry in entries:
                 for slot, key in entry.shared:
-                    if key not in held:
-                        held.add(key)
-                        entry.bits |= 1 << slot
-                        shared_rows.append((number, key, entry.stamp + slot, None))
+                    if (number, key) not in claimants:
+                        claimants[(number, key)] = (entry, slot)
+                        claims.append((number, key, entry.stamp + slot, None))
+        for pair in deliveries.claim_shared(w, claims):
+            entry, slot = claimants[pair]
+            entry.bits |= 1 << slot
+        for number, entries in self.deliveries.items():
             deliveries.change_bits(w, number, self.superseded.pop(number, {}))
             deliveries.append(w, number, [(e.stamp, e.bits) for e in entries])
         for number, changes in self.superseded.items():  # collections without a new entry
             deliveries.change_bits(w, number, changes)
-        deliveries.add_shared(w, shared_rows)
         if self.legacy_supersede:
             from connector.store import objects
 

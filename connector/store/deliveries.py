@@ -188,6 +188,27 @@ def change_bits(w: Writer, collection: int, changes: dict[int, tuple[int, int]])
     w.many("UPDATE delivery_blocks SET entries = ? WHERE collection = ? AND last = ?", updates)
 
 
+CLAIMS_PER_STATEMENT = 200
+
+
+def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> set[tuple[int, int]]:
+    """(collection, digest, date_added, stored) rows of shared objects that may be new to their
+    collections: those that are go in, and their (collection, digest) come back. One statement
+    per 200 (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert."""
+    claimed: set[tuple[int, int]] = set()
+    ordered = sorted(rows)
+    for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
+        part = ordered[start : start + CLAIMS_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?, ?)"] * len(part))
+        statement = w.sql(
+            f"INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES {values} "
+            "ON CONFLICT DO NOTHING RETURNING collection, digest"
+        )
+        params = tuple(value for row in part for value in row)
+        claimed.update((int(c), int(d)) for c, d in w.conn.exec_driver_sql(statement, params))
+    return claimed
+
+
 def add_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> None:
     """(collection, digest, date_added, stored) of shared objects new to their collections."""
     w.insert("collection_shared", ("collection", "digest", "date_added", "stored"), sorted(rows))
