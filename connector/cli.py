@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -279,7 +279,8 @@ app.add_typer(runs_app, name="runs")
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)
 _AS_NUMBER = re.compile(r"^(?:AS)?(\d+)$", re.IGNORECASE)
-_NOTIFICATION_KEY = re.compile(r"^[0-9a-f]{64}$")
+# A notification's own objects: its sighting, observed-data, indicator.
+_OWN_ID = re.compile(r"^(?:sighting|observed-data|indicator)--[0-9a-f-]{36}$")
 # Meant as an address or network: digits and dots (no top-level domain is numeric), or a colon
 # (no host name has one).
 _ADDRESS_LIKE = re.compile(r"^(?:[0-9.]+(?:/\S*)?|.*:.*)$")
@@ -296,7 +297,7 @@ def route_target_problem(target: str) -> str | None:
     numeric last label.
     """
     text = target.strip()
-    if text.startswith("sighting--") or _NOTIFICATION_KEY.match(text):
+    if _OWN_ID.match(text):
         return None
     if match := _AS_NUMBER.match(text):
         if not 1 <= int(match.group(1)) <= AS_NUMBER_MAX:
@@ -355,7 +356,8 @@ def route_explain(
     target: Annotated[
         str,
         typer.Argument(
-            help="IP address, AS number, domain, e-mail address, URL, or a notification (sighting id or key)."
+            help="IP address, AS number, domain, e-mail address, URL, or a notification (its sighting, "
+            "observed-data or indicator id)."
         ),
     ],
     tlp: Annotated[str, typer.Option(help="TLP of the notification to imagine.")] = "amber",
@@ -381,7 +383,7 @@ def route_explain(
             raise _fail(f"--category: {exc}") from None
     try:
         policy = Policy(parse_tlp(tlp), taxonomy, type_)
-        needs_store = target.startswith("sighting--") or len(target) == 64
+        needs_store = bool(_OWN_ID.match(target.strip()))
         lines = explain_target(
             Router(config), target, policy, _open_store(config, config_path) if needs_store else None
         )
@@ -731,6 +733,191 @@ def runs_mark_failed(
         state = "does not exist" if run is None else f"is not running ({run['status']})"
         raise _fail(f"run {run_id} {state}")
     out.print(f"run {run_id} marked failed; ingest its input again to complete it", markup=False)
+
+
+# --- closing the loop: feedback, statistics, misrouting, escalation ---------------------------
+
+stats_app = typer.Typer(help="Statistics: what became of notifications after delivery.", no_args_is_help=True)
+app.add_typer(stats_app, name="stats")
+
+
+@app.command("feedback")
+def feedback_cmd(
+    recipient: Annotated[str, typer.Argument(help="The recipient the feedback is from.")],
+    target: Annotated[
+        str, typer.Argument(help="The notification: its sighting (or observed-data, indicator) id.")
+    ],
+    state: Annotated[str, typer.Argument(help="acknowledged, resolved, false-positive or not-ours.")],
+    note: Annotated[str | None, typer.Option(help="What the recipient said, kept with the state.")] = None,
+    config_path: ConfigOption = None,
+) -> None:
+    """Record what a recipient said of a notification it received (for feedback it gave by
+    mail or phone: recipients give theirs through TAXII, MISP sightings or the portal)."""
+    import getpass
+
+    from connector import feedback
+
+    config = _load(config_path)
+    _known_recipient(config, recipient)
+    if state not in feedback.GIVEN:
+        raise _fail(f"unknown state {state!r} (one of {', '.join(feedback.GIVEN)})")
+    store = _open_store(config, config_path)
+    try:
+        feedback.give(store, recipient, target, state, source="cli", actor=getpass.getuser(), note=note)
+    except feedback.NotFound:
+        raise _fail(f"no notification {target!r} in the collection of {recipient!r}", code=1) from None
+    out.print(f"{target}: {state} for {recipient}", markup=False)
+
+
+def _print_figures(title: str, figures: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    for name, value in figures.items():
+        table.add_row(*plain_cells(name, "-" if value is None else value))
+    print_table(out, table)
+
+
+@stats_app.command("case")
+def stats_case(
+    case_id: Annotated[str, typer.Argument(help="The partner's case id, e.g. DIVD-2024-00012.")],
+    partner: Annotated[str | None, typer.Option(help="Only this partner's notifications of it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The figures as JSON.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """A case's figures: notifications, routed, delivered, acknowledged, resolved, false
+    positives, gone, and the median times (never which recipients)."""
+    from connector import stats
+
+    config = _load(config_path)
+    figures = stats.case(_open_store(config, config_path), case_id, partner).as_dict()
+    if as_json:
+        typer.echo(json.dumps({"case": case_id, **figures}, indent=2))
+        return
+    if not figures["notifications"]:
+        raise _fail(f"no notifications of case {case_id!r}", code=1)
+    _print_figures(f"case {case_id}", figures)
+
+
+@stats_app.command("feed")
+def stats_feed(
+    partner: Annotated[str, typer.Argument(help="The partner whose feeds to count.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only notifications first seen on or after this date (YYYY-MM-DD).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The figures as JSON.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """A partner's figures per feed (never which recipients)."""
+    from datetime import UTC, datetime
+
+    from connector import stats
+
+    config = _load(config_path)
+    try:
+        config.partner(partner)
+    except KeyError:
+        raise _fail(f"unknown partner {partner!r}") from None
+    floor = None
+    if since is not None:
+        try:
+            floor = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise _fail(f"--since: {since!r} is not a date (YYYY-MM-DD)") from None
+    per_feed = {
+        feed: f.as_dict() for feed, f in stats.feeds(_open_store(config, config_path), partner, floor).items()
+    }
+    if as_json:
+        typer.echo(json.dumps({"partner": partner, "since": since, "feeds": per_feed}, indent=2))
+        return
+    if not per_feed:
+        out.print(f"no notifications from {partner}", markup=False)
+    for feed, figures in per_feed.items():
+        _print_figures(f"{partner} {feed}", figures)
+
+
+@stats_app.command("recipient")
+def stats_recipient(
+    recipient: Annotated[str, typer.Argument(help="The recipient.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The figures as JSON.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """What reached a recipient, what it fetched, acknowledged and closed, what is still open,
+    and its oldest open notification."""
+    from connector import stats
+
+    config = _load(config_path)
+    _known_recipient(config, recipient)
+    figures = stats.recipient(_open_store(config, config_path), recipient).as_dict()
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    _print_figures(f"recipient {recipient}", figures)
+
+
+@app.command("misrouted")
+def misrouted_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Notifications a recipient said are not its own, with how they were routed: a
+    constituency claim to fix."""
+    from connector import stats
+    from connector.explain import explain_target
+    from connector.routing import Policy, Router
+
+    config = _load(config_path)
+    store = _open_store(config, config_path)
+    router = Router(config)
+    reports = []
+    for m in stats.misrouted(store):
+        policy = Policy(m.kind.tlp, m.kind.taxonomy, m.kind.type, m.kind.direct_owner_only)
+        lines = explain_target(router, m.sighting, policy, store)
+        reports.append(
+            {"recipient": m.recipient, "sighting": m.sighting, "at": m.at, "note": m.note, "explain": lines}
+        )
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+        return
+    if not reports:
+        out.print("no notification was reported as not the recipient's own", markup=False)
+    for report in reports:
+        said = f": {report['note']}" if report["note"] else ""
+        out.print(
+            f"{report['recipient']} says {report['sighting']} is not theirs ({report['at']}){said}",
+            markup=False,
+        )
+        for line in report["explain"]:
+            out.print(f"    {line}", markup=False)
+
+
+@app.command("escalations")
+def escalations_cmd(
+    older_than: Annotated[
+        float, typer.Option(help="Hours a notification may stay unfetched, or fetched but unacknowledged.")
+    ] = 72.0,
+    recipient: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """Per recipient, what it has not fetched, or fetched and not acknowledged, for longer than
+    --older-than hours: the input to a reminder (or a word with its parent)."""
+    from connector import stats
+
+    config = _load(config_path)
+    _known_recipient(config, recipient)
+    wanted = [recipient] if recipient else [r.id for r in config.recipients]
+    overdue = stats.escalations(_open_store(config, config_path), wanted, older_than * 3600)
+    if as_json:
+        typer.echo(json.dumps([o.__dict__ for o in overdue], indent=2))
+        return
+    if not overdue:
+        out.print(f"nothing overdue (older than {older_than:g} hours)", markup=False)
+        return
+    table = Table(
+        "recipient", "sighting", "state", "since", title=f"overdue (older than {older_than:g} hours)"
+    )
+    for o in overdue:
+        table.add_row(*plain_cells(o.recipient, o.sighting, o.state, o.since))
+    print_table(out, table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from connector import feedback
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
 from connector.adapters.mapping import Mapping, families, family_mapping
 from connector.adapters.readers import RawRecord, RowError, readable
@@ -280,8 +281,19 @@ class Ingestor:
             transaction.abort()
             raise
         transaction.commit()
+        self._mark_gone(summary, mapping)
         if progress:
             progress(path.stat().st_size)
+
+    def _mark_gone(self, summary: RunSummary, mapping: Mapping | None) -> None:
+        """An input that covers its case (feed): what it no longer reports is gone."""
+        seen, earliest = self.cache.kinds_seen, self.cache.earliest
+        self.cache.kinds_seen, self.cache.earliest = set(), None
+        if mapping is None or mapping.coverage is None or earliest is None:
+            return
+        summary.counts["gone"] += feedback.mark_gone(
+            self.store, kinds=seen, run_id=summary.run_id, since=earliest
+        )
 
     @staticmethod
     def _take(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from connector import feedback
 from connector.collections import recipient_collection_id
 from connector.notification import Notification
 from connector.render.misp_grouping import misp_event_of
@@ -98,6 +99,15 @@ class RecordingCache:
     evidence: _Bounded = field(default_factory=lambda: _Bounded(20_000))
     partners: set[str] = field(default_factory=set)
     loaded: bool = False
+    # What the input seen so far covers (for a scan that covers its case: connector/feedback.py
+    # mark_gone): the kinds of its notifications, its earliest observation time (ms).
+    kinds_seen: set[int] = field(default_factory=set)
+    earliest: int | None = None
+
+    def saw(self, kind: int, at: int) -> None:
+        self.kinds_seen.add(kind)
+        if self.earliest is None or at < self.earliest:
+            self.earliest = at
 
 
 @dataclass
@@ -152,6 +162,7 @@ class BatchRecorder:
         self.misp_members: list[tuple[str, str, int]] = []
         self.misp_events: dict[tuple[str, str], str] = {}
         self.known_versions: dict[int, VersionRecord] = {}
+        self.seen_again: list[tuple[int, tuple[int, ...], int]] = []  # (pk, collections, stamp)
 
     # --- the batch ---------------------------------------------------------------------------
 
@@ -280,6 +291,7 @@ class BatchRecorder:
         self.summary.counts["new"] += 1
         day = first // 86_400_000
         kind = self._kind_pk(n)
+        self.cache.saw(kind, first)
         pk = self.w.allocate("notifications", 1)
         run, now = self.summary.run_id, self.now_ms
         recipients = decision.recipients
@@ -319,6 +331,7 @@ class BatchRecorder:
     ) -> None:
         """A stored notification seen again: unchanged, or its next version."""
         times = sorted({moment_ms(n.observed_at) for n in group})
+        self.cache.saw(stored.latest.kind_of(stored.record), times[0])
         fresh = [at for at in times if not _observed(stored, at, listed)]
         if not fresh:
             self.summary.counts["unchanged"] += 1
@@ -352,6 +365,7 @@ class BatchRecorder:
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
         self._deliver(record, version, shape(representative), decision.recipients)
+        self.seen_again.append((record.pk, version.recipients, stamp))
         self._queue_misp(record.pk, representative, representative.day, decision.recipients)
 
     def _next(
@@ -469,6 +483,8 @@ class BatchRecorder:
                 objects.supersede(w, collection_id, sorted(set(ids)))
         if self.misp_events:
             outbox.enqueue(w, self.misp_members, self.misp_events)
+        if self.seen_again:
+            feedback.reopen(w, self.seen_again, self.now_ms, self.summary.run_id)
 
 
 def _observed(stored: _Stored, at: int, listed: set[tuple[int, int]]) -> bool:

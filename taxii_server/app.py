@@ -28,7 +28,7 @@ from taxii_server.errors import (
 from taxii_server.media import taxii_response
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec, token_secret
-from taxii_server.routes import collections, discovery, inbox, misp_feed, objects, status
+from taxii_server.routes import collections, discovery, inbox, misp_feed, objects, stats, status
 
 log = logging.getLogger("meldpunt.taxii")
 
@@ -132,6 +132,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.include_router(inbox.router, dependencies=taxii)
     app.include_router(status.router, dependencies=taxii)
     app.include_router(misp_feed.router, dependencies=[Depends(authenticated)])  # MISP, not TAXII
+    app.include_router(stats.router, dependencies=[Depends(authenticated)])  # JSON, not TAXII
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestHeadLimit, limit=config.server.max_request_head_bytes)  # outermost
     app.openapi = lambda: taxii_openapi(app)  # type: ignore[method-assign]

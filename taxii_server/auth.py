@@ -54,6 +54,13 @@ class Principal:
     writable: frozenset[str] = field(default_factory=frozenset)
     operator: bool = False
     partner: str | None = None  # whose inbox this user writes (the source of what it posts)
+    # The recipient whose collection this user reads, and may post feedback to (opinion and
+    # note objects on its notifications: connector/feedback.py).
+    recipient: str | None = None
+
+    @property
+    def feedback(self) -> frozenset[str]:
+        return frozenset({recipient_collection_id(self.recipient)}) if self.recipient else frozenset()
 
     def can_see(self, collection_id: str) -> bool:
         return collection_id in self.readable or collection_id in self.writable
@@ -64,7 +71,9 @@ def principal_for(user: UserConfig, all_collections: Iterable[str]) -> Principal
     if user.recipient:
         readable.add(recipient_collection_id(user.recipient))
     writable = {inbox_collection_id(user.inbox)} if user.inbox else set()
-    return Principal(user.username, frozenset(readable), frozenset(writable), user.operator, user.inbox)
+    return Principal(
+        user.username, frozenset(readable), frozenset(writable), user.operator, user.inbox, user.recipient
+    )
 
 
 class AuthenticationFailed(TaxiiError):

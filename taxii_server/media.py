@@ -53,3 +53,8 @@ def raw_envelope_response(
     """An envelope assembled from stored JSON without re-parsing each object."""
     content = prefix + b",".join(b.encode() for b in object_bodies) + suffix
     return Response(content=content, status_code=200, media_type=MEDIA_TYPE, headers=headers)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """Plain JSON, for the resources beside TAXII (statistics)."""
+    return Response(content=orjson.dumps(body), status_code=status, media_type="application/json")

@@ -743,7 +743,8 @@ class MispFake:
             self._attr_owner: dict[str, tuple[int, str]] = {}  # uuid -> (event id, object id)
             self._object_owner: dict[str, int] = {}
             self._tags: dict[str, dict[str, Any]] = {}
-            self._ids = {"event": 0, "attribute": 0, "object": 0, "tag": 0, "reference": 0}
+            self._ids = {"event": 0, "attribute": 0, "object": 0, "tag": 0, "reference": 0, "sighting": 0}
+            self._sightings: list[dict[str, Any]] = []
             self._failures: list[_Failure] = []
             self.requests: list[RequestRecord] = []
             self.dropped: list[dict[str, Any]] = []
@@ -876,6 +877,61 @@ class MispFake:
 
     def _r_tag(self, call: _Call) -> _Result:
         return self._attach_tag(call.body, call.path)
+
+    def _r_sighting_add(self, call: _Call) -> _Result:
+        """sightings/add/<attribute id or UUID>: MISP answers 404 for an attribute it does not
+        hold (or a deleted one) and refuses a type other than 0 (seen), 1 (false positive) and
+        2 (expiration); the sighting is the key's organisation's."""
+        body = call.body if isinstance(call.body, dict) else {}
+        kind = _as_str(body.get("type", "0")) or "0"
+        if kind not in ("0", "1", "2"):
+            raise _HttpError(400, f"Invalid sighting type {kind!r}", call.path)
+        with self._lock:
+            found = self._attribute(str(call.arg))
+            if found is None:
+                raise _HttpError(404, "Invalid attribute", call.path)
+            event, attribute = found
+            when = body.get("timestamp")
+            sighting = {
+                "id": self._next("sighting"),
+                "attribute_id": attribute["id"],
+                "event_id": event["id"],
+                "org_id": self.org["id"],
+                "date_sighting": _as_str(when) if _digits(when) is not None else str(self._now()),
+                "uuid": str(uuidlib.uuid4()),
+                "source": _as_str(body.get("source")),
+                "type": kind,
+                "attribute_uuid": attribute["uuid"],
+                "Organisation": {"id": self.org["id"], "uuid": self.org["uuid"], "name": self.org["name"]},
+            }
+            self._sightings.append(sighting)
+        return 200, {}, {"Sighting": dict(sighting)}, True
+
+    def _r_sighting_index(self, call: _Call) -> _Result:
+        """sightings/index/<event id>: the event's sightings (OpenAPI getSightingsByEventId);
+        404 for an event it does not hold. Given a UUID, as real MISP, it finds nothing."""
+        with self._lock:
+            event = self._events.get(int(call.arg)) if str(call.arg).isdigit() else None
+            if event is None:
+                raise _HttpError(404, "Invalid event", call.path)
+            found = [dict(s) for s in self._sightings if s["event_id"] == event["id"]]
+        return 200, {}, found, False
+
+    def _attribute(self, ref: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(event, attribute) of a live attribute by its id or UUID."""
+        for event in self._events.values():
+            attributes = list(event["Attribute"]) + [a for o in event["Object"] for a in o["Attribute"]]
+            for attribute in attributes:
+                if not attribute["deleted"] and ref in (attribute["id"], attribute["uuid"]):
+                    return event, attribute
+        return None
+
+    def add_sighting(self, attribute_uuid: str, kind: str = "0", when: int | None = None) -> dict[str, Any]:
+        """A sighting as a recipient's analyst gives it in MISP's UI (not through the API)."""
+        call = _Call(
+            "POST", attribute_uuid, {}, {"type": kind, "timestamp": when}, f"sightings/add/{attribute_uuid}"
+        )
+        return dict(self._r_sighting_add(call)[2]["Sighting"])
 
     # ---------------------------------------------------------------- connection calls
 
@@ -1820,6 +1876,8 @@ _ROUTES: dict[tuple[str, ...], dict[str, str]] = {
     ("events", "publish"): {"POST": "_r_publish", "PUT": "_r_publish"},
     ("tags", "attachTagToObject"): {"POST": "_r_tag"},
     ("sharingGroups", "index"): dict.fromkeys(_READ, "_r_sharing_groups"),
+    ("sightings", "add"): {"POST": "_r_sighting_add"},
+    ("sightings", "index"): dict.fromkeys(_READ, "_r_sighting_index"),
 }
 _NEEDS_ARG = {
     ("users", "view"),
@@ -1827,6 +1885,8 @@ _NEEDS_ARG = {
     ("events", "edit"),
     ("events", "view"),
     ("events", "publish"),
+    ("sightings", "add"),
+    ("sightings", "index"),
 }
 _SEARCH_KEYS = {
     "returnFormat",

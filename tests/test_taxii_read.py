@@ -165,7 +165,12 @@ def readable_by(u: UserConfig, config: Config) -> set[str]:
 
 
 def writable_by(u: UserConfig) -> set[str]:
-    return {inbox_collection_id(u.inbox)} if u.inbox else set()
+    """Its partner's inbox; and its recipient's collection, which takes its feedback (opinions
+    and notes on its notifications, docs/feedback.md)."""
+    out = {inbox_collection_id(u.inbox)} if u.inbox else set()
+    if u.recipient:
+        out.add(recipient_collection_id(u.recipient))
+    return out
 
 
 # --- brute-force expectation from the sample ------------------------------------------------

@@ -232,7 +232,11 @@ def test_writing_elsewhere_is_404_when_not_visible_and_403_when_read_only(taxii:
         assert_taxii_error(post(researcher, recipient(taxii, rid), envelope), 404)
     for rid, username in POLLERS.items():
         poller = session_for(username)
-        assert_taxii_error(post(poller, recipient(taxii, rid), envelope), 403)  # its own: read-only
+        # Its own takes feedback only (opinions, notes): anything else is refused object by object.
+        own = post(poller, recipient(taxii, rid), envelope)
+        assert own.status_code == 202, own.text
+        assert own.json()["failure_count"] == 1 and own.json()["success_count"] == 0
+        assert "only opinion and note objects" in own.json()["failures"][0]["message"]
         assert_taxii_error(post(poller, inbox(taxii), envelope), 404)
         other = next(r for r in POLLERS if r != rid)
         assert_taxii_error(post(poller, recipient(taxii, other), envelope), 404)
@@ -242,7 +246,9 @@ def test_writing_elsewhere_is_404_when_not_visible_and_403_when_read_only(taxii:
     # Not visible stays 404 whatever else is wrong with the request.
     assert_taxii_error(post(researcher, recipient(taxii, "zcert"), b"{", "application/json"), 404)
     assert_taxii_error(post(researcher, taxii.collection_url(str(uuid.uuid4())), envelope), 404)
-    assert footprint(taxii.store) == before
+    after = footprint(taxii.store)
+    # Nothing stored but the status resource of each poller's (refused) feedback POST.
+    assert (after[0], after[1], after[2] - len(POLLERS), after[3]) == before
 
 
 def test_wrong_media_type_and_malformed_bodies_are_4xx_and_store_nothing(taxii: RunningServer) -> None:

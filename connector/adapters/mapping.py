@@ -11,7 +11,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -276,6 +276,11 @@ class Mapping(_Strict):
     discard_unrouted: bool = False
     # Personal data (leaked credentials): deliver to the direct owner only, never to parents.
     direct_owner_only: bool = False
+    # What one input of this feed covers: `case` (a scan of a whole case, DIVD) or `feed` (a
+    # complete report of the feed). A notification of the same case (feed) that an input no
+    # longer reports is then gone (connector/feedback.py mark_gone); without it, an input
+    # that does not report a host says nothing about it (a report split over several files).
+    coverage: Literal["case", "feed"] | None = None
 
     @field_validator("reader")
     @classmethod

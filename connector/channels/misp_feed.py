@@ -72,3 +72,13 @@ def export_feed(config: Config, store: Store, recipient: str, directory: Path) -
     for name, content in files.items():
         (directory / name).write_bytes(content)
     return len(files) - 2
+
+
+def event_deliveries(store: Store, recipient: str, event_uuid: str) -> list[tuple[int, int]]:
+    """(notification, version stamp) the recipient's feed event holds: fetching the event file
+    delivers them."""
+    from connector.render.misp import load_notes
+
+    with store.reading() as reader:
+        members = reader.misp_members(recipient, event_uuid)
+    return [(n.record.pk, n.version.stamp) for n in load_notes(store, members, recipient)]

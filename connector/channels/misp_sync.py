@@ -22,6 +22,8 @@ import requests
 from pymisp import PyMISP
 from pymisp.exceptions import MISPServerError, PyMISPError
 
+from connector import feedback
+from connector.collections import recipient_collection_id
 from connector.config import Config, MispChannel
 from connector.logs import redact
 from connector.render.misp import build_event
@@ -55,6 +57,8 @@ class SyncSummary:
     counts: Counter[str] = field(default_factory=Counter)
     per_recipient: dict[str, Counter[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # MISP sightings pulled back: what the recipients' analysts said (seen, false positive).
+    feedback: Counter[str] = field(default_factory=Counter)
 
     def add(self, recipient: str, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -105,7 +109,46 @@ class MispSync:
                     self._deliver(current, summary)
             if progress:
                 progress(done, len(entries))
+        self.pull_sightings(summary, recipient)
         return summary
+
+    def pull_sightings(self, summary: SyncSummary, recipient: str | None = None) -> None:
+        """MISP sightings on the attributes pushed come back as feedback: type 0 (seen) is an
+        acknowledgement, type 1 a false positive (type 2, expiration, says nothing of it). Each
+        sighting is recorded once, by its UUID."""
+        for rid, channel in sorted(self._channels().items()):
+            troubled = summary.per_recipient.get(rid, {})
+            if recipient not in (None, rid) or rid in self._unreachable or troubled.get("retry-later"):
+                continue  # a MISP that could not take the pushes just now is not asked again
+            for event_uuid, label in self.store.misp_events(rid):
+                try:
+                    self._pull_event(rid, channel, event_uuid, label, summary)
+                except (Retryable, Refused, requests.RequestException, MISPServerError, PyMISPError) as exc:
+                    summary.errors.append(f"{rid} {event_uuid}: sightings not read: {exc}")
+                    log.warning(
+                        "misp sightings not read",
+                        extra={"recipient": rid, "misp_event": event_uuid, "error": str(exc)},
+                    )
+                    break
+
+    def _channels(self) -> dict[str, MispChannel]:
+        return {r.id: r.misp for r in self.config.recipients if r.misp is not None and r.misp.url}
+
+    def _pull_event(
+        self, rid: str, channel: MispChannel, event_uuid: str, label: str, summary: SyncSummary
+    ) -> None:
+        client = self._client(rid, channel)
+        found = client.get_event(event_uuid, pythonify=False)
+        if not isinstance(found, dict) or "Event" not in found:
+            return  # not (or no longer) on the MISP: nothing to read
+        sightings = client.direct_call(f"sightings/index/{found['Event']['id']}")
+        if not isinstance(sightings, list) or not sightings:
+            return
+        built = build_event(self.config, self.store, rid, event_uuid, label, channel, None)
+        for sighting in sightings:
+            outcome = feedback.from_misp_sighting(self.store, rid, built, sighting)
+            if outcome:
+                summary.feedback[outcome] += 1
 
     def _claimed(self, entry: dict[str, Any], include_later: bool) -> Any:
         """The entry as it is now, while this sync alone delivers it (None: another sync has it;
@@ -180,6 +223,10 @@ class MispSync:
             )
             return
         self._mark(entry, status="done", pushed_hash=built.content_hash)
+        # The recipient's MISP took the event: its notifications reached the recipient.
+        self.store.mark_delivered(
+            recipient_collection_id(rid), list(built.versions.items()), source="misp", actor=f"MISP of {rid}"
+        )
         summary.add(rid, outcome)
 
     def _sharing_group_id(self, rid: str, channel: MispChannel) -> int | None:

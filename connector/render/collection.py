@@ -24,7 +24,7 @@ from connector.render.stix import Rendered, render
 from connector.store import Member, Reader, Store, VersionFilter
 from connector.store.deliveries import EARLIER, RECHECK, SHARED_BITS, SUPERSEDED
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
-from connector.store.times import timestamp_to_us, us_to_timestamp, version_key
+from connector.store.times import timestamp_to_us, version_key
 from connector.store.writer import SLOTS
 
 ENTRIES_PER_ROUND = 256  # entries resolved together (their versions, notifications, evidence)
@@ -93,12 +93,13 @@ class _Context:
         return [v for v in self.reader.version_chain(n.latest, self.versions) if v.renderer != 0]
 
 
-def _member(date_added: int, obj: dict[str, Any]) -> Member:
+def _member(date_added: int, obj: dict[str, Any], v: VersionRecord | None = None) -> Member:
+    """A served object; a sighting names its notification and version (serving it delivers)."""
+    if v is not None and obj["type"] == "sighting":
+        return Member(
+            date_added, orjson.dumps(obj).decode(), obj["id"], object_version(obj), v.notification, v.stamp
+        )
     return Member(date_added, orjson.dumps(obj).decode(), obj["id"], object_version(obj))
-
-
-def _version_text(member_version: str, date_added: int) -> str:
-    return member_version or us_to_timestamp(date_added)
 
 
 class CollectionView:
@@ -189,9 +190,9 @@ class CollectionView:
                         yield _member(date_added, item.obj)
                 elif own is not None:
                     if _passes(date_added, own.get(item.slot, []), v.modified, item.obj, versions):
-                        yield _member(date_added, item.obj)
+                        yield _member(date_added, item.obj, v)
                 elif _own_passes(bits, item.obj, versions):
-                    yield _member(date_added, item.obj)
+                    yield _member(date_added, item.obj, v)
 
     def _by_ids(
         self,
@@ -221,7 +222,7 @@ class CollectionView:
                     if item.shared or item.obj["id"] not in wanted or date_added in removed:
                         continue
                     if _passes(date_added, own.get(item.slot, []), v.modified, item.obj, versions):
-                        out.append(_member(date_added, item.obj))
+                        out.append(_member(date_added, item.obj, v))
         held = reader.shared(number, [digest(i) for i in wanted])
         for _key, (date_added, stored) in held.items():
             if stored:

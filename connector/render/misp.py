@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymisp import MISPEvent, MISPObject, MISPOrganisation
@@ -68,6 +68,12 @@ class BuiltEvent:
     content_hash: str  # over everything but timestamps: decides whether an edit is needed
     attributes: int
     last_change: int  # epoch seconds of the newest notification version in it
+    # Attribute UUID -> the notification it tells of (MISP sightings on it come back to that).
+    notifications: dict[str, int] = field(default_factory=dict)
+    # Notification -> its sighting's id (what feedback names it by).
+    sightings: dict[int, str] = field(default_factory=dict)
+    # Notification -> the stamp of the version of it the event holds (pushing it delivers that).
+    versions: dict[int, int] = field(default_factory=dict)
 
 
 def load_notes(store: Store, pks: list[int], recipient: str) -> list[Note]:
@@ -188,16 +194,19 @@ def build_event(
     tags: set[str] = set()
     levels: set[str] = set()
     count = 0
+    owners: dict[str, int] = {}
     for note in notes:
         levels.add(note.kind.tlp)
         tags.add(f'rsit:{note.kind.taxonomy}="{note.kind.type}"')
         original = None if note.record.pk in repeated else _original_attribute(note, recipient)
         if original is not None:
             event.add_attribute(**original)
+            owners[original["uuid"]] = note.record.pk
             count += 1
             continue
         for obj in _objects_for(note, event_uuid):
             count += len(obj.attributes)
+            owners.update((a.uuid, note.record.pk) for a in obj.attributes)
             event.add_object(obj)
     _add_provenance(event, event_uuid, notes, config, recipient)
     if levels:
@@ -212,7 +221,15 @@ def build_event(
         content.pop(volatile, None)
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     changes = [n.version.modified // 1000 for n in notes]
-    return BuiltEvent(event, digest, count, max(changes, default=0))
+    return BuiltEvent(
+        event,
+        digest,
+        count,
+        max(changes, default=0),
+        owners,
+        {n.record.pk: n.sighting_id for n in notes},
+        {n.record.pk: n.version.stamp for n in notes},
+    )
 
 
 def _original_attribute(note: Note, recipient: str) -> dict[str, Any] | None:

@@ -63,12 +63,15 @@ def object_row(obj: dict[str, Any], body: str) -> tuple[str, str, str, str, str]
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """An object version in a collection, as TAXII serves it."""
+    """An object version in a collection, as TAXII serves it; for a notification's sighting,
+    the notification and the version's stamp too (serving it delivers the notification)."""
 
     date_added: int
     body: str
     stix_id: str
     version: str
+    notification: int | None = None
+    stamp: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

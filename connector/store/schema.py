@@ -109,6 +109,8 @@ notifications = Table(
     # objects (collection_objects), not rendered. NULL for every other notification.
     Column("legacy", Boolean, nullable=True),
     Index("ix_notifications_subject", "subject"),
+    # Statistics and `gone` work per feed and case (kinds): their notifications by kind.
+    Index("ix_notifications_kind", "kind", "pk"),
 )
 
 # One row per version of a notification, keyed by its stamp: the date_added its objects get in
@@ -198,6 +200,38 @@ removed_objects = Table(
     Column("collection", Integer, primary_key=True, autoincrement=False),
     Column("date_added", BigInteger, primary_key=True, autoincrement=False),
     sqlite_with_rowid=False,
+)
+
+# Where a notification stands with a recipient, once it reached it: delivered (first read by
+# the recipient: TAXII, its MISP, its MISP feed), acknowledged, and closed as resolved,
+# false-positive or not-ours (the recipient's word), or gone (a later scan of the same feed no
+# longer saw it). No row: routed, not fetched yet. Every change is also a delivery_events row.
+delivery_states = Table(
+    "delivery_states",
+    metadata,
+    Column("notification", BigInteger, primary_key=True, autoincrement=False),
+    Column("collection", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("routed_at", BigInteger, nullable=False),  # ms: the version first delivered there
+    Column("delivered_at", BigInteger, nullable=True),  # ms
+    Column("acknowledged_at", BigInteger, nullable=True),  # ms
+    Column("closed_at", BigInteger, nullable=True),  # ms: resolved, false-positive, not-ours, gone
+    sqlite_with_rowid=False,
+)
+
+# The history of delivery states: who said what, when, through which channel.
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("pk", BigId, primary_key=True, autoincrement=True),
+    Column("notification", BigInteger, nullable=False),
+    Column("collection", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", BigInteger, nullable=False),  # ms
+    Column("source", String(16), nullable=False),  # taxii | misp | misp-feed | cli | portal | scan | ingest
+    Column("actor", String(128), nullable=True),  # username, or the run that saw it gone
+    Column("note", Text, nullable=True),
+    Index("ix_delivery_events_notification", "notification", "collection"),
 )
 
 clock = Table(

@@ -16,10 +16,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from connector.store import audit, deliveries, notifications, objects, outbox, runs, settings
+from connector.store import audit, deliveries, notifications, objects, outbox, runs, settings, states
 from connector.store import schema as t
 from connector.store.engine import head_revision, lock_schema, make_engines, run_migrations
 from connector.store.records import Kind, NotificationRecord, VersionRecord
+from connector.store.times import now_us
 from connector.store.writer import Writer
 
 
@@ -266,6 +267,47 @@ class Store:
                 objects=objects,
                 status=status,
             )
+
+    def record_read(
+        self,
+        *,
+        username: str,
+        action: str,
+        collection_id: str,
+        objects: int,
+        delivered: list[tuple[int, int]] = (),  # type: ignore[assignment]
+        source: str = "taxii",
+    ) -> list[int]:
+        """One read of a collection: its audit row, and the notifications it delivered
+        ((notification, stamp of the version served) of each sighting served) marked delivered
+        to the collection's recipient, in one transaction. Returns those newly delivered."""
+        number = self.collection_number(collection_id)
+        at = now_us() // 1000
+        with self.writing() as w:
+            audit.record(
+                w.conn,
+                username=username,
+                action=action,
+                collection_id=collection_id,
+                objects=objects,
+                status=200,
+            )
+            if not delivered or number is None:
+                return []
+            pairs = [(pk, stamp // 1000) for pk, stamp in delivered]
+            return states.mark_delivered(w, number, pairs, at, source, username)
+
+    def mark_delivered(
+        self, collection_id: str, delivered: list[tuple[int, int]], *, source: str, actor: str | None
+    ) -> list[int]:
+        """(notification, stamp of the version) a recipient received outside TAXII (its MISP took
+        the event, it fetched its MISP feed): delivered, unless they were before."""
+        number = self.collection_number(collection_id)
+        if number is None or not delivered:
+            return []
+        with self.writing() as w:
+            pairs = [(pk, stamp // 1000) for pk, stamp in delivered]
+            return states.mark_delivered(w, number, pairs, now_us() // 1000, source, actor)
 
     def audit_entries(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

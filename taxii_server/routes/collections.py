@@ -38,7 +38,7 @@ def describe(row: CollectionRow, who: Principal) -> dict[str, Any]:
         "title": row.title,
         "description": row.description,
         "can_read": row.id in who.readable,
-        "can_write": row.id in who.writable,
+        "can_write": row.id in who.writable or row.id in who.feedback,
         "media_types": [STIX_MEDIA_TYPE],
     }
 

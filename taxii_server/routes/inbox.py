@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from connector.feedback import apply_objects
 from connector.store import VersionFilter
 from connector.submission import Outcome, SubmissionResult, Submissions
 from taxii_server.auth import Principal
@@ -85,7 +86,8 @@ async def add_objects(
     request: Request, api_root: str, collection_id: str, who: Principal = Depends(principal)
 ) -> Response:
     visible_collection(request, api_root, collection_id, who)
-    if collection_id not in who.writable or who.partner is None:
+    feedback_post = collection_id in who.feedback
+    if not feedback_post and (collection_id not in who.writable or who.partner is None):
         raise TaxiiError(403, "Forbidden", "This user may not write to this collection.")
     s = state(request)
     _check_content_type(request.headers.get("content-type"))
@@ -98,20 +100,25 @@ async def add_objects(
     if not isinstance(envelope, dict) or not isinstance(envelope.get("objects", []), list):
         raise TaxiiError(400, "Not a TAXII envelope", 'Expected {"objects": [...]}.')
     objects = envelope.get("objects", [])
-    submissions = Submissions(s.config, s.store, router=s.router)
-    result = await run_in_threadpool(
-        submissions.submit,
-        partner=who.partner,
-        objects=objects,
-        username=who.username,
-        inbox_collection=collection_id,
-    )
+    if feedback_post:
+        # A recipient's opinions and notes on its own notifications (connector/feedback.py).
+        said = await run_in_threadpool(apply_objects, s.store, str(who.recipient), who.username, objects)
+        result = SubmissionResult(outcomes=[Outcome(o.index, o.id, o.version, o.message) for o in said])
+    else:
+        submissions = Submissions(s.config, s.store, router=s.router)
+        result = await run_in_threadpool(
+            submissions.submit,
+            partner=who.partner,
+            objects=objects,
+            username=who.username,
+            inbox_collection=collection_id,
+        )
     status = _status_body(result, received)
     await run_in_threadpool(s.store.save_status, status, username=who.username, collection_id=collection_id)
     await run_in_threadpool(
         s.store.audit,
         username=who.username,
-        action="add-objects",
+        action="feedback" if feedback_post else "add-objects",
         collection_id=collection_id,
         objects=status["success_count"],
         status=202,

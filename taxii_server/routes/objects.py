@@ -174,8 +174,15 @@ def fetch_page(
         if more
         else None
     )
-    s.store.audit(
-        username=who.username, action=endpoint, collection_id=collection_id, objects=len(members), status=200
+    # A notification's sighting served to the recipient delivers it (not a manifest entry, nor
+    # a version listing: those say what there is, not what it is).
+    delivering = endpoint in ("objects", "object")
+    s.store.record_read(
+        username=who.username,
+        action=endpoint,
+        collection_id=collection_id,
+        objects=len(members),
+        delivered=[(m.notification, m.stamp) for m in members if delivering and m.notification and m.stamp],
     )
     return Page(members, more, token)
 
