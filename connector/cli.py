@@ -23,6 +23,7 @@ from connector.cli_common import known_recipient as _known_recipient
 from connector.cli_common import load as _load
 from connector.cli_common import mappings as _mappings
 from connector.cli_common import open_store as _open_store
+from connector.cli_store import store_app
 from connector.config import Config, ConfigError, RecipientConfig, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
@@ -191,6 +192,7 @@ app.add_typer(route_app, name="route")
 app.add_typer(recipients_app, name="recipients")
 runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(store_app, name="store")
 
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)

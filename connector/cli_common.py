@@ -71,38 +71,64 @@ def missing_sqlite_file(database: str) -> Path | None:
     return None if path.exists() else path.absolute()
 
 
-def open_store(config: Config, config_path: Path | None = None, *, create: bool = False) -> Store:
-    """Open (and migrate) the store; a store that cannot be reached or used is an error message
-    naming it (password hidden) and why, never a driver traceback.
+def refuse_missing_store(config: Config, config_path: Path | None) -> None:
+    """Fail (exit 1) when the configuration names a SQLite file that does not exist.
 
-    Only commands that write what they are given (`ingest`, `serve`) may create a SQLite store.
-    For the others a missing file means the configuration points somewhere else than the
-    operator thinks: opening it would create an empty store and answer "0 objects" with
-    success. (The existence check is here, not in Store: opening is how Store creates one.)
+    Only commands that write what they are given (`ingest`, `serve`, `run`, `store upgrade`)
+    may create a SQLite store. For the others a missing file means the configuration points
+    somewhere else than the operator thinks: opening it would create an empty store and answer
+    "0 objects" with success. (The check is here, not in Store: opening is how Store creates one.)
     """
-    from alembic.util.exc import CommandError
+    missing = missing_sqlite_file(config.database)
+    if missing is None:
+        return
+    if os.environ.get(DATABASE_ENV):
+        look = f"${DATABASE_ENV} (a relative SQLite path there is relative to the working directory)"
+    else:
+        look = (
+            f"`database` in {resolve_config_path(config_path)} (a relative SQLite path is "
+            "relative to the configuration file)"
+        )
+    raise fail(
+        f"cannot open the store: the store {missing} does not exist (this command does not "
+        f"create one); check {look}; `meldpunt ingest` creates the store",
+        code=1,
+    )
+
+
+def store_failure(config: Config, exc: BaseException) -> typer.Exit:
+    """The store could not be reached or used: its URL (password hidden) and why, exit 1."""
     from sqlalchemy.engine import make_url
+
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    where = make_url(config.database).render_as_string(hide_password=True)
+    return fail(f"cannot open the store {where}: {reason}", code=1)
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ImportError)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What opening a store raises when the database cannot be reached or used."""
+    from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
-    missing = None if create else missing_sqlite_file(config.database)
-    if missing is not None:
-        if os.environ.get(DATABASE_ENV):
-            look = f"${DATABASE_ENV} (a relative SQLite path there is relative to the working directory)"
-        else:
-            look = (
-                f"`database` in {resolve_config_path(config_path)} (a relative SQLite path is "
-                "relative to the configuration file)"
-            )
-        raise fail(
-            f"cannot open the store: the store {missing} does not exist (this command does not "
-            f"create one); check {look}; `meldpunt ingest` creates the store",
-            code=1,
-        )
+    return (SQLAlchemyError, CommandError, *STORE_ERRORS)
+
+
+def open_store(
+    config: Config, config_path: Path | None = None, *, create: bool = False, migrate: bool = True
+) -> Store:
+    """Open the store, migrated and with the configuration's collections (`migrate` False: as it
+    is, for commands that only look at its schema); a store that cannot be reached or used is
+    an error message naming it (password hidden) and why, never a driver traceback."""
+    if not create:
+        refuse_missing_store(config, config_path)
     try:
+        if not migrate:
+            return Store(config.database)
         store = Store.open(config.database)
         store.sync_collections(collection_rows(config))
-    except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        where = make_url(config.database).render_as_string(hide_password=True)
-        raise fail(f"cannot open the store {where}: {reason}", code=1) from None
+    except store_errors() as exc:
+        raise store_failure(config, exc) from None
     return store
