@@ -17,9 +17,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from connector.adapters.mapping import DEFAULT_MAPPINGS_DIR, MappingError, load_mappings
-from connector.collections import collection_rows
-from connector.config import DATABASE_ENV, Config, ConfigError, RecipientConfig, load_config, parse_config
+from connector.cli_common import ConfigOption
+from connector.cli_common import fail as _fail
+from connector.cli_common import known_recipient as _known_recipient
+from connector.cli_common import load as _load
+from connector.cli_common import mappings as _mappings
+from connector.cli_common import open_store as _open_store
+from connector.cli_store import store_app
+from connector.config import Config, ConfigError, RecipientConfig, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
 from connector.ingest import IngestError, Ingestor
@@ -27,7 +32,6 @@ from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
 from connector.rsit import RSIT, check_category
-from connector.store import Store
 
 if TYPE_CHECKING:
     from connector.channels.misp_sync import MispSync
@@ -37,93 +41,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML configuration (default: $MELDPUNT_CONFIG or config/meldpunt.yaml)."
-    ),
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(labelled("error:", "bold red", message))
-    return typer.Exit(code)
-
-
-def _load(config_path: Path | None) -> Config:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise _fail(exc.render()) from None
-
-
-def _mappings(config: Config) -> dict:  # type: ignore[type-arg]
-    try:
-        return load_mappings(config.mappings_dir or DEFAULT_MAPPINGS_DIR)
-    except MappingError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _known_recipient(config: Config, recipient: str | None) -> None:
-    """A mistyped --recipient must fail, not look like a recipient with nothing to do."""
-    if recipient is not None:
-        try:
-            config.recipient(recipient)
-        except KeyError:
-            raise _fail(f"unknown recipient {recipient!r}") from None
-
-
-def _missing_sqlite_file(database: str) -> Path | None:
-    """The SQLite file `database` names, when it does not exist (else None: it exists, or the
-    URL is not a SQLite file: PostgreSQL, in-memory, a `file:` URI)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database)
-    name = url.database
-    if url.get_backend_name() != "sqlite" or not name or name == ":memory:":
-        return None
-    if name.startswith("file:") or url.query.get("uri"):
-        return None
-    path = Path(name)
-    return None if path.exists() else path.absolute()
-
-
-def _open_store(config: Config, config_path: Path | None = None, *, create: bool = False) -> Store:
-    """Open (and migrate) the store; a store that cannot be reached or used is an error message
-    naming it (password hidden) and why, never a driver traceback.
-
-    Only commands that write what they are given (`ingest`, `serve`) may create a SQLite store.
-    For the others a missing file means the configuration points somewhere else than the
-    operator thinks: opening it would create an empty store and answer "0 objects" with
-    success. (The existence check is here, not in Store: opening is how Store creates one.)
-    """
-    from alembic.util.exc import CommandError
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    missing = None if create else _missing_sqlite_file(config.database)
-    if missing is not None:
-        if os.environ.get(DATABASE_ENV):
-            look = f"${DATABASE_ENV} (a relative SQLite path there is relative to the working directory)"
-        else:
-            look = (
-                f"`database` in {resolve_config_path(config_path)} (a relative SQLite path is "
-                "relative to the configuration file)"
-            )
-        raise _fail(
-            f"cannot open the store: the store {missing} does not exist (this command does not "
-            f"create one); check {look}; `meldpunt ingest` creates the store",
-            code=1,
-        )
-    try:
-        store = Store.open(config.database)
-        store.sync_collections(collection_rows(config))
-    except (SQLAlchemyError, CommandError, OSError, ImportError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        where = make_url(config.database).render_as_string(hide_password=True)
-        raise _fail(f"cannot open the store {where}: {reason}", code=1) from None
-    return store
 
 
 @app.callback()
@@ -275,6 +192,7 @@ app.add_typer(route_app, name="route")
 app.add_typer(recipients_app, name="recipients")
 runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+app.add_typer(store_app, name="store")
 
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)

@@ -119,12 +119,13 @@ def test_bracketed_values_in_quarantine_reasons_and_file_names_are_printed_whole
 
 
 def test_no_console_message_interpolates_text_into_markup() -> None:
-    """The class of the bug above, for every message in cli.py and demo.py: a rich `print` of
+    """The class of the bug above, for every message in the cli*.py modules and demo.py: a rich `print` of
     an f-string with values in it parses those values as markup. Messages are built as `Text`
     (or printed with markup=False); table cells go through `plain_cells`, and tables through
     `print_table`, which never cuts a cell (see test_runs_list_is_whole_when_piped)."""
     offenders = []
-    for module in ("connector/cli.py", "connector/demo.py"):
+    modules = sorted(str(p.relative_to(REPO)) for p in (REPO / "connector").glob("cli*.py"))
+    for module in [*modules, "connector/demo.py"]:
         tree = ast.parse((REPO / module).read_text(encoding="utf-8"))
         tables = {  # names bound to a Table(...) anywhere in the module
             t.id

@@ -12,11 +12,22 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from connector.store import audit, deliveries, notifications, objects, outbox, runs, settings, states
+from connector.store import (
+    audit,
+    deliveries,
+    maintenance,
+    notifications,
+    objects,
+    outbox,
+    runs,
+    settings,
+    states,
+)
 from connector.store import schema as t
 from connector.store.engine import head_revision, lock_schema, make_engines, run_migrations
 from connector.store.records import Kind, NotificationRecord, VersionRecord
@@ -73,6 +84,18 @@ class Store:
     @staticmethod
     def head() -> str:
         return head_revision()
+
+    def schema_state(self) -> maintenance.SchemaState:
+        """Where the schema stands against this code's migrations, without migrating."""
+        return maintenance.schema_state(self.engine)
+
+    def readiness(self) -> str | None:
+        """None when the store answers and needs no migration; else why not (for /readyz)."""
+        return maintenance.readiness(self.engine)
+
+    def backup(self, target: Path) -> int:
+        """An online copy of a SQLite store (MaintenanceError for PostgreSQL: pg_dump)."""
+        return maintenance.backup_sqlite(self.url, target)
 
     def refresh_statistics(self) -> None:
         """PostgreSQL: ANALYZE the tables an ingest grows. Autovacuum gets to them only minutes
