@@ -63,6 +63,8 @@ class ServerConfig(_Strict):
     page_size_default: int = Field(100, ge=1)
     page_size_max: int = Field(1000, ge=1)
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
+    # Objects one inbox POST may hold; more is refused whole (413) before any is validated.
+    max_objects_per_post: int = Field(10_000, ge=1, le=1_000_000)
 
     # Name of the environment variable holding the key that signs `next` tokens. All server
     # processes behind one address must share it; unset, a random per-process key is used.

@@ -54,6 +54,22 @@ _ROUTABLE_PATTERN_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "emai
 _PATTERN_VALUE = re.compile(
     r"\b(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
 )
+# Containers nested deeper than this are refused. STIX objects nest a few levels (extensions,
+# hashes, external references); orjson writes at most 255 and the validator recurses per level,
+# so an object a few hundred levels deep passed validation and then failed the whole
+# submission when it was written.
+MAX_DEPTH = 100
+
+
+class _TooDeep:
+    """Stands where a streaming reader stopped building (taxii_server/envelope.py): the
+    object is refused as nested too deep without the deep part ever being built."""
+
+    def __repr__(self) -> str:
+        return "<nested too deep>"
+
+
+TOO_DEEP = _TooDeep()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +125,9 @@ def validate(item: Any) -> str | None:
         # The spec allows types of 250 characters; the store's columns are narrower, and
         # PostgreSQL refusing the row would fail the whole submission.
         return f"type or id too long: the store keeps types of {_TYPE_MAX} and ids of {_ID_MAX} characters"
+    problem = storage_problem(item)
+    if problem:
+        return problem
     if item.get("spec_version", "2.1") != "2.1":
         # The 2.1 validator accepts "2.0" (its schemas' enum), but such an object is neither
         # 2.1 nor 2.0 (2.0 objects have no spec_version) and stix2.parse refuses it.
@@ -121,7 +140,33 @@ def validate(item: Any) -> str | None:
         return f"not valid STIX 2.1: {type(exc).__name__}: {exc}"
     if not result.is_valid:
         return "; ".join(str(e) for e in result.errors)
+    try:
+        object_version_key(item)
+    except (ValueError, OverflowError) as exc:  # the validator checked the format; a backstop
+        return f"{item['id']}: its version (modified or created) is not a usable timestamp: {exc}"
     return sco_id_problem(item) or pattern_problem(item) or credential_problem(item)
+
+
+def storage_problem(item: dict[str, Any]) -> str | None:
+    """Why the store cannot write this object as JSON (None when it can): nesting deeper than
+    MAX_DEPTH, or a value orjson cannot write (an integer beyond 64 bits). Found here, the one
+    object is refused; found when the submission is written, it failed every object of it (a
+    500 on the inbox, a failed run for `ingest --format stix`). Walked without recursion, so
+    no depth makes this check itself fail."""
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if value is TOO_DEEP or (depth > MAX_DEPTH and isinstance(value, dict | list)):
+            return f"{item['id']}: nested more than {MAX_DEPTH} levels deep; such objects are not kept"
+        if isinstance(value, dict):
+            stack.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list):
+            stack.extend((child, depth + 1) for child in value)
+    try:
+        orjson.dumps(item)
+    except orjson.JSONEncodeError as exc:
+        return f"{item['id']}: cannot be stored as JSON ({exc})"
+    return None
 
 
 def pattern_problem(obj: dict[str, Any]) -> str | None:

@@ -1,17 +1,15 @@
 """Adding objects (TAXII 2.1 section 5.5, POST) and deleting one (section 5.7).
 
-A POST to an inbox is validated object by object; the status resource says, per object,
-accepted or rejected with the validator's message. Accepted objects are routed like any
-notification, with the posting user's partner recorded as their source.
+A POST to an inbox is read and validated object by object (taxii_server/envelope.py); the
+status resource says which were accepted and why the others were not
+(taxii_server/status_body.py). Accepted objects are routed like any notification, with the
+posting user's partner recorded as their source.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -21,10 +19,12 @@ from connector.store import VersionFilter
 from connector.submission import Outcome, SubmissionResult, Submissions
 from taxii_server.auth import Principal
 from taxii_server.context import principal, state
+from taxii_server.envelope import envelope_objects
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import taxii_response
 from taxii_server.routes.collections import visible_collection
 from taxii_server.routes.objects import ObjectQuery, object_query
+from taxii_server.status_body import status_body
 
 router = APIRouter()
 
@@ -53,34 +53,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _status_body(result: SubmissionResult, request_timestamp: str) -> dict[str, Any]:
-    def detail(outcome: Outcome) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": outcome.id or f"objects[{outcome.index}]",
-            "version": outcome.version or "",
-        }
-        if outcome.message:
-            out["message"] = outcome.message
-        return out
-
-    successes = [detail(o) for o in result.outcomes if o.ok]
-    failures = [detail(o) for o in result.outcomes if not o.ok]
-    body: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "status": "complete",
-        "request_timestamp": request_timestamp,
-        "total_count": len(result.outcomes),
-        "success_count": len(successes),
-        "failure_count": len(failures),
-        "pending_count": 0,
-    }
-    if successes:
-        body["successes"] = successes
-    if failures:
-        body["failures"] = failures
-    return body
-
-
 @router.post("/{api_root}/collections/{collection_id}/objects/")
 async def add_objects(
     request: Request, api_root: str, collection_id: str, who: Principal = Depends(principal)
@@ -93,27 +65,24 @@ async def add_objects(
     _check_content_type(request.headers.get("content-type"))
     received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = await _read_body(request, s.config.server.max_content_length)
-    try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise TaxiiError(400, "Invalid JSON", str(exc)) from None
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("objects", []), list):
-        raise TaxiiError(400, "Not a TAXII envelope", 'Expected {"objects": [...]}.')
-    objects = envelope.get("objects", [])
     if feedback_post:
-        # A recipient's opinions and notes on its own notifications (connector/feedback.py).
+        # A recipient's opinions and notes on its own notifications (connector/feedback.py);
+        # the envelope is read whole first, so a malformed one (400, 413) writes nothing.
+        objects = list(envelope_objects(body, s.config.server.max_objects_per_post))
         said = await run_in_threadpool(apply_objects, s.store, str(who.recipient), who.username, objects)
         result = SubmissionResult(outcomes=[Outcome(o.index, o.id, o.version, o.message) for o in said])
     else:
         submissions = Submissions(s.config, s.store, router=s.router)
+        # Objects are read and validated one at a time, the valid ones kept; a malformed envelope
+        # (400) or one over max_objects_per_post (413) raises before anything is written.
         result = await run_in_threadpool(
             submissions.submit,
             partner=who.partner,
-            objects=objects,
+            objects=envelope_objects(body, s.config.server.max_objects_per_post),
             username=who.username,
             inbox_collection=collection_id,
         )
-    status = _status_body(result, received)
+    status = status_body(result, received)
     await run_in_threadpool(s.store.save_status, status, username=who.username, collection_id=collection_id)
     await run_in_threadpool(
         s.store.audit,
