@@ -233,8 +233,10 @@ def test_feedback_on_what_is_not_ones_own_is_refused_as_if_it_did_not_exist(
         ],
     )
     assert body["success_count"] == 0
+    assert body["failure_count"] == 3
+    # The status resource states a repeated failure once, naming every position it applies to.
     messages = [f["message"] for f in body["failures"]]
-    assert messages == [feedback.NOT_HERE] * 3
+    assert messages == [f"{feedback.NOT_HERE} [the same for 3 objects: objects[0], objects[1], objects[2]]"]
     assert stats.case(store, CASE).acknowledged == 0
     with pytest.raises(feedback.NotFound):
         feedback.give(store, "zcert", theirs, "acknowledged", source="cli", actor="t")
