@@ -315,3 +315,21 @@ def test_a_large_ingest_refreshes_postgresql_statistics(
     assert len(analysed) == 3  # after 30, then 90 and 150 notifications
     assert {"notifications", "notification_versions", "notification_ids", "collection_shared"} <= set(seen)
     assert seen["notifications"] == 150  # analysed after the last commit, all rows in
+
+
+def test_every_notification_is_counted_once_as_new_updated_unchanged_repeated_or_discarded(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
+) -> None:
+    """A host twice in one report (and once more in a later batch of it) is one notification:
+    the counts add up to the notifications read, whatever was merged where."""
+    rows = [("2024-06-01 10:00:00", "192.0.2.10", 443), ("2024-06-01 11:00:00", "192.0.2.10", 443)]
+    rows += [("2024-06-01 10:00:00", f"192.0.2.{i}", 443) for i in range(20, 30)]
+    rows += [("2024-06-01 12:00:00", "192.0.2.10", 443), ("2024-06-01 10:00:00", "192.0.2.20", 443)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    for _ in range(2):
+        counts = (
+            ingestor(store, sample_config, mappings, batch_size=5).run(PARTNER, "shadowserver", [path]).counts
+        )
+        parts = ("new", "updated", "unchanged", "repeated", "discarded")
+        assert sum(counts[k] for k in parts) == counts["notifications"] == len(rows), dict(counts)
+    assert counts["unchanged"] + counts["repeated"] == len(rows)  # the second time: nothing new
