@@ -81,4 +81,5 @@ COUNT_NAMES = (
     "suppressed_category",
     "opted_out",
     "discarded",
+    "withheld",
 )
