@@ -82,4 +82,5 @@ COUNT_NAMES = (
     "opted_out",
     "discarded",
     "gone",
+    "withheld",
 )

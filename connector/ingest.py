@@ -213,15 +213,16 @@ class Ingestor:
         summary.counts["routed"] += result.routed
         summary.counts["unrouted"] += result.unrouted
         summary.counts["opted_out"] += result.opted_out
+        summary.counts["withheld"] += result.withheld
         summary.per_recipient.update(result.per_recipient)
         summary.suppressed_tlp.update(result.suppressed_tlp)
-        self._record_rows(
-            summary.run_id,
-            [
-                (path.name, o.index + 1, "quarantined", f"{o.id or 'object'}: {o.message}", None)
-                for o in result.rejected
-            ],
-        )
+        rows = [
+            (path.name, o.index + 1, "quarantined", f"{o.id or 'object'}: {o.message}", None)
+            for o in result.rejected
+        ]
+        # Accepted and stored, delivered to nobody: why is for the operator who runs the ingest.
+        rows += [(path.name, index + 1, "withheld", why, None) for index, _id, why in result.withheld_objects]
+        self._record_rows(summary.run_id, sorted(rows, key=lambda r: r[1]))
 
     def _ingest_file(
         self,

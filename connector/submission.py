@@ -1,23 +1,35 @@
 """STIX 2.1 submissions: researchers' bundles and TAXII inbox POSTs, into the clearinghouse.
 
-Each object is validated on its own with the OASIS stix2-validator; an invalid one is rejected
-with the validator's message while the valid ones beside it are kept. Accepted objects are
-routed like any notification, by the observables they carry (addresses, domains, URLs, e-mail
-addresses; directly, through observed-data, sightings, or simple indicator patterns), and
-delivered with the objects they reference from the same submission.
+Each object is checked on its own (connector/submission_checks.py: valid STIX 2.1, writable,
+its SCO id its own); a refused one is reported with why, the others beside it are kept.
+Accepted objects are stored in the submitter's inbox and routed like any notification, by what
+they are about (connector/observables.py: addresses, networks, host names, URLs and e-mail
+addresses, as objects, embedded in observed-data, or compared in STIX patterns in any literal
+form), and delivered with the objects they reference.
 
 Deny by default, because a submission is input from outside:
-- an object whose observables belong to two different recipients is refused (delivering it
-  whole would show each recipient the other's hosts);
-- an id that already exists under another source (a partner's, or the clearinghouse's own
-  notifications) is refused, so nobody can publish a "newer version" of somebody else's object;
-- referenced objects are taken only from the same submission, never from the store, so a
-  reference cannot pull another recipient's data into a collection.
+- an object goes to a recipient only when everything that would travel with it (the object,
+  what it references, every string in them) names no host of another recipient and no address
+  it cannot route (a LIKE pattern on a domain); otherwise it is withheld: stored in the inbox,
+  delivered to nobody, logged and counted for the operators. The submitter is told it was
+  accepted, as for any other object: a refusal that depended on who owns an address would let
+  a partner pair a known address with a probe and learn whether, and by whom, it is claimed;
+- personal data (e-mail addresses, accounts, URLs with user info) goes to the direct owner only,
+  and user info in URLs is masked before anything is stored;
+- ids belong to the source that first sent them: nobody can publish a version of somebody
+  else's object (or of the clearinghouse's own notifications), nor change the content of a
+  version already stored;
+- no object may name the Meldpunt, another partner, or an identity another source sent, as its
+  author or anywhere else: it is refused (provenance is the submitter's own, or a third
+  party's it quotes, never a colleague's);
+- references resolve within the submission and, for what is not in it, among the objects this
+  same source sent before (its inbox collection), never among another source's objects or the
+  clearinghouse's: a reference cannot pull somebody else's data into a collection.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -26,56 +38,58 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import stix2
-from stix2patterns.v21.pattern import Pattern
-from stix2validator import ValidationOptions, validate_instance
-from stix2validator.errors import ValidationError as ValidatorInputError
 
 from connector.collections import recipient_collection_id
 from connector.config import Config
-from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
+from connector.observables import Content, Observable, content_of, masked_copy
 from connector.routing import Match, Policy, Router
+from connector.stix.build import CLEARINGHOUSE_IDENTITY_ID, partner_identity_id
 from connector.stix.ids import timestamp
 from connector.store import Store, Writer
 from connector.store import objects as stored
-from connector.store import schema as t
 from connector.store.notifications import notification_pks_by_id
-from connector.store.objects import SCO_TYPES as _SCO_TYPES
-from connector.store.objects import object_version_key
+from connector.store.objects import SCO_TYPES, object_version_key
 from connector.store.records import digest
-from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
-
-_OPTIONS = ValidationOptions(version="2.1")
-_TYPE_MAX = t.stix_objects.c.type.type.length or 0
-_ID_MAX = t.stix_objects.c.stix_id.type.length or 0
-_TLP_BY_MARKING = {v: k for k, v in TLP2_MARKING_IDS.items()} | TLP1_MARKING_IDS
-_OFFICIAL_MARKINGS = set(_TLP_BY_MARKING)
-_ROUTABLE_PATTERN_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"}
-_PATTERN_VALUE = re.compile(
-    r"\b(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
+from connector.submission_checks import (
+    MAX_DEPTH,
+    OFFICIAL_MARKINGS,
+    STIX_ID,
+    TOO_DEEP,
+    content_addressed,
+    object_version,
+    official_marking,
+    references,
+    rewrite_references,
+    sco_id,
+    tlp_of,
+    validate,
 )
-# Containers nested deeper than this are refused. STIX objects nest a few levels (extensions,
-# hashes, external references); orjson writes at most 255 and the validator recurses per level,
-# so an object a few hundred levels deep passed validation and then failed the whole
-# submission when it was written.
-MAX_DEPTH = 100
+from connector.tlp import TLP_LEVELS
 
+__all__ = [
+    "MAX_DEPTH",
+    "TOO_DEEP",
+    "Outcome",
+    "SubmissionResult",
+    "Submissions",
+    "object_version",
+    "validate",
+]
 
-class _TooDeep:
-    """Stands where a streaming reader stopped building (taxii_server/envelope.py): the
-    object is refused as nested too deep without the deep part ever being built."""
+log = logging.getLogger("meldpunt.submission")
 
-    def __repr__(self) -> str:
-        return "<nested too deep>"
-
-
-TOO_DEEP = _TooDeep()
+LINK_DEPTH = 3  # links (observed-data, sighting, relationship ...) followed to route an object
+STORED_REFERENCES_MAX = 10_000  # objects of the source's earlier submissions one submission pulls in
+_PROVENANCE = (
+    "it names an identity that is not the submitter's own (the Meldpunt's, another partner's, or "
+    "one another source sent) as its author or in a reference; send objects in your own name"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     index: int  # position in the submission
-    id: str | None
+    id: str | None  # as submitted
     version: str | None
     message: str | None = None  # None: accepted
 
@@ -92,6 +106,10 @@ class SubmissionResult:
     routed: int = 0
     unrouted: int = 0
     opted_out: int = 0
+    # Accepted, and delivered to nobody: what it carries concerns more than one recipient, or
+    # names an address that cannot be routed. For operators only (run rows, the log).
+    withheld: int = 0
+    withheld_objects: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, why)
     # Versioning as for every feed: a version the store holds already is unchanged (and is
     # neither routed nor counted again); another version of a stored id is an update.
     new: int = 0
@@ -107,206 +125,14 @@ class SubmissionResult:
         return [o for o in self.outcomes if not o.ok]
 
 
-def object_version(obj: dict[str, Any]) -> str:
-    return str(obj.get("modified") or obj.get("created") or "")
+@dataclass(slots=True)
+class _Item:
+    """A valid object of the submission: where it was, what it was called, what is kept."""
 
-
-def validate(item: Any) -> str | None:
-    """The validator's verdict on one object: None when valid, else its messages."""
-    if (
-        not isinstance(item, dict)
-        or not isinstance(item.get("id"), str)
-        or not isinstance(item.get("type"), str)
-    ):
-        return "not a STIX object: it must be a JSON object with string 'type' and 'id'"
-    if item.get("type") == "bundle":
-        return "a bundle cannot be an object of a submission"
-    if len(item["type"]) > _TYPE_MAX or len(item["id"]) > _ID_MAX:
-        # The spec allows types of 250 characters; the store's columns are narrower, and
-        # PostgreSQL refusing the row would fail the whole submission.
-        return f"type or id too long: the store keeps types of {_TYPE_MAX} and ids of {_ID_MAX} characters"
-    problem = storage_problem(item)
-    if problem:
-        return problem
-    if item.get("spec_version", "2.1") != "2.1":
-        # The 2.1 validator accepts "2.0" (its schemas' enum), but such an object is neither
-        # 2.1 nor 2.0 (2.0 objects have no spec_version) and stix2.parse refuses it.
-        return f"spec_version {item.get('spec_version')!r}: only STIX 2.1 objects are accepted"
-    try:
-        result = validate_instance(item, _OPTIONS)
-    except ValidatorInputError as exc:
-        return str(exc)
-    except Exception as exc:  # the validator trips over some wrongly typed properties
-        return f"not valid STIX 2.1: {type(exc).__name__}: {exc}"
-    if not result.is_valid:
-        return "; ".join(str(e) for e in result.errors)
-    try:
-        object_version_key(item)
-    except (ValueError, OverflowError) as exc:  # the validator checked the format; a backstop
-        return f"{item['id']}: its version (modified or created) is not a usable timestamp: {exc}"
-    return sco_id_problem(item) or pattern_problem(item) or credential_problem(item)
-
-
-def storage_problem(item: dict[str, Any]) -> str | None:
-    """Why the store cannot write this object as JSON (None when it can): nesting deeper than
-    MAX_DEPTH, or a value orjson cannot write (an integer beyond 64 bits). Found here, the one
-    object is refused; found when the submission is written, it failed every object of it (a
-    500 on the inbox, a failed run for `ingest --format stix`). Walked without recursion, so
-    no depth makes this check itself fail."""
-    stack: list[tuple[Any, int]] = [(item, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if value is TOO_DEEP or (depth > MAX_DEPTH and isinstance(value, dict | list)):
-            return f"{item['id']}: nested more than {MAX_DEPTH} levels deep; such objects are not kept"
-        if isinstance(value, dict):
-            stack.extend((child, depth + 1) for child in value.values())
-        elif isinstance(value, list):
-            stack.extend((child, depth + 1) for child in value)
-    try:
-        orjson.dumps(item)
-    except orjson.JSONEncodeError as exc:
-        return f"{item['id']}: cannot be stored as JSON ({exc})"
-    return None
-
-
-def pattern_problem(obj: dict[str, Any]) -> str | None:
-    """Indicators are routed by their pattern, so it must say plainly what it is about: only
-    `<type>:value = '...'` comparisons of routable types (anything else could carry another
-    recipient's hosts past the routing)."""
-    if obj.get("type") != "indicator" or obj.get("pattern_type") != "stix":
-        return None
-    try:
-        comparisons = Pattern(obj["pattern"]).inspect().comparisons
-    except Exception as exc:
-        return f"{obj['id']}: pattern not parsed: {exc}"
-    for kind, items in comparisons.items():
-        for path, operator, _value in items:
-            if kind not in _ROUTABLE_PATTERN_TYPES or path != ["value"] or operator != "=":
-                return (
-                    f"{obj['id']}: only [<type>:value = '...'] comparisons of "
-                    f"{', '.join(sorted(_ROUTABLE_PATTERN_TYPES))} are accepted in patterns"
-                )
-    return None
-
-
-def credential_problem(obj: dict[str, Any]) -> str | None:
-    """A raw credential (user-account.credential) is personal data the clearinghouse never takes."""
-    if "credential" in obj or "credential_last_changed" in obj:
-        return f"{obj['id']}: raw credentials are not accepted; send the account without them"
-    return None
-
-
-def sco_id_problem(obj: dict[str, Any]) -> str | None:
-    """An SCO whose id is not the one its content gives (STIX 2.1 section 2.9) is refused:
-    ids are how observables are shared, so a forged one would swap one host for another."""
-    cls = stix2.v21.OBJ_MAP_OBSERVABLE.get(obj["type"])
-    if cls is None:
-        return None
-    try:
-        # No custom properties: an SCO is shared by every notification about that value, so a
-        # submitter must not be able to attach its own notes to other partners' notifications.
-        rebuilt = cls(**{k: v for k, v in obj.items() if k != "id"}, allow_custom=False)
-    except Exception as exc:
-        return f"{obj['id']}: not a valid {obj['type']}: {exc}"
-    expected = str(rebuilt.id)
-    if expected != obj["id"] and uuid.UUID(expected.split("--", 1)[1]).version == 5:
-        return f"{obj['id']}: id does not match the observable's content (expected {expected})"
-    return None
-
-
-def observables_of(
-    obj: dict[str, Any], by_id: dict[str, dict[str, Any]], depth: int = 0
-) -> Iterator[tuple[str, str]]:
-    """(kind, value) pairs the object is about: 'ip' or 'domain', own or through its links."""
-    yield from _own_observables(obj)
-    if depth >= 3:
-        return
-    for ref in _linked_refs(obj):
-        target = by_id.get(ref)
-        if target is not None:
-            yield from observables_of(target, by_id, depth + 1)
-
-
-def _own_observables(obj: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    kind = obj.get("type")
-    if kind in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"):
-        yield from _observable(str(kind), obj.get("value"))
-    elif kind == "indicator" and obj.get("pattern_type") == "stix":
-        for match in _PATTERN_VALUE.finditer(obj.get("pattern", "")):
-            yield from _observable(match.group(1), match.group(2).replace("\\'", "'"))
-
-
-def _linked_refs(obj: dict[str, Any]) -> list[str]:
-    """The references through which an object is about a host (not, say, its author)."""
-    kind = obj.get("type")
-    if kind == "observed-data":
-        return list(obj.get("object_refs", []))
-    if kind == "sighting":
-        return [*obj.get("observed_data_refs", []), obj.get("sighting_of_ref", "")]
-    if kind == "relationship":
-        return [obj.get("source_ref", ""), obj.get("target_ref", "")]
-    if kind == "network-traffic":
-        return [obj.get("src_ref", ""), obj.get("dst_ref", "")]
-    return []
-
-
-def _observable(kind: str, value: Any) -> Iterator[tuple[str, str]]:
-    if not isinstance(value, str) or not value.strip():
-        return
-    try:
-        if kind in ("ipv4-addr", "ipv6-addr"):
-            # An address or a network: a network goes to the claim holding all of it, never
-            # to the owner of its first address.
-            yield ("ip", canonical_ip_or_network(value))
-        elif kind == "domain-name":
-            yield ("domain", canonical_domain(value))
-        elif kind == "email-addr":
-            yield ("domain", canonical_domain(value.rpartition("@")[2]))
-        elif kind == "url":
-            host = url_host(value)
-            if host:
-                yield ("ip", canonical_ip(host)) if is_ip(host) else ("domain", canonical_domain(host))
-    except ValueError:
-        return
-
-
-def references(obj: Any) -> Iterator[str]:
-    """Every id the object refers to (`*_ref`, `*_refs`, nested), markings included."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if key.endswith("_ref") and isinstance(value, str):
-                yield value
-            elif key.endswith("_refs") and isinstance(value, list):
-                yield from (v for v in value if isinstance(v, str))
-            elif isinstance(value, dict | list):
-                yield from references(value)
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from references(item)
-
-
-def official_marking(marking_id: str) -> dict[str, Any]:
-    """The published definition of a TLP marking (2.0 from OASIS; 1.0 as stix2 ships it)."""
-    level = _TLP_BY_MARKING[marking_id]
-    if marking_id in TLP2_MARKING_IDS.values():
-        return marking_definition(level)
-    tlp1 = {
-        "clear": stix2.v21.TLP_WHITE,
-        "green": stix2.v21.TLP_GREEN,
-        "amber": stix2.v21.TLP_AMBER,
-        "red": stix2.v21.TLP_RED,
-    }[level]
-    return dict(orjson.loads(tlp1.serialize()))
-
-
-def tlp_of(obj: dict[str, Any], default: str) -> str:
-    """The most restrictive TLP on the object, object-level or granular; else the default."""
-    refs = list(obj.get("object_marking_refs", []))
-    refs += [g.get("marking_ref") for g in obj.get("granular_markings", []) if isinstance(g, dict)]
-    levels = [_TLP_BY_MARKING[m] for m in refs if m in _TLP_BY_MARKING]
-    if not levels:
-        return default
-    return max(levels, key=lambda level: TLP_LEVELS[level])
+    index: int
+    id: str  # as submitted: the status and run rows name it so
+    version: str
+    obj: dict[str, Any]  # as kept: official markings replaced, user info masked, ids renamed
 
 
 class Submissions:
@@ -321,6 +147,7 @@ class Submissions:
         self.store = store
         self.router = router or Router(config)
         self.clock = clock or (lambda: datetime.now(UTC))
+        self._matches: dict[Observable, Match | None] = {}
 
     def submit(
         self,
@@ -330,62 +157,53 @@ class Submissions:
         username: str | None = None,
         inbox_collection: str | None = None,
     ) -> SubmissionResult:
+        """Check, store and deliver `objects` (any iterable: it is read once, each object
+        checked as it comes, so only the valid ones are held)."""
         result = SubmissionResult()
         default_tlp = self.config.partner(partner).default_tlp
-        valid, positions = self._validated(objects, result)
-
-        def outcome(obj: dict[str, Any], message: str | None) -> Outcome:
-            return Outcome(
-                positions[(obj["id"], object_version_key(obj))], obj["id"], object_version(obj), message
-            )
-
+        items = self._validated(objects, result)
         with self.store.writing() as writer:
-            ids = [o["id"] for o in valid]
-            owners = stored.owners(writer.conn, ids)
-            versions = stored.stored_versions(writer.conn, ids)
-            existing = {i for i, _ in versions}
-            owned = notification_pks_by_id(writer.conn, ids)  # the clearinghouse's own objects
-            existing |= {i for i in ids if digest(i) in owned}
-            accepted: list[dict[str, Any]] = []
-            for obj in valid:
-                problem = self._ownership_problem(obj, partner, owners, existing)
-                if problem:
-                    result.outcomes.append(outcome(obj, problem))
-                else:
-                    accepted.append(obj)
-            unchanged = {o["id"] for o in accepted if (o["id"], object_version_key(o)) in versions}
-            deliveries, refused = self._route(accepted, default_tlp, result, unchanged)
-            for obj in accepted:
-                result.outcomes.append(outcome(obj, refused.get(obj["id"])))
-            accepted = [o for o in accepted if o["id"] not in refused]
+            accepted, versions, existing, owners = self._checked(writer, items, partner, result)
+            objs = [i.obj for i in accepted]
+            unchanged = {o["id"] for o in objs if (o["id"], object_version_key(o)) in versions}
+            context = self._stored_references(writer, objs, inbox_collection)
+            deliveries = self._route(objs, context, default_tlp, result, unchanged)
+            index_of = {i.obj["id"]: (i.index, i.id) for i in accepted}
+            result.withheld_objects = [
+                (*index_of[kept_id], why) for _, kept_id, why in result.withheld_objects
+            ]
+            result.outcomes += [Outcome(i.index, i.id, i.version) for i in accepted]
             result.outcomes.sort(key=lambda o: o.index)
-            for obj in accepted:
+            for obj in objs:
                 if obj["id"] in unchanged:
                     result.unchanged += 1
                 elif obj["id"] in existing:
                     result.updated += 1
                 else:
                     result.new += 1
-            if accepted:
-                self._persist(writer, accepted, deliveries, inbox_collection)
+            if objs:
+                self._persist(writer, objs, deliveries, inbox_collection)
                 now = timestamp(self.clock())
                 stored.add_owners(
                     writer,
                     [
                         {"stix_id": o["id"], "source": partner, "username": username, "first_seen": now}
-                        for o in {o["id"]: o for o in accepted}.values()
-                        if o["type"] not in _SCO_TYPES and o["id"] not in owners
+                        for o in {o["id"]: o for o in objs}.values()
+                        if _owned(o) and o["id"] not in owners
                     ],
                 )
+        for index, stix_id, why in result.withheld_objects:
+            log.info("submitted object withheld", extra={"object": stix_id, "index": index, "reason": why})
         return result
 
+    # --- one object at a time ------------------------------------------------------------------
+
     @staticmethod
-    def _validated(
-        objects: Iterable[Any], result: SubmissionResult
-    ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
-        """The objects the validator accepts, with their positions; the others become failures."""
-        valid: list[dict[str, Any]] = []
-        seen: dict[tuple[str, str], int] = {}
+    def _validated(objects: Iterable[Any], result: SubmissionResult) -> list[_Item]:
+        """The objects that pass the checks, as they are kept; the others become failures."""
+        items: list[_Item] = []
+        seen: set[tuple[str, str]] = set()
+        renamed: dict[str, str] = {}
         for index, item in enumerate(objects):
             problem = validate(item)
             ident = item.get("id") if isinstance(item, dict) else None
@@ -396,12 +214,228 @@ class Submissions:
             if problem is not None:
                 result.outcomes.append(Outcome(index, ident, version, problem))
                 continue
-            seen[(str(ident), object_version_key(item))] = index
-            if ident in _OFFICIAL_MARKINGS:
-                item = official_marking(str(ident))  # never store a look-alike of an official marking
-                seen[(str(ident), object_version_key(item))] = index
-            valid.append(item)
-        return valid, seen
+            seen.add((str(ident), object_version_key(item)))
+            if ident in OFFICIAL_MARKINGS:
+                kept = official_marking(str(ident))  # never store a look-alike of an official marking
+            else:
+                kept = masked_copy(item)  # user info in URLs: never stored unmasked
+                if kept is not item and content_addressed(item):
+                    new_id = sco_id(kept)  # its content changed, so its id does
+                    if new_id != ident:
+                        renamed[str(ident)] = new_id
+                        kept = {**kept, "id": new_id}
+            items.append(_Item(index, str(ident), version or "", kept))
+        if renamed:
+            for item_ in items:
+                item_.obj = rewrite_references(item_.obj, renamed)
+        return items
+
+    def _checked(
+        self, writer: Writer, items: list[_Item], partner: str, result: SubmissionResult
+    ) -> tuple[list[_Item], set[tuple[str, str]], set[str], dict[str, str]]:
+        """The items their source may send (ids, content, provenance), with the stored versions
+        of their ids, the ids that exist, and the owners of ids and identities they name."""
+        conn = writer.conn
+        ids = sorted({i.obj["id"] for i in items})
+        named = {r for i in items for r in references(i.obj) if r.startswith("identity--")}
+        named = {r for r in named if STIX_ID.match(r)} - set(ids)
+        owners = stored.owners(conn, ids + sorted(named))
+        versions = stored.stored_versions(conn, ids)
+        existing = {i for i, _ in versions}
+        owned = notification_pks_by_id(conn, ids)  # the clearinghouse's own objects
+        existing |= {i for i in ids if digest(i) in owned}
+        again = [
+            i.obj["id"]
+            for i in items
+            if _owned(i.obj) and (i.obj["id"], object_version_key(i.obj)) in versions
+        ]
+        bodies = stored.bodies(conn, sorted(set(again))) if again else {}
+        foreign = {CLEARINGHOUSE_IDENTITY_ID} | {
+            partner_identity_id(p.id) for p in self.config.partners if p.id != partner
+        }
+        accepted = []
+        for item in items:
+            problem = (
+                self._ownership_problem(item.obj, partner, owners, existing)
+                or _content_problem(item.obj, bodies)
+                or _provenance_problem(item.obj, partner, owners, foreign)
+            )
+            if problem:
+                result.outcomes.append(Outcome(item.index, item.id, item.version, problem))
+            else:
+                accepted.append(item)
+        return accepted, versions, existing, owners
+
+    @staticmethod
+    def _ownership_problem(
+        obj: dict[str, Any], partner: str, owners: dict[str, str], existing: set[str]
+    ) -> str | None:
+        if not _owned(obj):
+            return None  # content-addressed and custom-free (sco_id_problem): the stored one stays
+        ident = obj["id"]
+        # Deterministic (UUIDv5) ids are how the clearinghouse names its own objects; taking one
+        # would let a submitter pre-empt a future notification. One message whether or not the
+        # id exists, so nothing about the store can be probed.
+        refused = f"{ident}: this id cannot be accepted from this source (use a random UUIDv4 id of your own)"
+        if obj["type"] not in SCO_TYPES and uuid.UUID(ident.split("--", 1)[1]).version == 5:
+            return refused
+        owner = owners.get(ident)
+        if (owner is not None and owner != partner) or (owner is None and ident in existing):
+            return refused
+        return None
+
+    def _stored_references(
+        self, writer: Writer, objects: list[dict[str, Any]], inbox_collection: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """What the objects reference (and that references ...) that is not in the submission,
+        from the objects this source sent before: the latest version its inbox holds. stix2's
+        TAXIICollectionSink posts one object per request, so a sighting's observed-data and
+        SCOs arrive in requests of their own before it."""
+        if not inbox_collection:
+            return {}
+        known = {o["id"] for o in objects}
+        found: dict[str, dict[str, Any]] = {}
+        wanted = {r for o in objects for r in references(o)}
+        while wanted and len(found) < STORED_REFERENCES_MAX:
+            ids = sorted(r for r in wanted - known - found.keys() - OFFICIAL_MARKINGS if STIX_ID.match(r))
+            ids = ids[: STORED_REFERENCES_MAX - len(found)]
+            if not ids:
+                break
+            wanted = set()
+            for member in stored.page(writer.conn, inbox_collection, after=None, limit=len(ids), ids=ids):
+                obj = orjson.loads(member.body)
+                found[obj["id"]] = obj
+                wanted |= set(references(obj))
+        return found
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def _route(
+        self,
+        objects: list[dict[str, Any]],
+        context: dict[str, dict[str, Any]],
+        default_tlp: str,
+        result: SubmissionResult,
+        unchanged: set[str],
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Per recipient, the objects it receives. Objects the store holds at this version
+        already are delivered again (a no-op, or a recipient that now owns them) but not
+        counted again."""
+        by_id = {**context, **{o["id"]: o for o in objects}}
+        contents: dict[tuple[str, str], Content] = {}
+
+        def content(obj: dict[str, Any]) -> Content:
+            key = (obj["id"], object_version(obj))
+            if key not in contents:
+                contents[key] = content_of(obj)
+            return contents[key]
+
+        deliveries: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        delivered_ids: set[str] = set()
+        held: set[str] = set()
+        opted_out: set[str] = set()
+        for obj in objects:
+            counted = obj["id"] not in unchanged
+            routing = list(self._routing_observables(obj, by_id, content))
+            owners = {m.owner: m for m in map(self._match, routing) if m is not None}
+            if not owners:
+                continue  # unrouted: routed by what it is about, never by what it mentions
+            closure = self._closure(obj, by_id)
+            why = self._withholding(set(owners), closure, content)
+            if why:
+                held.add(obj["id"])
+                result.withheld += int(counted)
+                if counted:
+                    result.withheld_objects.append((-1, obj["id"], why))  # its index: submit()
+                continue
+            match = next(iter(owners.values()))
+            if self._opted_out(routing):
+                opted_out.add(obj["id"])
+                result.opted_out += int(counted)
+                continue
+            # Accounts, e-mail addresses, URLs with user info: to the direct owner only.
+            personal = any(content(m).personal for m in closure)
+            decision = self.router.decide(match, Policy(tlp_of(obj, default_tlp), direct_owner_only=personal))
+            if counted:
+                result.suppressed_tlp.update(decision.suppressed_tlp)
+                result.per_recipient.update(decision.recipients)
+                result.routed += bool(decision.recipients)
+            for rid in decision.recipients:
+                bucket = deliveries.setdefault(rid, {})
+                ceiling = self.config.recipient(rid).max_tlp
+                for member in closure:
+                    official = member["id"] in OFFICIAL_MARKINGS  # a marking is not marked itself
+                    if official or TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
+                        bucket[(member["id"], object_version(member))] = member
+                        delivered_ids.add(member["id"])
+        accounted = delivered_ids | held | opted_out | unchanged
+        result.unrouted = sum(1 for o in objects if o["id"] not in accounted)
+        return {rid: list(objs.values()) for rid, objs in deliveries.items()}
+
+    def _routing_observables(
+        self,
+        obj: dict[str, Any],
+        by_id: dict[str, dict[str, Any]],
+        content: Callable[[dict[str, Any]], Content],
+        depth: int = 0,
+    ) -> Iterator[Observable]:
+        """What the object is about: its own observables, and those of what it links to."""
+        yield from content(obj).observables
+        if depth >= LINK_DEPTH:
+            return
+        for ref in _linked_refs(obj):
+            target = by_id.get(ref)
+            if target is not None:
+                yield from self._routing_observables(target, by_id, content, depth + 1)
+
+    def _withholding(
+        self, owners: set[str], closure: list[dict[str, Any]], content: Callable[[dict[str, Any]], Content]
+    ) -> str | None:
+        """Why what would be delivered must go to nobody (None: it may go to its owner). The
+        reason is for operators; the submitter is told nothing of it."""
+        if len(owners) > 1:
+            return "its observables belong to more than one recipient"
+        owner = next(iter(owners))
+        for member in closure:
+            found = content(member)
+            if found.unroutable:
+                return f"{member['id']}: {found.unroutable}"
+            for observable in (*found.observables, *found.mentions):
+                match = self._match(observable)
+                if match is not None and match.owner != owner:
+                    return f"{member['id']}: names a host of another recipient than the one it is about"
+        return None
+
+    def _opted_out(self, observed: list[Observable]) -> bool:
+        return any(
+            self.router.opt_out_rule(value if kind == "ip" else None, value if kind == "domain" else None)
+            for kind, value in observed
+        )
+
+    def _match(self, observable: Observable) -> Match | None:
+        if observable not in self._matches:
+            kind, value = observable
+            self._matches[observable] = (
+                self.router.match_keys(ip=value) if kind == "ip" else self.router.match_keys(hostname=value)
+            )
+        return self._matches[observable]
+
+    @staticmethod
+    def _closure(root: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The root and what it references (this submission, the source's earlier objects),
+        plus official TLP markings."""
+        out, stack, seen = [], [root], {root["id"]}
+        while stack:
+            obj = stack.pop()
+            out.append(obj)
+            for ref in references(obj):
+                target = by_id.get(ref) or (official_marking(ref) if ref in OFFICIAL_MARKINGS else None)
+                if target is not None and ref not in seen:
+                    seen.add(ref)
+                    stack.append(target)
+        return out
+
+    # --- storing -------------------------------------------------------------------------------
 
     def _persist(
         self,
@@ -432,135 +466,49 @@ class Submissions:
             collection_id = recipient_collection_id(rid)
             stored.add_members(writer, collection_id, numbers[collection_id], entries(objs))
 
-    @staticmethod
-    def _ownership_problem(
-        obj: dict[str, Any],
-        partner: str,
-        owners: dict[str, str],
-        existing: set[str],
-    ) -> str | None:
-        ident = obj["id"]
-        if obj["type"] in _SCO_TYPES:
-            return None  # content-addressed and custom-free (see sco_id_problem): the stored one stays
-        if ident in _OFFICIAL_MARKINGS:
-            return None
-        # Deterministic (UUIDv5) ids are how the clearinghouse names its own objects; taking one
-        # would let a submitter pre-empt a future notification. One message whether or not the
-        # id exists, so nothing about the store can be probed.
-        refused = f"{ident}: this id cannot be accepted from this source (use a random UUIDv4 id of your own)"
-        if uuid.UUID(ident.split("--", 1)[1]).version == 5:
-            return refused
-        owner = owners.get(ident)
-        if (owner is not None and owner != partner) or (owner is None and ident in existing):
-            return refused
+
+def _owned(obj: dict[str, Any]) -> bool:
+    """Whether the id belongs to the source that sends it first: everything but content-addressed
+    SCOs (the same for every source) and the official TLP markings."""
+    return not content_addressed(obj) and obj["id"] not in OFFICIAL_MARKINGS
+
+
+def _content_problem(obj: dict[str, Any], bodies: dict[tuple[str, str], str]) -> str | None:
+    """A version of an owned id that is stored with other content cannot change it: the stored
+    body is what every collection serves, so the new one would be routed and the old delivered."""
+    body = bodies.get((obj["id"], object_version_key(obj)))
+    if body is None:
         return None
+    before = orjson.loads(body)
+    spelling = ("created", "modified")  # `...00Z` and `...00.000Z` are one version
+    if {k: v for k, v in before.items() if k not in spelling} == {
+        k: v for k, v in obj.items() if k not in spelling
+    }:
+        return None
+    return (
+        f"{obj['id']}: this version is stored with other content; a change needs a new version "
+        "(a later `modified`; for an observable, a new id)"
+    )
 
-    def _route(
-        self,
-        objects: list[dict[str, Any]],
-        default_tlp: str,
-        result: SubmissionResult,
-        unchanged: set[str] = frozenset(),  # type: ignore[assignment]
-    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
-        """Per recipient, the objects it receives; and the objects refused, with why. Objects
-        the store holds at this version already are delivered again (a no-op, or a recipient
-        that now owns them) but not counted again."""
-        by_id = {o["id"]: o for o in objects}
-        deliveries: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-        refused: dict[str, str] = {}
-        delivered_ids: set[str] = set()
-        opted_out: set[str] = set()
-        for obj in objects:
-            counted = obj["id"] not in unchanged
-            observed = list(observables_of(obj, by_id))
-            match, closure, problem = self._owner_and_closure(obj, by_id, observed)
-            if problem:
-                refused[obj["id"]] = problem
-                continue
-            if match is None:
-                continue
-            if self._opted_out(observed):
-                opted_out.add(obj["id"])
-                result.opted_out += int(counted)
-                continue
-            # Accounts and e-mail addresses are personal data: to the direct owner only.
-            personal = any(m["type"] in ("email-addr", "user-account") for m in closure)
-            decision = self.router.decide(match, Policy(tlp_of(obj, default_tlp), direct_owner_only=personal))
-            if counted:
-                result.suppressed_tlp.update(decision.suppressed_tlp)
-                result.per_recipient.update(decision.recipients)
-                result.routed += bool(decision.recipients)
-            for rid in decision.recipients:
-                bucket = deliveries.setdefault(rid, {})
-                ceiling = self.config.recipient(rid).max_tlp
-                for member in closure:
-                    official = member["id"] in _OFFICIAL_MARKINGS  # a marking is not marked itself
-                    if official or TLP_LEVELS[tlp_of(member, default_tlp)] <= TLP_LEVELS[ceiling]:
-                        bucket[(member["id"], object_version(member))] = member
-                        delivered_ids.add(member["id"])
-        accounted = delivered_ids | refused.keys() | opted_out | unchanged
-        result.unrouted = sum(1 for o in objects if o["id"] not in accounted)
-        return {rid: list(objs.values()) for rid, objs in deliveries.items()}, refused
 
-    def _owner_and_closure(
-        self, obj: dict[str, Any], by_id: dict[str, dict[str, Any]], observed: list[tuple[str, str]]
-    ) -> tuple[Match | None, list[dict[str, Any]], str | None]:
-        """(the owner's match, what would be delivered, why it is refused): one owner or none."""
-        found = {}
-        for kind, value in observed:
-            match = self._match(kind, value)
-            if match is not None:
-                found[match.owner] = match
-        # The refusals name no recipient: partners never learn who the recipients are, and
-        # with names an address paired with a known one would tell whose it is.
-        if len(found) > 1:
-            return (
-                None,
-                [],
-                "its observables belong to different recipients; submit one object per organisation",
-            )
-        if not found:
-            return None, [], None
-        owner = next(iter(found))
-        closure = self._closure(obj, by_id)
-        foreign = self._foreign_owners(closure, owner)
-        if foreign:
-            return (
-                None,
-                [],
-                "it references observables of more than one recipient; submit one object per organisation",
-            )
-        return found[owner], closure, None
+def _provenance_problem(
+    obj: dict[str, Any], partner: str, owners: dict[str, str], foreign: set[str]
+) -> str | None:
+    for ref in references(obj):
+        if ref in foreign or (ref.startswith("identity--") and owners.get(ref, partner) != partner):
+            return f"{obj['id']}: {_PROVENANCE}"
+    return None
 
-    def _opted_out(self, observed: list[tuple[str, str]]) -> bool:
-        return any(
-            self.router.opt_out_rule(value if kind == "ip" else None, value if kind == "domain" else None)
-            for kind, value in observed
-        )
 
-    def _match(self, kind: str, value: str) -> Match | None:
-        return self.router.match_keys(ip=value) if kind == "ip" else self.router.match_keys(hostname=value)
-
-    def _foreign_owners(self, closure: list[dict[str, Any]], owner: str) -> set[str]:
-        """Owners other than `owner` of any observable anywhere in what would be delivered."""
-        out = set()
-        for member in closure:
-            for kind, value in _own_observables(member):
-                match = self._match(kind, value)
-                if match is not None and match.owner != owner:
-                    out.add(match.owner)
-        return out
-
-    @staticmethod
-    def _closure(root: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        """The root and what it references in this submission, plus official TLP markings."""
-        out, stack, seen = [], [root], {root["id"]}
-        while stack:
-            obj = stack.pop()
-            out.append(obj)
-            for ref in references(obj):
-                target = by_id.get(ref) or (official_marking(ref) if ref in _OFFICIAL_MARKINGS else None)
-                if target is not None and ref not in seen:
-                    seen.add(ref)
-                    stack.append(target)
-        return out
+def _linked_refs(obj: dict[str, Any]) -> list[str]:
+    """The references through which an object is about a host (not, say, its author)."""
+    kind = obj.get("type")
+    if kind == "observed-data":
+        return list(obj.get("object_refs", []))
+    if kind == "sighting":
+        return [*obj.get("observed_data_refs", []), obj.get("sighting_of_ref", "")]
+    if kind == "relationship":
+        return [obj.get("source_ref", ""), obj.get("target_ref", "")]
+    if kind == "network-traffic":
+        return [obj.get("src_ref", ""), obj.get("dst_ref", "")]
+    return []

@@ -11,7 +11,7 @@ Objects are built here rather than by ijson's own `items()`, which keeps the dot
 every open container: 100,000 levels of `[` (200 KB) cost it gigabytes. This builder keeps a
 stack of containers and stops building below `MAX_DEPTH`: what lies deeper is skipped and
 replaced by `TOO_DEEP`, so the object still arrives with its id and is refused on its own
-(connector.submission.validate) while the objects beside it are kept.
+(connector.submission_checks.validate) while the objects beside it are kept.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import ijson
 
-from connector.submission import MAX_DEPTH, TOO_DEEP
+from connector.submission_checks import MAX_DEPTH, TOO_DEEP
 from taxii_server.errors import TaxiiError
 
 _OPEN = ("start_map", "start_array")

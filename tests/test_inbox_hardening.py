@@ -250,7 +250,10 @@ EDGES = [
 def timestamp_cases() -> list[Json]:
     ip = "198.51.100.33"
     sco_ref = "ipv4-addr--" + str(
-        uuid.uuid5(uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7"), json.dumps({"value": ip}))
+        uuid.uuid5(
+            uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7"),
+            json.dumps({"value": ip}, separators=(",", ":")),
+        )
     )
     cases: list[Json] = []
     for value in EDGES:

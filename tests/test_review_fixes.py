@@ -55,14 +55,21 @@ def test_a_submission_cannot_pre_empt_a_clearinghouse_id(store, sample_config) -
     assert outcomes[0].message.split(":", 1)[1] == outcomes[1].message.split(":", 1)[1]  # no probing
 
 
-def test_patterns_that_hide_other_hosts_are_refused(store, sample_config) -> None:  # type: ignore[no-untyped-def]
+def test_patterns_that_hide_other_hosts_are_delivered_to_nobody(store, sample_config) -> None:  # type: ignore[no-untyped-def]
+    """Accepted (valid STIX, issue #14 item 24) but never delivered: the one names another
+    recipient's host through a reference, the other an address a LIKE cannot route."""
     sneaky = sdo_indicator(
         "[ipv4-addr:value = '192.0.2.10'] OR [network-traffic:dst_ref.value = '198.51.100.7']"
     )
-    like = sdo_indicator("[domain-name:value LIKE 'secret.example.nl']")
+    like = sdo_indicator("[ipv4-addr:value = '192.0.2.10'] AND [domain-name:value LIKE 'secret.example.nl']")
     plain = sdo_indicator("[ipv4-addr:value = '192.0.2.10']")
-    outcomes = submit(store, sample_config, [sneaky, like, plain]).outcomes
-    assert [o.ok for o in outcomes] == [False, False, True]
+    result = submit(store, sample_config, [sneaky, like, plain])
+    assert [o.ok for o in result.outcomes] == [True, True, True]
+    zcert = {
+        m.stix_id for m in CollectionView(store).page(recipient_collection_id("zcert"), after=None, limit=100)
+    }
+    assert sneaky["id"] not in zcert and like["id"] not in zcert and plain["id"] in zcert
+    assert result.withheld == 2
 
 
 def test_observables_with_custom_properties_or_raw_credentials_are_refused(store, sample_config) -> None:  # type: ignore[no-untyped-def]

@@ -192,6 +192,12 @@ def stored_versions(conn: Connection, ids: Sequence[str]) -> set[tuple[str, str]
     return {(r[0], r[1]) for r in rows_in(conn, statement, list(ids))}
 
 
+def bodies(conn: Connection, ids: Sequence[str]) -> dict[tuple[str, str], str]:
+    """(id, version) -> the stored body, of every stored version of these ids."""
+    statement = "SELECT stix_id, modified, body FROM stix_objects WHERE stix_id IN ({in})"
+    return {(r[0], r[1]): r[2] for r in rows_in(conn, statement, list(ids))}
+
+
 def status(conn: Connection, status_id: str) -> tuple[str, str] | None:
     """(username who posted, status resource as JSON) or None."""
     row = conn.execute(
