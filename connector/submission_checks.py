@@ -20,6 +20,7 @@ from stix2patterns.v21.pattern import Pattern
 from stix2validator import ValidationOptions, validate_instance
 from stix2validator.errors import ValidationError as ValidatorInputError
 
+from connector.observables import mask_user_info
 from connector.store import schema as t
 from connector.store.objects import SCO_TYPES, object_version_key
 from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
@@ -56,8 +57,12 @@ def object_version(obj: dict[str, Any]) -> str:
 
 
 def validate(item: Any) -> str | None:
-    """The verdict on one object: None when it is accepted, else why not."""
+    """The verdict on one object: None when it is accepted, else why not. A validator message
+    can quote the value it refuses: user info in URLs is masked in it too (it is stored, in the
+    status resource and run rows), and it is cut at MESSAGE_MAX characters."""
     problem = _validate(item)
+    if problem is not None and "@" in problem:
+        problem = mask_user_info(problem)
     if problem is not None and len(problem) > MESSAGE_MAX:
         problem = problem[: MESSAGE_MAX - 10] + " ... (cut)"
     return problem
