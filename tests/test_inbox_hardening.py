@@ -240,10 +240,12 @@ def test_an_integer_json_cannot_store_is_refused_on_its_own(store: Store, sample
     from tests.test_submission import submit
 
     big = indicator("198.51.100.34", x_count=2**70)
+    infinite = indicator("198.51.100.35", x_size=float("inf"))  # orjson writes it as null
     good = indicator("198.51.100.33")
-    result = submit(store, sample_config, [big, good])
-    assert [o.ok for o in result.outcomes] == [False, True]
+    result = submit(store, sample_config, [big, infinite, good])
+    assert [o.ok for o in result.outcomes] == [False, False, True]
     assert "JSON" in (result.outcomes[0].message or "")
+    assert "out of range" in (result.outcomes[1].message or "")
     assert good["id"] in gemeente_ids(store)
 
 
