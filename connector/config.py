@@ -65,6 +65,8 @@ class ServerConfig(_Strict):
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
     # Objects one inbox POST may hold; more is refused whole (413) before any is validated.
     max_objects_per_post: int = Field(10_000, ge=1, le=1_000_000)
+    # Seconds between the server's rounds of building MISP feed events that changed.
+    misp_feed_refresh_seconds: float = Field(10.0, ge=0.1, le=3600)
 
     # Name of the environment variable holding the key that signs `next` tokens. All server
     # processes behind one address must share it; unset, a random per-process key is used.

@@ -185,26 +185,33 @@ class Ingestor:
             )
 
     def _ingest_stix_file(self, summary: RunSummary, partner: str, path: Path) -> None:
-        """A researcher's STIX 2.1 bundle: validated per object, routed by its observables."""
-        try:
-            document = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            message = f"{path}: not a readable JSON document: {exc}"
-            summary.input_errors.append(message)
-            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
-            return
-        objects = document.get("objects") if isinstance(document, dict) else document
-        if not isinstance(objects, list):
-            message = f"{path}: expected a STIX bundle, a TAXII envelope or a JSON list of objects"
-            summary.input_errors.append(message)
-            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
-            return
+        """A researcher's STIX 2.1 bundle (or envelope, or JSON list of objects): read object by
+        object (connector/stix_stream.py: an object nested too deep is refused on its own, not
+        the file), validated per object, routed by its observables."""
+        from connector.stix_stream import StreamError, stream_objects
         from connector.submission import Submissions  # loads the STIX validator: only when needed
 
-        result = Submissions(self.config, self.store, self.router, self.clock).submit(
-            partner=partner, objects=objects, inbox_collection=inbox_collection_id(partner)
-        )
-        summary.counts["read"] += len(objects)
+        message = None
+        try:
+            with path.open("rb") as handle:
+                objects = stream_objects(handle, require_objects=True, allow_list=True)
+                result = Submissions(self.config, self.store, self.router, self.clock).submit(
+                    partner=partner, objects=objects, inbox_collection=inbox_collection_id(partner)
+                )
+        except OSError as exc:
+            message = f"{path}: not a readable JSON document: {exc}"
+        except StreamError as exc:
+            if exc.kind == "json":
+                message = f"{path}: not a readable JSON document: {exc}"
+            else:
+                message = (
+                    f"{path}: expected a STIX bundle, a TAXII envelope or a JSON list of objects ({exc})"
+                )
+        if message is not None:
+            summary.input_errors.append(message)
+            self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
+            return
+        summary.counts["read"] += len(result.outcomes)
         summary.counts["notifications"] += len(result.accepted)
         summary.counts["new"] += result.new
         summary.counts["updated"] += result.updated

@@ -9,6 +9,7 @@ than refused (connector/observables.py decides what can be routed).
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from stix2patterns.v21.pattern import Pattern
 from stix2validator import ValidationOptions, validate_instance
 from stix2validator.errors import ValidationError as ValidatorInputError
 
+from connector.observables import mask_user_info
 from connector.store import schema as t
 from connector.store.objects import SCO_TYPES, object_version_key
 from connector.tlp import TLP1_MARKING_IDS, TLP2_MARKING_IDS, TLP_LEVELS, marking_definition
@@ -56,8 +58,12 @@ def object_version(obj: dict[str, Any]) -> str:
 
 
 def validate(item: Any) -> str | None:
-    """The verdict on one object: None when it is accepted, else why not."""
+    """The verdict on one object: None when it is accepted, else why not. A validator message
+    can quote the value it refuses: user info in URLs is masked in it too (it is stored, in the
+    status resource and run rows), and it is cut at MESSAGE_MAX characters."""
     problem = _validate(item)
+    if problem is not None and "@" in problem:
+        problem = mask_user_info(problem)
     if problem is not None and len(problem) > MESSAGE_MAX:
         problem = problem[: MESSAGE_MAX - 10] + " ... (cut)"
     return problem
@@ -100,7 +106,8 @@ def _validate(item: Any) -> str | None:
 
 def storage_problem(item: dict[str, Any]) -> str | None:
     """Why the store cannot write this object as JSON (None when it can): nesting deeper than
-    MAX_DEPTH, or a value orjson cannot write (an integer beyond 64 bits). Found here, the one
+    MAX_DEPTH, or a value orjson cannot write (an integer beyond 64 bits) or would write as
+    something else (an infinite number becomes null). Found here, the one
     object is refused; found when the submission is written, it failed every object of it (a
     500 on the inbox, a failed run for `ingest --format stix`). Walked without recursion, so
     no depth makes this check itself fail."""
@@ -109,6 +116,8 @@ def storage_problem(item: dict[str, Any]) -> str | None:
         value, depth = stack.pop()
         if value is TOO_DEEP or (depth > MAX_DEPTH and isinstance(value, dict | list)):
             return f"{item['id']}: nested more than {MAX_DEPTH} levels deep; such objects are not kept"
+        if isinstance(value, float) and not math.isfinite(value):  # `1e400` read as infinity
+            return f"{item['id']}: holds a number out of range (JSON would store it as null)"
         if isinstance(value, dict):
             stack.extend((child, depth + 1) for child in value.values())
         elif isinstance(value, list):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from connector.channels.misp_feed import FeedRefresher, feed_recipients
 from connector.collections import collection_rows
 from connector.config import Config
 from connector.logs import redact
@@ -102,7 +105,22 @@ class RequestHeadLimit:
 
 def create_app(config: Config, store: Store) -> FastAPI:
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """While serving, MISP feed events that changed are built in the background, so feed
+        requests read them stored (connector/channels/misp_feed.py)."""
+        refresher = None
+        if feed_recipients(config):
+            refresher = FeedRefresher(config, store, config.server.misp_feed_refresh_seconds)
+            refresher.start()
+        try:
+            yield
+        finally:
+            if refresher is not None:
+                refresher.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title=config.server.title,
         version="2.1",
         description="TAXII 2.1 API of the Security Meldpunt clearinghouse.",

@@ -217,16 +217,35 @@ def test_a_deeply_nested_object_in_a_stix_file_is_quarantined_and_the_run_goes_o
     assert good["id"] in gemeente_ids(store)
 
 
+def test_an_object_nested_beyond_what_a_parser_takes_in_a_stix_file_is_refused_alone(
+    store: Store, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """2,000 levels: orjson refused the whole file (its limit is 1,024), losing the good
+    objects beside it; the file is now read object by object as the inbox is."""
+    good = indicator("198.51.100.33")
+    deep = orjson.dumps(indicator("198.51.100.34"))[:-1] + b',"x_deep":' + b"[" * 2000 + b"]" * 2000
+    path = tmp_path / "deeper.json"
+    path.write_bytes(b'{"type":"bundle","id":"bundle--' + str(uuid.uuid4()).encode() + b'","objects":[')
+    with path.open("ab") as handle:
+        handle.write(deep + b"}," + orjson.dumps(good) + b"]}")
+    summary = ingestor.run(RESEARCHER, "stix", [path])
+    assert summary.ok, summary.input_errors
+    assert (summary.counts["read"], summary.counts["quarantined"], summary.counts["routed"]) == (2, 1, 1)
+    assert good["id"] in gemeente_ids(store)
+
+
 def test_an_integer_json_cannot_store_is_refused_on_its_own(store: Store, sample_config: Config) -> None:
     """The same class: anything that cannot be serialised is found per object, not when the
     whole submission is written."""
     from tests.test_submission import submit
 
     big = indicator("198.51.100.34", x_count=2**70)
+    infinite = indicator("198.51.100.35", x_size=float("inf"))  # orjson writes it as null
     good = indicator("198.51.100.33")
-    result = submit(store, sample_config, [big, good])
-    assert [o.ok for o in result.outcomes] == [False, True]
+    result = submit(store, sample_config, [big, infinite, good])
+    assert [o.ok for o in result.outcomes] == [False, False, True]
     assert "JSON" in (result.outcomes[0].message or "")
+    assert "out of range" in (result.outcomes[1].message or "")
     assert good["id"] in gemeente_ids(store)
 
 

@@ -88,8 +88,14 @@ def test_feed_is_served_only_to_the_recipients_users(tmp_path: Path) -> None:
     try:
         base = f"{running.url}/misp-feed"
         auth = ("zcert-poller", password_for("zcert-poller"))
-        manifest = requests.get(f"{base}/zcert/manifest.json", auth=auth, timeout=10)
-        assert manifest.status_code == 200
+        # The server builds the feed in the background once started: the manifest fills up.
+        deadline = time.monotonic() + 30
+        while True:
+            manifest = requests.get(f"{base}/zcert/manifest.json", auth=auth, timeout=10)
+            assert manifest.status_code == 200
+            if manifest.json() or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         some = next(iter(manifest.json()))
         event = requests.get(f"{base}/zcert/{some}.json", auth=auth, timeout=10)
         assert event.status_code == 200 and event.json()["Event"]["uuid"] == some

@@ -196,6 +196,21 @@ def test_a_url_with_user_info_is_masked_and_for_the_direct_owner_only_over_http(
     assert secret not in caplog.text
 
 
+def test_user_info_is_masked_in_refusals_too(
+    store: Store, sample_config: Config, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """A validator message quotes the value it refuses; refusals are stored (status resource,
+    run rows), so the password in it is masked as well."""
+    bad = dict(indicator(KNOWN), labels="https://jan:Secret-Pass@192.0.2.18/")  # labels must be a list
+    result = submit(store, sample_config, [bad])
+    message = result.outcomes[0].message or ""
+    assert "labels" in message and "Secret-Pass" not in message and "Se*******ss" in message
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [bad]}))
+    summary = ingestor.run(PARTNER, "stix", [path])
+    assert all("Secret-Pass" not in r["reason"] for r in store.run_rows(summary.run_id))
+
+
 # ==============================================================================================
 # Item 13: nobody writes in another's name
 # ==============================================================================================

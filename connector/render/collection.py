@@ -261,7 +261,7 @@ class CollectionView:
 
     def remove(self, collection_id: str, stix_id: str, versions: VersionFilter) -> int:
         """Take versions of an object out of a collection (TAXII DELETE); returns how many."""
-        from connector.store import deliveries, objects
+        from connector.store import deliveries, objects, outbox
 
         number = self.store.collection_number(collection_id)
         with self.store.writing() as w:
@@ -280,6 +280,10 @@ class CollectionView:
                 deliveries.drop_shared(w, number, [digest(stix_id)])
             # The flags of this notification's entries no longer tell its latest and first here.
             owners = reader.notification_pks_by_id([stix_id]).get(digest(stix_id), [])
+            # MISP events built from it are out of date (the stored feed events among them).
+            recipient = self.store.collection_owners().get(number)
+            if recipient is not None:
+                outbox.changed(w, recipient, owners)
             for n in reader.notifications(owners).values():
                 stamps = [
                     v.stamp

@@ -22,6 +22,7 @@ _COLUMNS = (
     "last_error",
     "pushed_hash",
     "updated_at",
+    "changed_at",
 )
 
 
@@ -34,7 +35,7 @@ def enqueue(w: Writer, members: list[tuple[str, str, int]], events: dict[tuple[s
     now = now_us()
     stamp = us_to_timestamp(now)
     rows = [
-        (rid, uuid, label, "pending", 0, now, None, None, stamp)
+        (rid, uuid, label, "pending", 0, now, None, None, stamp, stamp)
         for (rid, uuid), label in sorted(events.items())
     ]
     w.insert("misp_outbox", _COLUMNS, rows, skip_present=True)
@@ -43,8 +44,25 @@ def enqueue(w: Writer, members: list[tuple[str, str, int]], events: dict[tuple[s
         w.conn.execute(
             update(ob)
             .where(and_(ob.c.recipient == rid, ob.c.event_uuid == uuid))
-            .values(status="pending", attempts=0, next_attempt=now, updated_at=stamp)
+            .values(status="pending", attempts=0, next_attempt=now, updated_at=stamp, changed_at=stamp)
         )
+
+
+def changed(w: Writer, recipient: str, notifications: list[int]) -> None:
+    """The recipient's events holding these notifications changed without an ingest (a
+    notification was deleted from its collection): stored MISP feed events of them are out of
+    date. The push is not queued again (a deletion never was)."""
+    if not notifications:
+        return
+    m, ob = t.misp_event_members, t.misp_outbox
+    events = select(m.c.event_uuid).where(
+        and_(m.c.recipient == recipient, m.c.notification.in_(notifications))
+    )
+    w.conn.execute(
+        update(ob)
+        .where(and_(ob.c.recipient == recipient, ob.c.event_uuid.in_(events)))
+        .values(changed_at=us_to_timestamp(now_us()))
+    )
 
 
 def members(conn: Connection, recipient: str, event_uuid: str) -> list[int]:

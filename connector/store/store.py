@@ -20,6 +20,7 @@ from sqlalchemy import select
 from connector.store import (
     audit,
     deliveries,
+    feed,
     maintenance,
     notifications,
     objects,
@@ -368,6 +369,28 @@ class Store:
     def misp_events(self, recipient: str, only: str | None = None) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:
             return outbox.events(conn, recipient, only)
+
+    # --- MISP feeds ------------------------------------------------------------------------------
+
+    def misp_feed_stale(
+        self, recipient: str, fingerprint: str, only: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(event uuid, label, changed_at) of the recipient's feed events to build (again)."""
+        with self.engine.connect() as conn:
+            return feed.stale(conn, recipient, fingerprint, only)
+
+    def misp_feed_save(self, recipient: str, rows: list[dict[str, Any]]) -> None:
+        with self._write_engine.begin() as conn:
+            feed.save(conn, recipient, rows)
+
+    def misp_feed_entries(self, recipient: str) -> list[tuple[str, str, str]]:
+        """(event uuid, manifest entry, hashes lines) of the recipient's stored feed events."""
+        with self.engine.connect() as conn:
+            return feed.entries(conn, recipient)
+
+    def misp_feed_body(self, recipient: str, event_uuid: str) -> str | None:
+        with self.engine.connect() as conn:
+            return feed.body(conn, recipient, event_uuid)
 
 
 class Reader:

@@ -1,0 +1,170 @@
+"""STIX objects read from a JSON document one at a time: a TAXII envelope or a bundle
+(`{"objects": [...]}`), or a plain JSON list of objects.
+
+Parsing the whole document first (as orjson.loads does) turns 10 MB of `[0,0,...]` into five
+million Python objects before anything can count them: one such inbox POST took 4.5 GB of
+server memory. Here the document is walked as a stream of parser events (ijson's C backend,
+from bytes or straight from a file), each object is built on its own and handed on as soon as
+it is complete, so the caller validates it and keeps only what is valid; counting stops at
+`limit` before the rest is looked at.
+
+Objects are built here rather than by ijson's own `items()`, which keeps the dotted path of
+every open container: 100,000 levels of `[` (200 KB) cost it gigabytes. This builder keeps a
+stack of containers and stops building below MAX_DEPTH: what lies deeper is skipped and stands
+as TOO_DEEP, so the object still arrives with its id and is refused on its own
+(connector.submission_checks.validate) while the objects beside it are kept. orjson refused
+a file with any object nested over 1,024 levels whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import ijson
+
+from connector.submission_checks import MAX_DEPTH, TOO_DEEP
+
+_OPEN = ("start_map", "start_array")
+_CLOSE = ("end_map", "end_array")
+Event = tuple[str, Any]
+
+
+class StreamError(ValueError):
+    """The document is not one this reader takes; `kind` is "json" (not JSON at all) or
+    "shape" (JSON, but no list of objects where one belongs)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TooManyObjects(StreamError):
+    def __init__(self, limit: int) -> None:
+        super().__init__("shape", f"more than {limit} objects")
+        self.limit = limit
+
+
+def stream_objects(
+    source: bytes | BinaryIO,
+    *,
+    limit: int | None = None,
+    require_objects: bool = False,
+    allow_list: bool = False,
+) -> Iterator[Any]:
+    """The document's objects in order. StreamError when it is not a JSON object whose
+    `objects` is an array (absent: no objects, unless `require_objects`), or with `allow_list`
+    a JSON array of objects; raised also when that is found only at the end, so a caller must
+    write nothing before the iterator is exhausted. TooManyObjects past `limit` objects."""
+    events = _events(source)
+    first = _next(events)
+    if first[0] == "start_array" and allow_list:
+        yield from _items(events, limit)
+    elif first[0] == "start_map":
+        seen = False
+        while True:
+            event, key = _next(events)
+            if event == "end_map":
+                break
+            value = _next(events)
+            if key != "objects":
+                _skip(value, events)
+                continue
+            if seen:
+                raise StreamError("shape", "'objects' is given twice")
+            seen = True
+            if value[0] != "start_array":
+                raise StreamError("shape", "'objects' is not an array")
+            yield from _items(events, limit)
+        if require_objects and not seen:
+            raise StreamError("shape", "no 'objects' array")
+    else:
+        raise StreamError("shape", "the document is not a JSON object" + (" or array" if allow_list else ""))
+    for _ in events:  # the parser raises on anything after the document
+        raise StreamError("json", "more than one JSON value")
+
+
+def _items(events: Iterator[Event], limit: int | None) -> Iterator[Any]:
+    count = 0
+    while True:
+        item = _next(events)
+        if item[0] == "end_array":
+            return
+        count += 1
+        if limit is not None and count > limit:
+            raise TooManyObjects(limit)
+        yield _value(item, events)
+
+
+def _events(source: bytes | BinaryIO) -> Iterator[Event]:
+    """Parser events; malformed JSON is a StreamError naming where the parser stopped."""
+    try:
+        yield from ijson.basic_parse(source, use_float=True)
+    except ijson.JSONError as exc:
+        # yajl's message points at the place with a copy of the text around it: keep the first
+        # line only (the document may hold anything, secrets included).
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StreamError("json", reason[:200]) from None
+
+
+def _next(events: Iterator[Event]) -> Event:
+    """The next event; the parser reports a document that ends early, this is the backstop (a
+    StopIteration must not escape a generator)."""
+    try:
+        return next(events)
+    except StopIteration:
+        raise StreamError("json", "the document ends early") from None
+
+
+def _value(first: Event, events: Iterator[Event]) -> Any:
+    """One JSON value whose first event is `first`, built without recursion; containers
+    deeper than MAX_DEPTH are skipped and stand as TOO_DEEP."""
+    event, value = first
+    if event not in _OPEN:
+        return value
+    root: dict[str, Any] | list[Any] = {} if event == "start_map" else []
+    stack: list[dict[str, Any] | list[Any]] = [root]
+    keys: list[str] = [""]
+    while stack:
+        event, value = _next(events)
+        if event == "map_key":
+            keys[-1] = value
+            continue
+        if event in _CLOSE:
+            stack.pop()
+            keys.pop()
+            continue
+        if event in _OPEN:
+            if len(stack) >= MAX_DEPTH:
+                _skip((event, value), events)
+                child: Any = TOO_DEEP
+            else:
+                child = {} if event == "start_map" else []
+                _put(stack[-1], keys[-1], child)
+                stack.append(child)
+                keys.append("")
+                continue
+        else:
+            child = value
+        _put(stack[-1], keys[-1], child)
+    return root
+
+
+def _put(container: dict[str, Any] | list[Any], key: str, value: Any) -> None:
+    if isinstance(container, dict):
+        container[key] = value
+    else:
+        container.append(value)
+
+
+def _skip(first: Event, events: Iterator[Event]) -> None:
+    """Consume the rest of a value whose first event is `first`."""
+    if first[0] not in _OPEN:
+        return
+    depth = 1
+    while depth:
+        event, _ = _next(events)
+        if event in _OPEN:
+            depth += 1
+        elif event in _CLOSE:
+            depth -= 1
