@@ -6,7 +6,10 @@ import getpass
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +35,7 @@ from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
 from connector.rsit import RSIT, check_category
+from connector.store import Store
 
 if TYPE_CHECKING:
     from connector.channels.misp_sync import MispSync
@@ -534,26 +538,99 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
     # Bounded: the OS would take 70000 as 70000 % 65536 and listen somewhere unexpected.
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: server.port).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Worker processes on the port (default: server.workers)."),
+    ] = None,
 ) -> None:
-    """Serve the TAXII 2.1 API."""
-    import uvicorn
+    """Serve the TAXII 2.1 API (and /healthz, /readyz, metrics as configured) until SIGTERM.
 
-    from taxii_server import create_app
-    from taxii_server.server import uvicorn_options
+    Prints the address it listens on once it does. SIGTERM stops it gracefully: no new
+    connections, requests in flight finish (up to server.shutdown_timeout, then they are
+    cancelled), exit 0."""
+    # Stopped before it serves (the store still opening): nothing in flight, exit 0 at once.
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        _serve(config_path, host, port, workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
+
+def _serve(config_path: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
     config = _load(config_path)
+    count = workers or config.server.workers
+    metrics_dir = _prepare_workers(config, config_path, count)
+    from taxii_server import create_app  # after _prepare_workers: prometheus-client reads its variable
+    from taxii_server.server import CannotListen, run_server
+
     store = _open_store(config, create=True)
     try:
         application = create_app(config, store)
-    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+    except (ValueError, OSError) as exc:  # the asn_table (a malformed line, unreadable), metrics token
         raise _fail(str(exc)) from None
-    uvicorn.run(
-        application,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        # No proxy headers (server.trusted_proxies decides), TAXII errors for bad request heads.
-        **uvicorn_options(config),
-    )
+    bind = host or config.server.host
+    try:
+        stopped = run_server(
+            config,
+            application,
+            host=bind,
+            port=config.server.port if port is None else port,
+            workers=count,
+            announce=lambda line: out.print(line, markup=False, soft_wrap=True),
+            metrics_listener=lambda: _metrics_listener(config, application, store, count),
+        )
+    except CannotListen:
+        raise typer.Exit(1) from None  # its reason is logged (an error line, JSON)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    name = {signal.SIGTERM: " on SIGTERM", signal.SIGINT: " on SIGINT"}.get(stopped or 0, "")
+    out.print(f"meldpunt serve: stopped{name}; requests in flight were finished", markup=False)
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _prepare_workers(config: Config, config_path: Path | None, workers: int) -> Path | None:
+    """For several workers: what each (a new interpreter) needs to build its own application,
+    and with metrics on, a fresh directory for prometheus-client's multiprocess mode (returned,
+    to be removed when serving ends). Must run before prometheus-client is imported."""
+    if workers <= 1:
+        return None
+    import logging
+
+    from connector.config import config_path as resolve
+
+    os.environ["MELDPUNT_SERVE_CONFIG"] = str(resolve(config_path).absolute())
+    os.environ["MELDPUNT_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level).lower()
+    if not config.server.metrics.enabled:
+        return None
+    if "prometheus_client" in sys.modules:  # pragma: no cover - a programming error, not an input
+        raise RuntimeError("prometheus-client was imported before its multiprocess directory was set")
+    directory = Path(tempfile.mkdtemp(prefix="meldpunt-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
+def _metrics_listener(config: Config, application: object, store: Store, workers: int) -> object:
+    """server.metrics.port: a listener of its own for the scraper (in this process; with several
+    workers, the parent's, reading every worker's files). Returns its stop function."""
+    metrics = config.server.metrics
+    if not metrics.enabled or metrics.port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from taxii_server.metrics import ServerMetrics
+
+    state = application.state.meldpunt  # type: ignore[attr-defined]
+    source = ServerMetrics(store) if workers > 1 else state.metrics
+    try:
+        server, _thread = start_http_server(metrics.port, addr=metrics.host, registry=source.registry())
+    except OSError as exc:
+        raise _fail(f"cannot listen for metrics on {metrics.host}:{metrics.port}: {exc}", code=1) from None
+    out.print(f"meldpunt serve: metrics on http://{metrics.host}:{metrics.port}/metrics", markup=False)
+    return server.shutdown
 
 
 @app.command()

@@ -9,6 +9,7 @@ statement each.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,18 @@ from typing import Any
 
 from sqlalchemy import select
 
-from connector.store import audit, deliveries, maintenance, notifications, objects, outbox, runs, settings
+from connector.store import (
+    audit,
+    deliveries,
+    jobs,
+    maintenance,
+    notifications,
+    objects,
+    observe,
+    outbox,
+    runs,
+    settings,
+)
 from connector.store import schema as t
 from connector.store.engine import head_revision, lock_schema, make_engines, run_migrations
 from connector.store.records import Kind, NotificationRecord, VersionRecord
@@ -258,6 +270,32 @@ class Store:
         observable."""
         with self.reading() as reader:
             return reader.unrouted(run_id)
+
+    # --- observation: metrics and the scheduler's job states ---------------------------------------
+
+    def ingest_totals(self) -> Counter[tuple[str, str, str]]:
+        with self.engine.connect() as conn:
+            return observe.ingest_totals(conn)
+
+    def runs_by_status(self) -> Counter[str]:
+        with self.engine.connect() as conn:
+            return observe.runs_by_status(conn)
+
+    def outbox_open(self) -> Counter[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            return observe.outbox_open(conn)
+
+    def record_job(self, job: str, state: dict[str, Any]) -> None:
+        with self._write_engine.begin() as conn:
+            jobs.record(conn, job, state)
+
+    def job_state(self, job: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return jobs.state(conn, job)
+
+    def job_states(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return jobs.states(conn)
 
     # --- settings ----------------------------------------------------------------------------------
 

@@ -177,6 +177,7 @@ def fetch_page(
     s.store.audit(
         username=who.username, action=endpoint, collection_id=collection_id, objects=len(members), status=200
     )
+    s.metrics.objects_served.labels(endpoint).inc(len(members))
     return Page(members, more, token)
 
 
