@@ -11,7 +11,6 @@ import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,10 +25,12 @@ from connector.cli_common import known_recipient as _known_recipient
 from connector.cli_common import load as _load
 from connector.cli_common import mappings as _mappings
 from connector.cli_common import open_store as _open_store
+from connector.cli_run import run as run_command
 from connector.cli_store import store_app
 from connector.config import Config, ConfigError, RecipientConfig, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
+from connector.counts import nothing_usable
 from connector.ingest import IngestError, Ingestor
 from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
@@ -171,21 +172,6 @@ def _readable_inputs(paths: list[Path]) -> None:
         raise _fail("; ".join(problems) + "; nothing was ingested", code=1)
 
 
-def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
-    """Why an ingest that ran to its end still failed: rows were quarantined and not one became
-    a notification, which is what a wrong --format or a broken export looks like. Rows skipped
-    by design (blank lines, informational findings) are no fault: an input of only those
-    succeeds, as does an empty one."""
-    bad = counts.get("quarantined", 0) + counts.get("attributes_quarantined", 0)
-    if counts.get("notifications", 0) or not bad:
-        return None
-    return (
-        f"no notification: all {bad} quarantined ({counts.get('read', 0)} row(s) read, "
-        f"{counts.get('skipped', 0)} skipped); the reasons are listed above: is --format {fmt} "
-        "right for this input?"
-    )
-
-
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Recipients: import and check constituencies.", no_args_is_help=True)
 misp_app = typer.Typer(
@@ -197,6 +183,7 @@ app.add_typer(recipients_app, name="recipients")
 runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
+app.command("run")(run_command)
 
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)
@@ -367,13 +354,13 @@ def misp_sync(
 
     Exit 1 when a delivery failed, 2 when a recipient's entries were left queued because its
     MISP API key is not set."""
-    from connector.channels.misp_sync import MispSync, SyncSummary
+    from connector.channels.misp_sync import MispSync, SyncSummary, recipients_without_key
 
     config = _load(config_path)
     _known_recipient(config, recipient)
     sync = MispSync(config, _open_store(config, config_path))
     due = Counter(e["recipient"] for e in sync.due(recipient, include_later=now))
-    keyless = _misp_keys_missing(config, recipient)
+    keyless = recipients_without_key(config, recipient)
     for rid, variable in sorted(keyless.items()):
         if due[rid]:
             console.print(
@@ -399,7 +386,7 @@ def misp_sync(
         offset = 0
         for rid in runnable:
             # One recipient at a time, so that those without a key are left out (MispSync
-            # would mark each of their entries failed for good: see _misp_keys_missing).
+            # would mark each of their entries failed for good: see recipients_without_key).
             part = sync.run(
                 rid,
                 lambda done, _total, base=offset: progress.update(task, completed=base + done),
@@ -423,34 +410,6 @@ def misp_sync(
         raise typer.Exit(1)
     if any(due[rid] for rid in keyless):
         raise typer.Exit(2)
-
-
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-
-
-def _misp_keys_missing(config: Config, recipient: str | None) -> dict[str, str]:
-    """Recipients (all, or the one asked for) that push to a MISP whose API key variable is
-    not set, each with the variable as it may be named.
-
-    MispSync marks an entry it has no key for `failed`, and failed entries wait for
-    `meldpunt misp retry`: set the key afterwards and the next sync said "nothing due". A key
-    that is not there is the operator's to fix, not the event's fault, so the sync leaves
-    those recipients' entries queued and says why. A variable name that does not look like one
-    (an API key pasted into key_env) is not printed."""
-    missing = {}
-    for r in config.recipients:
-        channel = r.misp
-        if recipient not in (None, r.id) or channel is None or not channel.url:
-            continue
-        if not os.environ.get(channel.key_env or ""):
-            name = channel.key_env or ""
-            shown = (
-                f"environment variable {name}"
-                if _ENV_NAME.fullmatch(name)
-                else "the variable named by misp.key_env"
-            )
-            missing[r.id] = shown
-    return missing
 
 
 def _tell_failed_entries(sync: MispSync, recipient: str | None) -> None:
