@@ -19,6 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
+from connector import cli_retention
 from connector.cli_common import ConfigOption
 from connector.cli_common import fail as _fail
 from connector.cli_common import known_recipient as _known_recipient
@@ -184,6 +185,9 @@ runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_h
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
 app.command("run")(run_command)
+app.command("purge")(cli_retention.purge)
+app.command("forget")(cli_retention.forget)
+app.command("audit")(cli_retention.audit)
 
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)

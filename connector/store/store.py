@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from connector.store import (
     audit,
+    audit_search,
     deliveries,
     jobs,
     maintenance,
@@ -97,6 +98,16 @@ class Store:
     def backup(self, target: Path) -> int:
         """An online copy of a SQLite store (MaintenanceError for PostgreSQL: pg_dump)."""
         return maintenance.backup_sqlite(self.url, target)
+
+    def checkpoint(self) -> None:
+        """SQLite: the write-ahead log moved into the file and emptied (after removing personal
+        data, so it does not linger in old log frames). Nothing to do on PostgreSQL."""
+        if self.dialect == "sqlite":
+            raw = self._write_engine.raw_connection()  # outside any transaction, as the pragma needs
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            finally:
+                raw.close()
 
     def refresh_statistics(self) -> None:
         """PostgreSQL: ANALYZE the tables an ingest grows. Autovacuum gets to them only minutes
@@ -321,6 +332,11 @@ class Store:
     def audit_entries(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return audit.entries(conn)
+
+    def audit_search(self, **query: Any) -> list[dict[str, Any]]:
+        """Audit entries by user, collections, since (connector/store/audit_search.py)."""
+        with self.engine.connect() as conn:
+            return audit_search.search(conn, **query)
 
     def save_status(self, status: dict[str, Any], *, username: str, collection_id: str) -> None:
         with self._write_engine.begin() as conn:
