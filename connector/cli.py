@@ -6,9 +6,11 @@ import getpass
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,21 +19,25 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
+from connector import cli_retention
 from connector.cli_common import ConfigOption
 from connector.cli_common import fail as _fail
 from connector.cli_common import known_recipient as _known_recipient
 from connector.cli_common import load as _load
 from connector.cli_common import mappings as _mappings
 from connector.cli_common import open_store as _open_store
+from connector.cli_run import run as run_command
 from connector.cli_store import store_app
 from connector.config import Config, ConfigError, RecipientConfig, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
+from connector.counts import nothing_usable
 from connector.ingest import IngestError, Ingestor
 from connector.logs import LogLevelError, setup_logging
 from connector.normalize import canonical_ip_or_network, url_host
 from connector.passwords import hash_password, new_token
 from connector.rsit import RSIT, check_category
+from connector.store import Store
 
 if TYPE_CHECKING:
     from connector.channels.misp_sync import MispSync
@@ -167,21 +173,6 @@ def _readable_inputs(paths: list[Path]) -> None:
         raise _fail("; ".join(problems) + "; nothing was ingested", code=1)
 
 
-def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
-    """Why an ingest that ran to its end still failed: rows were quarantined and not one became
-    a notification, which is what a wrong --format or a broken export looks like. Rows skipped
-    by design (blank lines, informational findings) are no fault: an input of only those
-    succeeds, as does an empty one."""
-    bad = counts.get("quarantined", 0) + counts.get("attributes_quarantined", 0)
-    if counts.get("notifications", 0) or not bad:
-        return None
-    return (
-        f"no notification: all {bad} quarantined ({counts.get('read', 0)} row(s) read, "
-        f"{counts.get('skipped', 0)} skipped); the reasons are listed above: is --format {fmt} "
-        "right for this input?"
-    )
-
-
 route_app = typer.Typer(help="Routing: where notifications go, and why.", no_args_is_help=True)
 recipients_app = typer.Typer(help="Recipients: import and check constituencies.", no_args_is_help=True)
 misp_app = typer.Typer(
@@ -193,6 +184,10 @@ app.add_typer(recipients_app, name="recipients")
 runs_app = typer.Typer(help="Ingest runs: what ran, how it ended.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(store_app, name="store")
+app.command("run")(run_command)
+app.command("purge")(cli_retention.purge)
+app.command("forget")(cli_retention.forget)
+app.command("audit")(cli_retention.audit)
 
 
 AS_NUMBER_MAX = 2**32 - 1  # AS numbers are 32-bit (RFC 6793); AS0 is reserved (RFC 7607)
@@ -365,13 +360,13 @@ def misp_sync(
 
     Exit 1 when a delivery failed, 2 when a recipient's entries were left queued because its
     MISP API key is not set."""
-    from connector.channels.misp_sync import MispSync, SyncSummary
+    from connector.channels.misp_sync import MispSync, SyncSummary, recipients_without_key
 
     config = _load(config_path)
     _known_recipient(config, recipient)
     sync = MispSync(config, _open_store(config, config_path))
     due = Counter(e["recipient"] for e in sync.due(recipient, include_later=now))
-    keyless = _misp_keys_missing(config, recipient)
+    keyless = recipients_without_key(config, recipient)
     for rid, variable in sorted(keyless.items()):
         if due[rid]:
             console.print(
@@ -397,7 +392,7 @@ def misp_sync(
         offset = 0
         for rid in runnable:
             # One recipient at a time, so that those without a key are left out (MispSync
-            # would mark each of their entries failed for good: see _misp_keys_missing).
+            # would mark each of their entries failed for good: see recipients_without_key).
             part = sync.run(
                 rid,
                 lambda done, _total, base=offset: progress.update(task, completed=base + done),
@@ -421,34 +416,6 @@ def misp_sync(
         raise typer.Exit(1)
     if any(due[rid] for rid in keyless):
         raise typer.Exit(2)
-
-
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-
-
-def _misp_keys_missing(config: Config, recipient: str | None) -> dict[str, str]:
-    """Recipients (all, or the one asked for) that push to a MISP whose API key variable is
-    not set, each with the variable as it may be named.
-
-    MispSync marks an entry it has no key for `failed`, and failed entries wait for
-    `meldpunt misp retry`: set the key afterwards and the next sync said "nothing due". A key
-    that is not there is the operator's to fix, not the event's fault, so the sync leaves
-    those recipients' entries queued and says why. A variable name that does not look like one
-    (an API key pasted into key_env) is not printed."""
-    missing = {}
-    for r in config.recipients:
-        channel = r.misp
-        if recipient not in (None, r.id) or channel is None or not channel.url:
-            continue
-        if not os.environ.get(channel.key_env or ""):
-            name = channel.key_env or ""
-            shown = (
-                f"environment variable {name}"
-                if _ENV_NAME.fullmatch(name)
-                else "the variable named by misp.key_env"
-            )
-            missing[r.id] = shown
-    return missing
 
 
 def _tell_failed_entries(sync: MispSync, recipient: str | None) -> None:
@@ -536,26 +503,99 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
     # Bounded: the OS would take 70000 as 70000 % 65536 and listen somewhere unexpected.
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: server.port).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Worker processes on the port (default: server.workers)."),
+    ] = None,
 ) -> None:
-    """Serve the TAXII 2.1 API."""
-    import uvicorn
+    """Serve the TAXII 2.1 API (and /healthz, /readyz, metrics as configured) until SIGTERM.
 
-    from taxii_server import create_app
-    from taxii_server.server import uvicorn_options
+    Prints the address it listens on once it does. SIGTERM stops it gracefully: no new
+    connections, requests in flight finish (up to server.shutdown_timeout, then they are
+    cancelled), exit 0."""
+    # Stopped before it serves (the store still opening): nothing in flight, exit 0 at once.
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        _serve(config_path, host, port, workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
+
+def _serve(config_path: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
     config = _load(config_path)
+    count = workers or config.server.workers
+    metrics_dir = _prepare_workers(config, config_path, count)
+    from taxii_server import create_app  # after _prepare_workers: prometheus-client reads its variable
+    from taxii_server.server import CannotListen, run_server
+
     store = _open_store(config, create=True)
     try:
         application = create_app(config, store)
-    except (ValueError, OSError) as exc:  # the asn_table: a malformed line, or unreadable
+    except (ValueError, OSError) as exc:  # the asn_table (a malformed line, unreadable), metrics token
         raise _fail(str(exc)) from None
-    uvicorn.run(
-        application,
-        host=host or config.server.host,
-        port=config.server.port if port is None else port,
-        # No proxy headers (server.trusted_proxies decides), TAXII errors for bad request heads.
-        **uvicorn_options(config),
-    )
+    bind = host or config.server.host
+    try:
+        stopped = run_server(
+            config,
+            application,
+            host=bind,
+            port=config.server.port if port is None else port,
+            workers=count,
+            announce=lambda line: out.print(line, markup=False, soft_wrap=True),
+            metrics_listener=lambda: _metrics_listener(config, application, store, count),
+        )
+    except CannotListen:
+        raise typer.Exit(1) from None  # its reason is logged (an error line, JSON)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    name = {signal.SIGTERM: " on SIGTERM", signal.SIGINT: " on SIGINT"}.get(stopped or 0, "")
+    out.print(f"meldpunt serve: stopped{name}; requests in flight were finished", markup=False)
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _prepare_workers(config: Config, config_path: Path | None, workers: int) -> Path | None:
+    """For several workers: what each (a new interpreter) needs to build its own application,
+    and with metrics on, a fresh directory for prometheus-client's multiprocess mode (returned,
+    to be removed when serving ends). Must run before prometheus-client is imported."""
+    if workers <= 1:
+        return None
+    import logging
+
+    from connector.config import config_path as resolve
+
+    os.environ["MELDPUNT_SERVE_CONFIG"] = str(resolve(config_path).absolute())
+    os.environ["MELDPUNT_LOG_LEVEL"] = logging.getLevelName(logging.getLogger().level).lower()
+    if not config.server.metrics.enabled:
+        return None
+    if "prometheus_client" in sys.modules:  # pragma: no cover - a programming error, not an input
+        raise RuntimeError("prometheus-client was imported before its multiprocess directory was set")
+    directory = Path(tempfile.mkdtemp(prefix="meldpunt-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
+def _metrics_listener(config: Config, application: object, store: Store, workers: int) -> object:
+    """server.metrics.port: a listener of its own for the scraper (in this process; with several
+    workers, the parent's, reading every worker's files). Returns its stop function."""
+    metrics = config.server.metrics
+    if not metrics.enabled or metrics.port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from taxii_server.metrics import ServerMetrics
+
+    state = application.state.meldpunt  # type: ignore[attr-defined]
+    source = ServerMetrics(store) if workers > 1 else state.metrics
+    try:
+        server, _thread = start_http_server(metrics.port, addr=metrics.host, registry=source.registry())
+    except OSError as exc:
+        raise _fail(f"cannot listen for metrics on {metrics.host}:{metrics.port}: {exc}", code=1) from None
+    out.print(f"meldpunt serve: metrics on http://{metrics.host}:{metrics.port}/metrics", markup=False)
+    return server.shutdown
 
 
 @app.command()

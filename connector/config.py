@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connector.normalize import mapped_ipv4_network
 from connector.publicsuffix import is_public_suffix
@@ -53,6 +61,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as seconds: a number, or text like `90s`, `15m`, `6h`, `1d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 15m, 6h, 1d, not yes/no")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (seconds, or a number with s, m, h or d: 15m)")
+        return int(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    return value
+
+
+def _env_name(value: str | None) -> str | None:
+    # The variable's name, never its value: a pasted secret must not sit in the file.
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError("must be the name of an environment variable (letters, digits, _), not its value")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics of `meldpunt serve`. Off by default; when on, they are either on a
+    listener of their own (`port`, on `host`, for a scraper on a private network) or on the
+    TAXII port at /metrics behind a bearer token (`token_env` names the variable holding it),
+    or both. Never open to anyone who can reach the TAXII port."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    token_env: str | None = None
+
+    _check_env = field_validator("token_env")(_env_name)
+
+    @model_validator(mode="after")
+    def _guarded(self) -> MetricsConfig:
+        if self.enabled and self.port is None and self.token_env is None:
+            raise ValueError(
+                "enabled metrics need a port (a listener of their own) or token_env (a bearer token "
+                "for /metrics on the TAXII port): they are never served unguarded"
+            )
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(6100, ge=1, le=65535)
@@ -81,6 +139,11 @@ class ServerConfig(_Strict):
     # client address; a request beyond either bound is refused (429) before anything is hashed.
     max_concurrent_verifications: int = Field(4, ge=1, le=64)
     max_concurrent_verifications_per_client: int = Field(2, ge=1, le=64)
+    # Processes serving the port (uvicorn workers; PostgreSQL for more than one: see README).
+    workers: int = Field(1, ge=1, le=64)
+    # After SIGTERM, how long requests in flight may take to finish before they are cancelled.
+    shutdown_timeout: Seconds = 30.0
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -93,7 +156,36 @@ class ServerConfig(_Strict):
             raise ValueError(
                 f"page_size_default ({self.page_size_default}) exceeds page_size_max ({self.page_size_max})"
             )
+        if self.metrics.port is not None and self.metrics.port == self.port:
+            raise ValueError(f"metrics.port {self.metrics.port} is the TAXII port: give the metrics another")
         return self
+
+
+class MispPull(_Strict):
+    """Events pulled from a partner's MISP instance (Connect2Trust) by `meldpunt run`, through
+    PyMISP's restSearch, and ingested as the `misp-event` format."""
+
+    url: str = Field(pattern=r"^https?://")
+    key_env: str
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    interval: Seconds = 900.0
+    # restSearch filters: only events with these tags (`rsit:%`), only published ones.
+    tags: list[str] = []
+    published: bool = True
+    # The first pull asks for events changed this long ago; later ones since the last
+    # successful pull began, less `overlap` (re-ingesting an event changes nothing).
+    first_pull: Seconds = 86400.0
+    overlap: Seconds = 300.0
+
+    _check_env = field_validator("key_env")(_env_name)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+        return value
 
 
 class PartnerConfig(_Strict):
@@ -102,6 +194,65 @@ class PartnerConfig(_Strict):
     default_tlp: Tlp = "amber"
     # Adapters (ingest formats) this partner may deliver through; empty means any.
     formats: list[str] = []
+    misp_pull: MispPull | None = None
+
+    @model_validator(mode="after")
+    def _pull_is_a_format(self) -> PartnerConfig:
+        if self.misp_pull is not None and self.formats and "misp-event" not in self.formats:
+            raise ValueError("misp_pull ingests the misp-event format: add misp-event to formats")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """The recurring work `meldpunt run` does: spool pick-up, MISP pulls, MISP sync."""
+
+    # Partners drop files in spool_dir/PARTNER/FORMAT/ (relative to the config file).
+    spool_dir: Path | None = None
+    spool_interval: Seconds = 60.0
+    # A file is picked up only once unchanged (size and modification time) for this long, so
+    # one still being written is left alone; `.part` files never are (write, then rename).
+    settle_seconds: Annotated[float, BeforeValidator(_seconds), Field(ge=0)] = 30.0
+    misp_sync_interval: Seconds | None = 300.0  # null: `meldpunt run` does not sync
+    keep_done_days: int = Field(30, ge=1)  # done/ and failed/ files are deleted after this
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"no such directory {str(value)!r} (paths are relative to the config file)")
+        return value
+
+
+LEAKED_CREDENTIALS = "information-content-security/data-leak"
+DEFAULT_RETENTION_DAYS = 400
+DEFAULT_CLASSIFICATION_DAYS = {LEAKED_CREDENTIALS: 30}
+
+
+class RetentionConfig(_Strict):
+    """How long notifications are kept after their last version was received, per RSIT
+    classification (`taxonomy/type` wins over `taxonomy`, which wins over `default_days`).
+    Leaked credentials are kept 30 days unless set otherwise here."""
+
+    default_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
+    classifications: dict[str, Annotated[int, Field(ge=1)]] = {}
+    # Quarantined and skipped rows of runs (their raw lines may hold anything the input did).
+    quarantine_days: int = Field(30, ge=1)
+
+    @field_validator("classifications")
+    @classmethod
+    def _known(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            check_category(key)
+        return value
+
+    def periods(self) -> dict[str, int]:
+        """Days per classification: the defaults (leaked credentials 30) with the configured."""
+        return {**DEFAULT_CLASSIFICATION_DAYS, **self.classifications}
+
+    def days_for(self, taxonomy: str, type_: str) -> int:
+        periods = self.periods()
+        found = periods.get(f"{taxonomy}/{type_}", periods.get(taxonomy))
+        return self.default_days if found is None else found
 
 
 class Constituency(_Strict):
@@ -309,6 +460,8 @@ class Config(_Strict):
     asn_table: Path | None = None
     opt_out: OptOut = OptOut()
     users: list[UserConfig] = []
+    scheduler: SchedulerConfig = SchedulerConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     _check_database = field_validator("database")(_database_url)
 
@@ -423,6 +576,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         misp = recipient.get("misp") if isinstance(recipient, dict) else None
         if isinstance(misp, dict) and isinstance(misp.get("ca_bundle"), str):
             misp["ca_bundle"] = str(base / misp["ca_bundle"])
+    for partner in raw.get("partners") or []:
+        pull = partner.get("misp_pull") if isinstance(partner, dict) else None
+        if isinstance(pull, dict) and isinstance(pull.get("ca_bundle"), str):
+            pull["ca_bundle"] = str(base / pull["ca_bundle"])
+    scheduler = raw.get("scheduler")
+    if isinstance(scheduler, dict) and isinstance(scheduler.get("spool_dir"), str):
+        scheduler["spool_dir"] = str(base / scheduler["spool_dir"])
     if isinstance(raw.get("recipient_files"), list):
         raw["recipient_files"] = [str(base / f) if isinstance(f, str) else f for f in raw["recipient_files"]]
 
@@ -507,6 +667,12 @@ def consistency_problems(config: Config) -> Iterable[str]:
             yield f"recipients[{i}]({r.id}).max_tlp: unknown level"
     yield from _parent_cycles(config)
     yield from _ownership_conflicts(config)
+    for i, p in enumerate(config.partners):
+        if p.misp_pull is not None and config.scheduler.spool_dir is None:
+            yield (
+                f"partners[{i}]({p.id}).misp_pull: needs scheduler.spool_dir (pulled events are kept "
+                "there, in PARTNER/misp-event/done/, like any delivered file)"
+            )
     for i, u in enumerate(config.users):
         where = f"users[{i}]({u.username})"
         if u.recipient is None and u.inbox is None and not u.operator:

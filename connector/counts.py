@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,3 +85,18 @@ COUNT_NAMES = (
     "gone",
     "withheld",
 )
+
+
+def nothing_usable(counts: Mapping[str, int], fmt: str) -> str | None:
+    """Why an ingest that ran to its end still failed: rows were quarantined and not one became
+    a notification, which is what a wrong --format or a broken export looks like. Rows skipped
+    by design (blank lines, informational findings) are no fault: an input of only those
+    succeeds, as does an empty one."""
+    bad = counts.get("quarantined", 0) + counts.get("attributes_quarantined", 0)
+    if counts.get("notifications", 0) or not bad:
+        return None
+    return (
+        f"no notification: all {bad} quarantined ({counts.get('read', 0)} row(s) read, "
+        f"{counts.get('skipped', 0)} skipped); the reasons are listed above: is --format {fmt} "
+        "right for this input?"
+    )

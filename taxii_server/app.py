@@ -29,9 +29,10 @@ from taxii_server.errors import (
     handle_validation_error,
 )
 from taxii_server.media import taxii_response
+from taxii_server.metrics import RequestMetrics, ServerMetrics
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec, token_secret
-from taxii_server.routes import collections, discovery, inbox, misp_feed, objects, stats, status
+from taxii_server.routes import collections, discovery, health, inbox, misp_feed, objects, stats, status
 
 log = logging.getLogger("meldpunt.taxii")
 
@@ -50,6 +51,22 @@ def _token_secret(config: Config, store: Store) -> bytes:
         extra={"env": config.server.token_secret_env},
     )
     return secret
+
+
+def _metrics_token(config: Config) -> str | None:
+    """The bearer token for /metrics on this port, when the configuration asks for one; a
+    variable it names but that is not set stops the server (metrics are never unguarded)."""
+    metrics = config.server.metrics
+    if not metrics.enabled or metrics.token_env is None:
+        return None
+    token = os.environ.get(metrics.token_env)
+    if not token:
+        raise ValueError(
+            f"server.metrics.token_env: the environment variable {metrics.token_env} is not set; "
+            "set it to the token scrapers send (Authorization: Bearer ...)"
+        )
+    redact(token)
+    return token
 
 
 class HeadAsGet:
@@ -130,6 +147,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     )
     rows = collection_rows(config)
     store.sync_collections(rows)
+    metrics = ServerMetrics(store)
     app.state.meldpunt = ServerState(
         config=config,
         store=store,
@@ -138,11 +156,15 @@ def create_app(config: Config, store: Store) -> FastAPI:
         collections={r.id: r for r in rows},
         view=CollectionView(store),
         router=Router(config),
+        metrics=metrics,
     )
     app.add_exception_handler(TaxiiError, handle_taxii_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
+    app.include_router(health.router)  # first: /healthz must not fall to /{api_root}/'s redirect
+    token = _metrics_token(config)
+    app.include_router(health.metrics_router(token) if token is not None else health.metrics_absent())
     taxii = [Depends(principal)]  # authentication on by default for every TAXII route
     app.include_router(discovery.router, dependencies=taxii)
     app.include_router(collections.router, dependencies=taxii)
@@ -151,6 +173,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.include_router(status.router, dependencies=taxii)
     app.include_router(misp_feed.router, dependencies=[Depends(authenticated)])  # MISP, not TAXII
     app.include_router(stats.router, dependencies=[Depends(authenticated)])  # JSON, not TAXII
+    app.add_middleware(RequestMetrics, metrics=metrics)  # innermost: it reads the matched route
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestHeadLimit, limit=config.server.max_request_head_bytes)  # outermost
     app.openapi = lambda: taxii_openapi(app)  # type: ignore[method-assign]

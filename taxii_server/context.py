@@ -21,6 +21,7 @@ from taxii_server.errors import (
     not_found,
 )
 from taxii_server.media import accepts_taxii
+from taxii_server.metrics import ServerMetrics
 from taxii_server.pagination import TokenCodec
 from taxii_server.params import storable
 
@@ -39,6 +40,7 @@ class ServerState:
     # Built once here: the IP-to-ASN table alone takes about a second to load, which every
     # inbox POST paid on the event loop when each built its own.
     router: Router
+    metrics: ServerMetrics
 
 
 def state(request: Request) -> ServerState:
@@ -92,9 +94,11 @@ async def authenticated(request: Request) -> Principal:
     bounded verification slots, never the worker threads everybody else needs, and gets its
     answers no faster than its back-off allows."""
     authenticator = state(request).authenticator
+    failures = state(request).metrics.login_failures
     try:
         outcome = authenticator.begin(request.headers.get("authorization"), client_address(request))
     except TooManyAttempts as refusal:
+        failures.labels("refused").inc()
         await asyncio.sleep(refusal.delay)
         raise
     if isinstance(outcome, Principal):
@@ -103,6 +107,7 @@ async def authenticated(request: Request) -> Principal:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(authenticator.executor, authenticator.verify, outcome)
     except AuthenticationFailed as failure:
+        failures.labels("failed").inc()
         await asyncio.sleep(failure.delay)
         raise
     finally:

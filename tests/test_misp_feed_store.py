@@ -204,3 +204,22 @@ def test_the_server_builds_the_feed_in_the_background(tmp_path: Path) -> None:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=10)
         store.close()
+
+
+def test_an_event_with_nothing_left_is_not_served(feed_store: tuple[Config, Store]) -> None:
+    """Every notification of the recipient's events deleted from its collection: the events
+    leave the feed (no empty event, no file), instead of failing to build (an event needs a
+    date, which only its notifications give)."""
+    config, store = feed_store
+    refresh_feeds(config, store)
+    events = [uuid for uuid, _label in store.misp_events("zcert")]
+    assert events
+    zcert = recipient_collection_id("zcert")
+    view = CollectionView(store)
+    for m in view.page(zcert, after=None, limit=10_000, types=("sighting",)):
+        view.remove(zcert, m.stix_id, VersionFilter(all=True))
+    assert refresh_feeds(config, store)["zcert"] == len(events)
+    files = feed_files(config, store, "zcert")
+    assert files == {"manifest.json": b"{}", "hashes.csv": b""}
+    assert all(feed_file(config, store, "zcert", f"{uuid}.json") is None for uuid in events)
+    assert refresh_feeds(config, store)["zcert"] == 0, "an empty event is built again and again"

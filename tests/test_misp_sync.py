@@ -15,10 +15,11 @@ import yaml
 
 from connector.adapters.mapping import load_mappings
 from connector.channels.misp_sync import MispSync
-from connector.collections import collection_rows
+from connector.collections import collection_rows, recipient_collection_id
 from connector.config import parse_config
 from connector.ingest import Ingestor
-from connector.store import Store
+from connector.render.collection import CollectionView
+from connector.store import Store, VersionFilter
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, SHARED_DATA
 from tests.misp_fake import MispFake
 
@@ -101,6 +102,22 @@ def test_a_second_sync_changes_nothing(tmp_path, fakes, monkeypatch) -> None:  #
     again = MispSync(config, store).run()
     assert again.counts["unchanged"] > 0 and set(again.counts) == {"unchanged"}
     assert [len(f.mutations) for f in fakes] == before
+
+
+def test_an_event_emptied_before_its_first_push_is_not_pushed(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every notification of zcert's events deleted from its collection before any sync: no
+    empty event reaches its MISP (and the sync does not fail building one), ibd's still do."""
+    config, store = deployment(tmp_path, fakes, monkeypatch)
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    zcert = recipient_collection_id("zcert")
+    view = CollectionView(store)
+    for m in view.page(zcert, after=None, limit=10_000, types=("sighting",)):
+        view.remove(zcert, m.stix_id, VersionFilter(all=True))
+    summary = MispSync(config, store).run()
+    assert not summary.errors
+    assert summary.per_recipient["zcert"] == {"empty": len(store.misp_events("zcert"))}
+    assert fakes[0].events == {} and fakes[1].events
+    assert MispSync(config, store).run().counts == {}
 
 
 def test_an_outage_mid_sync_delays_and_then_delivers_everything_once(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -1,9 +1,10 @@
 """Hardening of the TAXII server's edges (issue #14): trusted proxies, values PostgreSQL text
 cannot hold, HEAD, over-long request heads, `next` without `added_after`, `Token` auth.
 
-Servers started "like `meldpunt serve`" go through the serve command itself, with uvicorn.run
-replaced by a server on a socket of 127.0.0.1 that this test bound: what is checked is the
-settings the command really gives uvicorn, not a copy of them here.
+Servers started "like `meldpunt serve`" go through the serve command itself, with its
+run_server replaced by uvicorn on a socket of 127.0.0.1 that this test bound, given the settings
+run_server gives it (uvicorn_options): what is checked is the application the command builds
+and the settings it uses, not a copy of them here.
 """
 
 from __future__ import annotations
@@ -85,18 +86,18 @@ def served_by_cli(monkeypatch: pytest.MonkeyPatch, config_path: Path) -> Iterato
 
     started: dict[str, Any] = {}
 
-    def run(app: Any, **options: Any) -> None:
-        options.pop("host", None)
-        options.pop("port", None)
+    def run_server(config: Any, application: Any, **_where: Any) -> None:
+        from taxii_server.server import uvicorn_options
+
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, **options))
+        server = uvicorn.Server(uvicorn.Config(application, **uvicorn_options(config)))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         started.update(server=server, thread=thread, port=sock.getsockname()[1])
 
-    monkeypatch.setattr(uvicorn, "run", run)
-    cli.serve(config_path=config_path, host=None, port=None)
+    monkeypatch.setattr("taxii_server.server.run_server", run_server)
+    cli.serve(config_path=config_path, host=None, port=None, workers=None)
     server, thread = started["server"], started["thread"]
     deadline = time.monotonic() + 20
     while not server.started:

@@ -64,6 +64,8 @@ def build_feed_event(config: Config, store: Store, recipient: str, event_uuid: s
     """One event as the feed serves it (PyMISP's own feed rendering)."""
     channel = config.recipient(recipient).misp or MispChannel(feed=True)
     built = build_event(config, store, recipient, event_uuid, label, channel, None)
+    if not built.versions:  # every notification of it deleted from the collection: not served
+        return FeedEvent(event_uuid=event_uuid, body="", manifest="", hashes="", timestamp=0)
     event = built.event
     # Stable timestamps (the newest notification version), so the feed's bytes change, and
     # MISP pulls again, only when something changed.

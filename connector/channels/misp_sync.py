@@ -189,6 +189,12 @@ class MispSync:
                 self._mark(entry, status="done")
                 summary.add(rid, "unchanged")
                 return
+            if not built.versions and entry["pushed_hash"] is None:
+                # Every notification of it was deleted from the collection before it was ever
+                # pushed: an empty event would only clutter the recipient's MISP.
+                self._mark(entry, status="done")
+                summary.add(rid, "empty")
+                return
             client = self._client(rid, channel)
             outcome = push_event(client, built.event, publish=channel.publish)
         except Retryable as exc:
@@ -371,3 +377,28 @@ def _edit_after_race(client: Any, event: Any, publish: bool) -> str:
     if publish:
         client.publish(event.uuid)
     return "edited"
+
+
+def recipients_without_key(config: Config, recipient: str | None) -> dict[str, str]:
+    """Recipients (all, or the one asked for) that push to a MISP whose API key variable is
+    not set, each with the variable as it may be named.
+
+    MispSync marks an entry it has no key for `failed`, and failed entries wait for
+    `meldpunt misp retry`: set the key afterwards and the next sync said "nothing due". A key
+    that is not there is the operator's to fix, not the event's fault, so the sync leaves
+    those recipients' entries queued and says why. A variable name that does not look like one
+    (an API key pasted into key_env) is not printed."""
+    missing = {}
+    for r in config.recipients:
+        channel = r.misp
+        if recipient not in (None, r.id) or channel is None or not channel.url:
+            continue
+        if not os.environ.get(channel.key_env or ""):
+            name = channel.key_env or ""
+            shown = (
+                f"environment variable {name}"
+                if _ENV_NAME.fullmatch(name)
+                else "the variable named by misp.key_env"
+            )
+            missing[r.id] = shown
+    return missing

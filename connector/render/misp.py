@@ -178,7 +178,8 @@ def build_event(
     first = notes[0] if notes else None
     partner_name = config.partner(first.kind.partner).name if first else "?"
     event.info = f"Security Meldpunt: {partner_name} {label}"
-    event.date = notification_of(first.record, first.kind, {}).day if first else None
+    if first is not None:  # else an event nothing is left of (all deleted from the collection)
+        event.date = notification_of(first.record, first.kind, {}).day
     event.analysis = 2
     event.threat_level_id = min([_THREAT_LEVEL.get(n.kind.severity or "", 4) for n in notes] or [4])
     org = MISPOrganisation()

@@ -61,6 +61,7 @@ def entries(conn: Connection, recipient: str) -> list[tuple[str, str, str]]:
         select(fe.c.event_uuid, fe.c.manifest, fe.c.hashes)
         .select_from(fe.join(ob, and_(ob.c.recipient == fe.c.recipient, ob.c.event_uuid == fe.c.event_uuid)))
         .where(fe.c.recipient == recipient)
+        .where(fe.c.manifest != "")  # an event with nothing left to show is kept out of the feed
     )
     return [(r[0], r[1], r[2]) for r in conn.execute(query)]
 
@@ -69,4 +70,4 @@ def body(conn: Connection, recipient: str, event_uuid: str) -> str | None:
     fe = t.misp_feed_events
     query = select(fe.c.body).where(and_(fe.c.recipient == recipient, fe.c.event_uuid == event_uuid))
     found = conn.execute(query).scalar()
-    return None if found is None else str(found)
+    return None if not found else str(found)  # "": an event with nothing left to show

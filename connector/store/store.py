@@ -9,6 +9,7 @@ statement each.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from sqlalchemy import select
 
 from connector.store import (
     audit,
+    audit_search,
     deliveries,
     feed,
+    jobs,
     maintenance,
     notifications,
     objects,
+    observe,
     outbox,
     runs,
     settings,
@@ -97,6 +101,16 @@ class Store:
     def backup(self, target: Path) -> int:
         """An online copy of a SQLite store (MaintenanceError for PostgreSQL: pg_dump)."""
         return maintenance.backup_sqlite(self.url, target)
+
+    def checkpoint(self) -> None:
+        """SQLite: the write-ahead log moved into the file and emptied (after removing personal
+        data, so it does not linger in old log frames). Nothing to do on PostgreSQL."""
+        if self.dialect == "sqlite":
+            raw = self._write_engine.raw_connection()  # outside any transaction, as the pragma needs
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            finally:
+                raw.close()
 
     def refresh_statistics(self) -> None:
         """PostgreSQL: ANALYZE the tables an ingest grows. Autovacuum gets to them only minutes
@@ -271,6 +285,32 @@ class Store:
         with self.reading() as reader:
             return reader.unrouted(run_id)
 
+    # --- observation: metrics and the scheduler's job states ---------------------------------------
+
+    def ingest_totals(self) -> Counter[tuple[str, str, str]]:
+        with self.engine.connect() as conn:
+            return observe.ingest_totals(conn)
+
+    def runs_by_status(self) -> Counter[str]:
+        with self.engine.connect() as conn:
+            return observe.runs_by_status(conn)
+
+    def outbox_open(self) -> Counter[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            return observe.outbox_open(conn)
+
+    def record_job(self, job: str, state: dict[str, Any]) -> None:
+        with self._write_engine.begin() as conn:
+            jobs.record(conn, job, state)
+
+    def job_state(self, job: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return jobs.state(conn, job)
+
+    def job_states(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return jobs.states(conn)
+
     # --- settings ----------------------------------------------------------------------------------
 
     def setting(self, name: str, make: Callable[[], str]) -> str:
@@ -336,6 +376,11 @@ class Store:
     def audit_entries(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return audit.entries(conn)
+
+    def audit_search(self, **query: Any) -> list[dict[str, Any]]:
+        """Audit entries by user, collections, since (connector/store/audit_search.py)."""
+        with self.engine.connect() as conn:
+            return audit_search.search(conn, **query)
 
     def save_status(self, status: dict[str, Any], *, username: str, collection_id: str) -> None:
         with self._write_engine.begin() as conn:

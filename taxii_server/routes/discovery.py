@@ -15,7 +15,10 @@ router = APIRouter()
 @router.get("/taxii2/")
 def discovery(request: Request) -> Response:
     s = state(request)
-    root = f"{request.base_url}{s.config.server.api_root}/"
+    # Behind a reverse proxy that terminates TLS the request arrives as plain HTTP for the
+    # proxy's address: server.public_url is where clients reach the API root.
+    base = s.config.server.public_url or str(request.base_url)
+    root = f"{base.rstrip('/')}/{s.config.server.api_root}/"
     return taxii_response(
         {
             "title": s.config.server.title,

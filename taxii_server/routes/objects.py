@@ -184,6 +184,7 @@ def fetch_page(
         objects=len(members),
         delivered=[(m.notification, m.stamp) for m in members if delivering and m.notification and m.stamp],
     )
+    s.metrics.objects_served.labels(endpoint).inc(len(members))
     return Page(members, more, token)
 
 

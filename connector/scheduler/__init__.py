@@ -1,0 +1,1 @@
+"""The recurring work of `meldpunt run`: spool pick-up, MISP pulls, MISP sync."""

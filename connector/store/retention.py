@@ -1,0 +1,413 @@
+"""SQL of retention and of a data subject's request: finding notifications by age or by value,
+and taking them out of every table they live in (connector/retention.py decides what goes).
+
+Removing a notification takes its row, its versions (the chain through `previous`), its ids,
+its observation times, its entries in the delivery log, the removals (TAXII DELETE) recorded
+against those entries, its MISP event memberships, and, for a notification of the old layout,
+its stored objects. The delivery log's blocks are rewritten without the entries: the entries
+keep their date_added values and their blocks their `last`, so nothing else moves and no
+cursor a client holds points anywhere else than before.
+
+Reads take any connection; writes the Writer of an exclusive transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from connector.store import deliveries
+from connector.store.notifications import NOTIFICATION_COLUMNS, notification_record
+from connector.store.records import NotificationRecord
+from connector.store.writer import SLOTS, Writer, rows_in
+
+_N = ", ".join(NOTIFICATION_COLUMNS)
+
+
+def _sql(conn: Connection, statement: str) -> str:
+    return statement.replace("?", "%s") if conn.dialect.name == "postgresql" else statement
+
+
+def _contains(conn: Connection, column: str) -> str:
+    """`column` holds the parameter as a substring (no LIKE: a value's % and _ are literal)."""
+    return f"strpos({column}, ?) > 0" if conn.dialect.name == "postgresql" else f"instr({column}, ?) > 0"
+
+
+# --- finding -------------------------------------------------------------------------------------
+
+
+def received_before(conn: Connection, stamp: int, after_pk: int, limit: int) -> list[tuple[int, int, int]]:
+    """(pk, kind, latest) of up to `limit` notifications with pk above `after_pk` whose latest
+    version was written before `stamp` (µs), in pk order. No index serves `latest`: a purge
+    walks the table once, a page at a time."""
+    sql = "SELECT pk, kind, latest FROM notifications WHERE pk > ? AND latest < ? ORDER BY pk LIMIT ?"
+    return [
+        (int(a), int(b), int(c))
+        for a, b, c in conn.exec_driver_sql(_sql(conn, sql), (after_pk, stamp, limit))
+    ]
+
+
+def observables_after(
+    conn: Connection, after_pk: int, limit: int
+) -> list[tuple[int, str | None, str | None, str | None, str | None]]:
+    """(pk, ip, hostname, url, email) of up to `limit` notifications above `after_pk`."""
+    sql = "SELECT pk, ip, hostname, url, email FROM notifications WHERE pk > ? ORDER BY pk LIMIT ?"
+    return [tuple(r) for r in conn.exec_driver_sql(_sql(conn, sql), (after_pk, limit))]  # type: ignore[misc]
+
+
+def highest_notification(conn: Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT max(pk) FROM notifications").scalar() or 0)
+
+
+def notifications_above(conn: Connection, pk: int) -> list[NotificationRecord]:
+    """Notifications written after `pk` was the highest (new since a scan)."""
+    sql = f"SELECT {_N} FROM notifications WHERE pk > ? ORDER BY pk"
+    return [notification_record(r) for r in conn.exec_driver_sql(_sql(conn, sql), (pk,))]
+
+
+def notifications_matching(conn: Connection, value: str) -> list[tuple[int, str | None]]:
+    """(pk, url) of notifications whose address, host name, e-mail address or URL is `value`,
+    or whose URL holds it as text (the caller checks it is the URL's host or a part of it). A
+    whole-table scan: none of these columns is indexed."""
+    url = _contains(conn, "url")
+    sql = f"SELECT pk, url FROM notifications WHERE ip = ? OR hostname = ? OR email = ? OR url = ? OR {url}"
+    return [(int(r[0]), r[1]) for r in conn.exec_driver_sql(_sql(conn, sql), (value,) * 5)]
+
+
+def evidence_containing(conn: Connection, text: str) -> list[tuple[int, str]]:
+    """(pk, body) of evidence whose JSON holds `text` anywhere."""
+    sql = f"SELECT pk, body FROM evidence WHERE {_contains(conn, 'body')}"
+    return [(int(pk), body) for pk, body in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+
+
+def notifications_with_evidence(conn: Connection, evidence: Sequence[int]) -> set[int]:
+    """Notifications whose row or any version points at one of these evidence rows."""
+    found = {
+        int(r[0]) for r in rows_in(conn, "SELECT pk FROM notifications WHERE evidence IN ({in})", evidence)
+    }
+    statement = "SELECT notification FROM notification_versions WHERE evidence IN ({in})"
+    found |= {int(r[0]) for r in rows_in(conn, statement, evidence)}
+    return found
+
+
+def stored_objects_containing(conn: Connection, text: str) -> list[tuple[int, str, str, str]]:
+    """(pk, stix_id, type, body) of stored STIX objects whose JSON holds `text`."""
+    sql = f"SELECT pk, stix_id, type, body FROM stix_objects WHERE {_contains(conn, 'body')}"
+    return [(int(a), b, c, d) for a, b, c, d in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+
+
+def stored_objects_with_ids(conn: Connection, ids: Sequence[str]) -> list[tuple[int, str, str, str]]:
+    statement = "SELECT pk, stix_id, type, body FROM stix_objects WHERE stix_id IN ({in})"
+    return [(int(a), b, c, d) for a, b, c, d in rows_in(conn, statement, ids)]
+
+
+def texts_containing(conn: Connection, table: str, key: str, columns: Sequence[str], text: str) -> list[Any]:
+    """Keys of rows of `table` any of whose `columns` holds `text` (run_rows, statuses, ...)."""
+    condition = " OR ".join(f"({c} IS NOT NULL AND {_contains(conn, c)})" for c in columns)
+    sql = f"SELECT {key} FROM {table} WHERE {condition}"
+    return [r[0] for r in conn.exec_driver_sql(_sql(conn, sql), (text,) * len(columns))]
+
+
+def misp_rows_of(conn: Connection, recipient: str, pks: Sequence[int]) -> list[tuple[str, int]]:
+    """(event uuid, notification) memberships of these notifications in the recipient's events."""
+    statement = (
+        "SELECT event_uuid, notification FROM misp_event_members "
+        "WHERE recipient = ? AND notification IN ({in})"
+    )
+    return [(r[0], int(r[1])) for r in rows_in(conn, statement, sorted(set(pks)), recipient)]
+
+
+def run_rows_before(conn: Connection, started_before: str) -> int:
+    sql = "SELECT count(*) FROM run_rows WHERE run_id IN (SELECT id FROM ingest_runs WHERE started_at < ?)"
+    return int(conn.exec_driver_sql(_sql(conn, sql), (started_before,)).scalar() or 0)
+
+
+def blocks_holding(conn: Connection, collection: int, stamps: Sequence[int]) -> Iterator[deliveries.Block]:
+    yield from deliveries._blocks_holding(conn, collection, sorted(set(stamps)))
+
+
+# --- removing ------------------------------------------------------------------------------------
+
+
+def secure_delete(w: Writer, on: bool) -> None:
+    """SQLite: overwrite what is deleted with zeros (freed pages included), so that removed
+    personal data does not stay readable in the file's free space. PostgreSQL keeps dead rows
+    until VACUUM, which autovacuum runs (docs/deploy.md)."""
+    if w.dialect == "sqlite":
+        w.conn.exec_driver_sql(f"PRAGMA secure_delete = {'ON' if on else 'OFF'}")
+
+
+def drop_entries(w: Writer, collection: int, stamps: Iterable[int]) -> tuple[int, int, int]:
+    """The entries of these stamps out of the collection's delivery log: each block holding one
+    is rewritten without it (deleted when nothing is left), keeping its `last`. (entries
+    removed, blocks rewritten, blocks deleted)."""
+    gone = set(stamps)
+    removed = rewritten = deleted = 0
+    for block in list(blocks_holding(w.conn, collection, sorted(gone))):
+        keep = [(stamp, bits) for stamp, bits in block.entries if stamp not in gone]
+        removed += len(block.entries) - len(keep)
+        if not keep:
+            w.many(
+                "DELETE FROM delivery_blocks WHERE collection = ? AND last = ?", [(collection, block.last)]
+            )
+            deleted += 1
+        elif len(keep) < len(block.entries):
+            w.many(
+                "UPDATE delivery_blocks SET first = ?, entries = ? WHERE collection = ? AND last = ?",
+                [(keep[0][0], deliveries.encode(keep), collection, block.last)],
+            )
+            rewritten += 1
+    return removed, rewritten, deleted
+
+
+def drop_removals(w: Writer, collection: int, stamps: Iterable[int]) -> int:
+    """removed_objects rows of the objects of these entries (they name date_added values that
+    will never be served again)."""
+    return w.many(
+        "DELETE FROM removed_objects WHERE collection = ? AND date_added BETWEEN ? AND ?",
+        [(collection, stamp, stamp + SLOTS - 1) for stamp in sorted(set(stamps))],
+    )
+
+
+def drop_versions(w: Writer, stamps: Iterable[int]) -> int:
+    return w.many("DELETE FROM notification_versions WHERE stamp = ?", [(s,) for s in sorted(set(stamps))])
+
+
+def drop_notifications(w: Writer, pks: Iterable[int]) -> int:
+    return w.many("DELETE FROM notifications WHERE pk = ?", [(pk,) for pk in sorted(set(pks))])
+
+
+def drop_ids(w: Writer, pairs: Iterable[tuple[int, int]]) -> int:
+    """(digest, notification) rows of notification_ids."""
+    return w.many("DELETE FROM notification_ids WHERE digest = ? AND notification = ?", sorted(set(pairs)))
+
+
+def drop_observations(w: Writer, pks: Iterable[int]) -> int:
+    return w.many("DELETE FROM observations WHERE notification = ?", [(pk,) for pk in sorted(set(pks))])
+
+
+def drop_misp_members(w: Writer, recipient: str, rows: Iterable[tuple[str, int]]) -> int:
+    return w.many(
+        "DELETE FROM misp_event_members WHERE recipient = ? AND event_uuid = ? AND notification = ?",
+        [(recipient, uuid, pk) for uuid, pk in sorted(set(rows))],
+    )
+
+
+def drop_empty_events(w: Writer, recipient: str, uuids: Iterable[str]) -> int:
+    """Outbox entries of the recipient's events that no longer have a member: deleted (the
+    event as the recipient's MISP holds it is the recipient's)."""
+    empty = []
+    for uuid in sorted(set(uuids)):
+        found = w.conn.exec_driver_sql(
+            w.sql("SELECT 1 FROM misp_event_members WHERE recipient = ? AND event_uuid = ? LIMIT 1"),
+            (recipient, uuid),
+        ).first()
+        if found is None:
+            empty.append((recipient, uuid))
+    return w.many("DELETE FROM misp_outbox WHERE recipient = ? AND event_uuid = ?", empty)
+
+
+def drop_feed_events(w: Writer, recipient: str, uuids: Iterable[str]) -> int:
+    """Stored MISP feed files of these events: they show what was removed. An event that still
+    has an outbox entry is built again without it when next asked for (no stored file is out of
+    date by definition); one without is gone from the feed."""
+    return w.many(
+        "DELETE FROM misp_feed_events WHERE recipient = ? AND event_uuid = ?",
+        [(recipient, uuid) for uuid in sorted(set(uuids))],
+    )
+
+
+def drop_delivery_states(w: Writer, pks: Iterable[int]) -> tuple[int, int]:
+    """Where the notifications stood with their recipients, and the history of it (feedback
+    notes may quote the notification): (states, events) removed."""
+    keys = [(pk,) for pk in sorted(set(pks))]
+    states = w.many("DELETE FROM delivery_states WHERE notification = ?", keys)
+    events = w.many("DELETE FROM delivery_events WHERE notification = ?", keys)
+    return states, events
+
+
+def redact_notes(w: Writer, pks: Iterable[Any], text: str) -> int:
+    """Feedback notes (delivery_events) that quote a forgotten value lose their text."""
+    return w.many("UPDATE delivery_events SET note = ? WHERE pk = ?", [(text, pk) for pk in sorted(set(pks))])
+
+
+def shared_row(w: Writer, collection: int, digest: int) -> tuple[int, bool] | None:
+    found = deliveries.shared_rows(w.conn, collection, [digest]).get(digest)
+    return found
+
+
+def keep_as_stored(
+    w: Writer,
+    collection_id: str,
+    number: int,
+    digest: int,
+    date_added: int,
+    row: tuple[str, str, str, str, str],
+) -> None:
+    """A shared object a removed entry brought, which the collection still needs: kept at its
+    date_added as a stored object (`row`: id, version, type, spec_version, body), so that it is
+    served where it always was, neither again nor elsewhere."""
+    from connector.store.objects import add_object_rows
+
+    pk = add_object_rows(w, [row])[(row[0], row[1])]
+    w.insert(
+        "collection_objects",
+        ("date_added", "collection_id", "object_pk", "stix_id", "type", "version", "is_latest"),
+        [(date_added, collection_id, pk, row[0], row[2], row[1], True)],
+    )
+    w.many(
+        "UPDATE collection_shared SET stored = ? WHERE collection = ? AND digest = ?",
+        [(True, number, digest)],
+    )
+
+
+def drop_shared(w: Writer, number: int, digest: int) -> int:
+    """A shared object out of the collection: its collection_shared row, and when it is stored
+    there, its membership (and the object row when no collection holds it any more)."""
+    held = shared_row(w, number, digest)
+    if held is None:
+        return 0
+    date_added, stored = held
+    if stored:
+        member = w.conn.exec_driver_sql(
+            w.sql("SELECT object_pk FROM collection_objects WHERE date_added = ?"), (date_added,)
+        ).first()
+        w.many("DELETE FROM collection_objects WHERE date_added = ?", [(date_added,)])
+        if member is not None:
+            drop_unheld_objects(w, [int(member[0])])
+    w.many("DELETE FROM collection_shared WHERE collection = ? AND digest = ?", [(number, digest)])
+    return 1
+
+
+def drop_unheld_objects(w: Writer, pks: Iterable[int]) -> int:
+    """stix_objects rows no collection holds any more: deleted."""
+    gone = 0
+    for pk in sorted(set(pks)):
+        held = w.conn.exec_driver_sql(
+            w.sql("SELECT 1 FROM collection_objects WHERE object_pk = ? LIMIT 1"), (pk,)
+        ).first()
+        if held is None:
+            gone += w.many("DELETE FROM stix_objects WHERE pk = ?", [(pk,)])
+    return gone
+
+
+def drop_stored_objects(w: Writer, pks: Iterable[int]) -> tuple[int, int, list[tuple[str, str]]]:
+    """Stored objects (every version given) out of every collection and the store.
+    (memberships, objects, (collection_id, stix_id) of the memberships removed)."""
+    wanted = sorted(set(pks))
+    statement = "SELECT date_added, collection_id, stix_id FROM collection_objects WHERE object_pk IN ({in})"
+    members = [(int(d), c, s) for d, c, s in w.rows_in(statement, wanted)]
+    w.many("DELETE FROM collection_objects WHERE date_added = ?", [(d,) for d, _c, _s in members])
+    objects = w.many("DELETE FROM stix_objects WHERE pk = ?", [(pk,) for pk in wanted])
+    return len(members), objects, [(c, s) for _d, c, s in members]
+
+
+def relatest(w: Writer, collection_id: str, stix_id: str) -> None:
+    """After versions of an object left a collection: the highest one left is the latest."""
+    rows = w.conn.exec_driver_sql(
+        w.sql(
+            "SELECT date_added, version FROM collection_objects WHERE collection_id = ? AND stix_id = ? "
+            "ORDER BY version DESC, date_added DESC"
+        ),
+        (collection_id, stix_id),
+    ).all()
+    if rows and rows:
+        w.many("UPDATE collection_objects SET is_latest = ? WHERE date_added = ?", [(True, int(rows[0][0]))])
+
+
+def drop_sources(w: Writer, ids: Iterable[str]) -> int:
+    return w.many("DELETE FROM object_sources WHERE stix_id = ?", [(i,) for i in sorted(set(ids))])
+
+
+def drop_shared_digest_everywhere(w: Writer, digests: Iterable[int]) -> int:
+    """collection_shared rows of these digests in every collection (objects forgotten)."""
+    return w.many("DELETE FROM collection_shared WHERE digest = ?", [(d,) for d in sorted(set(digests))])
+
+
+def unreferenced_evidence(w: Writer, candidates: Sequence[int]) -> list[int]:
+    """Those of these evidence rows no notification or version points at any more. Neither
+    column is indexed: each chunk reads both tables once (evidence is shared by content, so a
+    removed notification's evidence may be another's)."""
+    wanted = sorted(set(candidates))
+    used = {
+        int(r[0]) for r in w.rows_in("SELECT evidence FROM notifications WHERE evidence IN ({in})", wanted)
+    }
+    statement = "SELECT evidence FROM notification_versions WHERE evidence IN ({in})"
+    used |= {int(r[0]) for r in w.rows_in(statement, wanted)}
+    return [pk for pk in wanted if pk not in used]
+
+
+def drop_evidence(w: Writer, pks: Iterable[int]) -> int:
+    return w.many("DELETE FROM evidence WHERE pk = ?", [(pk,) for pk in sorted(set(pks))])
+
+
+def drop_run_rows_before(w: Writer, started_before: str) -> int:
+    """Quarantined and skipped rows (raw lines) of runs that started before the timestamp; the
+    runs and their counts stay."""
+    statement = "DELETE FROM run_rows WHERE run_id IN (SELECT id FROM ingest_runs WHERE started_at < ?)"
+    result = w.conn.exec_driver_sql(w.sql(statement), (started_before,))
+    return int(result.rowcount or 0)
+
+
+def drop_rows(w: Writer, table: str, key: str, keys: Iterable[Any]) -> int:
+    return w.many(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in sorted(set(keys))])
+
+
+def clock_stamp(conn: Connection) -> int:
+    """The highest date_added handed out so far (the clock row)."""
+    return int(conn.exec_driver_sql("SELECT last_date_added FROM clock").scalar() or 0)
+
+
+def evidence_of(conn: Connection, pks: Sequence[int]) -> dict[int, set[int]]:
+    """Notification -> the evidence rows its row and its versions point at."""
+    out: dict[int, set[int]] = {}
+    for pk, evidence in rows_in(conn, "SELECT pk, evidence FROM notifications WHERE pk IN ({in})", pks):
+        out.setdefault(int(pk), set()).add(int(evidence))
+    statement = (
+        "SELECT notification, evidence FROM notification_versions "
+        "WHERE notification IN ({in}) AND evidence IS NOT NULL"
+    )
+    for pk, evidence in rows_in(conn, statement, pks):
+        out.setdefault(int(pk), set()).add(int(evidence))
+    return out
+
+
+def evidence_used_since(conn: Connection, pk: int, stamp: int) -> set[int]:
+    """Evidence that notifications above `pk` and versions above `stamp` point at."""
+    used = {
+        int(r[0])
+        for r in conn.exec_driver_sql(_sql(conn, "SELECT evidence FROM notifications WHERE pk > ?"), (pk,))
+    }
+    statement = "SELECT evidence FROM notification_versions WHERE stamp > ? AND evidence IS NOT NULL"
+    used |= {int(r[0]) for r in conn.exec_driver_sql(_sql(conn, statement), (stamp,))}
+    return used
+
+
+def outbox_errors_containing(conn: Connection, text: str) -> list[tuple[str, str]]:
+    """(recipient, event uuid) of outbox entries whose last error quotes `text`."""
+    condition = _contains(conn, "last_error")
+    sql = f"SELECT recipient, event_uuid FROM misp_outbox WHERE last_error IS NOT NULL AND {condition}"
+    return [(r[0], r[1]) for r in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+
+
+def replace_outbox_errors(w: Writer, rows: Iterable[tuple[str, str]], text: str) -> int:
+    return w.many(
+        "UPDATE misp_outbox SET last_error = ? WHERE recipient = ? AND event_uuid = ?",
+        [(text, recipient, uuid) for recipient, uuid in sorted(set(rows))],
+    )
+
+
+def replace_in_run(w: Writer, run_id: int, forms: Sequence[str], text: str) -> None:
+    """A run's error and input names with every form of a value replaced by `text`."""
+    row = w.conn.exec_driver_sql(
+        w.sql("SELECT inputs, error FROM ingest_runs WHERE id = ?"), (run_id,)
+    ).first()
+    if row is None:
+        return
+    inputs, error = row
+    for form in forms:
+        inputs = inputs.replace(form, text)
+        error = error.replace(form, text) if error else error
+    w.many("UPDATE ingest_runs SET inputs = ?, error = ? WHERE id = ?", [(inputs, error, run_id)])
