@@ -853,17 +853,29 @@ def escalations_cmd(
         float, typer.Option(help="Hours a notification may stay unfetched, or fetched but unacknowledged.")
     ] = 72.0,
     recipient: Annotated[str | None, typer.Option(help="Only this recipient.")] = None,
+    offer_to_parent: Annotated[
+        bool,
+        typer.Option(
+            "--offer-to-parent",
+            help="Offer each overdue notification to the recipient's parent, as a STIX note in the "
+            "parent's collection, where the parent already receives it (deliver_to_parent).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
     config_path: ConfigOption = None,
 ) -> None:
     """Per recipient, what it has not fetched, or fetched and not acknowledged, for longer than
-    --older-than hours: the input to a reminder (or a word with its parent)."""
+    --older-than hours: the input to a reminder (or, --offer-to-parent, a word with its parent)."""
     from connector import stats
 
     config = _load(config_path)
     _known_recipient(config, recipient)
     wanted = [recipient] if recipient else [r.id for r in config.recipients]
-    overdue = stats.escalations(_open_store(config, config_path), wanted, older_than * 3600)
+    store = _open_store(config, config_path)
+    overdue = stats.escalations(store, wanted, older_than * 3600)
+    if offer_to_parent:
+        _offer_to_parents(config, store, overdue, as_json)
+        return
     if as_json:
         typer.echo(json.dumps([o.__dict__ for o in overdue], indent=2))
         return
@@ -876,6 +888,25 @@ def escalations_cmd(
     for o in overdue:
         table.add_row(*plain_cells(o.recipient, o.sighting, o.state, o.since))
     print_table(out, table)
+
+
+def _offer_to_parents(config: Config, store: Store, overdue: list[Any], as_json: bool) -> None:
+    from connector.escalation import offer_to_parents
+
+    offers = offer_to_parents(config, store, overdue)
+    if as_json:
+        typer.echo(json.dumps([o.__dict__ for o in offers], indent=2))
+        return
+    if not offers:
+        out.print("nothing overdue: nothing to offer", markup=False)
+        return
+    table = Table("recipient", "sighting", "parent", "outcome", title="offered to the parent")
+    for o in offers:
+        outcome = f"{o.outcome}: {o.reason}" if o.reason else o.outcome
+        table.add_row(*plain_cells(o.recipient, o.sighting, o.parent or "-", outcome))
+    print_table(out, table)
+    counts = Counter(o.outcome for o in offers)
+    out.print(", ".join(f"{n} {what}" for what, n in sorted(counts.items())), markup=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,7 +144,7 @@ class RecipientFigures:
         return asdict(self)
 
 
-def _collection_notifications(reader: Reader, number: int) -> dict[int, int]:
+def collection_notifications(reader: Reader, number: int) -> dict[int, int]:
     """Notification -> the stamp of the first version of it the collection got (µs)."""
     first: dict[int, int] = {}
     stamps = [stamp for stamp, _bits in iter_entries(reader.conn, number, None)]
@@ -160,7 +160,7 @@ def recipient(store: Store, rid: str) -> RecipientFigures:
     if number is None:
         return out
     with store.reading() as reader:
-        reached = _collection_notifications(reader, number)
+        reached = collection_notifications(reader, number)
         states = st.of(reader.conn, number, reached)
         out.reached = len(reached)
         oldest: tuple[int, int] | None = None
@@ -209,7 +209,7 @@ def escalations(store: Store, recipients: list[str], older_than_seconds: float) 
         if number is None:
             continue
         with store.reading() as reader:
-            reached = _collection_notifications(reader, number)
+            reached = collection_notifications(reader, number)
             states = st.of(reader.conn, number, reached)
             for pk, stamp in sorted(reached.items(), key=lambda item: item[1]):
                 state = states.get(pk)
