@@ -18,6 +18,7 @@ a file with any object nested over 1,024 levels whole.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -25,6 +26,7 @@ import ijson
 
 from connector.submission_checks import MAX_DEPTH, TOO_DEEP
 
+_PYTHON_BACKEND = ijson.get_backend("python")
 _OPEN = ("start_map", "start_array")
 _CLOSE = ("end_map", "end_array")
 Event = tuple[str, Any]
@@ -96,10 +98,38 @@ def _items(events: Iterator[Event], limit: int | None) -> Iterator[Any]:
         yield _value(item, events)
 
 
-def _events(source: bytes | BinaryIO) -> Iterator[Event]:
-    """Parser events; malformed JSON is a StreamError naming where the parser stopped."""
+# 19 digits or more in a row: possibly an integer beyond 64 bits, which yajl (the C backend)
+# refuses as "integer overflow", failing the whole document for one value of one object.
+_LONG_NUMBER = re.compile(rb"[0-9]{19,}")
+_CHUNK = 1 << 20
+
+
+def _has_long_number(source: bytes | BinaryIO) -> bool:
+    """Whether the document may hold an integer too large for the C backend: a scan for digit
+    runs, strings included (a false alarm only costs the slower parser). A file is read
+    through and rewound; one that cannot be rewound is left to the C backend."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _LONG_NUMBER.search(source) is not None
+    if not source.seekable():
+        return False
+    start, tail = source.tell(), b""
     try:
-        yield from ijson.basic_parse(source, use_float=True)
+        while chunk := source.read(_CHUNK):
+            if _LONG_NUMBER.search(tail + chunk):
+                return True
+            tail = chunk[-18:]
+        return False
+    finally:
+        source.seek(start)
+
+
+def _events(source: bytes | BinaryIO) -> Iterator[Event]:
+    """Parser events; malformed JSON is a StreamError naming where the parser stopped. A
+    document that may hold an integer beyond 64 bits is read by ijson's Python backend, which
+    builds any integer, so only the object holding it is refused (submission_checks)."""
+    parser = _PYTHON_BACKEND.basic_parse if _has_long_number(source) else ijson.basic_parse
+    try:
+        yield from parser(source, use_float=True)
     except ijson.JSONError as exc:
         # yajl's message points at the place with a copy of the text around it: keep the first
         # line only (the document may hold anything, secrets included).

@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from taxii_server.media import taxii_response
 
@@ -41,13 +42,35 @@ async def handle_taxii_error(_request: Request, exc: Exception) -> Response:
     return taxii_response(exc.body(), status=exc.status, headers=exc.headers)
 
 
-async def handle_http_error(_request: Request, exc: Exception) -> Response:
+async def handle_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed"}
-    err = TaxiiError(
-        exc.status_code, titles.get(exc.status_code, str(exc.detail)), headers=dict(exc.headers or {})
-    )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    err = TaxiiError(exc.status_code, titles.get(exc.status_code, str(exc.detail)), headers=headers)
     return taxii_response(err.body(), status=err.status, headers=err.headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path answers. Starlette's 405 names only the methods of
+    the first route whose path matched, and GET and POST of `objects/` are two routes (read and
+    inbox): its `Allow: GET` would tell a client that the inbox does not exist. Each method is
+    tried against the routes as the router itself matches them (included routers too)."""
+    methods = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")  # HeadAsGet answers HEAD on every GET resource (app.py)
+    return ", ".join(sorted(methods))
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 async def handle_validation_error(_request: Request, exc: Exception) -> Response:

@@ -73,6 +73,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "properties": {"more": {"type": "boolean"}, "next": _STR, "objects": _OBJ_LIST},
     },
+    # What a POST must hold: `more` and `next` mean nothing in a request and are ignored.
+    "EnvelopeIn": {"type": "object", "properties": {"objects": _OBJ_LIST}},
     "Manifest": {
         "type": "object",
         "properties": {
@@ -138,6 +140,26 @@ _ERRORS = {
 _POST_ERRORS = {"413": "Body larger than max_content_length", "415": "Content-Type is not TAXII 2.1"}
 
 
+# What the server accepts in each query parameter (routes/objects.py refuses anything else with
+# 400). FastAPI declares them as any string; then an empty `added_after=` is "valid" by the
+# document and a client generated from it (schemathesis) is told 400 for a request it was
+# promised works. A list parameter is described by its single-value form.
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+# A comma-separated filter: any text with a value in it (a value that names nothing matches
+# nothing); not only commas and ASCII white space (400 "Empty filter"), no NUL (params.py).
+_VALUES = {"type": "string", "pattern": "^[^\\u0000]*[^\\u0000\\t\\n\\v\\f\\r ,][^\\u0000]*$"}
+_PARAMETERS: dict[str, dict[str, Any]] = {
+    "added_after": _TIMESTAMP,
+    "limit": {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$"},
+    # Only a token this server issued works; the pattern says which text can be one.
+    "next": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+    "match[type]": _VALUES,
+    "match[id]": _VALUES,
+    "match[version]": {"anyOf": [{"type": "string", "enum": ["last", "first", "all"]}, _TIMESTAMP]},
+    "match[spec_version]": _VALUES,
+}
+
+
 def _content(schema: str) -> dict[str, Any]:
     return {MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
@@ -172,7 +194,10 @@ def taxii_openapi(app: FastAPI) -> dict[str, Any]:
             for code, text in errors.items():
                 responses[code] = {"description": text, "content": _content("Error")}
             operation["responses"] = responses
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "query" and parameter["name"] in _PARAMETERS:
+                    parameter["schema"] = _PARAMETERS[parameter["name"]]
             if method == "post":
-                operation["requestBody"] = {"required": True, "content": _content("Envelope")}
+                operation["requestBody"] = {"required": True, "content": _content("EnvelopeIn")}
     app.openapi_schema = spec
     return spec

@@ -234,6 +234,35 @@ def test_an_object_nested_beyond_what_a_parser_takes_in_a_stix_file_is_refused_a
     assert good["id"] in gemeente_ids(store)
 
 
+def big_integer_body(*objects: Json) -> bytes:
+    """An envelope whose first object holds an integer beyond 64 bits, as raw JSON text (the C
+    parser refused such a document whole: "integer overflow")."""
+    big = orjson.dumps(indicator("198.51.100.34"))[:-1] + b',"x_count":158671242786873573376}'
+    return b'{"objects":[' + b",".join([big, *(orjson.dumps(o) for o in objects)]) + b"]}"
+
+
+def test_an_integer_beyond_64_bits_is_refused_alone_over_http(taxii: RunningServer) -> None:
+    """Found by schemathesis: a valid JSON envelope answered 400 "Invalid JSON"."""
+    good = indicator("198.51.100.33")
+    status = status_of(post(session_for(RESEARCHER), inbox(taxii), big_integer_body(good)))
+    assert (status["success_count"], status["failure_count"]) == (1, 1), status
+    assert "64-bit" in status["failures"][0]["message"], status
+    assert good["id"] in gemeente_ids(taxii.store)
+
+
+def test_an_integer_beyond_64_bits_in_a_stix_file_is_refused_alone(
+    store: Store, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    good = indicator("198.51.100.33")
+    body = big_integer_body(good)
+    path = tmp_path / "big.json"
+    path.write_bytes(b'{"type":"bundle","id":"bundle--' + str(uuid.uuid4()).encode() + b'",' + body[1:])
+    summary = ingestor.run(RESEARCHER, "stix", [path])
+    assert summary.ok, summary.input_errors
+    assert (summary.counts["read"], summary.counts["quarantined"], summary.counts["routed"]) == (2, 1, 1)
+    assert good["id"] in gemeente_ids(store)
+
+
 def test_an_integer_json_cannot_store_is_refused_on_its_own(store: Store, sample_config: Config) -> None:
     """The same class: anything that cannot be serialised is found per object, not when the
     whole submission is written."""

@@ -224,6 +224,58 @@ def test_head_on_every_get_resource_answers_the_get_headers_without_a_body(taxii
     assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
 
 
+def test_a_405_names_every_method_of_the_resource(taxii: RunningServer) -> None:
+    """Found by schemathesis: `objects/` is two routes (read, inbox) and Starlette's 405 named
+    only the first one's methods, `Allow: GET`, as if there were no inbox."""
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    base = taxii.collection_url(cid)
+    some_id = next(iter(manifest_dates(s, taxii, cid)))
+    expected = {
+        base + "objects/": {"GET", "HEAD", "POST"},
+        base + f"objects/{some_id}/": {"DELETE", "GET", "HEAD"},
+        base + "manifest/": {"GET", "HEAD"},
+        f"{taxii.url}/taxii2/": {"GET", "HEAD"},
+    }
+    for url, methods in expected.items():
+        for verb in ("OPTIONS", "PUT", "PATCH"):
+            resp = s.request(verb, url)
+            assert_taxii_error(resp, 405)
+            assert set(resp.headers["Allow"].split(", ")) == methods, (verb, url, resp.headers["Allow"])
+
+
+def test_the_openapi_document_says_what_each_query_parameter_takes(taxii: RunningServer) -> None:
+    """What the document calls valid, the server takes; what the server refuses with 400, the
+    document calls invalid (schemathesis held the server to a document that took any string:
+    an empty `added_after=` was "valid")."""
+    import re
+
+    spec = requests.get(f"{taxii.url}/taxii2/openapi.json", timeout=10).json()
+    objects = spec["paths"]["/{api_root}/collections/{collection_id}/objects/"]
+    params = {p["name"]: p["schema"] for p in objects["get"]["parameters"] if p["in"] == "query"}
+    assert params["added_after"] == {"type": "string", "format": "date-time"}
+    assert objects["post"]["requestBody"]["content"][TAXII_MEDIA_TYPE]["schema"]["$ref"].endswith(
+        "/EnvelopeIn"
+    )
+    u, cid = _largest_reader(taxii)
+    s = session_for(u.username)
+    url = taxii.collection_url(cid) + "objects/"
+    cases = {
+        "limit": (["1", "007", "99999999999999999999"], ["", "0", " 5", "5 ", "-1", "1.0", "\u0663"]),
+        "match[type]": (["indicator", " indicator ,x", "no-such-type"], ["", ",", " , ", "\t"]),
+        "match[id]": (["indicator--0", "anything at all"], ["", ", ,"]),
+        "match[spec_version]": (["2.1", "2.0,2.1"], ["", ","]),
+    }
+    for name, (good, bad) in cases.items():
+        pattern = re.compile(params[name]["pattern"])
+        for value in good:
+            assert pattern.search(value), (name, value)
+            assert s.get(url, params={name: value}).status_code == 200, (name, value)
+        for value in bad:
+            assert not pattern.search(value), (name, value)
+            assert s.get(url, params={name: value}).status_code == 400, (name, value)
+
+
 def _raw_exchange(port: int, *parts: bytes) -> tuple[bytes, bytes]:
     """Send `parts` (pausing between them, so the server sees each as it arrives) and read
     the answer until the server closes: (status line and headers, body)."""

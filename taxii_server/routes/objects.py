@@ -46,10 +46,14 @@ class ObjectQuery:
         return (self.added_after, self.types, self.ids, v.last, v.first, v.all, v.exact, self.spec_versions)
 
 
+_BLANK = " \t\n\v\f\r"
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
-    parts = tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
+    # ASCII white space only, as the OpenAPI document says (openapi.py, _VALUES).
+    parts = tuple(sorted({part.strip(_BLANK) for part in value.split(",") if part.strip(_BLANK)}))
     if not parts:
         # A filter given with no values is not the same as no filter: refuse, do not widen.
         raise TaxiiError(400, "Empty filter", "A match[...] parameter was given without any value.")
@@ -109,7 +113,7 @@ def object_query(
             raise TaxiiError(400, "Invalid added_after", str(exc)) from None
     size = min(server.page_size_default, server.page_size_max)
     if limit is not None:
-        text = limit.strip()
+        text = limit  # as the OpenAPI document says: digits only
         digits = text.lstrip("0")
         if not (text.isascii() and text.isdecimal()) or not digits:
             raise TaxiiError(400, "Invalid limit", f"limit must be a positive integer, not {limit[:40]!r}.")
