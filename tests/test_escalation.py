@@ -10,13 +10,10 @@ without a parent; and personal data is never offered, even where the parent link
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from stix2validator import ValidationOptions, validate_parsed_json
-from taxii2client.v21 import Collection, as_pages
 
 from connector import stats
 from connector.adapters.mapping import load_mappings
@@ -26,32 +23,11 @@ from connector.escalation import ALREADY, NOT_OFFERED, OFFERED, offer_to_parents
 from connector.feedback import give
 from connector.ingest import Ingestor
 from connector.store import Store
-from tests.conftest import DIVD_SCAN, RunningServer, password_for, start_server
+from tests.conftest import DIVD_SCAN, RunningServer
 from tests.record_view import notification_rows
 from tests.test_credentials import SAMPLE as CREDENTIALS
 from tests.test_credentials import credentials_raw
-
-
-@pytest.fixture
-def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    server_info, server, thread = start_server(sample_config, store)
-    try:
-        yield server_info
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
-
-
-def poll(taxii: RunningServer, username: str, recipient: str) -> list[dict[str, Any]]:
-    with Collection(
-        taxii.collection_url(recipient_collection_id(recipient)),
-        user=username,
-        password=password_for(username),
-    ) as collection:
-        return [
-            o for page in as_pages(collection.get_objects, per_request=50) for o in page.get("objects", [])
-        ]
+from tests.test_feedback import poll, running  # noqa: F401 (a fixture: the DIVD sample served)
 
 
 def reader_of(config: Config, recipient: str) -> str:
@@ -59,7 +35,9 @@ def reader_of(config: Config, recipient: str) -> str:
 
 
 def test_overdue_notifications_are_offered_to_a_parent_that_receives_them(
-    running: RunningServer, store: Store, sample_config: Config
+    running: RunningServer,  # noqa: F811 (the fixture imported above)
+    store: Store,
+    sample_config: Config,
 ) -> None:
     rows = notification_rows(store)
     hospital = {r["sighting_id"] for r in rows if "ziekenhuis-noord" in r["recipients"]}
