@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -224,14 +225,21 @@ def start_server(config: Config, store: Store) -> tuple[RunningServer, object, t
     return RunningServer(f"http://127.0.0.1:{port}", config, store), server, thread
 
 
-@pytest.fixture
-def taxii(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    """The example deployment with the DIVD sample ingested, served on 127.0.0.1."""
-    summary = ingestor.run("divd", "divd-nuclei", [DIVD_SCAN])
-    assert summary.ok
-    running, server, thread = start_server(sample_config, store)
+@contextmanager
+def serving(config: Config, store: Store) -> Iterator[RunningServer]:
+    """The TAXII server on 127.0.0.1 for the duration of a `with` block."""
+    running, server, thread = start_server(config, store)
     try:
         yield running
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def taxii(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
+    """The example deployment with the DIVD sample ingested, served on 127.0.0.1."""
+    summary = ingestor.run("divd", "divd-nuclei", [DIVD_SCAN])
+    assert summary.ok
+    with serving(sample_config, store) as running:
+        yield running

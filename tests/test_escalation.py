@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from stix2validator import ValidationOptions, validate_parsed_json
 
@@ -27,7 +26,7 @@ from tests.conftest import DIVD_SCAN, RunningServer
 from tests.record_view import notification_rows
 from tests.test_credentials import SAMPLE as CREDENTIALS
 from tests.test_credentials import credentials_raw
-from tests.test_feedback import poll, running  # noqa: F401 (a fixture: the DIVD sample served)
+from tests.test_feedback import poll, sample_cli
 
 
 def reader_of(config: Config, recipient: str) -> str:
@@ -35,7 +34,7 @@ def reader_of(config: Config, recipient: str) -> str:
 
 
 def test_overdue_notifications_are_offered_to_a_parent_that_receives_them(
-    running: RunningServer,  # noqa: F811 (the fixture imported above)
+    taxii: RunningServer,
     store: Store,
     sample_config: Config,
 ) -> None:
@@ -62,7 +61,7 @@ def test_overdue_notifications_are_offered_to_a_parent_that_receives_them(
 
     # Z-CERT reads the offers over TAXII, in its own collection: a note per notification,
     # referring to its sighting, with the notification's marking, valid STIX 2.1.
-    zcert = poll(running, reader_of(sample_config, "zcert"), "zcert")
+    zcert = poll(taxii, reader_of(sample_config, "zcert"), "zcert")
     notes = [o for o in zcert if o["type"] == "note" and o.get("labels") == ["escalation"]]
     assert {n["object_refs"][0] for n in notes} == offered
     sightings = {o["id"]: o for o in zcert if o["type"] == "sighting"}
@@ -75,16 +74,16 @@ def test_overdue_notifications_are_offered_to_a_parent_that_receives_them(
     # Offering again adds nothing; Z-CERT's collection is unchanged.
     again = offer_to_parents(sample_config, store, stats.escalations(store, wanted, 0))
     assert {o.outcome for o in again if o.recipient == "ziekenhuis-noord"} == {ALREADY}
-    assert len(poll(running, reader_of(sample_config, "zcert"), "zcert")) == len(zcert)
+    assert len(poll(taxii, reader_of(sample_config, "zcert"), "zcert")) == len(zcert)
 
     # Nobody else gets a note: not the hospital itself, not the IBD, not the municipality.
     for rid in ("ziekenhuis-noord", "ibd", "gemeente-voorbeeld"):
-        assert not [o for o in poll(running, reader_of(sample_config, rid), rid) if o["type"] == "note"], rid
+        assert not [o for o in poll(taxii, reader_of(sample_config, rid), rid) if o["type"] == "note"], rid
     # The hospital has fetched them now (that poll), still without acknowledging: a later
     # state, offered anew with what it is waiting for now.
     later = offer_to_parents(sample_config, store, stats.escalations(store, wanted, 0))
     assert {o.sighting for o in later if o.outcome == OFFERED} == offered
-    zcert = poll(running, reader_of(sample_config, "zcert"), "zcert")
+    zcert = poll(taxii, reader_of(sample_config, "zcert"), "zcert")
     fetched = [o for o in zcert if o["type"] == "note" and "has not acknowledged" in o["abstract"]]
     assert {n["object_refs"][0] for n in fetched} == offered
 
@@ -107,21 +106,7 @@ def test_personal_data_is_never_offered_to_the_parent(store: Store) -> None:
 
 
 def test_the_command_line_offers_and_reports(tmp_path: Path) -> None:
-    import yaml
-    from typer.testing import CliRunner
-
-    from connector.cli import app
-    from tests.conftest import SAMPLE_CONFIG
-
-    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
-    raw["database"] = f"sqlite:///{tmp_path / 'esc.db'}"
-    config_file = tmp_path / "meldpunt.yaml"
-    config_file.write_text(yaml.safe_dump(raw))
-    runner = CliRunner()
-
-    def meldpunt(*args: str) -> Any:
-        return runner.invoke(app, [*args, "--config", str(config_file)])
-
+    meldpunt, _database = sample_cli(tmp_path)
     assert meldpunt("ingest", "--partner", "divd", "--format", "divd-nuclei", str(DIVD_SCAN)).exit_code == 0
     first = meldpunt("escalations", "--older-than", "0", "--offer-to-parent", "--json")
     assert first.exit_code == 0, first.output

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,8 @@ T0 = "2024-06-20T10:00:00.000Z"
 
 
 @pytest.fixture
-def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    server_info, server, thread = start_server(sample_config, store)
-    try:
-        yield server_info
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
+def running(taxii: RunningServer) -> RunningServer:
+    return taxii  # the DIVD sample, served
 
 
 def poll(taxii: RunningServer, username: str, recipient: str) -> list[dict[str, Any]]:
@@ -343,7 +337,9 @@ def test_misp_sightings_come_back_as_feedback_once(tmp_path: Path, monkeypatch: 
             fake.stop()
 
 
-def test_the_command_line_records_feedback_and_lists_what_is_open(tmp_path: Path) -> None:
+def sample_cli(tmp_path: Path) -> tuple[Callable[..., Any], str]:
+    """`meldpunt ARGS` in-process on the example configuration with a store of its own; and
+    that store's URL."""
     import yaml
     from typer.testing import CliRunner
 
@@ -359,8 +355,13 @@ def test_the_command_line_records_feedback_and_lists_what_is_open(tmp_path: Path
     def meldpunt(*args: str) -> Any:
         return runner.invoke(app, [*args, "--config", str(config_file)])
 
+    return meldpunt, raw["database"]
+
+
+def test_the_command_line_records_feedback_and_lists_what_is_open(tmp_path: Path) -> None:
+    meldpunt, database = sample_cli(tmp_path)
     assert meldpunt("ingest", "--partner", "divd", "--format", "divd-nuclei", str(DIVD_SCAN)).exit_code == 0
-    store = Store.open(raw["database"])
+    store = Store.open(database)
     sighting = next(r["sighting_id"] for r in notification_rows(store) if r["recipients"] == ["ibd"])
     store.close()
     result = meldpunt("feedback", "ibd", sighting, "not-ours", "--note", "[not] our customer")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config
 from connector.ingest import Ingestor
 from connector.store import Store
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, serving
 from tests.test_submission import collection
 from tests.test_taxii_write import (
     RESEARCHER,
@@ -36,16 +34,6 @@ from tests.test_taxii_write import (
 
 Json = dict[str, Any]
 T0 = "2024-01-01T00:00:00.000Z"
-
-
-@contextmanager
-def serving(config: Config, store: Store) -> Iterator[RunningServer]:
-    running, server, thread = start_server(config, store)
-    try:
-        yield running
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
 
 
 def with_server(config: Config, **changes: Any) -> Config:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,7 +23,7 @@ from connector.config import ApiToken, Config
 from connector.passwords import new_token
 from connector.store import Store
 from connector.store import schema as t
-from tests.conftest import RunningServer, password_for, start_server
+from tests.conftest import RunningServer, password_for, serving
 
 TAXII_MEDIA_TYPE = "application/taxii+json;version=2.1"
 T0 = "2024-01-01T00:00:00.000Z"
@@ -122,16 +120,6 @@ def footprint(store: Store) -> tuple[int, int, int, int]:
         table_count(store, t.statuses),
         table_count(store, t.object_sources),
     )
-
-
-@contextmanager
-def serving(config: Config, store: Store) -> Iterator[RunningServer]:
-    running, server, thread = start_server(config, store)
-    try:
-        yield running
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
 
 
 def inbox(taxii: RunningServer, partner: str = RESEARCHER) -> str:
