@@ -77,6 +77,7 @@ def memory_kib(field: str) -> int:
 def measure(args: argparse.Namespace) -> None:
     """In a process of its own: one request (or one refresh), timed, with its peak memory."""
     from connector.channels import misp_feed
+    from connector.collections import recipient_collection_id
     from connector.config import parse_config
     from connector.store import Store
 
@@ -88,8 +89,17 @@ def measure(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     if args.measure == "refresh":
         result: object = misp_feed.refresh_feeds(config, store)
+    elif hasattr(misp_feed, "deliver_feed_file"):  # as the server answers it, deliveries marked
+        content = misp_feed.deliver_feed_file(config, store, RECIPIENT, args.measure, "bench")
+        result = len(content or b"")
     else:
         content = misp_feed.feed_file(config, store, RECIPIENT, args.measure)
+        event = args.measure.endswith(".json") and args.measure != "manifest.json"
+        if event and hasattr(misp_feed, "event_deliveries"):  # the server marked them delivered
+            delivered = misp_feed.event_deliveries(store, RECIPIENT, args.measure.removesuffix(".json"))
+            store.mark_delivered(
+                recipient_collection_id(RECIPIENT), delivered, source="misp-feed", actor="bench"
+            )
         result = len(content or b"")
     took = time.perf_counter() - began
     print(json.dumps({"seconds": took, "peak_mib": (memory_kib("VmHWM") - before) / 1024, "result": result}))

@@ -12,6 +12,7 @@ import requests
 import yaml
 from pymisp import MISPEvent
 
+from connector import stats
 from connector.adapters.mapping import load_mappings
 from connector.channels.misp_feed import export_feed, feed_files
 from connector.collections import collection_rows, recipient_collection_id
@@ -97,8 +98,15 @@ def test_feed_is_served_only_to_the_recipients_users(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         some = next(iter(manifest.json()))
+        assert stats.recipient(store, "zcert").fetched == 0
         event = requests.get(f"{base}/zcert/{some}.json", auth=auth, timeout=10)
         assert event.status_code == 200 and event.json()["Event"]["uuid"] == some
+        # Fetching the event delivered exactly its notifications (issue #13), once.
+        with store.reading() as reader:
+            members = reader.misp_members("zcert", some)
+        assert members and stats.recipient(store, "zcert").fetched == len(members)
+        assert requests.get(f"{base}/zcert/{some}.json", auth=auth, timeout=10).status_code == 200
+        assert stats.recipient(store, "zcert").fetched == len(members)
         assert requests.get(f"{base}/zcert/hashes.csv", auth=auth, timeout=10).status_code == 200
         other = ("gemeente-poller", password_for("gemeente-poller"))
         assert requests.get(f"{base}/zcert/manifest.json", auth=other, timeout=10).status_code == 404

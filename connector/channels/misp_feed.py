@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from connector.collections import recipient_collection_id
 from connector.config import Config, MispChannel
 from connector.render.misp import build_event
 from connector.store import Store
@@ -46,6 +47,7 @@ class FeedEvent:
     manifest: str  # its manifest entry (JSON, keys sorted)
     hashes: str  # its hashes.csv lines, each ending in a newline
     timestamp: int
+    deliveries: str = "[]"  # JSON [[notification, version stamp], ...]: what fetching it delivers
 
 
 def fingerprint(config: Config) -> str:
@@ -90,6 +92,7 @@ def build_feed_event(config: Config, store: Store, recipient: str, event_uuid: s
         manifest=json.dumps(manifest[body["uuid"]], sort_keys=True),
         hashes=hashes,
         timestamp=int(built.last_change),
+        deliveries=json.dumps(sorted(built.versions.items())),
     )
 
 
@@ -118,6 +121,7 @@ def refresh_feed(
                 "manifest": event.manifest,
                 "hashes": event.hashes,
                 "body": event.body,
+                "deliveries": event.deliveries,
             }
         )
         built += 1
@@ -173,14 +177,14 @@ def export_feed(config: Config, store: Store, recipient: str, directory: Path) -
     return len(files) - 2
 
 
-def event_deliveries(store: Store, recipient: str, event_uuid: str) -> list[tuple[int, int]]:
-    """(notification, version stamp) the recipient's feed event holds: fetching the event file
-    delivers them."""
-    from connector.render.misp import load_notes
-
-    with store.reading() as reader:
-        members = reader.misp_members(recipient, event_uuid)
-    return [(n.record.pk, n.version.stamp) for n in load_notes(store, members, recipient)]
+def deliver_feed_file(config: Config, store: Store, recipient: str, name: str, actor: str) -> bytes | None:
+    """A feed file as the server answers it: an event file also marks the notifications it
+    holds delivered to the recipient (read from the stored event, so a fetch costs no build)."""
+    content = feed_file(config, store, recipient, name)
+    if content is not None and name.endswith(".json") and name != "manifest.json":
+        delivered = store.misp_feed_deliveries(recipient, name.removesuffix(".json"))
+        store.mark_delivered(recipient_collection_id(recipient), delivered, source="misp-feed", actor=actor)
+    return content
 
 
 def _manifest(entries: list[tuple[str, str, str]]) -> bytes:

@@ -9,6 +9,7 @@ request may afford, where building events is not.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
@@ -16,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.store import schema as t
 
-_BUILT = ("built_from", "fingerprint", "timestamp", "manifest", "hashes", "body")
+_BUILT = ("built_from", "fingerprint", "timestamp", "manifest", "hashes", "body", "deliveries")
 
 
 def stale(
@@ -71,3 +72,11 @@ def body(conn: Connection, recipient: str, event_uuid: str) -> str | None:
     query = select(fe.c.body).where(and_(fe.c.recipient == recipient, fe.c.event_uuid == event_uuid))
     found = conn.execute(query).scalar()
     return None if not found else str(found)  # "": an event with nothing left to show
+
+
+def deliveries(conn: Connection, recipient: str, event_uuid: str) -> list[tuple[int, int]]:
+    """(notification, version stamp) the stored event file shows."""
+    fe = t.misp_feed_events
+    query = select(fe.c.deliveries).where(and_(fe.c.recipient == recipient, fe.c.event_uuid == event_uuid))
+    found = conn.execute(query).scalar()
+    return [(int(pk), int(stamp)) for pk, stamp in json.loads(found or "[]")]

@@ -400,4 +400,6 @@ misp_feed_events = Table(
     Column("manifest", Text, nullable=False),  # its manifest.json entry (JSON, keys sorted)
     Column("hashes", Text, nullable=False),  # its hashes.csv lines, each ending in a newline
     Column("body", Text, nullable=False),  # <event_uuid>.json
+    # [[notification, version stamp], ...] the event holds: fetching its file delivers them.
+    Column("deliveries", Text, nullable=False, server_default="[]"),
 )

@@ -433,6 +433,10 @@ class Store:
         with self.engine.connect() as conn:
             return feed.entries(conn, recipient)
 
+    def misp_feed_deliveries(self, recipient: str, event_uuid: str) -> list[tuple[int, int]]:
+        with self.engine.connect() as conn:
+            return feed.deliveries(conn, recipient, event_uuid)
+
     def misp_feed_body(self, recipient: str, event_uuid: str) -> str | None:
         with self.engine.connect() as conn:
             return feed.body(conn, recipient, event_uuid)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from connector.channels.misp_feed import event_deliveries, feed_file
+from connector.channels.misp_feed import deliver_feed_file
 from connector.collections import recipient_collection_id
 from taxii_server.auth import Principal
 from taxii_server.context import authenticated, state
@@ -36,20 +36,11 @@ async def serve_feed_file(
         raise not_found("feed")
     if not _FILE.match(name):
         raise not_found("feed file")
-    content = await run_in_threadpool(feed_file, s.config, s.store, recipient, name)
+    content = await run_in_threadpool(deliver_feed_file, s.config, s.store, recipient, name, who.username)
     if content is None:
         raise not_found("feed file")
     media = "text/csv" if name.endswith(".csv") else "application/json"
     await run_in_threadpool(
         s.store.audit, username=who.username, action="misp-feed", collection_id=None, objects=0, status=200
     )
-    if name.endswith(".json") and name != "manifest.json":  # an event: its notifications reached them
-        delivered = await run_in_threadpool(event_deliveries, s.store, recipient, name.removesuffix(".json"))
-        await run_in_threadpool(
-            s.store.mark_delivered,
-            recipient_collection_id(recipient),
-            delivered,
-            source="misp-feed",
-            actor=who.username,
-        )
     return Response(content, media_type=media)

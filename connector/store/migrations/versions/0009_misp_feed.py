@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("manifest", sa.Text, nullable=False),
         sa.Column("hashes", sa.Text, nullable=False),
         sa.Column("body", sa.Text, nullable=False),
+        sa.Column("deliveries", sa.Text, nullable=False, server_default="[]"),
     )
 
 
