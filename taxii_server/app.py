@@ -19,6 +19,7 @@ from connector.logs import redact
 from connector.render.collection import CollectionView
 from connector.routing import Router
 from connector.store import Store
+from taxii_server import portal
 from taxii_server.auth import Authenticator
 from taxii_server.context import ServerState, authenticated, principal
 from taxii_server.errors import (
@@ -148,11 +149,12 @@ def create_app(config: Config, store: Store) -> FastAPI:
     rows = collection_rows(config)
     store.sync_collections(rows)
     metrics = ServerMetrics(store)
+    secret = _token_secret(config, store)
     app.state.meldpunt = ServerState(
         config=config,
         store=store,
         authenticator=Authenticator(config, [r.id for r in rows]),
-        tokens=TokenCodec(_token_secret(config, store)),
+        tokens=TokenCodec(secret),
         collections={r.id: r for r in rows},
         view=CollectionView(store),
         router=Router(config),
@@ -163,6 +165,8 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
     app.include_router(health.router)  # first: /healthz must not fall to /{api_root}/'s redirect
+    # /portal/ before the TAXII routes too; its own sessions (cookie + CSRF), the same users and rights.
+    portal.mount(app, secret)
     token = _metrics_token(config)
     app.include_router(health.metrics_router(token) if token is not None else health.metrics_absent())
     taxii = [Depends(principal)]  # authentication on by default for every TAXII route

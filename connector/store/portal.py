@@ -1,0 +1,26 @@
+"""SQL the web portal needs beyond what other channels ask (taxii_server/portal/).
+
+Kept here because every SQL statement lives in the store package; the portal calls these
+through the Store it is given and never writes SQL itself.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, select
+
+from connector.store import schema as t
+
+
+def notifications_per_day(conn: Connection, since_day: int) -> list[tuple[int, str, str, int]]:
+    """(day, taxonomy, type, notifications first seen that day) from `since_day` (days since
+    1970-01-01) on: the operator's plot of notifications per day and classification. One
+    grouped query over the notifications table; kinds are few, so the join is cheap."""
+    n, k = t.notifications, t.notification_kinds
+    query = (
+        select(n.c.day, k.c.taxonomy, k.c.type, func.count())
+        .select_from(n.join(k, n.c.kind == k.c.pk))
+        .where(n.c.day >= since_day)
+        .group_by(n.c.day, k.c.taxonomy, k.c.type)
+        .order_by(n.c.day)
+    )
+    return [(int(day), str(tax), str(typ), int(count)) for day, tax, typ, count in conn.execute(query)]

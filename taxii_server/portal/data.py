@@ -1,0 +1,259 @@
+"""What the portal shows of a recipient's collection: its notifications with their state, one
+notification's detail, filtered and paged. Read through the store's reader, never SQL here.
+
+A recipient's collection is the delivery log (connector/store/deliveries.py): the portal walks
+its entries as TAXII does, so it shows exactly what the recipient's TAXII collection holds,
+each notification once, at the latest version delivered there. Filtering happens on that
+walk: a page costs a pass over the collection's entries (blocks of about four bytes an entry),
+not an index lookup. That is fine for the thousands of notifications a person looks through;
+a filter index per recipient would cost every ingest, for a screen read now and then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from connector import feedback
+from connector.collections import recipient_collection_id
+from connector.render.collection import _Context  # the one place entries become STIX objects
+from connector.render.stix import notification_of, own_ids
+from connector.store import Store
+from connector.store import states as st
+from connector.store.deliveries import iter_entries
+from connector.store.records import Kind, NotificationRecord, VersionRecord
+from connector.store.times import ms_to_timestamp
+
+PAGE_SIZE = 50
+EXPORT_LIMIT = 100_000  # rows of one CSV export: a selection, not a dump of the store
+
+
+@dataclass(frozen=True)
+class Item:
+    """One notification as a row of the recipient's list (and of its CSV export)."""
+
+    sighting: str
+    stamp: int  # date_added of the latest version delivered here (µs): the list's order
+    classification: str
+    identifier: str
+    partner: str
+    feed: str
+    case_id: str | None
+    tlp: str
+    ip: str | None
+    port: int | None
+    hostname: str | None
+    url: str | None
+    email: str | None
+    first_seen: str
+    last_seen: str
+    count: int
+    state: str
+
+    @property
+    def observable(self) -> str:
+        host = self.ip or self.hostname or self.email or self.url or ""
+        if self.port and self.ip:
+            return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The list's filters, as the form gives them (empty: no filter)."""
+
+    classification: str = ""
+    feed: str = ""  # "partner" or "partner/feed"
+    state: str = ""
+    since: date | None = None
+    until: date | None = None
+    search: str = ""
+
+    def matches(self, item: Item) -> bool:
+        if self.classification and item.classification != self.classification:
+            return False
+        if self.feed and self.feed not in (item.partner, f"{item.partner}/{item.feed}"):
+            return False
+        if self.state and item.state != self.state:
+            return False
+        day = item.first_seen[:10]
+        if self.since and day < self.since.isoformat():
+            return False
+        if self.until and day > self.until.isoformat():
+            return False
+        return not self.search or _found(self.search, item)
+
+
+def _found(search: str, item: Item) -> bool:
+    """An address (or network) search matches addresses inside it; anything else is a domain or
+    text search: a host name equal to it or under it, or the URL or e-mail address holding it."""
+    needle = search.strip().lower()
+    try:
+        network = ipaddress.ip_network(needle, strict=False)
+    except ValueError:
+        network = None
+    if network is not None and item.ip:
+        try:
+            return ipaddress.ip_address(item.ip.split("/")[0]) in network
+        except ValueError:
+            return False
+    host = (item.hostname or "").lower()
+    if host == needle or host.endswith("." + needle):
+        return True
+    return any(needle in (value or "").lower() for value in (item.url, item.email, item.ip))
+
+
+@dataclass
+class Listing:
+    items: list[Item]
+    total: int  # matching the filters
+    page: int
+    pages: int
+    choices: dict[str, list[str]] = field(default_factory=dict)  # the filters' options
+
+
+def _latest_held(store: Store, number: int) -> dict[int, int]:
+    """Notification -> the stamp of the latest version of it delivered to the collection."""
+    out: dict[int, int] = {}
+    with store.reading() as reader:
+        stamps = [stamp for stamp, _bits in iter_entries(reader.conn, number, None)]
+        for start in range(0, len(stamps), 5000):
+            for stamp, version in reader.versions(stamps[start : start + 5000]).items():
+                if stamp > out.get(version.notification, -1):
+                    out[version.notification] = stamp
+    return out
+
+
+def items(store: Store, recipient: str) -> list[Item]:
+    """Every notification of the recipient's collection, newest first."""
+    number = store.collection_number(recipient_collection_id(recipient))
+    if number is None:
+        return []
+    held = _latest_held(store, number)
+    out: list[Item] = []
+    with store.reading() as reader:
+        states = st.of(reader.conn, number, held)
+        pks = sorted(held, key=lambda pk: held[pk], reverse=True)
+        for start in range(0, len(pks), 2000):
+            part = pks[start : start + 2000]
+            records = reader.notifications(part)
+            versions = reader.versions([held[pk] for pk in part])
+            kinds = reader.kinds(
+                {versions[held[pk]].kind_of(records[pk]) for pk in part} | {records[pk].kind for pk in part}
+            )
+            for pk in part:
+                state = states.get(pk)
+                out.append(_item(records[pk], versions[held[pk]], kinds, state.state if state else st.ROUTED))
+    return out
+
+
+def _item(n: NotificationRecord, v: VersionRecord, kinds: dict[int, Kind], state: str) -> Item:
+    kind = kinds[v.kind_of(n)]
+    return Item(
+        sighting=sighting_id(n, kinds[n.kind]),
+        stamp=v.stamp,
+        classification=f"{kind.taxonomy}/{kind.type}",
+        identifier=n.identifier,
+        partner=kind.partner,
+        feed=kind.feed,
+        case_id=kind.case_id,
+        tlp=kind.tlp,
+        ip=n.ip,
+        port=n.port,
+        hostname=n.hostname,
+        url=n.url,
+        email=n.email,
+        first_seen=ms_to_timestamp(v.first_seen_of(n)),
+        last_seen=ms_to_timestamp(v.last_seen_of(n)),
+        count=v.count,
+        state=state,
+    )
+
+
+def sighting_id(n: NotificationRecord, kind: Kind) -> str:
+    """The notification's sighting id: its name in URLs, as in TAXII and `meldpunt feedback`."""
+    return own_ids(notification_of(n, kind, {}))[-1]
+
+
+def listing(all_items: list[Item], filters: Filters, page: int, size: int = PAGE_SIZE) -> Listing:
+    """One page of the items the filters keep, and the options the filter form offers."""
+    kept = [i for i in all_items if filters.matches(i)]
+    pages = max(1, -(-len(kept) // size))
+    page = min(max(1, page), pages)
+    choices = {
+        "classification": sorted({i.classification for i in all_items}),
+        "feed": sorted({i.partner for i in all_items} | {f"{i.partner}/{i.feed}" for i in all_items}),
+        "state": list(st.STATES),
+    }
+    return Listing(kept[(page - 1) * size : page * size], len(kept), page, pages, choices)
+
+
+@dataclass
+class Detail:
+    item: Item
+    evidence: dict[str, Any]
+    objects: list[dict[str, Any]]
+    history: list[st.Event]
+
+
+def detail(store: Store, recipient: str, ident: str) -> Detail | None:
+    """A notification of the recipient's collection by its sighting (or observed-data) id; None
+    when it is not there, whether or not it exists elsewhere (the page then answers 404)."""
+    try:
+        found = feedback.target(store, recipient, ident)
+    except feedback.NotFound:
+        return None
+    number = found.collection
+    with store.reading() as reader:
+        context = _Context(reader)
+        chain = [v for v in reader.version_chain(found.record.latest) if number in v.recipients]
+        latest = chain[0]
+        context.notifications[found.record.pk] = found.record
+        context.load([latest.stamp])
+        n, v, rendered = context.render(latest.stamp)
+        kinds = context.kinds | reader.kinds([n.kind])
+        state = st.of(reader.conn, number, [n.pk]).get(n.pk)
+        item = _item(n, v, kinds, state.state if state else st.ROUTED)
+        history = [e for e in st.events(reader.conn, [n.pk]) if e.collection == number]
+        evidence = context.evidence[v.evidence_of(n)]
+    return Detail(item, evidence, [r.obj for r in rendered], history)
+
+
+def when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+CSV_COLUMNS = (
+    "sighting",
+    "classification",
+    "identifier",
+    "partner",
+    "feed",
+    "case_id",
+    "tlp",
+    "ip",
+    "port",
+    "hostname",
+    "url",
+    "email",
+    "first_seen",
+    "last_seen",
+    "count",
+    "state",
+)
+
+
+def _cell(value: object) -> str:
+    """A CSV cell that a spreadsheet shows as text: a value starting with = + - @ (a partner's
+    URL or host name can) would otherwise be run as a formula when the export is opened."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_rows(selected: Iterable[Item]) -> Iterable[list[str]]:
+    yield list(CSV_COLUMNS)
+    for item in selected:
+        yield [_cell(getattr(item, c)) for c in CSV_COLUMNS]

@@ -1,0 +1,99 @@
+"""The operator's page: ingest runs with their counts and quarantined rows, misrouting reports
+with how each was routed (`meldpunt misrouted`), the MISP outbox per recipient
+(`meldpunt misp status`), and notifications per day as a server-side SVG chart.
+
+For users with `operator: true` only; to anybody else the pages do not exist (404).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from connector import stats
+from connector.explain import explain_target
+from connector.routing import Policy
+from connector.store import portal as portal_sql
+from taxii_server.portal.i18n import translator
+from taxii_server.portal.svg import stacked_bars
+from taxii_server.portal.web import PREFIX, PortalError, Viewer, language, page, viewer
+
+router = APIRouter()
+PLOT_DAYS = 30
+
+
+def _operator(who: Viewer) -> None:
+    if not who.principal.operator:
+        raise PortalError(404, "not_found")
+
+
+def _misrouted(who: Viewer) -> list[dict[str, Any]]:
+    out = []
+    for m in stats.misrouted(who.server.store):
+        policy = Policy(m.kind.tlp, m.kind.taxonomy, m.kind.type, m.kind.direct_owner_only)
+        lines = explain_target(who.server.router, m.sighting, policy, who.server.store)
+        out.append(
+            {"recipient": m.recipient, "sighting": m.sighting, "at": m.at, "note": m.note, "explain": lines}
+        )
+    return out
+
+
+def _outbox(who: Viewer) -> dict[str, Counter[str]]:
+    per: dict[str, Counter[str]] = {}
+    for recipient, status, _next, _error in who.server.store.misp_entries():
+        per.setdefault(recipient, Counter())[status] += 1
+    return dict(sorted(per.items()))
+
+
+def per_day(
+    rows: list[tuple[int, str, str, int]], today: date, days: int
+) -> tuple[list[str], dict[str, list[int]]]:
+    """Rows of (day number, taxonomy, type, count) as one series per classification over the
+    last `days` days (days without notifications are zeros, so gaps show)."""
+    first = today - timedelta(days=days - 1)
+    labels = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    epoch = date(1970, 1, 1)
+    series: dict[str, list[int]] = {}
+    for day, taxonomy, kind, count in rows:
+        index = (epoch + timedelta(days=day) - first).days
+        if 0 <= index < days:
+            series.setdefault(f"{taxonomy}/{kind}", [0] * days)[index] += count
+    return labels, dict(sorted(series.items()))
+
+
+def _plot(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[int]]]:
+    today = datetime.now(UTC).date()
+    since = (today - timedelta(days=PLOT_DAYS - 1) - date(1970, 1, 1)).days
+    with who.server.store.reading() as reader:
+        rows = portal_sql.notifications_per_day(reader.conn, since)
+    labels, series = per_day(rows, today, PLOT_DAYS)
+    return stacked_bars(labels, series, title), labels, series
+
+
+def _overview(who: Viewer, title: str) -> dict[str, Any]:
+    store = who.server.store
+    runs = store.runs(20)
+    quarantined = {run["id"]: store.run_rows(run["id"], "quarantined")[:50] for run in runs}
+    svg, labels, series = _plot(who, title)
+    return {
+        "runs": runs,
+        "quarantined": quarantined,
+        "misrouted": _misrouted(who),
+        "outbox": _outbox(who),
+        "svg": svg,
+        "days": labels,
+        "series": series,
+    }
+
+
+@router.get(PREFIX + "/operations/")
+async def operations(request: Request, who: Viewer = Depends(viewer)) -> Response:
+    _operator(who)
+    title = translator(language(request))["plot"]
+    values = await run_in_threadpool(_overview, who, title)
+    return page(request, "operations.html", values, who=who)
