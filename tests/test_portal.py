@@ -204,6 +204,8 @@ def test_an_operator_sees_every_recipient_but_cannot_speak_for_one(
     sighting = data.items(store, "ibd")[0].sighting
     page = portal.get(portal.url(f"/recipients/ibd/notifications/{sighting}"))
     assert page.status_code == 200 and 'name="state"' not in page.text
+    assert 'data-state="routed"' in page.text  # an operator looking on delivers nothing
+    assert stats.recipient(store, "ibd").fetched == 0
     said = portal.post(
         portal.url(f"/recipients/ibd/notifications/{sighting}"),
         data={"csrf": csrf_of(page.text), "state": "acknowledged"},
@@ -221,7 +223,8 @@ def test_acknowledge_then_resolve_shows_in_stats_and_over_taxii(running: Running
     item = data.items(store, "ibd")[0]
     page = f"/recipients/ibd/notifications/{item.sighting}"
     shown = portal.get(portal.url(page))
-    assert shown.status_code == 200 and item.sighting in shown.text and 'data-state="routed"' in shown.text
+    # Opened by the recipient's own user: delivered, as a TAXII fetch would make it.
+    assert shown.status_code == 200 and item.sighting in shown.text and 'data-state="delivered"' in shown.text
     answer = portal.post_form(page, {"state": "acknowledged", "note": "looking into it"})
     assert answer.status_code == 303
     after = portal.get(portal.url(page))
@@ -243,6 +246,7 @@ def test_acknowledge_then_resolve_shows_in_stats_and_over_taxii(running: Running
             if e.collection == number
         ]
     assert [(e.state, e.source, e.actor) for e in events] == [
+        ("delivered", "portal", "ibd-poller"),
         ("acknowledged", "portal", "ibd-poller"),
         ("resolved", "portal", "ibd-poller"),
     ]
@@ -362,7 +366,10 @@ def test_the_operator_page(running: RunningServer, store: Store) -> None:
     portal = user(running, "operator-1")
     page = portal.get(portal.url("/operations/"))
     assert page.status_code == 200
-    assert "<svg" in page.text and 'role="img"' in page.text
+    assert "<svg" in page.text and 'role="img"' in page.text and "<rect x=" in page.text  # bars
+    assert "2024-06" in page.text  # the window ends at the latest day with notifications
+    empty = portal.get(portal.url("/operations/"), params={"until": "2001-01-31"})
+    assert empty.status_code == 200 and "<rect x=" not in empty.text and "2001-01-31" in empty.text
     assert 'id="runs"' in page.text and "divd-nuclei" in page.text
     misrouted = page.text[page.text.index('id="misrouted"') :]
     assert sighting in misrouted and "ibd" in misrouted and "198.51.100" in misrouted

@@ -24,3 +24,10 @@ def notifications_per_day(conn: Connection, since_day: int) -> list[tuple[int, s
         .order_by(n.c.day)
     )
     return [(int(day), str(tax), str(typ), int(count)) for day, tax, typ, count in conn.execute(query)]
+
+
+def latest_day(conn: Connection) -> int | None:
+    """The latest day any notification was first seen (days since 1970-01-01), or None: where
+    the operator's plot ends by default, so a store of old reports still shows them."""
+    value = conn.execute(select(func.max(t.notifications.c.day))).scalar()
+    return None if value is None else int(value)

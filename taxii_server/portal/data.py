@@ -199,14 +199,25 @@ class Detail:
     history: list[st.Event]
 
 
-def detail(store: Store, recipient: str, ident: str) -> Detail | None:
+def detail(store: Store, recipient: str, ident: str, reader_name: str | None = None) -> Detail | None:
     """A notification of the recipient's collection by its sighting (or observed-data) id; None
-    when it is not there, whether or not it exists elsewhere (the page then answers 404)."""
+    when it is not there, whether or not it exists elsewhere (the page then answers 404).
+
+    `reader_name`: the recipient's own user opened it, so it is delivered (as a TAXII fetch or
+    a MISP push makes it; an operator looking on does not). Without this, a notification
+    acknowledged in the portal before any fetch would never count as delivered."""
     try:
         found = feedback.target(store, recipient, ident)
     except feedback.NotFound:
         return None
     number = found.collection
+    if reader_name is not None:
+        store.mark_delivered(
+            recipient_collection_id(recipient),
+            [(found.record.pk, found.routed_at * 1000)],
+            source="portal",
+            actor=reader_name,
+        )
     with store.reading() as reader:
         context = _Context(reader)
         chain = [v for v in reader.version_chain(found.record.latest) if number in v.recipients]

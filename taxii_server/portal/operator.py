@@ -66,20 +66,25 @@ def per_day(
     return labels, dict(sorted(series.items()))
 
 
-def _plot(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[int]]]:
-    today = datetime.now(UTC).date()
-    since = (today - timedelta(days=PLOT_DAYS - 1) - date(1970, 1, 1)).days
+def _plot(who: Viewer, title: str, until: date | None) -> tuple[str, list[str], dict[str, list[int]]]:
+    """The chart of the PLOT_DAYS days up to `until`, by default up to the latest day with
+    notifications (a quiet week should not show an empty chart of nothing)."""
+    epoch = date(1970, 1, 1)
     with who.server.store.reading() as reader:
+        if until is None:
+            latest = portal_sql.latest_day(reader.conn)
+            until = epoch + timedelta(days=latest) if latest is not None else datetime.now(UTC).date()
+        since = (until - timedelta(days=PLOT_DAYS - 1) - epoch).days
         rows = portal_sql.notifications_per_day(reader.conn, since)
-    labels, series = per_day(rows, today, PLOT_DAYS)
+    labels, series = per_day(rows, until, PLOT_DAYS)
     return stacked_bars(labels, series, title), labels, series
 
 
-def _overview(who: Viewer, title: str) -> dict[str, Any]:
+def _overview(who: Viewer, title: str, until: date | None) -> dict[str, Any]:
     store = who.server.store
     runs = store.runs(20)
     quarantined = {run["id"]: store.run_rows(run["id"], "quarantined")[:50] for run in runs}
-    svg, labels, series = _plot(who, title)
+    svg, labels, series = _plot(who, title, until)
     return {
         "runs": runs,
         "quarantined": quarantined,
@@ -95,5 +100,9 @@ def _overview(who: Viewer, title: str) -> dict[str, Any]:
 async def operations(request: Request, who: Viewer = Depends(viewer)) -> Response:
     _operator(who)
     title = translator(language(request))["plot"]
-    values = await run_in_threadpool(_overview, who, title)
+    try:
+        until = date.fromisoformat(request.query_params.get("until", ""))
+    except ValueError:
+        until = None
+    values = await run_in_threadpool(_overview, who, title, until)
     return page(request, "operations.html", values, who=who)

@@ -108,7 +108,8 @@ async def notification(
     request: Request, recipient: str, ident: str, who: Viewer = Depends(viewer)
 ) -> Response:
     _recipient(who, recipient)
-    found = await run_in_threadpool(data.detail, who.server.store, recipient, ident[:200])
+    reader_name = who.principal.username if who.may_act(recipient) else None
+    found = await run_in_threadpool(data.detail, who.server.store, recipient, ident[:200], reader_name)
     if found is None:
         raise PortalError(404, "not_found")
     await run_in_threadpool(
