@@ -53,8 +53,9 @@ def user(running: RunningServer, username: str) -> PortalUser:
 
 
 def test_login_sets_a_strict_httponly_session_and_logout_ends_it(running: RunningServer) -> None:
-    anonymous = requests.get(running.url + "/portal/recipients/zcert/", allow_redirects=False)
-    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/portal/login"
+    for path in ("/portal/", "/portal/recipients/zcert/", "/portal/operations/", "/portal/no/such/page"):
+        anonymous = requests.get(running.url + path, allow_redirects=False)
+        assert anonymous.status_code == 303 and anonymous.headers["location"] == "/portal/login", path
 
     portal = PortalUser(running.url)
     answer = portal.login("zcert-poller")
@@ -188,6 +189,8 @@ def test_no_recipient_reaches_another_recipients_pages(
         answer = portal.get(portal.url(f"/recipients/{reader_recipient}/notifications/{made_up}"))
         assert answer.status_code == 404
         assert portal.get(portal.url("/recipients/no-such-recipient/")).status_code == 404
+        unknown = portal.get(portal.url("/no/such/page"))
+        assert unknown.status_code == 404 and 'id="error"' in unknown.text
         assert portal.get(portal.url("/operations/")).status_code == 404
         assert portal.get(portal.url("/submissions/")).status_code == 404
     # Nobody said anything of another's notification.

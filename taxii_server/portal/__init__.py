@@ -60,6 +60,16 @@ async def static(name: str) -> Response:
     return secured(response)
 
 
+last_router = APIRouter()
+
+
+@last_router.api_route(PREFIX + "/{rest:path}", methods=["GET", "POST"])
+async def unknown(rest: str, who: Viewer = Depends(viewer)) -> Response:
+    """Anything else under /portal/: the portal's own 404 page (after the login check, so a
+    stranger learns nothing of which pages exist)."""
+    raise PortalError(404, "not_found")
+
+
 async def _redirect(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Redirect)
     return secured(RedirectResponse(exc.location, status_code=303))
@@ -79,5 +89,6 @@ def mount(app: FastAPI, secret: bytes) -> None:
     app.state.portal = PortalState(Sessions(app.state.meldpunt.config, secret))
     app.add_exception_handler(Redirect, _redirect)
     app.add_exception_handler(PortalError, _error)
-    for router in (home_router, login.router, recipient.router, researcher.router, operator.router):
+    routers = (home_router, login.router, recipient.router, researcher.router, operator.router, last_router)
+    for router in routers:
         app.include_router(router, include_in_schema=False)
