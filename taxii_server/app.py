@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connector.channels.misp_feed import FeedRefresher, feed_recipients
+from connector.claims import with_claims
 from connector.collections import collection_rows
 from connector.config import Config
 from connector.logs import redact
@@ -157,7 +158,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
         tokens=TokenCodec(secret),
         collections={r.id: r for r in rows},
         view=CollectionView(store),
-        router=Router(config),
+        router=Router(with_claims(config, store)),  # approved claims too (connector/claims.py)
         metrics=metrics,
     )
     app.add_exception_handler(TaxiiError, handle_taxii_error)

@@ -14,7 +14,7 @@ import contextlib
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from taxii_server.portal import login, operator, recipient, researcher
+from taxii_server.portal import claims, login, operator, recipient, researcher
 from taxii_server.portal.session import Sessions
 from taxii_server.portal.web import (
     HERE,
@@ -89,6 +89,14 @@ def mount(app: FastAPI, secret: bytes) -> None:
     app.state.portal = PortalState(Sessions(app.state.meldpunt.config, secret))
     app.add_exception_handler(Redirect, _redirect)
     app.add_exception_handler(PortalError, _error)
-    routers = (home_router, login.router, recipient.router, researcher.router, operator.router, last_router)
+    routers = (
+        home_router,
+        login.router,
+        recipient.router,
+        researcher.router,
+        operator.router,
+        claims.router,
+        last_router,
+    )
     for router in routers:
         app.include_router(router, include_in_schema=False)

@@ -97,6 +97,28 @@ MESSAGES: dict[str, dict[str, str]] = {
         "saved": "Saved:",
         "figure": "Figure",
         "day": "Day",
+        "claims": "Constituency claims",
+        "claims_help": (
+            "Propose a network, AS number or domain your organisation holds. An operator checks it "
+            "before notifications are routed by it; a part of what you hold already is approved at once."
+        ),
+        "configured": "What you hold now (configuration)",
+        "propose": "Propose",
+        "claim_kind": "Kind",
+        "claim_value": "Network, AS number or domain",
+        "kind_network": "network",
+        "kind_asn": "AS number",
+        "kind_domain": "domain",
+        "your_claims": "Your claims",
+        "claim_pending": "pending",
+        "claim_approved": "approved",
+        "claim_refused": "refused",
+        "claims_review": "Claims to approve",
+        "conflicts": "Conflicts",
+        "decision": "Decision",
+        "approve": "Approve",
+        "refuse": "Refuse",
+        "decided": "Decided",
     },
     "nl": {
         "title": "Security Meldpunt portaal",
@@ -184,6 +206,29 @@ MESSAGES: dict[str, dict[str, str]] = {
         "saved": "Opgeslagen:",
         "figure": "Figuur",
         "day": "Dag",
+        "claims": "Achterbanclaims",
+        "claims_help": (
+            "Stel een netwerk, AS-nummer of domein voor dat uw organisatie beheert. Een beheerder "
+            "controleert het voordat meldingen erop worden gerouteerd; een deel van wat u al heeft, "
+            "wordt meteen goedgekeurd."
+        ),
+        "configured": "Wat u nu heeft (configuratie)",
+        "propose": "Voorstellen",
+        "claim_kind": "Soort",
+        "claim_value": "Netwerk, AS-nummer of domein",
+        "kind_network": "netwerk",
+        "kind_asn": "AS-nummer",
+        "kind_domain": "domein",
+        "your_claims": "Uw claims",
+        "claim_pending": "in behandeling",
+        "claim_approved": "goedgekeurd",
+        "claim_refused": "afgewezen",
+        "claims_review": "Claims om goed te keuren",
+        "conflicts": "Conflicten",
+        "decision": "Besluit",
+        "approve": "Goedkeuren",
+        "refuse": "Afwijzen",
+        "decided": "Besloten",
     },
 }
 

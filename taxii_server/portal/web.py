@@ -19,6 +19,7 @@ from connector.collections import recipient_collection_id
 from taxii_server.auth import Principal, principal_for
 from taxii_server.context import ServerState, state
 from taxii_server.portal import i18n
+from taxii_server.portal.data import when
 from taxii_server.portal.session import SESSION_COOKIE, Session, Sessions
 
 PREFIX = "/portal"
@@ -135,6 +136,7 @@ def page(
         "who": who,
         "csrf": portal(request).sessions.csrf(who.session.nonce) if who else "",
         "path": request.url.path,
+        "when": when,
     }
     values.update(context or {})
     response = HTMLResponse(TEMPLATES.get_template(template).render(values), status_code=status)
