@@ -254,3 +254,46 @@ def test_the_operator_sees_runs_misrouting_and_the_chart(
     browser.get(running.url + "/portal/recipients/zcert/")
     assert wait(browser, "h1").text.startswith("Meldingen voor")  # the language stays chosen
     browser.save_screenshot(str(shots / "operator-recipient-nl.png"))
+
+
+def test_an_operator_approves_a_claim_and_the_next_ingest_routes_by_it(
+    browser: WebDriver,
+    running: RunningServer,
+    store: Store,
+    sample_config: Config,
+    mappings,  # type: ignore[no-untyped-def]
+    shots: Path,
+    tmp_path: Path,
+) -> None:
+    from tests.test_portal_claims import scan_of
+
+    log_in(browser, running, "gemeente-poller")
+    browser.get(running.url + "/portal/recipients/gemeente-voorbeeld/claims/")
+    Select(wait(browser, "#claim-kind")).select_by_value("network")
+    browser.find_element(By.ID, "claim-value").send_keys("203.0.113.0/24")
+    browser.find_element(By.ID, "claim-button").click()
+    row = wait(browser, '#claims tr[data-value="203.0.113.0/24"]')
+    assert row.get_attribute("data-status") == "pending"
+    browser.save_screenshot(str(shots / "recipient-claims.png"))
+    browser.find_element(By.CSS_SELECTOR, ".logout button").click()
+    wait(browser, "#login-button")
+
+    log_in(browser, running, "operator-1")
+    browser.get(running.url + "/portal/operations/claims/")
+    pending = wait(browser, "#pending-claims tbody tr")
+    assert "203.0.113.0/24" in pending.text
+    pk = pending.get_attribute("data-claim")
+    browser.find_element(By.ID, f"reason-{pk}").send_keys("RIPE object checked")
+    browser.save_screenshot(str(shots / "operator-claims.png"))
+    browser.find_element(By.ID, f"approve-{pk}").click()
+    assert "RIPE object checked" in wait(browser, "#decided-claims").text
+
+    run = Ingestor(sample_config, store, mappings).run(
+        "divd", "divd-nuclei", [scan_of(tmp_path / "scan", "203.0.113.7")]
+    )
+    assert run.ok and run.counts["routed"] == 1
+    browser.find_element(By.CSS_SELECTOR, ".logout button").click()
+    log_in(browser, running, "gemeente-poller")
+    browser.get(running.url + "/portal/recipients/gemeente-voorbeeld/?q=203.0.113.0/24")
+    assert wait(browser, "#total").text == "1"
+    assert "203.0.113.7" in browser.find_element(By.ID, "notifications").text
