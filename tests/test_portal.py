@@ -374,8 +374,22 @@ def test_the_operator_page(running: RunningServer, store: Store) -> None:
     empty = portal.get(portal.url("/operations/"), params={"until": "2001-01-31"})
     assert empty.status_code == 200 and "<rect x=" not in empty.text and "2001-01-31" in empty.text
     assert 'id="runs"' in page.text and "divd-nuclei" in page.text
+    unrouted = page.text[page.text.index('id="unrouted"') : page.text.index('id="misrouted"')]
+    observables = [row["observable"] for run in store.runs(20) for row in store.unrouted(run["id"])]
+    assert observables  # the sample has some nobody claims; each group shows up to 3
+    for observable in observables:
+        assert observable in unrouted
     misrouted = page.text[page.text.index('id="misrouted"') :]
     assert sighting in misrouted and "ibd" in misrouted and "198.51.100" in misrouted
+
+
+def test_unrouted_observables_are_grouped_by_network_or_domain() -> None:
+    from taxii_server.portal.operator import group_of
+
+    assert group_of("192.0.2.77:443") == "192.0.2.0/24"
+    assert group_of("[2001:db8:99::5]:8443") == "2001:db8:99::/48"
+    assert group_of("www.shop.example.co.uk") == "example.co.uk"
+    assert group_of("https://a.b.example.nl/login") == "example.nl"
 
 
 def test_notifications_per_day_fill_the_days() -> None:

@@ -119,6 +119,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "approve": "Approve",
         "refuse": "Refuse",
         "decided": "Decided",
+        "unrouted": "Unrouted observables (latest runs), by network or domain",
+        "unrouted_group": "Network or domain",
+        "count_notifications": "Notifications",
+        "examples": "Examples",
     },
     "nl": {
         "title": "Security Meldpunt portaal",
@@ -229,6 +233,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "approve": "Goedkeuren",
         "refuse": "Afwijzen",
         "decided": "Besloten",
+        "unrouted": "Niet-gerouteerde observabelen (laatste rondes), per netwerk of domein",
+        "unrouted_group": "Netwerk of domein",
+        "count_notifications": "Meldingen",
+        "examples": "Voorbeelden",
     },
 }
 

@@ -7,6 +7,7 @@ For users with `operator: true` only; to anybody else the pages do not exist (40
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from connector import stats
-from connector.explain import explain_target
+from connector.explain import explain_target, observable_host
+from connector.publicsuffix import is_public_suffix
 from connector.routing import Policy
 from connector.store import portal as portal_sql
 from taxii_server.portal.i18n import translator
@@ -41,6 +43,39 @@ def _misrouted(who: Viewer) -> list[dict[str, Any]]:
             {"recipient": m.recipient, "sighting": m.sighting, "at": m.at, "note": m.note, "explain": lines}
         )
     return out
+
+
+def group_of(observable: str) -> str:
+    """Where an unrouted observable belongs, for a claim to cover it: its /24 (IPv4) or /48
+    (IPv6) network, else the registrable domain of its host (the label below the public
+    suffix), else the host itself."""
+    host = observable_host(observable)
+    try:
+        address = ipaddress.ip_address(host.split("/")[0])
+    except ValueError:
+        labels = host.lower().rstrip(".").split(".")
+        for start in range(len(labels) - 1, -1, -1):
+            if not is_public_suffix(".".join(labels[start:])):
+                return ".".join(labels[start:])
+        return host
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def _unrouted(who: Viewer, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest runs' unrouted observables, grouped by network or domain, largest first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for row in who.server.store.unrouted(run["id"]):
+            group = groups.setdefault(
+                group_of(row["observable"]), {"count": 0, "examples": [], "runs": set()}
+            )
+            group["count"] += 1
+            group["runs"].add(run["id"])
+            if len(group["examples"]) < 3 and row["observable"] not in group["examples"]:
+                group["examples"].append(row["observable"])
+    ordered = sorted(groups.items(), key=lambda item: (-item[1]["count"], item[0]))
+    return [{"group": g, **v, "runs": sorted(v["runs"])} for g, v in ordered[:100]]
 
 
 def _outbox(who: Viewer) -> dict[str, Counter[str]]:
@@ -87,6 +122,7 @@ def _overview(who: Viewer, title: str, until: date | None) -> dict[str, Any]:
     svg, labels, series = _plot(who, title, until)
     return {
         "runs": runs,
+        "unrouted": _unrouted(who, runs),
         "quarantined": quarantined,
         "misrouted": _misrouted(who),
         "outbox": _outbox(who),
