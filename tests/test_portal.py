@@ -302,6 +302,35 @@ def test_filters_paging_and_csv_export(running: RunningServer, store: Store) -> 
     assert [i.sighting for part in paged for i in part] == [i.sighting for i in everything]
 
 
+def test_stix_bundle_export_of_a_selection(running: RunningServer, store: Store) -> None:
+    import stix2
+    from stix2validator import ValidationOptions, validate_instance
+
+    portal = user(running, "zcert-poller")
+    everything = data.items(store, "zcert")
+    expected = {i.sighting for i in everything if i.ip and ":" in i.ip}
+    exported = portal.get(portal.url("/recipients/zcert/export.json"), params={"q": "2001:db8:10::/48"})
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("application/stix+json")
+    body = exported.json()
+    assert {o["id"] for o in body["objects"] if o["type"] == "sighting"} == expected
+    assert len({o["id"] for o in body["objects"]}) == len(body["objects"])  # shared objects once
+    result = validate_instance(body, ValidationOptions(version="2.1"))
+    assert result.is_valid, [str(e) for e in result.errors]
+    stix2.parse(body, allow_custom=True)
+    # The same objects TAXII serves the recipient for those notifications.
+    taxii = requests.get(
+        running.collection_url(recipient_collection_id("zcert")) + "objects/",
+        params={"limit": 1000},
+        auth=("zcert-poller", password_for("zcert-poller")),
+        headers={"Accept": "application/taxii+json;version=2.1"},
+    ).json()["objects"]
+    served = {o["id"]: o for o in taxii}
+    for obj in body["objects"]:
+        assert served[obj["id"]] == obj
+    assert user(running, "ibd-poller").get(portal.url("/recipients/zcert/export.json")).status_code == 404
+
+
 def test_csv_cells_that_a_spreadsheet_would_run_are_text() -> None:
     assert data._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)" and data._cell("example.nl") == "example.nl"
 

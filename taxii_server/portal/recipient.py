@@ -103,6 +103,27 @@ async def export_csv(request: Request, recipient: str, who: Viewer = Depends(vie
     return secured(StreamingResponse(iter([out.getvalue()]), media_type="text/csv", headers=headers))
 
 
+@router.get(PREFIX + "/recipients/{recipient}/export.json")
+async def export_bundle(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
+    """The filtered selection as a STIX 2.1 bundle (what TAXII serves for those notifications)."""
+    _recipient(who, recipient)
+    filters = filters_of(request)
+    everything = await run_in_threadpool(data.items, who.server.store, recipient)
+    selected = [i for i in everything if filters.matches(i)]
+    body = await run_in_threadpool(data.bundle, who.server.store, selected)
+    await run_in_threadpool(
+        who.server.store.audit,
+        username=who.principal.username,
+        action="portal-export",
+        collection_id=None,
+        objects=len(body["objects"]),
+        status=200,
+    )
+    headers = {"Content-Disposition": f'attachment; filename="{recipient}-notifications.stix.json"'}
+    media = "application/stix+json;version=2.1"
+    return secured(Response(orjson.dumps(body), media_type=media, headers=headers))
+
+
 @router.get(PREFIX + "/recipients/{recipient}/notifications/{ident}")
 async def notification(
     request: Request, recipient: str, ident: str, who: Viewer = Depends(viewer)
