@@ -124,6 +124,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unrouted_group": "Network or domain",
         "count_notifications": "Notifications",
         "examples": "Examples",
+        "retry": "Retry failed deliveries",
+        "retried": "Queued again",
     },
     "nl": {
         "title": "Security Meldpunt portaal",
@@ -239,6 +241,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "unrouted_group": "Netwerk of domein",
         "count_notifications": "Meldingen",
         "examples": "Voorbeelden",
+        "retry": "Mislukte leveringen opnieuw proberen",
+        "retried": "Opnieuw in de wachtrij",
     },
 }
 

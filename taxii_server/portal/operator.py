@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from connector import stats
 from connector.explain import explain_target, observable_host
@@ -23,7 +23,16 @@ from connector.routing import Policy
 from connector.store import portal as portal_sql
 from taxii_server.portal.i18n import translator
 from taxii_server.portal.svg import stacked_bars
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, language, page, viewer
+from taxii_server.portal.web import (
+    PREFIX,
+    PortalError,
+    Viewer,
+    form_checked,
+    language,
+    page,
+    secured,
+    viewer,
+)
 
 router = APIRouter()
 PLOT_DAYS = 30
@@ -78,10 +87,14 @@ def _unrouted(who: Viewer, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"group": g, **v, "runs": sorted(v["runs"])} for g, v in ordered[:100]]
 
 
-def _outbox(who: Viewer) -> dict[str, Counter[str]]:
-    per: dict[str, Counter[str]] = {}
-    for recipient, status, _next, _error in who.server.store.misp_entries():
-        per.setdefault(recipient, Counter())[status] += 1
+def _outbox(who: Viewer) -> dict[str, dict[str, Any]]:
+    """Per recipient: entries by status, and one failed entry's error (MISP's own message)."""
+    per: dict[str, dict[str, Any]] = {}
+    for recipient, status, _next, error in who.server.store.misp_entries():
+        entry = per.setdefault(recipient, {"counts": Counter(), "error": None})
+        entry["counts"][status] += 1
+        if status == "failed" and error and entry["error"] is None:
+            entry["error"] = error[:300]
     return dict(sorted(per.items()))
 
 
@@ -141,4 +154,25 @@ async def operations(request: Request, who: Viewer = Depends(viewer)) -> Respons
     except ValueError:
         until = None
     values = await run_in_threadpool(_overview, who, title, until)
+    values["retried"] = request.query_params.get("retried")
     return page(request, "operations.html", values, who=who)
+
+
+@router.post(PREFIX + "/operations/misp-retry")
+async def misp_retry(request: Request, who: Viewer = Depends(viewer)) -> Response:
+    """`meldpunt misp retry --recipient R`: the recipient's failed deliveries queued again."""
+    form = await form_checked(request, who)
+    _operator(who)
+    recipient = str(form.get("recipient") or "")
+    if recipient not in {r.id for r in who.server.config.recipients}:
+        raise PortalError(404, "not_found")
+    queued = await run_in_threadpool(who.server.store.misp_retry_failed, recipient)
+    await run_in_threadpool(
+        who.server.store.audit,
+        username=who.principal.username,
+        action="misp-retry",
+        collection_id=None,
+        objects=queued,
+        status=200,
+    )
+    return secured(RedirectResponse(f"{PREFIX}/operations/?retried={queued}#outbox", status_code=303))
