@@ -302,6 +302,28 @@ def test_filters_paging_and_csv_export(running: RunningServer, store: Store) -> 
     assert [i.sighting for part in paged for i in part] == [i.sighting for i in everything]
 
 
+def test_a_parent_sees_which_child_organisation_each_notification_is_for(
+    running: RunningServer, store: Store, sample_config: Config
+) -> None:
+    """Z-CERT receives what concerns Ziekenhuis Noord (deliver_to_parent): its list says so and
+    filters by it; the IBD does not receive Gemeente Voorbeeld's (deliver_to_parent: false)."""
+    noord = {i.sighting for i in data.items(store, "ziekenhuis-noord")}
+    zcert = data.items(store, "zcert", sample_config)
+    assert noord and {i.sighting for i in zcert if i.concerns == "ziekenhuis-noord"} == noord
+    assert {i.concerns for i in zcert} == {"zcert", "ziekenhuis-noord"}
+    portal = user(running, "zcert-poller")
+    page = portal.get(portal.url("/recipients/zcert/"), params={"concerns": "ziekenhuis-noord"})
+    assert f'<span id="total">{len(noord)}</span>' in page.text and '<label for="f-concerns">' in page.text
+    rows = list(csv.DictReader(io.StringIO(portal.get(portal.url("/recipients/zcert/export.csv")).text)))
+    assert {r["sighting"] for r in rows if r["concerns"] == "ziekenhuis-noord"} == noord
+    ibd = data.items(store, "ibd", sample_config)
+    assert {i.concerns for i in ibd} == {"ibd"}
+    assert not {i.sighting for i in ibd} & {i.sighting for i in data.items(store, "gemeente-voorbeeld")}
+    # A recipient without children has no such filter.
+    leaf = user(running, "noord-poller").get(portal.url("/recipients/ziekenhuis-noord/"))
+    assert 'id="f-concerns"' not in leaf.text
+
+
 def test_stix_bundle_export_of_a_selection(running: RunningServer, store: Store) -> None:
     import stix2
     from stix2validator import ValidationOptions, validate_instance

@@ -14,12 +14,13 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from connector import feedback
 from connector.collections import recipient_collection_id
+from connector.config import Config
 from connector.render.collection import _Context  # the one place entries become STIX objects
 from connector.render.stix import notification_of, own_ids
 from connector.store import Store
@@ -54,6 +55,7 @@ class Item:
     last_seen: str
     count: int
     state: str
+    concerns: str = ""  # the recipient it is about: this one, or a child organisation it serves
 
     @property
     def observable(self) -> str:
@@ -73,9 +75,12 @@ class Filters:
     since: date | None = None
     until: date | None = None
     search: str = ""
+    concerns: str = ""
 
     def matches(self, item: Item) -> bool:
         if self.classification and item.classification != self.classification:
+            return False
+        if self.concerns and item.concerns != self.concerns:
             return False
         if self.feed and self.feed not in (item.partner, f"{item.partner}/{item.feed}"):
             return False
@@ -129,11 +134,36 @@ def _latest_held(store: Store, number: int) -> dict[int, int]:
     return out
 
 
-def items(store: Store, recipient: str) -> list[Item]:
-    """Every notification of the recipient's collection, newest first."""
+def descendants(config: Config, recipient: str) -> list[str]:
+    """The organisations this recipient serves as parent, children before grandchildren."""
+    out: list[str] = []
+    level = [recipient]
+    while level:
+        level = [r.id for r in config.recipients if r.parent in level and r.id not in out]
+        out += level
+    return out
+
+
+def _child_numbers(store: Store, config: Config | None, recipient: str) -> dict[int, tuple[int, str]]:
+    """Collection number of each descendant -> (its depth order, its id): the deepest one a
+    version went to is the organisation the notification is about."""
+    if config is None:
+        return {}
+    out = {}
+    for depth, child in enumerate(descendants(config, recipient)):
+        number = store.collection_number(recipient_collection_id(child))
+        if number is not None:
+            out[number] = (depth, child)
+    return out
+
+
+def items(store: Store, recipient: str, config: Config | None = None) -> list[Item]:
+    """Every notification of the recipient's collection, newest first; given the
+    configuration, each says which of the recipient's child organisations it concerns."""
     number = store.collection_number(recipient_collection_id(recipient))
     if number is None:
         return []
+    children = _child_numbers(store, config, recipient)
     held = _latest_held(store, number)
     out: list[Item] = []
     with store.reading() as reader:
@@ -148,7 +178,10 @@ def items(store: Store, recipient: str) -> list[Item]:
             )
             for pk in part:
                 state = states.get(pk)
-                out.append(_item(records[pk], versions[held[pk]], kinds, state.state if state else st.ROUTED))
+                version = versions[held[pk]]
+                item = _item(records[pk], version, kinds, state.state if state else st.ROUTED)
+                via = [children[n] for n in version.recipients if n in children]
+                out.append(replace(item, concerns=max(via)[1] if via else recipient))
     return out
 
 
@@ -189,6 +222,7 @@ def listing(all_items: list[Item], filters: Filters, page: int, size: int = PAGE
         "classification": sorted({i.classification for i in all_items}),
         "feed": sorted({i.partner for i in all_items} | {f"{i.partner}/{i.feed}" for i in all_items}),
         "state": list(st.STATES),
+        "concerns": sorted({i.concerns for i in all_items}),
     }
     return Listing(kept[(page - 1) * size : page * size], len(kept), page, pages, choices)
 
@@ -256,6 +290,7 @@ CSV_COLUMNS = (
     "last_seen",
     "count",
     "state",
+    "concerns",
 )
 
 

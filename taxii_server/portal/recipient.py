@@ -49,6 +49,7 @@ def filters_of(request: Request) -> data.Filters:
         since=_date(q.get("since")),
         until=_date(q.get("until")),
         search=q.get("q", "")[:500],
+        concerns=q.get("concerns", "")[:64],
     )
 
 
@@ -66,7 +67,7 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
         number = int(request.query_params.get("page", "1"))
     except ValueError:
         number = 1
-    everything = await run_in_threadpool(data.items, who.server.store, recipient)
+    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
     listing = data.listing(everything, filters, number)
     name = next(r.name for r in who.server.config.recipients if r.id == recipient)
     return page(
@@ -75,6 +76,7 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
         {
             "recipient": recipient,
             "recipient_name": name,
+            "children": data.descendants(who.server.config, recipient),
             "listing": listing,
             "filters": filters,
             "query": _query_without_page(request),
@@ -87,7 +89,7 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
 async def export_csv(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
     _recipient(who, recipient)
     filters = filters_of(request)
-    everything = await run_in_threadpool(data.items, who.server.store, recipient)
+    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
     selected = [i for i in everything if filters.matches(i)][: data.EXPORT_LIMIT]
     out = io.StringIO()
     csv.writer(out).writerows(data.csv_rows(selected))
@@ -108,7 +110,7 @@ async def export_bundle(request: Request, recipient: str, who: Viewer = Depends(
     """The filtered selection as a STIX 2.1 bundle (what TAXII serves for those notifications)."""
     _recipient(who, recipient)
     filters = filters_of(request)
-    everything = await run_in_threadpool(data.items, who.server.store, recipient)
+    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
     selected = [i for i in everything if filters.matches(i)]
     body = await run_in_threadpool(data.bundle, who.server.store, selected)
     await run_in_threadpool(
