@@ -422,8 +422,12 @@ def test_the_operator_page(running: RunningServer, store: Store) -> None:
     assert page.status_code == 200
     assert "<svg" in page.text and 'role="img"' in page.text and "<rect x=" in page.text  # bars
     assert "2024-06" in page.text  # the window ends at the latest day with notifications
+    times = page.text[page.text.index('id="times-per-day"') :]
+    assert re.search(r"<td>\d+\.\d\d</td>", times)  # ibd's delivery (opened in the portal)
+    assert "<circle" in page.text
     empty = portal.get(portal.url("/operations/"), params={"until": "2001-01-31"})
-    assert empty.status_code == 200 and "<rect x=" not in empty.text and "2001-01-31" in empty.text
+    first_plot = empty.text[: empty.text.index('id="times"')]
+    assert empty.status_code == 200 and "<rect x=" not in first_plot and "2001-01-31" in first_plot
     assert 'id="runs"' in page.text and "divd-nuclei" in page.text
     unrouted = page.text[page.text.index('id="unrouted"') : page.text.index('id="misrouted"')]
     observables = [row["observable"] for run in store.runs(20) for row in store.unrouted(run["id"])]
@@ -441,6 +445,20 @@ def test_unrouted_observables_are_grouped_by_network_or_domain() -> None:
     assert group_of("[2001:db8:99::5]:8443") == "2001:db8:99::/48"
     assert group_of("www.shop.example.co.uk") == "example.co.uk"
     assert group_of("https://a.b.example.nl/login") == "example.nl"
+
+
+def test_delivery_and_acknowledgement_times_per_day() -> None:
+    from datetime import date
+
+    from taxii_server.portal.operator import times_per_day
+
+    day = 19_000  # 2022-01-08
+    at = day * 86_400_000
+    hour = 3_600_000
+    rows = [(at, at + 2 * hour, at + 5 * hour), (at, at + 4 * hour, None), (at + hour, None, None)]
+    labels, series = times_per_day(rows, date(2022, 1, 9), 2)
+    assert labels == ["2022-01-08", "2022-01-09"]
+    assert series == {"delivery": [3.0, None], "acknowledgement": [3.0, None]}
 
 
 def test_notifications_per_day_fill_the_days() -> None:

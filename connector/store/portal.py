@@ -31,3 +31,18 @@ def latest_day(conn: Connection) -> int | None:
     the operator's plot ends by default, so a store of old reports still shows them."""
     value = conn.execute(select(func.max(t.notifications.c.day))).scalar()
     return None if value is None else int(value)
+
+
+def delivery_times(conn: Connection, since_ms: int) -> list[tuple[int, int | None, int | None]]:
+    """(routed_at, delivered_at, acknowledged_at) in ms of every (notification, recipient) pair
+    routed since `since_ms` that has a state row (a pair without one was never fetched): the
+    operator's plot of delivery and acknowledgement times."""
+    s = t.delivery_states
+    query = select(s.c.routed_at, s.c.delivered_at, s.c.acknowledged_at).where(s.c.routed_at >= since_ms)
+    return [(int(r), d, a) for r, d, a in conn.execute(query)]
+
+
+def latest_routed(conn: Connection) -> int | None:
+    """The latest routed_at (ms) of any state row: where the times plot ends by default."""
+    value = conn.execute(select(func.max(t.delivery_states.c.routed_at))).scalar()
+    return None if value is None else int(value)

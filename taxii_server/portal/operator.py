@@ -8,6 +8,7 @@ For users with `operator: true` only; to anybody else the pages do not exist (40
 from __future__ import annotations
 
 import ipaddress
+import statistics
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from connector.publicsuffix import is_public_suffix
 from connector.routing import Policy
 from connector.store import portal as portal_sql
 from taxii_server.portal.i18n import translator
-from taxii_server.portal.svg import stacked_bars
+from taxii_server.portal.svg import lines, stacked_bars
 from taxii_server.portal.web import (
     PREFIX,
     PortalError,
@@ -128,11 +129,46 @@ def _plot(who: Viewer, title: str, until: date | None) -> tuple[str, list[str], 
     return stacked_bars(labels, series, title), labels, series
 
 
-def _overview(who: Viewer, title: str, until: date | None) -> dict[str, Any]:
+def times_per_day(
+    rows: list[tuple[int, int | None, int | None]], until: date, days: int
+) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Median hours from routing to delivery, and from delivery to acknowledgement, of the
+    pairs routed each day (None: none that day)."""
+    first = until - timedelta(days=days - 1)
+    labels = [(first + timedelta(days=i)).isoformat() for i in range(days)]
+    delivery: list[list[float]] = [[] for _ in labels]
+    ack: list[list[float]] = [[] for _ in labels]
+    for routed, delivered, acknowledged in rows:
+        index = (datetime.fromtimestamp(routed / 1000, UTC).date() - first).days
+        if not 0 <= index < days:
+            continue
+        if delivered is not None:
+            delivery[index].append((delivered - routed) / 3_600_000)
+            if acknowledged is not None:
+                ack[index].append((acknowledged - delivered) / 3_600_000)
+    return labels, {
+        "delivery": [statistics.median(v) if v else None for v in delivery],
+        "acknowledgement": [statistics.median(v) if v else None for v in ack],
+    }
+
+
+def _times(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[float | None]]]:
+    with who.server.store.reading() as reader:
+        latest = portal_sql.latest_routed(reader.conn)
+        now = datetime.now(UTC)
+        until = (datetime.fromtimestamp(latest / 1000, UTC) if latest is not None else now).date()
+        since = datetime.combine(until - timedelta(days=PLOT_DAYS - 1), datetime.min.time(), UTC)
+        rows = portal_sql.delivery_times(reader.conn, int(since.timestamp() * 1000))
+    labels, series = times_per_day(rows, until, PLOT_DAYS)
+    return lines(labels, series, title, "h"), labels, series
+
+
+def _overview(who: Viewer, title: str, times_title: str, until: date | None) -> dict[str, Any]:
     store = who.server.store
     runs = store.runs(20)
     quarantined = {run["id"]: store.run_rows(run["id"], "quarantined")[:50] for run in runs}
     svg, labels, series = _plot(who, title, until)
+    times_svg, time_days, times = _times(who, times_title)
     return {
         "runs": runs,
         "unrouted": _unrouted(who, runs),
@@ -140,6 +176,9 @@ def _overview(who: Viewer, title: str, until: date | None) -> dict[str, Any]:
         "misrouted": _misrouted(who),
         "outbox": _outbox(who),
         "svg": svg,
+        "times_svg": times_svg,
+        "time_days": time_days,
+        "times": times,
         "days": labels,
         "series": series,
     }
@@ -148,12 +187,13 @@ def _overview(who: Viewer, title: str, until: date | None) -> dict[str, Any]:
 @router.get(PREFIX + "/operations/")
 async def operations(request: Request, who: Viewer = Depends(viewer)) -> Response:
     _operator(who)
-    title = translator(language(request))["plot"]
+    text = translator(language(request))
+    title, times_title = text["plot"], text["times_plot"]
     try:
         until = date.fromisoformat(request.query_params.get("until", ""))
     except ValueError:
         until = None
-    values = await run_in_threadpool(_overview, who, title, until)
+    values = await run_in_threadpool(_overview, who, title, times_title, until)
     values["retried"] = request.query_params.get("retried")
     return page(request, "operations.html", values, who=who)
 
