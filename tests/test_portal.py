@@ -109,6 +109,30 @@ def test_forms_without_the_csrf_token_are_refused(running: RunningServer, store:
     assert portal.get(portal.url("/recipients/zcert/")).status_code == 200  # still logged in
 
 
+def test_form_bodies_are_bounded(running: RunningServer) -> None:
+    """A form is read only when its declared length is small (an upload: up to the inbox's
+    limit); an undeclared (chunked) or larger body is refused before it is read."""
+    portal = PortalUser(running.url)
+    token = csrf_of(portal.get(portal.url("/login")).text)
+    huge = portal.post(
+        portal.url("/login"),
+        data={"csrf": token, "username": "x" * 100_000, "password": "y"},
+        allow_redirects=False,
+    )
+    assert huge.status_code == 413
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield f"csrf={token}&username=zcert-poller&password=x".encode()
+
+    chunked = portal.post(
+        portal.url("/login"),
+        data=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        allow_redirects=False,
+    )
+    assert chunked.status_code == 413
+
+
 def test_a_tampered_session_cookie_is_no_session(running: RunningServer) -> None:
     portal = user(running, "zcert-poller")
     value = portal.cookies["meldpunt_portal"]

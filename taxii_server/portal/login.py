@@ -18,7 +18,17 @@ from taxii_server.auth import AuthenticationFailed, Principal, TooManyAttempts
 from taxii_server.context import client_address, state
 from taxii_server.errors import TaxiiError
 from taxii_server.portal.session import LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, SESSION_SECONDS
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, form_checked, page, portal, secured, viewer
+from taxii_server.portal.web import (
+    PREFIX,
+    PortalError,
+    Viewer,
+    form_checked,
+    page,
+    portal,
+    read_form,
+    secured,
+    viewer,
+)
 
 router = APIRouter()
 
@@ -75,7 +85,7 @@ async def login_form(request: Request) -> Response:
 @router.post(PREFIX + "/login")
 async def login(request: Request) -> Response:
     sessions = portal(request).sessions
-    form = await request.form()
+    form = await read_form(request)
     nonce = sessions.login_nonce_of(request.cookies.get(LOGIN_COOKIE))
     if not sessions.csrf_ok(nonce, form.get("csrf"), "login"):
         raise PortalError(403, "forbidden")

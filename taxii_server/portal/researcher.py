@@ -22,7 +22,7 @@ from connector.collections import inbox_collection_id
 from connector.submission import Submissions
 from taxii_server.envelope import envelope_objects
 from taxii_server.errors import TaxiiError
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, form_checked, page, viewer
+from taxii_server.portal.web import FORM_LIMIT, PREFIX, PortalError, Viewer, form_checked, page, viewer
 from taxii_server.status_body import status_body
 
 router = APIRouter()
@@ -59,9 +59,9 @@ async def _upload(request: Request, limit: int) -> bytes | None:
 
 @router.post(PREFIX + "/submissions/")
 async def upload(request: Request, who: Viewer = Depends(viewer)) -> Response:
-    await form_checked(request, who)
-    partner = _partner(who)
     s = who.server
+    await form_checked(request, who, s.config.server.max_content_length + FORM_LIMIT)
+    partner = _partner(who)
     received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = await _upload(request, s.config.server.max_content_length)
     error, status = None, None

@@ -110,9 +110,21 @@ async def viewer(request: Request) -> Viewer:
     return Viewer(session, principal_for(user, server.collections), server)
 
 
-async def form_checked(request: Request, who: Viewer) -> Any:
+FORM_LIMIT = 64 * 1024  # bytes of an ordinary form (login, a note, a claim)
+
+
+async def read_form(request: Request, limit: int = FORM_LIMIT) -> Any:
+    """The POSTed form, read only when its declared length is within `limit` (a browser always
+    declares it): an unbounded form body would be held in memory whole. 413 otherwise."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > limit:
+        raise PortalError(413, "too_large")
+    return await request.form(max_files=1, max_fields=20, max_part_size=FORM_LIMIT)
+
+
+async def form_checked(request: Request, who: Viewer, limit: int = FORM_LIMIT) -> Any:
     """The POSTed form, once its CSRF token is the session's; 403 otherwise."""
-    form = await request.form()
+    form = await read_form(request, limit)
     if not portal(request).sessions.csrf_ok(who.session.nonce, form.get("csrf")):
         raise PortalError(403, "forbidden")
     return form
