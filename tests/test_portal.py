@@ -450,6 +450,8 @@ def test_the_operator_page(running: RunningServer, store: Store) -> None:
     assert re.search(r"<td>\d+\.\d\d</td>", times)  # ibd's delivery (opened in the portal)
     assert "<circle" in page.text
     empty = portal.get(portal.url("/operations/"), params={"until": "2001-01-31"})
+    by_feed = portal.get(portal.url("/operations/"), params={"by": "feed"}).text
+    assert "divd/divd-nuclei" in by_feed[: by_feed.index('id="times"')]
     first_plot = empty.text[: empty.text.index('id="times"')]
     assert empty.status_code == 200 and "<rect x=" not in first_plot and "2001-01-31" in first_plot
     assert 'id="runs"' in page.text and "divd-nuclei" in page.text
@@ -460,6 +462,27 @@ def test_the_operator_page(running: RunningServer, store: Store) -> None:
         assert observable in unrouted
     misrouted = page.text[page.text.index('id="misrouted"') :]
     assert sighting in misrouted and "ibd" in misrouted and "198.51.100" in misrouted
+
+
+def test_unrouted_observables_are_grouped_by_as_number_too(
+    store: Store, sample_config: Config, ingestor: Ingestor, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The sample's unclaimed hosts (203.0.113.5-7) are in AS64496 by the IP-to-ASN table."""
+    table = tmp_path / "ipasn.dat"
+    table.write_text("203.0.113.0/24\t64496\n", encoding="utf-8")
+    config = sample_config.model_copy(update={"asn_table": table})
+    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
+    info, server, thread = start_server(config, store)
+    try:
+        page = PortalUser(info.url).logged_in("operator-1").get(info.url + "/portal/operations/").text
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+    by_asn = page[page.index('id="unrouted-asn"') :]
+    unrouted = [row for run in store.runs(5) for row in store.unrouted(run["id"])]
+    assert re.search(rf"<td>AS64496</td><td>{len(unrouted)}</td>", by_asn), by_asn[:600]
+    by_network = page[page.index('id="unrouted"') : page.index('id="unrouted-asn"')]
+    assert "<td>203.0.113.0/24</td><td>AS64496</td>" in by_network
 
 
 def test_unrouted_observables_are_grouped_by_network_or_domain() -> None:
@@ -492,11 +515,21 @@ def test_notifications_per_day_fill_the_days() -> None:
 
     today = date(2024, 6, 12)
     day = (today - date(1970, 1, 1)).days
-    labels, series = per_day(
-        [(day, "vulnerable", "vulnerable-system", 5), (day - 2, "fraud", "phishing", 1)], today, 3
-    )
+    rows = [
+        (day, "vulnerable", "vulnerable-system", "divd", "divd-nuclei", 5),
+        (day, "vulnerable", "vulnerable-system", "shadowserver", "scan_http", 2),
+        (day - 2, "fraud", "phishing", "shadowserver", "phish_url", 1),
+        (day - 3, "fraud", "phishing", "shadowserver", "phish_url", 7),  # before the window
+    ]
+    labels, series = per_day(rows, today, 3)
     assert labels == ["2024-06-10", "2024-06-11", "2024-06-12"]
-    assert series == {"fraud/phishing": [1, 0, 0], "vulnerable/vulnerable-system": [0, 0, 5]}
+    assert series == {"fraud/phishing": [1, 0, 0], "vulnerable/vulnerable-system": [0, 0, 7]}
+    _labels, by_feed = per_day(rows, today, 3, "feed")
+    assert by_feed == {
+        "divd/divd-nuclei": [0, 0, 5],
+        "shadowserver/phish_url": [1, 0, 0],
+        "shadowserver/scan_http": [0, 0, 2],
+    }
 
 
 # --- languages ------------------------------------------------------------------------------------

@@ -11,19 +11,23 @@ from sqlalchemy import Connection, func, select
 from connector.store import schema as t
 
 
-def notifications_per_day(conn: Connection, since_day: int) -> list[tuple[int, str, str, int]]:
-    """(day, taxonomy, type, notifications first seen that day) from `since_day` (days since
-    1970-01-01) on: the operator's plot of notifications per day and classification. One
-    grouped query over the notifications table; kinds are few, so the join is cheap."""
+def notifications_per_day(conn: Connection, since_day: int) -> list[tuple[int, str, str, str, str, int]]:
+    """(day, taxonomy, type, partner, feed, notifications first seen that day) from `since_day`
+    (days since 1970-01-01) on: the operator's plot of notifications per day by classification
+    or feed. One grouped query over the notifications table; kinds are few, so the join is
+    cheap."""
     n, k = t.notifications, t.notification_kinds
     query = (
-        select(n.c.day, k.c.taxonomy, k.c.type, func.count())
+        select(n.c.day, k.c.taxonomy, k.c.type, k.c.partner, k.c.feed, func.count())
         .select_from(n.join(k, n.c.kind == k.c.pk))
         .where(n.c.day >= since_day)
-        .group_by(n.c.day, k.c.taxonomy, k.c.type)
+        .group_by(n.c.day, k.c.taxonomy, k.c.type, k.c.partner, k.c.feed)
         .order_by(n.c.day)
     )
-    return [(int(day), str(tax), str(typ), int(count)) for day, tax, typ, count in conn.execute(query)]
+    return [
+        (int(day), str(tax), str(typ), str(partner), str(feed), int(count))
+        for day, tax, typ, partner, feed, count in conn.execute(query)
+    ]
 
 
 def latest_day(conn: Connection) -> int | None:

@@ -72,20 +72,34 @@ def group_of(observable: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
-def _unrouted(who: Viewer, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest runs' unrouted observables, grouped by network or domain, largest first."""
-    groups: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        for row in who.server.store.unrouted(run["id"]):
-            group = groups.setdefault(
-                group_of(row["observable"]), {"count": 0, "examples": [], "runs": set()}
-            )
+def _unrouted(who: Viewer, runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The latest runs' unrouted observables, grouped by network or domain and by AS number
+    (the partner's, else the IP-to-ASN table's), largest first."""
+    rows = [(run["id"], row) for run in runs for row in who.server.store.unrouted(run["id"])]
+    with who.server.store.reading() as reader:
+        records = reader.notifications({row["notification"] for _run, row in rows})
+    router = who.server.router
+    by_group: dict[str, dict[str, Any]] = {}
+    by_asn: dict[str, dict[str, Any]] = {}
+    for run_id, row in rows:
+        record = records.get(row["notification"])
+        asn = record.asn if record is not None else None
+        if asn is None and record is not None and record.ip:
+            asn = router.asn_of_ip(record.ip.split("/")[0])
+        for groups, key in ((by_group, group_of(row["observable"])), (by_asn, f"AS{asn}" if asn else "-")):
+            group = groups.setdefault(key, {"count": 0, "examples": [], "runs": set(), "asns": set()})
             group["count"] += 1
-            group["runs"].add(run["id"])
+            group["runs"].add(run_id)
+            if asn:
+                group["asns"].add(asn)
             if len(group["examples"]) < 3 and row["observable"] not in group["examples"]:
                 group["examples"].append(row["observable"])
-    ordered = sorted(groups.items(), key=lambda item: (-item[1]["count"], item[0]))
-    return [{"group": g, **v, "runs": sorted(v["runs"])} for g, v in ordered[:100]]
+
+    def ordered(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        top = sorted(groups.items(), key=lambda item: (-item[1]["count"], item[0]))[:100]
+        return [{"group": g, **v, "runs": sorted(v["runs"]), "asns": sorted(v["asns"])} for g, v in top]
+
+    return {"by_group": ordered(by_group), "by_asn": ordered(by_asn)}
 
 
 def _outbox(who: Viewer) -> dict[str, dict[str, Any]]:
@@ -100,22 +114,26 @@ def _outbox(who: Viewer) -> dict[str, dict[str, Any]]:
 
 
 def per_day(
-    rows: list[tuple[int, str, str, int]], today: date, days: int
+    rows: list[tuple[int, str, str, str, str, int]], today: date, days: int, by: str = "classification"
 ) -> tuple[list[str], dict[str, list[int]]]:
-    """Rows of (day number, taxonomy, type, count) as one series per classification over the
-    last `days` days (days without notifications are zeros, so gaps show)."""
+    """Rows of (day number, taxonomy, type, partner, feed, count) as one series per
+    classification (or per partner/feed, `by="feed"`) over the `days` days up to `today` (days
+    without notifications are zeros, so gaps show)."""
     first = today - timedelta(days=days - 1)
     labels = [(first + timedelta(days=i)).isoformat() for i in range(days)]
     epoch = date(1970, 1, 1)
     series: dict[str, list[int]] = {}
-    for day, taxonomy, kind, count in rows:
+    for day, taxonomy, kind, partner, feed, count in rows:
         index = (epoch + timedelta(days=day) - first).days
+        label = f"{partner}/{feed}" if by == "feed" else f"{taxonomy}/{kind}"
         if 0 <= index < days:
-            series.setdefault(f"{taxonomy}/{kind}", [0] * days)[index] += count
+            series.setdefault(label, [0] * days)[index] += count
     return labels, dict(sorted(series.items()))
 
 
-def _plot(who: Viewer, title: str, until: date | None) -> tuple[str, list[str], dict[str, list[int]]]:
+def _plot(
+    who: Viewer, title: str, until: date | None, by: str
+) -> tuple[str, list[str], dict[str, list[int]]]:
     """The chart of the PLOT_DAYS days up to `until`, by default up to the latest day with
     notifications (a quiet week should not show an empty chart of nothing)."""
     epoch = date(1970, 1, 1)
@@ -125,7 +143,7 @@ def _plot(who: Viewer, title: str, until: date | None) -> tuple[str, list[str], 
             until = epoch + timedelta(days=latest) if latest is not None else datetime.now(UTC).date()
         since = (until - timedelta(days=PLOT_DAYS - 1) - epoch).days
         rows = portal_sql.notifications_per_day(reader.conn, since)
-    labels, series = per_day(rows, until, PLOT_DAYS)
+    labels, series = per_day(rows, until, PLOT_DAYS, by)
     return stacked_bars(labels, series, title), labels, series
 
 
@@ -163,11 +181,11 @@ def _times(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[floa
     return lines(labels, series, title, "h"), labels, series
 
 
-def _overview(who: Viewer, title: str, times_title: str, until: date | None) -> dict[str, Any]:
+def _overview(who: Viewer, title: str, times_title: str, until: date | None, by: str) -> dict[str, Any]:
     store = who.server.store
     runs = store.runs(20)
     quarantined = {run["id"]: store.run_rows(run["id"], "quarantined")[:50] for run in runs}
-    svg, labels, series = _plot(who, title, until)
+    svg, labels, series = _plot(who, title, until, by)
     times_svg, time_days, times = _times(who, times_title)
     return {
         "runs": runs,
@@ -193,8 +211,11 @@ async def operations(request: Request, who: Viewer = Depends(viewer)) -> Respons
         until = date.fromisoformat(request.query_params.get("until", ""))
     except ValueError:
         until = None
-    values = await run_in_threadpool(_overview, who, title, times_title, until)
+    by = "feed" if request.query_params.get("by") == "feed" else "classification"
+    values = await run_in_threadpool(_overview, who, title, times_title, until, by)
     values["retried"] = request.query_params.get("retried")
+    values["by"] = by
+    values["until"] = until.isoformat() if until else ""
     return page(request, "operations.html", values, who=who)
 
 
