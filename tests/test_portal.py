@@ -79,6 +79,37 @@ def test_login_sets_a_strict_httponly_session_and_logout_ends_it(running: Runnin
     assert replay.status_code == 303
 
 
+def test_logout_ends_the_users_sessions_in_every_server_process(
+    running: RunningServer, store: Store, sample_config: Config
+) -> None:
+    """Two servers on one store (two `serve` processes): a session works on both; logging out
+    on one ends it, and the user's other sessions, on the other too; a new login works."""
+    other, server, thread = start_server(sample_config, store)
+    try:
+        first = user(running, "zcert-poller")
+        second = user(running, "zcert-poller")  # another browser of the same user
+        cookie = {"meldpunt_portal": first.cookies["meldpunt_portal"]}
+        elsewhere = other.url + "/portal/recipients/zcert/"
+        assert requests.get(elsewhere, cookies=cookie, allow_redirects=False).status_code == 200
+        page = first.get(first.url("/recipients/zcert/"))
+        assert (
+            first.post(
+                first.url("/logout"), data={"csrf": csrf_of(page.text)}, allow_redirects=False
+            ).status_code
+            == 303
+        )
+        assert requests.get(elsewhere, cookies=cookie, allow_redirects=False).status_code == 303
+        assert second.get(second.url("/recipients/zcert/"), allow_redirects=False).status_code == 303
+        again = PortalUser(other.url).logged_in("zcert-poller")
+        assert again.get(again.url("/recipients/zcert/"), allow_redirects=False).status_code == 200
+        # Another user's sessions are not touched.
+        ibd = user(running, "ibd-poller")
+        assert ibd.get(ibd.url("/recipients/ibd/"), allow_redirects=False).status_code == 200
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+
+
 def test_wrong_password_and_unknown_user_are_refused_alike(running: RunningServer) -> None:
     for username, password in (("zcert-poller", "wrong"), ("nobody", "wrong")):
         answer = PortalUser(running.url).login(username, password)

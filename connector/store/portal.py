@@ -7,6 +7,7 @@ through the Store it is given and never writes SQL itself.
 from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from connector.store import schema as t
 
@@ -50,3 +51,23 @@ def latest_routed(conn: Connection) -> int | None:
     """The latest routed_at (ms) of any state row: where the times plot ends by default."""
     value = conn.execute(select(func.max(t.delivery_states.c.routed_at))).scalar()
     return None if value is None else int(value)
+
+
+LOGOUT_PREFIX = "portal.logout."
+
+
+def record_logout(conn: Connection, username: str, at_ms: int) -> None:
+    """The user logged out of the portal at `at_ms`: its sessions issued until then end, in
+    every server process on this database (kept in `settings`, one row per user, no table)."""
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(t.settings)
+    conn.execute(
+        insert.values(name=LOGOUT_PREFIX + username, value=str(at_ms)).on_conflict_do_update(
+            index_elements=["name"], set_={"value": str(at_ms)}
+        )
+    )
+
+
+def logged_out_at(conn: Connection, username: str) -> int | None:
+    name = t.settings.c.name
+    found = conn.execute(select(t.settings.c.value).where(name == LOGOUT_PREFIX + username)).scalar()
+    return None if found is None else int(found)

@@ -14,6 +14,7 @@ import contextlib
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
+from connector.store import portal as portal_sql
 from taxii_server.portal import claims, login, operator, recipient, researcher
 from taxii_server.portal.session import Sessions
 from taxii_server.portal.web import (
@@ -86,7 +87,17 @@ async def _error(request: Request, exc: Exception) -> Response:
 def mount(app: FastAPI, secret: bytes) -> None:
     """Add the portal to the TAXII application; `secret` is the server's signing key (shared by
     every process on the database), from which the session key is derived."""
-    app.state.portal = PortalState(Sessions(app.state.meldpunt.config, secret))
+    store = app.state.meldpunt.store
+
+    def logged_out_at(username: str) -> int | None:
+        with store.reading() as reader:
+            return portal_sql.logged_out_at(reader.conn, username)
+
+    def record_logout(username: str, at_ms: int) -> None:
+        with store.writing() as w:
+            portal_sql.record_logout(w.conn, username, at_ms)
+
+    app.state.portal = PortalState(Sessions(app.state.meldpunt.config, secret, logged_out_at, record_logout))
     app.add_exception_handler(Redirect, _redirect)
     app.add_exception_handler(PortalError, _error)
     routers = (

@@ -12,6 +12,7 @@ import asyncio
 import base64
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from taxii_server.auth import AuthenticationFailed, Principal, TooManyAttempts
@@ -101,7 +102,7 @@ async def login(request: Request) -> Response:
     response = secured(RedirectResponse(f"{PREFIX}/", status_code=303))
     response.set_cookie(
         SESSION_COOKIE,
-        sessions.issue(who.username),
+        await run_in_threadpool(sessions.issue, who.username),
         max_age=SESSION_SECONDS,
         path=PREFIX,
         httponly=True,
@@ -115,7 +116,7 @@ async def login(request: Request) -> Response:
 @router.post(PREFIX + "/logout")
 async def logout(request: Request, who: Viewer = Depends(viewer)) -> Response:
     await form_checked(request, who)
-    portal(request).sessions.revoke(who.session)
+    await run_in_threadpool(portal(request).sessions.revoke, who.session)
     response = secured(RedirectResponse(f"{PREFIX}/login", status_code=303))
     response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict")
     return response

@@ -6,7 +6,10 @@ server's token secret (the one every process on the database shares, taxii_serve
 any worker accepts it and no session table is needed. It is HttpOnly, SameSite=Strict, Secure
 when `server.public_url` is https, and lasts `SESSION_SECONDS`. Changing the user's password
 hash (or removing the user) in the configuration ends its sessions: the fingerprint no longer
-matches. Logging out clears the cookie and revokes its nonce in this process.
+matches. Logging out clears the cookie and records the moment in the store (`settings`, one row
+per user): every session of that user issued until then ends, in every process on the database
+(a copied cookie too). One indexed read per request; a logout ends the user's other browsers'
+sessions as well, the safe side for accounts that several analysts might share.
 
 CSRF: every POST form carries a token derived from the session's nonce (synchronizer token,
 stateless: HMAC of the nonce), so a page of another site cannot make one even where a browser
@@ -21,8 +24,8 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from connector.config import Config, UserConfig
@@ -31,13 +34,12 @@ SESSION_COOKIE = "meldpunt_portal"
 LOGIN_COOKIE = "meldpunt_portal_login"
 SESSION_SECONDS = 8 * 3600  # a working day
 LOGIN_SECONDS = 3600
-_MAX_REVOKED = 100_000
 
 
 @dataclass(frozen=True)
 class Session:
     username: str
-    issued: int
+    issued: int  # ms
     nonce: str
 
 
@@ -58,11 +60,19 @@ def fingerprint(user: UserConfig) -> str:
 class Sessions:
     """Issues and checks session cookies and CSRF tokens."""
 
-    def __init__(self, config: Config, secret: bytes) -> None:
+    def __init__(
+        self,
+        config: Config,
+        secret: bytes,
+        logged_out_at: Callable[[str], int | None],
+        record_logout: Callable[[str, int], None],
+    ) -> None:
+        """`logged_out_at(user)` and `record_logout(user, ms)`: where logouts are kept (the
+        store), so that every process sharing it sees them."""
         self._key = hmac.new(secret, b"meldpunt portal session v1", hashlib.sha256).digest()
         self._users = {u.username: u for u in config.users}
-        self._revoked: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._logged_out_at = logged_out_at
+        self._record_logout = record_logout
         self.secure = bool(config.server.public_url and config.server.public_url.startswith("https://"))
 
     def _sign(self, payload: bytes) -> str:
@@ -92,9 +102,12 @@ class Sessions:
 
     def issue(self, username: str) -> str:
         user = self._users[username]
-        return self._signed(
-            {"u": username, "t": int(time.time()), "n": secrets.token_urlsafe(16), "f": fingerprint(user)}
-        )
+        issued = time.time_ns() // 1_000_000
+        logged_out = self._logged_out_at(username)
+        if logged_out is not None and issued <= logged_out:
+            issued = logged_out + 1  # a login in the same millisecond as a logout stays valid
+        nonce = secrets.token_urlsafe(16)
+        return self._signed({"u": username, "t": issued, "n": nonce, "f": fingerprint(user)})
 
     def check(self, cookie: str | None) -> Session | None:
         """The session a cookie holds, or None: unsigned, expired, revoked, or for a user
@@ -105,22 +118,19 @@ class Sessions:
         username, issued, nonce = value.get("u"), value.get("t"), value.get("n")
         if not isinstance(username, str) or not isinstance(issued, int) or not isinstance(nonce, str):
             return None
-        if not 0 <= time.time() - issued < SESSION_SECONDS:
+        if not -5000 <= time.time_ns() // 1_000_000 - issued < SESSION_SECONDS * 1000:
             return None
         user = self._users.get(username)
         if user is None or value.get("f") != fingerprint(user):
             return None
-        with self._lock:
-            if nonce in self._revoked:
-                return None
+        logged_out = self._logged_out_at(username)
+        if logged_out is not None and issued <= logged_out:
+            return None
         return Session(username, issued, nonce)
 
     def revoke(self, session: Session) -> None:
-        now = time.time()
-        with self._lock:
-            if len(self._revoked) > _MAX_REVOKED:
-                self._revoked = {n: t for n, t in self._revoked.items() if now - t < SESSION_SECONDS}
-            self._revoked[session.nonce] = float(session.issued)
+        """Log the user out: its sessions issued until now end, in every process."""
+        self._record_logout(session.username, max(time.time_ns() // 1_000_000, session.issued))
 
     # --- CSRF --------------------------------------------------------------------------------
 

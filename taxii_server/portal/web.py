@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
 from connector.collections import recipient_collection_id
@@ -102,7 +103,8 @@ def language(request: Request) -> str:
 
 async def viewer(request: Request) -> Viewer:
     """Every page's dependency: the session's user, or a redirect to the login page."""
-    session = portal(request).sessions.check(request.cookies.get(SESSION_COOKIE))
+    cookie = request.cookies.get(SESSION_COOKIE)
+    session = await run_in_threadpool(portal(request).sessions.check, cookie) if cookie else None
     if session is None:
         raise Redirect(f"{PREFIX}/login")
     server = state(request)
