@@ -205,3 +205,9 @@ def with_claims(config: Config, store: Store | None) -> Config:
         )
         recipients.append(r.model_copy(update={"constituency": extended}))
     return config.model_copy(update={"recipients": recipients})
+
+
+def generation(store: Store) -> tuple[int, int]:
+    """What changes when the approved claims do (see connector/store/claims.py)."""
+    with store.reading() as reader:
+        return sql.generation(reader.conn)

@@ -34,6 +34,7 @@ from taxii_server.media import taxii_response
 from taxii_server.metrics import RequestMetrics, ServerMetrics
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec, token_secret
+from taxii_server.router_refresh import RouterRefresher
 from taxii_server.routes import collections, discovery, health, inbox, misp_feed, objects, stats, status
 
 log = logging.getLogger("meldpunt.taxii")
@@ -127,14 +128,18 @@ def create_app(config: Config, store: Store) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         """While serving, MISP feed events that changed are built in the background, so feed
-        requests read them stored (connector/channels/misp_feed.py)."""
+        requests read them stored (connector/channels/misp_feed.py); and the router is built
+        again when the approved constituency claims change (taxii_server/router_refresh.py)."""
         refresher = None
         if feed_recipients(config):
             refresher = FeedRefresher(config, store, config.server.misp_feed_refresh_seconds)
             refresher.start()
+        routes = RouterRefresher(_app.state.meldpunt)
+        routes.start()
         try:
             yield
         finally:
+            routes.stop()
             if refresher is not None:
                 refresher.stop()
 

@@ -6,6 +6,7 @@ these pages; every form needs its CSRF token."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,6 +191,36 @@ def test_claims_pages_are_their_owners_and_need_the_token(running: RunningServer
         == 404
     )
     assert [c.value for c in claims.claims(store)] == ["64999"]
+
+
+def test_another_server_process_routes_by_a_claim_approved_elsewhere(
+    running: RunningServer, store: Store, sample_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one store: a claim approved through the first reaches the second's router
+    (inbox submissions) within its refresh interval, without a restart."""
+    from taxii_server.router_refresh import RouterRefresher
+
+    monkeypatch.setattr(RouterRefresher, "INTERVAL", 0.1)
+    _other, server, thread = start_server(sample_config, store)
+    try:
+        state = server.config.app.state.meldpunt  # type: ignore[attr-defined]
+        assert state.router.lookup_owner("203.0.113.9") is None
+        ibd = PortalUser(running.url).logged_in("ibd-poller")
+        assert propose(ibd, "ibd", "network", "203.0.113.0/24").status_code == 303
+        operator = PortalUser(running.url).logged_in("operator-1")
+        review = operator.get(operator.url("/operations/claims/")).text
+        operator.post(
+            operator.url(f"/operations/claims/{pending_pk(store, '203.0.113.0/24')}"),
+            data={"csrf": csrf_of(review), "decision": "approve"},
+            allow_redirects=False,
+        )
+        deadline = time.monotonic() + 20
+        while state.router.lookup_owner("203.0.113.9") != "ibd":
+            assert time.monotonic() < deadline, "the other server never rebuilt its router"
+            time.sleep(0.1)
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
 
 
 def test_routers_are_built_with_approved_claims(store: Store, sample_config: Config) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from connector.store import schema as t
 
@@ -68,3 +68,13 @@ def decide(conn: Connection, pk: int, status: str, by: str, at: int, reason: str
         .values(status=status, decided_by=by, decided_at=at, reason=reason)
     )
     return bool(result.rowcount)
+
+
+def generation(conn: Connection) -> tuple[int, int]:
+    """(approved claims, latest decision time): changes whenever the set of approved claims
+    does, so a server can tell cheaply when to build its router again."""
+    c = t.constituency_claims
+    count, latest = conn.execute(
+        select(func.count(), func.max(c.c.decided_at)).where(c.c.status == APPROVED)
+    ).one()
+    return int(count), int(latest or 0)
