@@ -109,6 +109,14 @@ def wait(driver: WebDriver, css: str, timeout: float = 20):  # type: ignore[no-u
     return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def shoot(driver: WebDriver, path: Path) -> None:
+    """The whole page (up to 4,000 pixels high), not just the window."""
+    height = min(int(driver.execute_script("return document.documentElement.scrollHeight")), 4000)
+    driver.set_window_size(1280, max(height, 800))
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1280, 1000)
+
+
 def log_in(driver: WebDriver, running: RunningServer, username: str, shots: Path | None = None) -> None:
     """With the keyboard only: type, Tab to the password, Enter."""
     driver.get(running.url + "/portal/login")
@@ -118,7 +126,7 @@ def log_in(driver: WebDriver, running: RunningServer, username: str, shots: Path
     field.send_keys(Keys.TAB)
     driver.switch_to.active_element.send_keys(password_for(username))
     if shots is not None:
-        driver.save_screenshot(str(shots / "login.png"))
+        shoot(driver, shots / "login.png")
     driver.switch_to.active_element.send_keys(Keys.ENTER)
     WebDriverWait(driver, 20).until(lambda d: "/portal/login" not in d.current_url)
     assert wait(driver, "#username").text == username
@@ -131,7 +139,7 @@ def test_a_recipient_filters_acknowledges_and_the_state_changes(
     assert browser.current_url.endswith("/portal/recipients/zcert/")
     everything = data.items(store, "zcert")
     assert wait(browser, "#total").text == str(len(everything))
-    browser.save_screenshot(str(shots / "recipient-notifications.png"))
+    shoot(browser, shots / "recipient-notifications.png")
 
     search = browser.find_element(By.ID, "f-q")
     search.send_keys("2001:db8:10::/48")
@@ -143,7 +151,7 @@ def test_a_recipient_filters_acknowledges_and_the_state_changes(
     )
     rows = browser.find_elements(By.CSS_SELECTOR, "#notifications tbody tr")
     assert {r.get_attribute("data-sighting") for r in rows} == {i.sighting for i in ipv6}
-    browser.save_screenshot(str(shots / "recipient-filtered.png"))
+    shoot(browser, shots / "recipient-filtered.png")
 
     chosen = rows[0].get_attribute("data-sighting")
     rows[0].find_element(By.TAG_NAME, "a").click()
@@ -151,7 +159,7 @@ def test_a_recipient_filters_acknowledges_and_the_state_changes(
     # Opened by the recipient's own user: delivered (as a TAXII fetch would make it).
     assert browser.find_element(By.ID, "state").get_attribute("data-state") == "delivered"
     browser.find_element(By.ID, "note").send_keys("patched tonight")
-    browser.save_screenshot(str(shots / "recipient-notification.png"))
+    shoot(browser, shots / "recipient-notification.png")
     browser.find_element(By.ID, "say-acknowledged").click()
     WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: d.find_element(By.ID, "state").get_attribute("data-state") == "acknowledged"
@@ -200,7 +208,7 @@ def test_a_researcher_uploads_the_sample_bundle(
     }
     assert shown == {s["id"] for s in status.get("successes", [])}
     assert browser.find_element(By.ID, "success-count").text == str(status["success_count"])
-    browser.save_screenshot(str(shots / "researcher-upload.png"))
+    shoot(browser, shots / "researcher-upload.png")
 
 
 def test_a_recipient_cannot_reach_another_recipients_pages(
@@ -217,7 +225,7 @@ def test_a_recipient_cannot_reach_another_recipients_pages(
         browser.get(running.url + path)
         assert wait(browser, "#error").text == "Not found.", path
         assert foreign not in browser.page_source
-    browser.save_screenshot(str(shots / "not-found.png"))
+    shoot(browser, shots / "not-found.png")
 
 
 def test_a_form_without_its_csrf_token_is_refused(
@@ -248,12 +256,12 @@ def test_the_operator_sees_runs_misrouting_and_the_chart(
     assert wait(browser, "svg.plot rect")
     assert sighting in browser.find_element(By.ID, "misrouted").text
     assert "divd-nuclei" in browser.find_element(By.ID, "runs").text
-    browser.save_screenshot(str(shots / "operator.png"))
+    shoot(browser, shots / "operator.png")
     browser.get(running.url + "/portal/operations/?lang=nl")
     assert wait(browser, "h1").text == "Beheer"
     browser.get(running.url + "/portal/recipients/zcert/")
     assert wait(browser, "h1").text.startswith("Meldingen voor")  # the language stays chosen
-    browser.save_screenshot(str(shots / "operator-recipient-nl.png"))
+    shoot(browser, shots / "operator-recipient-nl.png")
 
 
 def test_an_operator_approves_a_claim_and_the_next_ingest_routes_by_it(
@@ -274,7 +282,7 @@ def test_an_operator_approves_a_claim_and_the_next_ingest_routes_by_it(
     browser.find_element(By.ID, "claim-button").click()
     row = wait(browser, '#claims tr[data-value="203.0.113.0/24"]')
     assert row.get_attribute("data-status") == "pending"
-    browser.save_screenshot(str(shots / "recipient-claims.png"))
+    shoot(browser, shots / "recipient-claims.png")
     browser.find_element(By.CSS_SELECTOR, ".logout button").click()
     wait(browser, "#login-button")
 
@@ -284,7 +292,7 @@ def test_an_operator_approves_a_claim_and_the_next_ingest_routes_by_it(
     assert "203.0.113.0/24" in pending.text
     pk = pending.get_attribute("data-claim")
     browser.find_element(By.ID, f"reason-{pk}").send_keys("RIPE object checked")
-    browser.save_screenshot(str(shots / "operator-claims.png"))
+    shoot(browser, shots / "operator-claims.png")
     browser.find_element(By.ID, f"approve-{pk}").click()
     assert "RIPE object checked" in wait(browser, "#decided-claims").text
 
