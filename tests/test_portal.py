@@ -576,6 +576,13 @@ def test_dutch_by_accept_language_and_by_choice(running: RunningServer) -> None:
     assert MESSAGES["en"]["password"] in portal.get(portal.url("/login"), params={"lang": "en"}).text
 
 
+def test_the_api_root_cannot_take_the_portals_path() -> None:
+    from connector.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="api_root 'portal'"):
+        parse_config({"server": {"api_root": "portal"}})
+
+
 def test_both_languages_hold_every_message() -> None:
     assert set(MESSAGES["en"]) == set(MESSAGES["nl"])
 
