@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from connector import claims
+from connector.collections import recipient_collection_id
 from connector.routing import Router
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, form_checked, page, secured, viewer
+from taxii_server.portal.web import PREFIX, PortalError, Viewer, audit, form_checked, page, secured, viewer
 
 router = APIRouter()
 
@@ -66,6 +67,7 @@ async def propose(request: Request, recipient: str, who: Viewer = Depends(viewer
             who=who,
             status=400,
         )
+    await audit(who.server, by, "claim-propose", collection_id=recipient_collection_id(recipient), objects=1)
     _rebuild_router(who)  # a claim inside its own holdings may have approved itself
     return secured(RedirectResponse(f"{PREFIX}/recipients/{recipient}/claims/", status_code=303))
 
@@ -117,6 +119,7 @@ async def decide(request: Request, pk: int, who: Viewer = Depends(viewer)) -> Re
             who=who,
             status=409,
         )
+    await audit(who.server, who.principal.username, "claim-approve" if approve else "claim-refuse", objects=1)
     if approve:
         await run_in_threadpool(_rebuild_router, who)
     return secured(RedirectResponse(f"{PREFIX}/operations/claims/", status_code=303))

@@ -23,6 +23,7 @@ from taxii_server.portal.web import (
     PREFIX,
     PortalError,
     Viewer,
+    audit,
     form_checked,
     page,
     portal,
@@ -99,6 +100,7 @@ async def login(request: Request) -> Response:
         return _login_page(request, "login_busy", 429)
     except TaxiiError:
         return _login_page(request, "login_failed", 401)
+    await audit(state(request), who.username, "portal-login")
     response = secured(RedirectResponse(f"{PREFIX}/", status_code=303))
     response.set_cookie(
         SESSION_COOKIE,
@@ -117,6 +119,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, who: Viewer = Depends(viewer)) -> Response:
     await form_checked(request, who)
     await run_in_threadpool(portal(request).sessions.revoke, who.session)
+    await audit(who.server, who.principal.username, "portal-logout")
     response = secured(RedirectResponse(f"{PREFIX}/login", status_code=303))
     response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict")
     return response

@@ -21,8 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from connector import feedback
+from connector.collections import recipient_collection_id
 from taxii_server.portal import data
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, form_checked, page, secured, viewer
+from taxii_server.portal.web import PREFIX, PortalError, Viewer, audit, form_checked, page, secured, viewer
 
 router = APIRouter()
 
@@ -31,6 +32,10 @@ def _recipient(who: Viewer, recipient: str) -> str:
     if not who.may_read(recipient):
         raise PortalError(404, "not_found")
     return recipient
+
+
+def _collection(recipient: str) -> str:
+    return recipient_collection_id(recipient)
 
 
 def _date(text: str | None) -> date | None:
@@ -93,13 +98,12 @@ async def export_csv(request: Request, recipient: str, who: Viewer = Depends(vie
     selected = [i for i in everything if filters.matches(i)][: data.EXPORT_LIMIT]
     out = io.StringIO()
     csv.writer(out).writerows(data.csv_rows(selected))
-    await run_in_threadpool(
-        who.server.store.audit,
-        username=who.principal.username,
-        action="portal-export",
-        collection_id=None,
+    await audit(
+        who.server,
+        who.principal.username,
+        "portal-export",
+        collection_id=_collection(recipient),
         objects=len(selected),
-        status=200,
     )
     headers = {"Content-Disposition": f'attachment; filename="{recipient}-notifications.csv"'}
     return secured(StreamingResponse(iter([out.getvalue()]), media_type="text/csv", headers=headers))
@@ -113,13 +117,12 @@ async def export_bundle(request: Request, recipient: str, who: Viewer = Depends(
     everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
     selected = [i for i in everything if filters.matches(i)]
     body = await run_in_threadpool(data.bundle, who.server.store, selected)
-    await run_in_threadpool(
-        who.server.store.audit,
-        username=who.principal.username,
-        action="portal-export",
-        collection_id=None,
+    await audit(
+        who.server,
+        who.principal.username,
+        "portal-export",
+        collection_id=_collection(recipient),
         objects=len(body["objects"]),
-        status=200,
     )
     headers = {"Content-Disposition": f'attachment; filename="{recipient}-notifications.stix.json"'}
     media = "application/stix+json;version=2.1"
@@ -135,13 +138,8 @@ async def notification(
     found = await run_in_threadpool(data.detail, who.server.store, recipient, ident[:200], reader_name)
     if found is None:
         raise PortalError(404, "not_found")
-    await run_in_threadpool(
-        who.server.store.audit,
-        username=who.principal.username,
-        action="portal-read",
-        collection_id=None,
-        objects=1,
-        status=200,
+    await audit(
+        who.server, who.principal.username, "portal-read", collection_id=_collection(recipient), objects=1
     )
     return page(
         request,
@@ -187,5 +185,8 @@ async def say(request: Request, recipient: str, ident: str, who: Viewer = Depend
         )
     except feedback.NotFound:
         raise PortalError(404, "not_found") from None
+    await audit(
+        who.server, who.principal.username, "portal-feedback", collection_id=_collection(recipient), objects=1
+    )
     location = f"{PREFIX}/recipients/{recipient}/notifications/{ident}?saved={new}"
     return secured(RedirectResponse(location, status_code=303))

@@ -89,6 +89,20 @@ class Viewer:
         return self.principal.recipient == recipient
 
 
+async def audit(
+    server: ServerState, username: str, action: str, *, collection_id: str | None = None, objects: int = 0
+) -> None:
+    """One line in the audit log (`meldpunt audit`), as TAXII reads and writes get."""
+    await run_in_threadpool(
+        server.store.audit,
+        username=username,
+        action=action,
+        collection_id=collection_id,
+        objects=objects,
+        status=200,
+    )
+
+
 def portal(request: Request) -> PortalState:
     return request.app.state.portal  # type: ignore[no-any-return]
 
