@@ -328,6 +328,34 @@ def test_acknowledge_then_resolve_shows_in_stats_and_over_taxii(running: Running
     assert "portal-read" in actions
 
 
+def test_what_an_operator_deleted_over_taxii_is_not_shown(running: RunningServer, store: Store) -> None:
+    """A misrouted notification the operator took out of a collection (TAXII DELETE) is gone
+    from that recipient's list, export, detail and buttons, as from its TAXII collection."""
+    before = data.items(store, "ibd")
+    gone = before[0].sighting
+    deleted = requests.delete(
+        running.collection_url(recipient_collection_id("ibd")) + f"objects/{gone}/",
+        auth=("operator-1", password_for("operator-1")),
+        headers={"Accept": "application/taxii+json;version=2.1"},
+    )
+    assert deleted.status_code == 200
+    assert [i.sighting for i in data.items(store, "ibd")] == [i.sighting for i in before[1:]]
+    portal = user(running, "ibd-poller")
+    listing = portal.get(portal.url("/recipients/ibd/"))
+    assert gone not in listing.text and f'<span id="total">{len(before) - 1}</span>' in listing.text
+    assert gone not in portal.get(portal.url("/recipients/ibd/export.csv")).text
+    assert portal.get(portal.url(f"/recipients/ibd/notifications/{gone}")).status_code == 404
+    token = csrf_of(listing.text)
+    said = portal.post(
+        portal.url(f"/recipients/ibd/notifications/{gone}"),
+        data={"csrf": token, "state": "resolved"},
+        allow_redirects=False,
+    )
+    assert said.status_code == 404 and stats.recipient(store, "ibd").closed == {}
+    kept = before[1].sighting
+    assert portal.get(portal.url(f"/recipients/ibd/notifications/{kept}")).status_code == 200
+
+
 def test_filters_paging_and_csv_export(running: RunningServer, store: Store) -> None:
     portal = user(running, "zcert-poller")
     everything = data.items(store, "zcert")

@@ -24,11 +24,12 @@ from connector.collections import recipient_collection_id
 from connector.config import Config
 from connector.render.collection import _Context  # the one place entries become STIX objects
 from connector.render.stix import notification_of, own_ids
-from connector.store import Store
+from connector.store import Reader, Store
 from connector.store import states as st
 from connector.store.deliveries import iter_entries
 from connector.store.records import Kind, NotificationRecord, VersionRecord
 from connector.store.times import ms_to_timestamp
+from connector.store.writer import SLOTS
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 100_000  # rows of one CSV export: a selection, not a dump of the store
@@ -180,6 +181,29 @@ def _child_numbers(store: Store, config: Config | None, recipient: str) -> dict[
     return out
 
 
+def _deleted(reader: Reader, number: int, held: dict[int, VersionRecord]) -> list[int]:
+    """Notifications whose sighting an operator took out of the collection (TAXII DELETE) at
+    the version held there: TAXII no longer serves it, so the portal does not show it either.
+    One query for the collection's removals (rare); only notifications with a removal among
+    their version's slots are rendered to find which object it was."""
+    if not held:
+        return []
+    stamps = sorted(v.stamp for v in held.values())
+    removed = reader.removed_between(number, stamps[0], stamps[-1] + SLOTS)
+    if not removed:
+        return []
+    suspects = {pk: v for pk, v in held.items() if any(v.stamp + i in removed for i in range(SLOTS))}
+    out = []
+    if suspects:
+        context = _Context(reader)
+        context.load([v.stamp for v in suspects.values()])
+        for pk, v in suspects.items():
+            _n, _v, rendered = context.render(v.stamp)
+            if any(r.obj["type"] == "sighting" and v.stamp + r.slot in removed for r in rendered):
+                out.append(pk)
+    return out
+
+
 def items(store: Store, recipient: str, config: Config | None = None) -> list[Item]:
     """Every notification of the recipient's collection, newest first; given the
     configuration, each says which of the recipient's child organisations it concerns."""
@@ -190,6 +214,8 @@ def items(store: Store, recipient: str, config: Config | None = None) -> list[It
     held = _latest_held(store, number)
     out: list[Item] = []
     with store.reading() as reader:
+        for pk in _deleted(reader, number, held):
+            del held[pk]
         states = st.of(reader.conn, number, held)
         kinds = reader.kinds()  # every kind (partner, feed, classification...): a few hundred rows
         pks = sorted(held, key=lambda pk: held[pk].stamp, reverse=True)
@@ -257,17 +283,32 @@ class Detail:
     history: list[st.Event]
 
 
-def detail(store: Store, recipient: str, ident: str, reader_name: str | None = None) -> Detail | None:
-    """A notification of the recipient's collection by its sighting (or observed-data) id; None
-    when it is not there, whether or not it exists elsewhere (the page then answers 404).
-
-    `reader_name`: the recipient's own user opened it, so it is delivered (as a TAXII fetch or
-    a MISP push makes it; an operator looking on does not). Without this, a notification
-    acknowledged in the portal before any fetch would never count as delivered."""
+def shown(store: Store, recipient: str, ident: str) -> tuple[feedback.Target, VersionRecord] | None:
+    """The notification `ident` names in the recipient's collection and the latest version of
+    it there, or None: not there (whether or not it exists elsewhere), or its sighting taken
+    out by an operator. What the portal shows or takes feedback on."""
     try:
         found = feedback.target(store, recipient, ident)
     except feedback.NotFound:
         return None
+    with store.reading() as reader:
+        chain = [v for v in reader.version_chain(found.record.latest) if found.collection in v.recipients]
+        if _deleted(reader, found.collection, {found.record.pk: chain[0]}):
+            return None
+    return found, chain[0]
+
+
+def detail(store: Store, recipient: str, ident: str, reader_name: str | None = None) -> Detail | None:
+    """A notification of the recipient's collection by its sighting (or observed-data) id; None
+    when it is not shown there (the page then answers 404).
+
+    `reader_name`: the recipient's own user opened it, so it is delivered (as a TAXII fetch or
+    a MISP push makes it; an operator looking on does not). Without this, a notification
+    acknowledged in the portal before any fetch would never count as delivered."""
+    held = shown(store, recipient, ident)
+    if held is None:
+        return None
+    found, latest = held
     number = found.collection
     if reader_name is not None:
         store.mark_delivered(
@@ -278,8 +319,6 @@ def detail(store: Store, recipient: str, ident: str, reader_name: str | None = N
         )
     with store.reading() as reader:
         context = _Context(reader)
-        chain = [v for v in reader.version_chain(found.record.latest) if number in v.recipients]
-        latest = chain[0]
         context.notifications[found.record.pk] = found.record
         context.load([latest.stamp])
         n, v, rendered = context.render(latest.stamp)

@@ -172,6 +172,8 @@ async def say(request: Request, recipient: str, ident: str, who: Viewer = Depend
     if new not in feedback.GIVEN:
         raise PortalError(404, "not_found")
     note = str(form.get("note") or "").strip()[:2000] or None
+    if await run_in_threadpool(data.shown, who.server.store, recipient, ident[:200]) is None:
+        raise PortalError(404, "not_found")
     try:
         await run_in_threadpool(
             feedback.give,
