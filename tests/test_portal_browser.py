@@ -305,3 +305,26 @@ def test_an_operator_approves_a_claim_and_the_next_ingest_routes_by_it(
     browser.get(running.url + "/portal/recipients/gemeente-voorbeeld/?q=203.0.113.0/24")
     assert wait(browser, "#total").text == "1"
     assert "203.0.113.7" in browser.find_element(By.ID, "notifications").text
+
+
+def test_a_bundle_dropped_on_the_upload_field_is_sent(
+    browser: WebDriver, running: RunningServer, store: Store
+) -> None:
+    """The portal's one script: a file dropped on the field becomes the field's file."""
+    log_in(browser, running, "researcher-1")
+    browser.execute_script(
+        """
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([arguments[0]], "dropped.json", {type: "application/json"}));
+        const zone = document.querySelector(".drop");
+        const how = {dataTransfer: transfer, bubbles: true, cancelable: true};
+        zone.dispatchEvent(new DragEvent("dragover", how));
+        zone.dispatchEvent(new DragEvent("drop", how));
+        """,
+        BUNDLE.read_text(encoding="utf-8"),
+    )
+    assert browser.execute_script("return document.getElementById('bundle').files[0].name") == "dropped.json"
+    browser.find_element(By.ID, "upload-button").click()
+    status_id = wait(browser, "#status-id").text
+    saved = store.status(status_id)
+    assert saved is not None and saved[1]["total_count"] > 0
