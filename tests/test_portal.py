@@ -45,6 +45,10 @@ def reader_of(config: Config, recipient: str) -> str:
     return next(u.username for u in config.users if u.recipient == recipient)
 
 
+def propose_claim(portal: PortalUser, recipient: str, kind: str, value: str):  # type: ignore[no-untyped-def]
+    return portal.post_form(f"/recipients/{recipient}/claims/", {"kind": kind, "value": value})
+
+
 def user(running: RunningServer, username: str) -> PortalUser:
     return PortalUser(running.url).logged_in(username)
 
@@ -619,15 +623,29 @@ def test_both_languages_hold_every_message() -> None:
     assert set(MESSAGES["en"]) == set(MESSAGES["nl"])
 
 
-def test_every_form_field_has_a_label(running: RunningServer) -> None:
+def test_every_page_is_labelled_and_titled(running: RunningServer, store: Store) -> None:
+    """Every input and select has a label, every page a language, a title and one h1, every
+    table header cell a scope: what a screen reader needs (issue #16, item 5)."""
+    ibd = user(running, "ibd-poller")
+    assert propose_claim(ibd, "ibd", "asn", "64999").status_code == 303
+    sighting = data.items(store, "zcert")[0].sighting
+    zcert, operator = user(running, "zcert-poller"), user(running, "operator-1")
     pages = [
-        (user(running, "zcert-poller"), "/recipients/zcert/"),
+        (zcert, "/recipients/zcert/"),
+        (zcert, f"/recipients/zcert/notifications/{sighting}"),
+        (zcert, "/recipients/zcert/claims/"),
         (user(running, "researcher-1"), "/submissions/"),
+        (operator, "/"),
+        (operator, "/operations/"),
+        (operator, "/operations/claims/"),
         (PortalUser(running.url), "/login"),
+        (zcert, "/no/such/page"),
     ]
     for portal, path in pages:
         html = portal.get(portal.url(path)).text
+        assert re.search(r'<html lang="(en|nl)">', html) and "<title>" in html, path
+        assert html.count("<h1") == 1, path
         fields = re.findall(r'<(?:input|select)(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', html)
-        assert fields
         for field in fields:
             assert f'<label for="{field}">' in html, (path, field)
+        assert not re.search(r"<th[\s>](?![^>]*scope=)", html), path
