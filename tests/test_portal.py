@@ -360,6 +360,47 @@ def test_what_an_operator_deleted_over_taxii_is_not_shown(running: RunningServer
     assert portal.get(portal.url(f"/recipients/ibd/notifications/{kept}")).status_code == 200
 
 
+def test_the_kept_list_follows_states_deliveries_and_deletions(
+    running: RunningServer,
+    store: Store,
+    sample_config: Config,
+    mappings,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The server keeps a recipient's list while its collection is unchanged; what changes
+    meanwhile still shows at once: a state given elsewhere (TAXII, another process), a new
+    delivery, a deletion."""
+    from connector import feedback
+    from tests.test_portal_claims import scan_of
+
+    portal = user(running, "ibd-poller")
+
+    def total(**params: str) -> int:
+        found = re.search(
+            r'<span id="total">(\d+)</span>', portal.get(portal.url("/recipients/ibd/"), params=params).text
+        )
+        assert found
+        return int(found.group(1))
+
+    before = total()
+    first = data.items(store, "ibd")[0].sighting
+    feedback.give(store, "ibd", first, "acknowledged", source="taxii", actor="ibd-poller")
+    assert total(state="acknowledged") == 1
+    assert (
+        Ingestor(sample_config, store, mappings)
+        .run("divd", "divd-nuclei", [scan_of(tmp_path, "198.51.100.77")])
+        .ok
+    )
+    assert total() == before + 1 and total(q="198.51.100.77") == 1
+    deleted = requests.delete(
+        running.collection_url(recipient_collection_id("ibd")) + f"objects/{first}/",
+        auth=("operator-1", password_for("operator-1")),
+        headers={"Accept": "application/taxii+json;version=2.1"},
+    )
+    assert deleted.status_code == 200
+    assert total() == before and total(state="acknowledged") == 0
+
+
 def test_filters_paging_and_csv_export(running: RunningServer, store: Store) -> None:
     portal = user(running, "zcert-poller")
     everything = data.items(store, "zcert")

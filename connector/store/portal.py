@@ -71,3 +71,17 @@ def logged_out_at(conn: Connection, username: str) -> int | None:
     name = t.settings.c.name
     found = conn.execute(select(t.settings.c.value).where(name == LOGOUT_PREFIX + username)).scalar()
     return None if found is None else int(found)
+
+
+def collection_fingerprint(conn: Connection, collection: int) -> tuple[int, int, int, int]:
+    """What changes whenever what a collection holds does: its delivery blocks (count, last
+    stamp, bytes of entries: a new delivery adds a block, retention rewrites one shorter) and
+    its removals (TAXII DELETE). The portal keeps a recipient's list while this stays the same."""
+    b, r = t.delivery_blocks, t.removed_objects
+    blocks, last, size = conn.execute(
+        select(func.count(), func.max(b.c.last), func.sum(func.length(b.c.entries))).where(
+            b.c.collection == collection
+        )
+    ).one()
+    removed = conn.execute(select(func.count()).select_from(r).where(r.c.collection == collection)).scalar()
+    return int(blocks), int(last or 0), int(size or 0), int(removed or 0)

@@ -12,9 +12,11 @@ a filter index per recipient would cost every ingest, for a screen read now and 
 from __future__ import annotations
 
 import ipaddress
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import cached_property
 from typing import Any
@@ -25,6 +27,7 @@ from connector.config import Config
 from connector.render.collection import _Context  # the one place entries become STIX objects
 from connector.render.stix import notification_of, own_ids
 from connector.store import Reader, Store
+from connector.store import portal as portal_sql
 from connector.store import states as st
 from connector.store.deliveries import iter_entries
 from connector.store.records import Kind, NotificationRecord, VersionRecord
@@ -204,13 +207,67 @@ def _deleted(reader: Reader, number: int, held: dict[int, VersionRecord]) -> lis
     return out
 
 
-def items(store: Store, recipient: str, config: Config | None = None) -> list[Item]:
+class Lists:
+    """The last few recipients' lists, kept while their collection is unchanged (a page, a
+    filter, an export of the same collection then skip the walk, 2 s at 100,000 notifications).
+    States are read afresh every time: they change without a delivery. Per process, bounded."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._lists: OrderedDict[tuple[str, tuple[int, ...]], tuple[tuple[int, ...], list[Item]]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, tuple[int, ...]], fingerprint: tuple[int, ...]) -> list[Item] | None:
+        with self._lock:
+            found = self._lists.get(key)
+            if found is None or found[0] != fingerprint:
+                return None
+            self._lists.move_to_end(key)
+            return found[1]
+
+    def put(self, key: tuple[str, tuple[int, ...]], fingerprint: tuple[int, ...], listed: list[Item]) -> None:
+        with self._lock:
+            self._lists[key] = (fingerprint, listed)
+            self._lists.move_to_end(key)
+            while len(self._lists) > self._size:
+                self._lists.popitem(last=False)
+
+
+def items(
+    store: Store, recipient: str, config: Config | None = None, lists: Lists | None = None
+) -> list[Item]:
     """Every notification of the recipient's collection, newest first; given the
-    configuration, each says which of the recipient's child organisations it concerns."""
+    configuration, each says which of the recipient's child organisations it concerns. With
+    `lists`, an unchanged collection's list is taken from there, its states read again."""
     number = store.collection_number(recipient_collection_id(recipient))
     if number is None:
         return []
     children = _child_numbers(store, config, recipient)
+    if lists is None:
+        return _items(store, recipient, number, children)
+    key = (recipient, tuple(sorted(children)))
+    with store.reading() as reader:
+        fingerprint = portal_sql.collection_fingerprint(reader.conn, number)
+    listed = lists.get(key, fingerprint)
+    if listed is None:
+        listed = _items(store, recipient, number, children)
+        lists.put(key, fingerprint, listed)
+        return listed
+    with store.reading() as reader:
+        states = st.of(reader.conn, number, [i.record.pk for i in listed])
+    fresh = [i if _state_of(states, i) == i.state else replace(i, state=_state_of(states, i)) for i in listed]
+    lists.put(key, fingerprint, fresh)
+    return fresh
+
+
+def _state_of(states: dict[int, st.State], item: Item) -> str:
+    state = states.get(item.record.pk)
+    return state.state if state else st.ROUTED
+
+
+def _items(store: Store, recipient: str, number: int, children: dict[int, tuple[int, str]]) -> list[Item]:
     held = _latest_held(store, number)
     out: list[Item] = []
     with store.reading() as reader:

@@ -23,7 +23,17 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from connector import feedback
 from connector.collections import recipient_collection_id
 from taxii_server.portal import data
-from taxii_server.portal.web import PREFIX, PortalError, Viewer, audit, form_checked, page, secured, viewer
+from taxii_server.portal.web import (
+    PREFIX,
+    PortalError,
+    Viewer,
+    audit,
+    form_checked,
+    page,
+    portal,
+    secured,
+    viewer,
+)
 
 router = APIRouter()
 
@@ -72,7 +82,9 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
         number = int(request.query_params.get("page", "1"))
     except ValueError:
         number = 1
-    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
+    everything = await run_in_threadpool(
+        data.items, who.server.store, recipient, who.server.config, portal(request).lists
+    )
     listing = data.listing(everything, filters, number)
     name = next(r.name for r in who.server.config.recipients if r.id == recipient)
     return page(
@@ -94,7 +106,9 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
 async def export_csv(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
     _recipient(who, recipient)
     filters = filters_of(request)
-    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
+    everything = await run_in_threadpool(
+        data.items, who.server.store, recipient, who.server.config, portal(request).lists
+    )
     selected = [i for i in everything if filters.matches(i)][: data.EXPORT_LIMIT]
     out = io.StringIO()
     csv.writer(out).writerows(data.csv_rows(selected))
@@ -114,7 +128,9 @@ async def export_bundle(request: Request, recipient: str, who: Viewer = Depends(
     """The filtered selection as a STIX 2.1 bundle (what TAXII serves for those notifications)."""
     _recipient(who, recipient)
     filters = filters_of(request)
-    everything = await run_in_threadpool(data.items, who.server.store, recipient, who.server.config)
+    everything = await run_in_threadpool(
+        data.items, who.server.store, recipient, who.server.config, portal(request).lists
+    )
     selected = [i for i in everything if filters.matches(i)]
     body = await run_in_threadpool(data.bundle, who.server.store, selected)
     await audit(

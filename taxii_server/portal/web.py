@@ -7,7 +7,7 @@ files; without a valid session it redirects to the login page, and nothing of th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from connector.collections import recipient_collection_id
 from taxii_server.auth import Principal, principal_for
 from taxii_server.context import ServerState, state
 from taxii_server.portal import i18n
-from taxii_server.portal.data import when
+from taxii_server.portal.data import Lists, when
 from taxii_server.portal.session import SESSION_COOKIE, Session, Sessions
 
 PREFIX = "/portal"
@@ -47,6 +47,7 @@ SECURITY_HEADERS = {
 @dataclass
 class PortalState:
     sessions: Sessions
+    lists: Lists = field(default_factory=Lists)  # recipients' lists while their collection is unchanged
 
 
 class Redirect(Exception):
