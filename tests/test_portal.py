@@ -401,6 +401,17 @@ def test_the_kept_list_follows_states_deliveries_and_deletions(
     assert total() == before and total(state="acknowledged") == 0
 
 
+def test_kept_lists_are_bounded() -> None:
+    lists = data.Lists(size=2, max_items=5)
+    listed = [object()] * 3
+    lists.put(("a", ()), (1,), listed)  # type: ignore[arg-type]
+    lists.put(("b", ()), (1,), listed)  # type: ignore[arg-type]  # 6 items: "a" goes
+    assert lists.get(("a", ()), (1,)) is None and lists.get(("b", ()), (1,)) is listed
+    lists.put(("c", ()), (1,), [object()] * 6)  # type: ignore[arg-type]  # too large to keep
+    assert lists.get(("c", ()), (1,)) is None and lists.get(("b", ()), (1,)) is listed
+    assert lists.get(("b", ()), (2,)) is None  # the collection changed
+
+
 def test_filters_paging_and_csv_export(running: RunningServer, store: Store) -> None:
     portal = user(running, "zcert-poller")
     everything = data.items(store, "zcert")

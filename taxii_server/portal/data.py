@@ -210,10 +210,12 @@ def _deleted(reader: Reader, number: int, held: dict[int, VersionRecord]) -> lis
 class Lists:
     """The last few recipients' lists, kept while their collection is unchanged (a page, a
     filter, an export of the same collection then skip the walk, 2 s at 100,000 notifications).
-    States are read afresh every time: they change without a delivery. Per process, bounded."""
+    States are read afresh every time: they change without a delivery. Per process, bounded by
+    lists and by notifications held in all (an item is several hundred bytes)."""
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 8, max_items: int = 200_000) -> None:
         self._size = size
+        self._max_items = max_items
         self._lists: OrderedDict[tuple[str, tuple[int, ...]], tuple[tuple[int, ...], list[Item]]] = (
             OrderedDict()
         )
@@ -229,9 +231,14 @@ class Lists:
 
     def put(self, key: tuple[str, tuple[int, ...]], fingerprint: tuple[int, ...], listed: list[Item]) -> None:
         with self._lock:
+            self._lists.pop(key, None)
+            if len(listed) > self._max_items:
+                return  # too large to keep: walked every time
             self._lists[key] = (fingerprint, listed)
-            self._lists.move_to_end(key)
-            while len(self._lists) > self._size:
+            while (
+                len(self._lists) > self._size
+                or sum(len(v[1]) for v in self._lists.values()) > self._max_items
+            ):
                 self._lists.popitem(last=False)
 
 
