@@ -280,6 +280,7 @@ def route_explain(
     config_path: ConfigOption = None,
 ) -> None:
     """Which recipients get it, by which rule; which rules were considered and why they did not apply."""
+    from connector.claims import with_claims
     from connector.explain import explain_target
     from connector.routing import Policy, Router
     from connector.tlp import parse_tlp
@@ -297,9 +298,9 @@ def route_explain(
     try:
         policy = Policy(parse_tlp(tlp), taxonomy, type_)
         needs_store = bool(_OWN_ID.match(target.strip()))
-        lines = explain_target(
-            Router(config), target, policy, _open_store(config, config_path) if needs_store else None
-        )
+        store = _open_store(config, config_path) if needs_store else None
+        # With a store open, approved portal claims (connector/claims.py) route too.
+        lines = explain_target(Router(with_claims(config, store)), target, policy, store)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     for line in lines:
@@ -819,12 +820,13 @@ def misrouted_cmd(
     """Notifications a recipient said are not its own, with how they were routed: a
     constituency claim to fix."""
     from connector import stats
+    from connector.claims import with_claims
     from connector.explain import explain_target
     from connector.routing import Policy, Router
 
     config = _load(config_path)
     store = _open_store(config, config_path)
-    router = Router(config)
+    router = Router(with_claims(config, store))  # approved portal claims route too
     reports = []
     for m in stats.misrouted(store):
         policy = Policy(m.kind.tlp, m.kind.taxonomy, m.kind.type, m.kind.direct_owner_only)

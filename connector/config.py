@@ -158,6 +158,8 @@ class ServerConfig(_Strict):
             )
         if self.metrics.port is not None and self.metrics.port == self.port:
             raise ValueError(f"metrics.port {self.metrics.port} is the TAXII port: give the metrics another")
+        if self.api_root in ("portal", "taxii2", "misp-feed", "healthz", "readyz", "metrics"):
+            raise ValueError(f"api_root {self.api_root!r} is a path the server uses for something else")
         return self
 
 

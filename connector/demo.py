@@ -111,7 +111,11 @@ def run_demo(*, workdir: Path, port: int, serve: bool, out: Console, console: Co
         server.should_exit = True
         thread.join(timeout=10)
         return 0 if ok else 1
-    out.print(f"serving TAXII 2.1 on {base}/taxii2/ (Ctrl-C to stop)", markup=False)
+    out.print(
+        f"serving TAXII 2.1 on {base}/taxii2/ and the web portal on {base}/portal/ "
+        "(the same users and passwords; Ctrl-C to stop)",
+        markup=False,
+    )
     try:
         while thread.is_alive():
             thread.join(timeout=0.5)

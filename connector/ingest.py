@@ -32,6 +32,7 @@ from connector.adapters.registry import (
     read_warnings,
     record_outcome,
 )
+from connector.claims import with_claims
 from connector.collections import collection_rows, inbox_collection_id
 from connector.config import Config
 from connector.counts import RunSummary
@@ -93,7 +94,7 @@ class Ingestor:
         self.commit_seconds = commit_seconds
         self.store = store
         self.mappings = mappings
-        self.router = Router(config)
+        self.router = Router(with_claims(config, store))  # configured + approved claims
         self.misp_group_by = {r.id: r.misp.group_by for r in config.recipients if r.misp is not None}
         self.cache = RecordingCache()
         load_code_adapters()

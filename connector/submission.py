@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from connector.claims import with_claims
 from connector.collections import recipient_collection_id
 from connector.config import Config
 from connector.observables import Content, Observable, content_of, masked_copy
@@ -145,7 +146,7 @@ class Submissions:
     ) -> None:
         self.config = config
         self.store = store
-        self.router = router or Router(config)
+        self.router = router or Router(with_claims(config, store))
         self.clock = clock or (lambda: datetime.now(UTC))
         self._matches: dict[Observable, Match | None] = {}
 

@@ -13,12 +13,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connector.channels.misp_feed import FeedRefresher, feed_recipients
+from connector.claims import with_claims
 from connector.collections import collection_rows
 from connector.config import Config
 from connector.logs import redact
 from connector.render.collection import CollectionView
 from connector.routing import Router
 from connector.store import Store
+from taxii_server import portal
 from taxii_server.auth import Authenticator
 from taxii_server.context import ServerState, authenticated, principal
 from taxii_server.errors import (
@@ -32,6 +34,7 @@ from taxii_server.media import taxii_response
 from taxii_server.metrics import RequestMetrics, ServerMetrics
 from taxii_server.openapi import taxii_openapi
 from taxii_server.pagination import TokenCodec, token_secret
+from taxii_server.router_refresh import RouterRefresher
 from taxii_server.routes import collections, discovery, health, inbox, misp_feed, objects, stats, status
 
 log = logging.getLogger("meldpunt.taxii")
@@ -125,14 +128,18 @@ def create_app(config: Config, store: Store) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         """While serving, MISP feed events that changed are built in the background, so feed
-        requests read them stored (connector/channels/misp_feed.py)."""
+        requests read them stored (connector/channels/misp_feed.py); and the router is built
+        again when the approved constituency claims change (taxii_server/router_refresh.py)."""
         refresher = None
         if feed_recipients(config):
             refresher = FeedRefresher(config, store, config.server.misp_feed_refresh_seconds)
             refresher.start()
+        routes = RouterRefresher(_app.state.meldpunt)
+        routes.start()
         try:
             yield
         finally:
+            routes.stop()
             if refresher is not None:
                 refresher.stop()
 
@@ -148,14 +155,15 @@ def create_app(config: Config, store: Store) -> FastAPI:
     rows = collection_rows(config)
     store.sync_collections(rows)
     metrics = ServerMetrics(store)
+    secret = _token_secret(config, store)
     app.state.meldpunt = ServerState(
         config=config,
         store=store,
         authenticator=Authenticator(config, [r.id for r in rows]),
-        tokens=TokenCodec(_token_secret(config, store)),
+        tokens=TokenCodec(secret),
         collections={r.id: r for r in rows},
         view=CollectionView(store),
-        router=Router(config),
+        router=Router(with_claims(config, store)),  # approved claims too (connector/claims.py)
         metrics=metrics,
     )
     app.add_exception_handler(TaxiiError, handle_taxii_error)
@@ -163,6 +171,8 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(Exception, handle_unexpected_error)
     app.include_router(health.router)  # first: /healthz must not fall to /{api_root}/'s redirect
+    # /portal/ before the TAXII routes too; its own sessions (cookie + CSRF), the same users and rights.
+    portal.mount(app, secret)
     token = _metrics_token(config)
     app.include_router(health.metrics_router(token) if token is not None else health.metrics_absent())
     taxii = [Depends(principal)]  # authentication on by default for every TAXII route

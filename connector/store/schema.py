@@ -403,3 +403,22 @@ misp_feed_events = Table(
     # [[notification, version stamp], ...] the event holds: fetching its file delivers them.
     Column("deliveries", Text, nullable=False, server_default="[]"),
 )
+
+# Networks, AS numbers and domains recipients claim in the portal (issue #16, item 2): pending
+# until an operator approves; approved ones join the configured constituencies when a router is
+# built (connector/claims.py). Times in ms.
+constituency_claims = Table(
+    "constituency_claims",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("recipient", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # network | asn | domain
+    Column("value", String(255), nullable=False),  # normalised: CIDR, the number, the domain
+    Column("status", String(16), nullable=False),  # pending | approved | refused
+    Column("proposed_by", String(128), nullable=False),
+    Column("proposed_at", BigInteger, nullable=False),
+    Column("decided_by", String(128), nullable=True),
+    Column("decided_at", BigInteger, nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ix_constituency_claims_status", "status"),
+)

@@ -1,0 +1,234 @@
+"""Constituency self-service through the portal (issue #16, item 2), on SQLite and PostgreSQL:
+a recipient proposes, an operator approves, and the next ingest routes by the claim; a sub-range
+of what the recipient holds approves itself; conflicts are shown to the operator only; an exact
+duplicate of another's claim cannot be approved; bad values are refused; nobody else reaches
+these pages; every form needs its CSRF token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector import claims
+from connector.config import Config
+from connector.ingest import Ingestor
+from connector.routing import Router
+from connector.store import Store
+from taxii_server.portal import data
+from tests.conftest import DIVD_SCAN, RunningServer, start_server
+from tests.portal_client import PortalUser, csrf_of
+
+SAMPLE_HOST = "192.0.2.10"
+
+
+@pytest.fixture
+def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
+    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
+    info, server, thread = start_server(sample_config, store)
+    try:
+        yield info
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+
+
+def scan_of(directory: Path, address: str) -> Path:
+    """The sample's first finding, about `address` instead, with the sample's case file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    line = DIVD_SCAN.read_text(encoding="utf-8").splitlines()[0].replace(SAMPLE_HOST, address)
+    scan = directory / DIVD_SCAN.name
+    scan.write_text(line + "\n", encoding="utf-8")
+    case = DIVD_SCAN.with_name("DIVD-2024-00012.yaml")
+    (directory / case.name).write_text(case.read_text(encoding="utf-8"), encoding="utf-8")
+    return scan
+
+
+def propose(portal: PortalUser, recipient: str, kind: str, value: str):  # type: ignore[no-untyped-def]
+    return portal.post_form(f"/recipients/{recipient}/claims/", {"kind": kind, "value": value})
+
+
+def pending_pk(store: Store, value: str) -> int:
+    return next(c.pk for c in claims.claims(store, claims.PENDING) if c.value == value)
+
+
+def test_approved_claim_routes_the_next_ingest(
+    running: RunningServer,
+    store: Store,
+    sample_config: Config,
+    mappings,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    gemeente = PortalUser(running.url).logged_in("gemeente-poller")
+    assert propose(gemeente, "gemeente-voorbeeld", "network", "203.0.113.0/24").status_code == 303
+    page = gemeente.get(gemeente.url("/recipients/gemeente-voorbeeld/claims/")).text
+    assert 'data-value="203.0.113.0/24" data-status="pending"' in page
+
+    before = Ingestor(sample_config, store, mappings).run(
+        "divd", "divd-nuclei", [scan_of(tmp_path / "a", "203.0.113.5")]
+    )
+    assert before.ok and before.counts["unrouted"] == 1
+
+    operator = PortalUser(running.url).logged_in("operator-1")
+    review = operator.get(operator.url("/operations/claims/"))
+    assert review.status_code == 200 and "203.0.113.0/24" in review.text
+    pk = pending_pk(store, "203.0.113.0/24")
+    decided = operator.post(
+        operator.url(f"/operations/claims/{pk}"),
+        data={"csrf": csrf_of(review.text), "decision": "approve", "reason": "RIPE object checked"},
+        allow_redirects=False,
+    )
+    assert decided.status_code == 303
+    assert (
+        'data-status="approved"' in gemeente.get(gemeente.url("/recipients/gemeente-voorbeeld/claims/")).text
+    )
+
+    after = Ingestor(sample_config, store, mappings).run(
+        "divd", "divd-nuclei", [scan_of(tmp_path / "b", "203.0.113.6")]
+    )
+    assert after.ok and after.counts["routed"] == 1 and after.counts["unrouted"] == 0
+    assert "203.0.113.6" in {i.ip for i in data.items(store, "gemeente-voorbeeld")}
+    # What was routed before stays where it was (unrouted): routing happens at ingest.
+    assert "203.0.113.5" not in {i.ip for i in data.items(store, "gemeente-voorbeeld")}
+
+
+def test_a_sub_range_of_ones_own_approves_itself(running: RunningServer, store: Store) -> None:
+    gemeente = PortalUser(running.url).logged_in("gemeente-poller")
+    assert propose(gemeente, "gemeente-voorbeeld", "network", "198.51.100.36/30").status_code == 303
+    assert [c.status for c in claims.claims(store, None, "gemeente-voorbeeld")] == ["approved"]
+    # Again: already claimed.
+    again = propose(gemeente, "gemeente-voorbeeld", "network", "198.51.100.36/30")
+    assert again.status_code == 400 and "already" in again.text
+
+
+def test_conflicts_are_for_the_operator_and_duplicates_cannot_be_approved(
+    running: RunningServer, store: Store
+) -> None:
+    ibd = PortalUser(running.url).logged_in("ibd-poller")
+    assert propose(ibd, "ibd", "network", "192.0.2.0/26").status_code == 303  # inside Z-CERT's /25
+    assert propose(ibd, "ibd", "domain", "example.org").status_code == 303  # Z-CERT's domain
+    own_page = ibd.get(ibd.url("/recipients/ibd/claims/")).text
+    assert "zcert" not in own_page.lower() and "Z-CERT" not in own_page and "ziekenhuis" not in own_page
+    assert own_page.count('data-status="pending"') == 2
+
+    operator = PortalUser(running.url).logged_in("operator-1")
+    review = operator.get(operator.url("/operations/claims/")).text
+    assert "zcert: 192.0.2.0/25 (configuration)" in review
+    assert "ziekenhuis-noord: 192.0.2.16/28 (configuration)" in review
+    assert "zcert: example.org (configuration)" in review
+    duplicate = operator.post(
+        operator.url(f"/operations/claims/{pending_pk(store, 'example.org')}"),
+        data={"csrf": csrf_of(review), "decision": "approve"},
+        allow_redirects=False,
+    )
+    assert duplicate.status_code == 409 and "held by zcert" in duplicate.text
+    assert claims.claims(store, claims.APPROVED) == []
+    refused = operator.post(
+        operator.url(f"/operations/claims/{pending_pk(store, 'example.org')}"),
+        data={"csrf": csrf_of(review), "decision": "refuse", "reason": "Z-CERT's"},
+        allow_redirects=False,
+    )
+    assert refused.status_code == 303
+    assert (
+        'data-value="example.org" data-status="refused"' in ibd.get(ibd.url("/recipients/ibd/claims/")).text
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("network", "203.0.113.1/24"),
+        ("network", "::ffff:192.0.2.0/120"),
+        ("domain", "nl"),
+        ("domain", "co.uk"),
+        ("domain", "bad_name.nl"),
+        ("asn", "ASx"),
+        ("asn", "0"),
+        ("colour", "red"),
+    ],
+)
+def test_bad_claims_are_refused(running: RunningServer, store: Store, kind: str, value: str) -> None:
+    ibd = PortalUser(running.url).logged_in("ibd-poller")
+    answer = propose(ibd, "ibd", kind, value)
+    assert answer.status_code == 400 and 'id="claim-error"' in answer.text
+    assert claims.claims(store) == []
+
+
+def test_claims_pages_are_their_owners_and_need_the_token(running: RunningServer, store: Store) -> None:
+    ibd = PortalUser(running.url).logged_in("ibd-poller")
+    for page in ("/recipients/zcert/claims/", "/operations/claims/"):
+        assert ibd.get(ibd.url(page)).status_code == 404
+    token = csrf_of(ibd.get(ibd.url("/recipients/ibd/claims/")).text)
+    foreign = ibd.post(
+        ibd.url("/recipients/zcert/claims/"),
+        data={"csrf": token, "kind": "asn", "value": "64999"},
+        allow_redirects=False,
+    )
+    assert foreign.status_code == 404
+    bare = ibd.post(
+        ibd.url("/recipients/ibd/claims/"), data={"kind": "asn", "value": "64999"}, allow_redirects=False
+    )
+    assert bare.status_code == 403
+    assert propose(ibd, "ibd", "asn", "AS64999").status_code == 303
+    operator = PortalUser(running.url).logged_in("operator-1")
+    pk = pending_pk(store, "64999")
+    assert (
+        operator.post(
+            operator.url(f"/operations/claims/{pk}"), data={"decision": "approve"}, allow_redirects=False
+        ).status_code
+        == 403
+    )
+    # An operator cannot claim for a recipient (it does not speak for one).
+    token = csrf_of(operator.get(operator.url("/operations/claims/")).text)
+    assert (
+        operator.post(
+            operator.url("/recipients/ibd/claims/"),
+            data={"csrf": token, "kind": "asn", "value": "64998"},
+            allow_redirects=False,
+        ).status_code
+        == 404
+    )
+    assert [c.value for c in claims.claims(store)] == ["64999"]
+
+
+def test_another_server_process_routes_by_a_claim_approved_elsewhere(
+    running: RunningServer, store: Store, sample_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one store: a claim approved through the first reaches the second's router
+    (inbox submissions) within its refresh interval, without a restart."""
+    from taxii_server.router_refresh import RouterRefresher
+
+    monkeypatch.setattr(RouterRefresher, "INTERVAL", 0.1)
+    _other, server, thread = start_server(sample_config, store)
+    try:
+        state = server.config.app.state.meldpunt  # type: ignore[attr-defined]
+        assert state.router.lookup_owner("203.0.113.9") is None
+        ibd = PortalUser(running.url).logged_in("ibd-poller")
+        assert propose(ibd, "ibd", "network", "203.0.113.0/24").status_code == 303
+        operator = PortalUser(running.url).logged_in("operator-1")
+        review = operator.get(operator.url("/operations/claims/")).text
+        operator.post(
+            operator.url(f"/operations/claims/{pending_pk(store, '203.0.113.0/24')}"),
+            data={"csrf": csrf_of(review), "decision": "approve"},
+            allow_redirects=False,
+        )
+        deadline = time.monotonic() + 20
+        while state.router.lookup_owner("203.0.113.9") != "ibd":
+            assert time.monotonic() < deadline, "the other server never rebuilt its router"
+            time.sleep(0.1)
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)
+
+
+def test_routers_are_built_with_approved_claims(store: Store, sample_config: Config) -> None:
+    assert Router(claims.with_claims(sample_config, store)).lookup_owner("203.0.113.9") is None
+    claim = claims.propose(sample_config, store, "ibd", "network", "203.0.113.0/24", "ibd-poller")
+    assert claim.status == claims.PENDING
+    assert Router(claims.with_claims(sample_config, store)).lookup_owner("203.0.113.9") is None
+    claims.decide(sample_config, store, claim.pk, True, "operator-1")
+    assert Router(claims.with_claims(sample_config, store)).lookup_owner("203.0.113.9") == "ibd"
+    with pytest.raises(claims.ClaimError):
+        claims.decide(sample_config, store, claim.pk, False, "operator-1")  # decided already
