@@ -20,15 +20,16 @@ restart; a server rebuilds its router when its portal approves a claim.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
-from connector.config import Config
-from connector.publicsuffix import is_public_suffix
+from connector.config import Config, claimable_domain
 from connector.store import Store
 from connector.store import claims as sql
 from connector.store.claims import APPROVED, PENDING, REFUSED, ClaimRow
 from connector.store.times import now_us
 
+log = logging.getLogger("meldpunt.claims")
 KINDS = ("network", "asn", "domain")
 __all__ = ["APPROVED", "KINDS", "PENDING", "REFUSED", "ClaimError", "ClaimRow", "Holding"]
 
@@ -45,9 +46,21 @@ class Holding:
     source: str  # "configuration" or "claim"
 
 
+# Claims a recipient may have filed and not had refused: each approval rebuilds every server's
+# router, so one recipient's filings must not grow without bound.
+MAX_CLAIMS_PER_RECIPIENT = 200
+
+
 def normalise(kind: str, value: str) -> str:
+    """The claim as the configuration would hold it, checked as the configuration is checked:
+    an approved claim goes into every router built, and a value a router cannot take (an IPv6
+    zone, say) would stop every ingest and server start."""
     text = value.strip()
+    if "\x00" in text:
+        raise ClaimError("holds a NUL character")
     if kind == "network":
+        if "%" in text:
+            raise ClaimError("an IPv6 zone (%...) names an interface, not a network")
         try:
             network = ipaddress.ip_network(text, strict=True)
         except ValueError as exc:
@@ -59,19 +72,14 @@ def normalise(kind: str, value: str) -> str:
         return network.with_prefixlen
     if kind == "asn":
         digits = text.upper().removeprefix("AS")
-        if not digits.isdigit() or not 1 <= int(digits) <= 4294967295:
+        if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= 4294967295:
             raise ClaimError("not an AS number (1 to 4294967295)")
         return str(int(digits))
     if kind == "domain":
-        name = text.lower().rstrip(".")
-        labels = name.split(".")
-        if len(labels) < 2 or not all(labels) or any(len(label) > 63 for label in labels) or len(name) > 253:
-            raise ClaimError("not a domain name")
-        if not all(c.isalnum() or c in "-." for c in name):
-            raise ClaimError("not a domain name (letters, digits, hyphens; IDNs in their xn-- form)")
-        if is_public_suffix(name):
-            raise ClaimError("a public suffix cannot be claimed")
-        return name
+        try:
+            return claimable_domain(text)
+        except ValueError as exc:
+            raise ClaimError(f"{exc} (letters, digits, hyphens; IDNs in their xn-- form)") from None
     raise ClaimError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})")
 
 
@@ -98,7 +106,9 @@ def _within(kind: str, inner: str, outer: str) -> bool:
 
 
 def conflicts(recipient: str, kind: str, value: str, held: list[Holding]) -> list[Holding]:
-    """What other recipients hold that overlaps the claim (for operators' eyes only)."""
+    """What other recipients hold of the same kind that overlaps the claim (for operators' eyes
+    only). Routing tries addresses, then AS numbers, then domains, so an operator also needs
+    `routes_to_now` (a network inside another's AS)."""
     return [
         h
         for h in held
@@ -136,6 +146,12 @@ def propose(config: Config, store: Store, recipient: str, kind: str, value: str,
         c.kind == kind and c.value == value for c in pending
     ):
         raise ClaimError("this recipient has claimed it already")
+    filed = len(pending) + sum(1 for h in held if h.recipient == recipient and h.source == "claim")
+    if filed >= MAX_CLAIMS_PER_RECIPIENT:
+        raise ClaimError(
+            f"{MAX_CLAIMS_PER_RECIPIENT} claims filed already: ask the clearinghouse to put them "
+            "in the configuration"
+        )
     status = APPROVED if owner_now(kind, value, held) == recipient else PENDING
     reason = "inside what the recipient holds already" if status == APPROVED else None
     with store.writing() as w:
@@ -183,7 +199,7 @@ def with_claims(config: Config, store: Store | None) -> Config:
     routers are built from."""
     if store is None:
         return config
-    approved = claims(store, APPROVED)
+    approved = [c for c in claims(store, APPROVED) if _usable(c)]
     if not approved:
         return config
     recipients = []
@@ -205,6 +221,19 @@ def with_claims(config: Config, store: Store | None) -> Config:
         )
         recipients.append(r.model_copy(update={"constituency": extended}))
     return config.model_copy(update={"recipients": recipients})
+
+
+def _usable(c: ClaimRow) -> bool:
+    """A stored claim a router can take; one that is not (stored by an older, laxer check) is
+    left out with an error in the log rather than stopping every router built."""
+    try:
+        normalise(c.kind, c.value)
+    except ClaimError as exc:
+        log.error(
+            "approved claim left out", extra={"claim": c.pk, "recipient": c.recipient, "error": str(exc)}
+        )
+        return False
+    return True
 
 
 def generation(store: Store) -> tuple[int, int]:

@@ -280,7 +280,7 @@ class Constituency(_Strict):
     @field_validator("domains")
     @classmethod
     def _domains_valid(cls, value: list[str]) -> list[str]:
-        return [_claimable_domain(item) for item in value]
+        return [claimable_domain(item) for item in value]
 
 
 def _strict_networks(value: Any) -> Any:
@@ -289,6 +289,9 @@ def _strict_networks(value: Any) -> Any:
         return value
     out, faults = [], []
     for index, item in enumerate(value):
+        if "%" in str(item):  # a scoped IPv6 address names an interface; the router cannot take it
+            faults.append(f"item {index}: invalid network {item!r}: an IPv6 zone (%...) is no network")
+            continue
         try:
             network = ipaddress.ip_network(str(item), strict=True)
         except ValueError as exc:  # every bad one at once: an operator fixes them in one go
@@ -316,7 +319,7 @@ def _valid_domain(item: str) -> str:
     return domain
 
 
-def _claimable_domain(item: str) -> str:
+def claimable_domain(item: str) -> str:
     domain = _valid_domain(item)
     if is_public_suffix(domain):
         raise ValueError(f"{domain!r} is a public suffix; nobody can claim it, claim a registered domain")

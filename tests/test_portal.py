@@ -325,7 +325,7 @@ def test_acknowledge_then_resolve_shows_in_stats_and_over_taxii(running: Running
     )
     assert taxii.status_code == 200 and taxii.json()["objects"][0]["id"] == item.sighting
     # Any state given is one of the four; another value is refused.
-    assert portal.post_form(page, {"state": "gone"}).status_code == 404
+    assert portal.post_form(page, {"state": "gone"}).status_code == 400
     # Accountability: the audit log (`meldpunt audit`) has the login, the reads and the feedback.
     actions = [e["action"] for e in store.audit_entries() if e["username"] == "ibd-poller"]
     assert actions[0] == "portal-login" and actions.count("portal-feedback") == 2

@@ -143,8 +143,12 @@ def test_conflicts_are_for_the_operator_and_duplicates_cannot_be_approved(
         ("network", "::ffff:192.0.2.0/120"),
         ("domain", "nl"),
         ("domain", "co.uk"),
-        ("domain", "bad_name.nl"),
+        ("domain", "bad name.nl"),
+        ("domain", "exämple.nl"),  # IDNs in their xn-- form, as in the configuration
+        ("domain", "-x.example.nl"),
+        ("network", "2001:db8:10::%eth0/64"),  # approved, it stopped every router being built
         ("asn", "ASx"),
+        ("asn", "AS²"),  # a digit to isdigit(), not to int(): was a 500
         ("asn", "0"),
         ("colour", "red"),
     ],
@@ -232,3 +236,35 @@ def test_routers_are_built_with_approved_claims(store: Store, sample_config: Con
     assert Router(claims.with_claims(sample_config, store)).lookup_owner("203.0.113.9") == "ibd"
     with pytest.raises(claims.ClaimError):
         claims.decide(sample_config, store, claim.pk, False, "operator-1")  # decided already
+
+
+def test_a_claim_inside_another_recipients_as_is_shown_to_the_operator(
+    store: Store, sample_config: Config, tmp_path: Path
+) -> None:
+    """Routing tries addresses, then AS numbers: a network claim inside space Z-CERT receives
+    through its AS 64500 is no same-kind conflict, yet approving it would move Z-CERT's
+    notifications there. The operator sees who that space routes to today."""
+    table = tmp_path / "ipasn.dat"
+    table.write_text("203.0.113.0/24\t64500\n", encoding="utf-8")
+    config = sample_config.model_copy(update={"asn_table": table})
+    info, server, thread = start_server(config, store)
+    try:
+        gemeente = PortalUser(info.url).logged_in("gemeente-poller")
+        assert propose(gemeente, "gemeente-voorbeeld", "network", "203.0.113.0/28").status_code == 303
+        operator = PortalUser(info.url).logged_in("operator-1")
+        review = operator.get(operator.url("/operations/claims/")).text
+        assert "zcert: asn AS64500 (routes there today)" in review, review
+        # Bad decisions: no decision is no refusal; a claim that does not exist is not found;
+        # a CSRF token that is not ASCII is refused, not a 500.
+        pk = pending_pk(store, "203.0.113.0/28")
+        url = operator.url(f"/operations/claims/{pk}")
+        assert operator.post(url, data={"csrf": csrf_of(review)}, allow_redirects=False).status_code == 400
+        missing = operator.url(f"/operations/claims/{pk + 1000}")
+        answer = operator.post(missing, data={"csrf": csrf_of(review), "decision": "approve"})
+        assert answer.status_code == 404
+        bad = operator.post(url, data={"csrf": "é", "decision": "approve"}, allow_redirects=False)
+        assert bad.status_code == 403
+        assert [c.status for c in claims.claims(store, None, "gemeente-voorbeeld")] == ["pending"]
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=10)

@@ -8,6 +8,8 @@ ingest builds its own router and so routes by it from the next run.
 
 from __future__ import annotations
 
+import ipaddress
+
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
@@ -51,7 +53,7 @@ async def propose(request: Request, recipient: str, who: Viewer = Depends(viewer
     kind, value = str(form.get("kind") or ""), str(form.get("value") or "")[:300]
     try:
         s, by = who.server, who.principal.username
-        await run_in_threadpool(claims.propose, s.config, s.store, recipient, kind, value, by)
+        filed = await run_in_threadpool(claims.propose, s.config, s.store, recipient, kind, value, by)
     except claims.ClaimError as refused:
         rows = await run_in_threadpool(claims.claims, who.server.store, None, recipient)
         return page(
@@ -68,8 +70,17 @@ async def propose(request: Request, recipient: str, who: Viewer = Depends(viewer
             status=400,
         )
     await audit(who.server, by, "claim-propose", collection_id=recipient_collection_id(recipient), objects=1)
-    _rebuild_router(who)  # a claim inside its own holdings may have approved itself
+    if filed.status == claims.APPROVED:  # inside its own holdings: it approved itself
+        await run_in_threadpool(_rebuild_router, who)
     return secured(RedirectResponse(f"{PREFIX}/recipients/{recipient}/claims/", status_code=303))
+
+
+def _exists(who: Viewer, pk: int) -> bool:
+    try:
+        claims.claim(who.server.store, pk)
+    except claims.ClaimError:
+        return False
+    return True
 
 
 def _rebuild_router(who: Viewer) -> None:
@@ -78,10 +89,30 @@ def _rebuild_router(who: Viewer) -> None:
 
 def _review(who: Viewer) -> list[dict[str, object]]:
     held = claims.holdings(who.server.config, who.server.store)
-    return [
-        {"claim": c, "conflicts": claims.conflicts(c.recipient, c.kind, c.value, held)}
-        for c in claims.claims(who.server.store, claims.PENDING)
-    ]
+    out = []
+    for c in claims.claims(who.server.store, claims.PENDING):
+        found = claims.conflicts(c.recipient, c.kind, c.value, held)
+        today = _routes_to_now(who, c)
+        if today is not None and not any(h.recipient == today.recipient for h in found):
+            found.append(today)
+        out.append({"claim": c, "conflicts": found})
+    return out
+
+
+def _routes_to_now(who: Viewer, c: claims.ClaimRow) -> claims.Holding | None:
+    """Who the claimed value routes to today by any rule (routing tries addresses, then AS
+    numbers, then domains): a network inside another's AS is no same-kind conflict, yet
+    approving it moves that recipient's notifications. For a network, its first address."""
+    router = who.server.router
+    if c.kind == "network":
+        found = router.match_keys(ip=str(ipaddress.ip_network(c.value).network_address))
+    elif c.kind == "asn":
+        found = router.match_keys(asn=int(c.value))
+    else:
+        found = router.match_keys(hostname=c.value)
+    if found is None or found.owner == c.recipient:
+        return None
+    return claims.Holding(found.owner, c.kind, found.rule, "routes there today")
 
 
 @router.get(PREFIX + "/operations/claims/")
@@ -104,8 +135,13 @@ async def decide(request: Request, pk: int, who: Viewer = Depends(viewer)) -> Re
     form = await form_checked(request, who)
     if not who.principal.operator:
         raise PortalError(404, "not_found")
-    approve = form.get("decision") == "approve"
-    reason = str(form.get("reason") or "").strip()[:1000] or None
+    decision = form.get("decision")
+    if decision not in ("approve", "refuse"):
+        raise PortalError(400, "bad_request")
+    approve = decision == "approve"
+    reason = str(form.get("reason") or "").replace("\x00", "").strip()[:1000] or None
+    if not await run_in_threadpool(_exists, who, pk):
+        raise PortalError(404, "not_found")
     try:
         await run_in_threadpool(
             claims.decide, who.server.config, who.server.store, pk, approve, who.principal.username, reason

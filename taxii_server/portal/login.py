@@ -21,7 +21,6 @@ from taxii_server.errors import TaxiiError
 from taxii_server.portal.session import LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, SESSION_SECONDS
 from taxii_server.portal.web import (
     PREFIX,
-    PortalError,
     Viewer,
     audit,
     form_checked,
@@ -74,7 +73,7 @@ def _login_page(request: Request, error: str | None = None, status: int = 200) -
         path=PREFIX,
         httponly=True,
         samesite="strict",
-        secure=portal(request).sessions.secure,
+        secure=portal(request).sessions.secure or request.url.scheme == "https",
     )
     return response
 
@@ -90,7 +89,9 @@ async def login(request: Request) -> Response:
     form = await read_form(request)
     nonce = sessions.login_nonce_of(request.cookies.get(LOGIN_COOKIE))
     if not sessions.csrf_ok(nonce, form.get("csrf"), "login"):
-        raise PortalError(403, "forbidden")
+        # Refused (403) but with a fresh form: a login page left open past its token's hour, or
+        # a second login tab (each replaces the token), is no attack, just a retry.
+        return _login_page(request, "forbidden", 403)
     username, password = str(form.get("username") or ""), str(form.get("password") or "")
     if not username or ":" in username:
         return _login_page(request, "login_failed", 401)
@@ -109,7 +110,7 @@ async def login(request: Request) -> Response:
         path=PREFIX,
         httponly=True,
         samesite="strict",
-        secure=sessions.secure,
+        secure=sessions.secure or request.url.scheme == "https",
     )
     response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
     return response

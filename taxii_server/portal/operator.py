@@ -211,6 +211,8 @@ async def operations(request: Request, who: Viewer = Depends(viewer)) -> Respons
         until = date.fromisoformat(request.query_params.get("until", ""))
     except ValueError:
         until = None
+    if until is not None and until.year < 2:  # the chart's first day would be before year 1
+        until = None
     by = "feed" if request.query_params.get("by") == "feed" else "classification"
     values = await run_in_threadpool(_overview, who, title, times_title, until, by)
     values["retried"] = request.query_params.get("retried")

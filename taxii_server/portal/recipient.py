@@ -185,9 +185,9 @@ async def say(request: Request, recipient: str, ident: str, who: Viewer = Depend
     if not who.may_act(recipient):
         raise PortalError(404, "not_found")
     new = str(form.get("state") or "")
-    if new not in feedback.GIVEN:
-        raise PortalError(404, "not_found")
-    note = str(form.get("note") or "").strip()[:2000] or None
+    if new not in feedback.GIVEN:  # said before the notification is looked for: reveals nothing
+        raise PortalError(400, "bad_request")
+    note = str(form.get("note") or "").replace("\x00", "").strip()[:2000] or None  # PostgreSQL
     if await run_in_threadpool(data.shown, who.server.store, recipient, ident[:200]) is None:
         raise PortalError(404, "not_found")
     try:

@@ -60,8 +60,8 @@ async def _upload(request: Request, limit: int) -> bytes | None:
 @router.post(PREFIX + "/submissions/")
 async def upload(request: Request, who: Viewer = Depends(viewer)) -> Response:
     s = who.server
+    partner = _partner(who)  # before a body up to the inbox's limit is read: partners only
     await form_checked(request, who, s.config.server.max_content_length + FORM_LIMIT)
-    partner = _partner(who)
     received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = await _upload(request, s.config.server.max_content_length)
     error, status = None, None

@@ -90,7 +90,7 @@ class Sessions:
             payload = _unb64(body)
         except (ValueError, TypeError):
             return None
-        if not hmac.compare_digest(self._sign(payload), signature):
+        if not signature.isascii() or not hmac.compare_digest(self._sign(payload), signature):
             return None
         try:
             value = json.loads(payload)
@@ -138,8 +138,8 @@ class Sessions:
         return self._sign(f"csrf|{purpose}|{nonce}".encode())
 
     def csrf_ok(self, nonce: str | None, given: object, purpose: str = "session") -> bool:
-        if not nonce or not isinstance(given, str) or not given:
-            return False
+        if not nonce or not isinstance(given, str) or not given or not given.isascii():
+            return False  # compare_digest raises on non-ASCII text
         return hmac.compare_digest(self.csrf(nonce, purpose), given)
 
     def login_nonce(self) -> tuple[str, str]:

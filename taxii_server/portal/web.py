@@ -178,7 +178,7 @@ def page(
             path=PREFIX,
             samesite="strict",
             httponly=True,
-            secure=portal(request).sessions.secure,
+            secure=portal(request).sessions.secure or request.url.scheme == "https",
         )
     return response
 
