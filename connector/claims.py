@@ -23,6 +23,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
+
 from connector.config import Config, claimable_domain
 from connector.store import Store
 from connector.store import claims as sql
@@ -154,8 +156,11 @@ def propose(config: Config, store: Store, recipient: str, kind: str, value: str,
         )
     status = APPROVED if owner_now(kind, value, held) == recipient else PENDING
     reason = "inside what the recipient holds already" if status == APPROVED else None
-    with store.writing() as w:
-        pk = sql.add(w.conn, recipient, kind, value, status, by, now_us() // 1000, reason)
+    try:
+        with store.writing() as w:
+            pk = sql.add(w.conn, recipient, kind, value, status, by, now_us() // 1000, reason)
+    except IntegrityError:  # another recipient's approval of the same value landed meanwhile
+        raise ClaimError(f"{value} is held by another recipient already") from None
     return claim(store, pk)
 
 
@@ -188,9 +193,12 @@ def decide(
         ]
         if taken:
             raise ClaimError(f"{found.value} is held by {taken[0].recipient} already")
-    with store.writing() as w:
-        if not sql.decide(w.conn, pk, APPROVED if approve else REFUSED, by, now_us() // 1000, reason):
-            raise ClaimError(f"claim {pk} was decided meanwhile")
+    try:
+        with store.writing() as w:
+            if not sql.decide(w.conn, pk, APPROVED if approve else REFUSED, by, now_us() // 1000, reason):
+                raise ClaimError(f"claim {pk} was decided meanwhile")
+    except IntegrityError:  # the same value approved for another recipient meanwhile
+        raise ClaimError(f"{found.value} is held by another recipient already") from None
     return claim(store, pk)
 
 

@@ -268,3 +268,19 @@ def test_a_claim_inside_another_recipients_as_is_shown_to_the_operator(
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=10)
+
+
+def test_two_approvals_of_one_value_racing_leave_one_owner(
+    store: Store, sample_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before approving reads, then writes: two approvals of the same prefix for two
+    recipients at once would both pass it. The store's unique index refuses the second."""
+    first = claims.propose(sample_config, store, "ibd", "network", "203.0.113.0/24", "op")
+    second = claims.propose(sample_config, store, "gemeente-voorbeeld", "network", "203.0.113.0/24", "op")
+    claims.decide(sample_config, store, first.pk, True, "operator-1")
+    monkeypatch.setattr(claims, "holdings", lambda *_args: [])  # as if read before the first landed
+    with pytest.raises(claims.ClaimError, match="held by another recipient"):
+        claims.decide(sample_config, store, second.pk, True, "operator-1")
+    assert [(c.recipient, c.value) for c in claims.claims(store, claims.APPROVED)] == [
+        ("ibd", "203.0.113.0/24")
+    ]

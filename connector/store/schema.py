@@ -32,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere.
@@ -421,4 +422,14 @@ constituency_claims = Table(
     Column("decided_at", BigInteger, nullable=True),
     Column("reason", Text, nullable=True),
     Index("ix_constituency_claims_status", "status"),
+    # One owner per prefix, AS number or domain among approved claims, also when two approvals
+    # (or a self-approving proposal) race: the check in connector/claims.py reads before writing.
+    Index(
+        "ux_constituency_claims_approved",
+        "kind",
+        "value",
+        unique=True,
+        sqlite_where=text("status = 'approved'"),
+        postgresql_where=text("status = 'approved'"),
+    ),
 )

@@ -30,8 +30,17 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text, nullable=True),
     )
     op.create_index("ix_constituency_claims_status", "constituency_claims", ["status"])
+    op.create_index(
+        "ux_constituency_claims_approved",
+        "constituency_claims",
+        ["kind", "value"],
+        unique=True,
+        sqlite_where=sa.text("status = 'approved'"),
+        postgresql_where=sa.text("status = 'approved'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ux_constituency_claims_approved", table_name="constituency_claims")
     op.drop_index("ix_constituency_claims_status", table_name="constituency_claims")
     op.drop_table("constituency_claims")
