@@ -170,7 +170,9 @@ def times_per_day(
     }
 
 
-def _times(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[float | None]]]:
+def _times(
+    who: Viewer, title: str, names: dict[str, str]
+) -> tuple[str, list[str], dict[str, list[float | None]]]:
     with who.server.store.reading() as reader:
         latest = portal_sql.latest_routed(reader.conn)
         now = datetime.now(UTC)
@@ -178,15 +180,18 @@ def _times(who: Viewer, title: str) -> tuple[str, list[str], dict[str, list[floa
         since = datetime.combine(until - timedelta(days=PLOT_DAYS - 1), datetime.min.time(), UTC)
         rows = portal_sql.delivery_times(reader.conn, int(since.timestamp() * 1000))
     labels, series = times_per_day(rows, until, PLOT_DAYS)
+    series = {names.get(key, key): values for key, values in series.items()}  # the legend's words
     return lines(labels, series, title, "h"), labels, series
 
 
-def _overview(who: Viewer, title: str, times_title: str, until: date | None, by: str) -> dict[str, Any]:
+def _overview(
+    who: Viewer, title: str, times_title: str, until: date | None, by: str, names: dict[str, str]
+) -> dict[str, Any]:
     store = who.server.store
     runs = store.runs(20)
     quarantined = {run["id"]: store.run_rows(run["id"], "quarantined")[:50] for run in runs}
     svg, labels, series = _plot(who, title, until, by)
-    times_svg, time_days, times = _times(who, times_title)
+    times_svg, time_days, times = _times(who, times_title, names)
     return {
         "runs": runs,
         "unrouted": _unrouted(who, runs),
@@ -214,7 +219,8 @@ async def operations(request: Request, who: Viewer = Depends(viewer)) -> Respons
     if until is not None and until.year < 2:  # the chart's first day would be before year 1
         until = None
     by = "feed" if request.query_params.get("by") == "feed" else "classification"
-    values = await run_in_threadpool(_overview, who, title, times_title, until, by)
+    names = {key: text[key] for key in ("delivery", "acknowledgement")}
+    values = await run_in_threadpool(_overview, who, title, times_title, until, by, names)
     values["retried"] = request.query_params.get("retried")
     values["by"] = by
     values["until"] = until.isoformat() if until else ""
