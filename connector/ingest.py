@@ -322,7 +322,8 @@ class Ingestor:
             outcome = record_outcome(adapter, row)
             storable, faults = _storable(outcome.notifications)
             batch.extend(storable)
-            outcome = RecordOutcome(storable, [*outcome.faults, *faults], outcome.skipped)
+            if faults:
+                outcome = RecordOutcome(storable, [*outcome.faults, *faults], outcome.skipped)
             # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
             # never with the raw record (it holds their values).
             summary.counts["attributes_quarantined"] += len(outcome.faults)
@@ -380,6 +381,11 @@ def _storable_text(text: str, limit: int) -> str:
 def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:
     """The notifications the store can hold, and a fault for each other one; RowRejected when
     none of them is storable (the record is then quarantined whole, like any faulty record)."""
+    if len(notifications) == 1:  # most records: one notification, most often storable
+        problem = storage_problem(notifications[0])
+        if problem is None:
+            return notifications, []
+        raise RowRejected(problem)
     problems = [(n, storage_problem(n)) for n in notifications]
     bad = [problem for _n, problem in problems if problem is not None]
     if not bad:

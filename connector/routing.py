@@ -109,6 +109,11 @@ class Router:
         for net in config.opt_out.networks:
             (self._optout_v4 if net.version == 4 else self._optout_v6)[net.with_prefixlen] = True
         self._optout_domains = set(config.opt_out.domains)
+        # Most deployments have no opt-outs: then a routed notification skips the look-ups.
+        self._any_optout = bool(len(self._optout_v4) or len(self._optout_v6) or self._optout_domains)
+        # decide() per (owner, policy): the configuration does not change under a Router, and
+        # ingest asks the same few questions for every row of a feed.
+        self._decided: dict[tuple[str, Policy], tuple[list[str], list[str], list[str]]] = {}
 
     # --- claims ---------------------------------------------------------------------------
 
@@ -221,7 +226,7 @@ class Router:
         keys = routing_keys(n)  # once: the match, the opt-out and the store all use them
         decision = self.decide(self.match_keys(**keys), policy)
         decision.keys = keys
-        if decision.recipients:
+        if decision.recipients and self._any_optout:
             decision.opted_out = self.opt_out_rule(keys["ip"], keys["hostname"])
             if decision.opted_out:
                 decision.recipients = []
@@ -233,16 +238,22 @@ class Router:
             policy = Policy(policy)
         if found is None:
             return Decision(None)
-        decision = Decision(found)
-        for rid in self.chain(found.owner, policy.direct_owner_only):
-            recipient = self._recipients[rid]
-            if not allows(recipient.max_tlp, policy.tlp):
-                decision.suppressed_tlp.append(rid)
-            elif policy.taxonomy and not recipient.accepts(policy.taxonomy, policy.type or ""):
-                decision.suppressed_category.append(rid)
-            else:
-                decision.recipients.append(rid)
-        return decision
+        known = self._decided.get((found.owner, policy))
+        if known is None:
+            recipients: list[str] = []
+            suppressed_tlp: list[str] = []
+            suppressed_category: list[str] = []
+            for rid in self.chain(found.owner, policy.direct_owner_only):
+                recipient = self._recipients[rid]
+                if not allows(recipient.max_tlp, policy.tlp):
+                    suppressed_tlp.append(rid)
+                elif policy.taxonomy and not recipient.accepts(policy.taxonomy, policy.type or ""):
+                    suppressed_category.append(rid)
+                else:
+                    recipients.append(rid)
+            known = self._decided[(found.owner, policy)] = (recipients, suppressed_tlp, suppressed_category)
+        # Copies: a caller may change its decision's lists (an opt-out empties recipients).
+        return Decision(found, known[0].copy(), known[1].copy(), known[2].copy())
 
     # --- explanation ------------------------------------------------------------------------
 

@@ -307,6 +307,10 @@ class MappedAdapter:
         finish = _finisher(name, spec, name, withhold)
         if len(paths) == 1:
             path = paths[0]
+            if "." not in path:
+                # A flat column (every CSV field): one dict access. A record's data is a dict
+                # (the readers yield nothing else), so lookup() would answer the same.
+                return lambda data: finish(data.get(path, MISSING), path)
             return lambda data: finish(lookup(data, path), path)
 
         def first_present(data: dict[str, Any]) -> Any:
@@ -326,7 +330,8 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> 
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
     def finish(raw: Any, where: str) -> Any:
-        if _empty(raw):
+        # A cell with text in it, the common case, is not empty: _empty() is four comparisons.
+        if not (raw.__class__ is str and raw) and _empty(raw):
             if spec.required:
                 raise RowRejected(missing)
             return None

@@ -182,11 +182,18 @@ def _value_name(value: str) -> bytes:
     return b'{"value":' + orjson.dumps(value) + b"}"
 
 
-def shape(notification: Notification, day: str | None = None) -> Shape:
+def shape(
+    notification: Notification, day: str | None = None, subject: tuple[str, str, str, str] | None = None
+) -> Shape:
     """The digests of the ids render() will give this notification's versions, worked out
     without building any object (ingest's hot path), `day` the key's day if not that of its
-    observation: tests/test_render.py holds the two to each other."""
-    name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
+    observation: tests/test_render.py holds the two to each other. `subject`: the first four
+    parts of the key when the caller has them already (connector/recording.py subject_key),
+    which spares working the observable out again."""
+    if subject is None:
+        name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
+    else:
+        name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
     sighted = _sighted_kind(notification)
     own_types = ("observed-data", "sighting") if sighted else ("indicator", "observed-data", "sighting")
     own = tuple(_v5_digest(_PROJECT, t.encode() + name, t)[0] for t in own_types)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from sqlalchemy import Connection
 
@@ -197,15 +198,21 @@ def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> se
     per 200 (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert."""
     claimed: set[tuple[int, int]] = set()
     ordered = sorted(rows)
+    full: str | None = None  # the statement for a whole chunk, built once (most chunks are)
     for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
         part = ordered[start : start + CLAIMS_PER_STATEMENT]
-        values = ", ".join(["(?, ?, ?, ?)"] * len(part))
-        statement = w.sql(
-            f"INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES {values} "
-            "ON CONFLICT DO NOTHING RETURNING collection, digest"
-        )
-        params = tuple(value for row in part for value in row)
-        claimed.update((int(c), int(d)) for c, d in w.conn.exec_driver_sql(statement, params))
+        if len(part) < CLAIMS_PER_STATEMENT or full is None:
+            statement = w.sql(
+                "INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(part))
+                + " ON CONFLICT DO NOTHING RETURNING collection, digest"
+            )
+            if len(part) == CLAIMS_PER_STATEMENT:
+                full = statement
+        else:
+            statement = full
+        params = tuple(chain.from_iterable(part))
+        claimed.update(map(tuple, w.conn.exec_driver_sql(statement, params)))  # type: ignore[arg-type]
     return claimed
 
 
