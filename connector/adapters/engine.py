@@ -259,7 +259,7 @@ class MappedAdapter:
         evidence = {}
         for name, path, convert in self._evidence:
             value = lookup(data, path)
-            if _empty(value):
+            if not (value.__class__ is str and value) and _empty(value):
                 continue
             if convert is not None:
                 try:
@@ -268,7 +268,12 @@ class MappedAdapter:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
-            unmapped = {k: data[k] for k in self._unmapped_columns(data, secrets) if not _empty(data[k])}
+            unmapped = {
+                k: value
+                for k in self._unmapped_columns(data, secrets)
+                # a cell with text (every CSV value is a str) is not empty: skip _empty() for it
+                if ((value := data[k]).__class__ is str and value) or not _empty(value)
+            }
             if unmapped:
                 evidence["unmapped"] = unmapped
         if secrets:
