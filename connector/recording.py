@@ -369,7 +369,7 @@ class BatchRecorder:
                     *fresh,
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
-        self._deliver(record, version, shape(representative), decision.recipients)
+        self._deliver(record, version, shape(representative, day_text(record.day), key), decision.recipients)
         self.seen_again.append((record.pk, version.recipients, stamp))
         self._queue_misp(record.pk, representative, representative.day, decision.recipients)
 

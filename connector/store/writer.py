@@ -142,9 +142,14 @@ def rows_in(conn: Connection, statement: str, values: Sequence[Any], *params: An
     """Rows of `statement` (`?` placeholders) whose `{in}` placeholder takes the values, a chunk
     at a time; on any connection, reading or writing."""
     postgres = conn.dialect.name == "postgresql"
+    # Straight to the driver, inside the connection's transaction: plain tuples, not
+    # SQLAlchemy rows (callers read them by position), which at an ingest's hundreds of
+    # thousands of look-ups was a large part of re-observing a notification.
+    driver = conn.connection.driver_connection
+    assert driver is not None
     for chunk in chunks(list(values)):
         marks = ",".join("?" * len(chunk))
         sql = statement.replace("{in}", marks)
         if postgres:
             sql = sql.replace("%", "%%").replace("?", "%s")
-        yield from conn.exec_driver_sql(sql, (*params, *chunk))
+        yield from driver.execute(sql, (*params, *chunk)).fetchall()
