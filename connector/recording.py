@@ -118,7 +118,7 @@ class _Stored:
     latest: VersionRecord
 
 
-@dataclass
+@dataclass(slots=True)  # one per delivery: hundreds of thousands in an ingest
 class _Delivery:
     stamp: int
     notification: int
