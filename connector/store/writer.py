@@ -145,6 +145,10 @@ def rows_in(conn: Connection, statement: str, values: Sequence[Any], *params: An
     # Straight to the driver, inside the connection's transaction: plain tuples, not
     # SQLAlchemy rows (callers read them by position), which at an ingest's hundreds of
     # thousands of look-ups was a large part of re-observing a notification.
+    if not conn.in_transaction():
+        # What a statement through SQLAlchemy would do first (autobegin): begin the transaction,
+        # with the engine's own BEGIN (connector/store/engine.py), so these reads are in it.
+        conn.begin()
     driver = conn.connection.driver_connection
     assert driver is not None
     if postgres and "IN ({in})" in statement:
