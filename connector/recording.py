@@ -118,7 +118,7 @@ class _Stored:
     latest: VersionRecord
 
 
-@dataclass
+@dataclass(slots=True)  # one per delivery: hundreds of thousands in an ingest
 class _Delivery:
     stamp: int
     notification: int
@@ -163,6 +163,7 @@ class BatchRecorder:
         self.misp_events: dict[tuple[str, str], str] = {}
         self.known_versions: dict[int, VersionRecord] = {}
         self.seen_again: list[tuple[int, tuple[int, ...], int]] = []  # (pk, collections, stamp)
+        self._numbers_of: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     # --- the batch ---------------------------------------------------------------------------
 
@@ -310,13 +311,17 @@ class BatchRecorder:
         if n.partner not in self.cache.partners:
             notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
             self.cache.partners.add(n.partner)
-        version_shape = shape(n, day_text(day))
+        version_shape = shape(n, day_text(day), key)
         self.id_rows += [(own, pk) for own in version_shape.own]
         shared = version_shape.shared
         per_recipient = self.summary.per_recipient
+        deliveries = self.deliveries
         for rid, number in zip(recipients, numbers, strict=True):
             per_recipient[rid] += 1
-            self.deliveries.setdefault(number, []).append(_Delivery(stamp, pk, shared, 0))
+            entries = deliveries.get(number)
+            if entries is None:
+                entries = deliveries[number] = []
+            entries.append(_Delivery(stamp, pk, shared, 0))
         if self.misp_group_by:
             self._queue_misp(pk, n, day_text(day), recipients)
 
@@ -364,7 +369,7 @@ class BatchRecorder:
                     *fresh,
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
-        self._deliver(record, version, shape(representative), decision.recipients)
+        self._deliver(record, version, shape(representative, day_text(record.day), key), decision.recipients)
         self.seen_again.append((record.pk, version.recipients, stamp))
         self._queue_misp(record.pk, representative, representative.day, decision.recipients)
 
@@ -401,7 +406,15 @@ class BatchRecorder:
         return record, version
 
     def _numbers(self, recipients: list[str]) -> tuple[int, ...]:
-        return tuple(self.numbers[recipient_collection_id(r)] for r in recipients)
+        """The recipients' collection numbers: the same few lists recur for every notification
+        of a batch, so each list is worked out once."""
+        wanted = tuple(recipients)
+        found = self._numbers_of.get(wanted)
+        if found is None:
+            found = self._numbers_of[wanted] = tuple(
+                self.numbers[recipient_collection_id(r)] for r in recipients
+            )
+        return found
 
     # --- deliveries ----------------------------------------------------------------------------
 
@@ -460,16 +473,21 @@ class BatchRecorder:
         notifications.add_observations(w, self.observations)
         # Each shared object a version brings is claimed for its collection; the claims that
         # went in (nobody held it there) are the objects this entry brings: its bits.
+        # One dict per collection keyed by the digest alone: this loop runs for every shared
+        # object of every delivery (eight or so a notification), so no tuple key is built
+        # per object, and a shared object already claimed by an earlier entry of the batch
+        # costs one dict look-up.
         claims: list[tuple[int, int, int, bool | None]] = []
-        claimants: dict[tuple[int, int], tuple[_Delivery, int]] = {}
+        claimants: dict[int, dict[int, tuple[_Delivery, int]]] = {}
         for number, entries in self.deliveries.items():
+            first = claimants.setdefault(number, {})
             for entry in entries:
                 for slot, key in entry.shared:
-                    if (number, key) not in claimants:
-                        claimants[(number, key)] = (entry, slot)
+                    if key not in first:
+                        first[key] = (entry, slot)
                         claims.append((number, key, entry.stamp + slot, None))
-        for pair in deliveries.claim_shared(w, claims):
-            entry, slot = claimants[pair]
+        for number, key in deliveries.claim_shared(w, claims):
+            entry, slot = claimants[number][key]
             entry.bits |= 1 << slot
         for number, entries in self.deliveries.items():
             deliveries.change_bits(w, number, self.superseded.pop(number, {}))

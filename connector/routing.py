@@ -109,6 +109,11 @@ class Router:
         for net in config.opt_out.networks:
             (self._optout_v4 if net.version == 4 else self._optout_v6)[net.with_prefixlen] = True
         self._optout_domains = set(config.opt_out.domains)
+        # Most deployments have no opt-outs: then a routed notification skips the look-ups.
+        self._any_optout = bool(len(self._optout_v4) or len(self._optout_v6) or self._optout_domains)
+        # decide() per (owner, policy): ingest asks the same few questions for every row.
+        self._decided: dict[tuple[str, str, str | None, str | None, bool], tuple[list[str], ...]] = {}
+        self._network_matches: dict[str, Match] = {}
 
     # --- claims ---------------------------------------------------------------------------
 
@@ -121,7 +126,12 @@ class Router:
             return None
         if prefix is None:
             return None
-        return Match(tree[prefix], f"network {prefix}")
+        # One Match per claimed network (the trees do not change under a Router): ingest asks
+        # for every row, and most rows fall in a few networks.
+        found = self._network_matches.get(prefix)
+        if found is None:
+            found = self._network_matches[prefix] = Match(tree[prefix], f"network {prefix}")
+        return found
 
     def lookup_owner(self, ip: str) -> str | None:
         """The hot path: owner id of an address (no rule text), for bulk routing."""
@@ -217,11 +227,15 @@ class Router:
         return out
 
     def route(self, n: Notification) -> Decision:
-        policy = Policy(n.tlp, n.classification.taxonomy, n.classification.type, n.direct_owner_only)
+        c = n.classification
         keys = routing_keys(n)  # once: the match, the opt-out and the store all use them
-        decision = self.decide(self.match_keys(**keys), policy)
+        found = self.match_keys(ip=keys["ip"], asn=keys["asn"], hostname=keys["hostname"])
+        if found is None:
+            decision = Decision(None)
+        else:
+            decision = self._decided_for(found, (n.tlp, c.taxonomy, c.type, n.direct_owner_only))
         decision.keys = keys
-        if decision.recipients:
+        if decision.recipients and self._any_optout:
             decision.opted_out = self.opt_out_rule(keys["ip"], keys["hostname"])
             if decision.opted_out:
                 decision.recipients = []
@@ -233,16 +247,29 @@ class Router:
             policy = Policy(policy)
         if found is None:
             return Decision(None)
-        decision = Decision(found)
-        for rid in self.chain(found.owner, policy.direct_owner_only):
-            recipient = self._recipients[rid]
-            if not allows(recipient.max_tlp, policy.tlp):
-                decision.suppressed_tlp.append(rid)
-            elif policy.taxonomy and not recipient.accepts(policy.taxonomy, policy.type or ""):
-                decision.suppressed_category.append(rid)
-            else:
-                decision.recipients.append(rid)
-        return decision
+        return self._decided_for(found, (policy.tlp, policy.taxonomy, policy.type, policy.direct_owner_only))
+
+    def _decided_for(self, found: Match, policy: tuple[str, str | None, str | None, bool]) -> Decision:
+        """decide() for (tlp, taxonomy, type, direct_owner_only), worked out once per owner and
+        policy: the configuration does not change under a Router."""
+        key = (found.owner, *policy)
+        known = self._decided.get(key)
+        if known is None:
+            tlp, taxonomy, type_, direct_owner_only = policy
+            recipients: list[str] = []
+            suppressed_tlp: list[str] = []
+            suppressed_category: list[str] = []
+            for rid in self.chain(found.owner, direct_owner_only):
+                recipient = self._recipients[rid]
+                if not allows(recipient.max_tlp, tlp):
+                    suppressed_tlp.append(rid)
+                elif taxonomy and not recipient.accepts(taxonomy, type_ or ""):
+                    suppressed_category.append(rid)
+                else:
+                    recipients.append(rid)
+            known = self._decided[key] = (recipients, suppressed_tlp, suppressed_category)
+        # Copies: a caller may change its decision's lists (an opt-out empties recipients).
+        return Decision(found, known[0].copy(), known[1].copy(), known[2].copy())
 
     # --- explanation ------------------------------------------------------------------------
 

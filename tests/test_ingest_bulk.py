@@ -217,6 +217,39 @@ def test_an_interrupted_run_records_what_was_committed(
     assert invariants(store) == []
 
 
+def test_the_collector_thresholds_are_raised_during_an_ingest_and_put_back_after(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest collects the youngest generation less often while it runs (connector/ingest.py
+    INGEST_GC_THRESHOLD), and gives the process its thresholds back when it ends, whether it
+    succeeded or failed."""
+    import gc
+
+    from connector.ingest import INGEST_GC_THRESHOLD
+
+    before = gc.get_threshold()
+    rows = [(f"2024-06-01 10:00:{i % 60:02d}", f"192.0.2.{i % 120}", 1000 + i) for i in range(50)]
+    path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
+    seen: list[tuple[int, int, int]] = []
+    ing = ingestor(store, sample_config, mappings)
+    route = ing.router.route
+
+    def watching(n: Any) -> Any:
+        seen.append(gc.get_threshold())
+        return route(n)
+
+    monkeypatch.setattr(ing.router, "route", watching)
+    ing.run(PARTNER, "shadowserver", [path])
+    assert seen and all(t[0] >= INGEST_GC_THRESHOLD and t[1:] == before[1:] for t in seen)
+    assert gc.get_threshold() == before
+    failing = ingestor(store, sample_config, mappings)
+    break_routing_at(monkeypatch, failing, 3, RuntimeError("routing broke"))
+    with pytest.raises(RuntimeError):
+        others = [(moment, ip.replace("192.0.2.", "198.51.100."), port) for moment, ip, port in rows]
+        failing.run(PARTNER, "shadowserver", [report(tmp_path / "2024-06-02-scan_http.csv", others)])
+    assert gc.get_threshold() == before
+
+
 def test_store_fixture_is_synced(store: Store, sample_config: Config) -> None:
     """The conftest store fixture builds on this module's configuration."""
     ids = {row.id for row in collection_rows(sample_config)}

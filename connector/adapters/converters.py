@@ -67,14 +67,19 @@ LATEST_OBSERVATION = datetime(2100, 1, 1, tzinfo=UTC)
 def observation_time(moment: datetime, given: Any = None) -> datetime:
     """`moment` in UTC (naive: taken as UTC, as feeds without an offset report it), if it can
     be an observation time; else ValueError quoting `given` (the input value, or `moment`)."""
-    shown = repr(moment.isoformat() if given is None else given)
+    original = moment  # quoted only in an error: every row of a feed passes here
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    try:
-        moment = moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"timestamp {shown} is out of range (no UTC time has that date)") from None
+    elif moment.tzinfo is UTC:
+        pass  # astimezone(UTC) would give it back as it is
+    else:
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            shown = repr(original.isoformat() if given is None else given)
+            raise ValueError(f"timestamp {shown} is out of range (no UTC time has that date)") from None
     if not EARLIEST_OBSERVATION <= moment < LATEST_OBSERVATION:
+        shown = repr(original.isoformat() if given is None else given)
         raise ValueError(
             f"timestamp {shown} is not an observation time (outside {EARLIEST_OBSERVATION:%Y}-"
             f"{LATEST_OBSERVATION.year - 1} UTC: a placeholder for an unknown time?)"

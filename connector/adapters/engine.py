@@ -169,6 +169,11 @@ class MappedAdapter:
             for name, spec in mapping.evidence.items()
         ]
         self._skip = [(rule.field, rule.equals, rule.reason) for rule in mapping.skip]
+        # What every notification of the file takes from the mapping, read once.
+        self._feed = mapping.format
+        self._owner_only = mapping.direct_owner_only
+        self._discard = mapping.discard_unrouted
+        self._classifications: dict[tuple[str, str, str], Classification] = {}
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
         """The input's records, streaming; `padded_rows` and `read_warnings()` tell what the
@@ -233,25 +238,40 @@ class MappedAdapter:
         secrets = self._secrets_in(data)
         c, fields = (self._classify_personal if secrets else self._classify)(data)
         values = {name: field(data) for name, field in fields}
-        for needed in ("identifier", "observed_at"):
-            if values.get(needed) is None:
-                raise RowRejected(f"{needed}: missing")
+        identifier = values.pop("identifier", None)
+        if identifier is None:
+            raise RowRejected("identifier: missing")
+        observed_at = values.pop("observed_at", None)
+        if observed_at is None:
+            raise RowRejected("observed_at: missing")
         if not (values.get("ip") or values.get("url") or values.get("email") or values.get("hostname")):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
         evidence = self._evidence_of(data, secrets)
         personal = bool(secrets)
         return Notification(
             partner=self.partner,
-            feed=self.mapping.format,
-            classification=Classification(c.taxonomy, c.type, values.pop("identifier")),
-            observed_at=values.pop("observed_at"),
+            feed=self._feed,
+            classification=self._classification(c.taxonomy, c.type, identifier),
+            observed_at=observed_at,
             tlp=values.pop("tlp", None) or self.default_tlp,
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
-            direct_owner_only=self.mapping.direct_owner_only or personal,
-            discard_unrouted=self.mapping.discard_unrouted or personal,
+            direct_owner_only=self._owner_only or personal,
+            discard_unrouted=self._discard or personal,
             **values,
         )
+
+    def _classification(self, taxonomy: str, type_: str, identifier: str) -> Classification:
+        """One (immutable) Classification per distinct value, shared by the notifications that
+        have it: most feeds give every row the same one. Bounded: an identifier may vary per
+        row (a CVE id, a malware family)."""
+        key = (taxonomy, type_, identifier)
+        found = self._classifications.get(key)
+        if found is None:
+            if len(self._classifications) >= 4096:
+                self._classifications.clear()
+            found = self._classifications[key] = Classification(taxonomy, type_, identifier)
+        return found
 
     def _evidence_of(self, data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
         """Evidence columns (masked where the mapping says), plus the unmapped ones if kept,
@@ -259,7 +279,7 @@ class MappedAdapter:
         evidence = {}
         for name, path, convert in self._evidence:
             value = lookup(data, path)
-            if _empty(value):
+            if not (value.__class__ is str and value) and _empty(value):
                 continue
             if convert is not None:
                 try:
@@ -268,7 +288,12 @@ class MappedAdapter:
                     raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
             evidence[name] = value
         if self.mapping.keep_unmapped:
-            unmapped = {k: data[k] for k in self._unmapped_columns(data, secrets) if not _empty(data[k])}
+            unmapped = {
+                k: value
+                for k in self._unmapped_columns(data, secrets)
+                # a cell with text (every CSV value is a str) is not empty: skip _empty() for it
+                if ((value := data[k]).__class__ is str and value) or not _empty(value)
+            }
             if unmapped:
                 evidence["unmapped"] = unmapped
         if secrets:
@@ -307,6 +332,10 @@ class MappedAdapter:
         finish = _finisher(name, spec, name, withhold)
         if len(paths) == 1:
             path = paths[0]
+            if "." not in path:
+                # A flat column (every CSV field): one dict access. A record's data is a dict
+                # (the readers yield nothing else), so lookup() would answer the same.
+                return lambda data: finish(data.get(path, MISSING), path)
             return lambda data: finish(lookup(data, path), path)
 
         def first_present(data: dict[str, Any]) -> Any:
@@ -326,7 +355,8 @@ def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> 
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
     def finish(raw: Any, where: str) -> Any:
-        if _empty(raw):
+        # A cell with text in it, the common case, is not empty: _empty() is four comparisons.
+        if not (raw.__class__ is str and raw) and _empty(raw):
             if spec.required:
                 raise RowRejected(missing)
             return None

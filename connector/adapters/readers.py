@@ -151,7 +151,8 @@ def read_csv(
             columns = [name for name, cell in zip(header, row, strict=False) if utf8_fault(cell)]
             where = f" in column(s) {', '.join(columns)}" if columns else ""
             yield RowError(start, f"{NOT_UTF8}{where}", readable(raw))
-        elif not any(cell.strip() for cell in row):
+        elif not (row and row[0].strip()) and not any(cell.strip() for cell in row):
+            # (a first cell with text, most rows, answers it without looking at the others)
             yield RowError(start, "blank line", raw, skipped=True)
         elif len(row) > width or (len(row) < width and not pad_short_rows):
             yield RowError(start, f"{len(row)} fields where the header has {width}", raw)
@@ -159,10 +160,11 @@ def read_csv(
             reason = f"{len(row)} fields where the header has {width}, on the last line, "
             yield RowError(start, reason + "which ends without a line break: the file looks cut off", raw)
         else:
+            data = dict(zip(header, row, strict=False))
             if len(row) < width:
                 stats.padded(start)
-            # zip stops at the shorter row: the missing trailing cells are added as empty.
-            data = dict(zip(header, row, strict=False)) | dict.fromkeys(header[len(row) :], "")
+                # zip stopped at the shorter row: the missing trailing cells are added as empty.
+                data.update(dict.fromkeys(header[len(row) :], ""))
             yield RawRecord(start, data, raw)
     text.detach()
 

@@ -177,19 +177,44 @@ def _v5_digest(namespace: bytes, name: bytes, stix_type: str) -> tuple[int, byte
     return (value - (1 << 64) if value >= 1 << 63 else value), raw
 
 
+def _digest_of(raw: bytes, key: int) -> int:
+    """_v5_digest's digest from the name's SHA-1 and the type's key (type_key)."""
+    value = ((int.from_bytes(raw[:8], "big") & _VERSION_MASK) | _VERSION_5) ^ key
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# What shape() hashes for the objects a notification owns, and the key of each type: worked out
+# once, not per row (prefix: namespace and type name, in order of the ids' tuple).
+_OWN_INDICATOR = tuple(
+    (_PROJECT + t.encode(), type_key(t)) for t in ("indicator", "observed-data", "sighting")
+)
+_OWN_SIGHTED = _OWN_INDICATOR[1:]
+_SCO_KEYS = {t: type_key(t) for t in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr")}
+
+
 def _value_name(value: str) -> bytes:
     """The canonical JSON of {"value": value}: what the id of an SCO with only a value hashes."""
     return b'{"value":' + orjson.dumps(value) + b"}"
 
 
-def shape(notification: Notification, day: str | None = None) -> Shape:
+def shape(
+    notification: Notification, day: str | None = None, subject: tuple[str, str, str, str] | None = None
+) -> Shape:
     """The digests of the ids render() will give this notification's versions, worked out
     without building any object (ingest's hot path), `day` the key's day if not that of its
-    observation: tests/test_render.py holds the two to each other."""
-    name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
+    observation: tests/test_render.py holds the two to each other. `subject`: the first four
+    parts of the key when the caller has them already (connector/recording.py subject_key),
+    which spares working the observable out again."""
+    if subject is None:
+        name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
+    else:
+        name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
     sighted = _sighted_kind(notification)
-    own_types = ("observed-data", "sighting") if sighted else ("indicator", "observed-data", "sighting")
-    own = tuple(_v5_digest(_PROJECT, t.encode() + name, t)[0] for t in own_types)
+    sha1 = hashlib.sha1
+    own = tuple(
+        _digest_of(sha1(prefix + name, usedforsecurity=False).digest(), key)
+        for prefix, key in (_OWN_SIGHTED if sighted else _OWN_INDICATOR)
+    )
     shared = list(_reference_digests(notification.partner, notification.tlp))
     if sighted is not None:
         shared.append((REFERENCES, _sighted_digest(*sighted)))
@@ -198,17 +223,27 @@ def shape(notification: Notification, day: str | None = None) -> Shape:
     address = None
     if n.ip:
         ip_type = "ipv6-addr" if ":" in n.ip else "ipv4-addr"
-        key, raw = _v5_digest(_SCO, _value_name(n.ip), ip_type)
-        shared.append((slot, key))
+        raw = sha1(_SCO + _value_name(n.ip), usedforsecurity=False).digest()
+        shared.append((slot, _digest_of(raw, _SCO_KEYS[ip_type])))
         slot += 1
         if n.port is not None:
             h = uuid5_bytes_from_sha1(raw).hex()
             address = f"{ip_type}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     for sco_type, value in (("domain-name", n.hostname), ("url", n.url), ("email-addr", n.email)):
         if value:
-            shared.append((slot, _v5_digest(_SCO, _value_name(value), sco_type)[0]))
+            raw = sha1(_SCO + _value_name(value), usedforsecurity=False).digest()
+            shared.append((slot, _digest_of(raw, _SCO_KEYS[sco_type])))
             slot += 1
-    if address is not None:
+    if address is not None and n.port.__class__ is int:
+        # The canonical JSON of {"dst_ref", "dst_port", "protocols"} written out (keys sorted,
+        # no spaces, as orjson's OPT_SORT_KEYS gives it): one dict and a sort less per row.
+        name = b'{"dst_port":%d,"dst_ref":"%s","protocols":%s}' % (
+            n.port,
+            address.encode(),
+            orjson.dumps([n.protocol or "tcp"]),
+        )
+        shared.append((slot, _v5_digest(_SCO, name, "network-traffic")[0]))
+    elif address is not None:
         traffic = {"dst_ref": address, "dst_port": n.port, "protocols": [n.protocol or "tcp"]}
         name = orjson.dumps(traffic, option=orjson.OPT_SORT_KEYS)
         shared.append((slot, _v5_digest(_SCO, name, "network-traffic")[0]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from sqlalchemy import Connection
 
@@ -189,23 +190,45 @@ def change_bits(w: Writer, collection: int, changes: dict[int, tuple[int, int]])
 
 
 CLAIMS_PER_STATEMENT = 200
+CLAIMS_PER_ARRAY = 10_000  # PostgreSQL
 
 
 def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> set[tuple[int, int]]:
     """(collection, digest, date_added, stored) rows of shared objects that may be new to their
     collections: those that are go in, and their (collection, digest) come back. One statement
-    per 200 (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert."""
+    per 200 (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert;
+    on PostgreSQL one per 10,000, the rows passed as arrays."""
     claimed: set[tuple[int, int]] = set()
     ordered = sorted(rows)
-    for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
-        part = ordered[start : start + CLAIMS_PER_STATEMENT]
-        values = ", ".join(["(?, ?, ?, ?)"] * len(part))
-        statement = w.sql(
-            f"INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES {values} "
+    if w.dialect == "postgresql":
+        # One statement of four arrays per CLAIMS_PER_ARRAY rows: psycopg parses a statement
+        # of 800 placeholders in Python every time (too long for its cache), and that parsing
+        # was a third of an ingest's time on PostgreSQL.
+        statement = (
+            "INSERT INTO collection_shared (collection, digest, date_added, stored) "
+            "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[], %s::boolean[]) "
             "ON CONFLICT DO NOTHING RETURNING collection, digest"
         )
-        params = tuple(value for row in part for value in row)
-        claimed.update((int(c), int(d)) for c, d in w.conn.exec_driver_sql(statement, params))
+        for start in range(0, len(ordered), CLAIMS_PER_ARRAY):
+            part = ordered[start : start + CLAIMS_PER_ARRAY]
+            columns = tuple(list(column) for column in zip(*part, strict=True))
+            claimed.update(map(tuple, w.conn.exec_driver_sql(statement, columns)))  # type: ignore[arg-type]
+        return claimed
+    full: str | None = None  # the statement for a whole chunk, built once (most chunks are)
+    for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
+        part = ordered[start : start + CLAIMS_PER_STATEMENT]
+        if len(part) < CLAIMS_PER_STATEMENT or full is None:
+            statement = w.sql(
+                "INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(part))
+                + " ON CONFLICT DO NOTHING RETURNING collection, digest"
+            )
+            if len(part) == CLAIMS_PER_STATEMENT:
+                full = statement
+        else:
+            statement = full
+        params = tuple(chain.from_iterable(part))
+        claimed.update(map(tuple, w.conn.exec_driver_sql(statement, params)))  # type: ignore[arg-type]
     return claimed
 
 

@@ -20,7 +20,7 @@ from connector.store.records import (
     recipients_of,
     recipients_text,
 )
-from connector.store.writer import Writer, rows_in
+from connector.store.writer import Writer, rows_in, tuples_in
 
 NOTIFICATION_COLUMNS = (
     "pk",
@@ -97,7 +97,7 @@ def notifications_by_pk(conn: Connection, pks: Iterable[int]) -> dict[int, Notif
 
 
 def notifications_by_subject(conn: Connection, subjects: Iterable[int]) -> list[NotificationRecord]:
-    rows = rows_in(conn, f"SELECT {_N} FROM notifications WHERE subject IN ({{in}})", sorted(set(subjects)))
+    rows = tuples_in(conn, f"SELECT {_N} FROM notifications WHERE subject IN ({{in}})", sorted(set(subjects)))
     return [notification_record(row) for row in rows]
 
 
@@ -111,7 +111,7 @@ def notification_pks_by_id(conn: Connection, ids: Iterable[str]) -> dict[int, li
 
 
 def versions_by_stamp(conn: Connection, stamps: Iterable[int]) -> dict[int, VersionRecord]:
-    rows = rows_in(
+    rows = tuples_in(
         conn, f"SELECT {_V} FROM notification_versions WHERE stamp IN ({{in}})", sorted(set(stamps))
     )
     return {row[0]: version_record(row) for row in rows}
@@ -157,7 +157,7 @@ def partner_names(conn: Connection) -> dict[str, str]:
 
 def listed_observations(conn: Connection, pks: Sequence[int]) -> set[tuple[int, int]]:
     statement = "SELECT notification, observed_at FROM observations WHERE notification IN ({in})"
-    return {(int(a), int(b)) for a, b in rows_in(conn, statement, pks)}
+    return {(int(a), int(b)) for a, b in tuples_in(conn, statement, pks)}
 
 
 # --- writing -------------------------------------------------------------------------------------

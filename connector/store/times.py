@@ -69,6 +69,7 @@ def moment_ms(moment: datetime) -> int:
 
 
 @lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # ingest asks it per notification, of a few days
 def day_text(day: int) -> str:
     """Days since 1970-01-01 as the date the natural key holds (`2024-06-01`)."""
     moment = _EPOCH + timedelta(days=day)

@@ -141,10 +141,41 @@ class Writer:
 def rows_in(conn: Connection, statement: str, values: Sequence[Any], *params: Any) -> Iterator[Any]:
     """Rows of `statement` (`?` placeholders) whose `{in}` placeholder takes the values, a chunk
     at a time; on any connection, reading or writing."""
+    for sql, chunk_params in _in_statements(conn, statement, values, params):
+        yield from conn.exec_driver_sql(sql, chunk_params)
+
+
+def tuples_in(conn: Connection, statement: str, values: Sequence[Any], *params: Any) -> Iterator[Any]:
+    """rows_in, read straight from the driver inside the connection's transaction: plain
+    tuples, not SQLAlchemy rows (and no SQLAlchemy events). For the look-ups an ingest makes
+    per batch (a stored notification and its latest version for every subject), where building
+    SQLAlchemy rows was a large part of re-observing a notification."""
+    if not conn.in_transaction():
+        # What a statement through SQLAlchemy would do first (autobegin): begin the transaction,
+        # with the engine's own BEGIN (connector/store/engine.py), so these reads are in it.
+        conn.begin()
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    for sql, chunk_params in _in_statements(conn, statement, values, params):
+        yield from driver.execute(sql, chunk_params).fetchall()
+
+
+def _in_statements(
+    conn: Connection, statement: str, values: Sequence[Any], params: tuple[Any, ...]
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(SQL in the driver's placeholder style, its parameters) per chunk of the values."""
     postgres = conn.dialect.name == "postgresql"
+    if postgres and "IN ({in})" in statement:
+        # On PostgreSQL the values go as one array (`= ANY(%s)`, an index look-up all the same):
+        # psycopg parses a statement in Python, and one of 500 placeholders is too long for
+        # its cache, so it parsed each one again.
+        sql = statement.replace("IN ({in})", "= ANY(?)").replace("%", "%%").replace("?", "%s")
+        for chunk in chunks(list(values)):
+            yield sql, (*params, list(chunk))
+        return
     for chunk in chunks(list(values)):
         marks = ",".join("?" * len(chunk))
         sql = statement.replace("{in}", marks)
         if postgres:
             sql = sql.replace("%", "%%").replace("?", "%s")
-        yield from conn.exec_driver_sql(sql, (*params, *chunk))
+        yield sql, (*params, *chunk)
