@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -31,14 +30,8 @@ BUNDLE = REPO / "samples" / "stix" / "researcher-1.bundle.json"
 
 
 @pytest.fixture
-def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    info, server, thread = start_server(sample_config, store)
-    try:
-        yield info
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
+def running(taxii: RunningServer) -> RunningServer:
+    return taxii  # the DIVD sample, served (tests/conftest.py)
 
 
 def reader_of(config: Config, recipient: str) -> str:

@@ -29,7 +29,7 @@ from connector.ingest import Ingestor
 from connector.store import Store
 from connector.store import states as st
 from taxii_server.portal import data
-from tests.conftest import DIVD_SCAN, REPO, RunningServer, password_for, start_server
+from tests.conftest import REPO, RunningServer, password_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -73,14 +73,8 @@ def store_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    info, server, thread = start_server(sample_config, store)
-    try:
-        yield info
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
+def running(taxii: RunningServer) -> RunningServer:
+    return taxii  # the DIVD sample, served (tests/conftest.py)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ these pages; every form needs its CSRF token."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,21 +17,15 @@ from connector.ingest import Ingestor
 from connector.routing import Router
 from connector.store import Store
 from taxii_server.portal import data
-from tests.conftest import DIVD_SCAN, RunningServer, start_server
+from tests.conftest import DIVD_SCAN, RunningServer, serving, start_server
 from tests.portal_client import PortalUser, csrf_of
 
 SAMPLE_HOST = "192.0.2.10"
 
 
 @pytest.fixture
-def running(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[RunningServer]:
-    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
-    info, server, thread = start_server(sample_config, store)
-    try:
-        yield info
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
+def running(taxii: RunningServer) -> RunningServer:
+    return taxii  # the DIVD sample, served (tests/conftest.py)
 
 
 def scan_of(directory: Path, address: str) -> Path:
@@ -247,8 +240,7 @@ def test_a_claim_inside_another_recipients_as_is_shown_to_the_operator(
     table = tmp_path / "ipasn.dat"
     table.write_text("203.0.113.0/24\t64500\n", encoding="utf-8")
     config = sample_config.model_copy(update={"asn_table": table})
-    info, server, thread = start_server(config, store)
-    try:
+    with serving(config, store) as info:
         gemeente = PortalUser(info.url).logged_in("gemeente-poller")
         assert propose(gemeente, "gemeente-voorbeeld", "network", "203.0.113.0/28").status_code == 303
         operator = PortalUser(info.url).logged_in("operator-1")
@@ -265,9 +257,6 @@ def test_a_claim_inside_another_recipients_as_is_shown_to_the_operator(
         bad = operator.post(url, data={"csrf": "é", "decision": "approve"}, allow_redirects=False)
         assert bad.status_code == 403
         assert [c.status for c in claims.claims(store, None, "gemeente-voorbeeld")] == ["pending"]
-    finally:
-        server.should_exit = True  # type: ignore[attr-defined]
-        thread.join(timeout=10)
 
 
 def test_two_approvals_of_one_value_racing_leave_one_owner(
