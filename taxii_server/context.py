@@ -93,10 +93,16 @@ async def authenticated(request: Request) -> Principal:
     event loop: a client failing on many connections at once holds at most its share of the
     bounded verification slots, never the worker threads everybody else needs, and gets its
     answers no faster than its back-off allows."""
+    return await authenticated_by(request, request.headers.get("authorization"))
+
+
+async def authenticated_by(request: Request, authorization: str | None) -> Principal:
+    """`authenticated` for the credentials given (an Authorization header's value): the
+    portal's login form goes through the very same steps."""
     authenticator = state(request).authenticator
     failures = state(request).metrics.login_failures
     try:
-        outcome = authenticator.begin(request.headers.get("authorization"), client_address(request))
+        outcome = authenticator.begin(authorization, client_address(request))
     except TooManyAttempts as refusal:
         failures.labels("refused").inc()
         await asyncio.sleep(refusal.delay)

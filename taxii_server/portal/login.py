@@ -8,15 +8,14 @@ one password check in the server, not two.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from taxii_server.auth import AuthenticationFailed, Principal, TooManyAttempts
-from taxii_server.context import client_address, state
+from taxii_server.auth import Principal, TooManyAttempts
+from taxii_server.context import authenticated_by, state
 from taxii_server.errors import TaxiiError
 from taxii_server.portal.session import LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, SESSION_SECONDS
 from taxii_server.portal.web import (
@@ -37,25 +36,8 @@ router = APIRouter()
 async def check_password(request: Request, username: str, password: str) -> Principal:
     """The Authenticator's two steps, as taxii_server.context.authenticated runs them: the
     cheap checks on the event loop, argon2 in its own threads, the back-off slept out."""
-    authenticator = state(request).authenticator
     header = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    try:
-        outcome = authenticator.begin(header, client_address(request))
-    except TooManyAttempts as refusal:
-        state(request).metrics.login_failures.labels("refused").inc()
-        await asyncio.sleep(refusal.delay)
-        raise
-    if isinstance(outcome, Principal):
-        return outcome
-    try:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(authenticator.executor, authenticator.verify, outcome)
-    except AuthenticationFailed as failure:
-        state(request).metrics.login_failures.labels("failed").inc()
-        await asyncio.sleep(failure.delay)
-        raise
-    finally:
-        authenticator.release(outcome)
+    return await authenticated_by(request, header)
 
 
 def _login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
