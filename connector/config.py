@@ -85,6 +85,12 @@ def _env_name(value: str | None) -> str | None:
     return value
 
 
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
+    return value
+
+
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
@@ -182,12 +188,7 @@ class MispPull(_Strict):
 
     _check_env = field_validator("key_env")(_env_name)
 
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
-        return value
+    _ca_bundle_exists = field_validator("ca_bundle")(_existing_file)
 
 
 class PartnerConfig(_Strict):
@@ -470,13 +471,8 @@ class Config(_Strict):
 
     _check_database = field_validator("database")(_database_url)
 
-    @field_validator("asn_table")
-    @classmethod
-    def _asn_table_exists(cls, value: Path | None) -> Path | None:
-        # Read only when routing starts: a missing file would surface there as a traceback.
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file {str(value)!r} (paths are relative to the config file)")
-        return value
+    # Read only when routing starts: a missing file would surface there as a traceback.
+    _asn_table_exists = field_validator("asn_table")(_existing_file)
 
     @field_validator("mappings_dir")
     @classmethod

@@ -243,3 +243,14 @@ def taxii(store: Store, sample_config: Config, ingestor: Ingestor) -> Iterator[R
     assert summary.ok
     with serving(sample_config, store) as running:
         yield running
+
+
+@pytest.fixture
+def fakes():  # type: ignore[no-untyped-def]
+    """Two strict MISP test servers on 127.0.0.1 (tests/misp_fake.py): sector instances."""
+    from tests.misp_fake import MispFake
+
+    started = [MispFake().start(), MispFake().start()]
+    yield started
+    for fake in started:
+        fake.stop()

@@ -16,14 +16,16 @@ from connector import stats
 from connector.adapters.mapping import load_mappings
 from connector.channels.misp_feed import export_feed, feed_files
 from connector.collections import collection_rows, recipient_collection_id
-from connector.config import parse_config
+from connector.config import Config, parse_config
 from connector.ingest import Ingestor
 from connector.passwords import hash_password
 from connector.store import Store
 from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for, start_server
 
 
-def feed_config():  # type: ignore[no-untyped-def]
+def feed_config(**server: object) -> Config:
+    """The example deployment with MISP feeds for zcert and gemeente-voorbeeld, known
+    passwords, and `server` settings over the example's."""
     raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
     for r in raw["recipients"]:
         if r["id"] in ("zcert", "gemeente-voorbeeld"):
@@ -31,6 +33,7 @@ def feed_config():  # type: ignore[no-untyped-def]
     for u in raw["users"]:
         u["password_hash"] = hash_password(password_for(u["username"]))
     raw["server"]["public_url"] = "https://meldpunt.example"
+    raw["server"].update(server)
     return parse_config(raw)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 import connector.channels.misp_feed as misp_feed
 import connector.render.misp as render_misp
@@ -22,24 +21,12 @@ from connector.channels.misp_feed import export_feed, feed_file, feed_files, ref
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
-from connector.passwords import hash_password
 from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
-from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for, start_server
+from tests.conftest import DIVD_SCAN, password_for, start_server
+from tests.test_misp_feed import feed_config
 
 DIVD_CASE = DIVD_SCAN.parent / "DIVD-2024-00012.yaml"
-
-
-def feed_config(**server: object) -> Config:
-    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
-    for r in raw["recipients"]:
-        if r["id"] in ("zcert", "gemeente-voorbeeld"):
-            r["misp"] = {"feed": True}
-    for u in raw["users"]:
-        u["password_hash"] = hash_password(password_for(u["username"]))
-    raw["server"]["public_url"] = "https://meldpunt.example"
-    raw["server"].update(server)
-    return parse_config(raw)
 
 
 @pytest.fixture

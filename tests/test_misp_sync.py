@@ -26,14 +26,6 @@ from tests.misp_fake import MispFake
 C2T_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
 
 
-@pytest.fixture
-def fakes():  # type: ignore[no-untyped-def]
-    started = [MispFake().start(), MispFake().start()]
-    yield started
-    for fake in started:
-        fake.stop()
-
-
 def deployment(tmp_path: Path, fakes: list[MispFake], monkeypatch: pytest.MonkeyPatch, **zcert_extra):  # type: ignore[no-untyped-def]
     raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
     raw["partners"].append({"id": "connect2trust", "name": "Connect2Trust", "formats": ["misp-event"]})

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from connector.adapters.mapping import load_mappings
 from connector.channels.misp_sync import MispSync
 from connector.ingest import Ingestor
 from connector.passwords import hash_password
 from tests.conftest import DIVD_SCAN, password_for, start_server
-from tests.misp_fake import MispFake
 from tests.portal_client import PortalUser, csrf_of
 from tests.test_misp_sync import deployment
-
-
-@pytest.fixture
-def fakes():  # type: ignore[no-untyped-def]
-    started = [MispFake().start(), MispFake().start()]
-    yield started
-    for fake in started:
-        fake.stop()
 
 
 def test_failed_deliveries_are_shown_and_queued_again(tmp_path: Path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -30,20 +30,22 @@ def _own(who: Viewer, recipient: str) -> None:
 @router.get(PREFIX + "/recipients/{recipient}/claims/")
 async def recipient_claims(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
     _own(who, recipient)
+    return await _claims_page(request, who, recipient, error=request.query_params.get("error"))
+
+
+async def _claims_page(
+    request: Request, who: Viewer, recipient: str, status: int = 200, **extra: object
+) -> Response:
+    """The recipient's claims page: its configured constituency, its claims, the form."""
     rows = await run_in_threadpool(claims.claims, who.server.store, None, recipient)
-    constituency = who.server.config.recipient(recipient).constituency
-    return page(
-        request,
-        "claims.html",
-        {
-            "recipient": recipient,
-            "rows": rows,
-            "kinds": claims.KINDS,
-            "configured": constituency,
-            "error": request.query_params.get("error"),
-        },
-        who=who,
-    )
+    context = {
+        "recipient": recipient,
+        "rows": rows,
+        "kinds": claims.KINDS,
+        "configured": who.server.config.recipient(recipient).constituency,
+        **extra,
+    }
+    return page(request, "claims.html", context, who=who, status=status)
 
 
 @router.post(PREFIX + "/recipients/{recipient}/claims/")
@@ -55,20 +57,7 @@ async def propose(request: Request, recipient: str, who: Viewer = Depends(viewer
         s, by = who.server, who.principal.username
         filed = await run_in_threadpool(claims.propose, s.config, s.store, recipient, kind, value, by)
     except claims.ClaimError as refused:
-        rows = await run_in_threadpool(claims.claims, who.server.store, None, recipient)
-        return page(
-            request,
-            "claims.html",
-            {
-                "recipient": recipient,
-                "rows": rows,
-                "kinds": claims.KINDS,
-                "configured": who.server.config.recipient(recipient).constituency,
-                "refusal": str(refused),
-            },
-            who=who,
-            status=400,
-        )
+        return await _claims_page(request, who, recipient, status=400, refusal=str(refused))
     await audit(who.server, by, "claim-propose", collection_id=recipient_collection_id(recipient), objects=1)
     if filed.status == claims.APPROVED:  # inside its own holdings: it approved itself
         await run_in_threadpool(_rebuild_router, who)
