@@ -102,14 +102,19 @@ async def notifications(request: Request, recipient: str, who: Viewer = Depends(
     )
 
 
-@router.get(PREFIX + "/recipients/{recipient}/export.csv")
-async def export_csv(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
+async def _filtered(request: Request, who: Viewer, recipient: str) -> list[Any]:
+    """The recipient's notifications the request's filters select (what an export holds)."""
     _recipient(who, recipient)
     filters = filters_of(request)
     everything = await run_in_threadpool(
         data.items, who.server.store, recipient, who.server.config, portal(request).lists
     )
-    selected = [i for i in everything if filters.matches(i)][: data.EXPORT_LIMIT]
+    return [i for i in everything if filters.matches(i)]
+
+
+@router.get(PREFIX + "/recipients/{recipient}/export.csv")
+async def export_csv(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
+    selected = (await _filtered(request, who, recipient))[: data.EXPORT_LIMIT]
     out = io.StringIO()
     csv.writer(out).writerows(data.csv_rows(selected))
     await audit(
@@ -126,12 +131,7 @@ async def export_csv(request: Request, recipient: str, who: Viewer = Depends(vie
 @router.get(PREFIX + "/recipients/{recipient}/export.json")
 async def export_bundle(request: Request, recipient: str, who: Viewer = Depends(viewer)) -> Response:
     """The filtered selection as a STIX 2.1 bundle (what TAXII serves for those notifications)."""
-    _recipient(who, recipient)
-    filters = filters_of(request)
-    everything = await run_in_threadpool(
-        data.items, who.server.store, recipient, who.server.config, portal(request).lists
-    )
-    selected = [i for i in everything if filters.matches(i)]
+    selected = await _filtered(request, who, recipient)
     body = await run_in_threadpool(data.bundle, who.server.store, selected)
     await audit(
         who.server,
