@@ -40,6 +40,7 @@ from pathlib import Path
 
 import orjson
 import stix2
+from sqlalchemy import Connection
 
 from connector.adapters.engine import FileContext, MappedAdapter, RowRejected, RowSkipped
 from connector.adapters.mapping import Mapping, family_mapping, load_mappings
@@ -55,7 +56,7 @@ from connector.render.stix import shape
 from connector.routing import Router
 from connector.stix.build import NotificationState, notification_objects
 from connector.stix.ids import timestamp
-from connector.store import Store, Writer
+from connector.store import Store, Writer, notifications
 
 COLUMNS = [
     "timestamp",
@@ -181,9 +182,10 @@ TARGET_RATE = 20_000  # rows/s end to end
 class StoreTimer:
     """Seconds an ingest spends inside the store's statements and commits, measured in the same
     run as the end-to-end figure: what is left is Python (reading, mapping, routing, STIX, the
-    writer's own bookkeeping). It wraps the writer's statement helpers (the outermost call only:
-    `insert` calls `many` on SQLite) and the dialect's commit; the few other statements an
-    ingest makes (the run's own rows, the clock) are not counted, so the share is a floor."""
+    writer's own bookkeeping). It wraps every statement an ingest sends through SQLAlchemy
+    (Connection.exec_driver_sql: the writer's helpers and the shared-object claims), the
+    look-ups read straight from the driver (tuples_in, their rows fetched) and the dialect's
+    commit, counting the outermost call only."""
 
     def __init__(self, store: Store) -> None:
         self.seconds = 0.0
@@ -191,11 +193,15 @@ class StoreTimer:
         self._undo: list[Callable[[], None]] = []
         for name in ("insert", "many", "rows_in"):
             self._wrap(Writer, name, getattr(Writer, name))
+        self._wrap(Connection, "exec_driver_sql", Connection.exec_driver_sql)
+        self._wrap(notifications, "tuples_in", notifications.tuples_in)
         dialect = store._write_engine.dialect
-        self._wrap(dialect, "do_commit", dialect.do_commit)
+        self._wrap(dialect, "do_commit", dialect.do_commit, instance=True)
 
-    def _wrap(self, owner: object, name: str, original: Callable[..., object]) -> None:
-        materialise = name == "rows_in"  # a generator: its statements run while it is iterated
+    def _wrap(
+        self, owner: object, name: str, original: Callable[..., object], instance: bool = False
+    ) -> None:
+        materialise = name in ("rows_in", "tuples_in")  # generators: statements run while iterated
 
         def timed(*args: object, **kwargs: object) -> object:
             self._depth += 1
@@ -209,7 +215,8 @@ class StoreTimer:
                     self.seconds += time.perf_counter() - started
 
         setattr(owner, name, timed)
-        self._undo.append(lambda: setattr(owner, name, original) if owner is Writer else delattr(owner, name))
+        # An instance's attribute is taken away again; a class's or module's put back.
+        self._undo.append(lambda: delattr(owner, name) if instance else setattr(owner, name, original))
 
     def close(self) -> None:
         for undo in reversed(self._undo):

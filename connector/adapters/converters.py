@@ -23,6 +23,8 @@ _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'
 
 
 def _text(value: Any) -> str:
+    if value.__class__ is str:  # every CSV cell: answered before the checks below
+        return value  # type: ignore[no-any-return]
     if isinstance(value, list):
         if not value:
             raise ValueError("empty list")

@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
+from connector.adapters.compiled import FlatPlan, evidence_reader, field_reader
 from connector.adapters.converters import CONVERSION_ERRORS, CONVERTERS
-from connector.adapters.mapping import FieldSpec, Mapping, report_type_of, secret_column
+from connector.adapters.mapping import TARGET_FIELDS, FieldSpec, Mapping, report_type_of, secret_column
 from connector.adapters.paths import MISSING, lookup
 from connector.adapters.readers import RawRecord, ReadStats, RowError, reader_with_options
 from connector.adapters.rules import Classifier
@@ -144,19 +145,14 @@ class MappedAdapter:
         self.default_tlp = default_tlp
         self._reader = reader_with_options(mapping.reader, mapping.reader_options.given())
         self.read_stats = ReadStats()
-        self._classify = Classifier(
-            mapping, lambda specs: [(name, self._compile(name, spec)) for name, spec in specs.items()]
-        )
+        self._classify = Classifier(mapping, lambda specs: self._field_reader(specs, personal=False))
         # Records with credential columns (mapping.secret_columns) are read by fields that
         # quote no value in a reason: in such a report any cell may hold a password fragment.
         self._secret_words = frozenset(mapping.secret_columns)
         self._secret: dict[str, bool] = {}  # column name -> holds credentials
         self._header_secrets: tuple[list[str], list[str]] | None = None
         self._classify_personal = (
-            Classifier(
-                mapping,
-                lambda specs: [(name, self._compile(name, spec, True)) for name, spec in specs.items()],
-            )
+            Classifier(mapping, lambda specs: self._field_reader(specs, personal=True))
             if self._secret_words
             else self._classify
         )
@@ -164,10 +160,16 @@ class MappedAdapter:
         named |= {(p if isinstance(p, str) else p.source).split(".", 1)[0] for p in mapping.evidence.values()}
         self._not_unmapped = frozenset(named | set(mapping.drop))
         self._header_unmapped: tuple[Any, list[str]] | None = None
-        self._evidence = [
-            (name, spec, None) if isinstance(spec, str) else (name, spec.source, CONVERTERS[spec.convert])
-            for name, spec in mapping.evidence.items()
-        ]
+        self._read_evidence = evidence_reader(
+            [
+                (name, spec, None) if isinstance(spec, str) else (name, spec.source, CONVERTERS[spec.convert])
+                for name, spec in mapping.evidence.items()
+            ],
+            fault=lambda name: f"evidence {name}: not usable (value withheld)",
+            rest=self._unmapped_of if mapping.keep_unmapped else None,
+            empty=_empty,
+            rejected=RowRejected,
+        )
         self._skip = [(rule.field, rule.equals, rule.reason) for rule in mapping.skip]
         # What every notification of the file takes from the mapping, read once.
         self._feed = mapping.format
@@ -236,29 +238,50 @@ class MappedAdapter:
             if lookup(data, path) in equals:
                 raise RowSkipped(reason)
         secrets = self._secrets_in(data)
-        c, fields = (self._classify_personal if secrets else self._classify)(data)
-        values = {name: field(data) for name, field in fields}
-        identifier = values.pop("identifier", None)
+        c, read_fields = (self._classify_personal if secrets else self._classify)(data)
+        (
+            ip,
+            port,
+            protocol,
+            hostname,
+            url,
+            email,
+            asn,
+            observed_at,
+            vulnerability,
+            severity,
+            identifier,
+            case_id,
+            tlp,
+        ) = read_fields(data)
         if identifier is None:
             raise RowRejected("identifier: missing")
-        observed_at = values.pop("observed_at", None)
         if observed_at is None:
             raise RowRejected("observed_at: missing")
-        if not (values.get("ip") or values.get("url") or values.get("email") or values.get("hostname")):
+        if not (ip or url or email or hostname):
             raise RowRejected("no address, host name, URL or e-mail address: nothing to notify about")
-        evidence = self._evidence_of(data, secrets)
+        evidence = self._read_evidence(data, secrets)
         personal = bool(secrets)
         return Notification(
             partner=self.partner,
             feed=self._feed,
             classification=self._classification(c.taxonomy, c.type, identifier),
             observed_at=observed_at,
-            tlp=values.pop("tlp", None) or self.default_tlp,
+            tlp=tlp or self.default_tlp,
+            ip=ip,
+            port=port,
+            protocol=protocol,
+            hostname=hostname,
+            url=url,
+            email=email,
+            asn=asn,
+            vulnerability=vulnerability,
+            severity=severity,
+            case_id=case_id,
             evidence=evidence,
             source=SourceRef(self.file_label, record.line),
             direct_owner_only=self._owner_only or personal,
             discard_unrouted=self._discard or personal,
-            **values,
         )
 
     def _classification(self, taxonomy: str, type_: str, identifier: str) -> Classification:
@@ -273,32 +296,15 @@ class MappedAdapter:
             found = self._classifications[key] = Classification(taxonomy, type_, identifier)
         return found
 
-    def _evidence_of(self, data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
-        """Evidence columns (masked where the mapping says), plus the unmapped ones if kept,
-        never a credential column: those are named in `columns_withheld`, their values left out."""
-        evidence = {}
-        for name, path, convert in self._evidence:
-            value = lookup(data, path)
-            if not (value.__class__ is str and value) and _empty(value):
-                continue
-            if convert is not None:
-                try:
-                    value = convert(value)
-                except CONVERSION_ERRORS:
-                    raise RowRejected(f"evidence {name}: not usable (value withheld)") from None
-            evidence[name] = value
-        if self.mapping.keep_unmapped:
-            unmapped = {
-                k: value
-                for k in self._unmapped_columns(data, secrets)
-                # a cell with text (every CSV value is a str) is not empty: skip _empty() for it
-                if ((value := data[k]).__class__ is str and value) or not _empty(value)
-            }
-            if unmapped:
-                evidence["unmapped"] = unmapped
-        if secrets:
-            evidence["columns_withheld"] = secrets
-        return evidence
+    def _unmapped_of(self, data: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+        """The record's cells no spec names (mapping.keep_unmapped), empty ones left out; never a
+        credential column: those are named in the evidence's `columns_withheld` instead."""
+        return {
+            k: value
+            for k in self._unmapped_columns(data, secrets)
+            # a cell with text (every CSV value is a str) is not empty: skip _empty() for it
+            if ((value := data[k]).__class__ is str and value) or not _empty(value)
+        }
 
     def _unmapped_columns(self, data: dict[str, Any], secrets: list[str]) -> list[str]:
         """The record's keys no field, evidence or drop rule names, nor a credential column:
@@ -310,6 +316,32 @@ class MappedAdapter:
             return self._header_unmapped[1]
         skip = self._not_unmapped.union(secrets) if secrets else self._not_unmapped
         return [k for k in data if k not in skip]
+
+    def _field_reader(
+        self, specs: dict[str, FieldSpec], *, personal: bool
+    ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+        """One function reading the specs' fields of a record, in TARGET_FIELDS order
+        (connector/adapters/compiled.py); `personal` as for _compile."""
+
+        def flat(name: str, spec: FieldSpec) -> FlatPlan | None:
+            paths = spec.paths()
+            if spec.value is not None or spec.context is not None or len(paths) != 1:
+                return None
+            path = paths[0]
+            missing = f"{name}: missing ({path} absent or empty)" if spec.required else None
+            if spec.secret or not self.mapping.keep_raw_in_quarantine or personal:
+                withheld = f"{name}: not usable (value withheld: personal data) (from {path})"
+                return path, _converter(spec), missing, lambda _exc: withheld
+            return path, _converter(spec), missing, lambda exc: f"{name}: {exc} (from {path})"
+
+        return field_reader(
+            list(specs.items()),
+            TARGET_FIELDS,
+            flat=flat,
+            closure=lambda name, spec: self._compile(name, spec, personal),
+            empty=_empty,
+            rejected=RowRejected,
+        )
 
     def _compile(self, name: str, spec: FieldSpec, personal: bool = False) -> Callable[[dict[str, Any]], Any]:
         """One field's value from a record: converted, None when absent, RowRejected when wrong.
@@ -346,6 +378,10 @@ class MappedAdapter:
             return finish(MISSING, name)
 
         return first_present
+
+
+def _converter(spec: FieldSpec) -> Callable[[Any], Any] | None:
+    return CONVERTERS[spec.convert] if spec.convert is not None else None
 
 
 def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> Callable[[Any, str], Any]:
