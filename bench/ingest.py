@@ -56,7 +56,7 @@ from connector.render.stix import shape
 from connector.routing import Router
 from connector.stix.build import NotificationState, notification_objects
 from connector.stix.ids import timestamp
-from connector.store import Store, Writer, notifications
+from connector.store import Store, Writer, deliveries, notifications
 
 COLUMNS = [
     "timestamp",
@@ -183,8 +183,8 @@ class StoreTimer:
     """Seconds an ingest spends inside the store's statements and commits, measured in the same
     run as the end-to-end figure: what is left is Python (reading, mapping, routing, STIX, the
     writer's own bookkeeping). It wraps every statement an ingest sends through SQLAlchemy
-    (Connection.exec_driver_sql: the writer's helpers and the shared-object claims), the
-    look-ups read straight from the driver (tuples_in, their rows fetched) and the dialect's
+    (Connection.exec_driver_sql: the writer's helpers), what speaks to the driver directly (the
+    look-ups of tuples_in, their rows fetched; the shared-object claims) and the dialect's
     commit, counting the outermost call only."""
 
     def __init__(self, store: Store) -> None:
@@ -195,6 +195,7 @@ class StoreTimer:
             self._wrap(Writer, name, getattr(Writer, name))
         self._wrap(Connection, "exec_driver_sql", Connection.exec_driver_sql)
         self._wrap(notifications, "tuples_in", notifications.tuples_in)
+        self._wrap(deliveries, "claim_shared", deliveries.claim_shared)  # speaks to the driver
         dialect = store._write_engine.dialect
         self._wrap(dialect, "do_commit", dialect.do_commit, instance=True)
 

@@ -46,8 +46,11 @@ class RunSummary:
             self.counts["suppressed_tlp"] += 1
         else:
             self.counts["suppressed_category"] += 1
-        self.suppressed_tlp.update(decision.suppressed_tlp)
-        self.suppressed_category.update(decision.suppressed_category)
+        # Most decisions suppress nobody: Counter.update is not free, even for an empty list.
+        if decision.suppressed_tlp:
+            self.suppressed_tlp.update(decision.suppressed_tlp)
+        if decision.suppressed_category:
+            self.suppressed_category.update(decision.suppressed_category)
 
     @property
     def ok(self) -> bool:

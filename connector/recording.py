@@ -263,7 +263,7 @@ class BatchRecorder:
         if n.discard_unrouted and not decision.recipients:
             self.summary.counts["discarded"] += 1
             return None  # counted, never stored
-        if decision.match is None:
+        if decision.match is None and log.isEnabledFor(logging.INFO):
             log.info("notification unrouted", extra={"observable": key[3], "classification": key[1]})
         return decision
 

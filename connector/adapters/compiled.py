@@ -50,7 +50,7 @@ class _Source:
     def add(self, indent: int, line: str) -> None:
         self.lines.append("    " * indent + line)
 
-    def read(self, target: str, path: str) -> None:
+    def read(self, path: str) -> None:
         """`raw` = the record's value at `path` (MISSING when absent)."""
         if "." in path:
             self.add(1, f"raw = lookup(data, {self.constant(path)})")
@@ -92,7 +92,7 @@ def field_reader(
             src.add(1, f"{target} = {src.constant(closure(name, spec))}(data)")
             continue
         path, convert, missing, fault = plan
-        src.read(target, path)
+        src.read(path)
         src.add(1, "if (raw.__class__ is str and raw) or not _empty(raw):")
         if convert is None:
             src.add(2, f"{target} = raw")
@@ -125,7 +125,7 @@ def evidence_reader(
     src = _Source(empty, rejected)
     src.add(1, "evidence = {}")
     for name, path, convert in columns:
-        src.read("raw", path)
+        src.read(path)
         src.add(1, "if (raw.__class__ is str and raw) or not _empty(raw):")
         if convert is not None:
             src.add(2, "try:")

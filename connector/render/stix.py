@@ -18,6 +18,7 @@ in RENDERERS, used for new versions only (tests/golden pins each renderer's outp
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -179,9 +180,11 @@ def _v5_digest(namespace: bytes, name: bytes, stix_type: str) -> tuple[int, byte
 
 def _digest_of(raw: bytes, key: int) -> int:
     """_v5_digest's digest from the name's SHA-1 and the type's key (type_key)."""
-    value = ((int.from_bytes(raw[:8], "big") & _VERSION_MASK) | _VERSION_5) ^ key
+    value = ((_FIRST_64(raw)[0] & _VERSION_MASK) | _VERSION_5) ^ key
     return value - (1 << 64) if value >= 1 << 63 else value
 
+
+_FIRST_64 = struct.Struct(">Q").unpack_from  # the first 8 bytes as a number, without slicing
 
 # What shape() hashes for the objects a notification owns, and the key of each type: worked out
 # once, not per row (prefix: namespace and type name, in order of the ids' tuple).
@@ -190,6 +193,8 @@ _OWN_INDICATOR = tuple(
 )
 _OWN_SIGHTED = _OWN_INDICATOR[1:]
 _SCO_KEYS = {t: type_key(t) for t in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr")}
+_PROTOCOLS: dict[str | None, bytes] = {}  # protocol -> its `protocols` list as canonical JSON
+_TRAFFIC_KEY = type_key("network-traffic")
 
 
 def _value_name(value: str) -> bytes:
@@ -211,19 +216,38 @@ def shape(
         name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
     sighted = _sighted_kind(notification)
     sha1 = hashlib.sha1
-    own = tuple(
-        _digest_of(sha1(prefix + name, usedforsecurity=False).digest(), key)
-        for prefix, key in (_OWN_SIGHTED if sighted else _OWN_INDICATOR)
-    )
-    shared = list(_reference_digests(notification.partner, notification.tlp))
-    if sighted is not None:
-        shared.append((REFERENCES, _sighted_digest(*sighted)))
+    if sighted is None:
+        (p0, k0), (p1, k1), (p2, k2) = _OWN_INDICATOR
+        own: tuple[int, ...] = (
+            _digest_of(sha1(p0 + name, usedforsecurity=False).digest(), k0),
+            _digest_of(sha1(p1 + name, usedforsecurity=False).digest(), k1),
+            _digest_of(sha1(p2 + name, usedforsecurity=False).digest(), k2),
+        )
+        shared = [*_reference_digests(notification.partner, notification.tlp)]
+    else:
+        (p1, k1), (p2, k2) = _OWN_SIGHTED
+        own = (
+            _digest_of(sha1(p1 + name, usedforsecurity=False).digest(), k1),
+            _digest_of(sha1(p2 + name, usedforsecurity=False).digest(), k2),
+        )
+        shared = [
+            *_reference_digests(notification.partner, notification.tlp),
+            (REFERENCES, _sighted_digest(*sighted)),
+        ]
+    _add_observables(notification, shared)
+    return Shape(own, tuple(shared))
+
+
+def _add_observables(n: Notification, shared: list[tuple[int, int]]) -> None:
+    """shape()'s (slot, digest) of each observable (address, host name, URL, e-mail address,
+    network-traffic), appended to `shared` in their slots."""
+    sha1 = hashlib.sha1
     slot = REFERENCES + 1
-    n = notification
+    ip = n.ip
     address = None
-    if n.ip:
-        ip_type = "ipv6-addr" if ":" in n.ip else "ipv4-addr"
-        raw = sha1(_SCO + _value_name(n.ip), usedforsecurity=False).digest()
+    if ip:
+        ip_type = "ipv6-addr" if ":" in ip else "ipv4-addr"
+        raw = sha1(_SCO + _value_name(ip), usedforsecurity=False).digest()
         shared.append((slot, _digest_of(raw, _SCO_KEYS[ip_type])))
         slot += 1
         if n.port is not None:
@@ -234,17 +258,20 @@ def shape(
             raw = sha1(_SCO + _value_name(value), usedforsecurity=False).digest()
             shared.append((slot, _digest_of(raw, _SCO_KEYS[sco_type])))
             slot += 1
-    if address is not None and n.port.__class__ is int:
+    if address is None:
+        return
+    if n.port.__class__ is int:
         # The canonical JSON of {"dst_ref", "dst_port", "protocols"} written out (keys sorted,
         # no spaces, as orjson's OPT_SORT_KEYS gives it): one dict and a sort less per row.
-        name = b'{"dst_port":%d,"dst_ref":"%s","protocols":%s}' % (
-            n.port,
-            address.encode(),
-            orjson.dumps([n.protocol or "tcp"]),
-        )
-        shared.append((slot, _v5_digest(_SCO, name, "network-traffic")[0]))
-    elif address is not None:
+        protocols = _PROTOCOLS.get(n.protocol)
+        if protocols is None:
+            if len(_PROTOCOLS) > 1000:
+                _PROTOCOLS.clear()
+            protocols = _PROTOCOLS[n.protocol] = orjson.dumps([n.protocol or "tcp"])
+        name = b'{"dst_port":%d,"dst_ref":"%s","protocols":%s}' % (n.port, address.encode(), protocols)
+        raw = sha1(_SCO + name, usedforsecurity=False).digest()
+        shared.append((slot, _digest_of(raw, _TRAFFIC_KEY)))
+    else:
         traffic = {"dst_ref": address, "dst_port": n.port, "protocols": [n.protocol or "tcp"]}
         name = orjson.dumps(traffic, option=orjson.OPT_SORT_KEYS)
         shared.append((slot, _v5_digest(_SCO, name, "network-traffic")[0]))
-    return Shape(own, tuple(shared))

@@ -215,6 +215,11 @@ def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> se
             claimed.update(map(tuple, w.conn.exec_driver_sql(statement, columns)))  # type: ignore[arg-type]
         return claimed
     full: str | None = None  # the statement for a whole chunk, built once (most chunks are)
+    # Straight to the driver, inside the writer's transaction: its RETURNING rows come back as
+    # plain tuples (a third of the shared objects of a first ingest come back, and SQLAlchemy
+    # made a Row of each).
+    driver = w.conn.connection.driver_connection
+    assert driver is not None
     for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
         part = ordered[start : start + CLAIMS_PER_STATEMENT]
         if len(part) < CLAIMS_PER_STATEMENT or full is None:
@@ -227,8 +232,7 @@ def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> se
                 full = statement
         else:
             statement = full
-        params = tuple(chain.from_iterable(part))
-        claimed.update(map(tuple, w.conn.exec_driver_sql(statement, params)))  # type: ignore[arg-type]
+        claimed.update(driver.execute(statement, tuple(chain.from_iterable(part))).fetchall())
     return claimed
 
 
