@@ -101,14 +101,19 @@ def storage_problem(n: Notification) -> str | None:
     character in its identifier or observable (PostgreSQL text cannot hold one), evidence that
     cannot be serialised (nested deeper than orjson writes). Found here, the record is
     quarantined; found when the batch is written, it would fail every row of the batch."""
+    return storable(n)[0]
+
+
+def storable(n: Notification) -> tuple[str | None, str]:
+    """(storage_problem, the evidence as the JSON the store keeps it in; "" with a problem):
+    the JSON is made here once, and the batch carries it to the store."""
     for name, value in (("identifier", n.classification.identifier), ("observable", n.observable)):
         if "\x00" in value:
-            return f"{name}: contains a NUL character"
+            return f"{name}: contains a NUL character", ""
     try:
-        orjson.dumps(n.evidence)
+        return None, orjson.dumps(n.evidence).decode()
     except orjson.JSONEncodeError as exc:
-        return f"evidence: cannot be stored as JSON ({exc})"
-    return None
+        return f"evidence: cannot be stored as JSON ({exc})", ""
 
 
 class Ingestor:
@@ -304,7 +309,7 @@ class Ingestor:
             self._record_rows(summary.run_id, [(path.name, 0, "input-error", message, None)])
             log.error("input not ingested", extra={"input": str(path), "reason": message})
             return
-        batch: list[Notification] = []
+        batch: list[tuple[Notification, str]] = []  # with its evidence's JSON
         rows: list[tuple[str, int, str, str, str | None]] = []
         keep_raw = (
             mapping.keep_raw_in_quarantine
@@ -358,7 +363,7 @@ class Ingestor:
         row: RawRecord | RowError,
         label: str,
         keep_raw: bool,
-        batch: list[Notification],
+        batch: list[tuple[Notification, str]],
         rows: list[tuple[str, int, str, str, str | None]],
     ) -> None:
         """One input row: its notifications into the batch, or a run row saying why not."""
@@ -368,10 +373,10 @@ class Ingestor:
                     raise RowSkipped(row.reason)
                 raise RowRejected(row.reason)
             outcome = record_outcome(adapter, row)
-            storable, faults = _storable(outcome.notifications)
-            batch.extend(storable)
+            kept, faults = _storable(outcome.notifications)
+            batch += kept
             if faults:
-                outcome = RecordOutcome(storable, [*outcome.faults, *faults], outcome.skipped)
+                outcome = RecordOutcome([n for n, _ in kept], [*outcome.faults, *faults], outcome.skipped)
             # Faulty parts of a good record (a MISP event's attributes): quarantined beside it,
             # never with the raw record (it holds their values).
             summary.counts["attributes_quarantined"] += len(outcome.faults)
@@ -403,7 +408,7 @@ class Ingestor:
         ]
         self.store.record_rows(values, writer)
 
-    def _flush(self, summary: RunSummary, batch: list[Notification], writer: Writer) -> None:
+    def _flush(self, summary: RunSummary, batch: list[tuple[Notification, str]], writer: Writer) -> None:
         summary.counts["notifications"] += len(batch)
         BatchRecorder(
             config=self.config,
@@ -426,22 +431,23 @@ def _storable_text(text: str, limit: int) -> str:
     return readable(text).replace("\x00", "\\x00")
 
 
-def _storable(notifications: list[Notification]) -> tuple[list[Notification], list[str]]:
-    """The notifications the store can hold, and a fault for each other one; RowRejected when
-    none of them is storable (the record is then quarantined whole, like any faulty record)."""
+def _storable(notifications: list[Notification]) -> tuple[list[tuple[Notification, str]], list[str]]:
+    """The notifications the store can hold, each with its evidence's JSON, and a fault for each
+    other one; RowRejected when none of them is storable (the record is then quarantined
+    whole, like any faulty record)."""
     if len(notifications) == 1:  # most records: one notification, most often storable
-        problem = storage_problem(notifications[0])
+        problem, body = storable(notifications[0])
         if problem is None:
-            return notifications, []
+            return [(notifications[0], body)], []
         raise RowRejected(problem)
-    problems = [(n, storage_problem(n)) for n in notifications]
-    bad = [problem for _n, problem in problems if problem is not None]
+    checked = [(n, *storable(n)) for n in notifications]
+    bad = [problem for _n, problem, _body in checked if problem is not None]
     if not bad:
-        return notifications, []
+        return [(n, body) for n, _problem, body in checked], []
     if len(bad) == len(notifications):
         raise RowRejected("; ".join(dict.fromkeys(bad)))
     faults = [f"one of the record's notifications not made: {problem}" for problem in bad]
-    return [n for n, problem in problems if problem is None], faults
+    return [(n, body) for n, problem, body in checked if problem is None], faults
 
 
 # A large ingest refreshes the store's statistics (PostgreSQL) once its first rows are in, and

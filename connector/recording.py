@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from connector import feedback
 from connector.collections import recipient_collection_id
 from connector.notification import Notification
@@ -167,18 +165,25 @@ class BatchRecorder:
 
     # --- the batch ---------------------------------------------------------------------------
 
-    def record(self, batch: list[Notification]) -> None:
+    def record(self, batch: list[tuple[Notification, str]]) -> None:
+        """`batch`: the notifications, each with its evidence as JSON (ingest.storable)."""
         self._load_cache()
         groups: dict[tuple[str, str, str, str], list[Notification]] = {}
-        for n in batch:
-            groups.setdefault(subject_key(n), []).append(n)
+        bodies: dict[tuple[str, str, str, str], str] = {}
+        for n, body in batch:
+            key = subject_key(n)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [n]
+                bodies[key] = body
+            else:
+                group.append(n)
         self.summary.counts["repeated"] += len(batch) - len(groups)
         digests = {key: subject_digest(key) for key in groups}
         stored = self._stored(digests)
         listed = notifications.listed_observations(
             self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
         )
-        bodies = {key: orjson.dumps(group[0].evidence).decode() for key, group in groups.items()}
         evidence = self._evidence_pks(set(bodies.values()))
         for key, group in groups.items():
             found = stored.get(key)

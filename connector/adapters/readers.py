@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per input row: a frozen dataclass's __init__ costs 0.3 µs more
 class RawRecord:
     line: int
     data: dict[str, Any]
