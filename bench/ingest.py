@@ -103,43 +103,82 @@ def make_config(recipients: int):  # type: ignore[no-untyped-def]
     )
 
 
-def write_report(path: Path, rows: int, recipients: int, rng: random.Random, day: int = 1) -> None:
-    """`rows` rows over the constituency; the same seed gives the same hosts on any `day`."""
+# What varies from host to host in a real scan_http report (../shared/data/shadowserver/
+# scan_http.csv has the layout): the pools are drawn from with a seed per host, so the same host
+# answers alike on every day, except in what a real server changes between two scans (its
+# clock in http_date, a session cookie, a dynamic page's length).
+SERVERS = [
+    *(f"nginx/1.{minor}.{patch}" for minor in range(10, 26) for patch in range(0, 4)),
+    *(f"Apache/2.4.{patch} ({os})" for patch in range(29, 60) for os in ("Ubuntu", "Debian", "CentOS")),
+    "nginx", "Apache", "Microsoft-IIS/10.0", "Microsoft-IIS/8.5", "lighttpd", "lighttpd/1.4.59",
+    "Boa/0.94.14rc21", "mini_httpd/1.30 26Oct2018", "GoAhead-Webs", "Jetty(9.4.z-SNAPSHOT)", "",
+]  # fmt: skip
+ANSWERS = [("200", "OK")] * 14 + [
+    ("301", "Moved Permanently"), ("302", "Found"), ("401", "Unauthorized"), ("403", "Forbidden"),
+    ("404", "Not Found"), ("500", "Internal Server Error"),
+]  # fmt: skip
+CONTENT_TYPES = ["text/html", "text/html; charset=UTF-8", "text/html; charset=utf-8", "application/json", ""]
+PLACES = [
+    ("NOORD-HOLLAND", "AMSTERDAM"), ("ZUID-HOLLAND", "ROTTERDAM"), ("ZUID-HOLLAND", "DEN HAAG"),
+    ("UTRECHT", "UTRECHT"), ("NOORD-BRABANT", "EINDHOVEN"), ("GRONINGEN", "GRONINGEN"),
+    ("GELDERLAND", "NIJMEGEN"), ("LIMBURG", "MAASTRICHT"), ("OVERIJSSEL", "ENSCHEDE"),
+]  # fmt: skip
+SECTORS = [(518210, 737415), (517311, 481310), (611310, 821101), (622110, 806201), (921190, 911101)]
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def write_report(
+    path: Path, rows: int, recipients: int, rng: random.Random, day: int = 1, *, uniform: bool = False
+) -> None:
+    """`rows` rows over the constituency; the same seed gives the same hosts on any `day`.
+
+    Rows are written as Shadowserver writes them (text quoted, numbers not) with evidence that
+    varies per host as in a real report. `uniform`: every row with the same evidence and no
+    quoting, as this benchmark's reports were until 2026-12-03 (to compare with figures then).
+    """
     start = datetime(2024, 6, day, tzinfo=UTC)
+    volatile = random.Random(day)  # what changes between two scans of the same host
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL if uniform else csv.QUOTE_NONNUMERIC)
         writer.writerow(COLUMNS)
         for i in range(rows):
             second = 10 + (i % 200) if rng.random() < 0.9 else 250  # ~10% outside every claim
             ip = f"10.{second if second < recipients else 250}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-            moment = (start + timedelta(seconds=i % 86_000)).strftime("%Y-%m-%d %H:%M:%S")
-            writer.writerow(
-                [
-                    moment,
-                    ip,
-                    "tcp",
-                    rng.choice([80, 443, 8080, 8443]),
-                    f"host{i}.example.nl",
-                    "http",
-                    64500 + i % 50,
-                    "NL",
-                    "Noord-Holland",
-                    "Amsterdam",
-                    "0",
-                    "0",
-                    "HTTP/1.1",
-                    "200",
-                    "OK",
-                    "text/html",
-                    "close",
-                    "",
-                    "",
-                    "nginx",
-                    "612",
-                    "",
-                    "",
-                ]
+            seen = start + timedelta(seconds=i % 86_000)
+            moment = seen.strftime("%Y-%m-%d %H:%M:%S")
+            port = rng.choice([80, 443, 8080, 8443])
+            if uniform:
+                writer.writerow(
+                    [
+                        moment, ip, "tcp", port, f"host{i}.example.nl", "http", 64500 + i % 50, "NL",
+                        "Noord-Holland", "Amsterdam", "0", "0", "HTTP/1.1", "200", "OK", "text/html",
+                        "close", "", "", "nginx", "612", "", "",
+                    ]
+                )  # fmt: skip
+                continue
+            host = random.Random(ip)  # this host's answers, the same on any day
+            code, reason = host.choice(ANSWERS)
+            region, city = host.choice(PLACES)
+            naics, sic = host.choice(SECTORS)
+            dynamic = host.random() < 0.3
+            length = host.randrange(100, 60_000) + (volatile.randrange(-50, 50) if dynamic else 0)
+            cookie = f"PHPSESSID={volatile.getrandbits(64):016x}; path=/" if host.random() < 0.2 else ""
+            clock = seen + timedelta(seconds=host.randrange(-300, 300))
+            date = (
+                f"{WEEKDAYS[clock.weekday()]}, {clock.day:02d} {MONTHS[clock.month - 1]} {clock.year} "
+                f"{clock:%H:%M:%S} GMT"
             )
+            cells = (
+                [
+                    moment, ip, "tcp", port, f"host-{ip.replace('.', '-')}.dynamic.example.nl", "http",
+                    64500 + i % 50, "NL", region, city, naics, sic, "HTTP/1.1", int(code), reason,
+                    host.choice(CONTENT_TYPES), host.choice(["close", "keep-alive", ""]),
+                    'Basic realm="Router"' if host.random() < 0.05 else "", cookie, host.choice(SERVERS),
+                    "" if host.random() < 0.4 else length, "chunked" if host.random() < 0.3 else "", date,
+                ]
+            )  # fmt: skip
+            writer.writerow([None if cell == "" else cell for cell in cells])  # empty: not even quotes
 
 
 def naive_objects(record: dict[str, str]) -> list[str]:
@@ -370,6 +409,11 @@ def main() -> None:
     parser.add_argument("--database", help="store URL (an empty database); default: a fresh SQLite file")
     parser.add_argument("--keep", type=Path, help="keep the reports and database in this directory")
     parser.add_argument("--no-second-day", action="store_true", help="skip the second day's report")
+    parser.add_argument(
+        "--uniform-evidence",
+        action="store_true",
+        help="every row with the same evidence, unquoted (the reports of figures before 2026-12-03)",
+    )
     args = parser.parse_args()
     if args.stage_rows < 1:
         parser.error("--stage-rows must be at least 1")
@@ -377,7 +421,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     report = work / "2024-06-01-scan_http-nl.csv"
     started = time.perf_counter()
-    write_report(report, args.rows, args.recipients, random.Random(7))
+    write_report(report, args.rows, args.recipients, random.Random(7), uniform=args.uniform_evidence)
     size = report.stat().st_size
     print(f"generated {args.rows:,} rows ({size / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s")
 
@@ -412,7 +456,8 @@ def main() -> None:
     second_growth = None
     if not args.no_second_day:
         day2 = work / "2024-06-02-scan_http-nl.csv"
-        write_report(day2, args.rows, args.recipients, random.Random(7), day=2)  # same hosts, next day
+        # same hosts, next day
+        write_report(day2, args.rows, args.recipients, random.Random(7), day=2, uniform=args.uniform_evidence)
         summary2, elapsed2, _marks, _s, cpu2 = ingest(store, config, mappings, day2, args)
         second_growth = store_bytes(store, work) - empty - first_size
         size2 = day2.stat().st_size

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from connector import feedback
 from connector.collections import recipient_collection_id
 from connector.notification import Notification
@@ -31,6 +33,8 @@ from connector.render.stix import CURRENT, Shape, notification_of, own_ids, shap
 from connector.routing import Decision, Router
 from connector.store import Writer, deliveries, notifications, outbox
 from connector.store.deliveries import EARLIER, SUPERSEDED
+from connector.store.evidence import CHANGE_DIGEST
+from connector.store.evidence import change as evidence_change
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import day_text, moment_ms
 
@@ -162,6 +166,7 @@ class BatchRecorder:
         self.known_versions: dict[int, VersionRecord] = {}
         self.seen_again: list[tuple[int, tuple[int, ...], int]] = []  # (pk, collections, stamp)
         self._numbers_of: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self.current_evidence: dict[int, str] = {}  # pk -> body: see _load_current_evidence
 
     # --- the batch ---------------------------------------------------------------------------
 
@@ -185,6 +190,7 @@ class BatchRecorder:
             self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
         )
         evidence = self._evidence_pks(set(bodies.values()))
+        self._load_current_evidence(stored, bodies, evidence)
         for key, group in groups.items():
             found = stored.get(key)
             if found is None:
@@ -244,6 +250,38 @@ class BatchRecorder:
             for body in unknown:
                 out[body] = next((pk for pk, stored in found.get(digest(body), []) if stored == body), None)
         return out
+
+    def _load_current_evidence(
+        self, stored: dict[Any, _Stored], bodies: dict[Any, str], known: dict[str, int | None]
+    ) -> None:
+        """The evidence (as it stands, connector/store/evidence.py) of the latest version and of
+        the row of every stored notification whose new evidence is not stored as it is: what
+        _reobserved_evidence compares it with and makes a change from."""
+        wanted: set[int] = set()
+        for key, found in stored.items():
+            if known.get(bodies[key]) is None:
+                wanted |= {found.record.evidence, found.latest.evidence_of(found.record)}
+        self.current_evidence = notifications.evidence_bodies(self.w.conn, wanted) if wanted else {}
+
+    def _reobserved_evidence(self, found: _Stored, body: str, known: dict[str, int | None]) -> int:
+        """The evidence pk of a stored notification's next version: the same evidence as it has,
+        else only what changed against the evidence of its own row (connector/store/evidence.py), or
+        the whole body when a change would not be shorter."""
+        pk = known.get(body)
+        if pk is not None:
+            return pk
+        record, latest = found.record, found.latest
+        current = latest.evidence_of(record)
+        if self.current_evidence.get(current) == body:
+            return current
+        base = self.current_evidence.get(record.evidence)
+        if base is not None:
+            stored_change = evidence_change(record.evidence, orjson.loads(base), body)
+            if stored_change is not None:
+                pk = self.w.allocate("evidence", 1)
+                notifications.add_evidence(self.w, [(pk, CHANGE_DIGEST, stored_change)])
+                return pk
+        return self._evidence_pk(body, known)()
 
     def _evidence_pk(self, body: str, known: dict[str, int | None]) -> Callable[[], int]:
         """The pk of this body, stored when first asked for (see _evidence_pks)."""
@@ -352,7 +390,7 @@ class BatchRecorder:
             return
         stamp = self.w.next_stamp()
         self.summary.saw_stamp(stamp)
-        evidence_pk = self._evidence_pk(body, evidence)()
+        evidence_pk = self._reobserved_evidence(stored, body, evidence)
         record, version = self._next(n, stored, fresh, stamp, evidence_pk, decision)
         # Rendered from what is stored, with this version's kind (its TLP marking, say).
         representative = notification_of(record, self._kind(version.kind_of(record)), {})

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from connector.store import evidence
 from connector.store.records import (
     Kind,
     NotificationRecord,
@@ -148,7 +149,14 @@ def kinds(conn: Connection, pks: Iterable[int] | None = None) -> dict[int, Kind]
 
 
 def evidence_bodies(conn: Connection, pks: Iterable[int]) -> dict[int, str]:
-    return dict(rows_in(conn, "SELECT pk, body FROM evidence WHERE pk IN ({in})", sorted(set(pks))))
+    """pk -> the evidence it stands for, a change to a notification's evidence applied
+    (connector/store/evidence.py)."""
+    statement = "SELECT pk, body FROM evidence WHERE pk IN ({in})"
+    stored: dict[int, str] = dict(rows_in(conn, statement, sorted(set(pks))))
+    bases = {evidence.base_of(body) for body in stored.values() if evidence.is_change(body)}
+    if bases - stored.keys():
+        stored.update(rows_in(conn, statement, sorted(bases - stored.keys())))
+    return {pk: evidence.resolved(stored[pk], stored) for pk in set(pks) & stored.keys()}
 
 
 def partner_names(conn: Connection) -> dict[str, str]:

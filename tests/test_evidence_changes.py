@@ -1,0 +1,167 @@
+"""A re-observation's evidence is stored as what changed (connector/store/evidence.py).
+
+A scan feed reports the same hosts every day with evidence that differs in a detail (the
+server's clock, a cookie). What a recipient reads must not depend on how it is stored: each
+version over TAXII carries its own evidence in full, the first version's is untouched; and
+retention must treat a change like any evidence (forget finds a value in it, purge keeps the
+evidence it applies to while the change is in use).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from taxii2client.v21 import Collection, as_pages
+
+from connector.adapters.mapping import load_mappings
+from connector.collections import collection_rows, recipient_collection_id
+from connector.config import Config
+from connector.ingest import Ingestor
+from connector.passwords import hash_password
+from connector.retention import forget
+from connector.store import Store
+from connector.store.evidence import change, resolved
+from tests.conftest import password_for, serving
+from tests.test_shadowserver import shadowserver_config
+
+HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "server", "http_code", "http_date"]
+
+
+def report(path: Path, day: int, rows: list[tuple[str, str, str]]) -> Path:
+    """A scan_http report of (ip, server, http_date) rows on 2024-06-<day>."""
+    target = path / f"2024-06-{day:02d}-scan_http-nl.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(HEADER)
+        for ip, server, date in rows:
+            writer.writerow(
+                [f"2024-06-{day:02d} 10:00:00", ip, "tcp", 443, None, "http", 64500, server, 200, date]
+            )
+    return target
+
+
+# --- the encoding -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "new"),
+    [
+        ({"a": 1, "u": {"d": "Mon, 01 Jun", "e": "keep"}}, {"a": 1, "u": {"d": "Tue, 02 Jun", "e": "keep"}}),
+        ({"a": 1, "b": "x" * 40, "c": 3}, {"a": 1, "b": "x" * 40}),  # a key removed
+        ({"a": 1, "b": "x" * 40}, {"a": 1, "b": "x" * 40, "c": [1, 2]}),  # one added at the end
+        ({"a": 1, "b": "x" * 40}, {"a": True, "b": "x" * 40}),  # 1 == True, yet another value
+        ({"a": {"b": {"c": "y" * 30}}, "d": 1}, {"a": {"b": {"c": "z" * 30}}, "d": 1}),
+    ],
+)
+def test_a_change_gives_back_the_exact_evidence(base: dict[str, Any], new: dict[str, Any]) -> None:
+    body = orjson.dumps(new).decode()
+    stored = change(7, base, body)
+    assert stored is not None and stored.startswith("[7,")
+    assert len(stored) < len(body)
+    assert resolved(stored, {7: orjson.dumps(base).decode()}) == body
+
+
+@pytest.mark.parametrize(
+    ("base", "new"),
+    [
+        ({"b": "x" * 40, "a": 1}, {"a": 1, "b": "x" * 40}),  # same content, another key order
+        ({"a": 1}, {"a": 2, "z": "everything new"}),  # not shorter than the evidence itself
+    ],
+)
+def test_no_change_is_stored_when_it_would_not_pay_or_not_give_it_back(
+    base: dict[str, Any], new: dict[str, Any]
+) -> None:
+    assert change(7, base, orjson.dumps(new).decode()) is None
+
+
+def test_evidence_as_it_is_stays_itself() -> None:
+    body = '{"a":1}'
+    assert resolved(body, {}) == body
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """The Shadowserver test deployment, its users with the tests' passwords."""
+    base = shadowserver_config()
+    users = [
+        u.model_copy(update={"password_hash": hash_password(password_for(u.username))}) for u in base.users
+    ]
+    return base.model_copy(update={"users": users})
+
+
+@pytest.fixture
+def store(store_url: str, config: Config) -> Iterator[Store]:
+    s = Store.open(store_url)
+    s.sync_collections(collection_rows(config))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def evidence_rows(store: Store) -> list[tuple[int, int, str]]:
+    with store.engine.connect() as conn:
+        return [
+            (int(a), int(b), c) for a, b, c in conn.exec_driver_sql("SELECT pk, digest, body FROM evidence")
+        ]
+
+
+def polled_evidence(config: Config, store: Store, recipient: str) -> dict[str, list[dict[str, Any]]]:
+    """Sighting id -> the evidence of each of its versions, in order, as taxii2client reads them."""
+    user = next(u.username for u in config.users if u.recipient == recipient)
+    out: dict[str, list[dict[str, Any]]] = {}
+    with serving(config, store) as server:
+        url = server.collection_url(recipient_collection_id(recipient))
+        with Collection(url, user=user, password=password_for(user)) as collection:
+            for envelope in as_pages(collection.get_objects, per_request=50, version="all"):
+                for obj in envelope.get("objects", []):
+                    if obj["type"] == "sighting":
+                        (extension,) = [e for e in obj["extensions"].values() if "evidence" in e]
+                        out.setdefault(obj["id"], []).append(extension["evidence"])
+    return out
+
+
+def test_a_second_day_stores_what_changed_and_every_version_reads_whole(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    mappings = load_mappings()
+    hosts = [("192.0.2.10", "nginx/1.18.0", "Mon, 01 Jun 2024 10:00:03 GMT"), ("192.0.2.11", "Apache", "x")]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 1, hosts)])
+    assert all(not body.startswith("[") for _pk, _digest, body in evidence_rows(store))
+    day2 = [("192.0.2.10", "nginx/1.18.0", "Tue, 02 Jun 2024 10:00:04 GMT"), hosts[1]]
+    summary = Ingestor(config, store, mappings).run(
+        "shadowserver", "shadowserver", [report(tmp_path, 2, day2)]
+    )
+    assert summary.counts["updated"] == 2, summary.counts
+
+    rows = evidence_rows(store)
+    changes = [(digest, body) for _pk, digest, body in rows if body.startswith("[")]
+    assert changes == [(0, changes[0][1])], rows  # one change, for the host whose clock moved
+    assert "Tue, 02 Jun 2024 10:00:04 GMT" in changes[0][1] and "nginx" not in changes[0][1]
+
+    recipient = next(r.id for r in config.recipients)
+    versions = polled_evidence(config, store, recipient)
+    dates = sorted([e.get("unmapped", {}).get("http_date") for e in evs] for evs in versions.values())
+    assert dates == [
+        ["Mon, 01 Jun 2024 10:00:03 GMT", "Tue, 02 Jun 2024 10:00:04 GMT"],
+        ["x", "x"],
+    ], versions
+    for evs in versions.values():
+        assert all(e["server"] in ("nginx/1.18.0", "Apache") for e in evs)
+
+    # A value only the change holds is found by forget, and with it goes the notification.
+    assert forget(store, config, "Tue, 02 Jun 2024 10:00:04 GMT", dry_run=True).counts["notifications"] == 1
+    report_ = forget(store, config, "192.0.2.10")
+    assert report_.counts["notifications"] == 1
+    left = evidence_rows(store)
+    assert not any(body.startswith("[") for _pk, _d, body in left), left
+    assert not any("Jun 2024 10:00:0" in body for _pk, _d, body in left), left
+    assert polled_evidence(config, store, recipient) and len(left) == 1
