@@ -35,6 +35,8 @@ from connector.store import Writer, deliveries, notifications, outbox
 from connector.store.deliveries import EARLIER, SUPERSEDED
 from connector.store.evidence import CHANGE_DIGEST
 from connector.store.evidence import change as evidence_change
+from connector.store.evidence import shape_of as evidence_shape
+from connector.store.evidence import values_body as evidence_values
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import day_text, moment_ms
 
@@ -99,6 +101,7 @@ class RecordingCache:
     kinds: dict[tuple[Any, ...], int] = field(default_factory=dict)
     kind_records: dict[int, Kind] = field(default_factory=dict)
     evidence: _Bounded = field(default_factory=lambda: _Bounded(20_000))
+    key_paths: _Bounded = field(default_factory=lambda: _Bounded(1_000))  # stored text -> pk
     partners: set[str] = field(default_factory=set)
     loaded: bool = False
     # What the input seen so far covers (for a scan that covers its case: connector/feedback.py
@@ -167,6 +170,10 @@ class BatchRecorder:
         self.seen_again: list[tuple[int, tuple[int, ...], int]] = []  # (pk, collections, stamp)
         self._numbers_of: dict[tuple[str, ...], tuple[int, ...]] = {}
         self.current_evidence: dict[int, str] = {}  # pk -> body: see _load_current_evidence
+        # The batch's bodies not known beforehand: the text each is stored as, and its digest.
+        self.stored_text: dict[str, str] = {}
+        self.body_digests: dict[str, int] = {}
+        self.evidence_rows: list[tuple[int, int, str]] = []  # (pk, digest, body) to insert
 
     # --- the batch ---------------------------------------------------------------------------
 
@@ -189,7 +196,7 @@ class BatchRecorder:
         listed = notifications.listed_observations(
             self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
         )
-        evidence = self._evidence_pks(set(bodies.values()))
+        evidence = self._evidence_pks({bodies[key]: group[0].evidence for key, group in groups.items()})
         self._load_current_evidence(stored, bodies, evidence)
         for key, group in groups.items():
             found = stored.get(key)
@@ -239,16 +246,48 @@ class BatchRecorder:
             self.cache.kind_records[pk] = Kind(pk, *values)
         return pk
 
-    def _evidence_pks(self, bodies: set[str]) -> dict[str, int | None]:
-        """Evidence body -> its stored pk for every body of the batch (None: not stored yet;
-        stored by _evidence_pk only when a notification that keeps it is recorded: evidence of
-        a discarded notification must never reach the store)."""
+    def _evidence_pks(self, bodies: dict[str, dict[str, Any]]) -> dict[str, int | None]:
+        """Evidence body (JSON) -> its stored pk for every body of the batch (None: not stored
+        yet; stored by _evidence_pk only when a notification that keeps it is recorded: evidence
+        of a discarded notification must never reach the store). `bodies`: each with its
+        evidence as an object."""
         out: dict[str, int | None] = {b: self.cache.evidence.get(b) for b in bodies}
         unknown = [b for b, pk in out.items() if pk is None]
         if unknown:
-            found = notifications.evidence_by_digest(self.w.conn, [digest(b) for b in unknown])
+            self.stored_text = self._stored_texts(unknown, bodies)
+            self.body_digests = {b: digest(self.stored_text[b]) for b in unknown}
+            found = notifications.evidence_by_digest(self.w.conn, self.body_digests.values())
             for body in unknown:
-                out[body] = next((pk for pk, stored in found.get(digest(body), []) if stored == body), None)
+                text = self.stored_text[body]
+                out[body] = next(
+                    (pk for pk, stored in found.get(self.body_digests[body], ()) if stored == text), None
+                )
+        return out
+
+    def _stored_texts(self, unknown: list[str], bodies: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Body -> the text it is stored as: its values against its key paths' pk
+        (connector/store/evidence.py), or itself where that is not shorter."""
+        shapes = {b: evidence_shape(bodies[b]) for b in unknown}
+        key_pks = self._key_paths_pks({found[0] for found in shapes.values() if found is not None})
+        texts: dict[str, str] = {}
+        for body, found in shapes.items():
+            encoded = None if found is None else evidence_values(key_pks[found[0]], found[1])
+            texts[body] = encoded if encoded is not None and len(encoded) < len(body) else body
+        return texts
+
+    def _key_paths_pks(self, texts: set[str]) -> dict[str, int]:
+        """The pk of each stored list of key paths, stored when new (a few per feed)."""
+        out = {t: pk for t in texts if (pk := self.cache.key_paths.get(t)) is not None}
+        unknown = {t: digest(t) for t in texts if t not in out}
+        if unknown:
+            found = notifications.evidence_by_digest(self.w.conn, unknown.values())
+            for text, key in unknown.items():
+                pk = next((pk for pk, stored in found.get(key, ()) if stored == text), None)
+                if pk is None:
+                    pk = self.w.allocate("evidence", 1)
+                    self.evidence_rows.append((pk, key, text))
+                out[text] = pk
+                self.cache.key_paths.put(text, pk)
         return out
 
     def _load_current_evidence(
@@ -279,7 +318,7 @@ class BatchRecorder:
             stored_change = evidence_change(record.evidence, orjson.loads(base), body)
             if stored_change is not None:
                 pk = self.w.allocate("evidence", 1)
-                notifications.add_evidence(self.w, [(pk, CHANGE_DIGEST, stored_change)])
+                self.evidence_rows.append((pk, CHANGE_DIGEST, stored_change))
                 return pk
         return self._evidence_pk(body, known)()
 
@@ -290,7 +329,7 @@ class BatchRecorder:
             found = known.get(body)
             if found is None:
                 found = known[body] = self.w.allocate("evidence", 1)
-                notifications.add_evidence(self.w, [(found, digest(body), body)])
+                self.evidence_rows.append((found, self.body_digests[body], self.stored_text[body]))
                 self.cache.evidence.put(body, found)
             return found
 
@@ -510,6 +549,7 @@ class BatchRecorder:
 
     def _write(self) -> None:
         w = self.w
+        notifications.add_evidence(w, self.evidence_rows)
         notifications.add_notifications(w, self.new_rows, self.id_rows)
         notifications.add_versions(w, self.versions)
         notifications.set_latest(w, self.latest)

@@ -288,6 +288,7 @@ class Remover:
             # Written since the survey: new notifications and versions may share it (by content).
             used = sql.evidence_used_since(w.conn, self._high, self._high_stamp)
             self.report.counts["evidence"] += sql.drop_evidence(w, [e for e in unused if e not in used])
+            sql.drop_unused_key_paths(w)  # the shapes only the dropped evidence had
             sql.secure_delete(w, False)
 
 
@@ -475,7 +476,14 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
                 # Exact in ip, hostname, email or url; in a URL as a whole token only.
                 if url is None or url == form or _mentions(url, form) or not _in_url_only(reader, pk, form):
                     targets.add(pk)
-            bodies = [pk for pk, body in sql.evidence_containing(reader.conn, form) if _mentions(body, form)]
+            found = [
+                (pk, body) for pk, body in sql.evidence_containing(reader.conn, form) if _mentions(body, form)
+            ]
+            bodies = [pk for pk, _body in found]
+            # A key that holds the value (JSON input's own keys): every evidence of that shape.
+            bodies += sql.bodies_with_key_paths(
+                reader.conn, [pk for pk, body in found if body.startswith("%")]
+            )
             if bodies:
                 targets |= sql.notifications_with_evidence(reader.conn, bodies)
         objects = _stored_about(reader, forms)

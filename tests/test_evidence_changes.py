@@ -25,7 +25,7 @@ from connector.ingest import Ingestor
 from connector.passwords import hash_password
 from connector.retention import forget
 from connector.store import Store
-from connector.store.evidence import change, resolved
+from connector.store.evidence import change, resolved, shape_of, values_body
 from tests.conftest import password_for, serving
 from tests.test_shadowserver import shadowserver_config
 
@@ -84,6 +84,29 @@ def test_evidence_as_it_is_stays_itself() -> None:
     assert resolved(body, {}) == body
 
 
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        {"tag": "http", "unmapped": {"geo": "NL", "city": "x"}, "server": "nginx", "n": 3, "f": 1.5},
+        {"a": {}, "b": {"c": {"d": [1, {"e": None}]}}, "z": True},  # an empty object is a value
+        {"z": 1, "a": {"y": 2, "b": 3}, "m": '\u00e9"\n,%#['},  # key order, characters
+    ],
+)
+def test_evidence_stored_as_its_values_reads_back_exactly(evidence: dict[str, Any]) -> None:
+    found = shape_of(evidence)
+    assert found is not None
+    keys, values = found
+    assert keys.startswith("%") and all(v is not evidence for v in values)
+    body = values_body(41, values)
+    assert resolved(body, {41: keys}) == orjson.dumps(evidence).decode()
+    # ...and as the base of a change
+    changed = {**evidence, "z": "another"}
+    stored = change(42, orjson.loads(resolved(body, {41: keys})), orjson.dumps(changed).decode())
+    if stored is not None:
+        assert resolved(stored, {41: keys, 42: body}) == orjson.dumps(changed).decode()
+    assert shape_of({}) is None
+
+
 # --- end to end ---------------------------------------------------------------------------------
 
 
@@ -135,7 +158,8 @@ def test_a_second_day_stores_what_changed_and_every_version_reads_whole(
     mappings = load_mappings()
     hosts = [("192.0.2.10", "nginx/1.18.0", "Mon, 01 Jun 2024 10:00:03 GMT"), ("192.0.2.11", "Apache", "x")]
     Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 1, hosts)])
-    assert all(not body.startswith("[") for _pk, _digest, body in evidence_rows(store))
+    # Two bodies of one shape: their values, and the key paths once.
+    assert sorted(body[0] for _pk, _digest, body in evidence_rows(store)) == ["#", "#", "%"]
     day2 = [("192.0.2.10", "nginx/1.18.0", "Tue, 02 Jun 2024 10:00:04 GMT"), hosts[1]]
     summary = Ingestor(config, store, mappings).run(
         "shadowserver", "shadowserver", [report(tmp_path, 2, day2)]
@@ -164,4 +188,25 @@ def test_a_second_day_stores_what_changed_and_every_version_reads_whole(
     left = evidence_rows(store)
     assert not any(body.startswith("[") for _pk, _d, body in left), left
     assert not any("Jun 2024 10:00:0" in body for _pk, _d, body in left), left
-    assert polled_evidence(config, store, recipient) and len(left) == 1
+    assert polled_evidence(config, store, recipient)
+    assert [body[0] for _pk, _d, body in left] == ["%", "#"], left  # the other host's, and its key paths
+
+
+def test_forget_finds_a_value_held_in_a_key_of_the_evidence(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    """A report whose header holds an address (a garbled file): the address is a key of each
+    row's evidence, stored once among the key paths, and forget must still find every row."""
+    target = tmp_path / "2024-06-01-scan_http-nl.csv"
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", "ip", "protocol", "port", "tag", "192.0.2.99"])
+        writer.writerow(["2024-06-01 10:00:00", "192.0.2.20", "tcp", 80, "http", "yes"])
+        writer.writerow(["2024-06-01 10:00:00", "192.0.2.21", "tcp", 80, "http", "no"])
+        writer.writerow(["2024-06-01 10:00:00", "192.0.2.22", "tcp", 80, "http", ""])  # another shape
+    Ingestor(config, store, load_mappings()).run("shadowserver", "shadowserver", [target])
+    assert any("192.0.2.99" in body and body.startswith("%") for _pk, _d, body in evidence_rows(store))
+    report_ = forget(store, config, "192.0.2.99")
+    assert report_.counts["notifications"] == 2
+    assert not any("192.0.2.99" in body for _pk, _d, body in evidence_rows(store)), evidence_rows(store)
+    assert [body[0] for _pk, _d, body in evidence_rows(store)] == ["%", "#"]  # the third row's

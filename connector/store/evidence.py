@@ -5,14 +5,23 @@ server's clock in an HTTP Date header, a session cookie, a dynamic page's length
 each time, a day's re-observations grew the store by more than the day's input
 (bench/ingest.py: 1.6x); stored as their changes, by a fraction of it.
 
-A stored evidence body is either a notification's evidence, the JSON object itself, or a change
-to the evidence a notification was first stored with, a JSON array:
+The keys of a feed's evidence are the same in every row ("server", "http_date", ...): half of
+a body's bytes. So a notification's evidence is stored as its values, and the list of their
+key paths once, in an evidence row of its own that every body of that shape refers to:
 
+    %[[key, ...], ...]              the key paths of a shape of evidence
+    #<pk of its key paths>[value, ...]    evidence as its values, in the order of its paths
+    {...}                           evidence as it is (what the code before this stored; and
+                                    evidence its values would not make shorter)
     [base pk, [[[key, ...], value], [[key, ...]], ...]]
+                                    a change to the evidence a notification was first stored
+                                    with (a path and a value: set the value there; a path
+                                    alone: remove what is there)
 
-(a path and a value: set the value there; a path alone: remove what is there). The two cannot
-be confused: evidence is always an object. Every change is stored with digest 0: it is never
-looked up by its content, and the index entries of one key go in at its end, in order.
+The first character tells them apart (evidence is always an object). The values keep their
+JSON text, so a search of the stored bodies for a value (forget) finds it as before. Every
+change is stored with digest 0: it is never looked up by its content, and the index entries of
+one key go in at its end, in order.
 
 A change is taken only when applying it gives back exactly the bytes of the evidence it stands
 for (key order included), so a version's rendering is the same either way. Its base is the
@@ -30,13 +39,56 @@ Change = list[Any]
 CHANGE_DIGEST = 0
 
 
+KEYS = "%"
+VALUES = "#"
+
+
 def is_change(body: str) -> bool:
     return body.startswith("[")
 
 
-def base_of(body: str) -> int:
-    """The pk of the evidence a change applies to."""
-    return int(orjson.loads(body)[0])
+def reference(body: str) -> int | None:
+    """The pk of the stored body this one needs to be read: a change's base, the key paths of
+    evidence stored as its values; None for any other."""
+    if body.startswith(VALUES):
+        return int(body[1 : body.index("[")])
+    if body.startswith("["):
+        return int(orjson.loads(body)[0])
+    return None
+
+
+def shape_of(evidence: dict[str, Any]) -> tuple[str, list[Any]] | None:
+    """(the stored key paths of the evidence, its values in their order); None for evidence
+    without values."""
+    paths: list[list[str]] = []
+    values: list[Any] = []
+    _walk(evidence, [], paths, values)
+    return (KEYS + orjson.dumps(paths).decode(), values) if paths else None
+
+
+def values_body(keys_pk: int, values: list[Any]) -> str:
+    return f"{VALUES}{keys_pk}{orjson.dumps(values).decode()}"
+
+
+def _walk(node: dict[str, Any], path: list[str], paths: list[list[str]], values: list[Any]) -> None:
+    """Key paths and values in the order a JSON writer meets them: rebuilding the object from
+    them in this order gives back its keys in theirs."""
+    for key, value in node.items():
+        if value.__class__ is dict and value:
+            _walk(value, [*path, key], paths, values)
+        else:
+            paths.append([*path, key])
+            values.append(value)
+
+
+def _rebuilt(paths: list[list[str]], values: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (*parents, last), value in zip(paths, values, strict=True):
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return out
 
 
 def change(base_pk: int, base: dict[str, Any], body: str) -> str | None:
@@ -52,12 +104,26 @@ def change(base_pk: int, base: dict[str, Any], body: str) -> str | None:
     return stored
 
 
-def resolved(body: str, bases: dict[int, str]) -> str:
-    """The evidence a stored body stands for: itself, or its change applied to its base."""
-    if not is_change(body):
+def resolved(body: str, stored: dict[int, str], paths: dict[int, list[list[str]]] | None = None) -> str:
+    """The evidence (JSON) a stored body stands for; `stored` holds every body it refers to
+    (reference), `paths` the key paths parsed so far (many bodies share them)."""
+    if body.startswith("{"):
         return body
-    base_pk, ops = orjson.loads(body)
-    return orjson.dumps(_applied(orjson.loads(bases[int(base_pk)]), ops)).decode()
+    return orjson.dumps(_object(body, stored, {} if paths is None else paths)).decode()
+
+
+def _object(body: str, stored: dict[int, str], paths: dict[int, list[list[str]]]) -> dict[str, Any]:
+    if body.startswith(VALUES):
+        start = body.index("[")
+        keys_pk = int(body[1:start])
+        found = paths.get(keys_pk)
+        if found is None:
+            found = paths[keys_pk] = orjson.loads(stored[keys_pk][1:])
+        return _rebuilt(found, orjson.loads(body[start:]))
+    if body.startswith("["):
+        base_pk, ops = orjson.loads(body)
+        return _applied(_object(stored[int(base_pk)], stored, paths), ops)
+    return orjson.loads(body)  # type: ignore[no-any-return]
 
 
 def _ops(old: dict[str, Any], new: dict[str, Any], path: list[str]) -> list[Change]:

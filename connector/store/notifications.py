@@ -152,11 +152,16 @@ def evidence_bodies(conn: Connection, pks: Iterable[int]) -> dict[int, str]:
     """pk -> the evidence it stands for, a change to a notification's evidence applied
     (connector/store/evidence.py)."""
     statement = "SELECT pk, body FROM evidence WHERE pk IN ({in})"
-    stored: dict[int, str] = dict(rows_in(conn, statement, sorted(set(pks))))
-    bases = {evidence.base_of(body) for body in stored.values() if evidence.is_change(body)}
-    if bases - stored.keys():
-        stored.update(rows_in(conn, statement, sorted(bases - stored.keys())))
-    return {pk: evidence.resolved(stored[pk], stored) for pk in set(pks) & stored.keys()}
+    wanted = set(pks)
+    stored: dict[int, str] = dict(rows_in(conn, statement, sorted(wanted)))
+    fresh = list(stored.values())
+    while fresh:  # a change refers to its base, evidence stored as values to its key paths
+        needed = {r for body in fresh if (r := evidence.reference(body)) is not None} - stored.keys()
+        found = dict(rows_in(conn, statement, sorted(needed))) if needed else {}
+        stored.update(found)
+        fresh = list(found.values())
+    paths: dict[int, list[list[str]]] = {}
+    return {pk: evidence.resolved(stored[pk], stored, paths) for pk in wanted & stored.keys()}
 
 
 def partner_names(conn: Connection) -> dict[str, str]:

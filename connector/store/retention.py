@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from connector.store import deliveries
+from connector.store import deliveries, evidence
 from connector.store.notifications import NOTIFICATION_COLUMNS, notification_record
 from connector.store.records import NotificationRecord
 from connector.store.writer import SLOTS, Writer, rows_in
@@ -343,6 +343,32 @@ def drop_evidence(w: Writer, pks: Iterable[int]) -> int:
     return w.many("DELETE FROM evidence WHERE pk = ?", [(pk,) for pk in sorted(set(pks))])
 
 
+def drop_unused_key_paths(w: Writer) -> int:
+    """Stored key paths (connector/store/evidence.py) that no evidence refers to any more.
+    There are a few per feed, and evidence is not indexed by them: one read of the bodies."""
+    first = "SELECT pk, substr(body, 1, 24) FROM evidence WHERE substr(body, 1, 1) = ?"
+    keys = {int(pk) for pk, _head in w.conn.exec_driver_sql(w.sql(first), (evidence.KEYS,))}
+    if not keys:
+        return 0
+    used = {
+        int(head[1 : head.index("[")])
+        for _pk, head in w.conn.exec_driver_sql(w.sql(first), (evidence.VALUES,))
+        if "[" in head
+    }
+    return drop_evidence(w, keys - used)
+
+
+def bodies_with_key_paths(conn: Connection, key_paths: Iterable[int]) -> set[int]:
+    """Evidence stored as its values against one of these key paths (forget: a key that holds
+    the value forgotten)."""
+    statement = _sql(conn, "SELECT pk FROM evidence WHERE body LIKE ?")
+    return {
+        int(r[0])
+        for pk in sorted(set(key_paths))
+        for r in conn.exec_driver_sql(statement, (f"{evidence.VALUES}{pk}[%",))
+    }
+
+
 def drop_run_rows_before(w: Writer, started_before: str) -> int:
     """Quarantined and skipped rows (raw lines) of runs that started before the timestamp; the
     runs and their counts stay."""
@@ -363,14 +389,14 @@ def clock_stamp(conn: Connection) -> int:
 def evidence_of(conn: Connection, pks: Sequence[int]) -> dict[int, set[int]]:
     """Notification -> the evidence rows its row and its versions point at."""
     out: dict[int, set[int]] = {}
-    for pk, evidence in rows_in(conn, "SELECT pk, evidence FROM notifications WHERE pk IN ({in})", pks):
-        out.setdefault(int(pk), set()).add(int(evidence))
+    for pk, used in rows_in(conn, "SELECT pk, evidence FROM notifications WHERE pk IN ({in})", pks):
+        out.setdefault(int(pk), set()).add(int(used))
     statement = (
         "SELECT notification, evidence FROM notification_versions "
         "WHERE notification IN ({in}) AND evidence IS NOT NULL"
     )
-    for pk, evidence in rows_in(conn, statement, pks):
-        out.setdefault(int(pk), set()).add(int(evidence))
+    for pk, used in rows_in(conn, statement, pks):
+        out.setdefault(int(pk), set()).add(int(used))
     return out
 
 
