@@ -61,7 +61,8 @@ def encode_version(
     """The packed form of a version's values but stamp, notification and evidence (columns).
 
     Runs once for every version ingest writes: the numbers are gathered first, then written
-    out in one loop (a call per number would cost more than the loop)."""
+    out at once when each fits a byte (most first versions), else in one loop (a call per
+    number would cost more than the loop)."""
     flags = renderer << _RENDERER_SHIFT
     if last_seen % 1000 == 0:
         flags |= _SECONDS
@@ -88,6 +89,8 @@ def encode_version(
     numbers += recipients
     numbers.append(run)
     numbers[0] = flags
+    if max(numbers) < 0x80:  # each number one byte, as in most first versions
+        return bytes(numbers)  # a negative number (where none may be) raises ValueError here
     out = bytearray()
     for n in numbers:
         while n > 0x7F:
@@ -100,17 +103,21 @@ def encode_version(
 def decode_version(stamp: int, notification: int, evidence: int | None, packed: bytes) -> VersionRecord:
     """The version whose columns are these (the inverse of encode_version).
 
-    Runs for every stored version a re-observation looks up: one loop reads every varint,
-    rather than a call per field."""
-    values: list[int] = []
+    Runs for every stored version a re-observation looks up: the bytes are the numbers when
+    none has its high bit set (most first versions), else one loop reads every varint, rather
+    than a call per field."""
     n = shift = 0
-    for byte in packed:
-        if byte & 0x80:
-            n |= (byte & 0x7F) << shift
-            shift += 7
-        else:
-            values.append(n | (byte << shift))
-            n = shift = 0
+    if not packed or max(packed) < 0x80:  # each number one byte, as in most first versions
+        values = list(packed)
+    else:
+        values = []
+        for byte in packed:
+            if byte & 0x80:
+                n |= (byte & 0x7F) << shift
+                shift += 7
+            else:
+                values.append(n | (byte << shift))
+                n = shift = 0
     flags = values[0] if values else 0
     # flags, previous, modified, [first_seen], last_seen, count, [kind], how many recipients
     at = 5 + (flags & _FIRST_SEEN) + ((flags & _KIND) >> 1)
