@@ -43,7 +43,7 @@ _RENDERER_SHIFT = 4
 
 
 def _zigzag(n: int) -> int:
-    return n << 1 if n >= 0 else (-n << 1) - 1
+    return n << 1 if n >= 0 else ~(n << 1)
 
 
 def encode_version(
@@ -60,9 +60,9 @@ def encode_version(
 ) -> bytes:
     """The packed form of a version's values but stamp, notification and evidence (columns).
 
-    Runs once for every version ingest writes: the numbers are gathered first, then written
-    out at once when each fits a byte (most first versions), else in one loop (a call per
-    number would cost more than the loop)."""
+    Runs once for every version ingest writes: the numbers are gathered first (zigzag inline),
+    then written out at once when each fits a byte (most first versions), else in one loop (a
+    call per number would cost more than the loop)."""
     flags = renderer << _RENDERER_SHIFT
     if last_seen % 1000 == 0:
         flags |= _SECONDS
@@ -77,18 +77,31 @@ def encode_version(
         else:
             distance //= SLOTS
     base = stamp // 1000
-    numbers = [0, distance, _zigzag(modified - base)]
-    if first_seen is not None:
-        flags |= _FIRST_SEEN
-        numbers.append(_zigzag(first_seen - base))
-    numbers += (_zigzag(last_seen), count)
-    if kind is not None:
-        flags |= _KIND
-        numbers.append(kind)
-    numbers.append(len(recipients))
-    numbers += recipients
-    numbers.append(run)
-    numbers[0] = flags
+    modified -= base
+    if first_seen is None and kind is None:
+        numbers = [
+            flags,
+            distance,
+            modified << 1 if modified >= 0 else ~(modified << 1),
+            last_seen << 1 if last_seen >= 0 else ~(last_seen << 1),
+            count,
+            len(recipients),
+            *recipients,
+            run,
+        ]
+    else:
+        numbers = [0, distance, _zigzag(modified)]
+        if first_seen is not None:
+            flags |= _FIRST_SEEN
+            numbers.append(_zigzag(first_seen - base))
+        numbers += (_zigzag(last_seen), count)
+        if kind is not None:
+            flags |= _KIND
+            numbers.append(kind)
+        numbers.append(len(recipients))
+        numbers += recipients
+        numbers.append(run)
+        numbers[0] = flags
     if max(numbers) < 0x80:  # each number one byte, as in most first versions
         return bytes(numbers)  # a negative number (where none may be) raises ValueError here
     out = bytearray()
