@@ -12,12 +12,15 @@ supersedes); downgraded again, the rows must be the ones loaded.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy import Boolean, Connection, MetaData, create_engine
 
 from connector.adapters.mapping import load_mappings
@@ -25,6 +28,7 @@ from connector.collections import collection_rows, recipient_collection_id
 from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
+from connector.store.engine import MIGRATIONS
 from connector.store.notifications import version_chain, versions_by_stamp
 from tests.conftest import DIVD_SCAN
 from tests.test_membership_layout import alembic
@@ -175,3 +179,26 @@ def test_downgrade_gives_back_the_rows_it_had(store_url: str) -> None:
     finally:
         engine.dispose()
     assert [dict(r) for r in rows] == sorted(OLD_VERSIONS, key=lambda r: r["stamp"])
+
+
+def test_the_rows_come_through_in_many_batches(store_url: str) -> None:
+    """The migration with batches of 7 rows: every batch boundary is crossed, none repeated."""
+    load_0010(store_url)
+    path = next((MIGRATIONS / "versions").glob("0011_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0011", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    migration.BATCH = 7
+    assert len(OLD_VERSIONS) > 10 * migration.BATCH
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            migration.upgrade()
+        with engine.connect() as conn:
+            found = versions_by_stamp(conn, [r["stamp"] for r in OLD_VERSIONS])
+            count = conn.exec_driver_sql("SELECT count(*) FROM notification_versions").scalar()
+    finally:
+        engine.dispose()
+    assert count == len(OLD_VERSIONS)
+    assert [asdict(found[r["stamp"]]) for r in OLD_VERSIONS] == [as_read(r) for r in OLD_VERSIONS]
