@@ -13,14 +13,8 @@ import orjson
 from sqlalchemy import Connection
 
 from connector.store import evidence
-from connector.store.records import (
-    Kind,
-    NotificationRecord,
-    VersionRecord,
-    digest,
-    recipients_of,
-    recipients_text,
-)
+from connector.store.packing import decode_version, encode_version
+from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.writer import Writer, rows_in, tuples_in
 
 NOTIFICATION_COLUMNS = (
@@ -43,6 +37,8 @@ NOTIFICATION_COLUMNS = (
     "first_run",
     "legacy",
 )
+# A version's values in the order add_versions takes them (a VersionRecord's fields); stored
+# are only the first two, evidence and the rest packed (connector/store/packing.py).
 VERSION_COLUMNS = (
     "stamp",
     "notification",
@@ -57,6 +53,7 @@ VERSION_COLUMNS = (
     "recipients",
     "run",
 )
+STORED_VERSION_COLUMNS = ("stamp", "notification", "evidence", "packed")
 KIND_FIELDS = (
     "partner",
     "feed",
@@ -70,7 +67,7 @@ KIND_FIELDS = (
     "discard_unrouted",
 )
 _N = ", ".join(NOTIFICATION_COLUMNS)
-_V = ", ".join(VERSION_COLUMNS)
+_V = ", ".join(STORED_VERSION_COLUMNS)
 
 
 def notification_record(row: Sequence[Any]) -> NotificationRecord:
@@ -80,9 +77,8 @@ def notification_record(row: Sequence[Any]) -> NotificationRecord:
 
 
 def version_record(row: Sequence[Any]) -> VersionRecord:
-    values = list(row)
-    values[10] = recipients_of(values[10])
-    return VersionRecord(*values)
+    """The version of a row of STORED_VERSION_COLUMNS."""
+    return decode_version(row[0], row[1], row[2], row[3])
 
 
 def kind_digest(values: tuple[Any, ...]) -> str:
@@ -219,11 +215,19 @@ def add_notifications(w: Writer, rows: list[tuple[Any, ...]], ids: list[tuple[in
 
 
 def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
-    """New version rows (VERSION_COLUMNS with recipients as a tuple of collection numbers)."""
+    """New versions: tuples of VERSION_COLUMNS, recipients a tuple of collection numbers."""
     w.insert(
         "notification_versions",
-        VERSION_COLUMNS,
-        [(*row[:10], recipients_text(row[10]), row[11]) for row in rows],
+        STORED_VERSION_COLUMNS,
+        [
+            (
+                stamp,
+                pk,
+                evidence,
+                encode_version(stamp, before, renderer, modified, first, last, n, kind, to, run),
+            )
+            for stamp, pk, before, renderer, modified, first, last, n, kind, evidence, to, run in rows
+        ],
     )
 
 
@@ -237,14 +241,20 @@ def add_observations(w: Writer, rows: list[tuple[int, int]]) -> None:
 
 
 def run_versions_without_recipients(conn: Connection, run_id: int, first: int, last: int) -> dict[int, int]:
-    """stamp -> notification of the run's versions that went to nobody (within its stamps)."""
-    sql = (
-        "SELECT stamp, notification FROM notification_versions "
-        "WHERE stamp BETWEEN ? AND ? AND run = ? AND recipients = ''"
-    )
+    """stamp -> notification of the run's versions that went to nobody (within its stamps).
+
+    Run and recipients are packed, so the run's stamp range is read and filtered here: the
+    range holds the run's versions (and those of runs that wrote between its first and last
+    stamp, which the run number tells apart)."""
+    sql = f"SELECT {_V} FROM notification_versions WHERE stamp BETWEEN ? AND ?"
     if conn.dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
-    return {int(s): int(n) for s, n in conn.exec_driver_sql(sql, (first, last, run_id))}
+    out: dict[int, int] = {}
+    for row in conn.exec_driver_sql(sql, (first, last)):
+        version = decode_version(row[0], row[1], row[2], row[3])
+        if version.run == run_id and not version.recipients:
+            out[int(version.stamp)] = int(version.notification)
+    return out
 
 
 def notifications_after(conn: Connection, after: int, limit: int) -> list[NotificationRecord]:

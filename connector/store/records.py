@@ -100,11 +100,3 @@ class VersionRecord:
 
     def evidence_of(self, n: NotificationRecord) -> int:
         return n.evidence if self.evidence is None else self.evidence
-
-
-def recipients_text(numbers: tuple[int, ...] | list[int]) -> str:
-    return " ".join(map(str, numbers))
-
-
-def recipients_of(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split()) if text else ()

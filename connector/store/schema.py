@@ -27,7 +27,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    SmallInteger,
     String,
     Table,
     Text,
@@ -116,22 +115,18 @@ notifications = Table(
 
 # One row per version of a notification, keyed by its stamp: the date_added its objects get in
 # every collection it is delivered to (stamp + the object's slot, 0..15). Versions of one
-# notification are a chain through `previous`; NULL columns mean "as the notification".
+# notification are a chain through `previous`. Columns only for what SQL selects by (retention:
+# a notification's versions, the versions using an evidence row); the rest of the version
+# (previous, renderer, modified, first_seen, last_seen, count, kind, recipients, run) is packed
+# into a few bytes (connector/store/packing.py; migration 0011): a version is added at every
+# re-observation, so its size is what a later day costs the store.
 notification_versions = Table(
     "notification_versions",
     metadata,
     Column("stamp", BigId, primary_key=True, autoincrement=False),
     Column("notification", BigInteger, nullable=False),
-    Column("previous", BigInteger, nullable=True),  # the version before (its stamp)
-    Column("renderer", SmallInteger, nullable=False),  # 0: stored objects (legacy); 1...: renderer
-    Column("modified", BigInteger, nullable=False),  # ms
-    Column("first_seen", BigInteger, nullable=True),  # ms; NULL: the notification's first_seen
-    Column("last_seen", BigInteger, nullable=False),  # ms after first_seen
-    Column("count", Integer, nullable=False),
-    Column("kind", Integer, nullable=True),  # when TLP, severity or case changed
-    Column("evidence", BigInteger, nullable=True),  # when the evidence changed
-    Column("recipients", Text, nullable=False),  # collection numbers it was delivered to, " "-separated
-    Column("run", BigInteger, nullable=False),
+    Column("evidence", BigInteger, nullable=True),  # when the evidence changed; NULL: the notification's
+    Column("packed", LargeBinary, nullable=False),
 )
 
 # Object ids a notification owns (its sighting, observed-data, indicator), by a 64-bit digest of

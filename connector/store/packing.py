@@ -1,0 +1,192 @@
+"""A notification version's values packed into one small byte string (`notification_versions.packed`).
+
+Why: every re-observation of a notification adds a version row, so the row's size is what a
+second day of the same hosts costs the store (issue #12: at most 0.3x the input). Stored as
+columns, a version took about 49 bytes in SQLite (a header byte per column, `previous` and
+`modified` as 6-byte absolute numbers). Only what SQL selects or joins on stays a column:
+`stamp` (the key), `notification` and `evidence` (retention finds versions by those). The rest
+is small numbers relative to the stamp, written as varints into `packed`, about 15 bytes.
+
+The encoding, in this order (varint: 7 bits a byte, low bits first, high bit set on every byte
+but the last; zigzag: a signed number n as 2n, or -2n-1 when negative, then a varint):
+
+1. flags, a varint: bit 0 first_seen is present, bit 1 kind is present, bit 2 last_seen is
+   whole seconds (stored divided by 1000), bit 3 previous is stored exactly (see 2); the bits
+   from 4 up are the renderer. One byte while the renderer is below 8.
+2. previous: without bit 3 a varint of (stamp - previous) / SLOTS, 0 meaning "no previous"
+   (stamps are multiples of SLOTS and a version's previous is an earlier one); with bit 3, for
+   a pair that is not like that, zigzag(stamp - previous).
+3. modified: zigzag(modified - stamp // 1000): a version's modified (ms) is the time its stamp
+   was taken, or a little after its previous version's, so this is 0 or close to it.
+4. first_seen when present: zigzag(first_seen - stamp // 1000).
+5. last_seen (ms after first_seen): zigzag, of the seconds with bit 2, else of the ms.
+6. count: varint.
+7. kind when present: varint.
+8. recipients: a varint of how many, then each collection number as a varint, in order.
+9. run: varint.
+
+count, kind, recipients, run and the renderer are never negative (encode_version refuses them).
+A later change of this encoding needs a migration of its own, and migration 0011, which packs
+the rows of the columns layout with encode_version, must then keep a copy of this one.
+"""
+
+from __future__ import annotations
+
+from connector.store.records import VersionRecord
+from connector.store.writer import SLOTS
+
+_FIRST_SEEN = 1
+_KIND = 2
+_SECONDS = 4
+_EXACT_PREVIOUS = 8
+_RENDERER_SHIFT = 4
+
+
+def _zigzag(n: int) -> int:
+    return n << 1 if n >= 0 else ~(n << 1)
+
+
+def encode_version(
+    stamp: int,
+    previous: int | None,
+    renderer: int,
+    modified: int,
+    first_seen: int | None,
+    last_seen: int,
+    count: int,
+    kind: int | None,
+    recipients: tuple[int, ...] | list[int],
+    run: int,
+) -> bytes:
+    """The packed form of a version's values but stamp, notification and evidence (columns).
+
+    Runs once for every version ingest writes: the numbers are gathered first (zigzag inline),
+    then written out at once when each fits a byte (most first versions), else in one loop (a
+    call per number would cost more than the loop)."""
+    flags = renderer << _RENDERER_SHIFT
+    if last_seen % 1000 == 0:
+        flags |= _SECONDS
+        last_seen //= 1000
+    if previous is None:
+        distance = 0
+    else:
+        distance = stamp - previous
+        if distance <= 0 or distance % SLOTS:
+            flags |= _EXACT_PREVIOUS
+            distance = _zigzag(distance)
+        else:
+            distance //= SLOTS
+    base = stamp // 1000
+    modified -= base
+    if first_seen is None and kind is None:
+        numbers = [
+            flags,
+            distance,
+            modified << 1 if modified >= 0 else ~(modified << 1),
+            last_seen << 1 if last_seen >= 0 else ~(last_seen << 1),
+            count,
+            len(recipients),
+            *recipients,
+            run,
+        ]
+    else:
+        numbers = [0, distance, _zigzag(modified)]
+        if first_seen is not None:
+            flags |= _FIRST_SEEN
+            numbers.append(_zigzag(first_seen - base))
+        numbers += (_zigzag(last_seen), count)
+        if kind is not None:
+            flags |= _KIND
+            numbers.append(kind)
+        numbers.append(len(recipients))
+        numbers += recipients
+        numbers.append(run)
+        numbers[0] = flags
+    if max(numbers) < 0x80:  # each number one byte, as in most first versions
+        return bytes(numbers)  # a negative number (where none may be) raises ValueError here
+    out = bytearray()
+    for n in numbers:
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)  # a negative number (where none may be) raises ValueError here
+    return bytes(out)
+
+
+def decode_version(stamp: int, notification: int, evidence: int | None, packed: bytes) -> VersionRecord:
+    """The version whose columns are these (the inverse of encode_version).
+
+    Runs for every stored version a re-observation looks up: the bytes are the numbers when
+    none has its high bit set (most first versions), else one loop reads every varint, rather
+    than a call per field."""
+    n = shift = 0
+    if not packed or max(packed) < 0x80:  # each number one byte, as in most first versions
+        values = list(packed)
+    else:
+        values = []
+        for byte in packed:
+            if byte & 0x80:
+                n |= (byte & 0x7F) << shift
+                shift += 7
+            else:
+                values.append(n | (byte << shift))
+                n = shift = 0
+    flags = values[0] if values else 0
+    # flags, previous, modified, [first_seen], last_seen, count, [kind], how many recipients
+    at = 5 + (flags & _FIRST_SEEN) + ((flags & _KIND) >> 1)
+    if shift or len(values) <= at or len(values) != at + values[at] + 2:
+        raise ValueError(f"version {stamp}: its packed values do not add up")
+    base = stamp // 1000
+    raw = values[1]
+    if flags & _EXACT_PREVIOUS:
+        previous: int | None = stamp - ((raw >> 1) ^ -(raw & 1))
+    else:
+        previous = stamp - raw * SLOTS if raw else None
+    raw = values[2]
+    modified = base + ((raw >> 1) ^ -(raw & 1))
+    at = 3
+    first_seen: int | None = None
+    if flags & _FIRST_SEEN:
+        raw = values[3]
+        first_seen = base + ((raw >> 1) ^ -(raw & 1))
+        at = 4
+    raw = values[at]
+    last_seen = (raw >> 1) ^ -(raw & 1)
+    if flags & _SECONDS:
+        last_seen *= 1000
+    count = values[at + 1]
+    at += 2
+    kind: int | None = None
+    if flags & _KIND:
+        kind = values[at]
+        at += 1
+    return VersionRecord(
+        stamp,
+        notification,
+        previous,
+        flags >> _RENDERER_SHIFT,
+        modified,
+        first_seen,
+        last_seen,
+        count,
+        kind,
+        evidence,
+        tuple(values[at + 1 : -1]),
+        values[-1],
+    )
+
+
+def pack(version: VersionRecord) -> bytes:
+    """encode_version of a VersionRecord."""
+    return encode_version(
+        version.stamp,
+        version.previous,
+        version.renderer,
+        version.modified,
+        version.first_seen,
+        version.last_seen,
+        version.count,
+        version.kind,
+        version.recipients,
+        version.run,
+    )
