@@ -139,7 +139,7 @@ def test_lookups_by_id_go_through_the_id_not_the_collection(tmp_path: Any) -> No
     try:
         for statement, parameters in by_id:
             plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
-            walks = [line for line in plan if "ix_collection_objects_page" in line or line.startswith("SCAN")]
+            walks = [line for line in plan if "autoindex_collection_objects" in line or line.startswith("SCAN")]
             assert not walks, f"{statement}\n{plan}"
             # Both columns of (object_pk, collection_id): one row per version, not one per
             # collection that holds the object (reference objects are in every collection).
@@ -184,9 +184,11 @@ def test_a_collection_page_walks_its_own_index(tmp_path: Any, versions: VersionF
     for plan in plans.values():
         assert not [line for line in plan if line.startswith("SCAN")], plan
     stored = next(plan for statement, plan in plans.items() if "collection_objects" in statement)
-    assert any("ix_collection_objects_page (collection_id=? AND date_added>?)" in line for line in stored), (
-        stored
-    )
+    # the table's key, (collection_id, date_added) since migration 0012
+    assert any(
+        "USING INDEX sqlite_autoindex_collection_objects_1 (collection_id=? AND date_added>?)" in line
+        for line in stored
+    ), stored
     if versions.first:
         assert any("SEARCH earlier USING INDEX uq_collection_objects_member" in line for line in stored), (
             stored

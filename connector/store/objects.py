@@ -350,12 +350,13 @@ def remove_members(w: Writer, collection_id: str, number: int, stix_id: str, ver
     found = conn.execute(query).all()
     stamps = [r[0] for r in found]
     if stamps:
-        conn.execute(co.delete().where(co.c.date_added.in_(stamps)))
+        conn.execute(co.delete().where(co.c.collection_id == collection_id, co.c.date_added.in_(stamps)))
         if is_shared_type(found[0][1]):
             deliveries.drop_shared(w, number, [digest(stix_id)])
         rest = conn.execute(
             select(co.c.date_added, co.c.version).where(member).order_by(co.c.version.desc())
         ).all()
         if rest:
-            conn.execute(update(co).where(co.c.date_added == rest[0][0]).values(is_latest=True))
+            latest = (co.c.collection_id == collection_id) & (co.c.date_added == rest[0][0])
+            conn.execute(update(co).where(latest).values(is_latest=True))
     return len(stamps)

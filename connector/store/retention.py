@@ -271,10 +271,11 @@ def drop_shared(w: Writer, number: int, digest: int) -> int:
         return 0
     date_added, stored = held
     if stored:
+        of = "collection_id = (SELECT id FROM collections WHERE number = ?) AND date_added = ?"
         member = w.conn.exec_driver_sql(
-            w.sql("SELECT object_pk FROM collection_objects WHERE date_added = ?"), (date_added,)
+            w.sql(f"SELECT object_pk FROM collection_objects WHERE {of}"), (number, date_added)
         ).first()
-        w.many("DELETE FROM collection_objects WHERE date_added = ?", [(date_added,)])
+        w.many(f"DELETE FROM collection_objects WHERE {of}", [(number, date_added)])
         if member is not None:
             drop_unheld_objects(w, [int(member[0])])
     w.many("DELETE FROM collection_shared WHERE collection = ? AND digest = ?", [(number, digest)])
@@ -299,7 +300,10 @@ def drop_stored_objects(w: Writer, pks: Iterable[int]) -> tuple[int, int, list[t
     wanted = sorted(set(pks))
     statement = "SELECT date_added, collection_id, stix_id FROM collection_objects WHERE object_pk IN ({in})"
     members = [(int(d), c, s) for d, c, s in w.rows_in(statement, wanted)]
-    w.many("DELETE FROM collection_objects WHERE date_added = ?", [(d,) for d, _c, _s in members])
+    w.many(
+        "DELETE FROM collection_objects WHERE collection_id = ? AND date_added = ?",
+        [(c, d) for d, c, _s in members],
+    )
     objects = w.many("DELETE FROM stix_objects WHERE pk = ?", [(pk,) for pk in wanted])
     return len(members), objects, [(c, s) for _d, c, s in members]
 
@@ -314,7 +318,10 @@ def relatest(w: Writer, collection_id: str, stix_id: str) -> None:
         (collection_id, stix_id),
     ).all()
     if rows and rows:
-        w.many("UPDATE collection_objects SET is_latest = ? WHERE date_added = ?", [(True, int(rows[0][0]))])
+        w.many(
+            "UPDATE collection_objects SET is_latest = ? WHERE collection_id = ? AND date_added = ?",
+            [(True, collection_id, int(rows[0][0]))],
+        )
 
 
 def drop_sources(w: Writer, ids: Iterable[str]) -> int:

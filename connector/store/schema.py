@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -259,7 +260,9 @@ stix_objects = Table(
 collection_objects = Table(
     "collection_objects",
     metadata,
-    Column("date_added", BigId, primary_key=True, autoincrement=False),
+    # Keyed per collection: a kept shared object has one date_added in each collection that
+    # got it (migration 0012).
+    Column("date_added", BigId, nullable=False, autoincrement=False),
     Column("collection_id", String(36), nullable=False),
     Column("object_pk", BigId, ForeignKey("stix_objects.pk"), nullable=False),
     Column("stix_id", String(128), nullable=False),
@@ -268,7 +271,7 @@ collection_objects = Table(
     Column("is_latest", Boolean, nullable=False),
     # An index, not a constraint, so that SQLite can be told to use it (INDEXED BY).
     Index("uq_collection_objects_member", "object_pk", "collection_id", unique=True),
-    Index("ix_collection_objects_page", "collection_id", "date_added"),
+    PrimaryKeyConstraint("collection_id", "date_added", name="collection_objects_pkey"),
 )
 
 # Who first submitted each STIX id through an inbox or a STIX file: the id belongs to that
