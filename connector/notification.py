@@ -69,6 +69,9 @@ class Notification:
     source: SourceRef | None = None
     direct_owner_only: bool = False  # personal data: never to the owner's parents
     discard_unrouted: bool = False  # personal data: not kept when nobody is entitled to it
+    # Evidence keys that change with every observation (mapping volatile_evidence): how the
+    # notification is recorded, not what it is, so not part of its equality.
+    volatile: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def observable(self) -> str:

@@ -302,7 +302,9 @@ class BatchRecorder:
                 wanted |= {found.record.evidence, found.latest.evidence_of(found.record)}
         self.current_evidence = notifications.evidence_bodies(self.w.conn, wanted) if wanted else {}
 
-    def _reobserved_evidence(self, found: _Stored, body: str, known: dict[str, int | None]) -> int:
+    def _reobserved_evidence(
+        self, found: _Stored, n: Notification, body: str, known: dict[str, int | None]
+    ) -> int:
         """The evidence pk of a stored notification's next version: the same evidence as it has,
         else only what changed against the evidence of its own row (connector/store/evidence.py), or
         the whole body when a change would not be shorter."""
@@ -311,8 +313,13 @@ class BatchRecorder:
             return pk
         record, latest = found.record, found.latest
         current = latest.evidence_of(record)
-        if self.current_evidence.get(current) == body:
+        current_text = self.current_evidence.get(current)
+        if current_text == body:
             return current
+        if n.volatile and current_text is not None:
+            names = frozenset(n.volatile)
+            if _steady(orjson.loads(current_text), names) == _steady(n.evidence, names):
+                return current  # only what changes with every observation changed
         base = self.current_evidence.get(record.evidence)
         if base is not None:
             stored_change = evidence_change(record.evidence, orjson.loads(base), body)
@@ -429,7 +436,7 @@ class BatchRecorder:
             return
         stamp = self.w.next_stamp()
         self.summary.saw_stamp(stamp)
-        evidence_pk = self._reobserved_evidence(stored, body, evidence)
+        evidence_pk = self._reobserved_evidence(stored, group[0], body, evidence)
         record, version = self._next(n, stored, fresh, stamp, evidence_pk, decision)
         # Rendered from what is stored, with this version's kind (its TLP marking, say).
         representative = notification_of(record, self._kind(version.kind_of(record)), {})
@@ -586,6 +593,16 @@ class BatchRecorder:
             outbox.enqueue(w, self.misp_members, self.misp_events)
         if self.seen_again:
             feedback.reopen(w, self.seen_again, self.now_ms, self.summary.run_id)
+
+
+def _steady(evidence: dict[str, Any], volatile: frozenset[str]) -> dict[str, Any]:
+    """The evidence without its volatile keys, at any depth (an input column kept among the
+    unmapped is a key of `unmapped`)."""
+    return {
+        key: _steady(value, volatile) if value.__class__ is dict else value
+        for key, value in evidence.items()
+        if key not in volatile
+    }
 
 
 def _observed(stored: _Stored, at: int, listed: set[tuple[int, int]]) -> bool:

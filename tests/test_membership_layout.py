@@ -139,7 +139,7 @@ def test_lookups_by_id_go_through_the_id_not_the_collection(tmp_path: Any) -> No
     try:
         for statement, parameters in by_id:
             plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
-            walks = [line for line in plan if "autoindex_collection_objects" in line or line.startswith("SCAN")]
+            walks = [line for line in plan if "autoindex_collection_obj" in line or line.startswith("SCAN")]
             assert not walks, f"{statement}\n{plan}"
             # Both columns of (object_pk, collection_id): one row per version, not one per
             # collection that holds the object (reference objects are in every collection).

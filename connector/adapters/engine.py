@@ -175,6 +175,7 @@ class MappedAdapter:
         self._feed = mapping.format
         self._owner_only = mapping.direct_owner_only
         self._discard = mapping.discard_unrouted
+        self._volatile = tuple(mapping.volatile_evidence)
         self._classifications: dict[tuple[str, str, str], Classification] = {}
 
     def rows(self, stream: Any) -> Iterator[RawRecord | RowError]:
@@ -282,6 +283,7 @@ class MappedAdapter:
             source=SourceRef(self.file_label, record.line),
             direct_owner_only=self._owner_only or personal,
             discard_unrouted=self._discard or personal,
+            volatile=self._volatile,
         )
 
     def _classification(self, taxonomy: str, type_: str, identifier: str) -> Classification:

@@ -266,6 +266,12 @@ class Mapping(_Strict):
     keep_unmapped: bool = False
     # ...except these, which are never kept anywhere (a raw password, say).
     drop: list[str] = []
+    # Evidence keys (a mapped evidence name, or an input column kept among the unmapped) whose
+    # value changes with every observation by nature, saying nothing about the finding: a
+    # server's clock (HTTP Date). A re-observation whose evidence differs from the stored only
+    # in these keeps the stored evidence (connector/recording.py); any other difference stores
+    # the new evidence, these keys with it.
+    volatile_evidence: list[str] = []
     # Columns whose names hold one of these words hold credentials (secret_column): never kept,
     # and a record that has one is personal data (direct owner only, discarded when unrouted,
     # no raw line and no value in a quarantine reason). For layouts nobody has checked: the
