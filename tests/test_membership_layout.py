@@ -85,6 +85,45 @@ def test_upgrade_and_downgrade_keep_every_membership(store_url: str) -> None:
     assert [(m.stix_id, m.version) for m in latest] == [("indicator--a", old[1][4]), ("ipv4-addr--b", "")]
 
 
+def test_two_collections_may_hold_one_date_added_from_0012_and_a_downgrade_says_why_not(
+    store_url: str,
+) -> None:
+    """A shared object kept where a removed notification had brought it has that entry's
+    date_added in each collection that got it (connector/retention.py): 0012 keys memberships
+    per collection. Down at 0011 (date_added alone) such a store cannot go, and says so; once
+    the two are apart it goes down and up again with every membership."""
+    Store.open(store_url).close()  # the head
+    shared = [
+        (COLLECTION, 1, "identity--a", "identity", "2024-01-01T00:00:00.000000Z", 5_000, True),
+        (OTHER, 1, "identity--a", "identity", "2024-01-01T00:00:00.000000Z", 5_000, True),
+    ]
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO stix_objects VALUES (1, 'identity--a', :v, 'identity', '2.1', '{}')"),
+            {"v": shared[0][4]},
+        )
+        for row in shared:
+            conn.execute(
+                text(
+                    f"INSERT INTO collection_objects ({MEMBER_COLUMNS}) VALUES (:c, :o, :s, :t, :v, :d, :l)"
+                ),
+                dict(zip("costvdl", row, strict=True)),
+            )
+    with pytest.raises(RuntimeError, match="held by more than one collection"):
+        alembic(store_url, "downgrade", "0011")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE collection_objects SET date_added = 5001 WHERE collection_id = :c"), {"c": OTHER}
+        )
+    engine.dispose()
+    apart = [shared[0], (*shared[1][:5], 5_001, True)]
+    alembic(store_url, "downgrade", "0011")
+    assert members(store_url) == apart
+    alembic(store_url, "upgrade", "0012")
+    assert members(store_url) == apart
+
+
 def test_the_record_cannot_be_migrated_down_and_says_so(store_url: str) -> None:
     """0007 keeps everything of the old layout, but the old layout has no room for what was
     rendered since: going down is refused with what to do instead, nothing changed."""
