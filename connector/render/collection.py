@@ -72,9 +72,7 @@ class _Context:
             self.kinds.update(self.reader.kinds(missing_kinds))
         missing = bodies - set(self.evidence)
         if missing:
-            self.evidence.update(
-                {pk: orjson.loads(body) for pk, body in self.reader.evidence(missing).items()}
-            )
+            self.evidence.update(self.reader.evidence_objects(missing))
         if not self.partners:
             self.partners = self.reader.partner_names()
 

@@ -112,6 +112,13 @@ def resolved(body: str, stored: dict[int, str], paths: dict[int, list[list[str]]
     return orjson.dumps(_object(body, stored, {} if paths is None else paths)).decode()
 
 
+def resolved_object(
+    body: str, stored: dict[int, str], paths: dict[int, list[list[str]]] | None = None
+) -> dict[str, Any]:
+    """resolved(), as a fresh object."""
+    return _object(body, stored, {} if paths is None else paths)
+
+
 def _object(body: str, stored: dict[int, str], paths: dict[int, list[list[str]]]) -> dict[str, Any]:
     if body.startswith(VALUES):
         start = body.index("[")

@@ -145,19 +145,33 @@ def kinds(conn: Connection, pks: Iterable[int] | None = None) -> dict[int, Kind]
 
 
 def evidence_bodies(conn: Connection, pks: Iterable[int]) -> dict[int, str]:
-    """pk -> the evidence it stands for, a change to a notification's evidence applied
-    (connector/store/evidence.py)."""
+    """pk -> the evidence (JSON) it stands for (connector/store/evidence.py)."""
+    wanted, stored = _evidence_with_references(conn, pks)
+    paths: dict[int, list[list[str]]] = {}
+    return {pk: evidence.resolved(stored[pk], stored, paths) for pk in wanted & stored.keys()}
+
+
+def evidence_objects(conn: Connection, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """pk -> the evidence it stands for, as an object (each a fresh one): what a renderer takes,
+    without writing it out as JSON to read it back."""
+    wanted, stored = _evidence_with_references(conn, pks)
+    paths: dict[int, list[list[str]]] = {}
+    return {pk: evidence.resolved_object(stored[pk], stored, paths) for pk in wanted & stored.keys()}
+
+
+def _evidence_with_references(conn: Connection, pks: Iterable[int]) -> tuple[set[int], dict[int, str]]:
+    """(the pks asked for, pk -> stored body of them and of every body they refer to: a
+    change's base, the key paths of evidence stored as values)."""
     statement = "SELECT pk, body FROM evidence WHERE pk IN ({in})"
     wanted = set(pks)
     stored: dict[int, str] = dict(rows_in(conn, statement, sorted(wanted)))
     fresh = list(stored.values())
-    while fresh:  # a change refers to its base, evidence stored as values to its key paths
+    while fresh:
         needed = {r for body in fresh if (r := evidence.reference(body)) is not None} - stored.keys()
         found = dict(rows_in(conn, statement, sorted(needed))) if needed else {}
         stored.update(found)
         fresh = list(found.values())
-    paths: dict[int, list[list[str]]] = {}
-    return {pk: evidence.resolved(stored[pk], stored, paths) for pk in wanted & stored.keys()}
+    return wanted, stored
 
 
 def partner_names(conn: Connection) -> dict[str, str]:

@@ -471,6 +471,9 @@ class Reader:
     def evidence(self, pks: Iterable[int]) -> dict[int, str]:
         return notifications.evidence_bodies(self.conn, pks)
 
+    def evidence_objects(self, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
+        return notifications.evidence_objects(self.conn, pks)
+
     def partner_names(self) -> dict[str, str]:
         return notifications.partner_names(self.conn)
 
