@@ -104,6 +104,8 @@ class RecordingCache:
     key_paths: _Bounded = field(default_factory=lambda: _Bounded(1_000))  # stored text -> pk
     partners: set[str] = field(default_factory=set)
     loaded: bool = False
+    # The write transaction the evidence pks above were found or written in (see BatchRecorder).
+    writer: Writer | None = None
     # What the input seen so far covers (for a scan that covers its case: connector/feedback.py
     # mark_gone): the kinds of its notifications, its earliest observation time (ms).
     kinds_seen: set[int] = field(default_factory=set)
@@ -155,6 +157,13 @@ class BatchRecorder:
         self.cache = cache
         self.now_ms = moment_ms(now)
         self.misp_group_by = misp_group_by
+        if cache.writer is not writer:
+            # A new transaction: evidence (and key paths) known by pk in an earlier one may have
+            # been rolled back with it, or removed since by forget or purge (which take the write
+            # lock in between). Within one transaction nothing else writes: known again here.
+            cache.evidence.clear()
+            cache.key_paths.clear()
+            cache.writer = writer
         self.numbers = store.collection_numbers()
         self.new_rows: list[tuple[Any, ...]] = []
         self.id_rows: list[tuple[int, int]] = []

@@ -218,3 +218,23 @@ def test_forget_finds_a_value_held_in_a_key_of_the_evidence(
     assert report_.counts["notifications"] == 2
     assert not any("192.0.2.99" in body for _pk, _d, body in evidence_rows(store)), evidence_rows(store)
     assert [body[0] for _pk, _d, body in evidence_rows(store)] == ["%", "#"]  # the third row's
+
+
+def test_evidence_forgotten_between_two_ingests_of_one_ingestor_is_stored_again(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    """An ingestor keeps evidence it stored by pk (a feed repeats bodies). `forget` may remove
+    such a body between two of its runs (`meldpunt run` keeps one ingestor): the next run must
+    store it again, never point at the removed row."""
+    ingestor = Ingestor(config, store, load_mappings())
+    same = ("nginx", "Mon, 01 Jun 2024 10:00:03 GMT")
+    ingestor.run("shadowserver", "shadowserver", [report(tmp_path, 1, [("192.0.2.30", *same)])])
+    assert forget(store, config, "192.0.2.30").counts["notifications"] == 1
+    assert [body[0] for _pk, _d, body in evidence_rows(store)] == []
+    ingestor.run("shadowserver", "shadowserver", [report(tmp_path, 2, [("192.0.2.31", *same)])])
+    assert sorted(body[0] for _pk, _d, body in evidence_rows(store)) == ["#", "%"]
+    recipient = next(r.id for r in config.recipients)
+    (versions,) = polled_evidence(config, store, recipient).values()
+    assert versions == [
+        {"tag": "http", "http_code": "200", "server": "nginx", "unmapped": {"http_date": same[1]}}
+    ]
