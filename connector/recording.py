@@ -267,10 +267,7 @@ class BatchRecorder:
             self.body_digests = {b: digest(self.stored_text[b]) for b in unknown}
             found = notifications.evidence_by_digest(self.w.conn, self.body_digests.values())
             for body in unknown:
-                text = self.stored_text[body]
-                out[body] = next(
-                    (pk for pk, stored in found.get(self.body_digests[body], ()) if stored == text), None
-                )
+                out[body] = _stored_pk(found, self.body_digests[body], self.stored_text[body])
         return out
 
     def _stored_texts(self, unknown: list[str], bodies: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -291,7 +288,7 @@ class BatchRecorder:
         if unknown:
             found = notifications.evidence_by_digest(self.w.conn, unknown.values())
             for text, key in unknown.items():
-                pk = next((pk for pk, stored in found.get(key, ()) if stored == text), None)
+                pk = _stored_pk(found, key, text)
                 if pk is None:
                     pk = self.w.allocate("evidence", 1)
                     self.evidence_rows.append((pk, key, text))
@@ -602,6 +599,12 @@ class BatchRecorder:
             outbox.enqueue(w, self.misp_members, self.misp_events)
         if self.seen_again:
             feedback.reopen(w, self.seen_again, self.now_ms, self.summary.run_id)
+
+
+def _stored_pk(found: dict[int, list[tuple[int, str]]], key: int, text: str) -> int | None:
+    """The pk of the stored evidence row with this text, among those of its digest
+    (notifications.evidence_by_digest); None when none has it."""
+    return next((pk for pk, stored in found.get(key, ()) if stored == text), None)
 
 
 def _steady(evidence: dict[str, Any], volatile: frozenset[str]) -> dict[str, Any]:

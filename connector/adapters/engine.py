@@ -389,7 +389,7 @@ def _converter(spec: FieldSpec) -> Callable[[Any], Any] | None:
 def _finisher(name: str, spec: FieldSpec, where_absent: str, withhold: bool) -> Callable[[Any, str], Any]:
     """Checks presence and converts: the part of every field that is the same for any source.
     With `withhold`, a reason names the fault but never quotes the value."""
-    convert = CONVERTERS[spec.convert] if spec.convert is not None else None
+    convert = _converter(spec)
     missing = f"{name}: missing ({' or '.join(spec.paths()) or where_absent} absent or empty)"
 
     def finish(raw: Any, where: str) -> Any:
