@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from taxii2client.v21 import Collection, as_pages
 
 from connector.adapters.mapping import load_mappings
@@ -63,6 +65,50 @@ def test_a_change_gives_back_the_exact_evidence(base: dict[str, Any], new: dict[
     assert stored is not None and stored.startswith("[7,")
     assert len(stored) < len(body)
     assert resolved(stored, {7: orjson.dumps(base).decode()}) == body
+
+
+def test_a_change_names_a_path_the_base_has_by_its_number() -> None:
+    """A day's cookie and page length: paths of the base go as numbers (in the order of its key
+    paths), a path it lacks as itself; both read back."""
+    base = {"server": "nginx", "unmapped": {"content_length": "4172", "set_cookie": "a=1", "http_date": "d1"}}
+    new = {"server": "nginx", "unmapped": {"content_length": "4180", "set_cookie": "a=2", "extra": "x" * 30}}
+    body = orjson.dumps(new).decode()
+    stored = change(7, orjson.loads(orjson.dumps(base)), body)
+    assert stored is not None
+    assert orjson.loads(stored) == [7, [[1, "4180"], [2, "a=2"], [["unmapped", "extra"], "x" * 30], [3]]]
+    assert resolved(stored, {7: orjson.dumps(base).decode()}) == body
+
+
+def test_a_change_stored_with_paths_written_out_still_reads() -> None:
+    """What the code before numbered paths stored."""
+    base = {"a": 1, "u": {"d": "Mon, 01 Jun", "e": "keep"}}
+    stored = '[7,[[["u","d"],"Tue, 02 Jun"],[["a"]]]]'
+    assert orjson.loads(resolved(stored, {7: orjson.dumps(base).decode()})) == {
+        "u": {"d": "Tue, 02 Jun", "e": "keep"}
+    }
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=12))
+_evidence = st.recursive(
+    st.dictionaries(st.sampled_from("abcdefg"), _scalars, max_size=5),
+    lambda inner: st.dictionaries(st.sampled_from("abcdefg"), st.one_of(_scalars, inner), max_size=5),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=_evidence, new=_evidence)
+def test_any_change_stored_gives_back_the_exact_evidence(base: dict[str, Any], new: dict[str, Any]) -> None:
+    body = orjson.dumps(new).decode()
+    base_text = orjson.dumps(base).decode()
+    stored = change(3, orjson.loads(base_text), body)
+    if stored is not None:
+        assert len(stored) < len(body)
+        assert resolved(stored, {3: base_text}) == body
+        found = shape_of(base)  # the base stored as its values: the same numbers
+        if found is not None:
+            keys, values = found
+            assert resolved(stored, {3: values_body(2, values), 2: keys}) == body
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,13 @@ key paths once, in an evidence row of its own that every body of that shape refe
     #<pk of its key paths>[value, ...]    evidence as its values, in the order of its paths
     {...}                           evidence as it is (what the code before this stored; and
                                     evidence its values would not make shorter)
-    [base pk, [[[key, ...], value], [[key, ...]], ...]]
+    [base pk, [[[key, ...], value], [[key, ...]], [i, value], [i], ...]]
                                     a change to the evidence a notification was first stored
                                     with (a path and a value: set the value there; a path
-                                    alone: remove what is there)
+                                    alone: remove what is there); a path the base has is given
+                                    as its number i among the base's key paths (in the order
+                                    of `%`), which a change of a day's cookie and page length
+                                    made a third of the size of the paths it stands for
 
 The first character tells them apart (evidence is always an object). The values keep their
 JSON text, so a search of the stored bodies for a value (forget) finds it as before. Every
@@ -97,9 +100,12 @@ def change(base_pk: int, base: dict[str, Any], body: str) -> str | None:
     new = orjson.loads(body)
     if not isinstance(new, dict):
         return None
-    ops = _ops(base, new, [])
+    ops = _numbered(_ops(base, new, []), base)
     stored = orjson.dumps([base_pk, ops]).decode()
-    if len(stored) >= len(body) or orjson.dumps(_applied(base, ops)).decode() != body:
+    if (
+        len(stored) >= len(body)
+        or orjson.dumps(_applied(orjson.loads(orjson.dumps(base)), ops)).decode() != body
+    ):
         return None
     return stored
 
@@ -150,10 +156,25 @@ def _ops(old: dict[str, Any], new: dict[str, Any], path: list[str]) -> list[Chan
     return ops
 
 
+def _numbered(ops: list[Change], base: dict[str, Any]) -> list[Change]:
+    """The ops with each path the base has given as its number among the base's key paths."""
+    numbers = {tuple(path): i for i, path in enumerate(_leaf_paths(base))}
+    return [[numbers.get(tuple(op[0]), op[0]), *op[1:]] for op in ops]
+
+
+def _leaf_paths(node: dict[str, Any]) -> list[list[str]]:
+    """The key paths of the evidence, in the order of its stored key paths (shape_of)."""
+    paths: list[list[str]] = []
+    _walk(node, [], paths, [])
+    return paths
+
+
 def _applied(base: dict[str, Any], ops: list[Change]) -> dict[str, Any]:
-    """`base` (a fresh object: changed in place) with the changes made."""
+    """`base` (a fresh object: changed in place) with the changes made; a numbered path is
+    the base's as it was before any of them."""
+    leaves = _leaf_paths(base) if any(op[0].__class__ is int for op in ops) else []
     for op in ops:
-        *parents, last = op[0]
+        *parents, last = leaves[op[0]] if op[0].__class__ is int else op[0]
         node = base
         for key in parents:
             node = node.setdefault(key, {})
