@@ -61,7 +61,7 @@ def _explain_notification(router: Router, ident: str, store: Store | None) -> li
     record, kind, recipients = found
     n = notification_of(record, kind, {})
     lines = [
-        f"notification {record.pk} ({notification_ids(n.natural_key())[0]})",
+        f"notification {record.pk} ({notification_ids(n.natural_key(), n.legacy_ids)[0]})",
         f"  {kind.partner} {kind.classification} {record.identifier} on {record.observable}, "
         f"day {n.day}, TLP {kind.tlp}",
         f"  delivered at its last update to: {', '.join(recipients) or 'nobody'}",

@@ -72,6 +72,9 @@ class Notification:
     # Evidence keys that change with every observation (mapping volatile_evidence): how the
     # notification is recorded, not what it is, so not part of its equality.
     volatile: tuple[str, ...] = field(default=(), compare=False)
+    # Stored before migration 0013: its own objects keep the UUIDv5 ids they were served with
+    # (connector/stix/ids.py). How it is stored, not what it is.
+    legacy_ids: bool = field(default=False, compare=False)
 
     @property
     def observable(self) -> str:

@@ -166,7 +166,6 @@ class BatchRecorder:
             cache.writer = writer
         self.numbers = store.collection_numbers()
         self.new_rows: list[tuple[Any, ...]] = []
-        self.id_rows: list[tuple[int, int]] = []
         self.versions: list[tuple[Any, ...]] = []
         self.latest: list[tuple[int, int]] = []
         self.observations: list[tuple[int, int]] = []
@@ -395,7 +394,7 @@ class BatchRecorder:
         self.new_rows.append(
             (
                 pk, subject, kind, n.classification.identifier, day, n.ip, n.port, n.protocol, n.hostname,
-                n.url, n.email, n.asn, evidence(), first, now, stamp, run, None,
+                n.url, n.email, n.asn, evidence(), first, now, stamp, run, None, True,
             )
         )  # fmt: skip
         self.versions.append(
@@ -406,8 +405,7 @@ class BatchRecorder:
         if n.partner not in self.cache.partners:
             notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
             self.cache.partners.add(n.partner)
-        version_shape = shape(n, day_text(day), key)
-        self.id_rows += [(own, pk) for own in version_shape.own]
+        version_shape = shape(n, day_text(day), key, with_own=False)
         shared = version_shape.shared
         per_recipient = self.summary.per_recipient
         deliveries = self.deliveries
@@ -464,7 +462,12 @@ class BatchRecorder:
                     *fresh,
                 ]
             self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
-        self._deliver(record, version, shape(representative, day_text(record.day), key), decision.recipients)
+        self._deliver(
+            record,
+            version,
+            shape(representative, day_text(record.day), key, with_own=False),
+            decision.recipients,
+        )
         self.seen_again.append((record.pk, version.recipients, stamp))
         self._queue_misp(record.pk, representative, representative.day, decision.recipients)
 
@@ -563,7 +566,7 @@ class BatchRecorder:
     def _write(self) -> None:
         w = self.w
         notifications.add_evidence(w, self.evidence_rows)
-        notifications.add_notifications(w, self.new_rows, self.id_rows)
+        notifications.add_notifications(w, self.new_rows)
         notifications.add_versions(w, self.versions)
         notifications.set_latest(w, self.latest)
         notifications.add_observations(w, self.observations)

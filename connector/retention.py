@@ -170,7 +170,7 @@ class Remover:
             self.report.counts["removals"] += sql.drop_removals(w, number, stamps)
         self._legacy_objects(w, reader, found, context)
         self._misp(w, reader, found, chains)
-        ids = [(d, pk) for pk, n in found.items() for d in context.own_digests(n)]
+        ids = [(d, pk) for pk, n in found.items() for d in context.own_digests(n) if not n.located_ids]
         self.report.counts["ids"] += sql.drop_ids(w, ids)
         self.report.counts["observations"] += sql.drop_observations(w, batch)
         self.report.counts["versions"] += sql.drop_versions(w, versions)
@@ -316,7 +316,7 @@ class _Rendering:
         """(slot, digest) of the shared objects version `v` renders."""
         key = (n.pk, v.kind_of(n))
         if key not in self._shapes:
-            self._shapes[key] = shape(notification_of(n, self.kind(v.kind_of(n)), {})).shared
+            self._shapes[key] = shape(notification_of(n, self.kind(v.kind_of(n)), {}), with_own=False).shared
         return self._shapes[key]
 
     def own_digests(self, n: NotificationRecord) -> tuple[int, ...]:

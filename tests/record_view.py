@@ -20,12 +20,13 @@ def notification_rows(store: Store) -> list[dict[str, Any]]:
     owners = store.collection_owners()
     rows = []
     for n, v, kind in store.iter_notifications():
-        natural = notification_of(n, kind, {}).natural_key()
+        notification = notification_of(n, kind, {})
+        natural = notification.natural_key()
         rows.append(
             {
                 "pk": n.pk,
                 "key": hashlib.sha256("\x1f".join(natural).encode()).hexdigest(),
-                "sighting_id": notification_ids(natural)[0],
+                "sighting_id": notification_ids(natural, notification.legacy_ids)[0],
                 "partner": kind.partner,
                 "feed": kind.feed,
                 "classification": kind.classification,

@@ -21,6 +21,7 @@ from pymisp import MISPEvent, MISPObject, MISPOrganisation
 
 from connector.collections import recipient_collection_id
 from connector.config import Config, MispChannel
+from connector.notification import Notification
 from connector.render.collection import _Context
 from connector.render.stix import notification_of, render
 from connector.stix.ids import project_uuid
@@ -98,7 +99,8 @@ def load_notes(store: Store, pks: list[int], recipient: str) -> list[Note]:
             context.load([held.stamp])
             kind = context.kinds[held.kind_of(n)]
             evidence = context.evidence[held.evidence_of(n)]
-            natural = notification_of(n, kind, evidence).natural_key()
+            notification = notification_of(n, kind, evidence)
+            natural = notification.natural_key()
             notes.append(
                 Note(
                     record=n,
@@ -106,17 +108,17 @@ def load_notes(store: Store, pks: list[int], recipient: str) -> list[Note]:
                     kind=kind,
                     evidence=evidence,
                     key=hashlib.sha256("\x1f".join(natural).encode()).hexdigest(),
-                    sighting_id=_sighting_id(natural),
+                    sighting_id=_sighting_id(notification),
                     owner=owners.get(held.recipients[0]) if held.recipients else None,
                 )
             )
         return notes
 
 
-def _sighting_id(natural: tuple[str, ...]) -> str:
+def _sighting_id(n: Notification) -> str:
     from connector.stix.build import notification_ids
 
-    return notification_ids(natural)[0]
+    return notification_ids(n.natural_key(), n.legacy_ids)[0]
 
 
 def _held_version(
@@ -127,7 +129,7 @@ def _held_version(
         if number not in v.recipients:
             continue
         if v.renderer == 0:  # stored objects of the old layout: held while its sighting is
-            sighting = _sighting_id(notification_of(n, reader.kinds([n.kind])[n.kind], {}).natural_key())
+            sighting = _sighting_id(notification_of(n, reader.kinds([n.kind])[n.kind], {}))
             if reader.stored_page(collection_id, after=None, limit=1, ids=[sighting]):
                 return v
             continue

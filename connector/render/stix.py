@@ -36,7 +36,14 @@ from connector.stix.build import (
     reference_objects,
 )
 from connector.stix.build import _reference_id as reference_id
-from connector.stix.ids import PROJECT_NAMESPACE, SCO_NAMESPACE, type_key, uuid5_bytes_from_sha1
+from connector.stix.ids import (
+    PROJECT_NAMESPACE,
+    SCO_NAMESPACE,
+    located_uuid_bytes,
+    text_digest,
+    type_key,
+    uuid5_bytes_from_sha1,
+)
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
 from connector.tlp import TLP2_MARKING_IDS
@@ -86,6 +93,7 @@ def notification_of(n: NotificationRecord, kind: Kind, evidence: dict[str, Any])
         evidence=evidence,
         direct_owner_only=kind.direct_owner_only,
         discard_unrouted=kind.discard_unrouted,
+        legacy_ids=not n.located_ids,
     )
 
 
@@ -157,7 +165,9 @@ def _sighted_kind(notification: Notification) -> tuple[str, str] | None:
 
 def own_ids(notification: Notification, day: str | None = None) -> tuple[str, ...]:
     """The ids of the objects the notification owns (indicator, observed-data, sighting)."""
-    sighting_id, observed_id, indicator_id = notification_ids(_key(notification, day))
+    sighting_id, observed_id, indicator_id = notification_ids(
+        _key(notification, day), notification.legacy_ids
+    )
     if _sighted_kind(notification) is None:
         return (indicator_id, observed_id, sighting_id)
     return (observed_id, sighting_id)
@@ -186,6 +196,13 @@ def _digest_of(raw: bytes, key: int) -> int:
 
 _FIRST_64 = struct.Struct(">Q").unpack_from  # the first 8 bytes as a number, without slicing
 
+
+def _located_digest(raw: bytes, subject: int, key: int) -> int:
+    """The digest (uuid_digest) of the located id of the name whose SHA-1 is `raw`."""
+    value = int.from_bytes(located_uuid_bytes(raw, subject)[:8], "big") ^ key
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 # What shape() hashes for the objects a notification owns, and the key of each type: worked out
 # once, not per row (prefix: namespace and type name, in order of the ids' tuple).
 _OWN_INDICATOR = tuple(
@@ -203,37 +220,35 @@ def _value_name(value: str) -> bytes:
 
 
 def shape(
-    notification: Notification, day: str | None = None, subject: tuple[str, str, str, str] | None = None
+    notification: Notification,
+    day: str | None = None,
+    subject: tuple[str, str, str, str] | None = None,
+    with_own: bool = True,
 ) -> Shape:
     """The digests of the ids render() will give this notification's versions, worked out
     without building any object (ingest's hot path), `day` the key's day if not that of its
     observation: tests/test_render.py holds the two to each other. `subject`: the first four
     parts of the key when the caller has them already (connector/recording.py subject_key),
-    which spares working the observable out again."""
+    which spares working the observable out again. `with_own` False: without the own ids'
+    digests (ingest stores none: connector/stix/ids.py, located ids)."""
     if subject is None:
         name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
     else:
         name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
     sighted = _sighted_kind(notification)
     sha1 = hashlib.sha1
-    if sighted is None:
-        (p0, k0), (p1, k1), (p2, k2) = _OWN_INDICATOR
-        own: tuple[int, ...] = (
-            _digest_of(sha1(p0 + name, usedforsecurity=False).digest(), k0),
-            _digest_of(sha1(p1 + name, usedforsecurity=False).digest(), k1),
-            _digest_of(sha1(p2 + name, usedforsecurity=False).digest(), k2),
-        )
-        shared = [*_reference_digests(notification.partner, notification.tlp)]
-    else:
-        (p1, k1), (p2, k2) = _OWN_SIGHTED
-        own = (
-            _digest_of(sha1(p1 + name, usedforsecurity=False).digest(), k1),
-            _digest_of(sha1(p2 + name, usedforsecurity=False).digest(), k2),
-        )
-        shared = [
-            *_reference_digests(notification.partner, notification.tlp),
-            (REFERENCES, _sighted_digest(*sighted)),
-        ]
+    own_types = _OWN_INDICATOR if sighted is None else _OWN_SIGHTED
+    own: tuple[int, ...] = ()
+    if with_own:
+        hashes = [(sha1(prefix + name, usedforsecurity=False).digest(), key) for prefix, key in own_types]
+        if notification.legacy_ids:
+            own = tuple(_digest_of(raw, key) for raw, key in hashes)
+        else:
+            subject_digest = text_digest(name[1 : name.rindex(b"\x1f")].decode())
+            own = tuple(_located_digest(raw, subject_digest, key) for raw, key in hashes)
+    shared = [*_reference_digests(notification.partner, notification.tlp)]
+    if sighted is not None:
+        shared.append((REFERENCES, _sighted_digest(*sighted)))
     _add_observables(notification, shared)
     return Shape(own, tuple(shared))
 

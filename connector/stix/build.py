@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from connector.notification import Notification
-from connector.stix.ids import project_id, sco_id, timestamp
+from connector.stix.ids import located_id, project_id, sco_id, text_digest, timestamp
 from connector.tlp import TLP2_MARKING_IDS, marking_definition
 
 # Reference objects (identities, the extension definition, vulnerabilities) never change, so
@@ -166,10 +166,19 @@ class NotificationState:
     modified: str
 
 
-def notification_ids(key: tuple[str, ...]) -> tuple[str, str, str]:
+def notification_ids(key: tuple[str, ...], legacy: bool = False) -> tuple[str, str, str]:
     """(sighting id, observed-data id, indicator id), all derived from the natural key: the
-    objects a notification owns (its indicator only where it is sighted as one)."""
-    return project_id("sighting", *key), project_id("observed-data", *key), project_id("indicator", *key)
+    objects a notification owns (its indicator only where it is sighted as one). Located ids
+    (connector/stix/ids.py) of the subject `key[:4]`; `legacy`: the UUIDv5 ids a notification
+    stored before migration 0013 has (Notification.legacy_ids)."""
+    if legacy:
+        return project_id("sighting", *key), project_id("observed-data", *key), project_id("indicator", *key)
+    subject = text_digest("\x1f".join(key[:4]))
+    return (
+        located_id("sighting", subject, *key),
+        located_id("observed-data", subject, *key),
+        located_id("indicator", subject, *key),
+    )
 
 
 def observables(n: Notification) -> list[dict[str, Any]]:
@@ -253,8 +262,7 @@ def notification_objects_and_own_ids(
     """The objects of one notification version, and the ids among them that derive from its
     natural key (sighting, observed-data, an indicator of its own). Each version of those is
     new, and a new notification's are in no collection yet: the store skips looking them up."""
-    key = n.natural_key()
-    sighting_id, observed_id, indicator_id = notification_ids(key)
+    sighting_id, observed_id, indicator_id = notification_ids(n.natural_key(), n.legacy_ids)
     partner_ref = partner_identity_id(n.partner)
     marking = [TLP2_MARKING_IDS[n.tlp]]
     scos = observables(n)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection
 
+from connector.stix.ids import located_subject
 from connector.store import evidence
 from connector.store.packing import decode_version, encode_version
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
@@ -36,6 +37,7 @@ NOTIFICATION_COLUMNS = (
     "latest",
     "first_run",
     "legacy",
+    "located_ids",
 )
 # A version's values in the order add_versions takes them (a VersionRecord's fields); stored
 # are only the first two, evidence and the rest packed (connector/store/packing.py).
@@ -72,7 +74,8 @@ _V = ", ".join(STORED_VERSION_COLUMNS)
 
 def notification_record(row: Sequence[Any]) -> NotificationRecord:
     values = list(row)
-    values[-1] = bool(values[-1])  # legacy: NULL for all but migrated notifications
+    values[-2] = bool(values[-2])  # legacy: NULL for all but migrated notifications
+    values[-1] = bool(values[-1])  # located_ids: NULL for those stored before 0013
     return NotificationRecord(*values)
 
 
@@ -99,11 +102,25 @@ def notifications_by_subject(conn: Connection, subjects: Iterable[int]) -> list[
 
 
 def notification_pks_by_id(conn: Connection, ids: Iterable[str]) -> dict[int, list[int]]:
-    """Digest of each id -> the notifications that may own it (a digest can be shared)."""
+    """Digest of each id -> the notifications that may own it; the caller checks which does (a
+    digest can be shared, and a located id finds every notification of its subject)."""
+    wanted = set(ids)
     out: dict[int, list[int]] = {}
     statement = "SELECT digest, notification FROM notification_ids WHERE digest IN ({in})"
-    for found, pk in rows_in(conn, statement, sorted({digest(i) for i in ids})):
+    for found, pk in rows_in(conn, statement, sorted({digest(i) for i in wanted})):
         out.setdefault(found, []).append(pk)
+    by_subject: dict[int, set[int]] = {}
+    for stix_id in wanted:
+        subject = located_subject(stix_id)
+        if subject is not None:
+            by_subject.setdefault(subject, set()).add(digest(stix_id))
+    if by_subject:
+        statement = (
+            "SELECT subject, pk FROM notifications WHERE subject IN ({in}) AND located_ids IS NOT NULL"
+        )
+        for subject, pk in rows_in(conn, statement, sorted(by_subject)):
+            for found in by_subject[subject]:
+                out.setdefault(found, []).append(pk)
     return out
 
 
@@ -222,10 +239,10 @@ def add_partner_name(w: Writer, partner: str, name: str) -> None:
     w.insert("partner_names", ("partner", "name"), [(partner, name)], skip_present=True)
 
 
-def add_notifications(w: Writer, rows: list[tuple[Any, ...]], ids: list[tuple[int, int]]) -> None:
-    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate) and their id digests."""
+def add_notifications(w: Writer, rows: list[tuple[Any, ...]]) -> None:
+    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate). Their ids are located
+    (connector/stix/ids.py): notification_ids keeps only those of notifications stored before."""
     w.insert("notifications", NOTIFICATION_COLUMNS, rows)
-    w.insert("notification_ids", ("digest", "notification"), sorted(set(ids)))
 
 
 def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from connector.notification import observable_of
-from connector.stix.ids import uuid_digest
+from connector.stix.ids import text_digest, uuid_digest
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -23,7 +22,7 @@ def digest(text: str) -> int:
         head = rest[:8] + rest[9:13] + rest[14:18]
         if _HEX.issuperset(head):
             return uuid_digest(stix_type, bytes.fromhex(head))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+    return text_digest(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +66,7 @@ class NotificationRecord:
     latest: int  # stamp of the latest version
     first_run: int
     legacy: bool
+    located_ids: bool  # its own objects' ids carry its subject (connector/stix/ids.py); False: UUIDv5
 
     @property
     def observable(self) -> str:

@@ -109,6 +109,9 @@ notifications = Table(
     # Migrated from a store of the old layout: its versions up to `latest` were stored as STIX
     # objects (collection_objects), not rendered. NULL for every other notification.
     Column("legacy", Boolean, nullable=True),
+    # True: the ids of its own objects are located (connector/stix/ids.py; migration 0013).
+    # NULL: stored before, its objects keep their UUIDv5 ids, found through notification_ids.
+    Column("located_ids", Boolean, nullable=True),
     Index("ix_notifications_subject", "subject"),
     # Statistics and `gone` work per feed and case (kinds): their notifications by kind.
     Index("ix_notifications_kind", "kind", "pk"),
@@ -130,8 +133,9 @@ notification_versions = Table(
     Column("packed", LargeBinary, nullable=False),
 )
 
-# Object ids a notification owns (its sighting, observed-data, indicator), by a 64-bit digest of
-# the id: how TAXII's match[id] and `route explain` find a notification.
+# Object ids a notification stored before migration 0013 owns (its sighting, observed-data,
+# indicator), by a 64-bit digest of the id: how TAXII's match[id] and `route explain` find such
+# a notification. Later ones carry their subject in their ids (located ids) and have no rows here.
 notification_ids = Table(
     "notification_ids",
     metadata,
