@@ -40,7 +40,6 @@ from connector.stix.ids import (
     PROJECT_NAMESPACE,
     SCO_NAMESPACE,
     located_uuid_bytes,
-    text_digest,
     type_key,
     uuid5_bytes_from_sha1,
 )
@@ -244,7 +243,7 @@ def shape(
         if notification.legacy_ids:
             own = tuple(_digest_of(raw, key) for raw, key in hashes)
         else:
-            subject_digest = text_digest(name[1 : name.rindex(b"\x1f")].decode())
+            subject_digest = digest(name[1 : name.rindex(b"\x1f")].decode())
             own = tuple(_located_digest(raw, subject_digest, key) for raw, key in hashes)
     shared = [*_reference_digests(notification.partner, notification.tlp)]
     if sighted is not None:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from connector.notification import Notification
-from connector.stix.ids import located_id, project_id, sco_id, text_digest, timestamp
+from connector.stix.ids import digest, located_id, project_id, sco_id, timestamp
 from connector.tlp import TLP2_MARKING_IDS, marking_definition
 
 # Reference objects (identities, the extension definition, vulnerabilities) never change, so
@@ -173,7 +173,7 @@ def notification_ids(key: tuple[str, ...], legacy: bool = False) -> tuple[str, s
     stored before migration 0013 has (Notification.legacy_ids)."""
     if legacy:
         return project_id("sighting", *key), project_id("observed-data", *key), project_id("indicator", *key)
-    subject = text_digest("\x1f".join(key[:4]))
+    subject = digest("\x1f".join(key[:4]))
     return (
         located_id("sighting", subject, *key),
         located_id("observed-data", subject, *key),

@@ -89,8 +89,22 @@ def located_subject(stix_id: str) -> int | None:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def text_digest(text: str) -> int:
-    """A 64-bit signed digest of a text (a notification's subject; connector/store/records.py)."""
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def digest(text: str) -> int:
+    """A 64-bit signed digest of a key or STIX id (what the store's look-up indexes hold): half
+    the size of a UUID in every index entry. Two texts with one digest are possible and are
+    told apart by the rows the digest finds. A notification's subject is the digest of its
+    subject key, here as in the store, so a located id carries the subject the store keeps.
+
+    A STIX id's digest is its UUID's first 64 bits mixed with its type (uuid_digest): ingest
+    makes it from the UUID's bytes without writing the id out. Any other text is hashed."""
+    stix_type, separator, rest = text.partition("--")
+    if separator and len(rest) == 36 and rest[8] == rest[13] == rest[18] == rest[23] == "-":
+        head = rest[:8] + rest[9:13] + rest[14:18]
+        if _HEX.issuperset(head):
+            return uuid_digest(stix_type, bytes.fromhex(head))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
 

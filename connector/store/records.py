@@ -5,24 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from connector.notification import observable_of
-from connector.stix.ids import text_digest, uuid_digest
+from connector.stix.ids import digest
 
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-def digest(text: str) -> int:
-    """A 64-bit signed digest of a key or STIX id (what the store's look-up indexes hold): half
-    the size of a UUID in every index entry. Two texts with one digest are possible and are
-    told apart by the rows the digest finds.
-
-    A STIX id's digest is its UUID's first 64 bits mixed with its type (uuid_digest): ingest
-    makes it from the UUID's bytes without writing the id out. Any other text is hashed."""
-    stix_type, separator, rest = text.partition("--")
-    if separator and len(rest) == 36 and rest[8] == rest[13] == rest[18] == rest[23] == "-":
-        head = rest[:8] + rest[9:13] + rest[14:18]
-        if _HEX.issuperset(head):
-            return uuid_digest(stix_type, bytes.fromhex(head))
-    return text_digest(text)
+__all__ = ["Kind", "NotificationRecord", "VersionRecord", "digest"]
 
 
 @dataclass(frozen=True, slots=True)
