@@ -292,11 +292,12 @@ def keyed_and_routed(adapter: MappedAdapter, rows: Iterator[Row], router: Router
 
 def with_ids(adapter: MappedAdapter, rows: Iterator[Row], router: Router, now: str) -> None:
     """What ingest works out per notification before the store: key, routing, the ids of the
-    objects it will render to (no STIX is built at ingest), its evidence as JSON."""
+    shared objects it will render to (no STIX is built at ingest; its own ids are located and
+    not stored), its evidence as JSON."""
     for n in notifications_of(adapter, rows):
         subject_digest(subject_key(n))
         router.route(n)
-        shape(n)
+        shape(n, with_own=False)
         orjson.dumps(n.evidence)
 
 

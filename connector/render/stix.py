@@ -230,15 +230,15 @@ def shape(
     parts of the key when the caller has them already (connector/recording.py subject_key),
     which spares working the observable out again. `with_own` False: without the own ids'
     digests (ingest stores none: connector/stix/ids.py, located ids)."""
-    if subject is None:
-        name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
-    else:
-        name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
     sighted = _sighted_kind(notification)
-    sha1 = hashlib.sha1
-    own_types = _OWN_INDICATOR if sighted is None else _OWN_SIGHTED
     own: tuple[int, ...] = ()
     if with_own:
+        if subject is None:
+            name = ("\x1f" + "\x1f".join(_key(notification, day))).encode()
+        else:
+            name = ("\x1f" + "\x1f".join(subject) + "\x1f" + (day or notification.day)).encode()
+        sha1 = hashlib.sha1
+        own_types = _OWN_INDICATOR if sighted is None else _OWN_SIGHTED
         hashes = [(sha1(prefix + name, usedforsecurity=False).digest(), key) for prefix, key in own_types]
         if notification.legacy_ids:
             own = tuple(_digest_of(raw, key) for raw, key in hashes)
