@@ -45,7 +45,7 @@ from connector.config import Config
 from connector.observables import Content, Observable, content_of, masked_copy
 from connector.routing import Match, Policy, Router
 from connector.stix.build import CLEARINGHOUSE_IDENTITY_ID, partner_identity_id
-from connector.stix.ids import timestamp
+from connector.stix.ids import located_subject, timestamp
 from connector.store import Store, Writer
 from connector.store import objects as stored
 from connector.store.notifications import notification_pks_by_id
@@ -274,11 +274,14 @@ class Submissions:
         if not _owned(obj):
             return None  # content-addressed and custom-free (sco_id_problem): the stored one stays
         ident = obj["id"]
-        # Deterministic (UUIDv5) ids are how the clearinghouse names its own objects; taking one
-        # would let a submitter pre-empt a future notification. One message whether or not the
-        # id exists, so nothing about the store can be probed.
+        # Deterministic ids (UUIDv5, and located ids: connector/stix/ids.py) are how the
+        # clearinghouse names its own objects; taking one would let a submitter pre-empt a
+        # future notification. One message whether or not the id exists, so nothing about the
+        # store can be probed.
         refused = f"{ident}: this id cannot be accepted from this source (use a random UUIDv4 id of your own)"
-        if obj["type"] not in SCO_TYPES and uuid.UUID(ident.split("--", 1)[1]).version == 5:
+        if obj["type"] not in SCO_TYPES and (
+            uuid.UUID(ident.split("--", 1)[1]).version == 5 or located_subject(ident) is not None
+        ):
             return refused
         owner = owners.get(ident)
         if (owner is not None and owner != partner) or (owner is None and ident in existing):

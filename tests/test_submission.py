@@ -28,6 +28,7 @@ from connector.collections import collection_rows, inbox_collection_id, recipien
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
+from connector.stix.ids import located_id, located_subject
 from connector.store import Store, VersionFilter
 from connector.store import schema as t
 from connector.submission import SubmissionResult, Submissions
@@ -744,6 +745,30 @@ def test_a_clearinghouse_object_cannot_be_replaced_but_equal_scos_are_accepted(
     assert result.outcomes[1].ok, result.outcomes[1].message
     assert stored_bodies(store, original["id"]) == before
     assert stored_bodies(store, sco["id"]) == [address]
+
+
+def test_a_located_id_is_refused_alike_whether_its_notification_exists_or_not(
+    store: Store, sample_config: Config, ingestor: Ingestor
+) -> None:
+    """Located ids (connector/stix/ids.py) are worked out from a notification's natural key,
+    which an outsider can guess: a submitter must neither take the id a future notification will
+    get nor learn from the answer whether a notification exists. A random UUIDv4 is accepted."""
+    assert ingestor.run("divd", "divd-nuclei", [DIVD_SCAN]).ok
+    sighting = next(o for o in all_objects(store) if o["type"] == "sighting")
+    subject = located_subject(sighting["id"])
+    assert subject is not None
+    existing = dict(sighting, modified="2099-01-01T00:00:00.000Z", count=999)
+    future = dict(existing, id=located_id("sighting", subject, "divd", "x", "y", "z", "2099-01-01"))
+    unknown = dict(existing, id=located_id("sighting", subject + 1, "divd", "x", "y", "z", "2099-01-01"))
+    messages = []
+    for obj in (existing, future, unknown):
+        outcome = submit(store, sample_config, [obj]).outcomes[0]
+        assert not outcome.ok
+        messages.append((outcome.message or "").replace(obj["id"], "ID"))
+    assert len(set(messages)) == 1 and "cannot be accepted from this source" in messages[0], messages
+    assert stored_bodies(store, future["id"]) == [] and stored_bodies(store, unknown["id"]) == []
+    mine = indicator("192.0.2.10")  # a random UUIDv4 of its own
+    assert located_subject(mine["id"]) is None and submit(store, sample_config, [mine]).outcomes[0].ok
 
 
 def test_an_sco_id_that_does_not_match_its_value_is_refused(store: Store, sample_config: Config) -> None:

@@ -207,7 +207,14 @@ class CollectionView:
         out: list[Member] = []
         owners = reader.notification_pks_by_id(wanted)
         context.load_notifications({pk for pks in owners.values() for pk in pks})
-        for n in list(context.notifications.values()):
+        candidates = list(context.notifications.values())
+        missing_kinds = {n.kind for n in candidates} - set(context.kinds)
+        if missing_kinds:
+            context.kinds.update(reader.kinds(missing_kinds))
+        for n in candidates:
+            # A located id finds every notification of its subject: only its owner is walked.
+            if wanted.isdisjoint(own_ids(notification_of(n, context.kinds[n.kind], {}))):
+                continue
             chain = [v for v in context.chain(n) if number in v.recipients]
             context.load([v.stamp for v in chain])
             rendered = {v.stamp: context.render(v.stamp)[2] for v in chain}

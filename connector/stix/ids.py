@@ -7,8 +7,8 @@ occurrence always gets the same id; the SCO namespace is reserved for SCOs by th
 
 The objects a notification owns (sighting, observed-data, indicator) are "located": their UUID
 carries the 64-bit digest of the notification's subject (partner, classification, identifier,
-observable) beside 58 bits of the UUIDv5 hash of its natural key, in the UUIDv4 layout the
-specification asks of SDOs and SROs. The store finds the notification of such an id through the
+observable), a 16-bit marker and 42 bits of the UUIDv5 hash of its natural key, in the UUIDv4
+layout the specification asks of SDOs and SROs. The store finds the notification of such an id through the
 subject index it keeps anyway, so it needs no index of the ids themselves: an index of random
 keys that was a tenth of the store and its slowest write at a million notifications
 (bench/ingest.py). Notifications stored before (migration 0013) keep their UUIDv5 ids.
@@ -54,12 +54,24 @@ def uuid5_bytes(namespace: uuid.UUID, name: str) -> bytes:
     )
 
 
+# Bytes 11-12 of every located UUID: what tells a located id from a submitter's random UUIDv4
+# (one in 65,536 of those has it too, and is refused with a request for another UUID), so a
+# located id can neither be probed for nor taken before the notification it names exists.
+LOCATED_MARKER = b"\x6d\x70"
+
+
 def located_uuid_bytes(sha1: bytes, subject: int) -> bytes:
     """The located UUID of a name whose project-namespace SHA-1 is `sha1`, for the subject
-    digest `subject`: bytes 0-5 and 9-10 the digest, the rest the hash, version 4, RFC 4122
-    variant."""
+    digest `subject`: bytes 0-5 and 9-10 the digest, 11-12 LOCATED_MARKER, the rest (42 bits)
+    the hash, version 4, RFC 4122 variant."""
     s = (subject & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big")
-    return s[:6] + bytes((0x40 | sha1[6] & 0x0F, sha1[7], 0x80 | sha1[8] & 0x3F)) + s[6:] + sha1[11:16]
+    return (
+        s[:6]
+        + bytes((0x40 | sha1[6] & 0x0F, sha1[7], 0x80 | sha1[8] & 0x3F))
+        + s[6:]
+        + LOCATED_MARKER
+        + sha1[13:16]
+    )
 
 
 def located_id(stix_type: str, subject: int, *key: str) -> str:
@@ -73,9 +85,9 @@ def located_id(stix_type: str, subject: int, *key: str) -> str:
 
 
 def located_subject(stix_id: str) -> int | None:
-    """The subject digest a located id carries; None for an id that cannot be one (another
-    UUID version, not a UUID). Any UUIDv4 passes: the caller checks the notifications of the
-    subject for the id itself."""
+    """The subject digest a located id carries; None for an id that is not one (another UUID
+    version, no marker, not a UUID). The caller checks the notifications of the subject for the
+    id itself: anyone can write a UUID of this layout."""
     _, separator, rest = stix_id.partition("--")
     if not separator or len(rest) != 36:
         return None
@@ -83,7 +95,7 @@ def located_subject(stix_id: str) -> int | None:
         b = uuid.UUID(rest).bytes
     except ValueError:
         return None
-    if b[6] >> 4 != 4 or b[8] >> 6 != 2:
+    if b[6] >> 4 != 4 or b[8] >> 6 != 2 or b[11:13] != LOCATED_MARKER:
         return None
     value = int.from_bytes(b[:6] + b[9:11], "big")
     return value - (1 << 64) if value >= 1 << 63 else value
@@ -130,8 +142,10 @@ def type_key(stix_type: str) -> int:
 
 
 def uuid_digest(stix_type: str, uuid_bytes: bytes) -> int:
-    """The 64-bit signed digest of the id `stix_type--<uuid>` (see connector/store/records.py):
-    the UUID's first 64 bits, which for the UUIDv5 ids made here are hash bits already."""
+    """The 64-bit signed digest of the id `stix_type--<uuid>` (see digest()): the UUID's first
+    64 bits, which for the UUIDv5 ids made here are hash bits already. A located id's are its
+    subject and 12 hash bits: the ids of one subject's notifications of different days may
+    share a digest, which every look-up tells apart by the id itself."""
     value = int.from_bytes(uuid_bytes[:8], "big") ^ type_key(stix_type)
     return value - (1 << 64) if value >= 1 << 63 else value
 
