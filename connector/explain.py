@@ -6,11 +6,11 @@ import re
 from typing import Any
 
 from connector.normalize import canonical_domain, canonical_ip, canonical_ip_or_network, is_ip, url_host
-from connector.render.stix import notification_of, own_ids
+from connector.render.stix import notification_of, notifications_owning
 from connector.routing import Policy, Router, RoutingKeys, routing_keys
 from connector.stix.build import notification_ids
 from connector.store import Store
-from connector.store.records import Kind, NotificationRecord, digest
+from connector.store.records import Kind, NotificationRecord
 
 _ASN = re.compile(r"^(?:AS)?(\d{1,10})$", re.IGNORECASE)
 _OWN_ID = re.compile(r"^(sighting|observed-data|indicator)--[0-9a-f-]{36}$")
@@ -81,12 +81,10 @@ def _notification_owning(store: Store, ident: str) -> tuple[NotificationRecord, 
     its latest version's kind and recipients."""
     owners = store.collection_owners()
     with store.reading() as reader:
-        pks = reader.notification_pks_by_id([ident]).get(digest(ident), [])
-        for record in reader.notifications(pks).values():
+        for record in notifications_owning(reader, ident):
             latest = reader.versions([record.latest])[record.latest]
             kind = reader.kinds([latest.kind_of(record)])[latest.kind_of(record)]
-            if ident in own_ids(notification_of(record, kind, {})):
-                return record, kind, [owners[number] for number in latest.recipients]
+            return record, kind, [owners[number] for number in latest.recipients]
     return None
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.collections import recipient_collection_id
-from connector.render.stix import notification_of, own_ids
+from connector.render.stix import notifications_owning
 from connector.store import Store, Writer
 from connector.store import states as st
-from connector.store.records import NotificationRecord, digest
+from connector.store.records import NotificationRecord
 from connector.store.times import now_us
 
 # What a recipient (or an operator for it) may say.
@@ -48,14 +48,9 @@ def target(store: Store, recipient: str, ident: str) -> Target:
     if number is None:
         raise NotFound(ident)
     with store.reading() as reader:
-        for record in reader.notifications(
-            reader.notification_pks_by_id([ident]).get(digest(ident), [])
-        ).values():
+        for record in notifications_owning(reader, ident):
             held = [v.stamp for v in reader.version_chain(record.latest) if number in v.recipients]
-            if not held:
-                continue
-            kinds = reader.kinds([record.kind])
-            if ident in own_ids(notification_of(record, kinds[record.kind], {})):
+            if held:
                 return Target(record, number, min(held) // 1000)
     raise NotFound(ident)
 

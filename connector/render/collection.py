@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from connector.render.stix import Rendered, notification_of, own_ids, render
+from connector.render.stix import Rendered, notification_of, notifications_owning, own_ids, render
 from connector.store import Member, Reader, Store, VersionFilter
 from connector.store.deliveries import EARLIER, RECHECK, SHARED_BITS, SUPERSEDED
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
@@ -254,14 +254,6 @@ class CollectionView:
 
     # --- counting and removing -----------------------------------------------------------------
 
-    @staticmethod
-    def _own_ids_of(reader: Reader, pk: int) -> tuple[str, ...]:
-        """The ids the notification owns (none when it is gone)."""
-        record = reader.notifications([pk]).get(pk)
-        if record is None:
-            return ()
-        return own_ids(notification_of(record, reader.kinds([record.kind])[record.kind], {}))
-
     def count(self, collection_id: str) -> int:
         """The number of objects the collection holds at their latest version."""
         total, after = 0, None
@@ -292,8 +284,7 @@ class CollectionView:
             if digest(stix_id) in held and held[digest(stix_id)][0] in gone:
                 deliveries.drop_shared(w, number, [digest(stix_id)])
             # The flags of this notification's entries no longer tell its latest and first here.
-            candidates = reader.notification_pks_by_id([stix_id]).get(digest(stix_id), [])
-            owners = [pk for pk in candidates if stix_id in self._own_ids_of(reader, pk)]
+            owners = [n.pk for n in notifications_owning(reader, stix_id)]
             # MISP events built from it are out of date (the stored feed events among them).
             recipient = self.store.collection_owners().get(number)
             if recipient is not None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -46,6 +46,9 @@ from connector.stix.ids import (
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
 from connector.tlp import TLP2_MARKING_IDS
+
+if TYPE_CHECKING:
+    from connector.store import Reader
 
 CURRENT = 1  # the renderer new versions get
 OWN_TYPES = frozenset({"sighting", "observed-data", "indicator"})
@@ -170,6 +173,17 @@ def own_ids(notification: Notification, day: str | None = None) -> tuple[str, ..
     if _sighted_kind(notification) is None:
         return (indicator_id, observed_id, sighting_id)
     return (observed_id, sighting_id)
+
+
+def notifications_owning(reader: Reader, ident: str) -> list[NotificationRecord]:
+    """The notifications that own this id (as their sighting, observed-data or indicator): the
+    store's candidates (notification_pks_by_id: a digest, or a located id's subject, finds more
+    than the owner) checked against the ids each owns."""
+    records = reader.notifications(reader.notification_pks_by_id([ident]).get(digest(ident), []))
+    if not records:
+        return []
+    kinds = reader.kinds({r.kind for r in records.values()})
+    return [r for r in records.values() if ident in own_ids(notification_of(r, kinds[r.kind], {}))]
 
 
 _PROJECT = PROJECT_NAMESPACE.bytes
