@@ -43,6 +43,17 @@ def _shared_data() -> Path:
 SHARED_DATA = _shared_data()
 DIVD_SCAN = SHARED_DATA / "divd" / "DIVD-2024-00012.nuclei.jsonl"
 
+
+def divd_scan_as(directory: Path, text: str) -> Path:
+    """The DIVD sample scan with this text (another day, other hosts) in `directory`, its case
+    file beside it, where the adapter looks for it."""
+    scan = directory / DIVD_SCAN.name
+    scan.write_text(text)
+    case = DIVD_SCAN.with_name("DIVD-2024-00012.yaml")
+    (directory / case.name).write_text(case.read_text())
+    return scan
+
+
 # Test passwords are derived from the username: known to the tests, never in the repository.
 PASSWORD_SUFFIX = "-test-password-" + uuid.uuid4().hex[:8]
 

@@ -31,7 +31,7 @@ from connector.stix.build import notification_ids
 from connector.stix.ids import located_id, located_subject, project_id
 from connector.store import Store, VersionFilter
 from connector.store.records import digest
-from tests.conftest import DIVD_SCAN
+from tests.conftest import DIVD_SCAN, divd_scan_as
 from tests.test_membership_layout import alembic
 from tests.test_migration_record import legacy_config
 from tests.test_migration_versions import OLD, load_0010
@@ -72,9 +72,9 @@ def _ingest_divd(store: Store, tmp_path: Path, month: str = "06", hosts: str = "
     """The DIVD sample, its dates in `month`, its hosts 192.0.2.1x moved to `hosts`x."""
     config = legacy_config()
     store.sync_collections(collection_rows(config))
-    scan = tmp_path / DIVD_SCAN.name
-    scan.write_text(DIVD_SCAN.read_text().replace("2024-06-1", f"2024-{month}-1").replace("192.0.2.1", hosts))
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(
+        tmp_path, DIVD_SCAN.read_text().replace("2024-06-1", f"2024-{month}-1").replace("192.0.2.1", hosts)
+    )
     Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [scan])
 
 

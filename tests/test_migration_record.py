@@ -27,7 +27,7 @@ from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.routing import Policy, Router
 from connector.store import Store, VersionFilter
-from tests.conftest import DIVD_SCAN, REPO, SHARED_DATA
+from tests.conftest import DIVD_SCAN, REPO, SHARED_DATA, divd_scan_as
 from tests.record_view import notification_rows
 from tests.test_membership_layout import alembic
 
@@ -148,9 +148,7 @@ def test_a_new_sighting_of_a_legacy_notification_supersedes_its_stored_objects(
 ) -> None:
     config = legacy_config()
     migrated.sync_collections(collection_rows(config))
-    scan = tmp_path / DIVD_SCAN.name
-    scan.write_text(DIVD_SCAN.read_text().replace("2024-06-12T04:48:41", "2024-06-14T04:48:41"))
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(tmp_path, DIVD_SCAN.read_text().replace("2024-06-12T04:48:41", "2024-06-14T04:48:41"))
     summary = Ingestor(config, migrated, load_mappings()).run("divd", "divd-nuclei", [scan])
     assert summary.counts["updated"] > 0 and summary.counts["new"] == 0
     zcert = recipient_collection_id("zcert")

@@ -30,7 +30,7 @@ from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from connector.store.engine import MIGRATIONS
 from connector.store.notifications import version_chain, versions_by_stamp
-from tests.conftest import DIVD_SCAN
+from tests.conftest import DIVD_SCAN, divd_scan_as
 from tests.test_membership_layout import alembic
 from tests.test_migration_record import legacy_config, served_by
 
@@ -134,9 +134,7 @@ def test_each_run_lists_the_same_unrouted_notifications(migrated: Store) -> None
 def test_a_new_sighting_supersedes_after_the_migration(migrated: Store, tmp_path: Path) -> None:
     config = legacy_config()
     migrated.sync_collections(collection_rows(config))
-    scan = tmp_path / DIVD_SCAN.name
-    scan.write_text(DIVD_SCAN.read_text().replace("2024-06-1", "2024-08-1"))
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(tmp_path, DIVD_SCAN.read_text().replace("2024-06-1", "2024-08-1"))
     summary = Ingestor(config, migrated, load_mappings()).run("divd", "divd-nuclei", [scan])
     assert summary.counts["updated"] > 0 and summary.counts["new"] == 0
     latest_before = {r["pk"]: r["latest"] for r in OLD["tables"]["notifications"]}

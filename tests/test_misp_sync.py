@@ -20,7 +20,7 @@ from connector.config import parse_config
 from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
-from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, SHARED_DATA
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, SHARED_DATA, divd_scan_as
 from tests.misp_fake import MispFake
 
 C2T_EVENT = SHARED_DATA / "misp" / "connect2trust-event.json"
@@ -159,10 +159,8 @@ def test_a_refusing_instance_ends_failed_with_its_error_after_max_attempts(
 
 def test_a_new_observation_edits_the_event_once(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     config, store = deployment(tmp_path, fakes, monkeypatch)
-    scan = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
     first = DIVD_SCAN.read_text().splitlines()[0]
-    scan.write_text(first + "\n")
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(tmp_path, first + "\n")
     ingestor = Ingestor(config, store, load_mappings())
     ingestor.run("divd", "divd-nuclei", [scan])
     MispSync(config, store).run()

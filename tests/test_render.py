@@ -27,7 +27,7 @@ from connector.render.collection import CollectionView
 from connector.render.stix import notification_of, render, shape
 from connector.store import Store, VersionFilter
 from connector.store.records import digest
-from tests.conftest import DIVD_SCAN, SHARED_DATA
+from tests.conftest import DIVD_SCAN, SHARED_DATA, divd_scan_as
 from tests.record_view import notification_rows
 from tests.test_membership_layout import statements
 
@@ -65,9 +65,7 @@ def test_a_served_version_never_changes_and_a_new_renderer_makes_new_versions(
 ) -> None:
     ingest = Ingestor(sample_config, store, load_mappings())
     first_line = DIVD_SCAN.read_text().splitlines()[0]
-    scan = tmp_path / DIVD_SCAN.name
-    scan.write_text(first_line + "\n")
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(tmp_path, first_line + "\n")
     ingest.run("divd", "divd-nuclei", [scan])
     [row] = notification_rows(store)
     collection = recipient_collection_id(row["recipients"][0])
@@ -127,9 +125,7 @@ def test_objects_versions_share_are_in_a_collection_once(
     """Two findings on one address (different ports and classifications): one ipv4-addr, one
     identity of the partner, one marking, in the collection, whatever the versions."""
     _ingest_samples(store, sample_config, tmp_path)
-    scan = tmp_path / DIVD_SCAN.name
-    scan.write_text(DIVD_SCAN.read_text().replace("2024-06-12T", "2024-06-13T"))
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    scan = divd_scan_as(tmp_path, DIVD_SCAN.read_text().replace("2024-06-12T", "2024-06-13T"))
     Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [scan])
     view = CollectionView(store)
     for rid in ("zcert", "ibd"):
@@ -160,11 +156,8 @@ def test_every_lookup_of_a_page_is_an_index_search(tmp_path: Path, sample_config
         view.page(
             collection, after=None, limit=5, ids=(row["sighting_id"],), versions=VersionFilter(all=True)
         )
-        scan = tmp_path / DIVD_SCAN.name
-        scan.write_text(DIVD_SCAN.read_text().replace("2024-06-12T04:48:41", "2024-06-14T04:48:41"))
-        (tmp_path / "DIVD-2024-00012.yaml").write_text(
-            (DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text()
-        )
+        later = DIVD_SCAN.read_text().replace("2024-06-12T04:48:41", "2024-06-14T04:48:41")
+        scan = divd_scan_as(tmp_path, later)
         Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [scan])
     raw = store.engine.raw_connection()
     try:

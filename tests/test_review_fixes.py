@@ -22,7 +22,7 @@ from connector.routing import Router
 from connector.stix.build import vulnerability
 from connector.store import Store, VersionFilter
 from connector.submission import Submissions
-from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, password_for, start_server
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, divd_scan_as, password_for, start_server
 from tests.record_view import notification_rows
 
 T0 = "2024-01-01T00:00:00.000Z"
@@ -139,11 +139,8 @@ def test_delete_with_match_version_last_removes_only_the_last(tmp_path: Path, sa
     store.sync_collections(collection_rows(sample_config))
     ingestor = Ingestor(sample_config, store, load_mappings())
     line = DIVD_SCAN.read_text().splitlines()[0]
-    scan = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
     for moment in ("04:48:41", "09:00:00"):
-        scan.write_text(line.replace("04:48:41", moment) + "\n")
-        ingestor.run("divd", "divd-nuclei", [scan])
+        ingestor.run("divd", "divd-nuclei", [divd_scan_as(tmp_path, line.replace("04:48:41", moment) + "\n")])
     zcert = recipient_collection_id("zcert")
     sighting = next(
         m.stix_id for m in CollectionView(store).page(zcert, after=None, limit=100, types=("sighting",))

@@ -20,7 +20,7 @@ from connector.notification import Classification, Notification
 from connector.render.collection import CollectionView
 from connector.routing import Policy, Router
 from connector.store import Store
-from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, divd_scan_as
 from tests.record_view import notification_rows
 from tests.test_routing import leaked_credential, scan_http_row
 
@@ -333,10 +333,8 @@ def test_a_moved_network_routes_new_notifications_to_the_new_owner_only(
     from connector.collections import collection_rows
 
     store.sync_collections(collection_rows(moved))
-    later = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
     line = DIVD_SCAN.read_text().splitlines()[0].replace("2024-06-12T04:48:41", "2024-06-20T04:48:41")
-    later.write_text(line + "\n")
-    (tmp_path / "DIVD-2024-00012.yaml").write_text((DIVD_SCAN.parent / "DIVD-2024-00012.yaml").read_text())
+    later = divd_scan_as(tmp_path, line + "\n")
     summary = Ingestor(moved, store, load_mappings()).run("divd", "divd-nuclei", [later])
     assert summary.per_recipient == {"nieuw": 1}
     after = {
