@@ -140,7 +140,7 @@ def test_a_new_sighting_supersedes_after_the_migration(migrated: Store, tmp_path
     latest_before = {r["pk"]: r["latest"] for r in OLD["tables"]["notifications"]}
     old_by_stamp = {r["stamp"]: as_read(r) for r in OLD_VERSIONS}
     with migrated.engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT pk, latest FROM notifications").all()
+        rows = conn.exec_driver_sql("SELECT notification, latest FROM notification_heads").all()
         moved = {int(pk): int(latest) for pk, latest in rows if latest != latest_before[pk]}
         assert len(moved) == summary.counts["updated"]
         for pk, latest in moved.items():

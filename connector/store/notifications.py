@@ -56,6 +56,10 @@ VERSION_COLUMNS = (
     "run",
 )
 STORED_VERSION_COLUMNS = ("stamp", "notification", "evidence", "packed")
+# What the notifications table holds: the record's fields but `latest`, which is in
+# notification_heads (migration 0014).
+_LATEST = NOTIFICATION_COLUMNS.index("latest")
+STORED_NOTIFICATION_COLUMNS = NOTIFICATION_COLUMNS[:_LATEST] + NOTIFICATION_COLUMNS[_LATEST + 1 :]
 KIND_FIELDS = (
     "partner",
     "feed",
@@ -68,7 +72,11 @@ KIND_FIELDS = (
     "direct_owner_only",
     "discard_unrouted",
 )
-_N = ", ".join(NOTIFICATION_COLUMNS)
+# Notification records: the columns of the record from the notification (`n`) and its head
+# (`h`), to be followed by a WHERE clause.
+SELECT_RECORDS = "SELECT {} FROM notifications n JOIN notification_heads h ON h.notification = n.pk".format(
+    ", ".join("h.latest" if c == "latest" else f"n.{c}" for c in NOTIFICATION_COLUMNS)
+)
 _V = ", ".join(STORED_VERSION_COLUMNS)
 
 
@@ -92,12 +100,13 @@ def kind_digest(values: tuple[Any, ...]) -> str:
 
 
 def notifications_by_pk(conn: Connection, pks: Iterable[int]) -> dict[int, NotificationRecord]:
-    rows = rows_in(conn, f"SELECT {_N} FROM notifications WHERE pk IN ({{in}})", sorted(set(pks)))
+    rows = rows_in(conn, f"{SELECT_RECORDS} WHERE n.pk IN ({{in}})", sorted(set(pks)))
     return {row[0]: notification_record(row) for row in rows}
 
 
 def notifications_by_subject(conn: Connection, subjects: Iterable[int]) -> list[NotificationRecord]:
-    rows = tuples_in(conn, f"SELECT {_N} FROM notifications WHERE subject IN ({{in}})", sorted(set(subjects)))
+    statement = f"{SELECT_RECORDS} WHERE n.subject IN ({{in}})"
+    rows = tuples_in(conn, statement, sorted(set(subjects)))
     return [notification_record(row) for row in rows]
 
 
@@ -240,9 +249,11 @@ def add_partner_name(w: Writer, partner: str, name: str) -> None:
 
 
 def add_notifications(w: Writer, rows: list[tuple[Any, ...]]) -> None:
-    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate). Their ids are located
-    (connector/stix/ids.py): notification_ids keeps only those of notifications stored before."""
-    w.insert("notifications", NOTIFICATION_COLUMNS, rows)
+    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate), with their heads. Their
+    ids are located (connector/stix/ids.py): notification_ids keeps only those of notifications
+    stored before."""
+    w.insert("notifications", STORED_NOTIFICATION_COLUMNS, [r[:_LATEST] + r[_LATEST + 1 :] for r in rows])
+    w.insert("notification_heads", ("notification", "latest"), [(r[0], r[_LATEST]) for r in rows])
 
 
 def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
@@ -264,7 +275,10 @@ def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
 
 def set_latest(w: Writer, latest: list[tuple[int, int]]) -> None:
     """(pk, stamp) pairs: the notifications' latest versions."""
-    w.many("UPDATE notifications SET latest = ? WHERE pk = ?", [(stamp, pk) for pk, stamp in sorted(latest)])
+    w.many(
+        "UPDATE notification_heads SET latest = ? WHERE notification = ?",
+        [(stamp, pk) for pk, stamp in sorted(latest)],
+    )
 
 
 def add_observations(w: Writer, rows: list[tuple[int, int]]) -> None:
@@ -290,7 +304,7 @@ def run_versions_without_recipients(conn: Connection, run_id: int, first: int, l
 
 def notifications_after(conn: Connection, after: int, limit: int) -> list[NotificationRecord]:
     """Up to `limit` notifications with pk above `after`, in pk order."""
-    sql = f"SELECT {_N} FROM notifications WHERE pk > ? ORDER BY pk LIMIT ?"
+    sql = f"{SELECT_RECORDS} WHERE n.pk > ? ORDER BY n.pk LIMIT ?"
     if conn.dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
     return [notification_record(row) for row in conn.exec_driver_sql(sql, (after, limit))]

@@ -1,7 +1,7 @@
 """SQL of retention and of a data subject's request: finding notifications by age or by value,
 and taking them out of every table they live in (connector/retention.py decides what goes).
 
-Removing a notification takes its row, its versions (the chain through `previous`), its ids,
+Removing a notification takes its row and its head, its versions (the chain through `previous`), its ids,
 its observation times, its entries in the delivery log, the removals (TAXII DELETE) recorded
 against those entries, its MISP event memberships, and, for a notification of the old layout,
 its stored objects. The delivery log's blocks are rewritten without the entries: the entries
@@ -19,11 +19,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from connector.store import deliveries, evidence
-from connector.store.notifications import NOTIFICATION_COLUMNS, notification_record
+from connector.store.notifications import SELECT_RECORDS, notification_record
 from connector.store.records import NotificationRecord
 from connector.store.writer import SLOTS, Writer, rows_in
-
-_N = ", ".join(NOTIFICATION_COLUMNS)
 
 
 def _sql(conn: Connection, statement: str) -> str:
@@ -42,7 +40,11 @@ def received_before(conn: Connection, stamp: int, after_pk: int, limit: int) -> 
     """(pk, kind, latest) of up to `limit` notifications with pk above `after_pk` whose latest
     version was written before `stamp` (µs), in pk order. No index serves `latest`: a purge
     walks the table once, a page at a time."""
-    sql = "SELECT pk, kind, latest FROM notifications WHERE pk > ? AND latest < ? ORDER BY pk LIMIT ?"
+    sql = (
+        "SELECT n.pk, n.kind, h.latest FROM notifications n "
+        "JOIN notification_heads h ON h.notification = n.pk "
+        "WHERE n.pk > ? AND h.latest < ? ORDER BY n.pk LIMIT ?"
+    )
     return [
         (int(a), int(b), int(c))
         for a, b, c in conn.exec_driver_sql(_sql(conn, sql), (after_pk, stamp, limit))
@@ -63,7 +65,7 @@ def highest_notification(conn: Connection) -> int:
 
 def notifications_above(conn: Connection, pk: int) -> list[NotificationRecord]:
     """Notifications written after `pk` was the highest (new since a scan)."""
-    sql = f"SELECT {_N} FROM notifications WHERE pk > ? ORDER BY pk"
+    sql = f"{SELECT_RECORDS} WHERE n.pk > ? ORDER BY n.pk"
     return [notification_record(r) for r in conn.exec_driver_sql(_sql(conn, sql), (pk,))]
 
 
@@ -176,7 +178,9 @@ def drop_versions(w: Writer, stamps: Iterable[int]) -> int:
 
 
 def drop_notifications(w: Writer, pks: Iterable[int]) -> int:
-    return w.many("DELETE FROM notifications WHERE pk = ?", [(pk,) for pk in sorted(set(pks))])
+    keys = [(pk,) for pk in sorted(set(pks))]
+    w.many("DELETE FROM notification_heads WHERE notification = ?", keys)
+    return w.many("DELETE FROM notifications WHERE pk = ?", keys)
 
 
 def drop_ids(w: Writer, pairs: Iterable[tuple[int, int]]) -> int:
