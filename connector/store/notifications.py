@@ -273,12 +273,26 @@ def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
     )
 
 
+HEADS_PER_ARRAY = 10_000  # PostgreSQL
+
+
 def set_latest(w: Writer, latest: list[tuple[int, int]]) -> None:
-    """(pk, stamp) pairs: the notifications' latest versions."""
-    w.many(
-        "UPDATE notification_heads SET latest = ? WHERE notification = ?",
-        [(stamp, pk) for pk, stamp in sorted(latest)],
+    """(pk, stamp) pairs: the notifications' latest versions. On PostgreSQL one statement per
+    HEADS_PER_ARRAY, the pairs passed as two arrays, where an executemany sent a statement per
+    notification (a second day re-observes every one)."""
+    pairs = sorted(latest)
+    if w.dialect != "postgresql":
+        statement = "UPDATE notification_heads SET latest = ? WHERE notification = ?"
+        w.many(statement, [(stamp, pk) for pk, stamp in pairs])
+        return
+    statement = (
+        "UPDATE notification_heads h SET latest = v.latest "
+        "FROM unnest(%s::bigint[], %s::bigint[]) AS v(notification, latest) "
+        "WHERE h.notification = v.notification"
     )
+    for start in range(0, len(pairs), HEADS_PER_ARRAY):
+        part = pairs[start : start + HEADS_PER_ARRAY]
+        w.conn.exec_driver_sql(statement, ([pk for pk, _ in part], [s for _, s in part]))
 
 
 def add_observations(w: Writer, rows: list[tuple[int, int]]) -> None:
