@@ -47,10 +47,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meldpunt.ingest")
 
-# A notification's distinct observation times are its `count`. Up to two of them are its
-# first_seen and last_seen, so the observations table lists the times only of notifications
-# seen more often (all their times, once there are three): most notifications are seen once,
-# and this spares each of them a row in an index.
+# A notification's distinct observation times are its `count`. Each of its versions names two
+# of them, its first_seen and last_seen; the observations table lists only the times no version
+# names (a time between two others that came in one input, or late). A scan that sees a host
+# again each day makes a version whose last_seen is the new time, so the table gets no row for
+# it: listing every time from the third on added a row a notification a day. With up to two
+# times nothing lies between them.
 OBSERVATIONS_IMPLIED = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -201,9 +203,7 @@ class BatchRecorder:
         self.summary.counts["repeated"] += len(batch) - len(groups)
         digests = {key: subject_digest(key) for key in groups}
         stored = self._stored(digests)
-        listed = notifications.listed_observations(
-            self.w.conn, [s.record.pk for s in stored.values() if s.latest.count > OBSERVATIONS_IMPLIED]
-        )
+        known = self._times_between(stored, groups)
         evidence = self._evidence_pks({bodies[key]: group[0].evidence for key, group in groups.items()})
         self._load_current_evidence(stored, bodies, evidence)
         for key, group in groups.items():
@@ -211,7 +211,7 @@ class BatchRecorder:
             if found is None:
                 self._new(key, group, digests[key], self._evidence_pk(bodies[key], evidence))
             else:
-                self._one(key, group, found, listed, bodies[key], evidence)
+                self._one(key, group, found, known, bodies[key], evidence)
         self._write()
 
     def _load_cache(self) -> None:
@@ -237,6 +237,42 @@ class BatchRecorder:
         latest = notifications.versions_by_stamp(self.w.conn, [r.latest for r in found.values()])
         self.known_versions.update(latest)
         return {key: _Stored(record, latest[record.latest]) for key, record in found.items()}
+
+    def _times_between(
+        self, stored: dict[Any, _Stored], groups: dict[Any, list[Notification]]
+    ) -> dict[int, set[int]]:
+        """pk -> the times a stored notification counts besides its latest version's two, for
+        each one seen now at a time between those two (it may count that time already): the
+        times its earlier versions name and the listed ones. Rare (an input older than the
+        latest, or one ingested again), so chains are read here, a step for all at a time."""
+        wanted: dict[int, NotificationRecord] = {}
+        step: dict[int, NotificationRecord] = {}  # stamp of a version still to read -> its notification
+        for key, found in stored.items():
+            latest, record = found.latest, found.record
+            if latest.count <= OBSERVATIONS_IMPLIED:
+                continue
+            first, last = latest.first_seen_of(record), latest.last_seen_of(record)
+            if any(first < moment_ms(n.observed_at) < last for n in groups[key]):
+                wanted[record.pk] = record
+                if latest.previous is not None:
+                    step[latest.previous] = record
+        known: dict[int, set[int]] = {pk: set() for pk in wanted}
+        if not wanted:
+            return known
+        for pk, at in notifications.listed_observations(self.w.conn, sorted(wanted)):
+            known[pk].add(at)
+        while step:
+            versions = notifications.versions_by_stamp(self.w.conn, step)
+            following: dict[int, NotificationRecord] = {}
+            for stamp, record in step.items():
+                version = versions.get(stamp)
+                if version is None:
+                    raise LookupError(f"notification version {stamp} is missing from the store")
+                known[record.pk].update((version.first_seen_of(record), version.last_seen_of(record)))
+                if version.previous is not None:
+                    following[version.previous] = record
+            step = following
+        return known
 
     def _kind(self, pk: int) -> Kind:
         kind = self.cache.kind_records.get(pk)
@@ -401,7 +437,7 @@ class BatchRecorder:
             (stamp, pk, None, CURRENT, now, None, last - first, count, None, None, numbers, run)
         )
         if count > OBSERVATIONS_IMPLIED:
-            self.observations += [(pk, at) for at in times]
+            self.observations += [(pk, at) for at in times[1:-1]]  # the version names the others
         if n.partner not in self.cache.partners:
             notifications.add_partner_name(self.w, n.partner, self.config.partner(n.partner).name)
             self.cache.partners.add(n.partner)
@@ -423,14 +459,14 @@ class BatchRecorder:
         key: tuple[str, str, str, str],
         group: list[Notification],
         stored: _Stored,
-        listed: set[tuple[int, int]],
+        known: dict[int, set[int]],
         body: str,
         evidence: dict[str, int | None],
     ) -> None:
         """A stored notification seen again: unchanged, or its next version."""
         times = sorted({moment_ms(n.observed_at) for n in group})
         self.cache.saw(stored.latest.kind_of(stored.record), times[0])
-        fresh = [at for at in times if not _observed(stored, at, listed)]
+        fresh = [at for at in times if not _observed(stored, at, known)]
         if not fresh:
             self.summary.counts["unchanged"] += 1
             return
@@ -452,16 +488,8 @@ class BatchRecorder:
                 version.recipients, version.run,
             )
         )  # fmt: skip
-        if version.count > OBSERVATIONS_IMPLIED:
-            listed_now = fresh
-            if stored.latest.count <= OBSERVATIONS_IMPLIED:
-                # from now on every time is listed, the implied ones too
-                listed_now = [
-                    stored.latest.first_seen_of(stored.record),
-                    stored.latest.last_seen_of(stored.record),
-                    *fresh,
-                ]
-            self.observations += [(record.pk, at) for at in dict.fromkeys(listed_now)]
+        named = (version.first_seen_of(record), version.last_seen_of(record))
+        self.observations += [(record.pk, at) for at in fresh if at not in named]
         self._deliver(
             record,
             version,
@@ -620,9 +648,14 @@ def _steady(evidence: dict[str, Any], volatile: frozenset[str]) -> dict[str, Any
     }
 
 
-def _observed(stored: _Stored, at: int, listed: set[tuple[int, int]]) -> bool:
-    """Whether the stored notification already counts an observation at `at` (ms)."""
+def _observed(stored: _Stored, at: int, known: dict[int, set[int]]) -> bool:
+    """Whether the stored notification already counts an observation at `at` (ms). A time
+    outside its first and last is new; one between them is known when a version names it or it
+    is listed (`known`, read by BatchRecorder._times_between)."""
     latest, record = stored.latest, stored.record
-    if latest.count <= OBSERVATIONS_IMPLIED:
-        return at in (latest.first_seen_of(record), latest.last_seen_of(record))
-    return (record.pk, at) in listed
+    first, last = latest.first_seen_of(record), latest.last_seen_of(record)
+    if at in (first, last):
+        return True
+    if at < first or at > last or latest.count <= OBSERVATIONS_IMPLIED:
+        return False
+    return at in known[record.pk]

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from connector.collections import collection_rows, recipient_collection_id
@@ -275,8 +277,9 @@ def notification_state(store: Store) -> tuple[int, int, int, list[int]]:
 def test_observation_times_count_once_whether_implied_or_listed(
     store: Store, sample_config: Config, mappings: Any, tmp_path: Path, batch_size: int
 ) -> None:
-    """Up to two distinct times are implied by first_seen and last_seen, more are listed: every
-    step of the way, a time seen before changes nothing, and a new one counts exactly once."""
+    """Each version names two distinct times, its first_seen and last_seen; only the times no
+    version names are listed: every step of the way, a time seen before changes nothing, and a
+    new one counts exactly once."""
     us = [int(datetime(2024, 6, 1, h, tzinfo=UTC).timestamp() * 1_000_000) for h in range(24)]
 
     def changed(*hours: int) -> bool:
@@ -296,12 +299,69 @@ def test_observation_times_count_once_whether_implied_or_listed(
     assert changed(8, 10)  # an earlier time
     assert notification_state(store) == (2, us[8], us[10], [])
     assert not changed(10, 8)
-    assert changed(9)  # between the two: from now on listed
-    assert notification_state(store) == (3, us[8], us[10], [us[8], us[9], us[10]])
+    assert changed(9)  # between the two: listed, as no version names it
+    assert notification_state(store) == (3, us[8], us[10], [us[9]])
     assert not changed(8, 9, 10)
-    assert changed(9, 12, 12)
-    assert notification_state(store) == (4, us[8], us[12], [us[8], us[9], us[10], us[12]])
+    assert changed(9, 12, 12)  # a later time: the new version names it
+    assert notification_state(store) == (4, us[8], us[12], [us[9]])
+    assert not changed(10)  # between first and last, named by an earlier version
+    assert changed(11, 13, 14)
+    # In one batch, 13 is between the version's first and last; a row at a time, each of 13
+    # and 14 is a version's last_seen.
+    listed = [us[9], us[11], us[13]] if batch_size > 1 else [us[9], us[11]]
+    assert notification_state(store) == (7, us[8], us[14], listed)
+    assert not changed(8, 9, 10, 11, 12, 13, 14)
+    assert changed(7, 11, 15)
+    assert notification_state(store) == (9, us[7], us[15], listed)
     assert invariants(store) == []
+
+
+_ADDRESSES = iter(range(1, 1_000_000))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    inputs=st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=4), min_size=1, max_size=6),
+    batch_size=st.sampled_from([1, 2, 5000]),
+)
+@example(inputs=[[0, 1, 2], [1]], batch_size=5000)  # listed in the first input
+@example(inputs=[[0, 2], [1], [3], [2, 1]], batch_size=1)  # named by an earlier version
+@example(inputs=[[5], [3, 9, 4], [4, 3, 9, 5]], batch_size=2)
+def test_any_order_of_observation_times_counts_each_time_once(
+    store: Store,
+    sample_config: Config,
+    mappings: Any,
+    tmp_path: Path,
+    inputs: list[list[int]],
+    batch_size: int,
+) -> None:
+    """Inputs of any times in any order, each time in any number of inputs: an input changes
+    the notification exactly when it brings a time not seen before, and its count is the number
+    of distinct times seen, whether a time was named by a version or listed."""
+    number = next(_ADDRESSES)
+    ip = f"10.{number // 65536 % 256}.{number // 256 % 256}.{number % 256}"
+    seen: set[int] = set()
+
+    def ingest(hours: list[int]) -> bool:
+        rows = [(f"2024-06-01 {h:02d}:00:00", ip, 443) for h in hours]
+        path = report(tmp_path / f"2024-06-01-scan_http-{number}.csv", rows)
+        counts = (
+            ingestor(store, sample_config, mappings, batch_size=batch_size)
+            .run(PARTNER, "shadowserver", [path])
+            .counts
+        )
+        return counts["new"] + counts["updated"] > 0
+
+    for hours in inputs:
+        assert ingest(hours) == bool(set(hours) - seen), (hours, sorted(seen))
+        seen |= set(hours)
+        [row] = [r for r in notification_rows(store) if r["observable"].startswith(f"{ip}:")]
+        assert row["count"] == len(seen)
+        assert (row["first_seen"], row["last_seen"]) == (
+            int(datetime(2024, 6, 1, min(seen), tzinfo=UTC).timestamp() * 1000),
+            int(datetime(2024, 6, 1, max(seen), tzinfo=UTC).timestamp() * 1000),
+        )
+    assert not ingest(sorted(seen))
 
 
 def test_three_times_in_one_input_are_listed_at_once(
@@ -311,7 +371,7 @@ def test_three_times_in_one_input_are_listed_at_once(
     path = report(tmp_path / "2024-06-01-scan_http.csv", rows)
     ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
     us = [int(datetime(2024, 6, 1, h, tzinfo=UTC).timestamp() * 1_000_000) for h in (1, 2, 3)]
-    assert notification_state(store) == (3, us[0], us[2], us)
+    assert notification_state(store) == (3, us[0], us[2], [us[1]])  # the version names the others
     again = ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
     assert again.counts["unchanged"] == 1 and notification_state(store)[0] == 3
 

@@ -159,8 +159,10 @@ notification_ids = Table(
 )
 
 # Distinct observation times (ms) of a notification: re-ingesting a file changes nothing while a
-# new sighting counts. Listed only for notifications seen more than twice (then all times): up
-# to two are its first_seen and last_seen.
+# new sighting counts. Each version names two of its notification's times (first_seen and
+# last_seen); listed here are only the times no version names, such as the middle one of three
+# in one input. The code before listed every time of a notification seen more than twice;
+# those rows are read the same way (a time named and listed is one time).
 observations = Table(
     "observations",
     metadata,

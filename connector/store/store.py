@@ -120,8 +120,8 @@ class Store:
             return
         with self._write_engine.connect() as conn:
             conn.exec_driver_sql(
-                "ANALYZE notifications, notification_versions, notification_ids, collection_shared, "
-                "delivery_blocks, evidence, observations"
+                "ANALYZE notifications, notification_heads, notification_versions, notification_ids, "
+                "collection_shared, delivery_blocks, evidence, observations"
             )
             conn.commit()
 
