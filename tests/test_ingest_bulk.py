@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,6 +273,16 @@ def notification_state(store: Store) -> tuple[int, int, int, list[int]]:
     return row["count"], row["first_seen"] * 1000, row["last_seen"] * 1000, times
 
 
+def seen_at(ingest: Ingestor, ip: str, hours: Iterable[int], folder: Path) -> bool:
+    """Whether a report of `ip` (port 443) seen at these hours of 1 June 2024 changed its
+    notification (new or a new version)."""
+    hours = list(hours)
+    rows = [(f"2024-06-01 {h:02d}:00:00", ip, 443) for h in hours]
+    path = report(folder / f"2024-06-01-scan_http-{ip}-{'-'.join(map(str, hours))}.csv", rows)
+    counts = ingest.run(PARTNER, "shadowserver", [path]).counts
+    return counts["new"] + counts["updated"] > 0
+
+
 @pytest.mark.parametrize("batch_size", [1, 5000])
 def test_observation_times_count_once_whether_implied_or_listed(
     store: Store, sample_config: Config, mappings: Any, tmp_path: Path, batch_size: int
@@ -283,15 +293,9 @@ def test_observation_times_count_once_whether_implied_or_listed(
     us = [int(datetime(2024, 6, 1, h, tzinfo=UTC).timestamp() * 1_000_000) for h in range(24)]
 
     def changed(*hours: int) -> bool:
-        """Whether ingesting these observation times changed the notification."""
-        rows = [(f"2024-06-01 {h:02d}:00:00", "192.0.2.10", 443) for h in hours]
-        path = report(tmp_path / f"2024-06-01-scan_http-{'-'.join(map(str, hours))}.csv", rows)
-        counts = (
-            ingestor(store, sample_config, mappings, batch_size=batch_size)
-            .run(PARTNER, "shadowserver", [path])
-            .counts
+        return seen_at(
+            ingestor(store, sample_config, mappings, batch_size=batch_size), "192.0.2.10", hours, tmp_path
         )
-        return counts["new"] + counts["updated"] > 0
 
     assert changed(10)
     assert notification_state(store) == (1, us[10], us[10], [])
@@ -343,14 +347,7 @@ def test_any_order_of_observation_times_counts_each_time_once(
     seen: set[int] = set()
 
     def ingest(hours: list[int]) -> bool:
-        rows = [(f"2024-06-01 {h:02d}:00:00", ip, 443) for h in hours]
-        path = report(tmp_path / f"2024-06-01-scan_http-{number}.csv", rows)
-        counts = (
-            ingestor(store, sample_config, mappings, batch_size=batch_size)
-            .run(PARTNER, "shadowserver", [path])
-            .counts
-        )
-        return counts["new"] + counts["updated"] > 0
+        return seen_at(ingestor(store, sample_config, mappings, batch_size=batch_size), ip, hours, tmp_path)
 
     for hours in inputs:
         assert ingest(hours) == bool(set(hours) - seen), (hours, sorted(seen))
