@@ -41,6 +41,8 @@ from connector.store.records import Kind, NotificationRecord, VersionRecord, dig
 from connector.store.times import day_text, moment_ms
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from connector.config import Config
     from connector.counts import RunSummary
     from connector.store import Store
@@ -241,37 +243,31 @@ class BatchRecorder:
     def _times_between(
         self, stored: dict[Any, _Stored], groups: dict[Any, list[Notification]]
     ) -> dict[int, set[int]]:
-        """pk -> the times a stored notification counts besides its latest version's two, for
-        each one seen now at a time between those two (it may count that time already): the
-        times its earlier versions name and the listed ones. Rare (an input older than the
-        latest, or one ingested again), so chains are read here, a step for all at a time."""
-        wanted: dict[int, NotificationRecord] = {}
-        step: dict[int, NotificationRecord] = {}  # stamp of a version still to read -> its notification
+        """pk -> which of the times a stored notification is seen at now, strictly between its
+        latest version's first and last, it counts already: those listed, and those an earlier
+        version names (_named_down_the_chains). Rare: an input older than the latest one, or
+        one ingested again."""
+        asked: dict[int, set[int]] = {}  # pk -> times not found yet
+        records: dict[int, NotificationRecord] = {}
+        previous: dict[int, int] = {}  # pk -> the stamp of the version before its latest
         for key, found in stored.items():
             latest, record = found.latest, found.record
             if latest.count <= OBSERVATIONS_IMPLIED:
                 continue
             first, last = latest.first_seen_of(record), latest.last_seen_of(record)
-            if any(first < moment_ms(n.observed_at) < last for n in groups[key]):
-                wanted[record.pk] = record
+            inside = {at for n in groups[key] if first < (at := moment_ms(n.observed_at)) < last}
+            if inside:
+                asked[record.pk], records[record.pk] = inside, record
                 if latest.previous is not None:
-                    step[latest.previous] = record
-        known: dict[int, set[int]] = {pk: set() for pk in wanted}
-        if not wanted:
-            return known
-        for pk, at in notifications.listed_observations(self.w.conn, sorted(wanted)):
-            known[pk].add(at)
-        while step:
-            versions = notifications.versions_by_stamp(self.w.conn, step)
-            following: dict[int, NotificationRecord] = {}
-            for stamp, record in step.items():
-                version = versions.get(stamp)
-                if version is None:
-                    raise LookupError(f"notification version {stamp} is missing from the store")
-                known[record.pk].update((version.first_seen_of(record), version.last_seen_of(record)))
-                if version.previous is not None:
-                    following[version.previous] = record
-            step = following
+                    previous[record.pk] = latest.previous
+        known: dict[int, set[int]] = {pk: set() for pk in asked}
+        if asked:
+            for pk, at in notifications.listed_observations(self.w.conn, sorted(asked)):
+                if at in asked[pk]:
+                    asked[pk].discard(at)
+                    known[pk].add(at)
+            step = {stamp: pk for pk, stamp in previous.items() if asked[pk]}
+            _named_down_the_chains(self.w.conn, step, asked, known, records)
         return known
 
     def _kind(self, pk: int) -> Kind:
@@ -646,6 +642,35 @@ def _steady(evidence: dict[str, Any], volatile: frozenset[str]) -> dict[str, Any
         for key, value in evidence.items()
         if key not in volatile
     }
+
+
+def _named_down_the_chains(
+    conn: Connection,
+    step: dict[int, int],
+    asked: dict[int, set[int]],
+    known: dict[int, set[int]],
+    records: dict[int, NotificationRecord],
+) -> None:
+    """Moves the `asked` times that an earlier version names into `known`, reading the chains
+    from `step` (stamp of a version to read -> its notification's pk) a step for all at a time.
+
+    A version's first and last enclose those of every version before it (a new time only widens
+    them), so a time is looked for further down only while the version just read still has it
+    strictly inside: a day ingested again after the next one is found one version down,
+    whatever the chain's length."""
+    while step:
+        versions = notifications.versions_by_stamp(conn, step)
+        following: dict[int, int] = {}
+        for stamp, pk in step.items():
+            version = versions.get(stamp)
+            if version is None:
+                raise LookupError(f"notification version {stamp} is missing from the store")
+            first, last = version.first_seen_of(records[pk]), version.last_seen_of(records[pk])
+            known[pk] |= asked[pk] & {first, last}
+            asked[pk] = {at for at in asked[pk] if first < at < last}
+            if asked[pk] and version.previous is not None:
+                following[version.previous] = pk
+        step = following
 
 
 def _observed(stored: _Stored, at: int, known: dict[int, set[int]]) -> bool:

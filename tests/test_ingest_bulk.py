@@ -27,6 +27,7 @@ from connector.config import Config, parse_config
 from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
+from connector.store import notifications as notifications_sql
 from tests.conftest import SAMPLE_CONFIG, _drop_pg_database, _fresh_pg_database
 from tests.record_view import notification_rows
 
@@ -359,6 +360,34 @@ def test_any_order_of_observation_times_counts_each_time_once(
             int(datetime(2024, 6, 1, max(seen), tzinfo=UTC).timestamp() * 1000),
         )
     assert not ingest(sorted(seen))
+
+
+def test_a_time_ingested_again_is_looked_for_only_as_far_down_as_it_can_be(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version's first and last enclose those of the versions before it: a time is looked
+    for down the chain only while a version still has it strictly inside, found or not."""
+    for hour in range(0, 20, 2):  # ten versions: hours 0..0, 0..2, ..., 0..18
+        assert seen_at(ingestor(store, sample_config, mappings), "192.0.2.10", [hour], tmp_path)
+    read: list[int] = []
+    by_stamp = notifications_sql.versions_by_stamp
+
+    def counted(conn: Any, stamps: Any) -> Any:
+        read.extend(stamps)
+        return by_stamp(conn, stamps)
+
+    monkeypatch.setattr(notifications_sql, "versions_by_stamp", counted)
+
+    def reads(hour: int) -> tuple[bool, int]:
+        """(whether the hour changed the notification, versions read)"""
+        read.clear()
+        return seen_at(ingestor(store, sample_config, mappings), "192.0.2.10", [hour], tmp_path), len(read)
+
+    assert reads(16) == (False, 2)  # the latest, and the one before it, which names hour 16
+    assert reads(17) == (True, 2)  # the one before it ends at 16: no earlier version names 17
+    assert reads(3) == (True, 1 + 9)  # inside every range down to 0..4; 0..2 ends it
+    assert reads(3) == (False, 1)  # listed now
+    assert notification_state(store)[0] == 12
 
 
 def test_three_times_in_one_input_are_listed_at_once(

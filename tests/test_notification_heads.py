@@ -109,3 +109,37 @@ def test_the_migration_carries_every_latest_stamp_and_the_downgrade_back(store_u
         engine.dispose()
     alembic(store_url, "upgrade", "head")
     assert dict(_rows(store_url, "SELECT notification, latest FROM notification_heads")) == old
+
+
+def test_the_downgrade_lists_every_time_again_as_the_code_before_expects(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The code before 0014 listed every time of a notification seen three times or more and
+    looked nowhere else; this code lists only what no version names. Going back lists them all."""
+    config = legacy_config()
+    store = Store.open(store_url)
+    try:
+        store.sync_collections(collection_rows(config))
+        ingest = Ingestor(config, store, load_mappings())
+        thrice = [("08", "192.0.2.1"), ("09", "192.0.2.1"), ("07", "192.0.2.1"), ("08", "192.0.2.2")]
+        for month, hosts in thrice:  # hosts 192.0.2.1x seen in three months, 192.0.2.2x once
+            scan = DIVD_SCAN.read_text().replace("2024-06-1", f"2024-{month}-1").replace("192.0.2.1", hosts)
+            ingest.run("divd", "divd-nuclei", [divd_scan_as(tmp_path, scan)])
+        counts = {
+            pk: (v.count, {v.first_seen_of(n), v.last_seen_of(n)})
+            for n, v, _kind in store.iter_notifications()
+            for pk in [n.pk]
+        }
+    finally:
+        store.close()
+    three = {pk for pk, (count, _) in counts.items() if count == 3}
+    assert three and len(three) < len(counts)
+    assert _rows(store_url, "SELECT * FROM observations") == []  # each time named by a version
+    alembic(store_url, "downgrade", "0013")
+    listed: dict[int, set[int]] = {}
+    for pk, at in _rows(store_url, "SELECT notification, observed_at FROM observations"):
+        listed.setdefault(pk, set()).add(at)
+    assert set(listed) == three
+    for pk in three:
+        assert len(listed[pk]) == 3 and counts[pk][1] <= listed[pk]
+    alembic(store_url, "upgrade", "head")

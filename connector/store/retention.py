@@ -40,14 +40,16 @@ def received_before(conn: Connection, stamp: int, after_pk: int, limit: int) -> 
     """(pk, kind, latest) of up to `limit` notifications with pk above `after_pk` whose latest
     version was written before `stamp` (µs), in pk order. No index serves `latest`: a purge
     walks the table once, a page at a time."""
+    # The pk bound on both tables: PostgreSQL carries no condition across a join's equality,
+    # and each page would otherwise read the other table's index from its start.
     sql = (
         "SELECT n.pk, n.kind, h.latest FROM notifications n "
         "JOIN notification_heads h ON h.notification = n.pk "
-        "WHERE n.pk > ? AND h.latest < ? ORDER BY n.pk LIMIT ?"
+        "WHERE n.pk > ? AND h.notification > ? AND h.latest < ? ORDER BY n.pk LIMIT ?"
     )
     return [
         (int(a), int(b), int(c))
-        for a, b, c in conn.exec_driver_sql(_sql(conn, sql), (after_pk, stamp, limit))
+        for a, b, c in conn.exec_driver_sql(_sql(conn, sql), (after_pk, after_pk, stamp, limit))
     ]
 
 
