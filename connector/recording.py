@@ -612,11 +612,9 @@ class BatchRecorder:
         for number, key in deliveries.claim_shared(w, claims):
             entry, slot = claimants[number][key]
             entry.bits |= 1 << slot
-        for number, entries in self.deliveries.items():
-            deliveries.change_bits(w, number, self.superseded.pop(number, {}))
-            deliveries.append(w, number, [(e.stamp, e.bits) for e in entries])
-        for number, changes in self.superseded.items():  # collections without a new entry
+        for number, changes in self.superseded.items():
             deliveries.change_bits(w, number, changes)
+        deliveries.append(w, {n: [(e.stamp, e.bits) for e in es] for n, es in self.deliveries.items()})
         if self.legacy_supersede:
             from connector.store import objects
 

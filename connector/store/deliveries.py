@@ -165,12 +165,15 @@ def removed_in(conn: Connection, collection: int, values: Iterable[int]) -> set[
 # --- writing -------------------------------------------------------------------------------------
 
 
-def append(w: Writer, collection: int, entries: list[tuple[int, int]]) -> None:
-    """Entries (stamp, bits) of one collection, in stamp order, as new blocks."""
+def append(w: Writer, entries: dict[int, list[tuple[int, int]]]) -> None:
+    """Entries (stamp, bits) per collection, each collection's in stamp order, as new blocks,
+    in one statement (a batch reaches a few hundred collections: on PostgreSQL a COPY each
+    was a tenth of an ingest)."""
     rows = []
-    for start in range(0, len(entries), BLOCK):
-        part = entries[start : start + BLOCK]
-        rows.append((collection, part[-1][0] + SLOTS - 1, part[0][0], encode(part)))
+    for collection, theirs in sorted(entries.items()):
+        for start in range(0, len(theirs), BLOCK):
+            part = theirs[start : start + BLOCK]
+            rows.append((collection, part[-1][0] + SLOTS - 1, part[0][0], encode(part)))
     w.insert("delivery_blocks", ("collection", "last", "first", "entries"), rows)
 
 
