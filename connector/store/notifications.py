@@ -16,7 +16,7 @@ from connector.stix.ids import located_subject
 from connector.store import evidence
 from connector.store.packing import decode_version, encode_version
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
-from connector.store.writer import Writer, rows_in, tuples_in
+from connector.store.writer import Writer, pg_array, rows_in, tuples_in
 
 NOTIFICATION_COLUMNS = (
     "pk",
@@ -273,12 +273,27 @@ def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
     )
 
 
+HEADS_PER_STATEMENT = 10_000  # PostgreSQL
+
+
 def set_latest(w: Writer, latest: list[tuple[int, int]]) -> None:
-    """(pk, stamp) pairs: the notifications' latest versions. (On PostgreSQL, one UPDATE of two
-    arrays through unnest per 10,000 pairs was no faster than this executemany, which psycopg
-    sends as a pipeline: 4,039 against 4,050-4,093 rows/s on a second day of 200,000.)"""
-    statement = "UPDATE notification_heads SET latest = ? WHERE notification = ?"
-    w.many(statement, [(stamp, pk) for pk, stamp in sorted(latest)])
+    """(pk, stamp) pairs: the notifications' latest versions. On PostgreSQL one UPDATE per
+    HEADS_PER_STATEMENT pairs, given as two arrays, where an executemany (pipelined by psycopg)
+    was 6.6% of a second day's time."""
+    pairs = sorted(latest)
+    if w.dialect != "postgresql":
+        w.many(
+            "UPDATE notification_heads SET latest = ? WHERE notification = ?", [(s, pk) for pk, s in pairs]
+        )
+        return
+    statement = (
+        "UPDATE notification_heads h SET latest = v.latest "
+        "FROM unnest(%s::bigint[], %s::bigint[]) AS v(notification, latest) "
+        "WHERE h.notification = v.notification"
+    )
+    for start in range(0, len(pairs), HEADS_PER_STATEMENT):
+        pks, stamps = zip(*pairs[start : start + HEADS_PER_STATEMENT], strict=True)
+        w.conn.exec_driver_sql(statement, (pg_array(pks), pg_array(stamps)))
 
 
 def add_observations(w: Writer, rows: list[tuple[int, int]]) -> None:
