@@ -182,9 +182,11 @@ def _in_statements(
 
 
 def pg_array(values: Sequence[Any]) -> str | list[Any]:
-    """Whole numbers as the text form of a PostgreSQL array, made by join, which PostgreSQL
-    casts to the array type the statement needs (psycopg's dumper of a Python list took three
-    times as long); other values as a list, for psycopg to dump."""
+    """Whole numbers, or flags (True, False, None), as the text form of a PostgreSQL array,
+    made by join, which PostgreSQL casts to the array type the statement needs (psycopg's
+    dumper of a Python list took three times as long); other values as a list, for psycopg."""
     if all(value.__class__ is int for value in values):
         return "{" + ",".join(map(str, values)) + "}"
+    if all(value is None or value.__class__ is bool for value in values):
+        return "{" + ",".join("NULL" if flag is None else "t" if flag else "f" for flag in values) + "}"
     return list(values)
