@@ -72,11 +72,16 @@ KIND_FIELDS = (
     "direct_owner_only",
     "discard_unrouted",
 )
-# Notification records: the columns of the record from the notification (`n`) and its head
-# (`h`), to be followed by a WHERE clause.
-SELECT_RECORDS = "SELECT {} FROM notifications n JOIN notification_heads h ON h.notification = n.pk".format(
-    ", ".join("h.latest" if c == "latest" else f"n.{c}" for c in NOTIFICATION_COLUMNS)
+# Notifications (`n`) with their heads (`h`).
+WITH_HEADS = "notifications n JOIN notification_heads h ON h.notification = n.pk"
+# Notification records: the record's columns, to be followed by a WHERE clause.
+SELECT_RECORDS = "SELECT {} FROM {}".format(
+    ", ".join("h.latest" if c == "latest" else f"n.{c}" for c in NOTIFICATION_COLUMNS), WITH_HEADS
 )
+# Notifications with a pk above a bound, given twice: PostgreSQL carries no inequality across
+# the join's equality, and with the bound on `n` alone it read the heads' index from its start
+# (a merge join, for each page of a walk) or all of the heads (a hash join).
+PK_ABOVE = "n.pk > ? AND h.notification > ?"
 _V = ", ".join(STORED_VERSION_COLUMNS)
 
 
@@ -319,7 +324,7 @@ def run_versions_without_recipients(conn: Connection, run_id: int, first: int, l
 
 def notifications_after(conn: Connection, after: int, limit: int) -> list[NotificationRecord]:
     """Up to `limit` notifications with pk above `after`, in pk order."""
-    sql = f"{SELECT_RECORDS} WHERE n.pk > ? ORDER BY n.pk LIMIT ?"
+    sql = f"{SELECT_RECORDS} WHERE {PK_ABOVE} ORDER BY n.pk LIMIT ?"
     if conn.dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
-    return [notification_record(row) for row in conn.exec_driver_sql(sql, (after, limit))]
+    return [notification_record(row) for row in conn.exec_driver_sql(sql, (after, after, limit))]

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from connector.store import deliveries, evidence
-from connector.store.notifications import SELECT_RECORDS, notification_record
+from connector.store.notifications import PK_ABOVE, SELECT_RECORDS, WITH_HEADS, notification_record
 from connector.store.records import NotificationRecord
 from connector.store.writer import SLOTS, Writer, rows_in
 
@@ -40,13 +40,8 @@ def received_before(conn: Connection, stamp: int, after_pk: int, limit: int) -> 
     """(pk, kind, latest) of up to `limit` notifications with pk above `after_pk` whose latest
     version was written before `stamp` (µs), in pk order. No index serves `latest`: a purge
     walks the table once, a page at a time."""
-    # The pk bound on both tables: PostgreSQL carries no condition across a join's equality,
-    # and each page would otherwise read the other table's index from its start.
-    sql = (
-        "SELECT n.pk, n.kind, h.latest FROM notifications n "
-        "JOIN notification_heads h ON h.notification = n.pk "
-        "WHERE n.pk > ? AND h.notification > ? AND h.latest < ? ORDER BY n.pk LIMIT ?"
-    )
+    sql = f"SELECT n.pk, n.kind, h.latest FROM {WITH_HEADS} WHERE {PK_ABOVE} AND h.latest < ?"
+    sql += " ORDER BY n.pk LIMIT ?"
     return [
         (int(a), int(b), int(c))
         for a, b, c in conn.exec_driver_sql(_sql(conn, sql), (after_pk, after_pk, stamp, limit))
@@ -67,8 +62,8 @@ def highest_notification(conn: Connection) -> int:
 
 def notifications_above(conn: Connection, pk: int) -> list[NotificationRecord]:
     """Notifications written after `pk` was the highest (new since a scan)."""
-    sql = f"{SELECT_RECORDS} WHERE n.pk > ? ORDER BY n.pk"
-    return [notification_record(r) for r in conn.exec_driver_sql(_sql(conn, sql), (pk,))]
+    sql = f"{SELECT_RECORDS} WHERE {PK_ABOVE} ORDER BY n.pk"
+    return [notification_record(r) for r in conn.exec_driver_sql(_sql(conn, sql), (pk, pk))]
 
 
 def notifications_matching(conn: Connection, value: str) -> list[tuple[int, str | None]]:
