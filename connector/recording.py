@@ -612,8 +612,7 @@ class BatchRecorder:
         for number, key in deliveries.claim_shared(w, claims):
             entry, slot = claimants[number][key]
             entry.bits |= 1 << slot
-        for number, changes in self.superseded.items():
-            deliveries.change_bits(w, number, changes)
+        deliveries.change_bits(w, self.superseded)
         deliveries.append(w, {n: [(e.stamp, e.bits) for e in es] for n, es in self.deliveries.items()})
         if self.legacy_supersede:
             from connector.store import objects

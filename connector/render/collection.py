@@ -295,7 +295,7 @@ class CollectionView:
                     for v in reader.version_chain(n.latest)
                     if v.renderer != 0 and number in v.recipients
                 ]
-                deliveries.change_bits(w, number, {s: (RECHECK, 0) for s in stamps})
+                deliveries.change_bits(w, {number: {s: (RECHECK, 0) for s in stamps}})
             return removed + len(gone)
 
 

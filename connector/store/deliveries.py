@@ -177,19 +177,59 @@ def append(w: Writer, entries: dict[int, list[tuple[int, int]]]) -> None:
     w.insert("delivery_blocks", ("collection", "last", "first", "entries"), rows)
 
 
-def change_bits(w: Writer, collection: int, changes: dict[int, tuple[int, int]]) -> None:
-    """stamp -> (bits to set, bits to clear) for entries already stored in the collection."""
-    if not changes:
+def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> None:
+    """collection -> stamp -> (bits to set, bits to clear), for entries already stored there.
+
+    All collections at once: a re-observation supersedes a version in every collection it went
+    to, a few hundred per batch, and a look-up and an UPDATE per collection were a round trip
+    each on PostgreSQL. The blocks' new entries go in one executemany (pipelined by psycopg)."""
+    wanted = {collection: sorted(theirs) for collection, theirs in changes.items() if theirs}
+    if not wanted:
         return
     updates = []
-    for block in _blocks_holding(w.conn, collection, sorted(changes)):
+    for block in _blocks_holding_all(w.conn, wanted):
+        theirs = changes[block.collection]
         entries = [
-            (stamp, (bits | changes[stamp][0]) & ~changes[stamp][1]) if stamp in changes else (stamp, bits)
+            (stamp, (bits | theirs[stamp][0]) & ~theirs[stamp][1]) if stamp in theirs else (stamp, bits)
             for stamp, bits in block.entries
         ]
         if entries != block.entries:
             updates.append((encode(entries), block.collection, block.last))
+    updates.sort(key=lambda update: (update[1], update[2]))
     w.many("UPDATE delivery_blocks SET entries = ? WHERE collection = ? AND last = ?", updates)
+
+
+BLOCK_PROBES = 10_000  # PostgreSQL: (collection, stamp) pairs looked up per statement
+
+
+def _blocks_holding_all(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[Block]:
+    """The blocks holding these stamps (collection -> its stamps, sorted), each once. On
+    PostgreSQL one statement per BLOCK_PROBES stamps, each probed on the server (an index
+    range of one row); on SQLite, in process, one look-up per block."""
+    if conn.dialect.name != "postgresql":
+        for collection, theirs in sorted(stamps.items()):
+            yield from _blocks_holding(conn, collection, theirs)
+        return
+    # Each stamp's block is the first whose `last` is not below it (if its `first` is not
+    # above it); a block holding many of the stamps is sent once.
+    statement = (
+        "WITH holding AS (SELECT DISTINCT b.collection, b.last "
+        "FROM unnest(%s::integer[], %s::bigint[]) AS s(collection, stamp) "
+        "CROSS JOIN LATERAL (SELECT d.collection, d.last, d.first FROM delivery_blocks d "
+        "WHERE d.collection = s.collection AND d.last >= s.stamp ORDER BY d.last LIMIT 1) b "
+        "WHERE b.first <= s.stamp) "
+        "SELECT d.collection, d.last, d.first, d.entries FROM holding h "
+        "JOIN delivery_blocks d ON d.collection = h.collection AND d.last = h.last"
+    )
+    pairs = [(collection, stamp) for collection, theirs in sorted(stamps.items()) for stamp in theirs]
+    seen: set[tuple[int, int]] = set()
+    for start in range(0, len(pairs), BLOCK_PROBES):
+        collections, probes = zip(*pairs[start : start + BLOCK_PROBES], strict=True)
+        for row in conn.exec_driver_sql(statement, (pg_array(collections), pg_array(probes))):
+            block = _block(row)
+            if (block.collection, block.last) not in seen:  # a block may span two statements
+                seen.add((block.collection, block.last))
+                yield block
 
 
 CLAIMS_PER_STATEMENT = 200
