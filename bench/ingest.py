@@ -14,6 +14,7 @@ for speed in Python or in the store.
 
     python bench/ingest.py [--rows 1000000] [--sample 2000] [--stage-rows 100000] [--batch-size N]
         [--commit-every N] [--commit-seconds S] [--database URL] [--keep DIR] [--no-second-day]
+        [--by-statement]
 
 Then the store's size after the first ingest against the input's, and a second day's report of
 the same hosts with new timestamps: the rate and how much the store grew for it.
@@ -228,6 +229,10 @@ class StoreTimer:
 
     def __init__(self, store: Store) -> None:
         self.seconds = 0.0
+        # The same seconds by statement (its first words; a table's inserts as one) and by the
+        # tenth of the input the ingest was in: which statements grow with the store.
+        self.by_statement: dict[str, list[float]] = {}
+        self.tenth = 0
         self._depth = 0
         self._undo: list[Callable[[], None]] = []
         for name in ("insert", "many", "rows_in"):
@@ -252,7 +257,10 @@ class StoreTimer:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.seconds += time.perf_counter() - started
+                    spent = time.perf_counter() - started
+                    self.seconds += spent
+                    tenths = self.by_statement.setdefault(_statement_label(name, args), [0.0] * 10)
+                    tenths[self.tenth] += spent
 
         setattr(owner, name, timed)
         # An instance's attribute is taken away again; a class's or module's put back.
@@ -261,6 +269,23 @@ class StoreTimer:
     def close(self) -> None:
         for undo in reversed(self._undo):
             undo()
+
+    def print_by_statement(self, rows: int, top: int = 10) -> None:
+        print(f"the store's time by statement, µs/row over the run | in each tenth of the input (top {top}):")
+        ranked = sorted(self.by_statement.items(), key=lambda item: -sum(item[1]))
+        for label, tenths in ranked[:top]:
+            per_tenth = " ".join(f"{seconds / (rows / 10) * 1e6:5.1f}" for seconds in tenths)
+            print(f"  {sum(tenths) / rows * 1e6:5.1f} | {per_tenth} | {label}")
+
+
+def _statement_label(name: str, args: tuple[object, ...]) -> str:
+    """What StoreTimer files a call under: a table's inserts together, other statements by
+    their first words (the look-ups' IN lists differ in length only)."""
+    if name in ("claim_shared", "do_commit") or len(args) < 2:
+        return name
+    if name == "insert":
+        return f"INSERT INTO {args[1]}"
+    return " ".join(str(args[1]).split()[:8])[:80]
 
 
 def notifications_of(adapter: MappedAdapter, rows: Iterable[Row]) -> Iterator[Notification]:
@@ -371,6 +396,12 @@ def ingest(store: Store, config: Config, mappings: dict, report: Path, args: arg
     other processes and not among them)."""
     marks: list[tuple[float, int]] = []  # (seconds, bytes read) after each batch
     store_time = StoreTimer(store)
+    size = report.stat().st_size
+
+    def progress(done: int) -> None:
+        marks.append((time.perf_counter() - started, done))
+        store_time.tenth = min(9, done * 10 // size)
+
     cpu = time.process_time()
     started = time.perf_counter()
     summary = Ingestor(
@@ -384,12 +415,12 @@ def ingest(store: Store, config: Config, mappings: dict, report: Path, args: arg
         "shadowserver",
         "shadowserver",
         [report],
-        progress=lambda done: marks.append((time.perf_counter() - started, done)),
+        progress=progress,
     )
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu
     store_time.close()
-    return summary, elapsed, marks, store_time.seconds, cpu
+    return summary, elapsed, marks, store_time, cpu
 
 
 def main() -> None:
@@ -410,6 +441,11 @@ def main() -> None:
     parser.add_argument("--database", help="store URL (an empty database); default: a fresh SQLite file")
     parser.add_argument("--keep", type=Path, help="keep the reports and database in this directory")
     parser.add_argument("--no-second-day", action="store_true", help="skip the second day's report")
+    parser.add_argument(
+        "--by-statement",
+        action="store_true",
+        help="after each ingest, the store's time by statement and by tenth of the input",
+    )
     parser.add_argument(
         "--uniform-evidence",
         action="store_true",
@@ -432,7 +468,8 @@ def main() -> None:
     print(f"store: {store.dialect}")
     store.sync_collections(collection_rows(config))
     empty = store_bytes(store, work)
-    summary, elapsed, marks, in_store_s, cpu = ingest(store, config, mappings, report, args)
+    summary, elapsed, marks, timer, cpu = ingest(store, config, mappings, report, args)
+    in_store_s = timer.seconds
     rate = args.rows / elapsed
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first_size = store_bytes(store, work) - empty
@@ -454,12 +491,14 @@ def main() -> None:
         f"store size after the first ingest: {first_size / 2**20:.1f} MiB = {first_size / size:.2f}x "
         f"the input's {size / 2**20:.1f} MiB (target: at most 2x)"
     )
+    if args.by_statement:
+        timer.print_by_statement(args.rows)
     second_growth = None
     if not args.no_second_day:
         day2 = work / "2024-06-02-scan_http-nl.csv"
         # same hosts, next day
         write_report(day2, args.rows, args.recipients, random.Random(7), day=2, uniform=args.uniform_evidence)
-        summary2, elapsed2, _marks, _s, cpu2 = ingest(store, config, mappings, day2, args)
+        summary2, elapsed2, _marks, timer2, cpu2 = ingest(store, config, mappings, day2, args)
         second_growth = store_bytes(store, work) - empty - first_size
         size2 = day2.stat().st_size
         print(
@@ -469,6 +508,8 @@ def main() -> None:
             f"{second_growth / 2**20:.1f} MiB = {second_growth / size2:.2f}x its {size2 / 2**20:.1f} MiB "
             "(target: at most 0.3x)"
         )
+        if args.by_statement:
+            timer2.print_by_statement(args.rows)
         second_growth = second_growth / size2
 
     # STIX for the same rows: ours (rendered, as a TAXII read does) and the naive way.
