@@ -113,29 +113,9 @@ def entry_bits(conn: Connection, collection: int, stamps: Iterable[int]) -> dict
     """The bits of the entries of these stamps in the collection (absent: not delivered there)."""
     wanted = set(stamps)
     out: dict[int, int] = {}
-    for block in _blocks_holding(conn, collection, sorted(wanted)):
+    for block in _blocks_holding(conn, {collection: sorted(wanted)}):
         out.update((stamp, bits) for stamp, bits in block.entries if stamp in wanted)
     return out
-
-
-def _blocks_holding(conn: Connection, collection: int, stamps: list[int]) -> Iterator[Block]:
-    """The blocks holding these stamps (sorted), each once."""
-    sql = (
-        "SELECT collection, last, first, entries FROM delivery_blocks "
-        "WHERE collection = ? AND last >= ? ORDER BY last LIMIT 1"
-    )
-    if conn.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
-    current: Block | None = None
-    for stamp in stamps:
-        if current is not None and current.first <= stamp <= current.last:
-            continue
-        row = conn.exec_driver_sql(sql, (collection, stamp)).first()
-        if row is None:
-            return
-        current = _block(row)
-        if current.first <= stamp:
-            yield current
 
 
 def shared_rows(conn: Connection, collection: int, digests: Iterable[int]) -> dict[int, tuple[int, bool]]:
@@ -187,7 +167,7 @@ def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> No
     if not wanted:
         return
     updates = []
-    for block in _blocks_holding_all(w.conn, wanted):
+    for block in _blocks_holding(w.conn, wanted):
         theirs = changes[block.collection]
         entries = [
             (stamp, (bits | theirs[stamp][0]) & ~theirs[stamp][1]) if stamp in theirs else (stamp, bits)
@@ -202,13 +182,26 @@ def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> No
 BLOCK_PROBES = 10_000  # PostgreSQL: (collection, stamp) pairs looked up per statement
 
 
-def _blocks_holding_all(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[Block]:
+def _blocks_holding(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[Block]:
     """The blocks holding these stamps (collection -> its stamps, sorted), each once. On
     PostgreSQL one statement per BLOCK_PROBES stamps, each probed on the server (an index
     range of one row); on SQLite, in process, one look-up per block."""
     if conn.dialect.name != "postgresql":
+        sql = (
+            "SELECT collection, last, first, entries FROM delivery_blocks "
+            "WHERE collection = ? AND last >= ? ORDER BY last LIMIT 1"
+        )
         for collection, theirs in sorted(stamps.items()):
-            yield from _blocks_holding(conn, collection, theirs)
+            current: Block | None = None
+            for stamp in theirs:
+                if current is not None and current.first <= stamp <= current.last:
+                    continue
+                row = conn.exec_driver_sql(sql, (collection, stamp)).first()
+                if row is None:
+                    break
+                current = _block(row)
+                if current.first <= stamp:
+                    yield current
         return
     # Each stamp's block is the first whose `last` is not below it (if its `first` is not
     # above it); a block holding many of the stamps is sent once.

@@ -124,7 +124,7 @@ def run_rows_before(conn: Connection, started_before: str) -> int:
 
 
 def blocks_holding(conn: Connection, collection: int, stamps: Sequence[int]) -> Iterator[deliveries.Block]:
-    yield from deliveries._blocks_holding(conn, collection, sorted(set(stamps)))
+    yield from deliveries._blocks_holding(conn, {collection: sorted(set(stamps))})
 
 
 # --- removing ------------------------------------------------------------------------------------
