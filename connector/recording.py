@@ -587,8 +587,40 @@ class BatchRecorder:
 
     # --- writing -------------------------------------------------------------------------------
 
+    def _stamps_by_recipients(self) -> None:
+        """The batch's stamps handed out again, the same stamps in another order: the versions
+        for one set of recipients take consecutive stamps, each set's in the order recorded.
+
+        Why: a collection is read in stamp order (date_added), and a page of it is a few of each
+        batch's versions. Stamped as they arrived, those lay among all the batch's versions,
+        spread over its pages of the store (and over any block of versions cut in stamp order);
+        stamped by recipients, they lie side by side. The stamps are those the clock handed
+        out, so the run's range, the clock and every other batch stay as they were, and a
+        subject has one version a batch, so no version's `previous` is among them."""
+        versions = self.versions
+        if len(versions) < 2:
+            return
+        ordered = sorted(versions, key=_by_recipients)
+        stamps = sorted(version[0] for version in versions)
+        moved = {version[0]: stamp for version, stamp in zip(ordered, stamps, strict=True)}
+        self.versions = [(stamp, *version[1:]) for version, stamp in zip(ordered, stamps, strict=True)]
+        self.new_rows = [(*row[:_LATEST], moved[row[_LATEST]], *row[_LATEST + 1 :]) for row in self.new_rows]
+        self.latest = [(pk, moved[stamp]) for pk, stamp in self.latest]
+        self.seen_again = [(pk, numbers, moved[stamp]) for pk, numbers, stamp in self.seen_again]
+        for entries in self.deliveries.values():
+            for entry in entries:
+                entry.stamp = moved[entry.stamp]
+            entries.sort(key=_stamp_of)
+        self.known_versions = {
+            moved.get(stamp, stamp): version
+            if stamp not in moved
+            else dataclasses.replace(version, stamp=moved[stamp])
+            for stamp, version in self.known_versions.items()
+        }
+
     def _write(self) -> None:
         w = self.w
+        self._stamps_by_recipients()
         notifications.add_evidence(w, self.evidence_rows)
         notifications.add_notifications(w, self.new_rows)
         notifications.add_versions(w, self.versions)
@@ -623,6 +655,18 @@ class BatchRecorder:
             outbox.enqueue(w, self.misp_members, self.misp_events)
         if self.seen_again:
             feedback.reopen(w, self.seen_again, self.now_ms, self.summary.run_id)
+
+
+_RECIPIENTS = notifications.VERSION_COLUMNS.index("recipients")
+_LATEST = notifications.NOTIFICATION_COLUMNS.index("latest")
+
+
+def _by_recipients(version: tuple[Any, ...]) -> tuple[tuple[int, ...], int]:
+    return version[_RECIPIENTS], version[0]
+
+
+def _stamp_of(entry: _Delivery) -> int:
+    return entry.stamp
 
 
 def _stored_pk(found: dict[int, list[tuple[int, str]]], key: int, text: str) -> int | None:

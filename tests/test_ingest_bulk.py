@@ -452,3 +452,33 @@ def test_every_notification_is_counted_once_as_new_updated_unchanged_repeated_or
         parts = ("new", "updated", "unchanged", "repeated", "discarded")
         assert sum(counts[k] for k in parts) == counts["notifications"] == len(rows), dict(counts)
     assert counts["unchanged"] + counts["repeated"] == len(rows)  # the second time: nothing new
+
+
+def _versions_in_stamp_order(store: Store) -> list[Any]:
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT stamp, notification, evidence, packed FROM notification_versions ORDER BY stamp"
+        ).all()
+    return [notifications_sql.version_record(row) for row in rows]
+
+
+def test_a_batch_stamps_the_versions_of_one_set_of_recipients_side_by_side(
+    store: Store, sample_config: Config, mappings: Any, tmp_path: Path
+) -> None:
+    """Hosts of four recipient sets (the hospital with Z-CERT; Z-CERT, by network and by its
+    ASN; the IBD; the municipality) interleaved in the input: in stamp order each set's
+    versions of a batch are one run, the first day's and a later day's, and every collection
+    stays as TAXII must serve it. Stamped in input order they alternate at almost every row."""
+    hosts = ["192.0.2.20", "192.0.2.100", "198.51.100.10", "198.51.100.33", "203.0.113.5"]
+    for day in ("2024-06-01", "2024-06-02"):
+        rows = [(f"{day} 10:{i:02d}:00", f"{hosts[i % 5][:-1]}{i // 5}", 443) for i in range(40)]
+        path = report(tmp_path / f"{day}-scan_http.csv", rows)
+        ingestor(store, sample_config, mappings).run(PARTNER, "shadowserver", [path])
+
+    versions = _versions_in_stamp_order(store)
+    assert len(versions) == 80
+    for first_day, day in ((True, versions[:40]), (False, versions[40:])):
+        assert {v.previous is None for v in day} == {first_day}
+        runs = [v.recipients for i, v in enumerate(day) if i == 0 or v.recipients != day[i - 1].recipients]
+        assert len(runs) == len(set(runs)) == 4, runs
+    assert invariants(store) == []
