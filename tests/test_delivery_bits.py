@@ -80,6 +80,9 @@ def test_change_bits_matches_a_model_across_collections(
             # nothing else appeared (stamps in the gaps are held by no block)
             gaps = [s + SLOTS for s in held if s + SLOTS not in held]
             assert set(deliveries.entry_bits(w.conn, number, gaps)) == set()
+            # and asked together with stamps below a block's first, between two batches
+            between = [10_000_000 * (batch + 1) for batch in range(8)]
+            assert deliveries.entry_bits(w.conn, number, [*held, *gaps, *between]) == held
 
 
 def test_change_bits_statements(store: Store) -> None:

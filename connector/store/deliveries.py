@@ -193,15 +193,17 @@ def _blocks_holding(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[
         )
         for collection, theirs in sorted(stamps.items()):
             current: Block | None = None
+            given = False  # whether `current` was yielded
             for stamp in theirs:
-                if current is not None and current.first <= stamp <= current.last:
-                    continue
-                row = conn.exec_driver_sql(sql, (collection, stamp)).first()
-                if row is None:
-                    break
-                current = _block(row)
-                if current.first <= stamp:
+                if current is None or stamp > current.last:
+                    row = conn.exec_driver_sql(sql, (collection, stamp)).first()
+                    if row is None:
+                        break
+                    current, given = _block(row), False
+                # A stamp below the block's first is held by none; one after it may be this block's.
+                if not given and current.first <= stamp:
                     yield current
+                    given = True
         return
     # Each stamp's block is the first whose `last` is not below it (if its `first` is not
     # above it); a block holding many of the stamps is sent once.
