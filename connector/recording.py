@@ -611,12 +611,9 @@ class BatchRecorder:
             for entry in entries:
                 entry.stamp = moved[entry.stamp]
             entries.sort(key=_stamp_of)
-        self.known_versions = {
-            moved.get(stamp, stamp): version
-            if stamp not in moved
-            else dataclasses.replace(version, stamp=moved[stamp])
-            for stamp, version in self.known_versions.items()
-        }
+        # The versions read and made for this batch are keyed by the stamps handed out first;
+        # nothing reads them from here on (dataclasses.replace of each was 4% of a second day).
+        self.known_versions = {}
 
     def _write(self) -> None:
         w = self.w
