@@ -111,18 +111,20 @@ class Remover:
         while True:
             with self.store.reading() as reader:
                 rows = sql.observables_after(reader.conn, after, SCAN)
-                refs = sql.evidence_of(reader.conn, [r[0] for r in rows]) if rows else {}
+                refs = sql.row_evidence(reader.conn, [r[0] for r in rows]) if rows else {}
             for pk, *observables in rows:
                 for value in observables:
                     if value in self._holders:
                         self._holders[value].add(pk)
-                used = refs.get(pk, ())
-                for e in used:
-                    if e in self._evidence_refs:
-                        self._evidence_refs[e].add(pk)
+                used = refs.get(pk)
+                if used in self._evidence_refs:
+                    self._evidence_refs[used].add(pk)
             if len(rows) < SCAN:
                 break
             after = rows[-1][0]
+        with self.store.reading() as reader:  # the versions' evidence: one read of them all
+            for used, users in sql.version_evidence_users(reader.conn, self._evidence_refs).items():
+                self._evidence_refs[used] |= users
 
     # --- the batches -----------------------------------------------------------------------------
 

@@ -61,3 +61,10 @@ def all_objects(store: Store) -> list[dict[str, Any]]:
             obj = orjson.loads(body)
             seen.setdefault((obj["id"], obj.get("modified", "")), obj)
     return list(seen.values())
+
+
+def every_version(conn: Any) -> list[Any]:
+    """Every stored notification version, in stamp order (from its blocks)."""
+    from connector.store.notifications import version_blocks_after
+
+    return [version for block in version_blocks_after(conn, None) for version in block.versions()]

@@ -29,7 +29,7 @@ from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from connector.store import notifications as notifications_sql
 from tests.conftest import SAMPLE_CONFIG, _drop_pg_database, _fresh_pg_database
-from tests.record_view import notification_rows
+from tests.record_view import every_version, notification_rows
 
 PARTNER = "shadowserver"
 HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "geo"]
@@ -432,7 +432,7 @@ def test_a_large_ingest_refreshes_postgresql_statistics(
         store.close()
         _drop_pg_database(postgres_url, name)
     assert len(analysed) == 3  # after 30, then 90 and 150 notifications
-    assert {"notifications", "notification_versions", "notification_ids", "collection_shared"} <= set(seen)
+    assert {"notifications", "version_blocks", "notification_ids", "collection_shared"} <= set(seen)
     assert seen["notifications"] == 150  # analysed after the last commit, all rows in
 
 
@@ -456,10 +456,7 @@ def test_every_notification_is_counted_once_as_new_updated_unchanged_repeated_or
 
 def _versions_in_stamp_order(store: Store) -> list[Any]:
     with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT stamp, notification, evidence, packed FROM notification_versions ORDER BY stamp"
-        ).all()
-    return [notifications_sql.version_record(row) for row in rows]
+        return every_version(conn)
 
 
 def test_a_batch_stamps_the_versions_of_one_set_of_recipients_side_by_side(

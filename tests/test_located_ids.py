@@ -172,7 +172,11 @@ def test_the_downgrade_refuses_while_located_ids_exist(store_url: str, tmp_path:
     engine = create_engine(store_url)
     try:
         with engine.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM notification_versions")
+            conn.exec_driver_sql(
+                "DELETE FROM version_blocks"
+                if inspect(conn).has_table("version_blocks")
+                else "DELETE FROM notification_versions"
+            )
             conn.exec_driver_sql("DELETE FROM observations")
             if inspect(conn).has_table("notification_heads"):  # SQLite went down 0014 already
                 conn.exec_driver_sql("DELETE FROM notification_heads")

@@ -15,13 +15,14 @@ import base64
 import importlib.util
 import json
 from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Boolean, Connection, MetaData, create_engine
+from sqlalchemy import Boolean, Connection, MetaData, create_engine, inspect
 
 from connector.adapters.mapping import load_mappings
 from connector.collections import collection_rows, recipient_collection_id
@@ -30,6 +31,7 @@ from connector.render.collection import CollectionView
 from connector.store import Store, VersionFilter
 from connector.store.engine import MIGRATIONS
 from connector.store.notifications import version_chain, versions_by_stamp
+from connector.store.packing import BLOCK_VERSIONS, decode_version
 from tests.conftest import DIVD_SCAN, divd_scan_as
 from tests.test_membership_layout import alembic
 from tests.test_migration_record import legacy_config, served_by
@@ -112,8 +114,8 @@ def test_the_fixture_covers_what_the_packing_must_carry() -> None:
 def test_every_version_reads_back_as_it_was(migrated: Store) -> None:
     with migrated.engine.connect() as conn:
         found = versions_by_stamp(conn, [r["stamp"] for r in OLD_VERSIONS])
-        columns = conn.exec_driver_sql("SELECT * FROM notification_versions LIMIT 1").keys()
-    assert list(columns) == ["stamp", "notification", "evidence", "packed"]
+        columns = conn.exec_driver_sql("SELECT * FROM version_blocks LIMIT 1").keys()
+    assert list(columns) == ["last", "first", "entries"]
     assert len(found) == len(OLD_VERSIONS)
     for row in OLD_VERSIONS:
         version = asdict(found[row["stamp"]])
@@ -191,9 +193,66 @@ def test_the_rows_come_through_in_many_batches(store_url: str) -> None:
         with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
             migration.upgrade()
         with engine.connect() as conn:
-            found = versions_by_stamp(conn, [r["stamp"] for r in OLD_VERSIONS])
-            count = conn.exec_driver_sql("SELECT count(*) FROM notification_versions").scalar()
+            rows = conn.exec_driver_sql(
+                "SELECT stamp, notification, evidence, packed FROM notification_versions"
+            )
+            found = {row[0]: decode_version(row[0], row[1], row[2], bytes(row[3])) for row in rows}
     finally:
         engine.dispose()
-    assert count == len(OLD_VERSIONS)
+    assert len(found) == len(OLD_VERSIONS)
     assert [asdict(found[r["stamp"]]) for r in OLD_VERSIONS] == [as_read(r) for r in OLD_VERSIONS]
+
+
+def _migration(number: str) -> Any:
+    path = next((MIGRATIONS / "versions").glob(f"{number}_*.py"))
+    spec = importlib.util.spec_from_file_location(f"migration_{number}", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    return migration
+
+
+def _version_rows(url: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT stamp, notification, evidence, packed FROM notification_versions ORDER BY stamp"
+            ).all()
+    finally:
+        engine.dispose()
+    return [(int(s), int(n), None if e is None else int(e), bytes(p)) for s, n, e, p in rows]
+
+
+@pytest.mark.parametrize("batch", [7, 20_000])
+def test_versions_go_into_blocks_and_come_back_as_rows(store_url: str, batch: int) -> None:
+    """Migration 0015 on the versions of a store at 0014 (the fixture's, upgraded): in batches
+    of 7 rows (every boundary crossed) and of the default, every version reads back as it was
+    from its block, no block holds more than BLOCK_VERSIONS or overlaps another, and the
+    downgrade gives back the very rows."""
+    load_0010(store_url)
+    alembic(store_url, "upgrade", "0014")
+    before = _version_rows(store_url)
+    assert len(before) == len(OLD_VERSIONS) > 10 * 7
+    migration = _migration("0015")
+    migration.BATCH = batch
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            migration.upgrade()
+        with engine.connect() as conn:
+            found = versions_by_stamp(conn, [row[0] for row in before])
+            blocks = conn.exec_driver_sql("SELECT last, first FROM version_blocks ORDER BY last").all()
+            assert not inspect(conn).has_table("notification_versions")
+        assert {stamp: asdict(v) for stamp, v in found.items()} == {
+            row[0]: asdict(decode_version(*row)) for row in before
+        }
+        spans = [(int(first), int(last)) for last, first in blocks]
+        assert all(first <= last for first, last in spans)
+        assert all(span[1] < following[0] for span, following in pairwise(spans))
+        assert len(blocks) >= len(before) / BLOCK_VERSIONS
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            migration.downgrade()
+    finally:
+        engine.dispose()
+    assert _version_rows(store_url) == before

@@ -27,6 +27,7 @@ from connector.render.collection import CollectionView
 from connector.retention import forget, purge
 from connector.store import Store, VersionFilter
 from tests.conftest import DIVD_SCAN
+from tests.record_view import every_version
 from tests.test_cli import cli_env, explain, run_cli, write_config
 from tests.test_credentials import SAMPLE as CREDENTIALS
 from tests.test_credentials import credentials_raw, dump_text, sqlite_file_bytes
@@ -167,9 +168,10 @@ def test_purge_removes_leaked_credentials_after_30_days_everywhere(filled: Store
     assert store.misp_events("school") == []
     assert store.misp_events("zcert"), "the scans' MISP events went too"
     with store.engine.connect() as conn:
+        versions = {v.notification for v in every_version(conn)}
+        assert not versions & before["pks"], "version_blocks"
         for table in (
             "notifications",
-            "notification_versions",
             "observations",
             "misp_event_members",
             "delivery_states",
@@ -232,7 +234,7 @@ def test_purge_keeps_what_is_within_its_retention(filled: Store, config: Config)
     report = purge(filled, config, now=time.time() + 401 * DAY)
     assert report.counts["notifications"] == scans
     assert records(filled) == []
-    tables = ("notification_versions", "notification_ids", "observations", "evidence", "delivery_blocks")
+    tables = ("version_blocks", "notification_ids", "observations", "evidence", "delivery_blocks")
     with filled.engine.connect() as conn:
         for table in tables:
             assert conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar() == 0, table

@@ -50,7 +50,7 @@ def test_purging_legacy_notifications_takes_their_stored_objects(migrated: Store
         kinds = {m.stix_id.split("--")[0] for m in members}
         assert not kinds & {"sighting", "observed-data"} or _researchers(store, members), kinds
     with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM notification_versions").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM version_blocks").scalar() == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM notification_ids").scalar() == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM misp_event_members").scalar() == 0
         # Every stored shared object the collections still list is a member they serve.

@@ -124,7 +124,7 @@ def test_backup_copies_a_sqlite_store_in_use(tmp_path: Path) -> None:
     try:
         assert backup.revision() == original.revision() == Store.head()
         with original.engine.connect() as a, backup.engine.connect() as b:
-            for table in ("notifications", "notification_versions", "delivery_blocks", "ingest_runs"):
+            for table in ("notifications", "version_blocks", "delivery_blocks", "ingest_runs"):
                 query = f"SELECT * FROM {table} ORDER BY 1"
                 assert a.exec_driver_sql(query).all() == b.exec_driver_sql(query).all(), table
     finally:

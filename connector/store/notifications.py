@@ -6,7 +6,8 @@ Reads take any connection; writes take the Writer of an exclusive transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from sqlalchemy import Connection
 
 from connector.stix.ids import located_subject
 from connector.store import evidence
-from connector.store.packing import decode_version, encode_version
+from connector.store.packing import VersionBlock, blocks_of, encode_version
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.writer import Writer, pg_array, rows_in, tuples_in
 
@@ -40,7 +41,7 @@ NOTIFICATION_COLUMNS = (
     "located_ids",
 )
 # A version's values in the order add_versions takes them (a VersionRecord's fields); stored
-# are only the first two, evidence and the rest packed (connector/store/packing.py).
+# in blocks are the first two, evidence and the rest packed (connector/store/packing.py).
 VERSION_COLUMNS = (
     "stamp",
     "notification",
@@ -55,7 +56,6 @@ VERSION_COLUMNS = (
     "recipients",
     "run",
 )
-STORED_VERSION_COLUMNS = ("stamp", "notification", "evidence", "packed")
 # What the notifications table holds: the record's fields but `latest`, which is in
 # notification_heads (migration 0014).
 _LATEST = NOTIFICATION_COLUMNS.index("latest")
@@ -82,7 +82,6 @@ SELECT_RECORDS = "SELECT {} FROM {}".format(
 # the join's equality, and with the bound on `n` alone it read the heads' index from its start
 # (a merge join, for each page of a walk) or all of the heads (a hash join).
 PK_ABOVE = "n.pk > ? AND h.notification > ?"
-_V = ", ".join(STORED_VERSION_COLUMNS)
 
 
 def notification_record(row: Sequence[Any]) -> NotificationRecord:
@@ -90,11 +89,6 @@ def notification_record(row: Sequence[Any]) -> NotificationRecord:
     values[-2] = bool(values[-2])  # legacy: NULL for all but migrated notifications
     values[-1] = bool(values[-1])  # located_ids: NULL for those stored before 0013
     return NotificationRecord(*values)
-
-
-def version_record(row: Sequence[Any]) -> VersionRecord:
-    """The version of a row of STORED_VERSION_COLUMNS."""
-    return decode_version(row[0], row[1], row[2], row[3])
 
 
 def kind_digest(values: tuple[Any, ...]) -> str:
@@ -138,11 +132,65 @@ def notification_pks_by_id(conn: Connection, ids: Iterable[str]) -> dict[int, li
     return out
 
 
+VERSION_PROBES = 10_000  # PostgreSQL: stamps looked up per statement
+
+
 def versions_by_stamp(conn: Connection, stamps: Iterable[int]) -> dict[int, VersionRecord]:
-    rows = tuples_in(
-        conn, f"SELECT {_V} FROM notification_versions WHERE stamp IN ({{in}})", sorted(set(stamps))
+    """stamp -> its version, for those of these stamps that are stored: each block holding any
+    is read once, and only the versions asked for are decoded."""
+    wanted = sorted(set(stamps))
+    out: dict[int, VersionRecord] = {}
+    for block in version_blocks_holding(conn, wanted):
+        found_at = block.stamps
+        low = bisect_left(wanted, found_at[0])
+        high = bisect_right(wanted, found_at[-1])
+        for stamp in wanted[low:high]:
+            version = block.find(stamp)
+            if version is not None:
+                out[stamp] = version
+    return out
+
+
+def version_blocks_holding(conn: Connection, wanted: list[int]) -> Iterator[VersionBlock]:
+    """The blocks holding these stamps (sorted), each once. A stamp's block is the first whose
+    `last` is not below it, if its `first` is not above it (blocks do not overlap). On SQLite,
+    in process, a look-up per block; on PostgreSQL one statement per VERSION_PROBES stamps,
+    each probed on the server, a block sent once."""
+    if not wanted:
+        return
+    if conn.dialect.name != "postgresql":
+        if not conn.in_transaction():
+            conn.begin()
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        sql = "SELECT last, first, entries FROM version_blocks WHERE last >= ? ORDER BY last LIMIT 1"
+        row = None
+        given = False  # whether the block of `row` was yielded
+        for stamp in wanted:
+            if row is None or stamp > row[0]:
+                row = driver.execute(sql, (stamp,)).fetchone()
+                if row is None:
+                    return
+                given = False
+            # A stamp below the block's first is in no block; one after it may be in this one.
+            if not given and row[1] <= stamp:
+                yield VersionBlock(row[0], row[1], bytes(row[2]))
+                given = True
+        return
+    statement = (
+        "WITH holding AS (SELECT DISTINCT b.last FROM unnest(%s::bigint[]) AS s(stamp) "
+        "CROSS JOIN LATERAL (SELECT v.last, v.first FROM version_blocks v "
+        "WHERE v.last >= s.stamp ORDER BY v.last LIMIT 1) b WHERE b.first <= s.stamp) "
+        "SELECT v.last, v.first, v.entries FROM holding h JOIN version_blocks v ON v.last = h.last"
     )
-    return {row[0]: version_record(row) for row in rows}
+    seen: set[int] = set()
+    for start in range(0, len(wanted), VERSION_PROBES):
+        for last, first, entries in conn.exec_driver_sql(
+            statement, (pg_array(wanted[start : start + VERSION_PROBES]),)
+        ):
+            if last not in seen:
+                seen.add(last)
+                yield VersionBlock(last, first, bytes(entries))
 
 
 def version_chain(
@@ -262,19 +310,22 @@ def add_notifications(w: Writer, rows: list[tuple[Any, ...]]) -> None:
 
 
 def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
-    """New versions: tuples of VERSION_COLUMNS, recipients a tuple of collection numbers."""
+    """New versions: tuples of VERSION_COLUMNS, recipients a tuple of collection numbers, as
+    blocks (connector/store/packing.py). Each batch's go in as new blocks, never into a block
+    written before: a block is only ever rewritten by retention."""
     w.insert(
-        "notification_versions",
-        STORED_VERSION_COLUMNS,
-        [
+        "version_blocks",
+        ("last", "first", "entries"),
+        blocks_of(
             (
                 stamp,
                 pk,
                 evidence,
                 encode_version(stamp, before, renderer, modified, first, last, n, kind, to, run),
+                to,
             )
-            for stamp, pk, before, renderer, modified, first, last, n, kind, evidence, to, run in rows
-        ],
+            for stamp, pk, before, renderer, modified, first, last, n, kind, evidence, to, run in sorted(rows)
+        ),
     )
 
 
@@ -311,15 +362,45 @@ def run_versions_without_recipients(conn: Connection, run_id: int, first: int, l
     Run and recipients are packed, so the run's stamp range is read and filtered here: the
     range holds the run's versions (and those of runs that wrote between its first and last
     stamp, which the run number tells apart)."""
-    sql = f"SELECT {_V} FROM notification_versions WHERE stamp BETWEEN ? AND ?"
+    out: dict[int, int] = {}
+    for block in version_blocks_between(conn, first, last):
+        for version in block.versions():
+            if not first <= version.stamp <= last:
+                continue
+            if version.run == run_id and not version.recipients:
+                out[int(version.stamp)] = int(version.notification)
+    return out
+
+
+def version_blocks_between(conn: Connection, low: int, high: int) -> Iterator[VersionBlock]:
+    """The blocks holding any stamp from `low` to `high`, in order: those whose last is not
+    below `low`, up to the first whose last is not below `high` (an index range: blocks do not
+    overlap)."""
+    sql = (
+        "SELECT last, first, entries FROM version_blocks WHERE last >= ? AND "
+        "last <= coalesce((SELECT min(last) FROM version_blocks WHERE last >= ?), ?) ORDER BY last"
+    )
     if conn.dialect.name == "postgresql":
         sql = sql.replace("?", "%s")
-    out: dict[int, int] = {}
-    for row in conn.exec_driver_sql(sql, (first, last)):
-        version = decode_version(row[0], row[1], row[2], row[3])
-        if version.run == run_id and not version.recipients:
-            out[int(version.stamp)] = int(version.notification)
-    return out
+    for last, first, entries in conn.exec_driver_sql(sql, (low, high, high)):
+        if first <= high:
+            yield VersionBlock(last, first, bytes(entries))
+
+
+def version_blocks_after(conn: Connection, after: int | None, limit: int = 1000) -> Iterator[VersionBlock]:
+    """Every block whose last stamp is above `after` (all: None), in order, `limit` a statement:
+    retention's questions about every version (which use an evidence row)."""
+    sql = "SELECT last, first, entries FROM version_blocks WHERE last > ? ORDER BY last LIMIT ?"
+    if conn.dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    bound = -(1 << 63) if after is None else after
+    while True:
+        rows = conn.exec_driver_sql(sql, (bound, limit)).all()
+        for last, first, entries in rows:
+            yield VersionBlock(last, first, bytes(entries))
+        if len(rows) < limit:
+            return
+        bound = rows[-1][0]
 
 
 def notifications_after(conn: Connection, after: int, limit: int) -> list[NotificationRecord]:

@@ -1,11 +1,11 @@
-"""A notification version's values packed into one small byte string (`notification_versions.packed`).
+"""A notification version's values packed into a few bytes, and versions into blocks (`version_blocks`).
 
-Why: every re-observation of a notification adds a version row, so the row's size is what a
-second day of the same hosts costs the store (issue #12: at most 0.3x the input). Stored as
-columns, a version took about 49 bytes in SQLite (a header byte per column, `previous` and
-`modified` as 6-byte absolute numbers). Only what SQL selects or joins on stays a column:
-`stamp` (the key), `notification` and `evidence` (retention finds versions by those). The rest
-is small numbers relative to the stamp, written as varints into `packed`, about 15 bytes.
+Why: every re-observation of a notification adds a version, so its size is what a second day
+of the same hosts costs the store (issue #12: at most 0.3x the input). Stored as columns, a
+version took about 49 bytes in SQLite (a header byte per column, `previous` and `modified` as
+6-byte absolute numbers). Its stamp, notification and evidence are kept beside the rest (in a
+row each from migration 0011, in blocks from 0015); the rest is small numbers relative to the
+stamp, written as varints (`packed`), about 15 bytes.
 
 The encoding, in this order (varint: 7 bits a byte, low bits first, high bit set on every byte
 but the last; zigzag: a signed number n as 2n, or -2n-1 when negative, then a varint):
@@ -31,6 +31,10 @@ the rows of the columns layout with encode_version, must then keep a copy of thi
 """
 
 from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 from connector.store.records import VersionRecord
 from connector.store.writer import SLOTS
@@ -190,3 +194,143 @@ def pack(version: VersionRecord) -> bytes:
         version.recipients,
         version.run,
     )
+
+
+# --- blocks of versions ------------------------------------------------------------------------
+#
+# Versions are kept in blocks (`version_blocks`, migration 0015), a row per batch and set of
+# recipients, keyed by the last stamp as the delivery log is: on PostgreSQL a row's own header,
+# line pointer and index entry (about 50 bytes) were more than the version it held, and a second
+# day of the same hosts grew the store by 0.56x its input, 86 bytes a row for the versions alone.
+# A batch's versions for one set of recipients have consecutive stamps
+# (recording.py _stamps_by_recipients), so a page of a collection reads few blocks.
+#
+#   flags byte: bit 0 stamps of 4 bytes (else 2)
+#   varint n, the versions in the block
+#   n stamps: (stamp - first) // SLOTS, little-endian, 2 or 4 bytes each
+#   n + 1 offsets of 2 bytes into the payload: where each version's bytes start (and end)
+#   payload: per version a varint notification, a varint evidence + 1 (0: none), its packed bytes
+#
+# Fixed-width stamps and offsets find one version without reading those before it: a
+# re-observation reads one version of its notification's block. A change of this encoding
+# needs a migration of its own, and migration 0015 must then keep a copy of this one.
+
+BLOCK_VERSIONS = 64  # at most, a block: what a look-up of one version reads
+_WIDE = 1
+_NARROW_SPAN = 0xFFFF  # stamps of one block within this many slots: 2 bytes each
+_WIDE_SPAN = 0xFFFFFFFF
+
+
+def _varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)  # a negative number raises ValueError here
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, at
+        shift += 7
+
+
+def encode_block(versions: Sequence[tuple[int, int, int | None, bytes]]) -> bytes:
+    """(stamp, notification, evidence, packed) of versions in stamp order as one block; the
+    first's stamp is the block's `first`."""
+    first = versions[0][0]
+    steps = [(stamp - first) // SLOTS for stamp, _n, _e, _p in versions]
+    if any(stamp % SLOTS != first % SLOTS for stamp, _n, _e, _p in versions) or steps != sorted(set(steps)):
+        raise ValueError("a block holds versions of distinct stamps a multiple of SLOTS apart, in order")
+    wide = steps[-1] > _NARROW_SPAN
+    out = bytearray((_WIDE if wide else 0,))
+    _varint(out, len(versions))
+    out += struct.pack(f"<{len(steps)}{'I' if wide else 'H'}", *steps)
+    payload = bytearray()
+    offsets = [0]
+    for _stamp, notification, evidence, packed in versions:
+        _varint(payload, notification)
+        _varint(payload, 0 if evidence is None else evidence + 1)
+        payload += packed
+        offsets.append(len(payload))
+    out += struct.pack(f"<{len(offsets)}H", *offsets)  # above 65,535 bytes: struct.error
+    out += payload
+    return bytes(out)
+
+
+def blocks_of(
+    versions: Iterable[tuple[int, int, int | None, bytes, tuple[int, ...]]],
+) -> list[tuple[int, int, bytes]]:
+    """(last, first, entries) rows of these (stamp, notification, evidence, packed, recipients)
+    versions, sorted by stamp: a block per run of one set of recipients, of at most
+    BLOCK_VERSIONS, a span its stamps fit in and stamps a multiple of SLOTS apart."""
+    rows: list[tuple[int, int, bytes]] = []
+    part: list[tuple[int, int, int | None, bytes]] = []
+    group: tuple[int, ...] | None = None
+    for stamp, notification, evidence, packed, recipients in versions:
+        if part and (
+            recipients != group
+            or len(part) == BLOCK_VERSIONS
+            or (stamp - part[0][0]) // SLOTS > _WIDE_SPAN
+            or (stamp - part[0][0]) % SLOTS  # every stamp ever given is a multiple of SLOTS
+        ):
+            rows.append((part[-1][0], part[0][0], encode_block(part)))
+            part = []
+        group = recipients
+        part.append((stamp, notification, evidence, packed))
+    if part:
+        rows.append((part[-1][0], part[0][0], encode_block(part)))
+    return rows
+
+
+class VersionBlock:
+    """A block's stamps, read at once (one C call); each version decoded when asked for."""
+
+    __slots__ = ("_data", "_offsets_at", "_payload_at", "last", "stamps")
+
+    def __init__(self, last: int, first: int, data: bytes) -> None:
+        self.last = last
+        self._data = data
+        n, at = _read_varint(data, 1)
+        width = 4 if data[0] & _WIDE else 2
+        steps = struct.unpack_from(f"<{n}{'I' if width == 4 else 'H'}", data, at)
+        self.stamps = [first + step * SLOTS for step in steps]
+        self._offsets_at = at + n * width
+        self._payload_at = self._offsets_at + (n + 1) * 2
+
+    def _refs_at(self, index: int) -> tuple[int, int | None, int, int]:
+        """(notification, evidence, where its packed bytes start, where they end)."""
+        start, end = struct.unpack_from("<HH", self._data, self._offsets_at + 2 * index)
+        notification, at = _read_varint(self._data, self._payload_at + start)
+        evidence, at = _read_varint(self._data, at)
+        return notification, (evidence - 1 if evidence else None), at, self._payload_at + end
+
+    def version(self, index: int) -> VersionRecord:
+        notification, evidence, start, end = self._refs_at(index)
+        return decode_version(self.stamps[index], notification, evidence, self._data[start:end])
+
+    def find(self, stamp: int) -> VersionRecord | None:
+        index = bisect_left(self.stamps, stamp)
+        if index == len(self.stamps) or self.stamps[index] != stamp:
+            return None
+        return self.version(index)
+
+    def versions(self) -> list[VersionRecord]:
+        return [self.version(i) for i in range(len(self.stamps))]
+
+    def refs(self) -> list[tuple[int, int, int | None]]:
+        """(stamp, notification, evidence) of each version, without decoding the rest: what
+        retention asks of every version."""
+        return [(stamp, *self._refs_at(i)[:2]) for i, stamp in enumerate(self.stamps)]
+
+    def entries(self) -> list[tuple[int, int, int | None, bytes]]:
+        """(stamp, notification, evidence, packed) of each version, as encode_block takes them."""
+        out = []
+        for i, stamp in enumerate(self.stamps):
+            notification, evidence, start, end = self._refs_at(i)
+            out.append((stamp, notification, evidence, self._data[start:end]))
+        return out

@@ -18,8 +18,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from connector.store import deliveries, evidence
+from connector.store import deliveries, evidence, notifications
 from connector.store.notifications import PK_ABOVE, SELECT_RECORDS, WITH_HEADS, notification_record
+from connector.store.packing import encode_block
 from connector.store.records import NotificationRecord
 from connector.store.writer import SLOTS, Writer, rows_in
 
@@ -86,9 +87,22 @@ def notifications_with_evidence(conn: Connection, evidence: Sequence[int]) -> se
     found = {
         int(r[0]) for r in rows_in(conn, "SELECT pk FROM notifications WHERE evidence IN ({in})", evidence)
     }
-    statement = "SELECT notification FROM notification_versions WHERE evidence IN ({in})"
-    found |= {int(r[0]) for r in rows_in(conn, statement, evidence)}
+    for users in version_evidence_users(conn, evidence).values():
+        found |= users
     return found
+
+
+def version_evidence_users(conn: Connection, evidence: Iterable[int]) -> dict[int, set[int]]:
+    """Evidence pk -> the notifications any of whose versions point at it, for these evidence
+    rows. Versions are not indexed by evidence: one read of every block, whatever the number
+    of evidence rows asked about (ask for them all at once)."""
+    wanted = set(evidence)
+    users: dict[int, set[int]] = {pk: set() for pk in wanted}
+    for block in notifications.version_blocks_after(conn, None):
+        for _stamp, pk, used in block.refs():
+            if used in wanted:
+                users[used].add(pk)
+    return users
 
 
 def stored_objects_containing(conn: Connection, text: str) -> list[tuple[int, str, str, str]]:
@@ -171,7 +185,21 @@ def drop_removals(w: Writer, collection: int, stamps: Iterable[int]) -> int:
 
 
 def drop_versions(w: Writer, stamps: Iterable[int]) -> int:
-    return w.many("DELETE FROM notification_versions WHERE stamp = ?", [(s,) for s in sorted(set(stamps))])
+    """These versions out of their blocks: each block holding one rewritten without it under
+    its own `last` (so that no other block's range changes), deleted when nothing is left."""
+    gone = set(stamps)
+    dropped = 0
+    for block in list(notifications.version_blocks_holding(w.conn, sorted(gone))):
+        kept = [entry for entry in block.entries() if entry[0] not in gone]
+        dropped += len(block.stamps) - len(kept)
+        if not kept:
+            w.many("DELETE FROM version_blocks WHERE last = ?", [(block.last,)])
+        else:
+            w.many(
+                "UPDATE version_blocks SET first = ?, entries = ? WHERE last = ?",
+                [(kept[0][0], encode_block(kept), block.last)],
+            )
+    return dropped
 
 
 def drop_notifications(w: Writer, pks: Iterable[int]) -> int:
@@ -334,19 +362,6 @@ def drop_shared_digest_everywhere(w: Writer, digests: Iterable[int]) -> int:
     return w.many("DELETE FROM collection_shared WHERE digest = ?", [(d,) for d in sorted(set(digests))])
 
 
-def unreferenced_evidence(w: Writer, candidates: Sequence[int]) -> list[int]:
-    """Those of these evidence rows no notification or version points at any more. Neither
-    column is indexed: each chunk reads both tables once (evidence is shared by content, so a
-    removed notification's evidence may be another's)."""
-    wanted = sorted(set(candidates))
-    used = {
-        int(r[0]) for r in w.rows_in("SELECT evidence FROM notifications WHERE evidence IN ({in})", wanted)
-    }
-    statement = "SELECT evidence FROM notification_versions WHERE evidence IN ({in})"
-    used |= {int(r[0]) for r in w.rows_in(statement, wanted)}
-    return [pk for pk in wanted if pk not in used]
-
-
 def drop_evidence(w: Writer, pks: Iterable[int]) -> int:
     return w.many("DELETE FROM evidence WHERE pk = ?", [(pk,) for pk in sorted(set(pks))])
 
@@ -394,18 +409,11 @@ def clock_stamp(conn: Connection) -> int:
     return int(conn.exec_driver_sql("SELECT last_date_added FROM clock").scalar() or 0)
 
 
-def evidence_of(conn: Connection, pks: Sequence[int]) -> dict[int, set[int]]:
-    """Notification -> the evidence rows its row and its versions point at."""
-    out: dict[int, set[int]] = {}
-    for pk, used in rows_in(conn, "SELECT pk, evidence FROM notifications WHERE pk IN ({in})", pks):
-        out.setdefault(int(pk), set()).add(int(used))
-    statement = (
-        "SELECT notification, evidence FROM notification_versions "
-        "WHERE notification IN ({in}) AND evidence IS NOT NULL"
-    )
-    for pk, used in rows_in(conn, statement, pks):
-        out.setdefault(int(pk), set()).add(int(used))
-    return out
+def row_evidence(conn: Connection, pks: Sequence[int]) -> dict[int, int]:
+    """Notification -> the evidence row its own row points at (its versions':
+    version_evidence_users)."""
+    statement = "SELECT pk, evidence FROM notifications WHERE pk IN ({in})"
+    return {int(pk): int(used) for pk, used in rows_in(conn, statement, pks)}
 
 
 def evidence_used_since(conn: Connection, pk: int, stamp: int) -> set[int]:
@@ -414,8 +422,8 @@ def evidence_used_since(conn: Connection, pk: int, stamp: int) -> set[int]:
         int(r[0])
         for r in conn.exec_driver_sql(_sql(conn, "SELECT evidence FROM notifications WHERE pk > ?"), (pk,))
     }
-    statement = "SELECT evidence FROM notification_versions WHERE stamp > ? AND evidence IS NOT NULL"
-    used |= {int(r[0]) for r in conn.exec_driver_sql(_sql(conn, statement), (stamp,))}
+    for block in notifications.version_blocks_after(conn, stamp):
+        used.update(evidence for at, _pk, evidence in block.refs() if at > stamp and evidence is not None)
     return used
 
 

@@ -13,7 +13,8 @@ migrated database with this metadata so the two cannot drift apart.
 Sizes matter here: a national feed is millions of rows a day. Times of the record are
 milliseconds since the epoch (the precision STIX timestamps carry), repeated text is stored once
 (`notification_kinds`, `evidence`), versions point at the version before them instead of being
-indexed by notification, and deliveries are appended in blocks rather than a row each.
+indexed by notification, and versions and deliveries are appended in blocks rather than a row
+each.
 """
 
 from __future__ import annotations
@@ -131,20 +132,20 @@ notification_heads = Table(
     sqlite_with_rowid=False,
 )
 
-# One row per version of a notification, keyed by its stamp: the date_added its objects get in
-# every collection it is delivered to (stamp + the object's slot, 0..15). Versions of one
-# notification are a chain through `previous`. Columns only for what SQL selects by (retention:
-# a notification's versions, the versions using an evidence row); the rest of the version
-# (previous, renderer, modified, first_seen, last_seen, count, kind, recipients, run) is packed
-# into a few bytes (connector/store/packing.py; migration 0011): a version is added at every
-# re-observation, so its size is what a later day costs the store.
-notification_versions = Table(
-    "notification_versions",
+# The versions of notifications, in blocks (migration 0015): a block holds one batch's versions
+# for one set of recipients, keyed by its last stamp (the rowid on SQLite) as the delivery log
+# is, so a version is found by its stamp with an index range of one row. A version's stamp is the
+# date_added its objects get in every collection it is delivered to (stamp + the object's slot,
+# 0..15); its values (notification, evidence when it changed, previous, renderer, modified,
+# first_seen, last_seen, count, kind, recipients, run) are a few bytes of varints
+# (connector/store/packing.py). A version is added at every re-observation, and a row each
+# (migrations 0007 to 0014) cost PostgreSQL 86 bytes a version, mostly the row's own overhead.
+version_blocks = Table(
+    "version_blocks",
     metadata,
-    Column("stamp", BigId, primary_key=True, autoincrement=False),
-    Column("notification", BigInteger, nullable=False),
-    Column("evidence", BigInteger, nullable=True),  # when the evidence changed; NULL: the notification's
-    Column("packed", LargeBinary, nullable=False),
+    Column("last", BigId, primary_key=True, autoincrement=False),
+    Column("first", BigInteger, nullable=False),
+    Column("entries", LargeBinary, nullable=False),
 )
 
 # Object ids a notification stored before migration 0013 owns (its sighting, observed-data,
@@ -320,7 +321,7 @@ ingest_runs = Table(
     Column("counts", Text, nullable=False),  # JSON object
     Column("error", Text, nullable=True),
     # The stamps of the notification versions the run wrote lie within these (its versions are
-    # then found by a range of notification_versions' key, without an index by run).
+    # then found by a range of version_blocks' key, without an index by run).
     Column("first_stamp", BigInteger, nullable=True),
     Column("last_stamp", BigInteger, nullable=True),
 )

@@ -120,7 +120,7 @@ class Store:
             return
         with self._write_engine.connect() as conn:
             conn.exec_driver_sql(
-                "ANALYZE notifications, notification_heads, notification_versions, notification_ids, "
+                "ANALYZE notifications, notification_heads, version_blocks, notification_ids, "
                 "collection_shared, delivery_blocks, evidence, observations"
             )
             conn.commit()
