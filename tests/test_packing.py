@@ -199,6 +199,20 @@ def test_a_block_gives_back_every_version_and_finds_each_by_its_stamp(step: int)
         assert block.find(versions[-1][0] + SLOTS) is None and block.find(versions[0][0] - SLOTS) is None
 
 
+@pytest.mark.parametrize("recipients,count", [(40_000, 1), (1_200, BLOCK_VERSIONS)])
+def test_a_block_of_more_than_65535_bytes_is_written_and_read(recipients: int, count: int) -> None:
+    """A version to thousands of recipients (no routing gives that today): the block's offsets
+    take 4 bytes instead of 2, rather than failing the batch."""
+    versions = []
+    for i in range(count):
+        stamp = STAMP + i * SLOTS
+        version = replace(BASE, stamp=stamp, recipients=tuple(range(1000, 1000 + recipients)))
+        versions.append((stamp, 7, None, pack(version)))
+    block = VersionBlock(versions[-1][0], STAMP, encode_block(versions))
+    assert block.entries() == versions
+    assert block.find(versions[-1][0]) == decode_version(*versions[-1])
+
+
 @pytest.mark.parametrize(
     "stamps",
     [[STAMP, STAMP], [STAMP, STAMP - SLOTS], [STAMP, STAMP + 1], [STAMP, STAMP + SLOTS * (2**32)]],

@@ -205,10 +205,10 @@ def pack(version: VersionRecord) -> bytes:
 # A batch's versions for one set of recipients have consecutive stamps
 # (recording.py _stamps_by_recipients), so a page of a collection reads few blocks.
 #
-#   flags byte: bit 0 stamps of 4 bytes (else 2)
+#   flags byte: bit 0 stamps of 4 bytes (else 2), bit 1 offsets of 4 bytes (else 2)
 #   varint n, the versions in the block
 #   n stamps: (stamp - first) // SLOTS, little-endian, 2 or 4 bytes each
-#   n + 1 offsets of 2 bytes into the payload: where each version's bytes start (and end)
+#   n + 1 offsets of 2 (4) bytes into the payload: where each version's bytes start (and end)
 #   payload: per version a varint notification, a varint evidence + 1 (0: none), its packed bytes
 #
 # Fixed-width stamps and offsets find one version without reading those before it: a
@@ -217,6 +217,7 @@ def pack(version: VersionRecord) -> bytes:
 
 BLOCK_VERSIONS = 64  # at most, a block: what a look-up of one version reads
 _WIDE = 1
+_WIDE_OFFSETS = 2  # a payload above 65,535 bytes (a version to thousands of recipients)
 _NARROW_SPAN = 0xFFFF  # stamps of one block within this many slots: 2 bytes each
 _WIDE_SPAN = 0xFFFFFFFF
 
@@ -247,7 +248,7 @@ def encode_block(versions: Sequence[tuple[int, int, int | None, bytes]]) -> byte
     if any(stamp % SLOTS != first % SLOTS for stamp, _n, _e, _p in versions) or steps != sorted(set(steps)):
         raise ValueError("a block holds versions of distinct stamps a multiple of SLOTS apart, in order")
     wide = steps[-1] > _NARROW_SPAN
-    out = bytearray((_WIDE if wide else 0,))
+    out = bytearray(1)
     _varint(out, len(versions))
     out += struct.pack(f"<{len(steps)}{'I' if wide else 'H'}", *steps)
     payload = bytearray()
@@ -257,7 +258,9 @@ def encode_block(versions: Sequence[tuple[int, int, int | None, bytes]]) -> byte
         _varint(payload, 0 if evidence is None else evidence + 1)
         payload += packed
         offsets.append(len(payload))
-    out += struct.pack(f"<{len(offsets)}H", *offsets)  # above 65,535 bytes: struct.error
+    wide_offsets = offsets[-1] > 0xFFFF
+    out[0] = (_WIDE if wide else 0) | (_WIDE_OFFSETS if wide_offsets else 0)
+    out += struct.pack(f"<{len(offsets)}{'I' if wide_offsets else 'H'}", *offsets)
     out += payload
     return bytes(out)
 
@@ -290,7 +293,7 @@ def blocks_of(
 class VersionBlock:
     """A block's stamps, read at once (one C call); each version decoded when asked for."""
 
-    __slots__ = ("_data", "_offsets_at", "_payload_at", "last", "stamps")
+    __slots__ = ("_data", "_offsets", "_offsets_at", "_payload_at", "last", "stamps")
 
     def __init__(self, last: int, first: int, data: bytes) -> None:
         self.last = last
@@ -300,11 +303,15 @@ class VersionBlock:
         steps = struct.unpack_from(f"<{n}{'I' if width == 4 else 'H'}", data, at)
         self.stamps = [first + step * SLOTS for step in steps]
         self._offsets_at = at + n * width
-        self._payload_at = self._offsets_at + (n + 1) * 2
+        wide_offsets = data[0] & _WIDE_OFFSETS
+        self._offsets = struct.Struct("<II" if wide_offsets else "<HH")
+        self._payload_at = self._offsets_at + (n + 1) * (4 if wide_offsets else 2)
 
     def _refs_at(self, index: int) -> tuple[int, int | None, int, int]:
         """(notification, evidence, where its packed bytes start, where they end)."""
-        start, end = struct.unpack_from("<HH", self._data, self._offsets_at + 2 * index)
+        start, end = self._offsets.unpack_from(
+            self._data, self._offsets_at + (self._offsets.size >> 1) * index
+        )
         notification, at = _read_varint(self._data, self._payload_at + start)
         evidence, at = _read_varint(self._data, at)
         return notification, (evidence - 1 if evidence else None), at, self._payload_at + end

@@ -186,19 +186,24 @@ def drop_removals(w: Writer, collection: int, stamps: Iterable[int]) -> int:
 
 def drop_versions(w: Writer, stamps: Iterable[int]) -> int:
     """These versions out of their blocks: each block holding one rewritten without it under
-    its own `last` (so that no other block's range changes), deleted when nothing is left."""
+    its own `last` (so that no other block's range changes), deleted when nothing is left; one
+    statement for the rewrites and one for the deletions."""
     gone = set(stamps)
     dropped = 0
+    emptied: list[tuple[int]] = []
+    rewritten: list[tuple[int, bytes, int]] = []
     for block in list(notifications.version_blocks_holding(w.conn, sorted(gone))):
         kept = [entry for entry in block.entries() if entry[0] not in gone]
         dropped += len(block.stamps) - len(kept)
         if not kept:
-            w.many("DELETE FROM version_blocks WHERE last = ?", [(block.last,)])
+            emptied.append((block.last,))
         else:
-            w.many(
-                "UPDATE version_blocks SET first = ?, entries = ? WHERE last = ?",
-                [(kept[0][0], encode_block(kept), block.last)],
-            )
+            rewritten.append((kept[0][0], encode_block(kept), block.last))
+    w.many("DELETE FROM version_blocks WHERE last = ?", sorted(emptied))
+    w.many(
+        "UPDATE version_blocks SET first = ?, entries = ? WHERE last = ?",
+        sorted(rewritten, key=lambda row: row[2]),
+    )
     return dropped
 
 
