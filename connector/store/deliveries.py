@@ -24,6 +24,7 @@ from itertools import chain
 
 from sqlalchemy import Connection
 
+from connector.store import blocks
 from connector.store.writer import SLOTS, Writer, pg_array, rows_in
 
 BLOCK = 256
@@ -182,6 +183,10 @@ def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> No
 BLOCK_PROBES = 10_000  # PostgreSQL: (collection, stamp) pairs looked up per statement
 
 
+def _span(block: Block) -> tuple[int, int]:
+    return block.first, block.last
+
+
 def _blocks_holding(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[Block]:
     """The blocks holding these stamps (collection -> its stamps, sorted), each once. On
     PostgreSQL one statement per BLOCK_PROBES stamps, each probed on the server (an index
@@ -192,18 +197,12 @@ def _blocks_holding(conn: Connection, stamps: dict[int, list[int]]) -> Iterator[
             "WHERE collection = ? AND last >= ? ORDER BY last LIMIT 1"
         )
         for collection, theirs in sorted(stamps.items()):
-            current: Block | None = None
-            given = False  # whether `current` was yielded
-            for stamp in theirs:
-                if current is None or stamp > current.last:
-                    row = conn.exec_driver_sql(sql, (collection, stamp)).first()
-                    if row is None:
-                        break
-                    current, given = _block(row), False
-                # A stamp below the block's first is held by none; one after it may be this block's.
-                if not given and current.first <= stamp:
-                    yield current
-                    given = True
+
+            def block_at(stamp: int, collection: int = collection) -> Block | None:
+                row = conn.exec_driver_sql(sql, (collection, stamp)).first()
+                return None if row is None else _block(row)
+
+            yield from blocks.holding(theirs, block_at, _span)
         return
     # Each stamp's block is the first whose `last` is not below it (if its `first` is not
     # above it); a block holding many of the stamps is sent once.

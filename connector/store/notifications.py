@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import Connection
 
 from connector.stix.ids import located_subject
-from connector.store import evidence
+from connector.store import blocks, evidence
 from connector.store.packing import VersionBlock, blocks_of, encode_version
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.writer import Writer, pg_array, rows_in, tuples_in
@@ -151,6 +151,10 @@ def versions_by_stamp(conn: Connection, stamps: Iterable[int]) -> dict[int, Vers
     return out
 
 
+def _span(block: VersionBlock) -> tuple[int, int]:
+    return block.stamps[0], block.last
+
+
 def version_blocks_holding(conn: Connection, wanted: list[int]) -> Iterator[VersionBlock]:
     """The blocks holding these stamps (sorted), each once. A stamp's block is the first whose
     `last` is not below it, if its `first` is not above it (blocks do not overlap). On SQLite,
@@ -164,18 +168,12 @@ def version_blocks_holding(conn: Connection, wanted: list[int]) -> Iterator[Vers
         driver = conn.connection.driver_connection
         assert driver is not None
         sql = "SELECT last, first, entries FROM version_blocks WHERE last >= ? ORDER BY last LIMIT 1"
-        row = None
-        given = False  # whether the block of `row` was yielded
-        for stamp in wanted:
-            if row is None or stamp > row[0]:
-                row = driver.execute(sql, (stamp,)).fetchone()
-                if row is None:
-                    return
-                given = False
-            # A stamp below the block's first is in no block; one after it may be in this one.
-            if not given and row[1] <= stamp:
-                yield VersionBlock(row[0], row[1], bytes(row[2]))
-                given = True
+
+        def block_at(stamp: int) -> VersionBlock | None:
+            row = driver.execute(sql, (stamp,)).fetchone()
+            return None if row is None else VersionBlock(row[0], row[1], bytes(row[2]))
+
+        yield from blocks.holding(wanted, block_at, _span)
         return
     statement = (
         "WITH holding AS (SELECT DISTINCT b.last FROM unnest(%s::bigint[]) AS s(stamp) "
