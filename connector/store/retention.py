@@ -154,25 +154,26 @@ def secure_delete(w: Writer, on: bool) -> None:
 
 def drop_entries(w: Writer, collection: int, stamps: Iterable[int]) -> tuple[int, int, int]:
     """The entries of these stamps out of the collection's delivery log: each block holding one
-    is rewritten without it (deleted when nothing is left), keeping its `last`. (entries
-    removed, blocks rewritten, blocks deleted)."""
+    is rewritten without it (deleted when nothing is left), keeping its `last`; one statement
+    for the rewrites and one for the deletions, as drop_versions. (entries removed, blocks
+    rewritten, blocks deleted)."""
     gone = set(stamps)
-    removed = rewritten = deleted = 0
+    removed = 0
+    emptied: list[tuple[int, int]] = []
+    rewritten: list[tuple[int, bytes, int, int]] = []
     for block in list(blocks_holding(w.conn, collection, sorted(gone))):
         keep = [(stamp, bits) for stamp, bits in block.entries if stamp not in gone]
         removed += len(block.entries) - len(keep)
         if not keep:
-            w.many(
-                "DELETE FROM delivery_blocks WHERE collection = ? AND last = ?", [(collection, block.last)]
-            )
-            deleted += 1
+            emptied.append((collection, block.last))
         elif len(keep) < len(block.entries):
-            w.many(
-                "UPDATE delivery_blocks SET first = ?, entries = ? WHERE collection = ? AND last = ?",
-                [(keep[0][0], deliveries.encode(keep), collection, block.last)],
-            )
-            rewritten += 1
-    return removed, rewritten, deleted
+            rewritten.append((keep[0][0], deliveries.encode(keep), collection, block.last))
+    w.many("DELETE FROM delivery_blocks WHERE collection = ? AND last = ?", sorted(emptied))
+    w.many(
+        "UPDATE delivery_blocks SET first = ?, entries = ? WHERE collection = ? AND last = ?",
+        sorted(rewritten, key=lambda row: row[3]),
+    )
+    return removed, len(rewritten), len(emptied)
 
 
 def drop_removals(w: Writer, collection: int, stamps: Iterable[int]) -> int:
