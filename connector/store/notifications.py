@@ -362,11 +362,11 @@ def run_versions_without_recipients(conn: Connection, run_id: int, first: int, l
     stamp, which the run number tells apart)."""
     out: dict[int, int] = {}
     for block in version_blocks_between(conn, first, last):
-        for version in block.versions():
-            if not first <= version.stamp <= last:
-                continue
-            if version.run == run_id and not version.recipients:
-                out[int(version.stamp)] = int(version.notification)
+        for index, stamp in enumerate(block.stamps):
+            if first <= stamp <= last:
+                version = block.version(index)
+                if version.run == run_id and not version.recipients:
+                    out[stamp] = version.notification
     return out
 
 
