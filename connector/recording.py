@@ -37,7 +37,7 @@ from connector.store.evidence import CHANGE_DIGEST
 from connector.store.evidence import change as evidence_change
 from connector.store.evidence import shape_of as evidence_shape
 from connector.store.evidence import values_body as evidence_values
-from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
+from connector.store.records import EvidenceKey, Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import day_text, moment_ms
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class BatchRecorder:
         self.known_versions: dict[int, VersionRecord] = {}
         self.seen_again: list[tuple[int, tuple[int, ...], int]] = []  # (pk, collections, stamp)
         self._numbers_of: dict[tuple[str, ...], tuple[int, ...]] = {}
-        self.current_evidence: dict[int, str] = {}  # pk -> body: see _load_current_evidence
+        self.current_evidence: dict[EvidenceKey, str] = {}  # key -> body: _load_current_evidence
         # The batch's bodies not known beforehand: the text each is stored as, and its digest.
         self.stored_text: dict[str, str] = {}
         self.body_digests: dict[str, int] = {}
@@ -333,7 +333,7 @@ class BatchRecorder:
         """The evidence (as it stands, connector/store/evidence.py) of the latest version and of
         the row of every stored notification whose new evidence is not stored as it is: what
         _reobserved_evidence compares it with and makes a change from."""
-        wanted: set[int] = set()
+        wanted: set[EvidenceKey] = set()
         for key, found in stored.items():
             if known.get(bodies[key]) is None:
                 wanted |= {found.record.evidence, found.latest.evidence_of(found.record)}
@@ -341,10 +341,11 @@ class BatchRecorder:
 
     def _reobserved_evidence(
         self, found: _Stored, n: Notification, body: str, known: dict[str, int | None]
-    ) -> int:
-        """The evidence pk of a stored notification's next version: the same evidence as it has,
-        else only what changed against the evidence of its own row (connector/store/evidence.py), or
-        the whole body when a change would not be shorter."""
+    ) -> EvidenceKey:
+        """The evidence of a stored notification's next version: the same evidence as it has,
+        else only what changed against the evidence of its own row, kept in the version (an
+        inline change, connector/store/evidence.py), or the whole body's pk when a change would
+        not be shorter."""
         pk = known.get(body)
         if pk is not None:
             return pk
@@ -352,19 +353,26 @@ class BatchRecorder:
         current = latest.evidence_of(record)
         current_text = self.current_evidence.get(current)
         if current_text == body:
-            return current
+            return self._kept(current)
         if n.volatile and current_text is not None:
             names = frozenset(n.volatile)
             if _steady(orjson.loads(current_text), names) == _steady(n.evidence, names):
-                return current  # only what changes with every observation changed
+                return self._kept(current)  # only what changes with every observation changed
         base = self.current_evidence.get(record.evidence)
         if base is not None:
             stored_change = evidence_change(record.evidence, orjson.loads(base), body)
             if stored_change is not None:
-                pk = self.w.allocate("evidence", 1)
-                self.evidence_rows.append((pk, CHANGE_DIGEST, stored_change))
-                return pk
+                return stored_change
         return self._evidence_pk(body, known)()
+
+    def _kept(self, current: EvidenceKey) -> int:
+        """The pk of the evidence a version has again: an inline change (in the version before)
+        stored as an evidence row now, which this version and any after refer to."""
+        if current.__class__ is int:
+            return current  # type: ignore[return-value]
+        pk = self.w.allocate("evidence", 1)
+        self.evidence_rows.append((pk, CHANGE_DIGEST, current))  # type: ignore[arg-type]
+        return pk
 
     def _evidence_pk(self, body: str, known: dict[str, int | None]) -> Callable[[], int]:
         """The pk of this body, stored when first asked for (see _evidence_pks)."""
@@ -501,7 +509,7 @@ class BatchRecorder:
         stored: _Stored,
         fresh: list[int],
         stamp: int,
-        evidence_pk: int,
+        evidence_pk: EvidenceKey,
         decision: Decision,
     ) -> tuple[NotificationRecord, VersionRecord]:
         record, previous = stored.record, stored.latest

@@ -39,6 +39,7 @@ from connector.config import Config
 from connector.render.stix import REFERENCES, notification_of, own_ids, render, shape
 from connector.store import Reader, Store, Writer
 from connector.store import retention as sql
+from connector.store.evidence import row_of as evidence_row
 from connector.store.objects import object_row
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import us_to_timestamp
@@ -102,7 +103,7 @@ class Remover:
                     evidence.add(n.evidence)
                     for v in reader.version_chain(n.latest, known):
                         if v.evidence is not None:
-                            evidence.add(v.evidence)
+                            evidence.add(evidence_row(v.evidence))
             self._high = sql.highest_notification(reader.conn)
             self._high_stamp = sql.clock_stamp(reader.conn)
         self._evidence_refs = {e: set() for e in evidence}
@@ -488,6 +489,9 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
             )
             if bodies:
                 targets |= sql.notifications_with_evidence(reader.conn, bodies)
+            # Changes kept in versions (connector/store/evidence.py), with the keys they name.
+            changes = sql.changes_containing(reader.conn, form)
+            targets |= {pk for pk, change in changes if _mentions(change, form)}
         objects = _stored_about(reader, forms)
         run_rows = {
             k

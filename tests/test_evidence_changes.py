@@ -10,11 +10,14 @@ evidence it applies to while the change is in use).
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from taxii2client.v21 import Collection, as_pages
@@ -27,7 +30,14 @@ from connector.passwords import hash_password
 from connector.retention import forget
 from connector.store import Store
 from connector.store.evidence import change, resolved, shape_of, values_body
+from connector.store.notifications import (
+    evidence_bodies,
+    notifications_by_pk,
+    version_blocks_after,
+    versions_by_stamp,
+)
 from tests.conftest import password_for, serving
+from tests.test_migration_versions import _migration
 from tests.test_shadowserver import shadowserver_config
 
 HEADER = ["timestamp", "ip", "protocol", "port", "hostname", "tag", "asn", "server", "http_code", "http_date"]
@@ -178,6 +188,13 @@ def evidence_rows(store: Store) -> list[tuple[int, int, str]]:
         ]
 
 
+def inline_changes(store: Store) -> list[tuple[int, int, str]]:
+    """(stamp, notification, change) of every change kept in a version (connector/store/evidence.py)."""
+    with store.engine.connect() as conn:
+        blocks = list(version_blocks_after(conn, None))
+    return [(at, pk, key) for block in blocks for at, pk, key in block.refs() if isinstance(key, str)]
+
+
 def polled_evidence(config: Config, store: Store, recipient: str) -> dict[str, list[dict[str, Any]]]:
     """Sighting id -> the evidence of each of its versions, in order, as taxii2client reads them."""
     user = next(u.username for u in config.users if u.recipient == recipient)
@@ -218,10 +235,10 @@ def test_a_second_day_stores_what_changed_and_every_version_reads_whole(
     assert summary.counts["updated"] == 3, summary.counts
 
     rows = evidence_rows(store)
-    changes = [(digest, body) for _pk, digest, body in rows if body.startswith("[")]
-    assert changes == [(0, changes[0][1])], rows  # one change, for the server that changed
-    assert "Tue, 02 Jun 2024 10:00:04 GMT" in changes[0][1] and "nginx/1.18.1" in changes[0][1]
-    assert "lighttpd" not in changes[0][1] and "10:00:06" not in str(rows)
+    assert not any(body.startswith("[") for _pk, _digest, body in rows), rows  # kept in the version
+    (change_,) = [change for _at, _pk, change in inline_changes(store)]  # for the server that changed
+    assert "Tue, 02 Jun 2024 10:00:04 GMT" in change_ and "nginx/1.18.1" in change_
+    assert "lighttpd" not in change_ and "10:00:06" not in str(rows) + change_
 
     recipient = next(r.id for r in config.recipients)
     versions = polled_evidence(config, store, recipient)
@@ -235,15 +252,44 @@ def test_a_second_day_stores_what_changed_and_every_version_reads_whole(
         ],
     ], versions
 
-    # A value only the change holds is found by forget, and with it goes the notification.
+    # Day 3: the changed server answers as on day 2 but for its clock (volatile: the day-2
+    # evidence again), so the change is stored as a row once, which this version refers to; the
+    # server that kept its answer changes now (kept in its version).
+    day3 = [
+        ("192.0.2.10", "nginx/1.18.1", "Wed, 03 Jun 2024 10:00:04 GMT"),
+        ("192.0.2.11", "Apache/2", "x"),
+    ]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 3, day3)])
+    rows = evidence_rows(store)
+    assert [(digest, body) for _pk, digest, body in rows if body.startswith("[")] == [(0, change_)], rows
+    # Still in the day-2 version; Apache's.
+    assert sorted("Apache/2" in c for _at, _pk, c in inline_changes(store)) == [False, True]
+    versions = polled_evidence(config, store, recipient)
+    seen = sorted([(e["server"], e["unmapped"]["http_date"]) for e in evs] for evs in versions.values())
+    assert seen == [
+        [("Apache", "x"), ("Apache", "x"), ("Apache/2", "x")],
+        [("lighttpd", "Mon, 01 Jun 2024 10:00:05 GMT")] * 2,
+        [
+            ("nginx/1.18.0", "Mon, 01 Jun 2024 10:00:03 GMT"),
+            ("nginx/1.18.1", "Tue, 02 Jun 2024 10:00:04 GMT"),
+            ("nginx/1.18.1", "Tue, 02 Jun 2024 10:00:04 GMT"),  # the day-2 evidence, kept
+        ],
+    ], versions
+
+    # A value only a change holds is found by forget, and with it goes the notification: kept
+    # in a version, and stored as a row.
+    assert forget(store, config, "Apache/2", dry_run=True).counts["notifications"] == 1
     assert forget(store, config, "Tue, 02 Jun 2024 10:00:04 GMT", dry_run=True).counts["notifications"] == 1
     report_ = forget(store, config, "192.0.2.10")
     assert report_.counts["notifications"] == 1
     left = evidence_rows(store)
     assert not any(body.startswith("[") for _pk, _d, body in left), left
     assert not any("nginx" in body for _pk, _d, body in left), left
+    assert not any("nginx" in change for _at, _pk, change in inline_changes(store))
     assert polled_evidence(config, store, recipient)
     assert sorted(body[0] for _pk, _d, body in left) == ["#", "#", "%"], left  # the others, their key paths
+    assert forget(store, config, "Apache/2").counts["notifications"] == 1
+    assert inline_changes(store) == []
 
 
 def test_forget_finds_a_value_held_in_a_key_of_the_evidence(
@@ -284,3 +330,53 @@ def test_evidence_forgotten_between_two_ingests_of_one_ingestor_is_stored_again(
     assert versions == [
         {"tag": "http", "http_code": "200", "server": "nginx", "unmapped": {"http_date": same[1]}}
     ]
+
+
+@pytest.mark.parametrize("batch", [1, 20_000])
+def test_downgrade_stores_every_inline_change_as_a_row(
+    tmp_path: Path, config: Config, store: Store, batch: int
+) -> None:
+    """Migration 0016's downgrade: the code before it reads no inline change, so each becomes
+    an evidence row with digest 0 (as that code stored it) and its block is written without
+    it; every version reads the same evidence after, and the store goes on from there."""
+    mappings = load_mappings()
+    hosts = [(f"192.0.2.{i}", "nginx/1.18.0", f"Mon, 01 Jun 2024 10:00:{i:02d} GMT") for i in range(40)]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 1, hosts)])
+    day2 = [(ip, "nginx/1.18.1" if i % 3 else server, date) for i, (ip, server, date) in enumerate(hosts)]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 2, day2)])
+    inline = inline_changes(store)
+    assert len(inline) == 26
+    with store.engine.connect() as conn:
+        before = versions_by_stamp(
+            conn, [stamp for block in version_blocks_after(conn, None) for stamp in block.stamps]
+        )
+        notes = notifications_by_pk(conn, {v.notification for v in before.values()})
+        read = evidence_bodies(conn, {v.evidence_of(notes[v.notification]) for v in before.values()})
+        evidence_before = {s: read[v.evidence_of(notes[v.notification])] for s, v in before.items()}
+    rows_before = evidence_rows(store)
+
+    migration = _migration("0016")
+    migration.BATCH = batch
+    with store.engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        migration.downgrade()
+    assert inline_changes(store) == []
+    added = [row for row in evidence_rows(store) if row not in rows_before]
+    assert sorted(body for _pk, _d, body in added) == sorted(change for _a, _n, change in inline)
+    assert {d for _pk, d, _body in added} == {0}
+    with store.engine.connect() as conn:
+        after = versions_by_stamp(conn, list(before))
+        read = evidence_bodies(conn, {v.evidence_of(notes[v.notification]) for v in after.values()})
+        assert {s: read[v.evidence_of(notes[v.notification])] for s, v in after.items()} == evidence_before
+    assert all(isinstance(v.evidence, int | None) for v in after.values())
+    assert {s: replace(v, evidence=None) for s, v in after.items()} == {
+        s: replace(v, evidence=None) for s, v in before.items()
+    }
+
+    with store.engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        migration.upgrade()
+    day3 = [(ip, "nginx/1.19.0", date) for ip, _server, date in hosts[:5]]
+    summary = Ingestor(config, store, mappings).run(
+        "shadowserver", "shadowserver", [report(tmp_path, 3, day3)]
+    )
+    assert summary.counts["updated"] == 5
+    assert len(inline_changes(store)) == 5

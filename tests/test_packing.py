@@ -12,6 +12,7 @@ import random
 import struct
 from dataclasses import replace
 
+import orjson
 import pytest
 
 from connector.store.packing import (
@@ -167,15 +168,24 @@ def test_the_encoding_is_as_documented() -> None:
 # --- blocks of versions -------------------------------------------------------------------------
 
 
-def _random_block(rng: random.Random, n: int, step: int) -> list[tuple[int, int, int | None, bytes]]:
+def _random_change(rng: random.Random) -> str:
+    """An inline change (connector/store/evidence.py), some with characters of several bytes."""
+    value = "".join(rng.choice('aZ9 é€"😀') for _ in range(rng.randrange(0, 300)))
+    return orjson.dumps([rng.randrange(1, 2**40), [[rng.randrange(30), value]]]).decode()
+
+
+def _random_block(
+    rng: random.Random, n: int, step: int, inline: bool = False
+) -> list[tuple[int, int, int | str | None, bytes]]:
     stamp = rng.randrange(0, 2**52) * SLOTS
     versions = []
     for _ in range(n):
+        evidence = [None, 0, rng.randrange(2**50)] + ([_random_change(rng)] * 3 if inline else [])
         version = replace(
             BASE,
             stamp=stamp,
             notification=rng.randrange(1, 2 ** rng.randrange(1, 50)),
-            evidence=rng.choice([None, 0, rng.randrange(2**50)]),
+            evidence=rng.choice(evidence),
             previous=rng.choice([None, stamp - rng.randrange(1, 2**40) * SLOTS]),
             recipients=tuple(range(rng.randrange(0, 5))),
         )
@@ -184,11 +194,12 @@ def _random_block(rng: random.Random, n: int, step: int) -> list[tuple[int, int,
     return versions
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["pks", "inline changes"])
 @pytest.mark.parametrize("step", [2, 2**12, 2**20])  # stamps 2 bytes apart in a block, or 4
-def test_a_block_gives_back_every_version_and_finds_each_by_its_stamp(step: int) -> None:
+def test_a_block_gives_back_every_version_and_finds_each_by_its_stamp(step: int, inline: bool) -> None:
     rng = random.Random(step)
     for n in (1, 2, 63, BLOCK_VERSIONS):
-        versions = _random_block(rng, n, step)
+        versions = _random_block(rng, n, step, inline)
         block = VersionBlock(versions[-1][0], versions[0][0], encode_block(versions))
         assert block.entries() == versions
         assert block.stamps == [v[0] for v in versions]
@@ -240,3 +251,20 @@ def test_blocks_are_cut_at_a_new_set_of_recipients_at_the_most_a_block_holds_and
     assert all(VersionBlock(last, first, data).stamps[-1] == last for last, first, data in rows)
     held = [v for last, first, data in rows for v in VersionBlock(last, first, data).entries()]
     assert held == [v[:4] for v in ones + twos + far + odd]
+
+
+def test_a_block_without_an_inline_change_is_written_as_before_them() -> None:
+    """Migration 0016: the code before it reads these blocks, and migration 0015 writes what it
+    did. The evidence field is pk + 1 then; with an inline change in the block it is tagged."""
+    stamps = [STAMP, STAMP + SLOTS]
+    packed = [pack(replace(BASE, stamp=stamp)) for stamp in stamps]
+    plain = encode_block([(stamps[0], 5, None, packed[0]), (stamps[1], 5, 3, packed[1])])
+    assert plain[0] == 0
+    payload = plain[len(plain) - len(packed[0]) - len(packed[1]) - 4 :]
+    assert payload == bytes([5, 0]) + packed[0] + bytes([5, 4]) + packed[1]
+    tagged = encode_block([(stamps[0], 5, "[3,[]]", packed[0]), (stamps[1], 5, 3, packed[1])])
+    assert tagged[0] == 4
+    payload = tagged[len(tagged) - len(packed[0]) - len(packed[1]) - 10 :]
+    assert payload == bytes([5, 12]) + b"[3,[]]" + packed[0] + bytes([5, 7]) + packed[1]
+    with pytest.raises(ValueError):
+        encode_block([(stamps[0], 5, "", packed[0])])

@@ -23,7 +23,7 @@ import orjson
 from connector.render.stix import Rendered, notification_of, notifications_owning, own_ids, render
 from connector.store import Member, Reader, Store, VersionFilter
 from connector.store.deliveries import EARLIER, RECHECK, SHARED_BITS, SUPERSEDED
-from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
+from connector.store.records import EvidenceKey, Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import timestamp_to_us, version_key
 from connector.store.writer import SLOTS
 
@@ -44,7 +44,7 @@ class _Context:
     partners: dict[str, str] = field(default_factory=dict)
     versions: dict[int, VersionRecord] = field(default_factory=dict)
     notifications: dict[int, NotificationRecord] = field(default_factory=dict)
-    evidence: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evidence: dict[EvidenceKey, dict[str, Any]] = field(default_factory=dict)
 
     def load(self, stamps: Iterable[int]) -> None:
         wanted = [s for s in stamps if s not in self.versions]

@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from connector.stix.ids import located_subject
 from connector.store import blocks, evidence
 from connector.store.packing import VersionBlock, blocks_of, encode_version
-from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
+from connector.store.records import EvidenceKey, Kind, NotificationRecord, VersionRecord, digest
 from connector.store.writer import Writer, pg_array, rows_in, tuples_in
 
 NOTIFICATION_COLUMNS = (
@@ -221,27 +221,40 @@ def kinds(conn: Connection, pks: Iterable[int] | None = None) -> dict[int, Kind]
     return {row[0]: Kind(*row[:9], bool(row[9]), bool(row[10])) for row in rows}
 
 
-def evidence_bodies(conn: Connection, pks: Iterable[int]) -> dict[int, str]:
-    """pk -> the evidence (JSON) it stands for (connector/store/evidence.py)."""
-    wanted, stored = _evidence_with_references(conn, pks)
+def evidence_bodies(conn: Connection, keys: Iterable[EvidenceKey]) -> dict[EvidenceKey, str]:
+    """Evidence key (a pk, or an inline change) -> the evidence (JSON) it stands for
+    (connector/store/evidence.py)."""
+    wanted, stored = _evidence_with_references(conn, keys)
     paths: dict[int, list[list[str]]] = {}
-    return {pk: evidence.resolved(stored[pk], stored, paths) for pk in wanted & stored.keys()}
+    return {key: evidence.resolved(body, stored, paths) for key, body in _bodies(wanted, stored)}
 
 
-def evidence_objects(conn: Connection, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """pk -> the evidence it stands for, as an object (each a fresh one): what a renderer takes,
-    without writing it out as JSON to read it back."""
-    wanted, stored = _evidence_with_references(conn, pks)
+def evidence_objects(conn: Connection, keys: Iterable[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+    """Evidence key -> the evidence it stands for, as an object (each a fresh one): what a
+    renderer takes, without writing it out as JSON to read it back."""
+    wanted, stored = _evidence_with_references(conn, keys)
     paths: dict[int, list[list[str]]] = {}
-    return {pk: evidence.resolved_object(stored[pk], stored, paths) for pk in wanted & stored.keys()}
+    return {key: evidence.resolved_object(body, stored, paths) for key, body in _bodies(wanted, stored)}
 
 
-def _evidence_with_references(conn: Connection, pks: Iterable[int]) -> tuple[set[int], dict[int, str]]:
-    """(the pks asked for, pk -> stored body of them and of every body they refer to: a
+def _bodies(wanted: set[EvidenceKey], stored: dict[int, str]) -> Iterator[tuple[EvidenceKey, str]]:
+    """(key, stored body) of the keys asked for that are there: an inline change is its own."""
+    for key in wanted:
+        if key.__class__ is str:
+            yield key, key  # type: ignore[misc]
+        elif key in stored:
+            yield key, stored[key]  # type: ignore[index]
+
+
+def _evidence_with_references(
+    conn: Connection, keys: Iterable[EvidenceKey]
+) -> tuple[set[EvidenceKey], dict[int, str]]:
+    """(the keys asked for, pk -> stored body of them and of every body they refer to: a
     change's base, the key paths of evidence stored as values)."""
     statement = "SELECT pk, body FROM evidence WHERE pk IN ({in})"
-    wanted = set(pks)
-    stored: dict[int, str] = dict(rows_in(conn, statement, sorted(wanted)))
+    wanted = set(keys)
+    pks = {key if key.__class__ is int else evidence.row_of(key) for key in wanted}
+    stored: dict[int, str] = dict(rows_in(conn, statement, sorted(pks)))  # type: ignore[type-var]
     fresh = list(stored.values())
     while fresh:
         needed = {r for body in fresh if (r := evidence.reference(body)) is not None} - stored.keys()

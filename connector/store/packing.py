@@ -36,7 +36,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
-from connector.store.records import VersionRecord
+from connector.store.records import EvidenceKey, VersionRecord
 from connector.store.writer import SLOTS
 
 _FIRST_SEEN = 1
@@ -117,7 +117,9 @@ def encode_version(
     return bytes(out)
 
 
-def decode_version(stamp: int, notification: int, evidence: int | None, packed: bytes) -> VersionRecord:
+def decode_version(
+    stamp: int, notification: int, evidence: EvidenceKey | None, packed: bytes
+) -> VersionRecord:
     """The version whose columns are these (the inverse of encode_version).
 
     Runs for every stored version a re-observation looks up: the bytes are the numbers when
@@ -205,19 +207,26 @@ def pack(version: VersionRecord) -> bytes:
 # A batch's versions for one set of recipients have consecutive stamps
 # (recording.py _stamps_by_recipients), so a page of a collection reads few blocks.
 #
-#   flags byte: bit 0 stamps of 4 bytes (else 2), bit 1 offsets of 4 bytes (else 2)
+#   flags byte: bit 0 stamps of 4 bytes (else 2), bit 1 offsets of 4 bytes (else 2), bit 2
+#     evidence is tagged (the block holds an inline change)
 #   varint n, the versions in the block
 #   n stamps: (stamp - first) // SLOTS, little-endian, 2 or 4 bytes each
 #   n + 1 offsets of 2 (4) bytes into the payload: where each version's bytes start (and end)
-#   payload: per version a varint notification, a varint evidence + 1 (0: none), its packed bytes
+#   payload: per version a varint notification, its evidence, its packed bytes; the evidence
+#     without bit 2 a varint of the evidence pk + 1 (0: none); with bit 2 a varint e, 0: none,
+#     odd: the evidence pk e >> 1, even: an inline change (connector/store/evidence.py) of
+#     e >> 1 bytes of UTF-8 that follow
 #
 # Fixed-width stamps and offsets find one version without reading those before it: a
-# re-observation reads one version of its notification's block. A change of this encoding
-# needs a migration of its own, and migration 0015 must then keep a copy of this one.
+# re-observation reads one version of its notification's block. A block without an inline
+# change is written as before bit 2 was (migration 0016), so migration 0015 writes what it did.
+# A later change of this encoding needs a migration of its own, and migrations 0015 and 0016
+# must then keep a copy of this one.
 
 BLOCK_VERSIONS = 64  # at most, a block: what a look-up of one version reads
 _WIDE = 1
 _WIDE_OFFSETS = 2  # a payload above 65,535 bytes (a version to thousands of recipients)
+_TAGGED = 4  # the evidence field tells a pk from an inline change
 _NARROW_SPAN = 0xFFFF  # stamps of one block within this many slots: 2 bytes each
 _WIDE_SPAN = 0xFFFFFFFF
 
@@ -240,7 +249,7 @@ def _read_varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def encode_block(versions: Sequence[tuple[int, int, int | None, bytes]]) -> bytes:
+def encode_block(versions: Sequence[tuple[int, int, EvidenceKey | None, bytes]]) -> bytes:
     """(stamp, notification, evidence, packed) of versions in stamp order as one block; the
     first's stamp is the block's `first`."""
     first = versions[0][0]
@@ -253,26 +262,38 @@ def encode_block(versions: Sequence[tuple[int, int, int | None, bytes]]) -> byte
     out += struct.pack(f"<{len(steps)}{'I' if wide else 'H'}", *steps)
     payload = bytearray()
     offsets = [0]
+    tagged = any(evidence.__class__ is str for _s, _n, evidence, _p in versions)
     for _stamp, notification, evidence, packed in versions:
         _varint(payload, notification)
-        _varint(payload, 0 if evidence is None else evidence + 1)
+        if evidence is None:
+            payload.append(0)
+        elif not tagged:
+            _varint(payload, evidence + 1)  # type: ignore[operator]
+        elif evidence.__class__ is str:
+            text = evidence.encode()  # type: ignore[union-attr]
+            if not text:
+                raise ValueError("an inline change is never empty")
+            _varint(payload, len(text) << 1)
+            payload += text
+        else:
+            _varint(payload, (evidence << 1) | 1)  # type: ignore[operator]
         payload += packed
         offsets.append(len(payload))
     wide_offsets = offsets[-1] > 0xFFFF
-    out[0] = (_WIDE if wide else 0) | (_WIDE_OFFSETS if wide_offsets else 0)
+    out[0] = (_WIDE if wide else 0) | (_WIDE_OFFSETS if wide_offsets else 0) | (_TAGGED if tagged else 0)
     out += struct.pack(f"<{len(offsets)}{'I' if wide_offsets else 'H'}", *offsets)
     out += payload
     return bytes(out)
 
 
 def blocks_of(
-    versions: Iterable[tuple[int, int, int | None, bytes, tuple[int, ...]]],
+    versions: Iterable[tuple[int, int, EvidenceKey | None, bytes, tuple[int, ...]]],
 ) -> list[tuple[int, int, bytes]]:
     """(last, first, entries) rows of these (stamp, notification, evidence, packed, recipients)
     versions, sorted by stamp: a block per run of one set of recipients, of at most
     BLOCK_VERSIONS, a span its stamps fit in and stamps a multiple of SLOTS apart."""
     rows: list[tuple[int, int, bytes]] = []
-    part: list[tuple[int, int, int | None, bytes]] = []
+    part: list[tuple[int, int, EvidenceKey | None, bytes]] = []
     group: tuple[int, ...] | None = None
     for stamp, notification, evidence, packed, recipients in versions:
         if part and (
@@ -293,7 +314,7 @@ def blocks_of(
 class VersionBlock:
     """A block's stamps, read at once (one C call); each version decoded when asked for."""
 
-    __slots__ = ("_data", "_offsets", "_offsets_at", "_payload_at", "last", "stamps")
+    __slots__ = ("_data", "_offsets", "_offsets_at", "_payload_at", "_tagged", "last", "stamps")
 
     def __init__(self, last: int, first: int, data: bytes) -> None:
         self.last = last
@@ -306,15 +327,23 @@ class VersionBlock:
         wide_offsets = data[0] & _WIDE_OFFSETS
         self._offsets = struct.Struct("<II" if wide_offsets else "<HH")
         self._payload_at = self._offsets_at + (n + 1) * (4 if wide_offsets else 2)
+        self._tagged = bool(data[0] & _TAGGED)
 
-    def _refs_at(self, index: int) -> tuple[int, int | None, int, int]:
+    def _refs_at(self, index: int) -> tuple[int, EvidenceKey | None, int, int]:
         """(notification, evidence, where its packed bytes start, where they end)."""
         start, end = self._offsets.unpack_from(
             self._data, self._offsets_at + (self._offsets.size >> 1) * index
         )
         notification, at = _read_varint(self._data, self._payload_at + start)
-        evidence, at = _read_varint(self._data, at)
-        return notification, (evidence - 1 if evidence else None), at, self._payload_at + end
+        field, at = _read_varint(self._data, at)
+        if not field:
+            return notification, None, at, self._payload_at + end
+        if not self._tagged:
+            return notification, field - 1, at, self._payload_at + end
+        if field & 1:
+            return notification, field >> 1, at, self._payload_at + end
+        text_end = at + (field >> 1)
+        return notification, self._data[at:text_end].decode(), text_end, self._payload_at + end
 
     def version(self, index: int) -> VersionRecord:
         notification, evidence, start, end = self._refs_at(index)
@@ -329,12 +358,12 @@ class VersionBlock:
     def versions(self) -> list[VersionRecord]:
         return [self.version(i) for i in range(len(self.stamps))]
 
-    def refs(self) -> list[tuple[int, int, int | None]]:
+    def refs(self) -> list[tuple[int, int, EvidenceKey | None]]:
         """(stamp, notification, evidence) of each version, without decoding the rest: what
         retention asks of every version."""
         return [(stamp, *self._refs_at(i)[:2]) for i, stamp in enumerate(self.stamps)]
 
-    def entries(self) -> list[tuple[int, int, int | None, bytes]]:
+    def entries(self) -> list[tuple[int, int, EvidenceKey | None, bytes]]:
         """(stamp, notification, evidence, packed) of each version, as encode_block takes them."""
         out = []
         for i, stamp in enumerate(self.stamps):

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from connector.notification import observable_of
 from connector.stix.ids import digest
 
-__all__ = ["Kind", "NotificationRecord", "VersionRecord", "digest"]
+__all__ = ["EvidenceKey", "Kind", "NotificationRecord", "VersionRecord", "digest"]
+
+# What a version's evidence is: the pk of an evidence row, or a change to the evidence of its
+# notification's row kept in the version itself (connector/store/evidence.py, an "inline change").
+EvidenceKey = int | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,7 @@ class VersionRecord:
     last_seen: int  # ms after first_seen
     count: int
     kind: int | None  # None: the notification's
-    evidence: int | None  # None: the notification's
+    evidence: EvidenceKey | None  # None: the notification's
     recipients: tuple[int, ...]  # collection numbers
     run: int
 
@@ -83,5 +87,5 @@ class VersionRecord:
     def kind_of(self, n: NotificationRecord) -> int:
         return n.kind if self.kind is None else self.kind
 
-    def evidence_of(self, n: NotificationRecord) -> int:
+    def evidence_of(self, n: NotificationRecord) -> EvidenceKey:
         return n.evidence if self.evidence is None else self.evidence

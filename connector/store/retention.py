@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 
 from connector.store import deliveries, evidence, notifications
 from connector.store.notifications import PK_ABOVE, SELECT_RECORDS, WITH_HEADS, notification_record
-from connector.store.packing import encode_block
+from connector.store.packing import VersionBlock, encode_block
 from connector.store.records import NotificationRecord
 from connector.store.writer import SLOTS, Writer, rows_in
 
@@ -92,17 +92,31 @@ def notifications_with_evidence(conn: Connection, evidence: Sequence[int]) -> se
     return found
 
 
-def version_evidence_users(conn: Connection, evidence: Iterable[int]) -> dict[int, set[int]]:
-    """Evidence pk -> the notifications any of whose versions point at it, for these evidence
-    rows. Versions are not indexed by evidence: one read of every block, whatever the number
-    of evidence rows asked about (ask for them all at once)."""
-    wanted = set(evidence)
+def version_evidence_users(conn: Connection, rows: Iterable[int]) -> dict[int, set[int]]:
+    """Evidence pk -> the notifications any of whose versions point at it (an inline change:
+    at its base), for these evidence rows. Versions are not indexed by evidence: one read of
+    every block, whatever the number of evidence rows asked about (ask for them all at once)."""
+    wanted = set(rows)
     users: dict[int, set[int]] = {pk: set() for pk in wanted}
     for block in notifications.version_blocks_after(conn, None):
         for _stamp, pk, used in block.refs():
-            if used in wanted:
-                users[used].add(pk)
+            if used is not None and (row := evidence.row_of(used)) in wanted:
+                users[row].add(pk)
     return users
+
+
+def changes_containing(conn: Connection, text: str) -> list[tuple[int, str]]:
+    """(notification, change) of every inline change (connector/store/evidence.py) that holds
+    `text`: the blocks whose bytes hold it, each read in Python."""
+    statement = "SELECT last, first, entries FROM version_blocks WHERE " + (
+        "position(%s::bytea in entries) > 0" if conn.dialect.name == "postgresql" else "instr(entries, ?) > 0"
+    )
+    found = []
+    for last, first, entries in conn.exec_driver_sql(statement, (text.encode(),)):
+        for _stamp, pk, used in VersionBlock(last, first, bytes(entries)).refs():
+            if used.__class__ is str and text in used:  # type: ignore[operator]
+                found.append((pk, used))
+    return found  # type: ignore[return-value]
 
 
 def stored_objects_containing(conn: Connection, text: str) -> list[tuple[int, str, str, str]]:
@@ -429,7 +443,7 @@ def evidence_used_since(conn: Connection, pk: int, stamp: int) -> set[int]:
         for r in conn.exec_driver_sql(_sql(conn, "SELECT evidence FROM notifications WHERE pk > ?"), (pk,))
     }
     for block in notifications.version_blocks_after(conn, stamp):
-        used.update(evidence for at, _pk, evidence in block.refs() if at > stamp and evidence is not None)
+        used.update(evidence.row_of(key) for at, _pk, key in block.refs() if at > stamp and key is not None)
     return used
 
 

@@ -35,7 +35,7 @@ from connector.store import (
 )
 from connector.store import schema as t
 from connector.store.engine import head_revision, lock_schema, make_engines, run_migrations
-from connector.store.records import Kind, NotificationRecord, VersionRecord
+from connector.store.records import EvidenceKey, Kind, NotificationRecord, VersionRecord
 from connector.store.times import now_us
 from connector.store.writer import Writer
 
@@ -468,11 +468,11 @@ class Reader:
     def kinds(self, pks: Iterable[int] | None = None) -> dict[int, Kind]:
         return notifications.kinds(self.conn, pks)
 
-    def evidence(self, pks: Iterable[int]) -> dict[int, str]:
-        return notifications.evidence_bodies(self.conn, pks)
+    def evidence(self, keys: Iterable[EvidenceKey]) -> dict[EvidenceKey, str]:
+        return notifications.evidence_bodies(self.conn, keys)
 
-    def evidence_objects(self, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
-        return notifications.evidence_objects(self.conn, pks)
+    def evidence_objects(self, keys: Iterable[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        return notifications.evidence_objects(self.conn, keys)
 
     def partner_names(self) -> dict[str, str]:
         return notifications.partner_names(self.conn)
