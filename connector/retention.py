@@ -26,6 +26,7 @@ without the lock; each batch then re-checks, under the lock, only what was writt
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -554,15 +555,23 @@ def _in_url_only(reader: Reader, pk: int, form: str) -> bool:
     return form not in (n.ip, n.hostname, n.email)
 
 
-def _mentions(text: str, value: str) -> bool:
-    """`value` in `text` as a whole token: 192.0.2.1 is not in 192.0.2.10, nor a.nl in data.nl."""
-    import re
+_TOKEN = r"[A-Za-z0-9_\-]"
+# A JSON escape right before a match: "\n", "\t" ... or "\u001f" (a control character). Its
+# last character is a letter or digit of the JSON text, not of the value's neighbour.
+_ESCAPE_BEFORE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:[nrtbf]|u[0-9a-fA-F]{4})\Z")
 
-    boundary = r"[A-Za-z0-9_\-]"
-    return (
-        re.search(rf"(?<!{boundary})(?<!\.){re.escape(value)}(?!{boundary})(?!\.[A-Za-z0-9])", text)
-        is not None
-    )
+
+def _mentions(text: str, value: str) -> bool:
+    """`value` in `text` as a whole token: 192.0.2.1 is not in 192.0.2.10, nor a.nl in data.nl.
+    `text` may be JSON: a value right after an escaped line break ("...\\nzoe.nl") is a token."""
+    pattern = rf"(?<!\.){re.escape(value)}(?!{_TOKEN})(?!\.[A-Za-z0-9])"
+    for match in re.finditer(pattern, text):
+        start = match.start()
+        if start == 0 or not re.match(_TOKEN, text[start - 1]):
+            return True
+        if _ESCAPE_BEFORE.search(text, max(0, start - 64), start):
+            return True
+    return False
 
 
 _REFERRING = ("observed-data", "sighting", "relationship", "indicator", "note", "opinion")

@@ -27,9 +27,9 @@ from connector.collections import recipient_collection_id
 from connector.config import Config
 from connector.ingest import Ingestor
 from connector.passwords import hash_password
-from connector.retention import forget
+from connector.retention import _mentions, forget
 from connector.store import Store
-from connector.store.evidence import change, resolved, shape_of, values_body
+from connector.store.evidence import change, resolved, row_of, shape_of, values_body
 from connector.store.notifications import (
     evidence_bodies,
     notifications_by_pk,
@@ -380,3 +380,43 @@ def test_downgrade_stores_every_inline_change_as_a_row(
     )
     assert summary.counts["updated"] == 5
     assert len(inline_changes(store)) == 5
+
+
+def test_forget_finds_a_value_right_after_an_escaped_control_character(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    """Evidence is searched as JSON text, where a line break before the value is written "\\n":
+    the "n" is the escape's, not a letter of a longer word. In a body and in an inline change."""
+    mappings = load_mappings()
+    hosts = [("192.0.2.40", "proxy\nzoe1.voorbeeld.nl", "x"), ("192.0.2.41", "nginx", "x")]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 1, hosts)])
+    day2 = [hosts[0], ("192.0.2.41", "proxy\tzoe2.voorbeeld.nl\u001fzoe3.voorbeeld.nl", "x")]
+    Ingestor(config, store, mappings).run("shadowserver", "shadowserver", [report(tmp_path, 2, day2)])
+    assert any("\\tzoe2" in change for _at, _pk, change in inline_changes(store))
+    for value in ("zoe1.voorbeeld.nl", "zoe2.voorbeeld.nl", "zoe3.voorbeeld.nl"):
+        assert forget(store, config, value, dry_run=True).counts["notifications"] == 1, value
+    assert forget(store, config, "oe2.voorbeeld.nl", dry_run=True).counts["notifications"] == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ('"a\\nzoe.nl"', True),
+        ('"a\\tzoe.nl"', True),
+        ('"a\\u001fzoe.nl"', True),
+        ('"a\\\\nzoe.nl"', False),  # a backslash, then the letter n: "nzoe.nl" is the token
+        ('"a\\\\\\nzoe.nl"', True),  # a backslash, then a line break
+        ('"anzoe.nl"', False),
+        ('"www.zoe.nl"', False),
+        ('"zoe.nl.example"', False),
+        ('"anzoe.nl zoe.nl"', True),  # a later whole token
+    ],
+)
+def test_a_value_is_a_token_after_a_json_escape_only(text: str, found: bool) -> None:
+    assert _mentions(text, "zoe.nl") is found
+
+
+def test_the_row_a_version_evidence_needs_is_its_own_or_a_change_base() -> None:
+    stored = change(12345, {"a": 1, "b": "x" * 40}, orjson.dumps({"a": 2, "b": "x" * 40}).decode())
+    assert stored is not None and row_of(stored) == 12345
+    assert row_of(7) == 7

@@ -36,9 +36,9 @@ connector/store/packing.py), not in an evidence row of its own: on PostgreSQL a 
 line pointer and index entries cost more than the change they held (a second day of the same
 hosts: 53 of its 91 bytes a row). A version's evidence is then the change's text itself
 (records.EvidenceKey), which names its base. When a later version has the same evidence, the
-change is stored as an evidence row (digest 0) after all and both refer to that, so a change
-that stays is kept once more, not once per day. Changes stored before (digest 0 rows) stay
-as they are.
+change is stored as an evidence row (digest 0) after all, which that version and the ones after
+refer to; the version that first had it keeps its copy. So a change that stays is stored twice,
+not once a day. Changes stored before (digest 0 rows) stay as they are.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def is_change(body: str) -> bool:
 
 def row_of(key: int | str) -> int:
     """The evidence row a version's evidence needs: its own pk, or an inline change's base."""
-    return key if key.__class__ is int else int(orjson.loads(key)[0])  # type: ignore[arg-type]
+    if key.__class__ is int:
+        return key  # type: ignore[return-value]
+    return int(key[1 : key.index(",")])  # type: ignore[index,union-attr]  # "[<base>,[ops]]"
 
 
 def reference(body: str) -> int | None:

@@ -37,7 +37,6 @@ def downgrade() -> None:
     conn = op.get_bind()
     evidence = sa.table("evidence", sa.column("pk"), sa.column("digest"), sa.column("body"))
     next_pk = int(conn.execute(sa.text("SELECT coalesce(max(pk), 0) FROM evidence")).scalar() or 0) + 1
-    stored: dict[str, int] = {}  # change -> its new row
     after = None
     while True:
         where = "" if after is None else "WHERE last > :after "
@@ -56,12 +55,10 @@ def downgrade() -> None:
                 continue
             untagged = []
             for stamp, notification, key, packed in versions:
-                if isinstance(key, str):
-                    if key not in stored:
-                        stored[key] = next_pk
-                        new_rows.append({"pk": next_pk, "digest": 0, "body": key})
-                        next_pk += 1
-                    key = stored[key]
+                if isinstance(key, str):  # a row each, as the code before stored them
+                    new_rows.append({"pk": next_pk, "digest": 0, "body": key})
+                    key = next_pk
+                    next_pk += 1
                 untagged.append((stamp, notification, key, packed))
             rewritten.append({"at": last, "entries": encode_block(untagged)})
         if new_rows:
