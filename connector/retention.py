@@ -98,11 +98,11 @@ class Remover:
         with self.store.reading() as reader:
             for chunk in _chunks(self.targets, BATCH):
                 found = reader.notifications(chunk)
-                known: dict[int, VersionRecord] = {}
+                chains = reader.version_chains({n.latest for n in found.values()})
                 for n in found.values():
                     values |= _values(n)
                     evidence.add(n.evidence)
-                    for v in reader.version_chain(n.latest, known):
+                    for v in chains[n.latest]:
                         if v.evidence is not None:
                             evidence.add(evidence_row(v.evidence))
             self._high = sql.highest_notification(reader.conn)
@@ -153,7 +153,8 @@ class Remover:
             return
         batch = set(found)
         versions: dict[int, VersionRecord] = {}
-        chains = {pk: reader.version_chain(n.latest, versions) for pk, n in found.items()}
+        by_latest = reader.version_chains({n.latest for n in found.values()}, versions)
+        chains = {pk: by_latest[n.latest] for pk, n in found.items()}
         kinds = reader.kinds({v.kind_of(found[v.notification]) for v in versions.values()})
         context = _Rendering(reader, kinds)
         holders = _Holders(self, reader, w, batch)
@@ -200,14 +201,20 @@ class Remover:
         """Shared objects these entries brought into the collection: kept as stored objects at
         their date_added when still needed there, else removed."""
         bits = reader.entry_bits(number, stamps)
+        brought: list[tuple[int, dict[int, int]]] = []  # (stamp, slot -> digest) of each entry
         for stamp in sorted(stamps):
-            brought = bits.get(stamp, 0) & 0x0FFF
-            if not brought:
-                continue
+            slots_brought = bits.get(stamp, 0) & 0x0FFF
+            if slots_brought:
+                v = versions[stamp]
+                shared = context.shared(found[v.notification], v)
+                brought.append((stamp, {slot: d for slot, d in shared if slots_brought >> slot & 1}))
+        # One look-up for all the entries' objects; those removed go in one statement (each is
+        # a plain claim: a stored one is no entry's own, below).
+        held = reader.shared(number, {d for _stamp, slots in brought for d in slots.values()})
+        dropped: list[int] = []
+        for stamp, slots in brought:
             v = versions[stamp]
             n = found[v.notification]
-            slots = {slot: d for slot, d in context.shared(n, v) if brought >> slot & 1}
-            held = reader.shared(number, slots.values())
             rendered: dict[int, Any] | None = None
             for slot, key in slots.items():
                 if held.get(key, (None, True)) != (stamp + slot, False):
@@ -219,9 +226,13 @@ class Remover:
                     body = orjson.dumps(obj).decode()
                     collection_id = self.numbers[number]
                     sql.keep_as_stored(w, collection_id, number, key, stamp + slot, object_row(obj, body))
+                    held[key] = (stamp + slot, True)
                     self.report.counts["shared_objects_kept"] += 1
                 else:
-                    self.report.counts["shared_objects_removed"] += sql.drop_shared(w, number, key)
+                    dropped.append(key)
+                    held.pop(key)
+        sql.drop_claims(w, number, dropped)
+        self.report.counts["shared_objects_removed"] += len(set(dropped))
 
     def _stored_shared(
         self,
@@ -433,9 +444,10 @@ def _dry(store: Store, targets: list[int], run_rows_before: str) -> Report:
     with store.reading() as reader:
         kinds = reader.kinds()
         for chunk in _chunks(targets, BATCH):
-            known: dict[int, VersionRecord] = {}
-            for n in reader.notifications(chunk).values():
-                chain = reader.version_chain(n.latest, known)
+            found = reader.notifications(chunk)
+            chains = reader.version_chains({n.latest for n in found.values()})
+            for n in found.values():
+                chain = chains[n.latest]
                 report.counts["notifications"] += 1
                 report.counts["versions"] += len(chain)
                 report.counts["delivery_entries"] += sum(len(v.recipients) for v in chain if v.renderer)

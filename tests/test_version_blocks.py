@@ -111,3 +111,34 @@ def test_retention_takes_versions_out_of_their_blocks_and_leaves_the_rest(
     assert first_block.last not in lasts, "an emptied block is deleted"
     assert used == {7}
     assert owners == {rows[s][1] for s in set(stamps) - gone if rows[s][9] == 7}
+
+
+def test_chains_walked_side_by_side_are_the_chains_walked_one_by_one(store: Store) -> None:
+    """notifications.version_chains (retention: 500 notifications at a time) against
+    version_chain, on chains of one to six versions whose stamps interleave across blocks."""
+    rng = random.Random(11)
+    rows, previous = [], {}
+    stamp = START
+    for _ in range(400):
+        stamp += rng.choice([1, 2, 900]) * SLOTS
+        pk = rng.randrange(1, 80)
+        if len([r for r in rows if r[1] == pk]) == 6:
+            continue
+        before = previous.get(pk)
+        rows.append((stamp, pk, before, 1, stamp // 1000, None, 0, 1, None, None, (pk % 3 + 1,), 1))
+        previous[pk] = stamp
+    with store.writing() as w:
+        notifications.add_versions(w, rows)
+    with store.engine.connect() as conn:
+        known: dict[int, Any] = {}
+        chains = notifications.version_chains(conn, previous.values(), known)
+        assert chains == {latest: notifications.version_chain(conn, latest) for latest in previous.values()}
+        assert sorted(known) == sorted(row[0] for row in rows)
+        assert sorted(len(chain) for chain in chains.values())[-1] == 6
+        assert all(
+            [v.stamp for v in chain]
+            == sorted((r[0] for r in rows if r[1] == chain[0].notification), reverse=True)
+            for chain in chains.values()
+        )
+        with pytest.raises(LookupError):
+            notifications.version_chains(conn, [rows[-1][0] + SLOTS])

@@ -331,6 +331,11 @@ def drop_shared(w: Writer, number: int, digest: int) -> int:
     return 1
 
 
+def drop_claims(w: Writer, number: int, digests: Iterable[int]) -> None:
+    """Shared objects out of the collection that it holds as claims only (not stored)."""
+    deliveries.drop_shared(w, number, digests)
+
+
 def drop_unheld_objects(w: Writer, pks: Iterable[int]) -> int:
     """stix_objects rows no collection holds any more: deleted."""
     gone = 0

@@ -465,6 +465,11 @@ class Reader:
     ) -> list[VersionRecord]:
         return notifications.version_chain(self.conn, latest, known)
 
+    def version_chains(
+        self, latest: Iterable[int], known: dict[int, VersionRecord] | None = None
+    ) -> dict[int, list[VersionRecord]]:
+        return notifications.version_chains(self.conn, latest, known)
+
     def kinds(self, pks: Iterable[int] | None = None) -> dict[int, Kind]:
         return notifications.kinds(self.conn, pks)
 
