@@ -195,19 +195,7 @@ def version_chain(
     conn: Connection, latest: int, known: dict[int, VersionRecord] | None = None
 ) -> list[VersionRecord]:
     """Every version of a notification, newest first, from its latest stamp down `previous`."""
-    out: list[VersionRecord] = []
-    stamp: int | None = latest
-    known = known if known is not None else {}
-    while stamp is not None:
-        version = known.get(stamp)
-        if version is None:
-            version = versions_by_stamp(conn, [stamp]).get(stamp)
-            if version is None:
-                raise LookupError(f"notification version {stamp} is missing from the store")
-            known[stamp] = version
-        out.append(version)
-        stamp = version.previous
-    return out
+    return version_chains(conn, [latest], known)[latest]
 
 
 def version_chains(
@@ -278,7 +266,7 @@ def _evidence_with_references(
     change's base, the key paths of evidence stored as values)."""
     statement = "SELECT pk, body FROM evidence WHERE pk IN ({in})"
     wanted = set(keys)
-    pks = {key if key.__class__ is int else evidence.row_of(key) for key in wanted}
+    pks = {evidence.row_of(key) for key in wanted}
     stored: dict[int, str] = dict(rows_in(conn, statement, sorted(pks)))  # type: ignore[type-var]
     fresh = list(stored.values())
     while fresh:
