@@ -39,6 +39,7 @@ from connector.store.evidence import shape_of as evidence_shape
 from connector.store.evidence import values_body as evidence_values
 from connector.store.records import EvidenceKey, Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import day_text, moment_ms
+from connector.store.writer import SLOTS
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -169,7 +170,8 @@ class BatchRecorder:
             cache.key_paths.clear()
             cache.writer = writer
         self.numbers = store.collection_numbers()
-        self.new_rows: list[tuple[Any, ...]] = []
+        self.new_rows: list[tuple[Any, ...]] = []  # STORED_NOTIFICATION_COLUMNS: without `latest`
+        self.new_heads: list[tuple[int, int]] = []  # (pk, stamp of its first version)
         self.versions: list[tuple[Any, ...]] = []
         self.latest: list[tuple[int, int]] = []
         self.observations: list[tuple[int, int]] = []
@@ -434,9 +436,10 @@ class BatchRecorder:
         self.new_rows.append(
             (
                 pk, subject, kind, n.classification.identifier, day, n.ip, n.port, n.protocol, n.hostname,
-                n.url, n.email, n.asn, evidence(), first, now, stamp, run, None, True,
+                n.url, n.email, n.asn, evidence(), first, now, run, None, True,
             )
         )  # fmt: skip
+        self.new_heads.append((pk, stamp))
         self.versions.append(
             (stamp, pk, None, CURRENT, now, None, last - first, count, None, None, numbers, run)
         )
@@ -612,7 +615,7 @@ class BatchRecorder:
         stamps = sorted(version[0] for version in versions)
         moved = {version[0]: stamp for version, stamp in zip(ordered, stamps, strict=True)}
         self.versions = [(stamp, *version[1:]) for version, stamp in zip(ordered, stamps, strict=True)]
-        self.new_rows = [(*row[:_LATEST], moved[row[_LATEST]], *row[_LATEST + 1 :]) for row in self.new_rows]
+        self.new_heads = [(pk, moved[stamp]) for pk, stamp in self.new_heads]
         self.latest = [(pk, moved[stamp]) for pk, stamp in self.latest]
         self.seen_again = [(pk, numbers, moved[stamp]) for pk, numbers, stamp in self.seen_again]
         for entries in self.deliveries.values():
@@ -627,28 +630,30 @@ class BatchRecorder:
         w = self.w
         self._stamps_by_recipients()
         notifications.add_evidence(w, self.evidence_rows)
-        notifications.add_notifications(w, self.new_rows)
+        notifications.add_notifications(w, self.new_rows, self.new_heads)
         notifications.add_versions(w, self.versions)
         notifications.set_latest(w, self.latest)
         notifications.add_observations(w, self.observations)
-        # Each shared object a version brings is claimed for its collection; the claims that
-        # went in (nobody held it there) are the objects this entry brings: its bits.
-        # One dict per collection keyed by the digest alone: this loop runs for every shared
-        # object of every delivery (eight or so a notification), so no tuple key is built
-        # per object, and a shared object already claimed by an earlier entry of the batch
-        # costs one dict look-up.
-        claims: list[tuple[int, int, int, bool | None]] = []
-        claimants: dict[int, dict[int, tuple[_Delivery, int]]] = {}
-        for number, entries in self.deliveries.items():
-            first = claimants.setdefault(number, {})
-            for entry in entries:
-                for slot, key in entry.shared:
-                    if key not in first:
-                        first[key] = (entry, slot)
-                        claims.append((number, key, entry.stamp + slot, None))
-        for number, key in deliveries.claim_shared(w, claims):
-            entry, slot = claimants[number][key]
-            entry.bits |= 1 << slot
+        # Each shared object a version brings is claimed for its collection at the date_added
+        # it takes there (stamp + slot); the claims that went in (nobody held it there) are the
+        # objects their entries bring: their bits. This runs for every shared object of every
+        # delivery (six or so a notification), so per collection one dict comprehension keeps
+        # the first claim of each object: entries in reverse stamp order, each later (earlier in
+        # the batch) claim overwriting, and a claim that went in finds its entry by its stamp.
+        claims: dict[int, dict[int, int]] = {
+            number: {
+                key: stamp + slot
+                for entry in reversed(entries)
+                for stamp in (entry.stamp,)
+                for slot, key in reversed(entry.shared)
+            }
+            for number, entries in self.deliveries.items()
+        }
+        claimed = deliveries.claim_shared(w, claims)
+        if claimed:
+            by_stamp = {number: {e.stamp: e for e in es} for number, es in self.deliveries.items()}
+            for number, at in claimed:
+                by_stamp[number][at - at % SLOTS].bits |= 1 << at % SLOTS
         deliveries.change_bits(w, self.superseded)
         deliveries.append(w, {n: [(e.stamp, e.bits) for e in es] for n, es in self.deliveries.items()})
         if self.legacy_supersede:
@@ -663,7 +668,6 @@ class BatchRecorder:
 
 
 _RECIPIENTS = notifications.VERSION_COLUMNS.index("recipients")
-_LATEST = notifications.NOTIFICATION_COLUMNS.index("latest")
 
 
 def _by_recipients(version: tuple[Any, ...]) -> tuple[tuple[int, ...], int]:

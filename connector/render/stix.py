@@ -41,7 +41,6 @@ from connector.stix.ids import (
     SCO_NAMESPACE,
     located_uuid_bytes,
     type_key,
-    uuid5_bytes_from_sha1,
 )
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
@@ -279,8 +278,11 @@ def _add_observables(n: Notification, shared: list[tuple[int, int]]) -> None:
         shared.append((slot, _digest_of(raw, _SCO_KEYS[ip_type])))
         slot += 1
         if n.port is not None:
-            h = uuid5_bytes_from_sha1(raw).hex()
-            address = f"{ip_type}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            # The id uuid5_bytes_from_sha1(raw) gives, written from the hash's hex: version 5 in
+            # the third group, the RFC 4122 variant in the fourth's first digit.
+            h = raw.hex()
+            variant = "89ab"[raw[8] >> 4 & 3]
+            address = f"{ip_type}--{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
     for sco_type, value in (("domain-name", n.hostname), ("url", n.url), ("email-addr", n.email)):
         if value:
             raw = sha1(_SCO + _value_name(value), usedforsecurity=False).digest()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 from sqlalchemy import Connection
 
@@ -230,49 +229,61 @@ CLAIMS_PER_STATEMENT = 200
 CLAIMS_PER_ARRAY = 10_000  # PostgreSQL
 
 
-def claim_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> set[tuple[int, int]]:
-    """(collection, digest, date_added, stored) rows of shared objects that may be new to their
-    collections: those that are go in, and their (collection, digest) come back. One statement
-    per 200 (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert;
-    on PostgreSQL one per 10,000, the rows passed as arrays."""
-    claimed: set[tuple[int, int]] = set()
-    ordered = sorted(rows)
+def claim_shared(w: Writer, claims: dict[int, dict[int, int]]) -> list[tuple[int, int]]:
+    """Shared objects that may be new to their collections (collection -> digest -> the
+    date_added it would take there): those that are go in (`stored` NULL: rendered with a
+    notification version), and their (collection, date_added) come back. One statement per 200
+    (INSERT ... ON CONFLICT DO NOTHING RETURNING) rather than a look-up and an insert; on
+    PostgreSQL one per 10,000, the rows passed as arrays.
+
+    The rows go in sorted by key, made as one flat list of parameters (collection, digest,
+    date_added, ...) that each statement takes a slice of: a tuple per row, and sorting the
+    tuples, cost more than the statements' own work in Python."""
+    flat: list[int] = []
+    for collection in sorted(claims):
+        theirs = claims[collection]
+        for key in sorted(theirs):
+            flat += (collection, key, theirs[key])
+    if not flat:
+        return []
     if w.dialect == "postgresql":
-        # One statement of four arrays per CLAIMS_PER_ARRAY rows: psycopg parses a statement
+        # One statement of three arrays per CLAIMS_PER_ARRAY rows: psycopg parses a statement
         # of 800 placeholders in Python every time (too long for its cache), and that parsing
         # was a third of an ingest's time on PostgreSQL.
         statement = (
-            "INSERT INTO collection_shared (collection, digest, date_added, stored) "
-            "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[], %s::boolean[]) "
-            "ON CONFLICT DO NOTHING RETURNING collection, digest"
+            "INSERT INTO collection_shared (collection, digest, date_added) "
+            "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) "
+            "ON CONFLICT DO NOTHING RETURNING collection, date_added"
         )
-        for start in range(0, len(ordered), CLAIMS_PER_ARRAY):
-            part = ordered[start : start + CLAIMS_PER_ARRAY]
+        step = 3 * CLAIMS_PER_ARRAY
+        claimed: list[tuple[int, int]] = []
+        for start in range(0, len(flat), step):
+            part = flat[start : start + step]
             # Each array in PostgreSQL's text form, made by join: psycopg's dumper of a Python
-            # list took 36.6 ms for four arrays of 10,000, this 11.4 ms (same statement).
-            arrays = tuple(pg_array(column) for column in zip(*part, strict=True))
-            claimed.update(map(tuple, w.conn.exec_driver_sql(statement, arrays)))
+            # list took three times as long.
+            arrays = (pg_array(part[0::3]), pg_array(part[1::3]), pg_array(part[2::3]))
+            claimed += map(tuple, w.conn.exec_driver_sql(statement, arrays))
         return claimed
-    full: str | None = None  # the statement for a whole chunk, built once (most chunks are)
     # Straight to the driver, inside the writer's transaction: its RETURNING rows come back as
-    # plain tuples (a third of the shared objects of a first ingest come back, and SQLAlchemy
-    # made a Row of each).
+    # plain tuples (on a first ingest most claims go in, and SQLAlchemy made a Row of each).
     driver = w.conn.connection.driver_connection
     assert driver is not None
-    for start in range(0, len(ordered), CLAIMS_PER_STATEMENT):
-        part = ordered[start : start + CLAIMS_PER_STATEMENT]
-        if len(part) < CLAIMS_PER_STATEMENT or full is None:
-            statement = w.sql(
-                "INSERT INTO collection_shared (collection, digest, date_added, stored) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(part))
-                + " ON CONFLICT DO NOTHING RETURNING collection, digest"
-            )
-            if len(part) == CLAIMS_PER_STATEMENT:
-                full = statement
-        else:
-            statement = full
-        claimed.update(driver.execute(statement, tuple(chain.from_iterable(part))).fetchall())
+    step = 3 * CLAIMS_PER_STATEMENT
+    full = _claims_statement(CLAIMS_PER_STATEMENT)  # most statements are of a whole chunk
+    claimed = []
+    for start in range(0, len(flat), step):
+        part = flat[start : start + step]
+        statement = full if len(part) == step else _claims_statement(len(part) // 3)
+        claimed += driver.execute(statement, part).fetchall()
     return claimed
+
+
+def _claims_statement(rows: int) -> str:
+    return (
+        "INSERT INTO collection_shared (collection, digest, date_added) VALUES "
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + " ON CONFLICT DO NOTHING RETURNING collection, date_added"
+    )
 
 
 def add_shared(w: Writer, rows: list[tuple[int, int, int, bool | None]]) -> None:

@@ -325,12 +325,12 @@ def add_partner_name(w: Writer, partner: str, name: str) -> None:
     w.insert("partner_names", ("partner", "name"), [(partner, name)], skip_present=True)
 
 
-def add_notifications(w: Writer, rows: list[tuple[Any, ...]]) -> None:
-    """New notification rows (NOTIFICATION_COLUMNS, pks from w.allocate), with their heads. Their
-    ids are located (connector/stix/ids.py): notification_ids keeps only those of notifications
-    stored before."""
-    w.insert("notifications", STORED_NOTIFICATION_COLUMNS, [r[:_LATEST] + r[_LATEST + 1 :] for r in rows])
-    w.insert("notification_heads", ("notification", "latest"), [(r[0], r[_LATEST]) for r in rows])
+def add_notifications(w: Writer, rows: list[tuple[Any, ...]], heads: list[tuple[int, int]]) -> None:
+    """New notification rows (STORED_NOTIFICATION_COLUMNS, pks from w.allocate) and their heads
+    ((pk, stamp of the latest version), in the rows' order). Their ids are located
+    (connector/stix/ids.py): notification_ids keeps only those of notifications stored before."""
+    w.insert("notifications", STORED_NOTIFICATION_COLUMNS, rows)
+    w.insert("notification_heads", ("notification", "latest"), heads)
 
 
 def add_versions(w: Writer, rows: list[tuple[Any, ...]]) -> None:
