@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from connector.adapters.mapping import load_mappings
 from connector.collections import recipient_collection_id
 from connector.config import Config
 from connector.ingest import Ingestor
+from connector.notification import Classification, Notification
 from connector.render import stix as render_stix
 from connector.render.collection import CollectionView
 from connector.render.stix import notification_of, render, shape
+from connector.stix.build import NotificationState, notification_objects
 from connector.store import Store, VersionFilter
 from connector.store.records import digest
 from tests.conftest import DIVD_SCAN, SHARED_DATA, divd_scan_as
@@ -176,3 +179,37 @@ def test_every_lookup_of_a_page_is_an_index_search(tmp_path: Path, sample_config
     finally:
         raw.close()
         store.close()
+
+
+_OBSERVABLE_TYPES = ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "network-traffic")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ip": "192.0.2.10", "port": 443, "protocol": "tcp", "hostname": "www.voorbeeld.nl"},
+        {"ip": "2001:db8::10", "port": 8443, "protocol": "udp"},
+        {"ip": "192.0.2.11"},
+        {"hostname": "mail.voorbeeld.nl", "email": "jan@voorbeeld.nl"},
+        {"url": 'https://voorbeeld.nl/login?x="1"', "hostname": "voorbeeld.nl"},
+        {"ip": "192.0.2.12", "port": 80, "url": "http://192.0.2.12/", "email": "zoë@voorbeeld.nl"},
+    ],
+)
+def test_shape_gives_the_observables_ids_the_builder_gives(fields: dict[str, Any]) -> None:
+    """shape()'s digests of the observables (worked out from hashes, without building objects:
+    ingest's hot path) are those of the ids of the objects the STIX builder makes, in their
+    slots' order, for every kind of observable and their combinations."""
+    n = Notification(
+        partner="shadowserver",
+        feed="scan_http",
+        classification=Classification("vulnerable", "vulnerable-system", "open-http"),
+        observed_at=datetime(2024, 6, 1, 12, tzinfo=UTC),
+        tlp="amber",
+        **fields,
+    )
+    moment = "2024-06-01T12:00:00.000Z"
+    built = notification_objects(n, NotificationState(moment, moment, 1, moment, moment))
+    observables = [digest(o["id"]) for o in built if o["type"] in _OBSERVABLE_TYPES]
+    assert [key for slot, key in shape(n).shared if slot > render_stix.REFERENCES] == observables
+    addresses = [name for name in ("ip", "hostname", "url", "email") if name in fields]
+    assert len(observables) == len(addresses) + ("port" in fields)  # network-traffic with a port

@@ -224,6 +224,12 @@ _OWN_SIGHTED = _OWN_INDICATOR[1:]
 _SCO_KEYS = {t: type_key(t) for t in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr")}
 _PROTOCOLS: dict[str | None, bytes] = {}  # protocol -> its `protocols` list as canonical JSON
 _TRAFFIC_KEY = type_key("network-traffic")
+_DOMAIN_KEY, _URL_KEY, _EMAIL_KEY = (_SCO_KEYS[t] for t in ("domain-name", "url", "email-addr"))
+
+
+def _value_digest(value: str, key: int) -> int:
+    """The digest of the id of an SCO with only a value, of the type whose key is `key`."""
+    return _digest_of(hashlib.sha1(_SCO + _value_name(value), usedforsecurity=False).digest(), key)
 
 
 def _value_name(value: str) -> bytes:
@@ -283,11 +289,18 @@ def _add_observables(n: Notification, shared: list[tuple[int, int]]) -> None:
             h = raw.hex()
             variant = "89ab"[raw[8] >> 4 & 3]
             address = f"{ip_type}--{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
-    for sco_type, value in (("domain-name", n.hostname), ("url", n.url), ("email-addr", n.email)):
-        if value:
-            raw = sha1(_SCO + _value_name(value), usedforsecurity=False).digest()
-            shared.append((slot, _digest_of(raw, _SCO_KEYS[sco_type])))
-            slot += 1
+    # Written out rather than a loop over (type, value) pairs: building those pairs for every
+    # row cost more than hashing the one value most rows have.
+    hostname, url, email = n.hostname, n.url, n.email
+    if hostname:
+        shared.append((slot, _value_digest(hostname, _DOMAIN_KEY)))
+        slot += 1
+    if url:
+        shared.append((slot, _value_digest(url, _URL_KEY)))
+        slot += 1
+    if email:
+        shared.append((slot, _value_digest(email, _EMAIL_KEY)))
+        slot += 1
     if address is None:
         return
     if n.port.__class__ is int:

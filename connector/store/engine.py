@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # PostgreSQL advisory lock key serialising schema migration and collection sync (lock_schema).
 SCHEMA_LOCK = 0x6D656C64_70756E74 >> 1  # "meldpunt", as a positive bigint
+PAGE_SIZE = 16_384  # bytes, of a new SQLite store's pages
 
 
 def make_engines(url: str) -> tuple[Engine, Engine]:
@@ -39,6 +40,13 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # transactions are begun below, explicitly
             cursor = dbapi_conn.cursor()
+            # A new store's pages are 16 KiB (SQLite's default 4 KiB): an ingest inserts into
+            # the digest indexes at random, and with four times the keys a page, fewer pages
+            # are split and written (bench/ingest.py --rows 1000000: the store's statements
+            # 29.9 -> 23.6 µs/row, the last tenth 9,339 -> 10,826 rows/s, the second day
+            # 7,513 -> 8,090 rows/s and 0.24x -> 0.21x). A store made before keeps its page
+            # size: the pragma only applies to a database not written yet.
+            cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
             _set_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
