@@ -41,6 +41,7 @@ from connector.stix.ids import (
     SCO_NAMESPACE,
     located_uuid_bytes,
     type_key,
+    uuid5_text_from_sha1,
 )
 from connector.store.records import Kind, NotificationRecord, VersionRecord, digest
 from connector.store.times import ms_to_timestamp
@@ -284,11 +285,7 @@ def _add_observables(n: Notification, shared: list[tuple[int, int]]) -> None:
         shared.append((slot, _digest_of(raw, _SCO_KEYS[ip_type])))
         slot += 1
         if n.port is not None:
-            # The id uuid5_bytes_from_sha1(raw) gives, written from the hash's hex: version 5 in
-            # the third group, the RFC 4122 variant in the fourth's first digit.
-            h = raw.hex()
-            variant = "89ab"[raw[8] >> 4 & 3]
-            address = f"{ip_type}--{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+            address = f"{ip_type}--{uuid5_text_from_sha1(raw)}"
     # Written out rather than a loop over (type, value) pairs: building those pairs for every
     # row cost more than hashing the one value most rows have.
     hostname, url, email = n.hostname, n.url, n.email
