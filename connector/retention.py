@@ -577,7 +577,10 @@ def _mentions(text: str, value: str) -> bool:
     """`value` in `text` as a whole token: 192.0.2.1 is not in 192.0.2.10, nor a.nl in data.nl.
     `text` may be JSON: a value right after an escaped line break ("...\\nzoe.nl") is a token."""
     pattern = rf"(?<!\.){re.escape(value)}(?!{_TOKEN})(?!\.[A-Za-z0-9])"
-    for match in re.finditer(pattern, text):
+    # In a look-ahead, so that every start is tried: finditer's matches do not overlap, and a
+    # match refused for what precedes it would hide a whole token starting inside it
+    # ("1::1" in "21::1::1").
+    for match in re.finditer(f"(?={pattern})", text):
         start = match.start()
         if start == 0 or not re.match(_TOKEN, text[start - 1]):
             return True

@@ -150,7 +150,9 @@ def collection_notifications(reader: Reader, number: int) -> dict[int, int]:
     stamps = [stamp for stamp, _bits in iter_entries(reader.conn, number, None)]
     for start in range(0, len(stamps), 5000):
         for stamp, version in reader.versions(stamps[start : start + 5000]).items():
-            first.setdefault(version.notification, stamp)
+            known = first.get(version.notification)
+            if known is None or stamp < known:
+                first[version.notification] = stamp
     return first
 
 

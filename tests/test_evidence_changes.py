@@ -28,7 +28,9 @@ from connector.config import Config
 from connector.ingest import Ingestor
 from connector.passwords import hash_password
 from connector.retention import _mentions, forget
+from connector.stats import collection_notifications
 from connector.store import Store
+from connector.store.deliveries import iter_entries
 from connector.store.evidence import change, resolved, row_of, shape_of, values_body
 from connector.store.notifications import (
     evidence_bodies,
@@ -414,6 +416,54 @@ def test_forget_finds_a_value_right_after_an_escaped_control_character(
 )
 def test_a_value_is_a_token_after_a_json_escape_only(text: str, found: bool) -> None:
     assert _mentions(text, "zoe.nl") is found
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('"21::1::1"', "1::1"),  # refused at "1::1::1" (after a digit), a token at the second ":"
+        ('"xa.nl/a.nl/a.nl"', "a.nl/a.nl"),  # refused after "x", a token after the first "/"
+    ],
+)
+def test_a_token_overlapping_a_refused_match_is_found(text: str, value: str) -> None:
+    """Found by a review (4 December 2026): matches were looked for without overlap, so a
+    whole token starting inside a match refused for what precedes it went unseen."""
+    assert _mentions(text, value)
+
+
+def test_forget_finds_a_value_overlapping_a_longer_token_in_the_evidence(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    Ingestor(config, store, load_mappings()).run(
+        "shadowserver", "shadowserver", [report(tmp_path, 1, [("192.0.2.50", "peers 21::1::1", "x")])]
+    )
+    assert forget(store, config, "1::1", dry_run=True).counts["notifications"] == 1
+
+
+def test_each_notification_counts_from_the_first_version_its_collection_got(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
+    """Found by a review (4 December 2026): on PostgreSQL the version blocks came back in join
+    order, and stats and escalation took a later version's stamp as the one a notification was
+    routed at. Three days of the same hosts, on both engines."""
+    mappings = load_mappings()
+    hosts = [f"203.0.113.{i}" for i in range(1, 200)]  # the catch-all recipient's
+    for day in (1, 2, 3):
+        rows = [(ip, f"nginx/{day}.{i}", "x") for i, ip in enumerate(hosts)]
+        Ingestor(config, store, mappings, batch_size=50).run(
+            "shadowserver", "shadowserver", [report(tmp_path, day, rows)]
+        )
+    number = store.collection_number(recipient_collection_id("csirt-nl"))
+    assert number is not None
+    with store.reading() as reader:
+        stamps = [stamp for stamp, _bits in iter_entries(reader.conn, number, None)]
+        versions = reader.versions(stamps)
+        first: dict[int, int] = {}
+        for stamp in sorted(versions):
+            first.setdefault(versions[stamp].notification, stamp)
+        assert list(versions) == sorted(versions)  # in stamp order, on either engine
+        assert collection_notifications(reader, number) == first
+    assert len(first) == len(hosts) and len(versions) == 3 * len(hosts)
 
 
 def test_the_row_a_version_evidence_needs_is_its_own_or_a_change_base() -> None:

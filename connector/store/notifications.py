@@ -136,8 +136,8 @@ VERSION_PROBES = 10_000  # PostgreSQL: stamps looked up per statement
 
 
 def versions_by_stamp(conn: Connection, stamps: Iterable[int]) -> dict[int, VersionRecord]:
-    """stamp -> its version, for those of these stamps that are stored: each block holding any
-    is read once, and only the versions asked for are decoded."""
+    """stamp -> its version, for those of these stamps that are stored, in stamp order: each
+    block holding any is read once, and only the versions asked for are decoded."""
     wanted = sorted(set(stamps))
     out: dict[int, VersionRecord] = {}
     for block in version_blocks_holding(conn, wanted):
@@ -179,7 +179,8 @@ def version_blocks_holding(conn: Connection, wanted: list[int]) -> Iterator[Vers
         "WITH holding AS (SELECT DISTINCT b.last FROM unnest(%s::bigint[]) AS s(stamp) "
         "CROSS JOIN LATERAL (SELECT v.last, v.first FROM version_blocks v "
         "WHERE v.last >= s.stamp ORDER BY v.last LIMIT 1) b WHERE b.first <= s.stamp) "
-        "SELECT v.last, v.first, v.entries FROM holding h JOIN version_blocks v ON v.last = h.last"
+        "SELECT v.last, v.first, v.entries FROM holding h JOIN version_blocks v ON v.last = h.last "
+        "ORDER BY v.last"  # in stamp order, as SQLite's look-ups give them (the join does not)
     )
     seen: set[int] = set()
     for start in range(0, len(wanted), VERSION_PROBES):
