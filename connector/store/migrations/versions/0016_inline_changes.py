@@ -66,3 +66,9 @@ def downgrade() -> None:
         if rewritten:
             conn.execute(sa.text("UPDATE version_blocks SET entries = :entries WHERE last = :at"), rewritten)
         after = rows[-1][0]
+    if conn.dialect.name == "postgresql" and next_pk > 1:
+        # The rows above were numbered here, past the sequence: move it past them, as
+        # connector/store/writer.py does, for any insert that takes its pk from it.
+        conn.execute(
+            sa.text("SELECT setval(pg_get_serial_sequence('evidence', 'pk'), :last)"), {"last": next_pk - 1}
+        )
