@@ -117,35 +117,47 @@ def read_csv(
     a column its rows lack), and counted in `stats`. A row with more fields than the header is
     still a fault, and so is a short last line that ends without a line break: the file was cut
     off there, and its last cell may be cut too.
+
+    A quoted field may hold line breaks, so a record may take several lines. One that does is a
+    stray quote that swallowed the lines after it (up to the next quote, or the end of the
+    file) when it has the wrong number of fields, an unclosed quote, or a second line that is a
+    row of its own (_runs_on): its first line is the fault, and the lines after it are read
+    again as rows. Without that, one unclosed quote hid every later row of a report inside one
+    cell, and padding delivered them as that row's evidence.
     """
     stats = stats if stats is not None else ReadStats()
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    lines = _LastLine(text) if pad_short_rows and _may_end_mid_line(stream) else None
-    reader = csv.reader(lines if lines is not None else text)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return
-    except csv.Error as exc:
-        yield RowError(1, f"unreadable header: {exc}", "")
-        return
-    fault = _header_fault(header)
-    if fault is not None:  # the rows cannot be read without their header: nothing after it is
-        yield RowError(1, f"unreadable header: {fault}", readable(",".join(header)))
+    lines = _Lines(text)
+    may_be_cut = pad_short_rows and _may_end_mid_line(stream)
+    reader = csv.reader(lines)
+    header = _header(reader)
+    if not isinstance(header, list):
+        if header is not None:  # the rows cannot be read without their header: nothing after it is
+            yield header
         return
     stats.header = header
     width = len(header)
-    line = reader.line_num
+    line = lines.number
+    taken = lines.taken
     while True:
+        taken.clear()
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            yield RowError(reader.line_num, f"not valid CSV: {exc}", "")
-            line = reader.line_num
+            fault, line = _refused(exc, line + 1, lines)
+            yield fault
             continue
-        start, line = line + 1, reader.line_num
+        start, line = line + 1, lines.number
+        if line > start and _runs_on(row, taken, width, pad_short_rows):
+            reason = _ran_on(start, line)
+            if len(row) != width:
+                reason = f"{len(row)} fields where the header has {width}: {reason}"
+            yield RowError(start, reason, _first(taken))
+            lines.again(taken[1:])
+            line = start
+            continue
         raw = ",".join(row)
         if utf8_fault(raw):
             columns = [name for name, cell in zip(header, row, strict=False) if utf8_fault(cell)]
@@ -156,7 +168,7 @@ def read_csv(
             yield RowError(start, "blank line", raw, skipped=True)
         elif len(row) > width or (len(row) < width and not pad_short_rows):
             yield RowError(start, f"{len(row)} fields where the header has {width}", raw)
-        elif len(row) < width and lines is not None and lines.cut_off():
+        elif len(row) < width and may_be_cut and lines.cut_off():
             reason = f"{len(row)} fields where the header has {width}, on the last line, "
             yield RowError(start, reason + "which ends without a line break: the file looks cut off", raw)
         else:
@@ -167,6 +179,54 @@ def read_csv(
                 data.update(dict.fromkeys(header[len(row) :], ""))
             yield RawRecord(start, data, raw)
     text.detach()
+
+
+def _header(reader: Iterator[list[str]]) -> list[str] | RowError | None:
+    """The header's column names, or why it cannot be used (None: the input is empty)."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        return RowError(1, f"unreadable header: {exc}", "")
+    fault = _header_fault(header)
+    if fault is not None:
+        return RowError(1, f"unreadable header: {fault}", readable(",".join(header)))
+    return header
+
+
+def _refused(exc: csv.Error, start: int, lines: _Lines) -> tuple[RowError, int]:
+    """The fault of a record from line `start` that the csv module refused (a field over its
+    size limit, a NUL), and the line read up to: a record that ran on over later lines is read
+    again from its second line."""
+    end = lines.number
+    if end <= start:
+        return RowError(end, f"not valid CSV: {exc}", ""), end
+    fault = RowError(start, f"not valid CSV: {exc}; {_ran_on(start, end)}", _first(lines.taken))
+    lines.again(lines.taken[1:])
+    return fault, start
+
+
+def _runs_on(row: list[str], taken: list[str], width: int, padded: bool) -> bool:
+    """Whether a record of several lines is a stray quote's run-on rather than a quoted line
+    break: it has the wrong number of fields, it holds an odd number of quotes (in CSV they
+    come in pairs: this one ran to the end of the input unclosed), or its second line read alone
+    is a row of the header's width (with `padded`, of more than half of it)."""
+    if len(row) != width or sum(line.count('"') for line in taken) % 2:
+        return True
+    fields = len(next(csv.reader([taken[1]]), ()))
+    return fields == width or (padded and width // 2 < fields < width)
+
+
+def _ran_on(start: int, end: int) -> str:
+    return (
+        f"a quoted field opened on line {start} runs on to line {end} (a stray quote?): "
+        f"line {start} is quarantined and the lines after it are read as rows"
+    )
+
+
+def _first(taken: list[str]) -> str:
+    return readable(taken[0].rstrip("\r\n")) if taken else ""
 
 
 def _may_end_mid_line(stream: BinaryIO) -> bool:
@@ -185,24 +245,36 @@ def _may_end_mid_line(stream: BinaryIO) -> bool:
     return last not in (b"\n", b"\r")
 
 
-class _LastLine:
-    """The lines of a text, remembering the last one handed out: whether the row the csv
-    reader just returned ended with a line break. Used only for an input that may end without
-    one, so the common case reads the file directly."""
+class _Lines:
+    """The input's lines as the csv reader takes them: numbered (a record may take several),
+    the current record's kept (`taken`: the caller empties it before each record), and lines
+    handed back with `again` read once more, first. A record a stray quote ran on is read again
+    from its second line this way."""
 
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self._last = ""
+    __slots__ = ("_back", "_source", "number", "taken")
 
-    def __iter__(self) -> _LastLine:
+    def __init__(self, source: Iterator[str]) -> None:
+        self._source = source
+        self._back: list[str] = []  # in reverse: the next line to hand out is the last
+        self.taken: list[str] = []
+        self.number = 0
+
+    def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        self._last = next(self._lines)
-        return self._last
+        line = self._back.pop() if self._back else next(self._source)
+        self.taken.append(line)
+        self.number += 1
+        return line
+
+    def again(self, lines: list[str]) -> None:
+        self._back.extend(reversed(lines))
+        self.number -= len(lines)
 
     def cut_off(self) -> bool:
-        return not self._last.endswith(("\n", "\r"))
+        """Whether the line just handed out ended without a line break."""
+        return not self.taken or not self.taken[-1].endswith(("\n", "\r"))
 
 
 def _header_fault(header: list[str]) -> str | None:
