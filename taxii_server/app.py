@@ -75,7 +75,8 @@ def _metrics_token(config: Config) -> str | None:
 class HeadAsGet:
     """HEAD on every GET resource: the GET's status and headers (Content-Length included),
     without the body. FastAPI's GET routes answer HEAD with 405; Starlette's own routes do
-    this same thing."""
+    this same thing. The GET is told it answers a HEAD (`request.state.head`, context.is_head):
+    no object reaches the client, so none may count as delivered."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -90,7 +91,8 @@ class HeadAsGet:
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        state = {**scope.get("state", {}), "head": True}
+        await self.app({**scope, "method": "GET", "state": state}, receive, headers_only)
 
 
 class RequestHeadLimit:

@@ -142,3 +142,8 @@ async def principal(request: Request) -> Principal:
         if isinstance(value, str) and not storable(value):
             raise not_found(what)
     return who
+
+
+def is_head(request: Request) -> bool:
+    """Whether this GET answers a HEAD (app.HeadAsGet): its body is never sent."""
+    return bool(getattr(request.state, "head", False))

@@ -26,10 +26,13 @@ from argon2 import PasswordHasher
 from taxii2client.common import TokenAuth
 from taxii2client.v21 import Collection
 
+from connector.adapters.mapping import load_mappings
 from connector.collections import recipient_collection_id
 from connector.config import ApiToken, Config
+from connector.ingest import Ingestor
 from connector.passwords import new_token
-from tests.conftest import SAMPLE_CONFIG, RunningServer, password_for, start_server
+from connector.store import Store
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, RunningServer, password_for, serving, start_server
 from tests.test_taxii_read import (
     TAXII_MEDIA_TYPE,
     _largest_reader,
@@ -222,6 +225,29 @@ def test_head_on_every_get_resource_answers_the_get_headers_without_a_body(taxii
     anonymous = session_for(None).head(taxii.api_root + "collections/")
     assert anonymous.status_code == 401 and anonymous.content == b""
     assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_a_head_delivers_nothing(store: Store, sample_config: Config) -> None:
+    """Found by a review (4 December 2026): HEAD ran the GET and marked every sighting on the
+    page delivered, though no object reached the client (stats and escalation read that state).
+    Its audit row says it was a HEAD."""
+    Ingestor(sample_config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    with serving(sample_config, store) as server:
+        s = session_for("noord-poller")
+        url = server.collection_url(recipient_collection_id("ziekenhuis-noord")) + "objects/"
+        head = s.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert _delivered(store) == 0
+        assert s.get(url).status_code == 200
+        assert _delivered(store) > 0
+    actions = [row["action"] for row in store.audit_entries() if row["username"] == "noord-poller"]
+    assert actions == ["objects (HEAD)", "objects"]
+
+
+def _delivered(store: Store) -> int:
+    with store.engine.connect() as conn:
+        query = "SELECT count(*) FROM delivery_states WHERE state = 'delivered'"
+        return int(conn.exec_driver_sql(query).scalar_one())
 
 
 def test_a_405_names_every_method_of_the_resource(taxii: RunningServer) -> None:

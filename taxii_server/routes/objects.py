@@ -16,7 +16,7 @@ from starlette.responses import Response
 from connector.store import Member, VersionFilter
 from connector.store.times import timestamp_to_us, us_to_timestamp
 from taxii_server.auth import Principal
-from taxii_server.context import principal, state
+from taxii_server.context import is_head, principal, state
 from taxii_server.errors import TaxiiError, not_found
 from taxii_server.media import STIX_MEDIA_TYPE, raw_envelope_response, taxii_response
 from taxii_server.params import storable
@@ -180,10 +180,12 @@ def fetch_page(
     )
     # A notification's sighting served to the recipient delivers it (not a manifest entry, nor
     # a version listing: those say what there is, not what it is).
-    delivering = endpoint in ("objects", "object")
+    # Nor a HEAD's page: its body is never sent.
+    head = is_head(request)
+    delivering = endpoint in ("objects", "object") and not head
     s.store.record_read(
         username=who.username,
-        action=endpoint,
+        action=f"{endpoint} (HEAD)" if head else endpoint,
         collection_id=collection_id,
         objects=len(members),
         delivered=[(m.notification, m.stamp) for m in members if delivering and m.notification and m.stamp],
