@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from connector import cli_retention
-from connector.cli_common import ConfigOption
+from connector.cli_common import ConfigOption, store_if_there
 from connector.cli_common import fail as _fail
 from connector.cli_common import known_recipient as _known_recipient
 from connector.cli_common import load as _load
@@ -297,12 +297,17 @@ def route_explain(
             raise _fail(f"--category: {exc}") from None
     try:
         policy = Policy(parse_tlp(tlp), taxonomy, type_)
-        needs_store = bool(_OWN_ID.match(target.strip()))
-        store = _open_store(config, config_path) if needs_store else None
-        # With a store open, approved portal claims (connector/claims.py) route too.
+        # A notification id needs the store; any other target is answered with it when there
+        # is one, since approved portal claims (connector/claims.py) route as ingest routes.
+        if _OWN_ID.match(target.strip()):
+            store, without = _open_store(config, config_path), None
+        else:
+            store, without = store_if_there(config)
         lines = explain_target(Router(with_claims(config, store)), target, policy, store)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if without is not None:
+        typer.echo(f"note: from the configuration alone, approved portal claims not consulted: {without}")
     for line in lines:
         typer.echo(line)
 
@@ -403,6 +408,12 @@ def misp_sync(
             summary.counts.update(part.counts)
             summary.per_recipient.update(part.per_recipient)
             summary.errors.extend(part.errors)
+            summary.feedback.update(part.feedback)
+    # Sightings are read back on every sync, also from a MISP nothing was due for (the steady
+    # state of a timer running this command): run() read those it pushed to.
+    for rid in sync.pushing():
+        if recipient in (None, rid) and rid not in runnable and rid not in keyless:
+            sync.pull_sightings(summary, rid)
     table = Table("recipient", *sorted(summary.counts), title="MISP sync")
     for rid, counts in sorted(summary.per_recipient.items()):
         table.add_row(*plain_cells(rid, *[counts[k] for k in sorted(summary.counts)]))
@@ -410,6 +421,9 @@ def misp_sync(
         print_table(out, table)
     else:
         out.print("nothing due")
+    if summary.feedback:
+        said = ", ".join(f"{outcome} {n}" for outcome, n in sorted(summary.feedback.items()))
+        out.print(Text(f"feedback from MISP sightings: {said}"))
     for error in summary.errors:
         console.print(Text(error, style="red"))
     _tell_failed_entries(sync, recipient)

@@ -116,6 +116,21 @@ def store_errors() -> tuple[type[BaseException], ...]:
     return (SQLAlchemyError, CommandError, *STORE_ERRORS)
 
 
+def store_if_there(config: Config) -> tuple[Store | None, str | None]:
+    """The store when there is one to open, else None and why: for a command that answers from
+    the configuration alone but more truly with the store (route explain: approved portal
+    claims route too), never creating one."""
+    missing = missing_sqlite_file(config.database)
+    if missing is not None:
+        return None, f"the store {missing} does not exist yet"
+    try:
+        store = Store.open(config.database)
+        store.sync_collections(collection_rows(config))
+    except store_errors() as exc:
+        return None, f"the store could not be opened ({type(exc).__name__})"
+    return store, None
+
+
 def open_store(
     config: Config, config_path: Path | None = None, *, create: bool = False, migrate: bool = True
 ) -> Store:

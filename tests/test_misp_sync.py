@@ -427,3 +427,41 @@ def test_a_registered_secret_is_scrubbed_raw_and_as_json_escapes_it() -> None:
     line = JsonFormatter().format(record)
     assert secret not in line and json.dumps(secret)[1:-1] not in line
     assert line.count(REDACTED) == 2
+
+
+def test_the_sync_command_reads_sightings_back_when_nothing_is_due(
+    tmp_path: Path, fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by a review (4 December 2026): `meldpunt misp sync` (what a timer runs) read
+    sightings only from the MISPs it had just pushed to, so in the steady state, nothing due,
+    an analyst's false positive never came back as feedback."""
+    from typer.testing import CliRunner
+
+    from connector import stats
+    from connector.cli import app
+    from connector.config import load_config
+
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    raw["database"] = f"sqlite:///{tmp_path / 'm.db'}"
+    for r in raw["recipients"]:
+        if r["id"] == "zcert":
+            r["misp"] = {"url": fakes[0].url, "key_env": "MISP_KEY_ZCERT", "verify_tls": False}
+    monkeypatch.setenv("MISP_KEY_ZCERT", fakes[0].key)
+    config_path = tmp_path / "meldpunt.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    config = load_config(config_path)
+    store = Store.open(raw["database"])
+    store.sync_collections(collection_rows(config))
+    Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [DIVD_SCAN])
+    runner = CliRunner()
+    first = runner.invoke(app, ["misp", "sync", "--config", str(config_path)])
+    assert first.exit_code == 0, first.output
+    event = next(iter(fakes[0].events.values()))
+    attribute = next(a for o in event["Object"] if o["name"] == "ip-port" for a in o["Attribute"])
+    fakes[0].add_sighting(attribute["uuid"], "1")  # a Z-CERT analyst: a false positive
+
+    second = runner.invoke(app, ["misp", "sync", "--config", str(config_path)])
+    assert second.exit_code == 0, second.output
+    assert "nothing due" in second.output and "feedback from MISP sightings" in second.output
+    assert stats.recipient(store, "zcert").closed == {"false-positive": 1}, second.output
+    store.close()

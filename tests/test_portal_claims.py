@@ -273,3 +273,44 @@ def test_two_approvals_of_one_value_racing_leave_one_owner(
     assert [(c.recipient, c.value) for c in claims.claims(store, claims.APPROVED)] == [
         ("ibd", "203.0.113.0/24")
     ]
+
+
+def test_route_explain_of_an_address_routes_by_approved_claims_as_ingest_does(tmp_path: Path) -> None:
+    """Found by a review (4 December 2026): `route explain ADDRESS` opened no store, so it
+    left approved claims out and said "unrouted" where ingest delivered to the claimant.
+    Without a store it answers from the configuration and says so."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from connector.adapters.mapping import load_mappings
+    from connector.cli import app
+    from connector.collections import collection_rows
+    from connector.config import load_config
+    from tests.conftest import SAMPLE_CONFIG, divd_scan_as
+
+    config_path = tmp_path / "meldpunt.yaml"
+    shutil.copy(SAMPLE_CONFIG, config_path)  # its store: sqlite:///meldpunt.db beside it
+    explain = ["route", "explain", "203.0.113.5", "--config", str(config_path)]
+    before = CliRunner().invoke(app, explain)
+    assert before.exit_code == 0, before.output
+    assert "result: unrouted" in before.output
+    assert "approved portal claims not consulted: the store" in before.output
+    assert not (tmp_path / "meldpunt.db").exists()  # explain creates no store
+
+    config = load_config(config_path)
+    store = Store.open(f"sqlite:///{tmp_path / 'meldpunt.db'}")
+    store.sync_collections(collection_rows(config))
+    claim = claims.propose(config, store, "ibd", "network", "203.0.113.0/24", "ibd-poller")
+    claims.decide(config, store, claim.pk, True, "operator-1")
+    first = DIVD_SCAN.read_text().splitlines()[0].replace("192.0.2.10", "203.0.113.5")
+    summary = Ingestor(config, store, load_mappings()).run(
+        "divd", "divd-nuclei", [divd_scan_as(tmp_path, first + "\n")]
+    )
+    assert dict(summary.per_recipient) == {"ibd": 1}  # ingest routes by the claim
+    store.close()
+
+    after = CliRunner().invoke(app, explain)
+    assert after.exit_code == 0, after.output
+    assert "result: delivered to ibd" in after.output
+    assert "not consulted" not in after.output

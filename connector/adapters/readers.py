@@ -151,10 +151,7 @@ def read_csv(
             continue
         start, line = line + 1, lines.number
         if line > start and _runs_on(row, taken, width, pad_short_rows):
-            reason = _ran_on(start, line)
-            if len(row) != width:
-                reason = f"{len(row)} fields where the header has {width}: {reason}"
-            yield RowError(start, reason, _first(taken))
+            yield RowError(start, _ran_on(start, line, len(row), width), _first(taken))
             lines.again(taken[1:])
             line = start
             continue
@@ -218,11 +215,12 @@ def _runs_on(row: list[str], taken: list[str], width: int, padded: bool) -> bool
     return fields == width or (padded and width // 2 < fields < width)
 
 
-def _ran_on(start: int, end: int) -> str:
-    return (
+def _ran_on(start: int, end: int, fields: int | None = None, width: int | None = None) -> str:
+    said = (
         f"a quoted field opened on line {start} runs on to line {end} (a stray quote?): "
         f"line {start} is quarantined and the lines after it are read as rows"
     )
+    return said if fields == width else f"{fields} fields where the header has {width}: {said}"
 
 
 def _first(taken: list[str]) -> str:

@@ -131,6 +131,10 @@ class MispSync:
                     )
                     break
 
+    def pushing(self) -> list[str]:
+        """The recipients whose events are pushed to a MISP of their own."""
+        return sorted(self._channels())
+
     def _channels(self) -> dict[str, MispChannel]:
         return {r.id: r.misp for r in self.config.recipients if r.misp is not None and r.misp.url}
 
