@@ -32,7 +32,7 @@ from connector.render.misp_grouping import misp_event_of
 from connector.render.stix import CURRENT, Shape, notification_of, own_ids, shape
 from connector.routing import Decision, Router
 from connector.store import Writer, deliveries, notifications, outbox
-from connector.store.deliveries import EARLIER, SUPERSEDED
+from connector.store.deliveries import EARLIER, RECHECK, SUPERSEDED
 from connector.store.evidence import CHANGE_DIGEST
 from connector.store.evidence import change as evidence_change
 from connector.store.evidence import shape_of as evidence_shape
@@ -177,6 +177,8 @@ class BatchRecorder:
         self.observations: list[tuple[int, int]] = []
         self.deliveries: dict[int, list[_Delivery]] = {}
         self.superseded: dict[int, dict[int, tuple[int, int]]] = {}
+        # collection -> stamp of a superseded entry -> the entry of the version after it there
+        self.following: dict[int, dict[int, _Delivery]] = {}
         self.legacy_supersede: dict[str, list[str]] = {}
         self.misp_members: list[tuple[str, str, int]] = []
         self.misp_events: dict[tuple[str, str], str] = {}
@@ -554,23 +556,27 @@ class BatchRecorder:
     def _deliver(
         self, record: NotificationRecord, version: VersionRecord, version_shape: Shape, recipients: list[str]
     ) -> None:
-        """A next version's deliveries: each supersedes the version its collection held."""
+        """A next version's deliveries: each supersedes the version its collection held.
+
+        EARLIER says an earlier version was delivered there, not that the collection still
+        holds it (a TAXII DELETE may have taken it out); the entry it supersedes then carries
+        RECHECK, which _write copies to this one, so readers work first and last out from the
+        versions instead of trusting EARLIER."""
         for rid, number in zip(recipients, version.recipients, strict=True):
             self.summary.per_recipient[rid] += 1
-            bits = 0
+            entry = _Delivery(version.stamp, record.pk, version_shape.shared, 0)
             if version.previous is not None:
                 before, earlier = self._delivered_before(number, version.previous)
                 if earlier:
-                    bits |= EARLIER
+                    entry.bits |= EARLIER
                 if before is not None:
                     self.superseded.setdefault(number, {})[before] = (SUPERSEDED, 0)
+                    self.following.setdefault(number, {})[before] = entry
                 if record.legacy:
                     self.legacy_supersede.setdefault(recipient_collection_id(rid), []).extend(
                         own_ids(notification_of(record, self._kind(version.kind_of(record)), {}))
                     )
-            self.deliveries.setdefault(number, []).append(
-                _Delivery(version.stamp, record.pk, version_shape.shared, bits)
-            )
+            self.deliveries.setdefault(number, []).append(entry)
 
     def _delivered_before(self, number: int, stamp: int | None) -> tuple[int | None, bool]:
         """(the stamp of the latest version at or before `stamp` delivered to the collection as
@@ -626,6 +632,17 @@ class BatchRecorder:
         # nothing reads them from here on (dataclasses.replace of each was 4% of a second day).
         self.known_versions = {}
 
+    def _carry_recheck(self, rechecked: dict[int, set[int]]) -> None:
+        """RECHECK from the superseded entries that carry it (`rechecked`, per collection) to
+        the entries of the versions after them: objects of the notification were removed from
+        that collection, so the new entry's flags cannot say whether it is the first version
+        held there (all earlier ones may be gone). Read from the blocks change_bits reads
+        anyway, so the common case (nothing removed) costs no look-up."""
+        for number, stamps in rechecked.items():
+            following = self.following[number]
+            for stamp in stamps:
+                following[stamp].bits |= RECHECK
+
     def _write(self) -> None:
         w = self.w
         self._stamps_by_recipients()
@@ -654,7 +671,7 @@ class BatchRecorder:
             by_stamp = {number: {e.stamp: e for e in es} for number, es in self.deliveries.items()}
             for number, at in claimed:
                 by_stamp[number][at - at % SLOTS].bits |= 1 << at % SLOTS
-        deliveries.change_bits(w, self.superseded)
+        self._carry_recheck(deliveries.change_bits(w, self.superseded))
         deliveries.append(w, {n: [(e.stamp, e.bits) for e in es] for n, es in self.deliveries.items()})
         if self.legacy_supersede:
             from connector.store import objects

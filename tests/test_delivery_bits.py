@@ -130,3 +130,28 @@ def test_change_bits_reaches_every_block_of_one_entry(store: Store, monkeypatch:
             found = deliveries.entry_bits(w.conn, number, theirs)
             assert sorted(found) == sorted(theirs)
             assert all(bits & SUPERSEDED for bits in found.values()), found
+
+
+def test_change_bits_returns_the_changed_entries_that_carry_recheck(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a DELETE marked comes back for the entries changed (the recorder copies RECHECK to
+    the next version's entry), not for those left alone, whatever the other bits."""
+    rng = random.Random(5)
+    numbers = sorted(store.collection_numbers().values())[:3]
+    changes: dict[int, dict[int, tuple[int, int]]] = {}
+    expected: dict[int, set[int]] = {}
+    with store.writing() as w:
+        for number in numbers[:2]:  # the third has no entries: nothing of it comes back
+            entries = [
+                (stamp, bits | rng.choice([0, RECHECK])) for stamp, bits in _entries(rng, 1_000_000, 600)
+            ]
+            deliveries.append(w, {number: entries})
+            changed = {stamp: bits for stamp, bits in entries if rng.random() < 0.3}
+            changes[number] = {stamp: (SUPERSEDED, 0) for stamp in changed}
+            expected[number] = {stamp for stamp, bits in changed.items() if bits & RECHECK}
+    changes[numbers[2]] = {SLOTS: (SUPERSEDED, 0)}
+    monkeypatch.setattr(deliveries, "BLOCK_PROBES", 7)
+    with store.writing() as w:
+        assert deliveries.change_bits(w, changes) == expected
+        assert deliveries.change_bits(w, {}) == {}

@@ -33,7 +33,7 @@ from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 from connector.collections import inbox_collection_id, recipient_collection_id
 from connector.config import Config, ConfigError, UserConfig, load_config
 from connector.ingest import Ingestor
-from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, RunningServer, password_for, start_server
+from tests.conftest import DIVD_SCAN, SAMPLE_CONFIG, RunningServer, divd_scan_as, password_for, start_server
 
 # The media types are spelled out from the TAXII 2.1 specification on purpose: importing the
 # server's constants would let a typo there pass unnoticed.
@@ -884,3 +884,89 @@ def test_reingesting_the_same_file_adds_nothing(taxii: RunningServer, ingestor: 
                 .json()
             )
             assert objects_of(body) == [] and body["more"] is False, (u.username, endpoint)
+
+
+# ==============================================================================================
+# 10. Versions delivered after a TAXII DELETE
+# ==============================================================================================
+
+NOORD = recipient_collection_id("ziekenhuis-noord")
+
+
+LATER = {1: "2024-06-2", 2: "2024-07-1", 3: "2024-07-2"}  # the sample's days are 2024-06-1x
+
+
+def _later(step: int) -> str:
+    """The sample scan with every observation moved on (10 days a step): the same hosts seen
+    again, so each of their notifications gets a next version."""
+    return DIVD_SCAN.read_text().replace("2024-06-1", LATER[step])
+
+
+def _ingest_later(ingestor: Ingestor, directory: Path, step: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    assert ingestor.run("divd", "divd-nuclei", [divd_scan_as(directory, _later(step))]).ok
+
+
+def _everything(session: requests.Session, url: str, params: dict[str, Any]) -> list[Json]:
+    """The objects (or manifest entries) of every page, following `next`."""
+    return [o for page in raw_pages(session, url, {**params, "limit": 50}) for o in objects_of(page.json())]
+
+
+def _versions_served(reader: requests.Session, base: str, stix_id: str, version: str) -> list[Json]:
+    """The versions of one object a filter gives, asked three ways that must agree: by id, in
+    the listing of its type, and in the manifest of its type."""
+    url = base + f"objects/{stix_id}/"
+    held = reader.get(url, params={"match[version]": "all"}).status_code != 404  # none: not found
+    by_object = _everything(reader, url, {"match[version]": version}) if held else []
+    listing = {"match[type]": stix_id.split("--")[0], "match[version]": version}
+    listed = [o for o in _everything(reader, base + "objects/", listing) if o["id"] == stix_id]
+    manifest = [m for m in _everything(reader, base + "manifest/", listing) if m["id"] == stix_id]
+    assert listed == by_object, version
+    assert [parse_ts(m["version"]) for m in manifest] == [parse_ts(o["modified"]) for o in by_object], version
+    return by_object
+
+
+def test_first_after_deleting_every_version_and_a_new_one(
+    taxii: RunningServer, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """A host seen again after an operator deleted its sighting: the new version is the only,
+    so the first, version the collection holds, in the listings as for the object itself
+    (the new entry's flags said an earlier version was there; it had been deleted)."""
+    base = taxii.collection_url(NOORD)
+    reader, operator = session_for("noord-poller"), session_for("operator-1")
+    sighting = _everything(reader, base + "objects/", {"match[type]": "sighting"})[0]["id"]
+    assert operator.delete(base + f"objects/{sighting}/").status_code == 200
+    assert _everything(reader, base + "objects/", {"match[id]": sighting, "match[version]": "all"}) == []
+    _ingest_later(ingestor, tmp_path / "later", 1)
+    every = _everything(reader, base + "objects/", {"match[id]": sighting, "match[version]": "all"})
+    assert len(every) == 1
+    listed = _everything(reader, base + "objects/", {"match[type]": "sighting", "match[version]": "first"})
+    manifest = _everything(reader, base + "manifest/", {"match[type]": "sighting", "match[version]": "first"})
+    assert [o for o in listed if o["id"] == sighting] == every
+    assert sighting in {m["id"] for m in manifest}
+    for version in ("first", "last", "all"):
+        assert _versions_served(reader, base, sighting, version) == every
+
+
+@pytest.mark.parametrize("deleted", ["all", "first", "last"])
+def test_the_endpoints_agree_on_versions_delivered_after_a_delete(
+    taxii: RunningServer, ingestor: Ingestor, tmp_path: Path, deleted: str
+) -> None:
+    """Two versions, a DELETE of some of them, then two more: `first`, `last` and `all` give
+    the same versions by id, in the listing and in the manifest, after each new version."""
+    base = taxii.collection_url(NOORD)
+    reader, operator = session_for("noord-poller"), session_for("operator-1")
+    _ingest_later(ingestor, tmp_path / "1", 1)
+    sighting = _everything(reader, base + "objects/", {"match[type]": "sighting"})[0]["id"]
+    before = _versions_served(reader, base, sighting, "all")
+    assert len(before) == 2
+    resp = operator.delete(base + f"objects/{sighting}/", params={"match[version]": deleted})
+    assert resp.status_code == 200
+    kept = {"all": [], "first": before[1:], "last": before[:1]}[deleted]
+    assert _versions_served(reader, base, sighting, "all") == kept
+    for step in (2, 3):
+        _ingest_later(ingestor, tmp_path / str(step), step)
+        every = _versions_served(reader, base, sighting, "all")
+        assert every[: len(kept)] == kept and len(every) == len(kept) + step - 1
+        assert _versions_served(reader, base, sighting, "first") == every[:1]
+        assert _versions_served(reader, base, sighting, "last") == every[-1:]

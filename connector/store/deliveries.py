@@ -10,7 +10,8 @@ storage. An entry is a version stamp and 16 bits:
     EARLIER     an earlier version of the notification had been delivered to this collection
     RECHECK     objects of the notification were removed from this collection (TAXII DELETE):
                 the flags above no longer say which version is the latest or the first there;
-                the reader works it out from the versions
+                the reader works it out from the versions. Set on every entry of the
+                notification there, and carried to the entries of its later versions there
 
 Encoded as the stamp's distance from the entry before it (in SLOTS, a varint) and the bits as
 two bytes, so changing flags never changes a block's size.
@@ -157,18 +158,26 @@ def append(w: Writer, entries: dict[int, list[tuple[int, int]]]) -> None:
     w.insert("delivery_blocks", ("collection", "last", "first", "entries"), rows)
 
 
-def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> None:
-    """collection -> stamp -> (bits to set, bits to clear), for entries already stored there.
+def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> dict[int, set[int]]:
+    """collection -> stamp -> (bits to set, bits to clear), for entries already stored there;
+    returns the stamps (per collection) of the changed entries that carry RECHECK.
 
     All collections at once: a re-observation supersedes a version in every collection it went
     to, a few hundred per batch, and a look-up and an UPDATE per collection were a round trip
-    each on PostgreSQL. The blocks' new entries go in one executemany (pipelined by psycopg)."""
+    each on PostgreSQL. The blocks' new entries go in one executemany (pipelined by psycopg).
+    RECHECK comes back because the blocks are read here anyway: the entry of a next version must
+    carry it too (recording.BatchRecorder._write), and asking again would be a look-up more."""
     wanted = {collection: sorted(theirs) for collection, theirs in changes.items() if theirs}
+    rechecked: dict[int, set[int]] = {}
     if not wanted:
-        return
+        return rechecked
     updates = []
     for block in _blocks_holding(w.conn, wanted):
         theirs = changes[block.collection]
+        # Rare (an operator's DELETE): the test on the bits first, the look-up only then.
+        marked = [stamp for stamp, bits in block.entries if bits & RECHECK and stamp in theirs]
+        if marked:
+            rechecked.setdefault(block.collection, set()).update(marked)
         entries = [
             (stamp, (bits | theirs[stamp][0]) & ~theirs[stamp][1]) if stamp in theirs else (stamp, bits)
             for stamp, bits in block.entries
@@ -177,6 +186,7 @@ def change_bits(w: Writer, changes: dict[int, dict[int, tuple[int, int]]]) -> No
             updates.append((encode(entries), block.collection, block.last))
     updates.sort(key=lambda update: (update[1], update[2]))
     w.many("UPDATE delivery_blocks SET entries = ? WHERE collection = ? AND last = ?", updates)
+    return rechecked
 
 
 BLOCK_PROBES = 10_000  # PostgreSQL: (collection, stamp) pairs looked up per statement
