@@ -369,6 +369,10 @@ class Ingestor:
         """One input row: its notifications into the batch, or a run row saying why not."""
         try:
             if isinstance(row, RowError):
+                if row.unreadable:  # an input error, as a file that cannot be opened is
+                    summary.input_errors.append(f"{label}: {row.reason}")
+                    rows.append((label, row.line, "input-error", row.reason, None))
+                    return
                 if row.skipped:
                     raise RowSkipped(row.reason)
                 raise RowRejected(row.reason)

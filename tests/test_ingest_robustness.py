@@ -295,9 +295,18 @@ def test_a_csv_whose_header_cannot_be_used_is_one_clear_fault(
         header, rest = text.split("\n", 1)
         path.write_text(header.replace('"port"', '"ip"') + "\n" + rest, encoding="utf-8")
     summary = ingest(store, config, "shadowserver", "shadowserver", path)
-    assert summary.counts["notifications"] == 0
-    [row] = run_rows(store, summary)
+    assert summary.counts["notifications"] == 0 and run_rows(store, summary) == []
+    [row] = store.run_rows(summary.run_id)
     assert row["line"] == 1 and row["reason"].startswith(reason)
+    # An input error (exit 1), also beside a good input: found by a new operator's review, the
+    # run had counted it as one quarantined row and exited 0 when another input made notifications.
+    assert row["kind"] == "input-error" and not summary.ok
+    good = tmp_path / "good" / "2024-06-01-compromised_website-nl.csv"
+    good.parent.mkdir()
+    good.write_text(text, encoding="utf-8")
+    both = Ingestor(config, store, load_mappings()).run("shadowserver", "shadowserver", [good, path])
+    assert both.counts["notifications"] > 0 and not both.ok
+    assert [e.startswith(f"{path.name}: {reason}") for e in both.input_errors] == [True]
 
 
 def test_a_password_that_is_not_utf8_is_quarantined_without_its_value(

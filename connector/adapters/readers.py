@@ -29,6 +29,7 @@ class RowError:
     reason: str
     raw: str
     skipped: bool = False  # not a fault (a blank line): counted, not quarantined
+    unreadable: bool = False  # nothing of the input can be read (its header): an input error
 
 
 Row = RawRecord | RowError
@@ -185,10 +186,10 @@ def _header(reader: Iterator[list[str]]) -> list[str] | RowError | None:
     except StopIteration:
         return None
     except csv.Error as exc:
-        return RowError(1, f"unreadable header: {exc}", "")
+        return RowError(1, f"unreadable header: {exc}", "", unreadable=True)
     fault = _header_fault(header)
     if fault is not None:
-        return RowError(1, f"unreadable header: {fault}", readable(",".join(header)))
+        return RowError(1, f"unreadable header: {fault}", readable(",".join(header)), unreadable=True)
     return header
 
 
