@@ -17,7 +17,7 @@ import requests
 import connector.channels.misp_feed as misp_feed
 import connector.render.misp as render_misp
 from connector.adapters.mapping import load_mappings
-from connector.channels.misp_feed import export_feed, feed_file, feed_files, refresh_feeds
+from connector.channels.misp_feed import Served, export_feed, feed_file, feed_files, refresh_feeds
 from connector.collections import collection_rows, recipient_collection_id
 from connector.config import Config, parse_config
 from connector.ingest import Ingestor
@@ -56,10 +56,14 @@ class Builds:
 
 
 def whole_feed(config: Config, store: Store, recipient: str) -> dict[str, bytes]:
-    """The feed as building every event now gives it (what every request used to do)."""
+    """The feed as building every event now gives it (what every request used to do), each
+    event built over the one stored, as a refresh builds it: the same content keeps the
+    timestamp served (other content would be stamped after it)."""
     events = []
     for event_uuid, label in store.misp_events(recipient):
-        events.append(misp_feed.build_feed_event(config, store, recipient, event_uuid, label))
+        body = store.misp_feed_body(recipient, event_uuid)
+        served = None if body is None else Served(int(json.loads(body)["Event"]["timestamp"]), body)
+        events.append(misp_feed.build_feed_event(config, store, recipient, event_uuid, label, served))
     files = {f"{e.event_uuid}.json": e.body.encode() for e in events}
     manifest = {e.event_uuid: json.loads(e.manifest) for e in events}
     files["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()

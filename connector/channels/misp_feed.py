@@ -11,9 +11,11 @@ request, and MISP asks for the manifest, hashes.csv and each changed event in tu
 them, a notification in them was deleted, or the configuration they show changed), and stores
 each event's file, manifest entry and hashes lines. A manifest or hashes.csv request only
 reads those rows; an event file request builds that one event if it is out of date, so MISP
-never fetches an event older than the record. `meldpunt serve` refreshes in the background
-every `server.misp_feed_refresh_seconds` (FeedRefresher); `meldpunt misp export-feed`
-refreshes before it writes.
+never fetches an event older than the record. An event built again with other content is
+stamped after the one stored (MISP fetches only a newer timestamp); with the same content it
+keeps its bytes. `meldpunt serve` refreshes in the background every
+`server.misp_feed_refresh_seconds` (FeedRefresher); `meldpunt misp export-feed` refreshes
+before it writes.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from pymisp import MISPEvent
 
 from connector.collections import recipient_collection_id
 from connector.config import Config, MispChannel
@@ -62,24 +66,51 @@ def fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(shown).encode()).hexdigest()
 
 
-def build_feed_event(config: Config, store: Store, recipient: str, event_uuid: str, label: str) -> FeedEvent:
-    """One event as the feed serves it (PyMISP's own feed rendering)."""
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What the feed stored of an event before building it again: its timestamp and file
+    ("" when it served nothing: every notification deleted, or retention dropped the file)."""
+
+    timestamp: int
+    body: str
+
+
+def build_feed_event(
+    config: Config, store: Store, recipient: str, event_uuid: str, label: str, served: Served | None = None
+) -> FeedEvent:
+    """One event as the feed serves it (PyMISP's own feed rendering).
+
+    Its timestamp is the newest notification version it holds, so the bytes change, and MISP
+    fetches again, only when something changed. But MISP fetches an event only when the
+    manifest's timestamp is greater than the one it holds (Feed::getNewEventUuids), and an event
+    can change without a newer version: a notification deleted from it, the configuration it
+    shows. So a build that differs from the one `served` is never stamped at or before it, and
+    one that does not keeps its timestamp (and bytes)."""
     channel = config.recipient(recipient).misp or MispChannel(feed=True)
     built = build_event(config, store, recipient, event_uuid, label, channel, None)
     if not built.versions:  # every notification of it deleted from the collection: not served
-        return FeedEvent(event_uuid=event_uuid, body="", manifest="", hashes="", timestamp=0)
-    event = built.event
-    # Stable timestamps (the newest notification version), so the feed's bytes change, and
-    # MISP pulls again, only when something changed.
-    event.timestamp = built.last_change
+        kept = 0 if served is None else served.timestamp  # a later build must still pass it
+        return FeedEvent(event_uuid=event_uuid, body="", manifest="", hashes="", timestamp=kept)
+    stamp = built.last_change if served is None else max(built.last_change, served.timestamp)
+    event = _rendered(built.event, stamp)
+    if served is not None and stamp == served.timestamp and event.body != served.body:
+        event = _rendered(built.event, stamp + 1)
+    return replace(event, deliveries=json.dumps(sorted(built.versions.items())))
+
+
+def _rendered(event: MISPEvent, stamp: int) -> FeedEvent:
+    """The feed's file, manifest entry and hashes of `event` with every timestamp in it (the
+    event's, its objects' and attributes') set to `stamp`: MISP compares each of them with
+    what it holds, and keeps an attribute whose timestamp is not newer as it was."""
+    event.timestamp = stamp
     # Unset, PyMISP fills in the time of export: the bytes would change every second.
-    event.publish_timestamp = built.last_change
+    event.publish_timestamp = stamp
     for obj in event.objects:
-        obj.timestamp = built.last_change
+        obj.timestamp = stamp
         for attribute in obj.attributes:
-            attribute.timestamp = built.last_change
+            attribute.timestamp = stamp
     for attribute in event.attributes:
-        attribute.timestamp = built.last_change
+        attribute.timestamp = stamp
     event.distribution = 0
     event.sharing_group_id = None
     document = event.to_feed(with_meta=True)
@@ -91,8 +122,7 @@ def build_feed_event(config: Config, store: Store, recipient: str, event_uuid: s
         body=json.dumps(document, sort_keys=True),
         manifest=json.dumps(manifest[body["uuid"]], sort_keys=True),
         hashes=hashes,
-        timestamp=int(built.last_change),
-        deliveries=json.dumps(sorted(built.versions.items())),
+        timestamp=stamp,
     )
 
 
@@ -108,14 +138,15 @@ def refresh_feed(
     mark = fingerprint(config)
     pending: list[dict[str, object]] = []
     built = 0
-    for event_uuid, label, changed in store.misp_feed_stale(recipient, mark, only):
+    for row in store.misp_feed_stale(recipient, mark, only):
         if stop():
             break
-        event = build_feed_event(config, store, recipient, event_uuid, label)
+        served = None if row.timestamp is None else Served(row.timestamp, row.body or "")
+        event = build_feed_event(config, store, recipient, row.event_uuid, row.label, served)
         pending.append(
             {
-                "event_uuid": event_uuid,
-                "built_from": changed,  # read before building: a change meanwhile stays visible
+                "event_uuid": row.event_uuid,
+                "built_from": row.changed,  # read before building: a change meanwhile stays visible
                 "fingerprint": mark,
                 "timestamp": event.timestamp,
                 "manifest": event.manifest,

@@ -10,7 +10,7 @@ request may afford, where building events is not.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,22 +20,32 @@ from connector.store import schema as t
 _BUILT = ("built_from", "fingerprint", "timestamp", "manifest", "hashes", "body", "deliveries")
 
 
-def stale(
-    conn: Connection, recipient: str, fingerprint: str, only: str | None = None
-) -> list[tuple[str, str, str]]:
-    """(event uuid, group label, changed_at) of the recipient's events to build (again)."""
+class Stale(NamedTuple):
+    """An event to build (again), with what was stored of it: the new build must not show
+    other content under the timestamp served before (MISP would never fetch it)."""
+
+    event_uuid: str
+    label: str
+    changed: str  # misp_outbox.changed_at now: what the build is from
+    timestamp: int | None  # the stored event's; None: never built
+    body: str | None  # the stored event file ("": nothing served, or dropped by retention)
+
+
+def stale(conn: Connection, recipient: str, fingerprint: str, only: str | None = None) -> list[Stale]:
+    """The recipient's events to build (again)."""
     ob, fe = t.misp_outbox, t.misp_feed_events
     changed = func.coalesce(ob.c.changed_at, ob.c.updated_at)
     joined = ob.outerjoin(fe, and_(fe.c.recipient == ob.c.recipient, fe.c.event_uuid == ob.c.event_uuid))
     query = (
-        select(ob.c.event_uuid, ob.c.group_label, changed)
+        select(ob.c.event_uuid, ob.c.group_label, changed, fe.c.timestamp, fe.c.body)
         .select_from(joined)
         .where(ob.c.recipient == recipient)
         .where(or_(fe.c.event_uuid.is_(None), fe.c.built_from != changed, fe.c.fingerprint != fingerprint))
     )
     if only is not None:
         query = query.where(ob.c.event_uuid == only)
-    return [(r[0], r[1], r[2]) for r in conn.execute(query.order_by(ob.c.event_uuid))]
+    rows = conn.execute(query.order_by(ob.c.event_uuid))
+    return [Stale(r[0], r[1], r[2], None if r[3] is None else int(r[3]), r[4]) for r in rows]
 
 
 def save(conn: Connection, recipient: str, rows: list[dict[str, Any]]) -> None:

@@ -258,14 +258,28 @@ def drop_empty_events(w: Writer, recipient: str, uuids: Iterable[str]) -> int:
     return w.many("DELETE FROM misp_outbox WHERE recipient = ? AND event_uuid = ?", empty)
 
 
+_FEED_EVENT_LIVES = (
+    "EXISTS (SELECT 1 FROM misp_outbox o WHERE o.recipient = misp_feed_events.recipient"
+    " AND o.event_uuid = misp_feed_events.event_uuid)"
+)
+
+
 def drop_feed_events(w: Writer, recipient: str, uuids: Iterable[str]) -> int:
     """Stored MISP feed files of these events: they show what was removed. An event that still
-    has an outbox entry is built again without it when next asked for (no stored file is out of
-    date by definition); one without is gone from the feed."""
-    return w.many(
-        "DELETE FROM misp_feed_events WHERE recipient = ? AND event_uuid = ?",
-        [(recipient, uuid) for uuid in sorted(set(uuids))],
+    has an outbox entry keeps only its row's timestamp, out of date (no `built_from` is ''): it
+    is built again without what was removed when next asked for, stamped after the timestamp
+    MISP holds, or MISP would never fetch it again. One without an entry is gone from the feed."""
+    keys = [(recipient, uuid) for uuid in sorted(set(uuids))]
+    emptied = w.many(
+        "UPDATE misp_feed_events SET body = '', manifest = '', hashes = '', deliveries = '[]',"
+        f" built_from = '' WHERE recipient = ? AND event_uuid = ? AND {_FEED_EVENT_LIVES}",
+        keys,
     )
+    dropped = w.many(
+        f"DELETE FROM misp_feed_events WHERE recipient = ? AND event_uuid = ? AND NOT {_FEED_EVENT_LIVES}",
+        keys,
+    )
+    return emptied + dropped
 
 
 def drop_delivery_states(w: Writer, pks: Iterable[int]) -> tuple[int, int]:

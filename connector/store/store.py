@@ -417,10 +417,8 @@ class Store:
 
     # --- MISP feeds ------------------------------------------------------------------------------
 
-    def misp_feed_stale(
-        self, recipient: str, fingerprint: str, only: str | None = None
-    ) -> list[tuple[str, str, str]]:
-        """(event uuid, label, changed_at) of the recipient's feed events to build (again)."""
+    def misp_feed_stale(self, recipient: str, fingerprint: str, only: str | None = None) -> list[feed.Stale]:
+        """The recipient's feed events to build (again), with what is stored of each."""
         with self.engine.connect() as conn:
             return feed.stale(conn, recipient, fingerprint, only)
 
