@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,7 +164,7 @@ def _print_howto(config: Config, passwords: dict[str, str], base: str, out: Cons
         out.print(f"  {u.username:18} {passwords[u.username]}   ({role})", highlight=False, markup=False)
     out.print("\n[bold]poll it yourself[/] with taxii2-client:", highlight=False)
     out.print(
-        "  python - <<'EOF'\n"
+        f"  {shlex.quote(sys.executable)} - <<'EOF'\n"  # the interpreter that has taxii2-client
         "  from taxii2client.v21 import Collection, as_pages\n"
         f"  c = Collection('{base}/{config.server.api_root}/collections/{cid}/',\n"
         f"                 user='{user.username}', password='{passwords[user.username]}')\n"

@@ -277,8 +277,7 @@ class Ingestor:
         summary.per_recipient.update(result.per_recipient)
         summary.suppressed_tlp.update(result.suppressed_tlp)
         rows = [
-            (path.name, o.index + 1, "quarantined", f"{o.id or 'object'}: {o.message}", None)
-            for o in result.rejected
+            (path.name, o.index + 1, "quarantined", _named(o.id, o.message), None) for o in result.rejected
         ]
         # Accepted and stored, delivered to nobody: why is for the operator who runs the ingest.
         rows += [(path.name, index + 1, "withheld", why, None) for index, _id, why in result.withheld_objects]
@@ -337,7 +336,7 @@ class Ingestor:
                 if rows:
                     self._record_rows(summary.run_id, rows, transaction.writer())
             summary.counts["padded"] += getattr(adapter, "padded_rows", 0)
-            summary.warnings += read_warnings(adapter)
+            summary.warnings += [f"{path.name}: {said}" for said in read_warnings(adapter)]
         except BaseException:
             transaction.abort()
             raise
@@ -458,6 +457,13 @@ def _storable(notifications: list[Notification]) -> tuple[list[tuple[Notificatio
 # then every so many rows: the planner must not go on taking a growing table for a small one.
 ANALYSE_FIRST = 20_000
 ANALYSE_EVERY = 200_000
+
+
+def _named(object_id: str | None, message: str) -> str:
+    """A rejected object's reason, its id in front once (the validator's messages may start
+    with it already)."""
+    name = object_id or "object"
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 class _Transaction:

@@ -165,3 +165,15 @@ def test_a_stray_quote_in_personal_data_hides_no_account(
     assert [q["line"] for q in quarantine] == [4, 26]  # 26: the sample's own bad row ("not-an-email")
     assert summary.counts["read"] == accounts
     assert summary.counts["notifications"] + summary.counts["quarantined"] == accounts
+
+
+def test_an_empty_input_is_no_failure_but_is_said(tmp_path: Path, config: Config, store: Store) -> None:
+    """A 0-byte report is usually a failed download: the run succeeds, with a warning naming it
+    (found by a new operator's review: it passed in silence)."""
+    empty = tmp_path / "2024-06-01-scan_http-nl.csv"
+    empty.write_bytes(b"")
+    summary = Ingestor(config, store, load_mappings()).run("shadowserver", "shadowserver", [empty])
+    assert summary.ok and summary.counts["read"] == 0
+    assert summary.warnings == [
+        f"{empty.name}: the input is empty, not even a header line (a failed download?)"
+    ]

@@ -32,7 +32,7 @@ from connector.stix.ids import located_id, located_subject
 from connector.store import Store, VersionFilter
 from connector.store import schema as t
 from connector.submission import SubmissionResult, Submissions
-from tests.conftest import DIVD_SCAN
+from tests.conftest import DIVD_SCAN, REPO
 from tests.record_view import all_objects
 
 Json = dict[str, Any]
@@ -895,3 +895,14 @@ def test_a_stix_file_that_is_not_a_bundle_is_an_input_error(
     rows = store.run_rows(summary.run_id)
     assert [(r["kind"], r["input"]) for r in rows] == [("input-error", path.name)]
     assert count_stored(store) == 0
+
+
+def test_a_quarantine_reason_names_the_object_once(ingestor: Ingestor, store: Store) -> None:
+    """The sample bundle's invalid indicator: the validator's message starts with its id, and
+    the reason said it twice ("indicator--5e4d...: indicator--5e4d...: Pattern ...")."""
+    summary = ingestor.run(PARTNER, "stix", [REPO / "samples" / "stix" / "researcher-1.bundle.json"])
+    reasons = [r["reason"] for r in store.run_rows(summary.run_id) if r["kind"] == "quarantined"]
+    assert reasons
+    for reason in reasons:
+        name = reason.split(":", 1)[0]
+        assert reason.count(f"{name}:") == 1, reason

@@ -45,6 +45,7 @@ class ReadStats:
     padded_rows: int = 0
     first_padded_line: int | None = None
     header: list[str] | None = None
+    empty: bool = False  # not even a header line: no failure, but often a failed download
 
     def padded(self, line: int) -> None:
         self.padded_rows += 1
@@ -53,12 +54,13 @@ class ReadStats:
 
     def warnings(self) -> list[str]:
         """The noticed as sentences for the run's warnings (none when nothing was noticed)."""
-        if not self.padded_rows:
-            return []
-        return [
-            f"{self.padded_rows} row(s) lacked trailing fields (first at line {self.first_padded_line}): "
-            "read with those cells empty"
-        ]
+        said = ["the input is empty, not even a header line (a failed download?)"] if self.empty else []
+        if self.padded_rows:
+            said.append(
+                f"{self.padded_rows} row(s) lacked trailing fields (first at line {self.first_padded_line}): "
+                "read with those cells empty"
+            )
+        return said
 
 
 NOT_UTF8 = "not valid UTF-8 (a Latin-1 or UTF-16 file? the input must be UTF-8)"
@@ -135,6 +137,7 @@ def read_csv(
     if not isinstance(header, list):
         if header is not None:  # the rows cannot be read without their header: nothing after it is
             yield header
+        stats.empty = header is None
         return
     stats.header = header
     width = len(header)
