@@ -28,7 +28,7 @@ from connector.cli_common import mappings as _mappings
 from connector.cli_common import open_store as _open_store
 from connector.cli_run import run as run_command
 from connector.cli_store import store_app
-from connector.config import Config, ConfigError, RecipientConfig, parse_config
+from connector.config import Config, ConfigError, RecipientConfig, load_config, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
 from connector.counts import nothing_usable
@@ -327,7 +327,10 @@ def recipients_import(
     """Validate recipients from CSV against the configuration; append them to its recipient file."""
     from connector.recipients_csv import append_rows, read_recipient_rows
 
-    config = _load(config_path)
+    try:  # the first recipient file may not exist yet: this command creates it
+        config = load_config(config_path, new_recipient_files=True)
+    except ConfigError as exc:
+        raise _fail(exc.render()) from None
     rows, problems = read_recipient_rows(csv_file, RecipientConfig.model_validate)
     # The rows that are fine on their own are also checked against everything else.
     combined = config.model_dump(mode="json")
@@ -336,7 +339,7 @@ def recipients_import(
     try:
         parse_config(combined, source=str(csv_file))
     except ConfigError as exc:
-        problems = [*problems, *exc.problems]
+        problems = [*problems, *_named_rows(exc.problems, config, rows, csv_file)]
     if problems:
         for problem in problems:
             console.print(Text(problem, style="red"))
@@ -352,6 +355,21 @@ def recipients_import(
     target = config.recipient_files[0]
     append_rows(target, rows)
     out.print(f"{len(rows)} recipient(s) imported into {target}", markup=False)
+
+
+def _named_rows(problems: list[str], config: Config, rows: list[dict[str, Any]], csv_file: Path) -> list[str]:
+    """The configuration's problems with `recipients[i]` said as the recipient it is: one
+    configured already, or one of the file's rows (the list's positions mean nothing to the
+    operator)."""
+    base = len(config.recipients)
+
+    def named(match: re.Match[str]) -> str:
+        i = int(match.group(1))
+        if i >= base:
+            return f"{csv_file.name}: recipient {rows[i - base]['id']!r}"
+        return f"configured recipient {config.recipients[i].id!r}"
+
+    return [re.sub(r"recipients\[(\d+)\]", named, problem) for problem in problems]
 
 
 @misp_app.command("sync")

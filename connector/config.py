@@ -506,7 +506,10 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, new_recipient_files: bool = False) -> Config:
+    """The configuration at `path` (config_path), recipient files merged in. With
+    `new_recipient_files` (recipients import, which writes the first of them), a recipient
+    file that does not exist yet, or is empty, holds no recipients instead of being an error."""
     source = config_path(path)
     try:
         raw = load_yaml(source)
@@ -526,7 +529,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         if isinstance(raw["database"], str):
             raw["database"] = sqlite_url_relative_to(raw["database"], source.parent)
     _resolve_paths(raw, source.parent)
-    problems = _add_recipient_files(raw)
+    problems = _add_recipient_files(raw, new_recipient_files)
     if problems:
         raise ConfigError(str(source), problems)
     try:
@@ -588,7 +591,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         raw["recipient_files"] = [str(base / f) if isinstance(f, str) else f for f in raw["recipient_files"]]
 
 
-def _add_recipient_files(raw: dict[str, Any]) -> list[str]:
+def _add_recipient_files(raw: dict[str, Any], new_ones: bool = False) -> list[str]:
 
     files = raw.get("recipient_files")
     if not isinstance(files, list) or not files:
@@ -599,7 +602,10 @@ def _add_recipient_files(raw: dict[str, Any]) -> list[str]:
         return []
     problems: list[str] = []
     for name in files:
-        rows, found = read_recipient_rows(Path(str(name)), RecipientConfig.model_validate)
+        path = Path(str(name))
+        if new_ones and (not path.exists() or path.stat().st_size == 0):
+            continue  # recipients import creates it
+        rows, found = read_recipient_rows(path, RecipientConfig.model_validate)
         raw["recipients"].extend(rows)
         problems.extend(found)
     return problems

@@ -252,6 +252,32 @@ def test_recipients_import_cli_validates_and_appends(tmp_path: Path) -> None:
     assert Router(config).route(note(ip="198.51.100.70")).recipients == ["new-org", "ibd"]
 
 
+@pytest.mark.parametrize("start", ["missing", "empty"])
+def test_recipients_import_creates_the_recipient_file_the_configuration_names(
+    tmp_path: Path, start: str
+) -> None:
+    """The README's steps as a new operator took them (4 December 2026): name the file in
+    `recipient_files`, then import. Every command failed on the file not existing (or, created
+    empty, on its missing header); import now writes it. Other commands still refuse a missing
+    one. A row clashing with a configured recipient is named by its id, not a list position."""
+    config_path = write_config_with_csv(tmp_path, "")
+    if start == "missing":
+        (tmp_path / "recipients.csv").unlink()
+    incoming = tmp_path / "incoming.csv"
+    incoming.write_text("id,name,kind,parent,networks\nnew-org,New,organisation,ibd,198.51.100.64/28\n")
+    cli = [sys.executable, "-m", "connector.cli", "recipients", "import", "--config", str(config_path)]
+    done = subprocess.run([*cli, str(incoming)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert Router(load_config(config_path)).route(note(ip="198.51.100.70")).recipients == ["new-org", "ibd"]
+    again = subprocess.run([*cli, str(incoming)], capture_output=True, text=True, check=False)
+    assert again.returncode == 1
+    assert "incoming.csv: recipient 'new-org'.id: duplicate id 'new-org'" in again.stderr, again.stderr
+    assert "configured recipient 'new-org'" in again.stderr and "recipients[" not in again.stderr
+    (tmp_path / "recipients.csv").unlink()
+    with pytest.raises(ConfigError, match=r"recipients\.csv: cannot read"):
+        load_config(config_path)
+
+
 # --- explain ---------------------------------------------------------------------------------------
 
 
