@@ -23,7 +23,7 @@ import orjson
 
 from connector import feedback
 from connector.adapters.engine import InputError, MappedAdapter, RowRejected, RowSkipped, load_context
-from connector.adapters.mapping import Mapping, families, family_mapping
+from connector.adapters.mapping import Mapping, families, family_mapping, report_type_of
 from connector.adapters.readers import RawRecord, RowError, readable
 from connector.adapters.registry import (
     CODE_ADAPTERS,
@@ -212,7 +212,8 @@ class Ingestor:
         if fmt in self.mappings:
             return self.mappings[fmt]
         mapping, fallback = family_mapping(self.mappings, fmt, path.name)
-        if fallback:
+        # (A name that gives no report type is an input error of its own: family_context.)
+        if fallback and report_type_of(path.name, mapping.family) is not None:
             warning = (
                 f"{path.name}: no {fmt} mapping for this report type; ingested through the "
                 f"columns common to all {fmt} reports ({mapping.format})"

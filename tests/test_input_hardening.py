@@ -526,6 +526,19 @@ def test_a_fallback_file_whose_name_names_no_report_type_is_an_input_error(tmp_p
         load_context(mapping, tmp_path / "2024-06-12.csv")
 
 
+def test_a_refused_fallback_file_is_not_also_said_to_be_ingested(
+    tmp_path: Path, store: Store, config: Config
+) -> None:
+    """A new operator's review: the run said both "ingested through the columns common to all
+    shadowserver reports" and "input not ingested" for the same file."""
+    path = tmp_path / "2024-06-12.csv"
+    shutil.copy(SHADOWSERVER / "scan_http.csv", path)
+    summary = ingest(store, config, "shadowserver", "shadowserver", path)
+    assert not summary.ok and summary.counts["read"] == 0
+    assert [e for e in summary.input_errors if "gives no report type" in e]
+    assert summary.warnings == []
+
+
 def test_the_protocol_is_part_of_the_observable_where_a_port_is_given() -> None:
     """Backwards compatible: without a protocol, or with tcp, the observable (and every id
     derived from the natural key) is what it was; another protocol is written after the port."""
