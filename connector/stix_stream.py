@@ -89,13 +89,22 @@ def stream_objects(
 def _items(events: Iterator[Event], limit: int | None) -> Iterator[Any]:
     count = 0
     while True:
-        item = _next(events)
-        if item[0] == "end_array":
-            return
+        try:
+            item = _next(events)
+            if item[0] == "end_array":
+                return
+            value = _value(item, events)
+        except StreamError as exc:
+            if exc.kind != "json":
+                raise
+            # Where, for a large bundle: the parser's messages give no position.
+            raise StreamError(
+                "json", f"{str(exc).rstrip('.')}, after {count} whole object(s) of the list"
+            ) from None
         count += 1
         if limit is not None and count > limit:
             raise TooManyObjects(limit)
-        yield _value(item, events)
+        yield value
 
 
 # 19 digits or more in a row: possibly an integer beyond 64 bits, which yajl (the C backend)
@@ -127,14 +136,33 @@ def _events(source: bytes | BinaryIO) -> Iterator[Event]:
     """Parser events; malformed JSON is a StreamError naming where the parser stopped. A
     document that may hold an integer beyond 64 bits is read by ijson's Python backend, which
     builds any integer, so only the object holding it is refused (submission_checks)."""
+    if _utf16(source):
+        raise StreamError("json", "not UTF-8 (a UTF-16 file? the document must be UTF-8)")
     parser = _PYTHON_BACKEND.basic_parse if _has_long_number(source) else ijson.basic_parse
     try:
         yield from parser(source, use_float=True)
     except ijson.JSONError as exc:
         # yajl's message points at the place with a copy of the text around it: keep the first
-        # line only (the document may hold anything, secrets included).
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # line only (the document may hold anything, secrets included). It may come as bytes,
+        # whose str() is one line with that copy in it.
+        said = exc.args[0] if exc.args else ""
+        text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise StreamError("json", reason[:200]) from None
+
+
+def _utf16(source: bytes | BinaryIO) -> bool:
+    """Whether the document starts with a UTF-16 byte order mark (a file saved as "Unicode" on
+    Windows): the parser would call it an invalid character."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        head = bytes(source[:2])
+    elif source.seekable():
+        start = source.tell()
+        head = source.read(2)
+        source.seek(start)
+    else:
+        return False
+    return head in (b"\xff\xfe", b"\xfe\xff")
 
 
 def _next(events: Iterator[Event]) -> Event:

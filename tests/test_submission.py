@@ -906,3 +906,27 @@ def test_a_quarantine_reason_names_the_object_once(ingestor: Ingestor, store: St
     for reason in reasons:
         name = reason.split(":", 1)[0]
         assert reason.count(f"{name}:") == 1, reason
+
+
+def test_a_broken_bundle_file_says_where_and_quotes_none_of_it(
+    ingestor: Ingestor, store: Store, tmp_path: Path
+) -> None:
+    """A new operator's review: "premature EOF" with no position made a large bundle impossible
+    to mend, and a UTF-16 file's message was the parser's bytes with the text around the fault
+    in it (the document may hold anything, secrets included)."""
+    good = orjson.dumps(indicator("198.51.100.35"))
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(b'{"type": "bundle", "id": "bundle--1", "objects": [' + good + b", " + good[:40])
+    utf16 = tmp_path / "utf16.json"
+    utf16.write_bytes(('{"type": "bundle", "objects": [{"secret": "s3cret-value"}]}').encode("utf-16"))
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b'{"objects": [' + good + b"]} s3cret-value")
+    said = {}
+    for path in (truncated, utf16, garbage):
+        summary = ingestor.run(PARTNER, "stix", [path])
+        assert not summary.ok
+        [said[path.name]] = summary.input_errors
+    assert "after 1 whole object(s) of the list" in said["truncated.json"]
+    assert "not UTF-8 (a UTF-16 file?" in said["utf16.json"]
+    assert "trailing garbage" in said["garbage.json"]
+    assert not any("s3cret" in message or "\\x" in message for message in said.values()), said
