@@ -163,3 +163,22 @@ def test_missing_case_file_fails_the_input_not_the_run(
     assert "DIVD-2099-00001.yaml" in summary.input_errors[0]
     assert summary.counts["new"] == 26  # the good file beside it went in
     assert store.run(summary.run_id)["status"] == "failed"  # type: ignore[index]
+
+
+def test_a_case_file_that_cannot_be_used_is_said_on_one_line(ingestor: Ingestor, tmp_path: Path) -> None:
+    """A new operator's review: a YAML fault showed only "while parsing a flow sequence" (where
+    it is was on the lines the run's table leaves out), and a directory was "not found"."""
+    scan = tmp_path / "DIVD-2024-00012.nuclei.jsonl"
+    scan.write_text(DIVD_SCAN.read_text())
+    broken = tmp_path / "DIVD-2024-00012.yaml"
+    broken.write_text(CASE.read_text() + "\nextra: [unclosed\n")
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    said = []
+    for case in (broken, directory):
+        summary = ingestor.run("divd", "divd-nuclei", [scan], context_file=case)
+        assert not summary.ok
+        said += summary.input_errors
+    assert "not valid YAML" in said[0] and "line" in said[0] and "column" in said[0]
+    assert "\n" not in said[0]
+    assert "cannot be read: Is a directory" in said[1]

@@ -54,14 +54,18 @@ def load_context(mapping: Mapping, path: Path, explicit: Path | None = None) -> 
     sidecar = explicit or _sidecar_beside(mapping, path)
     try:
         values = yaml.safe_load(front_matter(sidecar.read_text(encoding="utf-8")))
-    except OSError:
+    except FileNotFoundError:
         raise InputError(
             f"{path}: {sidecar} was not found (the {mapping.format} format needs its case metadata)"
         ) from None
+    except OSError as exc:  # a directory, no permission
+        raise InputError(f"{path}: its case metadata {sidecar} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"{sidecar}: not valid UTF-8") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{sidecar}: not valid YAML: {exc}") from None
+        # On one line, where it is (line, column) included: a run's table shows one line.
+        said = " ".join(str(exc).replace('in "<unicode string>", ', "").split())
+        raise InputError(f"{sidecar}: not valid YAML: {said}") from None
     if not isinstance(values, dict):
         raise InputError(f"{sidecar}: must be a mapping of keys")
     for key, pattern in spec.from_file_name.items():
