@@ -26,6 +26,8 @@ without the lock; each batch then re-checks, under the lock, only what was writt
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 import time
 from collections import Counter
@@ -466,7 +468,7 @@ def _checkpoint(store: Store) -> None:
 def normalised(value: str) -> list[str]:
     """The forms `value` is stored in: an address canonical, a host name or e-mail address
     lower-case (as ingest normalises them), and as given."""
-    from connector.normalize import canonical_ip_or_network
+    from connector.normalize import canonical_domain, canonical_ip_or_network
 
     text = value.strip()
     forms = [text]
@@ -474,6 +476,13 @@ def normalised(value: str) -> list[str]:
         forms.append(canonical_ip_or_network(text))
     except ValueError:
         forms.append(text.lower())
+        if "@" not in text and "/" not in text:
+            with contextlib.suppress(ValueError):  # a host name as ingest stores it: no trailing dot, IDNA
+                forms.append(canonical_domain(text))
+        elif "@" in text and "/" not in text:  # an e-mail address: its domain likewise
+            local, _, domain = text.rpartition("@")
+            with contextlib.suppress(ValueError):
+                forms.append(f"{local.lower()}@{canonical_domain(domain)}")
     return list(dict.fromkeys(f for f in forms if f))
 
 
@@ -506,28 +515,27 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
             changes = sql.changes_containing(reader.conn, form)
             targets |= {pk for pk, change in changes if _mentions(change, form)}
         objects = _stored_about(reader, forms)
-        run_rows = {
-            k
+
+        # Texts that quote it as a whole token (not 192.0.2.10 for 192.0.2.1), in any case.
+        def quoting(table: str, key: str, columns: list[str], values: Iterable[str]) -> set[Any]:
+            return {
+                k
+                for f in values
+                for k, text in sql.texts_containing(reader.conn, table, key, columns, f)
+                if _mentions(text, f)
+            }
+
+        run_rows = quoting("run_rows", "pk", ["raw", "reason"], forms)
+        named_inputs = quoting("run_rows", "pk", ["input"], forms) - run_rows
+        statuses = quoting("statuses", "id", ["body"], [*forms, *objects.values()])
+        errors = {
+            key
             for f in forms
-            for k in sql.texts_containing(reader.conn, "run_rows", "pk", ["raw", "reason"], f)
+            for key, text in sql.outbox_errors_containing(reader.conn, f)
+            if _mentions(text, f)
         }
-        statuses = {
-            k for f in forms for k in sql.texts_containing(reader.conn, "statuses", "id", ["body"], f)
-        }
-        statuses |= {
-            k
-            for i in objects.values()
-            for k in sql.texts_containing(reader.conn, "statuses", "id", ["body"], i)
-        }
-        errors = {row for f in forms for row in sql.outbox_errors_containing(reader.conn, f)}
-        runs = {
-            k
-            for f in forms
-            for k in sql.texts_containing(reader.conn, "ingest_runs", "id", ["error", "inputs"], f)
-        }
-        notes = {
-            k for f in forms for k in sql.texts_containing(reader.conn, "delivery_events", "pk", ["note"], f)
-        }
+        runs = quoting("ingest_runs", "id", ["error", "inputs"], forms)
+        notes = quoting("delivery_events", "pk", ["note"], forms)
     if dry_run:
         report.counts.update(
             notifications=len(targets),
@@ -535,11 +543,12 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
             run_rows=len(run_rows),
             statuses=len(statuses),
             misp_errors=len(errors),
-            run_texts=len(runs),
+            run_texts=len(runs) + len(named_inputs),
             feedback_notes=len(notes),
         )
         return report
     report = Remover(store, targets).run()
+    redact = _redactor(forms)
     with store.writing() as w:
         sql.secure_delete(w, True)
         members, removed, where = sql.drop_stored_objects(w, list(objects))
@@ -550,10 +559,11 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
         sql.drop_sources(w, objects.values())
         sql.drop_shared_digest_everywhere(w, [digest(i) for i in objects.values()])
         report.counts["run_rows"] += sql.drop_rows(w, "run_rows", "pk", run_rows)
+        report.counts["run_texts"] += sql.redact_run_row_inputs(w, named_inputs, redact)
         report.counts["statuses"] += sql.drop_rows(w, "statuses", "id", statuses)
         report.counts["misp_errors"] += sql.replace_outbox_errors(w, errors, REDACTED)
         for run_id in sorted(runs):
-            sql.replace_in_run(w, run_id, forms, REDACTED)
+            sql.replace_in_run(w, run_id, redact)
         report.counts["run_texts"] += len(runs)
         report.counts["feedback_notes"] += sql.redact_notes(w, notes, REDACTED)
         sql.secure_delete(w, False)
@@ -567,26 +577,63 @@ def _in_url_only(reader: Reader, pk: int, form: str) -> bool:
     return form not in (n.ip, n.hostname, n.email)
 
 
-_TOKEN = r"[A-Za-z0-9_\-]"
+_TOKEN = r"[A-Za-z0-9_\-]"  # of a host name or e-mail address: a-b.example is one name
+_TOKEN_IP = r"[A-Za-z0-9]"  # of an address: a - or _ beside it (a file name) is no part of it
+_TOKEN_IP6 = r"[A-Za-z0-9:]"  # and in IPv6 a colon: 2001:db8::1 is not in 2001:db8::1:5
+
+
+def _token_of(value: str) -> tuple[str, str]:
+    """The characters that continue a token like `value` (what must not touch a mention), and
+    those that continue it after a dot: a.nl is not in a.nl.example, 192.0.2.1 not in
+    192.0.2.1.5, but an address is in the file name DIVD-2024-00012-192.0.2.1.jsonl."""
+    try:
+        address = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return _TOKEN, "[A-Za-z0-9]"
+    return (_TOKEN_IP6 if address.version == 6 else _TOKEN_IP), "[0-9]"
+
+
 # A JSON escape right before a match: "\n", "\t" ... or "\u001f" (a control character). Its
 # last character is a letter or digit of the JSON text, not of the value's neighbour.
 _ESCAPE_BEFORE = re.compile(r"(?<!\\)(?:\\\\)*\\(?:[nrtbf]|u[0-9a-fA-F]{4})\Z")
 
 
 def _mentions(text: str, value: str) -> bool:
-    """`value` in `text` as a whole token: 192.0.2.1 is not in 192.0.2.10, nor a.nl in data.nl.
-    `text` may be JSON: a value right after an escaped line break ("...\\nzoe.nl") is a token."""
-    pattern = rf"(?<!\.){re.escape(value)}(?!{_TOKEN})(?!\.[A-Za-z0-9])"
+    """`value` in `text` as a whole token, in any case: 192.0.2.1 is not in 192.0.2.10, nor a.nl
+    in data.nl, nor 2001:db8::1 in 2001:db8::1:5. `text` may be JSON: a value right after an
+    escaped line break ("...\\nzoe.nl") is a token."""
+    return next(_spans(text, value), None) is not None
+
+
+def _spans(text: str, value: str) -> Iterator[tuple[int, int]]:
+    """Where `value` is in `text` as a whole token (see _mentions), in any case: a host name or
+    e-mail address is the same in any case, and raw lines and evidence keep the partner's."""
+    token, dotted = _token_of(value)
+    pattern = rf"(?<!\.){re.escape(value)}(?!{token})(?!\.{dotted})"
     # In a look-ahead, so that every start is tried: finditer's matches do not overlap, and a
     # match refused for what precedes it would hide a whole token starting inside it
     # ("1::1" in "21::1::1").
-    for match in re.finditer(f"(?={pattern})", text):
+    for match in re.finditer(f"(?={pattern})", text, re.IGNORECASE):
         start = match.start()
-        if start == 0 or not re.match(_TOKEN, text[start - 1]):
-            return True
-        if _ESCAPE_BEFORE.search(text, max(0, start - 64), start):
-            return True
-    return False
+        if (
+            start == 0
+            or not re.match(token, text[start - 1])
+            or _ESCAPE_BEFORE.search(text, max(0, start - 64), start)
+        ):
+            yield start, start + len(value)
+
+
+def _redactor(forms: list[str]) -> Callable[[str], str]:
+    """A function that writes REDACTED over every whole-token mention of these forms."""
+
+    def redact(text: str) -> str:
+        for form in forms:
+            spans = list(_spans(text, form))
+            for start, end in reversed(spans):
+                text = text[:start] + REDACTED + text[end:]
+        return text
+
+    return redact
 
 
 _REFERRING = ("observed-data", "sighting", "relationship", "indicator", "note", "opinion")

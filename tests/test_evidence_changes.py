@@ -424,11 +424,11 @@ def test_a_value_is_a_token_after_a_json_escape_only(text: str, found: bool) -> 
 @pytest.mark.parametrize(
     ("text", "value"),
     [
-        ('"21::1::1"', "1::1"),  # refused at "1::1::1" (after a digit), a token at the second ":"
         ('"xa.nl/a.nl/a.nl"', "a.nl/a.nl"),  # refused after "x", a token after the first "/"
     ],
 )
 def test_a_token_overlapping_a_refused_match_is_found(text: str, value: str) -> None:
+    # (An address's colons join its token: 1::1 is not in 21::1::1, test_forget_matching.py.)
     """Found by a review (4 December 2026): matches were looked for without overlap, so a
     whole token starting inside a match refused for what precedes it went unseen."""
     assert _mentions(text, value)
@@ -438,9 +438,9 @@ def test_forget_finds_a_value_overlapping_a_longer_token_in_the_evidence(
     tmp_path: Path, config: Config, store: Store
 ) -> None:
     Ingestor(config, store, load_mappings()).run(
-        "shadowserver", "shadowserver", [report(tmp_path, 1, [("192.0.2.50", "peers 21::1::1", "x")])]
+        "shadowserver", "shadowserver", [report(tmp_path, 1, [("192.0.2.50", "see xa.nl/a.nl/a.nl", "x")])]
     )
-    assert forget(store, config, "1::1", dry_run=True).counts["notifications"] == 1
+    assert forget(store, config, "a.nl/a.nl", dry_run=True).counts["notifications"] == 1
 
 
 def test_each_notification_counts_from_the_first_version_its_collection_got(

@@ -13,7 +13,7 @@ Reads take any connection; writes the Writer of an exclusive transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -30,8 +30,12 @@ def _sql(conn: Connection, statement: str) -> str:
 
 
 def _contains(conn: Connection, column: str) -> str:
-    """`column` holds the parameter as a substring (no LIKE: a value's % and _ are literal)."""
-    return f"strpos({column}, ?) > 0" if conn.dialect.name == "postgresql" else f"instr({column}, ?) > 0"
+    """`column` holds the parameter as a substring, in any case (the parameter given lower-case:
+    a host name or e-mail address is the same in any case, and a partner's raw line or evidence
+    keeps its own). No LIKE: a value's % and _ are literal."""
+    if conn.dialect.name == "postgresql":
+        return f"strpos(lower({column}), ?) > 0"
+    return f"instr(lower({column}), ?) > 0"
 
 
 # --- finding -------------------------------------------------------------------------------------
@@ -73,13 +77,13 @@ def notifications_matching(conn: Connection, value: str) -> list[tuple[int, str 
     whole-table scan: none of these columns is indexed."""
     url = _contains(conn, "url")
     sql = f"SELECT pk, url FROM notifications WHERE ip = ? OR hostname = ? OR email = ? OR url = ? OR {url}"
-    return [(int(r[0]), r[1]) for r in conn.exec_driver_sql(_sql(conn, sql), (value,) * 5)]
+    return [(int(r[0]), r[1]) for r in conn.exec_driver_sql(_sql(conn, sql), (value,) * 4 + (value.lower(),))]
 
 
 def evidence_containing(conn: Connection, text: str) -> list[tuple[int, str]]:
     """(pk, body) of evidence whose JSON holds `text` anywhere."""
     sql = f"SELECT pk, body FROM evidence WHERE {_contains(conn, 'body')}"
-    return [(int(pk), body) for pk, body in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+    return [(int(pk), body) for pk, body in conn.exec_driver_sql(_sql(conn, sql), (text.lower(),))]
 
 
 def notifications_with_evidence(conn: Connection, evidence: Sequence[int]) -> set[int]:
@@ -108,13 +112,18 @@ def version_evidence_users(conn: Connection, rows: Iterable[int]) -> dict[int, s
 def changes_containing(conn: Connection, text: str) -> list[tuple[int, str]]:
     """(notification, change) of every inline change (connector/store/evidence.py) that holds
     `text`: the blocks whose bytes hold it, each read in Python."""
+    # In any case as _contains (ASCII letters lower-cased in the block's bytes read as text),
+    # and the bytes as given for a value the lower-casing of the text cannot reach.
     statement = "SELECT last, first, entries FROM version_blocks WHERE " + (
-        "position(%s::bytea in entries) > 0" if conn.dialect.name == "postgresql" else "instr(entries, ?) > 0"
+        "position(%s::bytea in entries) > 0 OR strpos(lower(encode(entries, 'escape')), %s) > 0"
+        if conn.dialect.name == "postgresql"
+        else "instr(entries, ?) > 0 OR instr(lower(entries), ?) > 0"
     )
+    lowered = text.lower()
     found = []
-    for last, first, entries in conn.exec_driver_sql(statement, (text.encode(),)):
+    for last, first, entries in conn.exec_driver_sql(statement, (text.encode(), lowered)):
         for _stamp, pk, used in VersionBlock(last, first, bytes(entries)).refs():
-            if used.__class__ is str and text in used:  # type: ignore[operator]
+            if used.__class__ is str and lowered in used.lower():  # type: ignore[attr-defined]
                 found.append((pk, used))
     return found  # type: ignore[return-value]
 
@@ -122,7 +131,7 @@ def changes_containing(conn: Connection, text: str) -> list[tuple[int, str]]:
 def stored_objects_containing(conn: Connection, text: str) -> list[tuple[int, str, str, str]]:
     """(pk, stix_id, type, body) of stored STIX objects whose JSON holds `text`."""
     sql = f"SELECT pk, stix_id, type, body FROM stix_objects WHERE {_contains(conn, 'body')}"
-    return [(int(a), b, c, d) for a, b, c, d in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+    return [(int(a), b, c, d) for a, b, c, d in conn.exec_driver_sql(_sql(conn, sql), (text.lower(),))]
 
 
 def stored_objects_with_ids(conn: Connection, ids: Sequence[str]) -> list[tuple[int, str, str, str]]:
@@ -130,11 +139,16 @@ def stored_objects_with_ids(conn: Connection, ids: Sequence[str]) -> list[tuple[
     return [(int(a), b, c, d) for a, b, c, d in rows_in(conn, statement, ids)]
 
 
-def texts_containing(conn: Connection, table: str, key: str, columns: Sequence[str], text: str) -> list[Any]:
-    """Keys of rows of `table` any of whose `columns` holds `text` (run_rows, statuses, ...)."""
+def texts_containing(
+    conn: Connection, table: str, key: str, columns: Sequence[str], text: str
+) -> list[tuple[Any, str]]:
+    """(key, the columns' texts joined by a line break) of rows of `table` any of whose `columns`
+    holds `text` in any case (run_rows, statuses, ...): the caller checks it is a whole token."""
     condition = " OR ".join(f"({c} IS NOT NULL AND {_contains(conn, c)})" for c in columns)
-    sql = f"SELECT {key} FROM {table} WHERE {condition}"
-    return [r[0] for r in conn.exec_driver_sql(_sql(conn, sql), (text,) * len(columns))]
+    joined = ", ".join(f"coalesce({c}, '')" for c in columns)
+    sql = f"SELECT {key}, {joined} FROM {table} WHERE {condition}"
+    rows = conn.exec_driver_sql(_sql(conn, sql), (text.lower(),) * len(columns))
+    return [(r[0], "\n".join(str(cell) for cell in r[1:])) for r in rows]
 
 
 def misp_rows_of(conn: Connection, recipient: str, pks: Sequence[int]) -> list[tuple[str, int]]:
@@ -466,11 +480,13 @@ def evidence_used_since(conn: Connection, pk: int, stamp: int) -> set[int]:
     return used
 
 
-def outbox_errors_containing(conn: Connection, text: str) -> list[tuple[str, str]]:
-    """(recipient, event uuid) of outbox entries whose last error quotes `text`."""
+def outbox_errors_containing(conn: Connection, text: str) -> list[tuple[tuple[str, str], str]]:
+    """((recipient, event uuid), last error) of outbox entries whose last error quotes `text`
+    in any case (the caller checks it is a whole token)."""
     condition = _contains(conn, "last_error")
-    sql = f"SELECT recipient, event_uuid FROM misp_outbox WHERE last_error IS NOT NULL AND {condition}"
-    return [(r[0], r[1]) for r in conn.exec_driver_sql(_sql(conn, sql), (text,))]
+    sql = "SELECT recipient, event_uuid, last_error FROM misp_outbox WHERE last_error IS NOT NULL"
+    sql += f" AND {condition}"
+    return [((r[0], r[1]), r[2]) for r in conn.exec_driver_sql(_sql(conn, sql), (text.lower(),))]
 
 
 def replace_outbox_errors(w: Writer, rows: Iterable[tuple[str, str]], text: str) -> int:
@@ -480,15 +496,24 @@ def replace_outbox_errors(w: Writer, rows: Iterable[tuple[str, str]], text: str)
     )
 
 
-def replace_in_run(w: Writer, run_id: int, forms: Sequence[str], text: str) -> None:
-    """A run's error and input names with every form of a value replaced by `text`."""
+def replace_in_run(w: Writer, run_id: int, redact: Callable[[str], str]) -> None:
+    """A run's error and input names with a value's every mention redacted (`redact`)."""
     row = w.conn.exec_driver_sql(
         w.sql("SELECT inputs, error FROM ingest_runs WHERE id = ?"), (run_id,)
     ).first()
     if row is None:
         return
     inputs, error = row
-    for form in forms:
-        inputs = inputs.replace(form, text)
-        error = error.replace(form, text) if error else error
-    w.many("UPDATE ingest_runs SET inputs = ?, error = ? WHERE id = ?", [(inputs, error, run_id)])
+    w.many(
+        "UPDATE ingest_runs SET inputs = ?, error = ? WHERE id = ?",
+        [(redact(inputs), redact(error) if error else error, run_id)],
+    )
+
+
+def redact_run_row_inputs(w: Writer, pks: Iterable[int], redact: Callable[[str], str]) -> int:
+    """The input (file) names of these run rows with a value's every mention redacted: a row
+    quoting another value stays, its file's name named the forgotten one."""
+    wanted = sorted(set(pks))
+    found = rows_in(w.conn, "SELECT pk, input FROM run_rows WHERE pk IN ({in})", wanted)
+    changed = [(redact(name), pk) for pk, name in found if redact(name) != name]
+    return w.many("UPDATE run_rows SET input = ? WHERE pk = ?", changed)
