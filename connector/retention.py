@@ -244,16 +244,18 @@ class Remover:
         context: _Rendering,
         holders: _Holders,
     ) -> None:
-        """Observables the collections hold as stored objects (kept by an earlier removal, or of
-        the old layout) that these notifications referred to: removed when nothing left refers
-        to them."""
+        """Observables the collections hold as stored objects (kept by an earlier removal, of
+        the old layout, or a partner's) that these notifications referred to: removed when
+        nothing left refers to them, neither a notification nor a partner's stored object (a
+        researcher's observed-data may refer to an SCO the researcher sent first)."""
         for pk, n in found.items():
             collections = {number for v in chains[pk] for number in v.recipients}
             digests = {d for v in chains[pk] for slot, d in context.shared(n, v) if slot >= SCO_SLOTS}
             for number in sorted(collections):
-                for key, (_date_added, stored) in w_shared(w, number, digests).items():
-                    if stored and not holders.need(number, key, n):
-                        self.report.counts["shared_objects_removed"] += sql.drop_shared(w, number, key)
+                for key, (date_added, stored) in w_shared(w, number, digests).items():
+                    if not stored or holders.need(number, key, n) or _referred(w, number, date_added):
+                        continue
+                    self.report.counts["shared_objects_removed"] += sql.drop_shared(w, number, key)
 
     def _legacy_objects(
         self, w: Writer, reader: Reader, found: dict[int, NotificationRecord], context: _Rendering
@@ -307,6 +309,36 @@ class Remover:
             self.report.counts["evidence"] += sql.drop_evidence(w, [e for e in unused if e not in used])
             sql.drop_unused_key_paths(w)  # the shapes only the dropped evidence had
             sql.secure_delete(w, False)
+
+
+def _referred(w: Writer, number: int, date_added: int) -> bool:
+    """Whether a partner's stored object in the collection refers to the stored object at
+    date_added: that object then stays, or the partner's would be served with a dangling
+    reference (`forget` removes both when the value is forgotten)."""
+    stix_id = sql.stored_id(w, number, date_added)
+    if stix_id is None:
+        return False
+    bodies = sql.submitted_bodies_naming(w, number, stix_id)
+    return any(stix_id in _references(orjson.loads(body)) for body in bodies)
+
+
+def _references(value: Any) -> set[str]:
+    """Ids a STIX object refers to: the values of its `*_ref` and `*_refs` properties, nested
+    ones (extensions, kill chains) included. Its JSON merely holding an id (a description)
+    does not count."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if name.endswith("_ref") and isinstance(item, str):
+                found.add(item)
+            elif name.endswith("_refs") and isinstance(item, list):
+                found.update(i for i in item if isinstance(i, str))
+            else:
+                found |= _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _references(item)
+    return found
 
 
 def w_shared(w: Writer, number: int, digests: Iterable[int]) -> dict[int, tuple[int, bool]]:
@@ -551,6 +583,9 @@ def forget(store: Store, config: Config, value: str, *, dry_run: bool = False) -
     redact = _redactor(forms)
     with store.writing() as w:
         sql.secure_delete(w, True)
+        # A stored observable no notification left needs went with the notifications (as a
+        # shared object); counted here too, as the dry run counts it.
+        report.counts["stored_objects"] += len(objects) - len(sql.stored_pks(w.conn, list(objects)))
         members, removed, where = sql.drop_stored_objects(w, list(objects))
         report.counts["stored_memberships"] += members
         report.counts["stored_objects"] += removed

@@ -26,7 +26,7 @@ from connector.ingest import Ingestor
 from connector.render.collection import CollectionView
 from connector.retention import forget, purge
 from connector.store import Store, VersionFilter
-from tests.conftest import DIVD_SCAN
+from tests.conftest import DIVD_SCAN, divd_scan_as
 from tests.record_view import every_version
 from tests.test_cli import cli_env, explain, run_cli, write_config
 from tests.test_credentials import SAMPLE as CREDENTIALS
@@ -291,6 +291,63 @@ def test_forget_removes_an_address_everywhere(filled: Store, config: Config, tmp
     assert forget(store, config, address).counts.get("notifications", 0) == 0
     if store.dialect == "sqlite":
         assert address.encode() not in file_bytes_after_vacuum(store)
+
+
+def test_purge_keeps_a_researchers_stored_sco_that_their_objects_refer_to(
+    store: Store, config: Config, tmp_path: Path
+) -> None:
+    """A researcher's ipv4-addr, stored first, stays when a later notification about the same
+    address (which did not bring it again) is purged: the researcher's observed-data refers to
+    it. `forget` still removes it with the value."""
+    from connector.submission import Submissions
+
+    store.sync_collections(collection_rows(config))
+    address = "192.0.2.17"
+    bundle = _researcher_bundle(address)["objects"]
+    sco, observed = bundle[0]["id"], bundle[1]["id"]
+    result = Submissions(config, store).submit(partner="researcher-1", objects=bundle)
+    assert result.routed, result
+    for rid in result.per_recipient:
+        assert sco in {i for _d, i in members(store, rid)}, rid
+    line = json.loads(DIVD_SCAN.read_text().splitlines()[0])
+    scan = divd_scan_as(tmp_path, json.dumps({**line, "ip": address}) + "\n")
+    assert Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [scan]).ok
+
+    report = purge(store, config, now=time.time() + 401 * DAY)
+    assert report.counts["notifications"] == 1
+    for rid in result.per_recipient:
+        ids = {i for _d, i in members(store, rid)}
+        assert observed in ids, rid
+        assert sco in ids, f"the ipv4-addr the observed-data refers to was taken out of {rid}'s collection"
+
+    dry = forget(store, config, address, dry_run=True)
+    real = forget(store, config, address)
+    assert real.counts["stored_objects"] == dry.counts["stored_objects"] >= 3
+    for rid in result.per_recipient:
+        assert not {sco, observed} & {i for _d, i in members(store, rid)}, rid
+
+
+def test_forget_counts_a_stored_sco_the_removal_took_as_its_dry_run_does(
+    store: Store, config: Config, tmp_path: Path
+) -> None:
+    """A researcher's lone ipv4-addr nothing refers to goes with the notification about it
+    (as a shared object nothing needs); the real run counts it under stored_objects, as the
+    dry run does."""
+    from connector.submission import Submissions
+
+    store.sync_collections(collection_rows(config))
+    address = "192.0.2.17"
+    sco = _researcher_bundle(address)["objects"][0]
+    result = Submissions(config, store).submit(partner="researcher-1", objects=[sco])
+    assert result.routed, result
+    line = json.loads(DIVD_SCAN.read_text().splitlines()[0])
+    scan = divd_scan_as(tmp_path, json.dumps({**line, "ip": address}) + "\n")
+    assert Ingestor(config, store, load_mappings()).run("divd", "divd-nuclei", [scan]).ok
+
+    dry = forget(store, config, address, dry_run=True)
+    real = forget(store, config, address)
+    assert dry.counts["stored_objects"] == real.counts["stored_objects"] == 1
+    assert address not in dump_text(store)
 
 
 def _researcher_bundle(address: str) -> dict[str, Any]:

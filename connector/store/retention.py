@@ -134,6 +134,11 @@ def stored_objects_containing(conn: Connection, text: str) -> list[tuple[int, st
     return [(int(a), b, c, d) for a, b, c, d in conn.exec_driver_sql(_sql(conn, sql), (text.lower(),))]
 
 
+def stored_pks(conn: Connection, pks: Sequence[int]) -> set[int]:
+    """Those of these stix_objects rows that are still there."""
+    return {int(r[0]) for r in rows_in(conn, "SELECT pk FROM stix_objects WHERE pk IN ({in})", list(pks))}
+
+
 def stored_objects_with_ids(conn: Connection, ids: Sequence[str]) -> list[tuple[int, str, str, str]]:
     statement = "SELECT pk, stix_id, type, body FROM stix_objects WHERE stix_id IN ({in})"
     return [(int(a), b, c, d) for a, b, c, d in rows_in(conn, statement, ids)]
@@ -338,6 +343,28 @@ def keep_as_stored(
         "UPDATE collection_shared SET stored = ? WHERE collection = ? AND digest = ?",
         [(True, number, digest)],
     )
+
+
+def stored_id(w: Writer, number: int, date_added: int) -> str | None:
+    """The id of the stored object the collection holds at date_added (a shared object's)."""
+    of = "collection_id = (SELECT id FROM collections WHERE number = ?) AND date_added = ?"
+    row = w.conn.exec_driver_sql(
+        w.sql(f"SELECT stix_id FROM collection_objects WHERE {of}"), (number, date_added)
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def submitted_bodies_naming(w: Writer, number: int, stix_id: str) -> list[str]:
+    """Bodies of the partner-submitted objects (object_sources) the collection serves as their
+    latest version whose JSON holds `stix_id`: what may refer to it. Only submitted ones: an
+    old-layout notification's own objects are removed with it (later in the same batch)."""
+    statement = (
+        "SELECT s.body FROM collection_objects co JOIN stix_objects s ON s.pk = co.object_pk "
+        "JOIN object_sources os ON os.stix_id = co.stix_id "
+        "WHERE co.collection_id = (SELECT id FROM collections WHERE number = ?) AND co.is_latest = ? "
+        f"AND co.stix_id <> ? AND {_contains(w.conn, 's.body')}"
+    )
+    return [r[0] for r in w.conn.exec_driver_sql(w.sql(statement), (number, True, stix_id, stix_id))]
 
 
 def drop_shared(w: Writer, number: int, digest: int) -> int:
