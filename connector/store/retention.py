@@ -364,7 +364,7 @@ def submitted_bodies_naming(w: Writer, number: int, stix_id: str) -> list[str]:
         "WHERE co.collection_id = (SELECT id FROM collections WHERE number = ?) AND co.is_latest = ? "
         f"AND co.stix_id <> ? AND {_contains(w.conn, 's.body')}"
     )
-    return [r[0] for r in w.conn.exec_driver_sql(w.sql(statement), (number, True, stix_id, stix_id))]
+    return [r[0] for r in w.conn.exec_driver_sql(w.sql(statement), (number, True, stix_id, stix_id.lower()))]
 
 
 def drop_shared(w: Writer, number: int, digest: int) -> int:
