@@ -318,27 +318,10 @@ def _referred(w: Writer, number: int, date_added: int) -> bool:
     stix_id = sql.stored_id(w, number, date_added)
     if stix_id is None:
         return False
+    from connector.submission_checks import references  # *_ref and *_refs at any depth
+
     bodies = sql.submitted_bodies_naming(w, number, stix_id)
-    return any(stix_id in _references(orjson.loads(body)) for body in bodies)
-
-
-def _references(value: Any) -> set[str]:
-    """Ids a STIX object refers to: the values of its `*_ref` and `*_refs` properties, nested
-    ones (extensions, kill chains) included. Its JSON merely holding an id (a description)
-    does not count."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for name, item in value.items():
-            if name.endswith("_ref") and isinstance(item, str):
-                found.add(item)
-            elif name.endswith("_refs") and isinstance(item, list):
-                found.update(i for i in item if isinstance(i, str))
-            else:
-                found |= _references(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= _references(item)
-    return found
+    return any(stix_id in set(references(orjson.loads(body))) for body in bodies)
 
 
 def w_shared(w: Writer, number: int, digests: Iterable[int]) -> dict[int, tuple[int, bool]]:
