@@ -630,7 +630,7 @@ def _spans(text: str, value: str) -> Iterator[tuple[int, int]]:
     pattern = rf"(?<!\.){re.escape(value)}(?!{token})(?!\.{dotted})"
     # In a look-ahead, so that every start is tried: finditer's matches do not overlap, and a
     # match refused for what precedes it would hide a whole token starting inside it
-    # ("1::1" in "21::1::1").
+    # ("a.nl/a.nl" in "xa.nl/a.nl/a.nl"). So the spans may overlap.
     for match in re.finditer(f"(?={pattern})", text, re.IGNORECASE):
         start = match.start()
         if (
@@ -646,7 +646,12 @@ def _redactor(forms: list[str]) -> Callable[[str], str]:
 
     def redact(text: str) -> str:
         for form in forms:
-            spans = list(_spans(text, form))
+            spans: list[tuple[int, int]] = []
+            for start, end in _spans(text, form):
+                if spans and start < spans[-1][1]:  # overlapping the one before: one stretch
+                    spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((start, end))
             for start, end in reversed(spans):
                 text = text[:start] + REDACTED + text[end:]
         return text

@@ -110,3 +110,15 @@ def test_an_ipv6_address_is_not_found_in_a_longer_one(store: Store, config: Conf
     assert forget(store, config, "2001:db8::1", dry_run=True).counts["notifications"] == 1
     forget(store, config, "2001:db8::1")
     assert notification_ips(store) == ["2001:db8::1:5"]
+
+
+def test_redaction_covers_overlapping_mentions_once() -> None:
+    """Mentions may overlap (every start is tried): they are redacted as one stretch, and a
+    longer token is left as it is."""
+    from connector.retention import REDACTED, _redactor
+
+    redact = _redactor(["a.nl/a.nl", "192.0.2.1"])
+    text = "see xa.nl/a.nl/a.nl and a.nl/a.nl, 192.0.2.10 192.0.2.1 DIVD-1-192.0.2.1.jsonl"
+    assert redact(text) == (
+        f"see xa.nl/{REDACTED} and {REDACTED}, 192.0.2.10 {REDACTED} DIVD-1-{REDACTED}.jsonl"
+    )
