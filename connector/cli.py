@@ -28,7 +28,7 @@ from connector.cli_common import mappings as _mappings
 from connector.cli_common import open_store as _open_store
 from connector.cli_run import run as run_command
 from connector.cli_store import store_app
-from connector.config import Config, ConfigError, RecipientConfig, load_config, parse_config
+from connector.config import Config, ConfigError, RecipientConfig, parse_config
 from connector.config import config_path as resolve_config_path
 from connector.console import console, labelled, out, plain_cells, print_summary, print_table
 from connector.counts import nothing_usable
@@ -327,10 +327,7 @@ def recipients_import(
     """Validate recipients from CSV against the configuration; append them to its recipient file."""
     from connector.recipients_csv import append_rows, read_recipient_rows
 
-    try:  # the first recipient file may not exist yet: this command creates it
-        config = load_config(config_path, new_recipient_files=True)
-    except ConfigError as exc:
-        raise _fail(exc.render()) from None
+    config = _load(config_path, new_recipient_files=True)  # it creates the first recipient file
     rows, problems = read_recipient_rows(csv_file, RecipientConfig.model_validate)
     # The rows that are fine on their own are also checked against everything else.
     combined = config.model_dump(mode="json")

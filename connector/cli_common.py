@@ -33,9 +33,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load(config_path: Path | None) -> Config:
+def load(config_path: Path | None, *, new_recipient_files: bool = False) -> Config:
+    """The configuration, or exit 2 saying what is wrong (`new_recipient_files`: see load_config)."""
     try:
-        return load_config(config_path)
+        return load_config(config_path, new_recipient_files=new_recipient_files)
     except ConfigError as exc:
         raise fail(exc.render()) from None
 
